@@ -1,0 +1,1 @@
+"""pvcd.controllers"""
