@@ -1,0 +1,3 @@
+from pvcd.main import main
+
+raise SystemExit(main())

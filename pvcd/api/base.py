@@ -1,0 +1,135 @@
+"""The request pipeline shared by every handler.
+
+`prepare()` parses the values and authenticates; each handler method is a few lines that call
+into the domain; errors are mapped to HTTP in exactly one place (`_handle_request_exception`):
+`PvcError` → 510 with its message, `Unauthorized` → 401, anything else → 500 (logged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import tornado.web
+
+from pvcd.api.auth import SESSION_COOKIE, Tokens, session_expired
+from pvcd.api.values import Values
+from pvcd.errors import BackendError, Conflict, PvcError
+from pvcd.state.store import Op, Store
+from pvcd.state.view import ClusterView
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ApiContext:
+    """What handlers may use: the cache view, the store, this node's name and the auth setup."""
+
+    view: ClusterView
+    store: Store
+    node_name: str
+    auth_enabled: bool
+    tokens: Tokens
+    clock: Callable[[], float] = time.time
+    in_flight: int = 0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Unauthorized(Exception):
+    pass
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    """Values, authentication and error rendering for every API endpoint."""
+
+    ctx: ApiContext
+    values: Values
+    public = False  # True for /api/v1 and the auth endpoints
+
+    def initialize(self, ctx: ApiContext) -> None:  # type: ignore[override]
+        self.ctx = ctx
+
+    def prepare(self) -> None:
+        self.ctx.in_flight += 1
+        self._counted = True
+        req = self.request
+        self.values = Values.from_request(req.query_arguments, req.body_arguments,
+                                          req.headers.get("Content-Type", ""), req.body)
+        if not self.public and self.ctx.auth_enabled and not self.authenticated():
+            raise Unauthorized()
+
+    def on_finish(self) -> None:
+        if getattr(self, "_counted", False):
+            self.ctx.in_flight -= 1
+            self._counted = False
+
+    # authentication
+    def authenticated(self) -> bool:
+        if self.session_id() is not None:
+            return True
+        token = self.request.headers.get("X-Api-Key") or self.values.get("token")
+        return self.ctx.tokens.valid(token)
+
+    def session_id(self) -> str | None:
+        """The id of a valid session named by the signed cookie, or None."""
+        raw = self.get_signed_cookie(SESSION_COOKIE, max_age_days=1)
+        if not raw:
+            return None
+        sid = raw.decode(errors="replace")
+        doc = self.ctx.view.cache.get(self.ctx.view.paths.session(sid))
+        if not isinstance(doc, dict):
+            return None
+        if session_expired(float(doc.get("expires", 0)), self.ctx.clock()):
+            return None
+        if not self.ctx.tokens.knows_digest(str(doc.get("token_sha256", ""))):
+            return None
+        return sid
+
+    # responses
+    def reply(self, data: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(data))
+
+    def message(self, text: str, status: int = 200) -> None:
+        self.reply({"message": text}, status)
+
+    async def commit(self, ops: Sequence[Op]) -> list[Any]:
+        """One compare-and-set transaction, awaited without blocking the loop."""
+        return await asyncio.wrap_future(self.ctx.store.commit_async(ops))
+
+    # errors
+    def _handle_request_exception(self, e: BaseException) -> None:
+        if self._finished:
+            return
+        if isinstance(e, Unauthorized):
+            self.message("Authentication required", 401)
+        elif isinstance(e, PvcError):
+            if isinstance(e, (BackendError, Conflict)):
+                log.warning("event=api-failure path=%s error=%s", self.request.path, e)
+            self.message(str(e), 510)
+        elif isinstance(e, tornado.web.HTTPError) and e.status_code in (404, 405):
+            self.message(_http_message(e.status_code), e.status_code)
+        else:
+            super()._handle_request_exception(e)  # type: ignore[misc]
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"message": _http_message(status_code)}))
+
+
+class NotFoundHandler(BaseHandler):
+    """Unknown paths: JSON 404 (after authentication, so it reveals nothing to strangers)."""
+
+    def prepare(self) -> None:
+        super().prepare()
+        raise tornado.web.HTTPError(404)
+
+
+def _http_message(status: int) -> str:
+    return {404: "Not found", 405: "Method not allowed"}.get(status, f"HTTP error {status}")

@@ -1,0 +1,62 @@
+"""`/api/v1` and the authentication endpoints."""
+
+from __future__ import annotations
+
+from pvcd.api.auth import LOGIN_FORM, SESSION_COOKIE, SESSION_LIFETIME, new_session_id, \
+    token_digest
+from pvcd.api.base import BaseHandler
+from pvcd.state.models import ApiSession
+from pvcd.state.store import Op
+
+AUTH_DISABLED = "Authentication is disabled"
+
+
+class RootHandler(BaseHandler):
+    public = True
+
+    def get(self) -> None:
+        self.message("PVC API version 1.0: the pvcd cluster manager's HTTP API", 209)
+
+
+class LoginHandler(BaseHandler):
+    public = True
+
+    def get(self) -> None:
+        if not self.ctx.auth_enabled:
+            return self.message(AUTH_DISABLED)
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.finish(LOGIN_FORM)
+
+    async def post(self) -> None:
+        if not self.ctx.auth_enabled:
+            return self.message(AUTH_DISABLED)
+        token = self.values.require("token")
+        if not self.ctx.tokens.valid(token):
+            return self.message("Authentication failed: invalid token", 401)
+        sid = new_session_id()
+        now = self.ctx.clock()
+        session = ApiSession(token_digest(token), now, now + SESSION_LIFETIME)
+        await self.commit([Op.create(self.ctx.view.paths.session(sid), session.to_doc())])
+        self.set_signed_cookie(SESSION_COOKIE, sid, expires_days=None, httponly=True,
+                               samesite="Strict", secure=self.request.protocol == "https")
+        self.message("Login successful")
+
+
+class LogoutHandler(BaseHandler):
+    public = True
+
+    async def get(self) -> None:
+        await self._logout()
+
+    async def post(self) -> None:
+        await self._logout()
+
+    async def _logout(self) -> None:
+        if not self.ctx.auth_enabled:
+            return self.message(AUTH_DISABLED)
+        sid = self.session_id()
+        self.clear_cookie(SESSION_COOKIE)
+        if sid is None:
+            return self.message("No active session")
+        await self.commit([Op.delete(self.ctx.view.paths.session(sid))])
+        self.message("Logout successful")

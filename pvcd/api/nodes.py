@@ -1,0 +1,138 @@
+"""Node endpoints: list, element, coordinator-state, domain-state, daemon-state.
+
+Reads come from the cache. Writes record desired state in one compare-and-set transaction; the
+named node (or, for the coordinator role, the coordinators) carry it out.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pvcd.api.base import BaseHandler
+from pvcd.errors import InvalidValue, NotFound
+from pvcd.state.models import COORDINATOR_STATE_REQUESTS, DOMAIN_STATE_REQUESTS, Handover
+from pvcd.state.store import Op
+from pvcd.state.view import ClusterView
+
+
+def node_object(view: ClusterView, name: str) -> dict[str, Any] | None:
+    """A node as objects.md describes it."""
+    spec = view.cache.get(view.paths.node(name))
+    if spec is None:
+        return None
+    status = view.cache.get(view.paths.node_status(name)) or {}
+    stats = status.get("stats") or {}
+    role = "secondary" if spec.get("coordinator") else "client"
+    coordinator_state = status.get("coordinator_state", role)
+    if coordinator_state in ("primary", "takeover") and view.primary() != name:
+        coordinator_state = role  # a dead or stopped node's last report; it holds no lock
+    return {
+        "name": name,
+        "daemon_state": view.node_daemon_state(name, status),
+        "coordinator_state": coordinator_state,
+        "domain_state": status.get("domain_state", "ready"),
+        "coordinator": bool(spec.get("coordinator", False)),
+        "cpu_count": stats.get("cpu_count", 0),
+        "kernel": stats.get("kernel", ""),
+        "os": stats.get("os", ""),
+        "arch": stats.get("arch", ""),
+        "load": stats.get("load", 0.0),
+        "domains_count": stats.get("domains_count", 0),
+        "running_domains": stats.get("running_domains", []),
+        "vcpu": {"total": stats.get("vcpu_total", 0),
+                 "allocated": stats.get("vcpu_allocated", 0)},
+        "memory": {"total": stats.get("memory_total", 0),
+                   "allocated": stats.get("memory_allocated", 0),
+                   "used": stats.get("memory_used", 0),
+                   "free": stats.get("memory_free", 0)},
+        "keepalive": status.get("keepalive"),
+    }
+
+
+def list_nodes(view: ClusterView, limit: re.Pattern[str] | None) -> list[dict[str, Any]]:
+    result = []
+    for name in view.node_names():
+        if limit is not None and not limit.search(name):
+            continue
+        obj = node_object(view, name)
+        if obj is not None:
+            result.append(obj)
+    return result
+
+
+class NodeBaseHandler(BaseHandler):
+    def node(self, name: str) -> dict[str, Any]:
+        obj = node_object(self.ctx.view, name)
+        if obj is None:
+            raise NotFound(f"Node '{name}' not found")
+        return obj
+
+
+class NodeListHandler(BaseHandler):
+    def get(self) -> None:
+        self.reply(list_nodes(self.ctx.view, self.values.limit()))
+
+
+class NodeHandler(NodeBaseHandler):
+    def get(self, name: str) -> None:
+        self.reply([self.node(name)])
+
+
+class NodeDaemonStateHandler(NodeBaseHandler):
+    def get(self, name: str) -> None:
+        self.reply({"name": name, "daemon_state": self.node(name)["daemon_state"]})
+
+
+class NodeCoordinatorStateHandler(NodeBaseHandler):
+    def get(self, name: str) -> None:
+        self.reply({"name": name, "coordinator_state": self.node(name)["coordinator_state"]})
+
+    async def post(self, name: str) -> None:
+        node = self.node(name)
+        wanted = self.values.choice("coordinator-state", COORDINATOR_STATE_REQUESTS)
+        view = self.ctx.view
+        if not node["coordinator"]:
+            raise InvalidValue(f"Node '{name}' is not a coordinator; only coordinators can "
+                               "be primary or secondary")
+        if node["daemon_state"] != "run":
+            raise InvalidValue(f"Node '{name}' is not running (daemon state "
+                               f"{node['daemon_state']}); it cannot change coordinator state")
+        primary = view.primary()
+        if wanted == "primary":
+            if primary == name:
+                return self.message(f"Node '{name}' is already primary")
+            request = Handover(from_node=primary or "", to_node=name, requested=self.ctx.clock())
+        else:
+            if primary != name:
+                return self.message(f"Node '{name}' is already secondary")
+            others = [n for n in view.live_coordinators() if n != name]
+            if not others:
+                raise InvalidValue(f"No other coordinator is running to take over from "
+                                   f"'{name}'; it stays primary")
+            request = Handover(from_node=name, to_node=None, requested=self.ctx.clock())
+        entry = view.cache.entry(view.paths.handover)
+        op = Op.create(view.paths.handover, request.to_doc()) if entry is None else \
+            Op.set(view.paths.handover, request.to_doc(), entry.version)
+        await self.commit([op])
+        self.message(f"Setting node '{name}' to {wanted}; the primary role is being handed over")
+
+
+class NodeDomainStateHandler(NodeBaseHandler):
+    def get(self, name: str) -> None:
+        self.reply({"name": name, "domain_state": self.node(name)["domain_state"]})
+
+    async def post(self, name: str) -> None:
+        node = self.node(name)
+        wanted = self.values.choice("domain-state", DOMAIN_STATE_REQUESTS)
+        view = self.ctx.view
+        entry = view.node_spec_entry(name)
+        assert entry is not None  # node() found it
+        spec = dict(entry.doc)
+        settled = {"flush": "flushed", "ready": "ready"}[str(wanted)]
+        if spec.get("domain_state") == wanted and node["domain_state"] == settled:
+            return self.message(f"Node '{name}' is already in domain state {settled}")
+        spec["domain_state"] = wanted
+        spec["domain_request"] = int(spec.get("domain_request", 0)) + 1
+        await self.commit([Op.set(view.paths.node(name), spec, entry.version)])
+        self.message(f"Setting node '{name}' to domain state {wanted}")

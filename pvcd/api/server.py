@@ -1,0 +1,110 @@
+"""Runs the API on its own thread and event loop, started and stopped as the primary moves.
+
+`start()` binds the listening socket synchronously (so a busy address is an immediate, retryable
+error for the coordinator) and then serves on a fresh event loop thread. `stop()` stops
+accepting, lets requests in flight finish (bounded), closes every connection — including idle
+keep-alive ones, so no client keeps talking to an old primary — and ends the thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+import threading
+import time
+
+import tornado.httpserver
+import tornado.netutil
+
+from pvcd.api.app import make_app
+from pvcd.api.base import ApiContext
+
+log = logging.getLogger(__name__)
+
+
+class ApiServer:
+    def __init__(self, ctx: ApiContext, address: str, port: int, cookie_secret: str,
+                 ssl_context: ssl.SSLContext | None = None, drain_timeout: float = 2.0) -> None:
+        self.ctx = ctx
+        self.address = address
+        self.port = port
+        self.cookie_secret = cookie_secret
+        self.ssl_context = ssl_context
+        self.drain_timeout = drain_timeout
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: tornado.httpserver.HTTPServer | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        sockets = tornado.netutil.bind_sockets(self.port, self.address, family=_family(
+            self.address), reuse_port=False)
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(sockets, ready),
+                                        name="api", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        log.info("event=api-listening address=%s port=%d tls=%s", self.address, self.port,
+                 self.ssl_context is not None)
+
+    def _run(self, sockets: list[socket.socket], ready: threading.Event) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self._loop = loop
+
+        async def serve() -> None:
+            app = make_app(self.ctx, self.cookie_secret)
+            self._server = tornado.httpserver.HTTPServer(
+                app, ssl_options=self.ssl_context, xheaders=False)
+            self._server.add_sockets(sockets)
+            ready.set()
+
+        loop.run_until_complete(serve())
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
+
+    def stop(self) -> None:
+        thread, loop = self._thread, self._loop
+        if thread is None or loop is None:
+            return
+        future = asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
+        try:
+            future.result(self.drain_timeout + 5)
+        except Exception:
+            log.exception("event=api-stop-error")
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        self._thread = None
+        self._loop = None
+        self._server = None
+        log.info("event=api-stopped address=%s port=%d", self.address, self.port)
+
+    async def _shutdown(self) -> None:
+        server = self._server
+        if server is None:
+            return
+        server.stop()  # no new connections
+        deadline = time.monotonic() + self.drain_timeout
+        while self.ctx.in_flight > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.02)  # let the last responses leave the socket buffers
+        await server.close_all_connections()
+
+
+def _family(address: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+def make_ssl_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    return context

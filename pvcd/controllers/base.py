@@ -1,0 +1,175 @@
+"""The controller framework: level-triggered reconciliation over a per-key work queue.
+
+The contract is controller-runtime's: watch callbacks only `enqueue(key)`; a worker calls
+`reconcile(key)`, which re-reads desired and actual state, acts idempotently and returns a
+`Result` (done, or requeue after N seconds). A key is never reconciled by two workers at once;
+a key enqueued while it is being reconciled runs once more afterwards (so no event is lost).
+An exception backs the key off exponentially; `TemporaryError` says "retry later" without a
+stack trace, anything else is logged with one. A periodic resync re-enqueues every known key, so
+a missed event delays convergence but never prevents it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+
+class TemporaryError(Exception):
+    """The reconcile could not finish now (a backend busy, a peer not ready); retry later."""
+
+
+@dataclass(frozen=True)
+class Result:
+    requeue_after: float | None = None
+
+
+DONE = Result()
+
+
+class Controller:
+    """Runs `reconcile(key)` for enqueued keys on `workers` threads."""
+
+    def __init__(self, name: str, reconcile: Callable[[str], Result | None],
+                 list_keys: Callable[[], Iterable[str]] | None = None,
+                 workers: int = 1, resync_interval: float = 60.0,
+                 backoff_base: float = 0.05, backoff_max: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.name = name
+        self._reconcile = reconcile
+        self._list_keys = list_keys
+        self._workers = workers
+        self._resync_interval = resync_interval
+        self._backoff_base = backoff_base
+        self._backoff_max = backoff_max
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._queue: list[str] = []          # ready keys, FIFO
+        self._queued: set[str] = set()
+        self._active: set[str] = set()
+        self._dirty: set[str] = set()        # enqueued while active
+        self._delayed: list[tuple[float, str]] = []  # heap of (due, key)
+        self._failures: dict[str, int] = {}
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
+        self._next_resync = 0.0
+        self.reconciles = 0
+        self.errors = 0
+
+    # public
+    def start(self) -> None:
+        self._stopping = False
+        self._next_resync = self._clock()
+        for i in range(self._workers):
+            thread = threading.Thread(target=self._work, name=f"{self.name}-{i}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads.clear()
+
+    def enqueue(self, key: str) -> None:
+        with self._cond:
+            self._enqueue_locked(key)
+
+    def enqueue_after(self, key: str, delay: float) -> None:
+        with self._cond:
+            heapq.heappush(self._delayed, (self._clock() + delay, key))
+            self._cond.notify()
+
+    def resync(self) -> None:
+        with self._cond:
+            self._next_resync = self._clock()
+            self._cond.notify()
+
+    def idle(self) -> bool:
+        with self._cond:
+            return not (self._queue or self._active)
+
+    # internals
+    def _enqueue_locked(self, key: str) -> None:
+        if key in self._active:
+            self._dirty.add(key)
+        elif key not in self._queued:
+            self._queued.add(key)
+            self._queue.append(key)
+            self._cond.notify()
+
+    def _next_key(self) -> str | None:
+        with self._cond:
+            while not self._stopping:
+                now = self._clock()
+                if self._list_keys is not None and now >= self._next_resync:
+                    self._next_resync = now + self._resync_interval
+                    self._cond.release()
+                    try:
+                        keys = list(self._list_keys())
+                    except Exception:
+                        log.exception("event=resync-failed controller=%s", self.name)
+                        keys = []
+                    finally:
+                        self._cond.acquire()
+                    for key in keys:
+                        self._enqueue_locked(key)
+                while self._delayed and self._delayed[0][0] <= now:
+                    _, key = heapq.heappop(self._delayed)
+                    self._enqueue_locked(key)
+                for index, key in enumerate(self._queue):
+                    if key not in self._active:
+                        del self._queue[index]
+                        self._queued.discard(key)
+                        self._active.add(key)
+                        return key
+                waits = [1.0]
+                if self._delayed:
+                    waits.append(self._delayed[0][0] - now)
+                if self._list_keys is not None:
+                    waits.append(self._next_resync - now)
+                self._cond.wait(max(0.001, min(waits)))
+            return None
+
+    def _work(self) -> None:
+        while True:
+            key = self._next_key()
+            if key is None:
+                return
+            delay: float | None = None
+            try:
+                result = self._reconcile(key) or DONE
+                self._failures.pop(key, None)
+                delay = result.requeue_after
+            except TemporaryError as exc:
+                delay = self._backoff(key)
+                log.info("event=reconcile-retry controller=%s key=%s reason=%s delay=%.2f",
+                         self.name, key, exc, delay)
+            except Exception:
+                delay = self._backoff(key)
+                self.errors += 1
+                log.exception("event=reconcile-error controller=%s key=%s delay=%.2f",
+                              self.name, key, delay)
+            finally:
+                self.reconciles += 1
+                with self._cond:
+                    self._active.discard(key)
+                    if key in self._dirty:
+                        self._dirty.discard(key)
+                        self._enqueue_locked(key)
+                    self._cond.notify_all()
+            if delay is not None:
+                self.enqueue_after(key, delay)
+
+    def _backoff(self, key: str) -> float:
+        count = self._failures.get(key, 0) + 1
+        self._failures[key] = count
+        return float(min(self._backoff_max, self._backoff_base * (2 ** (count - 1))))

@@ -1,0 +1,269 @@
+"""One node's daemon: wires the ZooKeeper session, the cache, the controllers and the API.
+
+Lifecycle: connect → ensure the schema → start the cache → register (node spec, status,
+ephemeral `alive`) → controllers and the keepalive loop → on SIGTERM: `shutdown`, hand the
+primary role over, `stop`, close the session.
+
+Session handling: a SUSPENDED connection keeps everything as is (the session, the ephemeral
+znodes and the primary lock may well survive a ZooKeeper leader change). A LOST session
+(expired) means ZooKeeper already removed our ephemeral znodes: the coordinator drops the primary
+role at once, and the main loop re-registers on the new session without a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+
+from kazoo.client import KazooClient, KazooState
+
+from pvcd.api.auth import Tokens
+from pvcd.api.base import ApiContext
+from pvcd.api.server import ApiServer, make_ssl_context
+from pvcd.config import Config
+from pvcd.controllers.base import Controller
+from pvcd.controllers.coordinator import KEY as COORDINATOR_KEY
+from pvcd.controllers.coordinator import Coordinator, PrimaryServices
+from pvcd.controllers.node import NodeController, NodeStatusWriter
+from pvcd.drivers.host import HostDriver, pid_alive
+from pvcd.errors import Conflict
+from pvcd.state.cache import StateCache
+from pvcd.state.models import NodeSpec, NodeStatus, from_dict
+from pvcd.state.schema import Paths, ensure_schema
+from pvcd.state.store import Op, Store
+from pvcd.state.view import ClusterView
+
+log = logging.getLogger(__name__)
+
+
+class NodeDaemon:
+    def __init__(self, config: Config, host: HostDriver | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.name = config.node.name
+        self.clock = clock
+        self.host = host or HostDriver()
+        self.paths = Paths(config.cluster.zookeeper_root)
+        self.client = KazooClient(
+            hosts=",".join(config.cluster.coordinators),
+            timeout=config.cluster.session_timeout,
+            connection_retry={"max_tries": -1, "delay": 0.05, "backoff": 1.5,
+                              "max_delay": 1.0, "max_jitter": 0.1},
+        )
+        self.cache = StateCache(self.client, self.paths.root)
+        self.store = Store(self.client, self.cache)
+        self.view = ClusterView(self.cache, self.paths)
+        self.writer = NodeStatusWriter(self.store, self.paths.node_status(self.name), clock)
+        self.node = NodeController(self.name, self.view, self.store, self.writer, self.host, clock)
+        timing = config.timing
+        self.node_controller = Controller("node", self.node.reconcile, self.node.keys,
+                                          resync_interval=timing.resync_interval)
+        self.services = PrimaryServices()
+        self.coordinator: Coordinator | None = None
+        self.coordinator_controller: Controller | None = None
+        if config.node.coordinator:
+            self.coordinator = Coordinator(self.name, self.view, self.store, self.writer,
+                                           self.services, self._session_id,
+                                           timing.handover_timeout, clock)
+            self.coordinator_controller = Controller(
+                "coordinator", self.coordinator.reconcile, lambda: [COORDINATOR_KEY],
+                resync_interval=1.0)
+            self.api = self._make_api()
+            self.services.add("api", self.api.start, self.api.stop)
+        self.registered = False
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self.stopped = threading.Event()
+
+    def _make_api(self) -> ApiServer:
+        api = self.config.api
+        ctx = ApiContext(
+            view=self.view, store=self.store, node_name=self.name,
+            auth_enabled=api.auth.enabled,
+            tokens=Tokens.from_config([t.token for t in api.auth.tokens]),
+            clock=self.clock,
+        )
+        ssl_context = None
+        if api.tls.enabled and api.tls.cert_file and api.tls.key_file:
+            ssl_context = make_ssl_context(api.tls.cert_file, api.tls.key_file)
+        return ApiServer(ctx, api.listen, api.port, api.auth.secret_key, ssl_context)
+
+    # public
+    def run(self) -> None:
+        """Run until `stop()`; returns after a clean shutdown."""
+        log.info("event=daemon-start node=%s coordinator=%s zookeeper=%s", self.name,
+                 self.config.node.coordinator, ",".join(self.config.cluster.coordinators))
+        self.client.add_listener(self._on_session_state)
+        self._connect()
+        ensure_schema(self.client, self.paths)
+        self.cache.start()
+        self.cache.subscribe(self._on_change)
+        self._register()
+        self.node_controller.start()
+        if self.coordinator_controller is not None:
+            self.coordinator_controller.start()
+        try:
+            self._main_loop()
+        finally:
+            self._shutdown()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    # session
+    def _connect(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.client.start(timeout=max(5.0, self.config.cluster.session_timeout))
+                return
+            except Exception as exc:
+                log.warning("event=zookeeper-unreachable node=%s error=%r", self.name, exc)
+                self._stop.wait(1.0)
+
+    def _on_session_state(self, state: str) -> None:
+        # runs on kazoo's connection thread: only flip flags and wake the main loop
+        if state == KazooState.LOST:
+            self.registered = False
+            log.warning("event=session-lost node=%s", self.name)
+        elif state == KazooState.SUSPENDED:
+            log.warning("event=session-suspended node=%s", self.name)
+        self._wake.set()
+        if self.coordinator_controller is not None:
+            self.coordinator_controller.enqueue(COORDINATOR_KEY)
+
+    def _session_id(self) -> int | None:
+        if not self.registered or self.client.client_id is None:
+            return None
+        return int(self.client.client_id[0])
+
+    # registration
+    def _register(self) -> None:
+        """Create or refresh this node's records; idempotent; run at start and after LOST."""
+        self._claim_name()
+        spec_path = self.paths.node(self.name)
+        coordinator = self.config.node.coordinator
+
+        def refresh_spec(doc: object) -> object:
+            spec = from_dict(NodeSpec, doc)
+            if spec.coordinator == coordinator and spec.name == self.name:
+                return None
+            spec.name, spec.coordinator = self.name, coordinator
+            return spec.to_doc()
+
+        if self.store.read_optional(spec_path) is None:
+            try:
+                self.store.commit([Op.create(spec_path, NodeSpec(self.name, coordinator).to_doc())])
+            except Conflict:
+                pass
+        self.store.update(spec_path, refresh_spec)
+        previous = self.store.read_optional(self.paths.node_status(self.name))
+        status = from_dict(NodeStatus, previous[0] if previous else {})
+        status.daemon_state = "run"
+        status.coordinator_state = "secondary" if coordinator else "client"
+        status.pid = os.getpid()
+        status.started = self.clock()
+        status.keepalive = self.clock()
+        self.writer.reset(status)
+        alive_doc = {"pid": os.getpid(), "boot_id": self.host.boot_id(), "since": self.clock()}
+        ops = [Op.create(self.paths.node_alive(self.name), alive_doc, ephemeral=True)]
+        if previous is None:
+            ops.append(Op.create(self.paths.node_status(self.name), status.to_doc()))
+        else:
+            ops.append(Op.set(self.paths.node_status(self.name), status.to_doc(),
+                              previous[1].version))
+        results = self.store.commit(ops)
+        self.writer.mark_written(results[1].version if previous is not None else 0)
+        self.node.keepalive()
+        self.registered = True
+        log.info("event=node-registered node=%s session=%#x", self.name,
+                 self.client.client_id[0] if self.client.client_id else 0)
+        self.node_controller.enqueue(self.node.key())
+        if self.coordinator_controller is not None:
+            self.coordinator_controller.enqueue(COORDINATOR_KEY)
+
+    def _claim_name(self) -> None:
+        """Make sure no other live daemon uses our node name; clear our own stale liveness.
+
+        An `alive` znode left by this node's previous process (same boot, pid gone) is deleted
+        at once instead of waiting for its session to time out; one held by a live process is
+        a configuration error (two daemons, one name), reported after waiting it out.
+        """
+        path = self.paths.node_alive(self.name)
+        deadline = time.monotonic() + 2 * self.config.cluster.session_timeout + 1
+        while True:
+            current = self.store.read_optional(path)
+            if current is None:
+                return
+            doc, stat = current
+            doc = doc if isinstance(doc, dict) else {}
+            own_session = self.client.client_id and stat.ephemeralOwner == self.client.client_id[0]
+            stale = doc.get("boot_id") == self.host.boot_id() and not pid_alive(
+                int(doc.get("pid", 0)))
+            if own_session or stale:
+                try:
+                    self.store.commit([Op.delete(path, stat.version)])
+                except Conflict:
+                    pass
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"another pvcd daemon is registered as node '{self.name}' "
+                                   f"(pid {doc.get('pid')}); refusing to start twice")
+            time.sleep(0.2)
+
+    # loop
+    def _main_loop(self) -> None:
+        interval = self.config.timing.keepalive_interval
+        next_keepalive = time.monotonic() + interval
+        while not self._stop.is_set():
+            self._wake.wait(max(0.0, next_keepalive - time.monotonic()))
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                if not self.registered and self.client.state == KazooState.CONNECTED:
+                    self._register()
+                if self.registered and time.monotonic() >= next_keepalive:
+                    self.node.keepalive()
+            except Exception as exc:
+                log.warning("event=keepalive-failed node=%s error=%r", self.name, exc)
+                self._stop.wait(0.2)
+                self._wake.set()
+                continue
+            if time.monotonic() >= next_keepalive:
+                next_keepalive = time.monotonic() + interval
+
+    def _on_change(self, path: str) -> None:
+        paths = self.paths
+        if path == paths.node(self.name):
+            self.node_controller.enqueue(self.node.key())
+        if self.coordinator_controller is not None and (
+                path.startswith(paths.coordinator) or path.endswith("/alive")):
+            self.coordinator_controller.enqueue(COORDINATOR_KEY)
+
+    def _shutdown(self) -> None:
+        log.info("event=daemon-shutdown node=%s", self.name)
+        try:
+            if self.registered:
+                self.writer.update(lambda s: setattr(s, "daemon_state", "shutdown"))
+            if self.coordinator is not None:
+                self.coordinator.shutdown()
+            if self.coordinator_controller is not None:
+                self.coordinator_controller.stop()
+            self.node_controller.stop()
+            if self.registered:
+                self.writer.update(lambda s: setattr(s, "daemon_state", "stop"))
+                self.store.commit([Op.delete(self.paths.node_alive(self.name))])
+        except Exception:
+            log.exception("event=shutdown-error node=%s", self.name)
+        finally:
+            self.registered = False
+            self.cache.close()
+            self.client.stop()
+            self.client.close()
+            self.stopped.set()
+            log.info("event=daemon-stopped node=%s", self.name)
+

@@ -1,0 +1,80 @@
+"""Facts and live statistics of the host a node daemon runs on (procfs, uname)."""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class HostStats:
+    cpu_count: int
+    kernel: str
+    os: str
+    arch: str
+    load: float
+    memory_total: int  # MiB
+    memory_used: int
+    memory_free: int
+
+
+class HostDriver:
+    """Reads the host's statistics; `proc` can point elsewhere for tests."""
+
+    def __init__(self, proc: str = "/proc") -> None:
+        self._proc = proc
+
+    def stats(self) -> HostStats:
+        meminfo = self._meminfo()
+        total = meminfo.get("MemTotal", 0) // 1024
+        available = meminfo.get("MemAvailable", meminfo.get("MemFree", 0)) // 1024
+        return HostStats(
+            cpu_count=os.cpu_count() or 1,
+            kernel=platform.release(),
+            os=_os_name(),
+            arch=platform.machine(),
+            load=round(os.getloadavg()[0], 2),
+            memory_total=total,
+            memory_used=max(0, total - available),
+            memory_free=available,
+        )
+
+    def _meminfo(self) -> dict[str, int]:
+        values: dict[str, int] = {}
+        with open(os.path.join(self._proc, "meminfo")) as handle:
+            for line in handle:
+                key, _, rest = line.partition(":")
+                parts = rest.split()
+                if parts and parts[0].isdigit():
+                    values[key] = int(parts[0])  # KiB
+        return values
+
+    def boot_id(self) -> str:
+        try:
+            with open(os.path.join(self._proc, "sys/kernel/random/boot_id")) as handle:
+                return handle.read().strip()
+        except OSError:
+            return ""
+
+
+def _os_name() -> str:
+    try:
+        with open("/etc/os-release") as handle:
+            for line in handle:
+                if line.startswith("PRETTY_NAME="):
+                    return line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return platform.system().lower()
+
+
+def pid_alive(pid: int) -> bool:
+    """True while process `pid` exists and is not a zombie."""
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False

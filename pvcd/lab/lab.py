@@ -1,0 +1,291 @@
+"""The lab: a real pvcd cluster on one machine (ZooKeeper + N node daemons).
+
+`Lab(workdir).up(nodes=3)` starts a ZooKeeper (or an ensemble) and N `pvcd run` processes, each
+with its own config file, with authentication on and a generated token, waits until the API
+answers and every node runs, and writes `workdir/lab.json` for scripts and tests. `down()` stops
+everything it started and removes what it created. Later issues extend it (libvirt, network
+namespaces, Ceph); each part is started and stopped here.
+
+The API follows the primary: every coordinator is configured to listen on the same loopback
+address and port, and only the primary binds it, so `lab.json`'s `api` stays valid across
+handovers (a stand-in for the floating IP until the HA issue puts nodes in namespaces).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pvcd.drivers.host import pid_alive
+from pvcd.lab.zookeeper import ZooKeeperEnsemble, ZooKeeperServer, free_port
+
+LAB_FILE = "lab.json"
+PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
+
+
+@dataclass
+class LabNode:
+    name: str
+    coordinator: bool
+    config: str
+    log: str
+    pid: int = 0
+
+
+@dataclass
+class LabInfo:
+    workdir: str
+    api: str
+    token: str
+    zookeeper: str
+    zk_root: str
+    nodes: list[LabNode] = field(default_factory=list)
+    zookeeper_servers: list[dict[str, Any]] = field(default_factory=list)
+    session_timeout: float = 3.0
+    created: float = 0.0
+
+    def node(self, name: str) -> LabNode:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> LabInfo:
+        doc = json.loads(text)
+        doc["nodes"] = [LabNode(**n) for n in doc.get("nodes", [])]
+        return cls(**doc)
+
+
+class Lab:
+    def __init__(self, workdir: Path | str) -> None:
+        self.workdir = Path(workdir).resolve()
+        self.info: LabInfo | None = None
+        self.zookeeper: ZooKeeperEnsemble | None = None
+
+    @property
+    def lab_file(self) -> Path:
+        return self.workdir / LAB_FILE
+
+    # bring up
+    def up(self, nodes: int = 3, zk_ensemble: int = 1, coordinators: int | None = None,
+           session_timeout: float = 3.0, keepalive_interval: float = 1.0,
+           auth: bool = True, timeout: float = 90.0) -> LabInfo:
+        if self.lab_file.exists():
+            raise RuntimeError(f"a lab is already described in {self.lab_file}; "
+                               "run `pvcd lab down` first")
+        if nodes < 1 or zk_ensemble not in (1, 3):
+            raise ValueError("need at least one node, and a ZooKeeper of 1 or 3 servers")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        coordinators = min(3, nodes) if coordinators is None else coordinators
+        self.zookeeper = ZooKeeperEnsemble(self.workdir / "zookeeper", zk_ensemble)
+        self.zookeeper.start()
+        api_port = free_port()
+        info = LabInfo(
+            workdir=str(self.workdir), api=f"http://127.0.0.1:{api_port}/api/v1",
+            token=str(uuid.uuid4()), zookeeper=self.zookeeper.connect_string, zk_root="/pvc",
+            session_timeout=session_timeout, created=time.time(),
+            zookeeper_servers=[_server_doc(s) for s in self.zookeeper.servers],
+        )
+        secret = secrets.token_hex(32)
+        for index in range(1, nodes + 1):
+            name = f"node{index}"
+            folder = self.workdir / "nodes" / name
+            folder.mkdir(parents=True, exist_ok=True)
+            config = {
+                "node": {"name": name, "coordinator": index <= coordinators},
+                "cluster": {"coordinators": self.zookeeper.hosts, "zookeeper_root": info.zk_root,
+                            "session_timeout": session_timeout},
+                "api": {"listen": "127.0.0.1", "port": api_port,
+                        "auth": {"enabled": auth, "secret_key": secret,
+                                 "tokens": [{"token": info.token, "description": "lab"}]}},
+                "timing": {"keepalive_interval": keepalive_interval, "handover_timeout": 5.0},
+            }
+            config_path = folder / "pvcd.yaml"
+            config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+            info.nodes.append(LabNode(name, index <= coordinators, str(config_path),
+                                      str(folder / "pvcd.log")))
+        self.info = info
+        self.save()
+        try:
+            for node in info.nodes:
+                self.start_node(node.name)
+            self.save()
+            self.wait_ready(timeout)
+        except BaseException:
+            self.down()
+            raise
+        return info
+
+    def start_node(self, name: str) -> int:
+        info = self._info()
+        node = info.node(name)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (PACKAGE_PARENT, env.get("PYTHONPATH", "")) if p)
+        with open(node.log, "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "pvcd", "run", "--config", node.config],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                start_new_session=True,
+            )
+        node.pid = process.pid
+        self.save()
+        return process.pid
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        info = self._info()
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            for node in info.nodes:
+                if not pid_alive(node.pid):
+                    raise RuntimeError(f"{node.name} exited during start; see {node.log}")
+            try:
+                nodes = self.api_get("/node")
+                states = {n["name"]: n["daemon_state"] for n in nodes}
+                if len(states) == len(info.nodes) and set(states.values()) == {"run"} and \
+                        any(n["coordinator_state"] == "primary" for n in nodes):
+                    return
+                last = f"node states {states}"
+            except (OSError, ValueError) as exc:
+                last = repr(exc)
+            time.sleep(0.1)
+        raise TimeoutError(f"lab not ready after {timeout}s: {last}")
+
+    # operations used by tests and `pvcd lab status`
+    def api_get(self, path: str, timeout: float = 5.0) -> Any:
+        info = self._info()
+        request = urllib.request.Request(info.api + path, headers={"X-Api-Key": info.token})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+
+    def signal_node(self, name: str, sig: int) -> None:
+        pid = self._info().node(name).pid
+        if pid_alive(pid):
+            os.kill(pid, sig)
+
+    def wait_node_exit(self, name: str, timeout: float = 15.0) -> bool:
+        pid = self._info().node(name).pid
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            _reap(pid)
+            if not pid_alive(pid):
+                return True
+            time.sleep(0.02)
+        return False
+
+    def status(self) -> list[dict[str, Any]]:
+        info = self._info()
+        try:
+            api_nodes = {n["name"]: n for n in self.api_get("/node")}
+        except (OSError, ValueError):
+            api_nodes = {}
+        rows = []
+        for node in info.nodes:
+            api = api_nodes.get(node.name, {})
+            rows.append({"name": node.name, "pid": node.pid, "process": pid_alive(node.pid),
+                         "daemon_state": api.get("daemon_state", "?"),
+                         "coordinator_state": api.get("coordinator_state", "?")})
+        return rows
+
+    # tear down
+    def down(self, timeout: float = 15.0) -> None:
+        info = self.info or (self.load() if self.lab_file.exists() else None)
+        if info is not None:
+            for node in info.nodes:
+                if pid_alive(node.pid):
+                    _kill(node.pid, signal.SIGCONT)
+                    _kill(node.pid, signal.SIGTERM)
+            for node in info.nodes:
+                deadline = time.monotonic() + timeout
+                while pid_alive(node.pid) and time.monotonic() < deadline:
+                    _reap(node.pid)
+                    time.sleep(0.05)
+                if pid_alive(node.pid):
+                    _kill(node.pid, signal.SIGKILL)
+                _reap(node.pid)
+        ensemble = self.zookeeper
+        if ensemble is None and info is not None:
+            ensemble = ZooKeeperEnsemble(self.workdir / "zookeeper", len(info.zookeeper_servers))
+            ensemble.servers = [_server_from_doc(d) for d in info.zookeeper_servers]
+        if ensemble is not None:
+            ensemble.stop()
+        _remove_tree(self.workdir / "zookeeper")
+        _remove_tree(self.workdir / "nodes")
+        self.lab_file.unlink(missing_ok=True)
+        self.lab_file.with_suffix(".tmp").unlink(missing_ok=True)
+        if self.workdir.exists() and not any(self.workdir.iterdir()):
+            self.workdir.rmdir()
+        self.info = None
+
+    # persistence
+    def save(self) -> None:
+        info = self._info()
+        tmp = self.lab_file.with_suffix(".tmp")
+        tmp.write_text(info.to_json())
+        tmp.replace(self.lab_file)
+
+    def load(self) -> LabInfo:
+        self.info = LabInfo.from_json(self.lab_file.read_text())
+        return self.info
+
+    def _info(self) -> LabInfo:
+        if self.info is None:
+            if not self.lab_file.exists():
+                raise RuntimeError(f"no lab in {self.workdir} (no {LAB_FILE})")
+            self.load()
+        assert self.info is not None
+        return self.info
+
+
+def _server_doc(server: ZooKeeperServer) -> dict[str, Any]:
+    return {"index": server.index, "pid": server.pid, "client_port": server.client_port,
+            "quorum_port": server.quorum_port, "election_port": server.election_port,
+            "folder": str(server.folder)}
+
+
+def _server_from_doc(doc: dict[str, Any]) -> ZooKeeperServer:
+    return ZooKeeperServer(doc["index"], doc["client_port"], doc["quorum_port"],
+                           doc["election_port"], Path(doc["folder"]), pid=doc["pid"])
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _remove_tree(path: Path) -> None:
+    if not path.exists():
+        return
+    for child in sorted(path.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if child.is_dir() and not child.is_symlink():
+            child.rmdir()
+        else:
+            child.unlink()
+    path.rmdir()

@@ -1,0 +1,184 @@
+"""ZooKeeper servers for the lab and the tests: a single server or an ensemble on loopback.
+
+The Debian package ships no running service; we start `QuorumPeerMain` directly with a config of
+our own in the lab's folder (see docs/lab.md). A short tickTime lets sessions time out in about a
+second, so failover tests are fast.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pvcd.drivers.host import pid_alive
+
+ZK_CLASSPATH = "/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar"
+ZK_MAIN = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def four_letter(host: str, port: int, word: str, timeout: float = 1.0) -> str:
+    """Send a ZooKeeper four-letter command and return the answer ('' when unreachable)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(word.encode())
+            chunks = []
+            while True:
+                data = sock.recv(4096)
+                if not data:
+                    break
+                chunks.append(data)
+            return b"".join(chunks).decode(errors="replace")
+    except OSError:
+        return ""
+
+
+@dataclass
+class ZooKeeperServer:
+    index: int
+    client_port: int
+    quorum_port: int
+    election_port: int
+    folder: Path
+    process: subprocess.Popen[bytes] | None = None
+    pid: int = 0
+
+    def mode(self) -> str:
+        """'standalone', 'leader', 'follower', or '' when not serving."""
+        for line in four_letter("127.0.0.1", self.client_port, "srvr").splitlines():
+            if line.startswith("Mode:"):
+                return line.split(":", 1)[1].strip()
+        return ""
+
+
+@dataclass
+class ZooKeeperEnsemble:
+    """`size` ZooKeeper servers on 127.0.0.1, their data in `workdir/zk<i>`."""
+
+    workdir: Path
+    size: int = 1
+    tick_ms: int = 500
+    servers: list[ZooKeeperServer] = field(default_factory=list)
+
+    @property
+    def hosts(self) -> list[str]:
+        return [f"127.0.0.1:{s.client_port}" for s in self.servers]
+
+    @property
+    def connect_string(self) -> str:
+        return ",".join(self.hosts)
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if not self.servers:
+            self.servers = [
+                ZooKeeperServer(i + 1, free_port(), free_port(), free_port(),
+                                self.workdir / f"zk{i + 1}")
+                for i in range(self.size)
+            ]
+        for server in self.servers:
+            self._write_config(server)
+        for server in self.servers:
+            self.start_server(server)
+        self.wait_ready(timeout)
+
+    def _write_config(self, server: ZooKeeperServer) -> None:
+        data = server.folder / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        lines = [
+            f"tickTime={self.tick_ms}",
+            "initLimit=10",
+            "syncLimit=5",
+            f"dataDir={data}",
+            f"clientPort={server.client_port}",
+            "clientPortAddress=127.0.0.1",
+            "admin.enableServer=false",
+            "4lw.commands.whitelist=srvr,ruok,mntr,stat,conf",
+            "maxClientCnxns=0",
+            "autopurge.purgeInterval=0",
+        ]
+        if self.size > 1:
+            (data / "myid").write_text(f"{server.index}\n")
+            for peer in self.servers:
+                lines.append(
+                    f"server.{peer.index}=127.0.0.1:{peer.quorum_port}:{peer.election_port}"
+                )
+        (server.folder / "zoo.cfg").write_text("\n".join(lines) + "\n")
+
+    def start_server(self, server: ZooKeeperServer) -> None:
+        log = open(server.folder / "zookeeper.log", "ab")
+        server.process = subprocess.Popen(
+            ["java", "-Xms32m", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+             "-Dzookeeper.log.dir=" + str(server.folder), "-cp", ZK_CLASSPATH, ZK_MAIN,
+             str(server.folder / "zoo.cfg")],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        server.pid = server.process.pid
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            modes = [s.mode() for s in self.servers]
+            if self.size == 1 and modes == ["standalone"]:
+                return
+            if self.size > 1 and all(modes) and modes.count("leader") == 1:
+                return
+            for server in self.servers:
+                if server.process is not None and server.process.poll() is not None:
+                    raise RuntimeError(
+                        f"ZooKeeper server {server.index} exited with "
+                        f"{server.process.returncode}; see {server.folder / 'zookeeper.log'}"
+                    )
+            time.sleep(0.05)
+        raise TimeoutError(f"ZooKeeper not serving after {timeout}s (modes: "
+                           f"{[s.mode() for s in self.servers]})")
+
+    def leader(self) -> ZooKeeperServer | None:
+        for server in self.servers:
+            if server.mode() in ("leader", "standalone"):
+                return server
+        return None
+
+    def kill(self, server: ZooKeeperServer, sig: int = signal.SIGKILL) -> None:
+        _signal(server.pid, sig)
+        if server.process is not None:
+            server.process.wait(timeout=10)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for server in self.servers:
+            _signal(server.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for server in self.servers:
+            while pid_alive(server.pid) and time.monotonic() < deadline:
+                if server.process is not None:
+                    server.process.poll()
+                time.sleep(0.05)
+            if pid_alive(server.pid):
+                _signal(server.pid, signal.SIGKILL)
+            if server.process is not None:
+                try:
+                    server.process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+
+
+def _signal(pid: int, sig: int) -> None:
+    if pid <= 0:
+        return
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+

@@ -1,0 +1,78 @@
+"""The `pvcd` command: `pvcd run` (the node daemon) and `pvcd lab up|down|status`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from types import FrameType
+
+from pvcd.config import DEFAULT_CONFIG_PATH, load_config
+from pvcd.errors import ConfigError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pvcd", description="pvcd node daemon and lab")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the node daemon")
+    run.add_argument("--config", default=DEFAULT_CONFIG_PATH, help="node configuration file")
+    run.add_argument("--log-level", default="INFO")
+    lab = sub.add_parser("lab", help="a real cluster on this machine")
+    lab_sub = lab.add_subparsers(dest="lab_command", required=True)
+    up = lab_sub.add_parser("up", help="start ZooKeeper and node daemons")
+    up.add_argument("--workdir", default="./lab")
+    up.add_argument("--nodes", type=int, default=3)
+    up.add_argument("--zk-ensemble", type=int, choices=(1, 3), default=1)
+    up.add_argument("--coordinators", type=int, default=None)
+    for name in ("down", "status"):
+        cmd = lab_sub.add_parser(name)
+        cmd.add_argument("--workdir", default="./lab")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return _run(args.config, args.log_level)
+    return _lab(args)
+
+
+def _run(config_path: str, log_level: str) -> int:
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("kazoo").setLevel(logging.WARNING)
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        print(f"pvcd: configuration error: {exc}", file=sys.stderr)
+        return 2
+    from pvcd.daemon import NodeDaemon  # after config: a bad config fails fast and clearly
+
+    daemon = NodeDaemon(config)
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        daemon.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    daemon.run()
+    return 0
+
+
+def _lab(args: argparse.Namespace) -> int:
+    from pvcd.lab.lab import Lab
+
+    lab = Lab(args.workdir)
+    if args.lab_command == "up":
+        info = lab.up(nodes=args.nodes, zk_ensemble=args.zk_ensemble,
+                      coordinators=args.coordinators)
+        print(f"lab is up: {len(info.nodes)} nodes, ZooKeeper {info.zookeeper}")
+        print(f"API:   {info.api}")
+        print(f"token: {info.token}")
+        print(f"try:   curl -H 'X-Api-Key: {info.token}' {info.api}/node")
+        print(f"stop:  pvcd lab down --workdir {args.workdir}")
+        return 0
+    if args.lab_command == "down":
+        lab.down()
+        print("lab is down")
+        return 0
+    print(json.dumps(lab.status(), indent=2))
+    return 0

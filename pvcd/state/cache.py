@@ -1,0 +1,157 @@
+"""A watch-fed, in-memory cache of the cluster's ZooKeeper tree.
+
+The API and the controllers read from here, never from per-request ZooKeeper round trips.
+kazoo's `TreeCache` keeps the raw tree in step with ZooKeeper (ordered watch notifications,
+re-sync after reconnect). On top of it this cache keeps each znode's *decoded* JSON document,
+its version (for compare-and-set writes) and a children index, so a list read is a dict walk.
+
+Read-your-writes: the store applies its own successful writes here at once (`apply_*`), so an
+API client that writes and then reads sees its write even if the watch event is a millisecond
+late. Races between a local apply and a late watch event are settled per path by the znode's
+mzxid (never go backwards) and by a tombstone of a deleted incarnation (its czxid), so a stale
+event can neither resurrect a deleted znode nor roll a document back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kazoo.client import KazooClient
+from kazoo.protocol.states import ZnodeStat
+from kazoo.recipe.cache import TreeCache, TreeEvent
+
+from pvcd.state.models import decode
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Entry:
+    doc: Any
+    version: int
+    mzxid: int | None  # None: applied locally after a create, before the watch confirmed it
+    czxid: int | None
+    ephemeral_owner: int
+
+
+class StateCache:
+    """The decoded tree below `root`; thread-safe for readers and the single watch thread."""
+
+    def __init__(self, client: KazooClient, root: str) -> None:
+        self._client = client
+        self._root = root
+        self._lock = threading.RLock()
+        self._entries: dict[str, Entry] = {}
+        self._children: dict[str, set[str]] = {}
+        self._tombstones: dict[str, int] = {}
+        self._listeners: list[Listener] = []
+        self._ready = threading.Event()
+        self._tree: TreeCache | None = None
+
+    # lifecycle
+    def start(self, timeout: float = 30.0) -> None:
+        self._tree = TreeCache(self._client, self._root)
+        self._tree.listen(self._on_tree_event)
+        self._tree.listen_fault(lambda exc: log.error("event=cache-fault error=%r", exc))
+        self._tree.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError(f"state cache of {self._root} not initialised after {timeout}s")
+
+    def close(self) -> None:
+        if self._tree is not None:
+            self._tree.close()
+            self._tree = None
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call `listener(path)` after every change of a cached path (from any thread)."""
+        self._listeners.append(listener)
+
+    # reads
+    def get(self, path: str) -> Any:
+        entry = self._entries.get(path)
+        return None if entry is None else entry.doc
+
+    def entry(self, path: str) -> Entry | None:
+        return self._entries.get(path)
+
+    def exists(self, path: str) -> bool:
+        return path in self._entries
+
+    def children(self, path: str) -> list[str]:
+        with self._lock:
+            return sorted(self._children.get(path, ()))
+
+    # local applies from the store after a committed write
+    def apply_set(self, path: str, doc: Any, stat: ZnodeStat) -> None:
+        self._apply(path, doc, stat.version, stat.mzxid, stat.czxid, stat.ephemeralOwner)
+
+    def apply_create(self, path: str, doc: Any, ephemeral_owner: int = 0) -> None:
+        with self._lock:
+            if path in self._entries:
+                return  # the watch was faster and carries the exact stat
+            self._tombstones.pop(path, None)
+            self._store(path, Entry(doc, 0, None, None, ephemeral_owner))
+        self._notify(path)
+
+    def apply_delete(self, path: str) -> None:
+        self._remove(path)
+
+    # watch side
+    def _on_tree_event(self, event: TreeEvent) -> None:
+        kind = event.event_type
+        if kind == TreeEvent.INITIALIZED:
+            self._ready.set()
+            return
+        if kind in (TreeEvent.NODE_ADDED, TreeEvent.NODE_UPDATED):
+            data = event.event_data
+            stat = data.stat
+            self._apply(data.path, decode(data.data), stat.version, stat.mzxid, stat.czxid,
+                        stat.ephemeralOwner)
+        elif kind == TreeEvent.NODE_REMOVED:
+            self._remove(event.event_data.path)
+
+    def _apply(self, path: str, doc: Any, version: int, mzxid: int, czxid: int,
+               owner: int) -> None:
+        with self._lock:
+            if self._tombstones.get(path) == czxid:
+                return  # a late event of an incarnation we already saw deleted
+            current = self._entries.get(path)
+            if current is not None and current.mzxid is not None and current.mzxid > mzxid:
+                return  # never roll a document back
+            self._tombstones.pop(path, None)
+            self._store(path, Entry(doc, version, mzxid, czxid, owner))
+        self._notify(path)
+
+    def _store(self, path: str, entry: Entry) -> None:
+        self._entries[path] = entry
+        if path != self._root:
+            parent, name = path.rsplit("/", 1)
+            self._children.setdefault(parent or "/", set()).add(name)
+
+    def _remove(self, path: str) -> None:
+        with self._lock:
+            entry = self._entries.pop(path, None)
+            if entry is None:
+                return
+            if entry.czxid is not None:
+                self._tombstones[path] = entry.czxid
+            parent, name = path.rsplit("/", 1)
+            self._children.get(parent or "/", set()).discard(name)
+            # children of a removed znode are gone too (ZooKeeper deletes leaves first, but
+            # a local apply of a parent delete must not leave orphans behind)
+            for child in list(self._children.pop(path, ())):
+                self._entries.pop(f"{path}/{child}", None)
+        self._notify(path)
+
+    def _notify(self, path: str) -> None:
+        for listener in self._listeners:
+            try:
+                listener(path)
+            except Exception:  # a listener must not break the cache
+                log.exception("event=cache-listener-error path=%s", path)

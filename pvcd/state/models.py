@@ -1,0 +1,145 @@
+"""Typed records stored in ZooKeeper, and their JSON form.
+
+Each record is a dataclass with `to_doc()` / `from_doc()`. `from_doc` ignores unknown keys and
+fills missing ones with defaults, so a newer daemon can read an older record and vice versa
+within one schema version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+DAEMON_STATES = ("init", "run", "shutdown", "stop", "dead", "fenced")
+COORDINATOR_STATES = ("primary", "secondary", "client", "takeover", "relinquish")
+DOMAIN_STATES = ("ready", "flush", "flushed", "unflush")
+DOMAIN_STATE_REQUESTS = ("flush", "ready")
+COORDINATOR_STATE_REQUESTS = ("primary", "secondary")
+
+
+def encode(doc: Any) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+
+
+def decode(raw: bytes | None) -> Any:
+    if not raw:
+        return None
+    try:
+        return json.loads(raw.decode())
+    except ValueError:
+        return None
+
+
+def from_dict(cls: type[T], doc: Any) -> T:
+    """Build dataclass `cls` from a dict, ignoring unknown keys (nested dataclasses too)."""
+    if not isinstance(doc, dict):
+        doc = {}
+    kwargs: dict[str, Any] = {}
+    hints = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for name, fld in hints.items():
+        if name not in doc:
+            continue
+        value = doc[name]
+        sub = _dataclass_type(fld.type)
+        if sub is not None:
+            value = from_dict(sub, value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _dataclass_type(annotation: Any) -> type | None:
+    if isinstance(annotation, str):
+        return _NESTED.get(annotation)
+    return annotation if dataclasses.is_dataclass(annotation) else None
+
+
+@dataclasses.dataclass
+class NodeSpec:
+    """Desired state of a node: written at registration and by the API."""
+
+    name: str
+    coordinator: bool = False
+    # The requested domain state (flush|ready) and a counter: every accepted request bumps it,
+    # so re-requesting the same state after an incomplete change starts a fresh change.
+    domain_state: str = "ready"
+    domain_request: int = 0
+
+    def to_doc(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class NodeStats:
+    """Live statistics reported by the node's keepalive. Memory in MiB."""
+
+    cpu_count: int = 0
+    kernel: str = ""
+    os: str = ""
+    arch: str = ""
+    load: float = 0.0
+    memory_total: int = 0
+    memory_used: int = 0
+    memory_free: int = 0
+    memory_allocated: int = 0
+    vcpu_total: int = 0
+    vcpu_allocated: int = 0
+    domains_count: int = 0
+    running_domains: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class NodeStatus:
+    """Observed state of a node, written by the node itself (and `dead` by the primary)."""
+
+    daemon_state: str = "init"
+    coordinator_state: str = "client"
+    domain_state: str = "ready"
+    domain_request_done: int = 0
+    keepalive: float = 0.0
+    started: float = 0.0
+    pid: int = 0
+    stats: NodeStats = dataclasses.field(default_factory=NodeStats)
+
+    def to_doc(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class Handover:
+    """A request to move the primary role: from the current primary to `to` (or any other)."""
+
+    from_node: str
+    to_node: str | None
+    requested: float
+
+    def to_doc(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class PrimaryLock:
+    """Content of the ephemeral primary znode: who holds the role since when."""
+
+    node: str
+    since: float = 0.0
+
+    def to_doc(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class ApiSession:
+    """A logged-in API session; `token_sha256` ties it to the token it was opened with."""
+
+    token_sha256: str
+    created: float
+    expires: float
+
+    def to_doc(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_NESTED: dict[str, type] = {"NodeStats": NodeStats}

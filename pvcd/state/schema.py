@@ -1,0 +1,117 @@
+"""The ZooKeeper layout of a pvcd cluster, in one place.
+
+Every path any part of pvcd reads or writes is built here, so the layout can be read (and
+documented in docs/zookeeper-layout.md) from this one module. One znode per object holds a JSON
+document (the desired spec); observed state written by the acting node lives in a `status` child;
+liveness is an ephemeral `alive` child bound to the daemon's session.
+
+The layout is versioned (`<root>/schema/version`). `ensure_schema` creates the base paths and
+applies the migrations in `MIGRATIONS` in order, each one in a single transaction together with
+the version bump, so a crash between migrations leaves a consistent, resumable state.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import BadVersionError, NodeExistsError
+
+SCHEMA_VERSION = 1
+
+
+class Paths:
+    """The paths of one cluster below its root (e.g. `/pvc`)."""
+
+    def __init__(self, root: str = "/pvc") -> None:
+        self.root = root.rstrip("/") or "/"
+
+    def _join(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *parts])
+
+    # schema
+    @property
+    def schema_version(self) -> str:
+        return self._join("schema", "version")
+
+    # nodes: <root>/nodes/<name> (spec) with children status and alive
+    @property
+    def nodes(self) -> str:
+        return self._join("nodes")
+
+    def node(self, name: str) -> str:
+        return self._join("nodes", name)
+
+    def node_status(self, name: str) -> str:
+        return self._join("nodes", name, "status")
+
+    def node_alive(self, name: str) -> str:
+        return self._join("nodes", name, "alive")
+
+    # coordinator election: the ephemeral primary lock and a pending handover request
+    @property
+    def coordinator(self) -> str:
+        return self._join("coordinator")
+
+    @property
+    def primary(self) -> str:
+        return self._join("coordinator", "primary")
+
+    @property
+    def handover(self) -> str:
+        return self._join("coordinator", "handover")
+
+    # API sessions (so that a login survives a primary handover)
+    @property
+    def sessions(self) -> str:
+        return self._join("sessions")
+
+    def session(self, sid: str) -> str:
+        return self._join("sessions", sid)
+
+    def base_paths(self) -> list[str]:
+        """Paths that must exist in every cluster of the current schema."""
+        return [self.nodes, self.coordinator, self.sessions]
+
+
+Migration = Callable[[KazooClient, Paths], None]
+
+# MIGRATIONS[n] upgrades a cluster from version n-1 to n. Version 1 is the initial layout,
+# created by ensure_schema itself.
+MIGRATIONS: dict[int, Migration] = {}
+
+
+def ensure_schema(client: KazooClient, paths: Paths) -> int:
+    """Create the base layout if missing and migrate it to SCHEMA_VERSION; return the version."""
+    client.ensure_path(paths.root)
+    client.ensure_path(_parent(paths.schema_version))
+    try:
+        client.create(paths.schema_version, _version_doc(SCHEMA_VERSION))
+    except NodeExistsError:
+        pass
+    for path in paths.base_paths():
+        client.ensure_path(path)
+    while True:
+        raw, stat = client.get(paths.schema_version)
+        version = int(json.loads(raw.decode())["version"])
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"cluster schema version {version} is newer than this pvcd ({SCHEMA_VERSION}); "
+                "upgrade pvcd"
+            )
+        if version == SCHEMA_VERSION:
+            return version
+        MIGRATIONS[version + 1](client, paths)
+        try:
+            client.set(paths.schema_version, _version_doc(version + 1), version=stat.version)
+        except BadVersionError:
+            continue  # another node migrated concurrently; re-read
+
+
+def _version_doc(version: int) -> bytes:
+    return json.dumps({"version": version}).encode()
+
+
+def _parent(path: str) -> str:
+    return path.rsplit("/", 1)[0] or "/"

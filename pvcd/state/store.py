@@ -1,0 +1,186 @@
+"""Writes to the cluster state: every change is one compare-and-set ZooKeeper transaction.
+
+A write is a list of `Op`s committed atomically. `set` and `delete` carry the version the writer
+based its decision on (usually the cached version), so a concurrent change makes the whole write
+fail with `Conflict` instead of being silently overwritten. `update()` wraps the usual
+read-modify-write loop for controllers; the API uses `commit_async()` so the Tornado loop never
+blocks on ZooKeeper.
+
+After a successful commit the store applies the write to the local cache (read-your-writes).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import (
+    BadVersionError,
+    ConnectionClosedError,
+    KazooException,
+    NodeExistsError,
+    NoNodeError,
+    NotEmptyError,
+    RolledBackError,
+)
+from kazoo.protocol.states import ZnodeStat
+
+from pvcd.errors import BackendError, Conflict
+from pvcd.state.cache import StateCache
+from pvcd.state.models import decode, encode
+
+ANY_VERSION = -1
+
+
+@dataclasses.dataclass(frozen=True)
+class Op:
+    kind: str  # create | set | delete | check
+    path: str
+    doc: Any = None
+    version: int = ANY_VERSION
+    ephemeral: bool = False
+
+    @staticmethod
+    def create(path: str, doc: Any, ephemeral: bool = False) -> Op:
+        return Op("create", path, doc, ephemeral=ephemeral)
+
+    @staticmethod
+    def set(path: str, doc: Any, version: int) -> Op:
+        return Op("set", path, doc, version)
+
+    @staticmethod
+    def delete(path: str, version: int = ANY_VERSION) -> Op:
+        return Op("delete", path, version=version)
+
+    @staticmethod
+    def check(path: str, version: int) -> Op:
+        return Op("check", path, version=version)
+
+
+class Store:
+    def __init__(self, client: KazooClient, cache: StateCache | None = None) -> None:
+        self.client = client
+        self.cache = cache
+
+    # writes
+    def commit(self, ops: Sequence[Op]) -> list[Any]:
+        """Commit `ops` atomically; raise Conflict (lost race) or BackendError (ZooKeeper)."""
+        try:
+            results = self._transaction(ops).commit()
+        except (KazooException, ConnectionClosedError) as exc:
+            raise BackendError(f"ZooKeeper write failed: {exc!r}") from exc
+        self._finish(ops, results)
+        return results
+
+    def commit_async(self, ops: Sequence[Op]) -> concurrent.futures.Future[list[Any]]:
+        """Like commit(), without blocking: the future resolves on kazoo's completion thread."""
+        future: concurrent.futures.Future[list[Any]] = concurrent.futures.Future()
+        try:
+            async_result = self._transaction(ops).commit_async()
+        except (KazooException, ConnectionClosedError) as exc:
+            future.set_exception(BackendError(f"ZooKeeper write failed: {exc!r}"))
+            return future
+
+        def done(result: Any) -> None:
+            try:
+                results = result.get()
+                self._finish(ops, results)
+            except Exception as exc:  # delivered to the awaiting handler
+                if not isinstance(exc, (Conflict, BackendError)):
+                    exc = BackendError(f"ZooKeeper write failed: {exc!r}")
+                future.set_exception(exc)
+            else:
+                future.set_result(results)
+
+        async_result.rawlink(done)
+        return future
+
+    def update(self, path: str, mutate: Callable[[Any], Any], retries: int = 20,
+               extra_ops: Callable[[Any], Sequence[Op]] | None = None) -> Any:
+        """Read-modify-write `path` with CAS, retrying on lost races.
+
+        `mutate(doc)` returns the new document, or None to write nothing.
+        """
+        for _ in range(retries):
+            doc, version = self.read(path)
+            new = mutate(doc)
+            if new is None:
+                return doc
+            ops = [Op.set(path, new, version)]
+            if extra_ops is not None:
+                ops.extend(extra_ops(new))
+            try:
+                self.commit(ops)
+            except Conflict:
+                continue
+            return new
+        raise Conflict(f"{path}: too many concurrent changes, gave up after {retries} tries")
+
+    # reads that must be exact (a CAS base), not cached
+    def read(self, path: str) -> tuple[Any, int]:
+        try:
+            raw, stat = self.client.get(path)
+        except NoNodeError as exc:
+            raise Conflict(f"{path} does not exist") from exc
+        except KazooException as exc:
+            raise BackendError(f"ZooKeeper read failed: {exc!r}") from exc
+        return decode(raw), stat.version
+
+    def read_optional(self, path: str) -> tuple[Any, ZnodeStat] | None:
+        try:
+            raw, stat = self.client.get(path)
+        except NoNodeError:
+            return None
+        except KazooException as exc:
+            raise BackendError(f"ZooKeeper read failed: {exc!r}") from exc
+        return decode(raw), stat
+
+    # internals
+    def _transaction(self, ops: Sequence[Op]) -> Any:
+        txn = self.client.transaction()
+        for op in ops:
+            if op.kind == "create":
+                txn.create(op.path, encode(op.doc), ephemeral=op.ephemeral)
+            elif op.kind == "set":
+                txn.set_data(op.path, encode(op.doc), version=op.version)
+            elif op.kind == "delete":
+                txn.delete(op.path, version=op.version)
+            elif op.kind == "check":
+                txn.check(op.path, op.version)
+            else:
+                raise ValueError(f"unknown op kind {op.kind!r}")
+        return txn
+
+    def _finish(self, ops: Sequence[Op], results: list[Any]) -> None:
+        failures = [(op, r) for op, r in zip(ops, results, strict=False)
+                    if isinstance(r, Exception) and not isinstance(r, RolledBackError)]
+        if failures:
+            op, err = failures[0]
+            raise Conflict(f"{op.kind} {op.path}: {_describe(err)}")
+        if any(isinstance(r, Exception) for r in results):
+            raise Conflict("transaction rolled back")
+        if self.cache is None:
+            return
+        session_id = self.client.client_id[0] if self.client.client_id else 0
+        for op, result in zip(ops, results, strict=False):
+            if op.kind == "create":
+                self.cache.apply_create(op.path, op.doc, session_id if op.ephemeral else 0)
+            elif op.kind == "set" and isinstance(result, ZnodeStat):
+                self.cache.apply_set(op.path, op.doc, result)
+            elif op.kind == "delete":
+                self.cache.apply_delete(op.path)
+
+
+def _describe(err: Exception) -> str:
+    if isinstance(err, BadVersionError):
+        return "changed concurrently (version mismatch)"
+    if isinstance(err, NodeExistsError):
+        return "already exists"
+    if isinstance(err, NoNodeError):
+        return "does not exist"
+    if isinstance(err, NotEmptyError):
+        return "has children"
+    return repr(err)

@@ -1,0 +1,72 @@
+"""Read-side helpers over the cache: typed answers to "what does the cluster look like now".
+
+Used by the API (to render objects) and by controllers (to decide). Everything here reads the
+watch-fed cache only; nothing here talks to ZooKeeper.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pvcd.state.cache import Entry, StateCache
+from pvcd.state.models import Handover, NodeSpec, NodeStatus, PrimaryLock, from_dict
+from pvcd.state.schema import Paths
+
+# daemon states in which a node without a live session is reported dead
+_LIVE_DAEMON_STATES = ("init", "run")
+
+
+class ClusterView:
+    def __init__(self, cache: StateCache, paths: Paths) -> None:
+        self.cache = cache
+        self.paths = paths
+
+    # nodes
+    def node_names(self) -> list[str]:
+        return self.cache.children(self.paths.nodes)
+
+    def node_spec(self, name: str) -> NodeSpec | None:
+        doc = self.cache.get(self.paths.node(name))
+        return None if doc is None else from_dict(NodeSpec, doc)
+
+    def node_spec_entry(self, name: str) -> Entry | None:
+        return self.cache.entry(self.paths.node(name))
+
+    def node_status(self, name: str) -> NodeStatus | None:
+        doc = self.cache.get(self.paths.node_status(name))
+        return None if doc is None else from_dict(NodeStatus, doc)
+
+    def node_alive(self, name: str) -> bool:
+        return self.cache.exists(self.paths.node_alive(name))
+
+    def node_daemon_state(self, name: str, status_doc: dict[str, Any] | None = None) -> str:
+        """The daemon state as operators should see it: a node whose session is gone while it
+        claimed to run is `dead`, whatever its last own report said."""
+        if status_doc is None:
+            status_doc = self.cache.get(self.paths.node_status(name)) or {}
+        state = str(status_doc.get("daemon_state", "init"))
+        if state in _LIVE_DAEMON_STATES and not self.node_alive(name):
+            return "dead"
+        return state
+
+    def live_coordinators(self) -> list[str]:
+        names = []
+        for name in self.node_names():
+            spec = self.cache.get(self.paths.node(name)) or {}
+            if spec.get("coordinator") and self.node_daemon_state(name) == "run":
+                names.append(name)
+        return names
+
+    # coordinator
+    def primary_entry(self) -> Entry | None:
+        return self.cache.entry(self.paths.primary)
+
+    def primary(self) -> str | None:
+        doc = self.cache.get(self.paths.primary)
+        return None if doc is None else from_dict(PrimaryLock, doc).node
+
+    def handover(self) -> Handover | None:
+        doc = self.cache.get(self.paths.handover)
+        if not isinstance(doc, dict) or "from_node" not in doc:
+            return None
+        return Handover(doc["from_node"], doc.get("to_node"), float(doc.get("requested", 0)))
