@@ -17,6 +17,7 @@ import json
 import os
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -86,7 +87,7 @@ class Lab:
     # bring up
     def up(self, nodes: int = 3, zk_ensemble: int = 1, coordinators: int | None = None,
            session_timeout: float = 3.0, keepalive_interval: float = 1.0,
-           auth: bool = True, timeout: float = 90.0) -> LabInfo:
+           auth: bool = True, tls: bool = False, timeout: float = 90.0) -> LabInfo:
         if self.lab_file.exists():
             raise RuntimeError(f"a lab is already described in {self.lab_file}; "
                                "run `pvcd lab down` first")
@@ -97,8 +98,13 @@ class Lab:
         self.zookeeper = ZooKeeperEnsemble(self.workdir / "zookeeper", zk_ensemble)
         self.zookeeper.start()
         api_port = free_port()
+        tls_config: dict[str, Any] = {"enabled": False}
+        if tls:
+            cert, key = make_self_signed_cert(self.workdir / "tls")
+            tls_config = {"enabled": True, "cert_file": str(cert), "key_file": str(key)}
+        scheme = "https" if tls else "http"
         info = LabInfo(
-            workdir=str(self.workdir), api=f"http://127.0.0.1:{api_port}/api/v1",
+            workdir=str(self.workdir), api=f"{scheme}://127.0.0.1:{api_port}/api/v1",
             token=str(uuid.uuid4()), zookeeper=self.zookeeper.connect_string, zk_root="/pvc",
             session_timeout=session_timeout, created=time.time(),
             zookeeper_servers=[_server_doc(s) for s in self.zookeeper.servers],
@@ -114,7 +120,8 @@ class Lab:
                             "session_timeout": session_timeout},
                 "api": {"listen": "127.0.0.1", "port": api_port,
                         "auth": {"enabled": auth, "secret_key": secret,
-                                 "tokens": [{"token": info.token, "description": "lab"}]}},
+                                 "tokens": [{"token": info.token, "description": "lab"}]},
+                        "tls": tls_config},
                 "timing": {"keepalive_interval": keepalive_interval, "handover_timeout": 5.0},
             }
             config_path = folder / "pvcd.yaml"
@@ -173,7 +180,10 @@ class Lab:
     def api_get(self, path: str, timeout: float = 5.0) -> Any:
         info = self._info()
         request = urllib.request.Request(info.api + path, headers={"X-Api-Key": info.token})
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        context = None
+        if info.api.startswith("https:"):
+            context = ssl.create_default_context(cafile=str(self.workdir / "tls" / "cert.pem"))
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             return json.loads(response.read())
 
     def signal_node(self, name: str, sig: int) -> None:
@@ -229,6 +239,7 @@ class Lab:
             ensemble.stop()
         _remove_tree(self.workdir / "zookeeper")
         _remove_tree(self.workdir / "nodes")
+        _remove_tree(self.workdir / "tls")
         self.lab_file.unlink(missing_ok=True)
         self.lab_file.with_suffix(".tmp").unlink(missing_ok=True)
         if self.workdir.exists() and not any(self.workdir.iterdir()):
@@ -253,6 +264,19 @@ class Lab:
             self.load()
         assert self.info is not None
         return self.info
+
+
+def make_self_signed_cert(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (openssl), for the lab's HTTPS API."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )
+    return cert, key
 
 
 def _server_doc(server: ZooKeeperServer) -> dict[str, Any]:

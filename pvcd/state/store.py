@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import random
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -104,7 +106,7 @@ class Store:
 
         `mutate(doc)` returns the new document, or None to write nothing.
         """
-        for _ in range(retries):
+        for attempt in range(retries):
             doc, version = self.read(path)
             new = mutate(doc)
             if new is None:
@@ -115,6 +117,7 @@ class Store:
             try:
                 self.commit(ops)
             except Conflict:
+                time.sleep(random.uniform(0, 0.002 * (attempt + 1)))  # break up lockstep retries
                 continue
             return new
         raise Conflict(f"{path}: too many concurrent changes, gave up after {retries} tries")

@@ -1,0 +1,114 @@
+"""Authentication (token value, header, session) and TLS on a real lab."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+import requests
+
+from pvcd.api.app import ROUTES
+from tests.e2e.labclient import LabFactory
+
+pytestmark = pytest.mark.slow
+
+PUBLIC = {"", "/auth/login", "/auth/logout"}
+
+
+def concrete(path: str) -> str:
+    return re.sub(r"<[^>]+>", "node1", path)
+
+
+def test_every_endpoint_but_the_public_ones_needs_a_token(make_lab: LabFactory) -> None:
+    _, api = make_lab(nodes=1)
+    protected = [r.path for r in ROUTES if r.path not in PUBLIC]
+    assert protected, "the route table lists the node endpoints"
+    for path in protected:
+        for method in ("GET", "POST", "PUT", "DELETE"):
+            response = api.call(method, concrete(path), token=False)
+            assert response.status_code == 401, (method, path, response.status_code)
+            assert response.json() == {"message": "Authentication required"}
+    assert api.get("", token=False).status_code == 209
+    assert api.get("/nonexistent", token=False).status_code == 401
+
+
+def test_token_as_value_header_and_session(make_lab: LabFactory) -> None:
+    _, api = make_lab(nodes=1)
+    token = api.info.token
+    assert api.get("/node", token=False, params={"token": token}).status_code == 200
+    assert api.post("/node/node1/domain-state", token=False,
+                    data={"token": token, "domain-state": "ready"}).status_code == 200
+    assert api.get("/node", token=False, headers={"X-Api-Key": token}).status_code == 200
+    # the login form, then a session
+    form = api.get("/auth/login", token=False)
+    assert form.status_code == 200 and "<form" in form.text and 'name="token"' in form.text
+    browser = requests.Session()
+    login = browser.post(api.base + "/auth/login", data={"token": token}, timeout=5)
+    assert login.status_code == 200, login.text
+    assert browser.get(api.base + "/node", timeout=5).status_code == 200
+    logout = browser.post(api.base + "/auth/logout", timeout=5)
+    assert logout.status_code == 200
+    assert browser.get(api.base + "/node", timeout=5).status_code == 401
+    # a replayed cookie of the ended session is refused too
+    replay = requests.get(api.base + "/node", cookies=login.cookies, timeout=5)
+    assert replay.status_code == 401
+
+
+def test_session_survives_a_primary_handover(make_lab: LabFactory) -> None:
+    from tests.e2e.labclient import wait_until
+
+    _, api = make_lab(nodes=2)
+    browser = requests.Session()
+    assert browser.post(api.base + "/auth/login", data={"token": api.info.token},
+                        timeout=5).status_code == 200
+    old = api.primary()
+    other = "node2" if old == "node1" else "node1"
+    api.post(f"/node/{other}/coordinator-state", data={"coordinator-state": "primary"})
+    wait_until(lambda: api.primary() == other, timeout=5)
+    assert browser.get(api.base + "/node", timeout=5).status_code == 200
+
+
+def test_near_miss_tokens_are_rejected(make_lab: LabFactory) -> None:
+    _, api = make_lab(nodes=1)
+    token = api.info.token
+    for wrong in (token[:-1], token[1:], token[4:20], token + "x", token.upper(), " " + token,
+                  "", "x"):
+        assert api.get("/node", token=False, params={"token": wrong}).status_code == 401, wrong
+        if wrong == wrong.strip():  # requests refuses header values with edge whitespace
+            assert api.get("/node", token=False, headers={"X-Api-Key": wrong}).status_code == 401
+    failed = api.post("/auth/login", token=False, data={"token": token[:-1]})
+    assert failed.status_code == 401
+    assert "Set-Cookie" not in failed.headers
+
+
+def test_auth_disabled(make_lab: LabFactory) -> None:
+    _, api = make_lab(nodes=1, auth=False)
+    for path in ("/auth/login", "/auth/logout"):
+        for method in ("GET", "POST"):
+            response = api.call(method, path, token=False)
+            assert response.status_code == 200
+            assert response.json() == {"message": "Authentication is disabled"}
+    assert api.get("/node", token=False).status_code == 200
+
+
+def test_https_with_the_configured_certificate(make_lab: LabFactory) -> None:
+    lab, api = make_lab(nodes=1, tls=True)
+    assert api.base.startswith("https://")
+    response = api.get("/node")  # verified against the generated self-signed certificate
+    assert response.status_code == 200
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(api.base + "/node", timeout=5)  # not trusted without the cert
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.get(api.base.replace("https://", "http://") + "/node", timeout=5)
+
+
+def test_a_bad_config_fails_at_start_naming_file_and_key(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    config = tmp_path / "bad.yaml"
+    config.write_text("node: {name: n1}\ncluster: {coordinators: ['127.0.0.1:2181']}\n"
+                      "api: {port: seventy}\n")
+    result = subprocess.run([sys.executable, "-m", "pvcd", "run", "--config", str(config)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert str(config) in result.stderr and "api.port" in result.stderr
