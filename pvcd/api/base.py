@@ -96,6 +96,12 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(data))
 
+    def reply_json(self, text: str, status: int = 200) -> None:
+        """Send an already encoded JSON document."""
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(text)
+
     def message(self, text: str, status: int = 200) -> None:
         self.reply({"message": text}, status)
 

@@ -6,6 +6,7 @@ named node (or, for the coordinator role, the coordinators) carry it out.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -16,16 +17,18 @@ from pvcd.state.store import Op
 from pvcd.state.view import ClusterView
 
 
-def node_object(view: ClusterView, name: str) -> dict[str, Any] | None:
+def node_object(view: ClusterView, name: str, primary: str | None = None) -> dict[str, Any] | None:
     """A node as objects.md describes it."""
     spec = view.cache.get(view.paths.node(name))
     if spec is None:
         return None
+    if primary is None:
+        primary = view.primary()
     status = view.cache.get(view.paths.node_status(name)) or {}
     stats = status.get("stats") or {}
     role = "secondary" if spec.get("coordinator") else "client"
     coordinator_state = status.get("coordinator_state", role)
-    if coordinator_state in ("primary", "takeover") and view.primary() != name:
+    if coordinator_state in ("primary", "takeover") and primary != name:
         coordinator_state = role  # a dead or stopped node's last report; it holds no lock
     return {
         "name": name,
@@ -50,15 +53,47 @@ def node_object(view: ClusterView, name: str) -> dict[str, Any] | None:
     }
 
 
-def list_nodes(view: ClusterView, limit: re.Pattern[str] | None) -> list[dict[str, Any]]:
-    result = []
-    for name in view.node_names():
-        if limit is not None and not limit.search(name):
-            continue
-        obj = node_object(view, name)
-        if obj is not None:
-            result.append(obj)
-    return result
+class NodeRenderer:
+    """Renders the node list as JSON, re-encoding only nodes whose znodes changed.
+
+    A node's JSON fragment is kept with the cache entries it was built from; cache entries are
+    immutable and replaced on every change, so an identity check tells whether it is current.
+    This keeps a 1,000-node list read to a dict walk and one join.
+    """
+
+    def __init__(self, view: ClusterView) -> None:
+        self.view = view
+        self._fragments: dict[str, tuple[tuple[Any, ...], str]] = {}
+
+    def render(self, limit: re.Pattern[str] | None) -> str:
+        view = self.view
+        primary = view.primary()
+        entry = view.cache.entry
+        node_path, status_path, alive_path = (view.paths.node, view.paths.node_status,
+                                              view.paths.node_alive)
+        parts = []
+        for name in view.node_names():
+            if limit is not None and not limit.search(name):
+                continue
+            spec, status = entry(node_path(name)), entry(status_path(name))
+            alive, is_primary = entry(alive_path(name)) is not None, primary == name
+            cached = self._fragments.get(name)
+            if cached is not None:
+                basis = cached[0]
+                if basis[0] is spec and basis[1] is status and basis[2] == alive and \
+                        basis[3] == is_primary:
+                    parts.append(cached[1])
+                    continue
+            obj = node_object(view, name, primary)
+            if obj is None:
+                continue
+            fragment = json.dumps(obj)
+            self._fragments[name] = ((spec, status, alive, is_primary), fragment)
+            parts.append(fragment)
+        if len(self._fragments) > 2 * max(1, len(parts)) + 64:
+            known = set(view.node_names())
+            self._fragments = {k: v for k, v in self._fragments.items() if k in known}
+        return "[" + ",".join(parts) + "]"
 
 
 class NodeBaseHandler(BaseHandler):
@@ -71,7 +106,8 @@ class NodeBaseHandler(BaseHandler):
 
 class NodeListHandler(BaseHandler):
     def get(self) -> None:
-        self.reply(list_nodes(self.ctx.view, self.values.limit()))
+        renderer = self.ctx.extras.setdefault("node_renderer", NodeRenderer(self.ctx.view))
+        self.reply_json(renderer.render(self.values.limit()))
 
 
 class NodeHandler(NodeBaseHandler):

@@ -49,6 +49,7 @@ class StateCache:
         self._lock = threading.RLock()
         self._entries: dict[str, Entry] = {}
         self._children: dict[str, set[str]] = {}
+        self._sorted: dict[str, list[str]] = {}  # memo of sorted children, dropped on change
         self._tombstones: dict[str, int] = {}
         self._listeners: list[Listener] = []
         self._ready = threading.Event()
@@ -84,8 +85,14 @@ class StateCache:
         return path in self._entries
 
     def children(self, path: str) -> list[str]:
+        """Sorted child names; the returned list is shared: do not modify it."""
+        memo = self._sorted.get(path)
+        if memo is not None:
+            return memo
         with self._lock:
-            return sorted(self._children.get(path, ()))
+            memo = sorted(self._children.get(path, ()))
+            self._sorted[path] = memo
+            return memo
 
     # local applies from the store after a committed write
     def apply_set(self, path: str, doc: Any, stat: ZnodeStat) -> None:
@@ -132,7 +139,10 @@ class StateCache:
         self._entries[path] = entry
         if path != self._root:
             parent, name = path.rsplit("/", 1)
-            self._children.setdefault(parent or "/", set()).add(name)
+            siblings = self._children.setdefault(parent or "/", set())
+            if name not in siblings:
+                siblings.add(name)
+                self._sorted.pop(parent or "/", None)
 
     def _remove(self, path: str) -> None:
         with self._lock:
@@ -143,6 +153,8 @@ class StateCache:
                 self._tombstones[path] = entry.czxid
             parent, name = path.rsplit("/", 1)
             self._children.get(parent or "/", set()).discard(name)
+            self._sorted.pop(parent or "/", None)
+            self._sorted.pop(path, None)
             # children of a removed znode are gone too (ZooKeeper deletes leaves first, but
             # a local apply of a parent delete must not leave orphans behind)
             for child in list(self._children.pop(path, ())):

@@ -26,9 +26,11 @@ class Paths:
 
     def __init__(self, root: str = "/pvc") -> None:
         self.root = root.rstrip("/") or "/"
+        self._prefix = self.root.rstrip("/")
+        self._nodes = f"{self._prefix}/nodes"
 
     def _join(self, *parts: str) -> str:
-        return "/".join([self.root.rstrip("/"), *parts])
+        return "/".join([self._prefix, *parts])
 
     # schema
     @property
@@ -40,14 +42,15 @@ class Paths:
     def nodes(self) -> str:
         return self._join("nodes")
 
+    # the per-node paths are on the hot path of list reads: plain f-strings
     def node(self, name: str) -> str:
-        return self._join("nodes", name)
+        return f"{self._nodes}/{name}"
 
     def node_status(self, name: str) -> str:
-        return self._join("nodes", name, "status")
+        return f"{self._nodes}/{name}/status"
 
     def node_alive(self, name: str) -> str:
-        return self._join("nodes", name, "alive")
+        return f"{self._nodes}/{name}/alive"
 
     # coordinator election: the ephemeral primary lock and a pending handover request
     @property
