@@ -21,7 +21,8 @@ class Values:
         self._values = dict(values)
 
     @classmethod
-    def from_request(cls, query: Mapping[str, list[bytes]], body_arguments: Mapping[str, list[bytes]],
+    def from_request(cls, query: Mapping[str, list[bytes]],
+                     body_arguments: Mapping[str, list[bytes]],
                      content_type: str, body: bytes) -> Values:
         merged: dict[str, str] = {}
         for source in (query, body_arguments):

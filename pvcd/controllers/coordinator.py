@@ -180,8 +180,8 @@ class Coordinator:
         self.is_primary = False
         try:
             self._set_state("secondary")
-        except Exception:
-            pass  # the status is rewritten on re-registration
+        except Exception as exc:  # the status is rewritten on re-registration
+            log.info("event=status-write-deferred node=%s error=%r", self.name, exc)
 
     def _delete_stale_handover(self, handover: Handover) -> None:
         if handover.from_node != self.name:  # made for an earlier primary: done or moot

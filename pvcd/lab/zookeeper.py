@@ -14,6 +14,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pvcd.drivers.host import pid_alive
 
@@ -116,16 +117,18 @@ class ZooKeeperEnsemble:
         (server.folder / "zoo.cfg").write_text("\n".join(lines) + "\n")
 
     def start_server(self, server: ZooKeeperServer) -> None:
-        log = open(server.folder / "zookeeper.log", "ab")
-        server.process = subprocess.Popen(
+        with open(server.folder / "zookeeper.log", "ab") as log:
+            server.process = self._spawn(server, log)
+        server.pid = server.process.pid
+
+    def _spawn(self, server: ZooKeeperServer, log: Any) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             ["java", "-Xms32m", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
              "-Dzookeeper.log.dir=" + str(server.folder), "-cp", ZK_CLASSPATH, ZK_MAIN,
              str(server.folder / "zoo.cfg")],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        log.close()
-        server.pid = server.process.pid
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

@@ -53,7 +53,9 @@ def from_dict(cls: type[T], doc: Any) -> T:
 def _dataclass_type(annotation: Any) -> type | None:
     if isinstance(annotation, str):
         return _NESTED.get(annotation)
-    return annotation if dataclasses.is_dataclass(annotation) else None
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
+        return annotation
+    return None
 
 
 @dataclasses.dataclass

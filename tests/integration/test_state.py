@@ -53,7 +53,7 @@ def test_schema_newer_than_code_is_refused(zk: KazooClient, zk_root: str) -> Non
 
 
 def test_transaction_is_atomic(state, zk: KazooClient) -> None:  # type: ignore[no-untyped-def]
-    paths, cache, store = state
+    paths, _, store = state
     store.commit([Op.create(paths.node("a"), {"n": 1})])
     with pytest.raises(Conflict, match="already exists"):
         store.commit([Op.create(paths.node("b"), {"n": 2}), Op.create(paths.node("a"), {})])
@@ -103,7 +103,7 @@ def test_read_your_writes_without_waiting(state) -> None:  # type: ignore[no-unt
 
 
 def test_update_retries_lost_races(state) -> None:  # type: ignore[no-untyped-def]
-    paths, cache, store = state
+    paths, _, store = state
     store.commit([Op.create(paths.node("counter"), {"n": 0})])
 
     def bump() -> None:

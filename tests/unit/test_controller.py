@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -84,7 +85,7 @@ def test_errors_back_off_exponentially_and_success_resets() -> None:
     try:
         ctl.enqueue("k")
         assert wait_for(lambda: len(times) == 4)
-        gaps = [b - a for a, b in zip(times, times[1:])]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
         assert gaps[0] >= 0.018 and gaps[1] >= 0.038 and gaps[2] >= 0.078
         time.sleep(0.2)
         assert len(times) == 4  # done after success
