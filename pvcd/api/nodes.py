@@ -6,11 +6,10 @@ named node (or, for the coordinator role, the coordinators) carry it out.
 
 from __future__ import annotations
 
-import json
-import re
 from typing import Any
 
 from pvcd.api.base import BaseHandler
+from pvcd.api.render import FragmentRenderer
 from pvcd.errors import InvalidValue, NotFound
 from pvcd.state.models import COORDINATOR_STATE_REQUESTS, DOMAIN_STATE_REQUESTS, Handover
 from pvcd.state.store import Op
@@ -53,47 +52,16 @@ def node_object(view: ClusterView, name: str, primary: str | None = None) -> dic
     }
 
 
-class NodeRenderer:
-    """Renders the node list as JSON, re-encoding only nodes whose znodes changed.
+def node_renderer(view: ClusterView) -> FragmentRenderer:
+    """Node list rendering: a node's fragment changes with its spec, status, liveness and
+    whether it holds the primary lock."""
+    entry, paths = view.cache.entry, view.paths
 
-    A node's JSON fragment is kept with the cache entries it was built from; cache entries are
-    immutable and replaced on every change, so an identity check tells whether it is current.
-    This keeps a 1,000-node list read to a dict walk and one join.
-    """
+    def basis(name: str) -> tuple[Any, ...]:
+        return (entry(paths.node(name)), entry(paths.node_status(name)),
+                entry(paths.node_alive(name)) is not None, view.primary() == name)
 
-    def __init__(self, view: ClusterView) -> None:
-        self.view = view
-        self._fragments: dict[str, tuple[tuple[Any, ...], str]] = {}
-
-    def render(self, limit: re.Pattern[str] | None) -> str:
-        view = self.view
-        primary = view.primary()
-        entry = view.cache.entry
-        node_path, status_path, alive_path = (view.paths.node, view.paths.node_status,
-                                              view.paths.node_alive)
-        parts = []
-        for name in view.node_names():
-            if limit is not None and not limit.search(name):
-                continue
-            spec, status = entry(node_path(name)), entry(status_path(name))
-            alive, is_primary = entry(alive_path(name)) is not None, primary == name
-            cached = self._fragments.get(name)
-            if cached is not None:
-                basis = cached[0]
-                if basis[0] is spec and basis[1] is status and basis[2] == alive and \
-                        basis[3] == is_primary:
-                    parts.append(cached[1])
-                    continue
-            obj = node_object(view, name, primary)
-            if obj is None:
-                continue
-            fragment = json.dumps(obj)
-            self._fragments[name] = ((spec, status, alive, is_primary), fragment)
-            parts.append(fragment)
-        if len(self._fragments) > 2 * max(1, len(parts)) + 64:
-            known = set(view.node_names())
-            self._fragments = {k: v for k, v in self._fragments.items() if k in known}
-        return "[" + ",".join(parts) + "]"
+    return FragmentRenderer(basis, lambda name: node_object(view, name))
 
 
 class NodeBaseHandler(BaseHandler):
@@ -106,8 +74,13 @@ class NodeBaseHandler(BaseHandler):
 
 class NodeListHandler(BaseHandler):
     def get(self) -> None:
-        renderer = self.ctx.extras.setdefault("node_renderer", NodeRenderer(self.ctx.view))
-        self.reply_json(renderer.render(self.values.limit()))
+        view = self.ctx.view
+        renderer = self.ctx.extras.get("node_renderer")
+        if renderer is None:
+            renderer = self.ctx.extras["node_renderer"] = node_renderer(view)
+        limit = self.values.limit()
+        names = [n for n in view.node_names() if limit is None or limit.search(n)]
+        self.reply_json(renderer.render(names))
 
 
 class NodeHandler(NodeBaseHandler):

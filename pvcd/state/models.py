@@ -16,6 +16,10 @@ T = TypeVar("T")
 DAEMON_STATES = ("init", "run", "shutdown", "stop", "dead", "fenced")
 COORDINATOR_STATES = ("primary", "secondary", "client", "takeover", "relinquish")
 DOMAIN_STATES = ("ready", "flush", "flushed", "unflush")
+VM_STATE_REQUESTS = ("start", "shutdown", "stop", "restart")
+VM_STATES = ("start", "restart", "shutdown", "stop", "failed", "migrate", "unmigrate", "disable")
+SELECTORS = ("mem", "vcpus", "load", "vms")
+MIGRATE_ACTIONS = ("migrate", "unmigrate")
 DOMAIN_STATE_REQUESTS = ("flush", "ready")
 COORDINATOR_STATE_REQUESTS = ("primary", "secondary")
 
@@ -44,7 +48,7 @@ def from_dict(cls: type[T], doc: Any) -> T:
             continue
         value = doc[name]
         sub = _dataclass_type(fld.type)
-        if sub is not None:
+        if sub is not None and value is not None:
             value = from_dict(sub, value)
         kwargs[name] = value
     return cls(**kwargs)
@@ -144,4 +148,55 @@ class ApiSession:
         return dataclasses.asdict(self)
 
 
-_NESTED: dict[str, type] = {"NodeStats": NodeStats}
+@dataclasses.dataclass
+class Migration:
+    """A requested move of a running VM from `source` to the VM's (new) node.
+
+    The source node carries it out (live, else shutdown + start on the target) and reports
+    `migration_done = request` in the VM's status; until then the target must not start it.
+    """
+
+    source: str
+    request: int
+    action: str = "migrate"  # migrate | unmigrate (for the reported state)
+
+
+@dataclasses.dataclass
+class VmSpec:
+    """Desired state of a VM, written by the API (and by recovery decisions)."""
+
+    uuid: str
+    name: str
+    xml: str
+    node: str
+    memory: int = 0  # MiB, from the XML (placement and allocation)
+    vcpu: int = 0
+    state: str = "start"  # start | shutdown | stop | disable
+    last_node: str | None = None
+    selector: str | None = None
+    restart_request: int = 0  # bumped by every restart request
+    migration: Migration | None = None
+
+    def to_doc(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class VmStatus:
+    """Observed state of a VM, written by the node that runs (or last ran) it."""
+
+    node: str = ""
+    state: str = "stopped"  # running | stopped | shutting-down | crashed | failed | migrating
+    libvirt_state: str = ""
+    libvirt_reason: str = ""
+    failed_reason: str = ""
+    restart_done: int = 0
+    migration_done: int = 0
+    since: float = 0.0
+
+    def to_doc(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_NESTED: dict[str, type] = {"NodeStats": NodeStats, "Migration": Migration,
+                            "Migration | None": Migration}

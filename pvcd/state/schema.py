@@ -65,6 +65,24 @@ class Paths:
     def handover(self) -> str:
         return self._join("coordinator", "handover")
 
+    # VMs: <root>/vms/<uuid> (spec) with child status; the name index vm-names/<name> → uuid
+    @property
+    def vms(self) -> str:
+        return self._join("vms")
+
+    def vm(self, uuid: str) -> str:
+        return f"{self._prefix}/vms/{uuid}"
+
+    def vm_status(self, uuid: str) -> str:
+        return f"{self._prefix}/vms/{uuid}/status"
+
+    @property
+    def vm_names(self) -> str:
+        return self._join("vm-names")
+
+    def vm_name(self, name: str) -> str:
+        return f"{self._prefix}/vm-names/{name}"
+
     # API sessions (so that a login survives a primary handover)
     @property
     def sessions(self) -> str:
@@ -75,7 +93,7 @@ class Paths:
 
     def base_paths(self) -> list[str]:
         """Paths that must exist in every cluster of the current schema."""
-        return [self.nodes, self.coordinator, self.sessions]
+        return [self.nodes, self.coordinator, self.sessions, self.vms, self.vm_names]
 
 
 Migration = Callable[[KazooClient, Paths], None]

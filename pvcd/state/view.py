@@ -9,7 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from pvcd.state.cache import Entry, StateCache
-from pvcd.state.models import Handover, NodeSpec, NodeStatus, PrimaryLock, from_dict
+from pvcd.state.models import (
+    Handover,
+    NodeSpec,
+    NodeStatus,
+    VmSpec,
+    VmStatus,
+    from_dict,
+)
 from pvcd.state.schema import Paths
 
 # daemon states in which a node without a live session is reported dead
@@ -57,13 +64,44 @@ class ClusterView:
                 names.append(name)
         return names
 
+    # VMs
+    def vm_uuids(self) -> list[str]:
+        return self.cache.children(self.paths.vms)
+
+    def vm_spec(self, uuid: str) -> VmSpec | None:
+        doc = self.cache.get(self.paths.vm(uuid))
+        return None if doc is None else from_dict(VmSpec, doc)
+
+    def vm_status(self, uuid: str) -> VmStatus | None:
+        doc = self.cache.get(self.paths.vm_status(uuid))
+        return None if doc is None else from_dict(VmStatus, doc)
+
+    def vm_uuid_by_name(self, name: str) -> str | None:
+        doc = self.cache.get(self.paths.vm_name(name))
+        return doc.get("uuid") if isinstance(doc, dict) else None
+
+    def resolve_vm(self, name_or_uuid: str) -> str | None:
+        """The UUID of the VM named or identified by `name_or_uuid`, or None."""
+        if self.cache.exists(self.paths.vm(name_or_uuid.lower())):
+            return name_or_uuid.lower()
+        return self.vm_uuid_by_name(name_or_uuid)
+
+    def vm_docs_on(self, node: str) -> list[dict[str, Any]]:
+        """Spec documents of the VMs assigned to `node`."""
+        docs = []
+        for uuid in self.vm_uuids():
+            doc = self.cache.get(self.paths.vm(uuid))
+            if isinstance(doc, dict) and doc.get("node") == node:
+                docs.append(doc)
+        return docs
+
     # coordinator
     def primary_entry(self) -> Entry | None:
         return self.cache.entry(self.paths.primary)
 
     def primary(self) -> str | None:
-        doc = self.cache.get(self.paths.primary)
-        return None if doc is None else from_dict(PrimaryLock, doc).node
+        doc = self.cache.get(self.paths.primary)  # on the hot path of list reads: no dataclass
+        return doc.get("node") if isinstance(doc, dict) else None
 
     def handover(self) -> Handover | None:
         doc = self.cache.get(self.paths.handover)
