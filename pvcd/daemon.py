@@ -73,6 +73,9 @@ class NodeDaemon:
                 resync_interval=1.0)
             self.api = self._make_api()
             self.services.add("api", self.api.start, self.api.stop)
+        # controllers started and stopped with the daemon, and which cache paths feed them
+        self.controllers: list[Controller] = [self.node_controller]
+        self._watches: list[tuple[str, Controller, Callable[[str], str | None]]] = []
         self.registered = False
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -91,6 +94,15 @@ class NodeDaemon:
             ssl_context = make_ssl_context(api.tls.cert_file, api.tls.key_file)
         return ApiServer(ctx, api.listen, api.port, api.auth.secret_key, ssl_context)
 
+    # extension points for the per-resource controllers
+    def add_controller(self, controller: Controller) -> None:
+        self.controllers.append(controller)
+
+    def watch(self, prefix: str, controller: Controller,
+              key_of: Callable[[str], str | None]) -> None:
+        """Enqueue `key_of(path)` on `controller` for every cache change below `prefix`."""
+        self._watches.append((prefix, controller, key_of))
+
     # public
     def run(self) -> None:
         """Run until `stop()`; returns after a clean shutdown."""
@@ -102,7 +114,8 @@ class NodeDaemon:
         self.cache.start()
         self.cache.subscribe(self._on_change)
         self._register()
-        self.node_controller.start()
+        for controller in self.controllers:
+            controller.start()
         if self.coordinator_controller is not None:
             self.coordinator_controller.start()
         try:
@@ -243,6 +256,11 @@ class NodeDaemon:
         if self.coordinator_controller is not None and (
                 path.startswith(paths.coordinator) or path.endswith("/alive")):
             self.coordinator_controller.enqueue(COORDINATOR_KEY)
+        for prefix, controller, key_of in self._watches:
+            if path.startswith(prefix):
+                key = key_of(path)
+                if key is not None:
+                    controller.enqueue(key)
 
     def _shutdown(self) -> None:
         log.info("event=daemon-shutdown node=%s", self.name)
@@ -253,7 +271,8 @@ class NodeDaemon:
                 self.coordinator.shutdown()
             if self.coordinator_controller is not None:
                 self.coordinator_controller.stop()
-            self.node_controller.stop()
+            for controller in reversed(self.controllers):
+                controller.stop()
             if self.registered:
                 self.writer.update(lambda s: setattr(s, "daemon_state", "stop"))
                 self.store.commit([Op.delete(self.paths.node_alive(self.name))])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pvcd.api.auth import LOGIN_FORM, SESSION_COOKIE, SESSION_LIFETIME, new_session_id, token_digest
 from pvcd.api.base import BaseHandler
+from pvcd.api.routing import route
 from pvcd.state.models import ApiSession
 from pvcd.state.store import Op
 
@@ -59,3 +60,10 @@ class LogoutHandler(BaseHandler):
             return self.message("No active session")
         await self.commit([Op.delete(self.ctx.view.paths.session(sid))])
         self.message("Logout successful")
+
+
+ROUTES = [
+    route("", RootHandler),
+    route("/auth/login", LoginHandler),
+    route("/auth/logout", LogoutHandler),
+]

@@ -10,6 +10,7 @@ from typing import Any
 
 from pvcd.api.base import BaseHandler
 from pvcd.api.render import FragmentRenderer
+from pvcd.api.routing import route
 from pvcd.errors import InvalidValue, NotFound
 from pvcd.state.models import COORDINATOR_STATE_REQUESTS, DOMAIN_STATE_REQUESTS, Handover
 from pvcd.state.store import Op
@@ -145,3 +146,12 @@ class NodeDomainStateHandler(NodeBaseHandler):
         spec["domain_request"] = int(spec.get("domain_request", 0)) + 1
         await self.commit([Op.set(view.paths.node(name), spec, entry.version)])
         self.message(f"Setting node '{name}' to domain state {wanted}")
+
+
+ROUTES = [
+    route("/node", NodeListHandler),
+    route("/node/<node>", NodeHandler),
+    route("/node/<node>/coordinator-state", NodeCoordinatorStateHandler),
+    route("/node/<node>/domain-state", NodeDomainStateHandler),
+    route("/node/<node>/daemon-state", NodeDaemonStateHandler),
+]
