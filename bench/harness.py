@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import shutil
 import statistics
 import tempfile
 import time
@@ -48,12 +49,14 @@ class Bench:
 
 @contextmanager
 def zookeeper() -> Iterator[ZooKeeperEnsemble]:
-    ensemble = ZooKeeperEnsemble(Path(tempfile.mkdtemp(prefix="pvcd-bench-")), 1)
+    folder = Path(tempfile.mkdtemp(prefix="pvcd-bench-"))
+    ensemble = ZooKeeperEnsemble(folder, 1)
     ensemble.start()
     try:
         yield ensemble
     finally:
         ensemble.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def populate_nodes(client: KazooClient, paths: Paths, count: int) -> None:
