@@ -278,6 +278,12 @@ class LibvirtDriverSection:
 
     uri: str = field(default="qemu:///system", metadata=checks(_not_empty))
     migration_uri: str | None = field(default=None, metadata=checks(_not_empty))
+    # how the other nodes' libvirt reaches this one for live migration (e.g.
+    # qemu+tcp://10.0.0.2/system); null: the same as `uri`
+    peer_uri: str | None = field(default=None, metadata=checks(_not_empty))
+    # lab only: a unix socket through which tests inspect and tamper with this node's
+    # test:/// libvirt, which no other process can open
+    lab_agent_socket: str | None = field(default=None, metadata=checks(_not_empty))
 
 
 @dataclass(frozen=True, kw_only=True)
