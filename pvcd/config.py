@@ -286,11 +286,53 @@ class LibvirtDriverSection:
     lab_agent_socket: str | None = field(default=None, metadata=checks(_not_empty))
 
 
+def _netns_name(value: str) -> str | None:
+    if 0 < len(value) <= 255 and "/" not in value and value not in (".", "..") and \
+            value.isprintable() and not any(c.isspace() for c in value):
+        return None
+    return f"{value!r} is not a valid network namespace name (a file name under /run/netns)"
+
+
+def _absolute_path(value: str) -> str | None:
+    return None if value.startswith("/") else f"expected an absolute path, got {value!r}"
+
+
+def _unix_user(value: str) -> str | None:
+    if re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", value):
+        return None
+    return f"{value!r} is not a valid user name"
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetworkDriverSection:
+    """Client networks on this node: VXLAN underlay, vLAN uplink, gateway/DHCP state."""
+
+    # the device and address VXLAN tunnels use (the cluster network); both null: this node
+    # builds no managed networks
+    underlay_device: str | None = field(default=None, metadata=checks(_device_name))
+    underlay_address: str | None = field(default=None, metadata=checks(_ip_address))
+    # the parent device of bridged networks' vLAN interfaces; null: no bridged networks
+    uplink_device: str | None = field(default=None, metadata=checks(_device_name))
+    # lab only: act inside this network namespace instead of the daemon's own
+    netns: str | None = field(default=None, metadata=checks(_netns_name))
+    # where the primary keeps each network's dnsmasq files (hosts, lease journal, log)
+    state_dir: str = field(default="/var/lib/pvc/networks", metadata=checks(_absolute_path))
+    dnsmasq_user: str = field(default="nobody", metadata=checks(_unix_user))
+    # how often every network is re-checked (interfaces deleted by hand come back)
+    resync_interval: float = field(default=10.0, metadata=checks(in_range(0.5, 86400)))
+
+    def cross_check(self) -> Problem | None:
+        if (self.underlay_device is None) != (self.underlay_address is None):
+            return "underlay_address", "underlay_device and underlay_address go together"
+        return None
+
+
 @dataclass(frozen=True, kw_only=True)
 class DriversSection:
     """Settings of the adapters to the host."""
 
     libvirt: LibvirtDriverSection = field(default_factory=LibvirtDriverSection)
+    network: NetworkDriverSection = field(default_factory=NetworkDriverSection)
 
 
 @dataclass(frozen=True, kw_only=True)

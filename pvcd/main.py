@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--nodes", type=int, default=3)
     up.add_argument("--zk-ensemble", type=int, choices=(1, 3), default=1)
     up.add_argument("--coordinators", type=int, default=None)
+    up.add_argument("--network", action="store_true",
+                    help="give each node its own network namespace (client networks)")
     for name in ("down", "status"):
         cmd = lab_sub.add_parser(name)
         cmd.add_argument("--workdir", default="./lab")
@@ -63,7 +65,7 @@ def _lab(args: argparse.Namespace) -> int:
     lab = Lab(args.workdir)
     if args.lab_command == "up":
         info = lab.up(nodes=args.nodes, zk_ensemble=args.zk_ensemble,
-                      coordinators=args.coordinators)
+                      coordinators=args.coordinators, network=args.network)
         print(f"lab is up: {len(info.nodes)} nodes, ZooKeeper {info.zookeeper}")
         print(f"API:   {info.api}")
         print(f"token: {info.token}")

@@ -26,11 +26,12 @@ import urllib.request
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
 from pvcd.drivers.host import pid_alive
+from pvcd.lab.netns import LabNetwork
 from pvcd.lab.zookeeper import ZooKeeperEnsemble, ZooKeeperServer, free_port
 
 LAB_FILE = "lab.json"
@@ -57,6 +58,7 @@ class LabInfo:
     zookeeper_servers: list[dict[str, Any]] = field(default_factory=list)
     session_timeout: float = 3.0
     created: float = 0.0
+    network: dict[str, Any] | None = None  # {"id": ...} when nodes have network namespaces
 
     def node(self, name: str) -> LabNode:
         for node in self.nodes:
@@ -87,7 +89,8 @@ class Lab:
     # bring up
     def up(self, nodes: int = 3, zk_ensemble: int = 1, coordinators: int | None = None,
            session_timeout: float = 3.0, keepalive_interval: float = 1.0,
-           auth: bool = True, tls: bool = False, timeout: float = 90.0) -> LabInfo:
+           auth: bool = True, tls: bool = False, timeout: float = 90.0,
+           network: bool = False) -> LabInfo:
         if self.lab_file.exists():
             raise RuntimeError(f"a lab is already described in {self.lab_file}; "
                                "run `pvcd lab down` first")
@@ -109,6 +112,9 @@ class Lab:
             session_timeout=session_timeout, created=time.time(),
             zookeeper_servers=[_server_doc(s) for s in self.zookeeper.servers],
         )
+        lab_net = LabNetwork(secrets.token_hex(3)) if network else None
+        if lab_net is not None:
+            info.network = {"id": lab_net.lab_id}
         secret = secrets.token_hex(32)
         for index in range(1, nodes + 1):
             name = f"node{index}"
@@ -124,6 +130,11 @@ class Lab:
                         "tls": tls_config},
                 "timing": {"keepalive_interval": keepalive_interval, "handover_timeout": 5.0},
             }
+            if lab_net is not None:  # the node's client networks live in its own namespace
+                cast(dict[str, Any], config.setdefault("drivers", {}))["network"] = {
+                    **lab_net.node_net(name, index).config(),
+                    "state_dir": str(folder / "networks"), "dnsmasq_user": "root",
+                    "resync_interval": 2.0}
             config_path = folder / "pvcd.yaml"
             config_path.write_text(yaml.safe_dump(config, sort_keys=False))
             info.nodes.append(LabNode(name, index <= coordinators, str(config_path),
@@ -131,6 +142,8 @@ class Lab:
         self.info = info
         self.save()
         try:
+            if lab_net is not None:
+                lab_net.up([node.name for node in info.nodes])
             for node in info.nodes:
                 self.start_node(node.name)
             self.save()
@@ -177,6 +190,13 @@ class Lab:
         raise TimeoutError(f"lab not ready after {timeout}s: {last}")
 
     # operations used by tests and `pvcd lab status`
+    def network(self) -> LabNetwork:
+        """The lab's namespaces (labs started with `network=True`): attach VMs, vLANs."""
+        info = self._info()
+        if not info.network:
+            raise RuntimeError("this lab has no network namespaces (start it with network=True)")
+        return LabNetwork(info.network["id"])
+
     def api_get(self, path: str, timeout: float = 5.0) -> Any:
         info = self._info()
         request = urllib.request.Request(info.api + path, headers={"X-Api-Key": info.token})
@@ -231,6 +251,8 @@ class Lab:
                 if pid_alive(node.pid):
                     _kill(node.pid, signal.SIGKILL)
                 _reap(node.pid)
+        if info is not None and info.network:
+            LabNetwork(info.network["id"]).down()
         ensemble = self.zookeeper
         if ensemble is None and info is not None:
             ensemble = ZooKeeperEnsemble(self.workdir / "zookeeper", len(info.zookeeper_servers))

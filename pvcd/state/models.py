@@ -107,6 +107,7 @@ class NodeStatus:
     keepalive: float = 0.0
     started: float = 0.0
     pid: int = 0
+    underlay_address: str = ""  # VXLAN endpoint of this node (client networks)
     stats: NodeStats = dataclasses.field(default_factory=NodeStats)
 
     def to_doc(self) -> dict[str, Any]:
@@ -143,6 +144,71 @@ class ApiSession:
     token_sha256: str
     created: float
     expires: float
+
+    def to_doc(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+NETWORK_TYPES = ("managed", "bridged")
+ACL_DIRECTIONS = ("in", "out")
+
+
+@dataclasses.dataclass
+class NetworkSpec:
+    """Desired state of a client network, written by the API. Addresses are strings in the
+    form the operator gave them, already validated (CIDR networks, gateways inside them)."""
+
+    vni: int
+    description: str
+    type: str  # managed (VXLAN, gateway and DHCP on the primary) | bridged (vLAN on the uplink)
+    domain: str | None = None
+    ip4_network: str | None = None
+    ip4_gateway: str | None = None
+    dhcp4: bool = False
+    dhcp4_start: str | None = None
+    dhcp4_end: str | None = None
+    ip6_network: str | None = None
+    ip6_gateway: str | None = None
+
+    def to_doc(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class StaticLeaseSpec:
+    """A DHCP reservation (desired state, API): `mac` always gets `ip` (and `hostname`)."""
+
+    mac: str
+    ip: str
+    hostname: str | None = None
+
+    def to_doc(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class DhcpLease:
+    """An active DHCP lease as the primary's dnsmasq reported it; `expires` 0 = infinite."""
+
+    mac: str
+    ip: str
+    hostname: str | None = None
+    expires: int = 0
+
+    def to_doc(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class AclSpec:
+    """A firewall rule of a network: `rule` as the operator wrote it, `body` the nftables JSON
+    form it was validated into (the only form ever applied), `order` its position (0 first)."""
+
+    description: str
+    direction: str  # in | out
+    order: int
+    rule: str
+    body: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_doc(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -91,9 +91,53 @@ class Paths:
     def session(self, sid: str) -> str:
         return self._join("sessions", sid)
 
+    # client networks: <root>/networks/<vni> (NetworkSpec) with children
+    #   static/<mac> (static DHCP leases, API)   leases/<mac> (active leases, the primary)
+    #   acl/in/<description>, acl/out/<description> (ACLs, API)
+    # and the description index network-names/<description> → {vni}
+    @property
+    def networks(self) -> str:
+        return self._join("networks")
+
+    def network(self, vni: int | str) -> str:
+        return f"{self._prefix}/networks/{vni}"
+
+    def network_static_leases(self, vni: int | str) -> str:
+        return f"{self._prefix}/networks/{vni}/static"
+
+    def network_static_lease(self, vni: int | str, mac: str) -> str:
+        return f"{self._prefix}/networks/{vni}/static/{mac}"
+
+    def network_leases(self, vni: int | str) -> str:
+        return f"{self._prefix}/networks/{vni}/leases"
+
+    def network_lease(self, vni: int | str, mac: str) -> str:
+        return f"{self._prefix}/networks/{vni}/leases/{mac}"
+
+    def network_acls(self, vni: int | str, direction: str | None = None) -> str:
+        base = f"{self._prefix}/networks/{vni}/acl"
+        return base if direction is None else f"{base}/{direction}"
+
+    def network_acl(self, vni: int | str, direction: str, description: str) -> str:
+        return f"{self._prefix}/networks/{vni}/acl/{direction}/{description}"
+
+    def network_containers(self, vni: int | str) -> list[str]:
+        """The child folders created with a network (parents first)."""
+        return [self.network_static_leases(vni), self.network_leases(vni),
+                self.network_acls(vni), self.network_acls(vni, "in"),
+                self.network_acls(vni, "out")]
+
+    @property
+    def network_names(self) -> str:
+        return self._join("network-names")
+
+    def network_name(self, description: str) -> str:
+        return f"{self._prefix}/network-names/{description}"
+
     def base_paths(self) -> list[str]:
         """Paths that must exist in every cluster of the current schema."""
-        return [self.nodes, self.coordinator, self.sessions, self.vms, self.vm_names]
+        return [self.nodes, self.coordinator, self.sessions, self.vms, self.vm_names,
+                self.networks, self.network_names]
 
 
 Migration = Callable[[KazooClient, Paths], None]

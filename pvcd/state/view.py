@@ -10,9 +10,13 @@ from typing import Any
 
 from pvcd.state.cache import Entry, StateCache
 from pvcd.state.models import (
+    AclSpec,
+    DhcpLease,
     Handover,
+    NetworkSpec,
     NodeSpec,
     NodeStatus,
+    StaticLeaseSpec,
     VmSpec,
     VmStatus,
     from_dict,
@@ -108,3 +112,39 @@ class ClusterView:
         if not isinstance(doc, dict) or "from_node" not in doc:
             return None
         return Handover(doc["from_node"], doc.get("to_node"), float(doc.get("requested", 0)))
+
+    # client networks
+    def network_vnis(self) -> list[int]:
+        return sorted(int(v) for v in self.cache.children(self.paths.networks) if v.isdigit())
+
+    def network(self, vni: int) -> NetworkSpec | None:
+        doc = self.cache.get(self.paths.network(vni))
+        return None if not isinstance(doc, dict) else from_dict(NetworkSpec, doc)
+
+    def resolve_network(self, name: str) -> int | None:
+        """The VNI of the network named by `name`: its VNI, else its description."""
+        if name.isdigit() and self.cache.exists(self.paths.network(int(name))):
+            return int(name)
+        doc = self.cache.get(self.paths.network_name(name)) if "/" not in name else None
+        return int(doc["vni"]) if isinstance(doc, dict) and "vni" in doc else None
+
+    def static_leases(self, vni: int) -> list[StaticLeaseSpec]:
+        path = self.paths.network_static_leases(vni)
+        docs = (self.cache.get(f"{path}/{mac}") for mac in self.cache.children(path))
+        return [from_dict(StaticLeaseSpec, d) for d in docs if isinstance(d, dict)]
+
+    def dhcp_leases(self, vni: int) -> list[DhcpLease]:
+        path = self.paths.network_leases(vni)
+        docs = (self.cache.get(f"{path}/{mac}") for mac in self.cache.children(path))
+        return [from_dict(DhcpLease, d) for d in docs if isinstance(d, dict)]
+
+    def acls(self, vni: int, direction: str) -> list[AclSpec]:
+        """The network's ACLs of one direction, in chain order."""
+        path = self.paths.network_acls(vni, direction)
+        docs = (self.cache.get(f"{path}/{name}") for name in self.cache.children(path))
+        acls = [from_dict(AclSpec, d) for d in docs if isinstance(d, dict)]
+        return sorted(acls, key=lambda acl: (acl.order, acl.description))
+
+    def node_underlay_address(self, name: str) -> str | None:
+        doc = self.cache.get(self.paths.node_status(name)) or {}
+        return doc.get("underlay_address") or None

@@ -1,0 +1,446 @@
+"""Network endpoints: networks, their DHCP leases and their ACLs.
+
+Every write is checked completely first (the manual's rules, listed in `check_network`), then
+recorded as desired state in one compare-and-set transaction; the network, gateway and firewall
+controllers carry it out. A refused value answers 510 with a message and writes nothing.
+
+`<network>` is a VNI or a network's description. Lease elements are served under both
+`/network/<network>/lease/<mac>` and the manual's `/network/<network>/dhcp/<mac>`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+import re
+from typing import Any
+
+from pvcd.api.base import BaseHandler
+from pvcd.api.routing import route
+from pvcd.drivers.dnsmasq import check_domain, check_hostname, check_mac
+from pvcd.drivers.nftables import validate_rule
+from pvcd.errors import Conflict, InvalidValue, NotFound
+from pvcd.state.models import (
+    ACL_DIRECTIONS,
+    NETWORK_TYPES,
+    AclSpec,
+    NetworkSpec,
+    StaticLeaseSpec,
+)
+from pvcd.state.store import Op
+from pvcd.state.view import ClusterView
+
+VNI_RANGES = {"managed": (1, 2**24 - 1), "bridged": (1, 4094)}  # VXLAN ids, vLAN ids
+NAME_RE = re.compile(r"^[A-Za-z0-9_.:@+-]{1,64}$")  # descriptions: also znode names
+# values of POST/PUT that configure addresses (ignored for bridged networks)
+ADDRESS_VALUES = ("domain", "ip4_network", "ip4_gateway", "ip6_network", "ip6_gateway",
+                  "dhcp4", "dhcp4_start", "dhcp4_end")
+
+
+# --- validation ----------------------------------------------------------------------------
+
+
+def check_name(value: str, what: str) -> str:
+    if not NAME_RE.match(value) or value in (".", ".."):
+        raise InvalidValue(f"{what} '{value}' is invalid: 1-64 characters without whitespace "
+                           "(letters, digits and _ . : @ + -)")
+    return value
+
+
+def check_description(value: str) -> str:
+    check_name(value, "description")
+    if value.isdigit():
+        raise InvalidValue(f"description '{value}' is invalid: it must not be a number "
+                           "(a network is named by its VNI or its description)")
+    return value
+
+
+def parse_vni(value: str, nettype: str) -> int:
+    low, high = VNI_RANGES[nettype]
+    if not value.isdigit() or not low <= int(value) <= high:
+        kind = "VXLAN ID" if nettype == "managed" else "vLAN ID"
+        raise InvalidValue(f"vni '{value}' is invalid for a {nettype} network: a {kind} "
+                           f"from {low} to {high}")
+    return int(value)
+
+
+def _network(value: str, version: int, what: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    example = "10.0.0.0/24" if version == 4 else "fd00:100::/64"
+    try:
+        network = ipaddress.ip_network(value, strict=True)
+    except ValueError:
+        raise InvalidValue(f"{what} '{value}' is not an IPv{version} network in CIDR form "
+                           f"(e.g. {example}, host bits zero)") from None
+    if network.version != version:
+        raise InvalidValue(f"{what} '{value}' is not an IPv{version} network (e.g. {example})")
+    return network
+
+
+def _address_in(value: str | None, network: ipaddress.IPv4Network | ipaddress.IPv6Network,
+                what: str) -> str:
+    if value is None or value == "":
+        raise InvalidValue(f"{what} is required with {_net_name(network)} {network}")
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise InvalidValue(f"{what} '{value}' is not an IP address") from None
+    if address.version != network.version or address not in network:
+        raise InvalidValue(f"{what} {value} is not inside {_net_name(network)} {network}")
+    if network.num_addresses > 2 and address in (network.network_address,
+                                                 network.broadcast_address):
+        raise InvalidValue(f"{what} {value} is the network's "
+                           f"{'network' if address == network.network_address else 'broadcast'} "
+                           "address; use a host address")
+    return str(address)
+
+
+def _net_name(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
+    return "ip4_network" if network.version == 4 else "ip6_network"
+
+
+def check_network(spec: NetworkSpec) -> NetworkSpec:
+    """Apply every rule of the manual to a complete network; return it normalised.
+
+    - vni in range for its type; description whitespace-free (checked by the caller)
+    - bridged: every address value is ignored
+    - domain: a DNS name
+    - ip4_network: CIDR; ip4_gateway required with it and inside it (else failure)
+    - ip4_gateway, dhcp4 or a DHCP range without ip4_network: failure
+    - ip6_network: CIDR; ip6_gateway missing or invalid → <ip6_network>::1 (as the manual says)
+    - dhcp4: dhcp4_start and dhcp4_end required, inside ip4_network, start <= end
+    """
+    if spec.type == "bridged":
+        return NetworkSpec(spec.vni, spec.description, "bridged")
+    if spec.domain is not None:
+        spec.domain = check_domain(spec.domain)
+    if spec.ip4_network is not None:
+        net4 = _network(spec.ip4_network, 4, "ip4_network")
+        spec.ip4_network = str(net4)
+        spec.ip4_gateway = _address_in(spec.ip4_gateway, net4, "ip4_gateway")
+        for name in ("dhcp4_start", "dhcp4_end"):
+            value = getattr(spec, name)
+            if spec.dhcp4 or value is not None:
+                setattr(spec, name, _address_in(value, net4, name))
+        if spec.dhcp4_start and spec.dhcp4_end and \
+                ipaddress.IPv4Address(spec.dhcp4_start) > ipaddress.IPv4Address(spec.dhcp4_end):
+            raise InvalidValue(f"dhcp4_start {spec.dhcp4_start} is after dhcp4_end "
+                               f"{spec.dhcp4_end}")
+    else:
+        for name in ("ip4_gateway", "dhcp4_start", "dhcp4_end"):
+            if getattr(spec, name) is not None:
+                raise InvalidValue(f"{name} needs ip4_network")
+        if spec.dhcp4:
+            raise InvalidValue("dhcp4 needs ip4_network (and dhcp4_start, dhcp4_end)")
+    if spec.ip6_network is not None:
+        net6 = _network(spec.ip6_network, 6, "ip6_network")
+        spec.ip6_network = str(net6)
+        try:
+            spec.ip6_gateway = _address_in(spec.ip6_gateway, net6, "ip6_gateway")
+        except InvalidValue:
+            spec.ip6_gateway = str(net6.network_address + 1)  # the manual's default
+    else:
+        spec.ip6_gateway = None  # meaningless without ip6_network
+    return spec
+
+
+def check_static_lease(spec: NetworkSpec, mac: str, ip: str, hostname: str | None,
+                       others: list[StaticLeaseSpec]) -> StaticLeaseSpec:
+    if spec.type != "managed" or spec.ip4_network is None:
+        raise InvalidValue(f"network {spec.vni} has no IPv4 network: no DHCP leases there")
+    mac = check_mac(mac)
+    network = ipaddress.ip_network(spec.ip4_network)
+    address = _address_in(ip, network, "ipaddress")
+    if address == spec.ip4_gateway:
+        raise InvalidValue(f"ipaddress {address} is the network's gateway")
+    if hostname is not None:
+        check_hostname(hostname)
+    for other in others:
+        if other.mac == mac:
+            raise InvalidValue(f"a static lease for {mac} already exists in network {spec.vni}")
+        if other.ip == address:
+            raise InvalidValue(f"{address} is already reserved for {other.mac} in network "
+                               f"{spec.vni}")
+    return StaticLeaseSpec(mac, address, hostname)
+
+
+# --- objects (objects.md) ------------------------------------------------------------------
+
+
+def network_object(spec: NetworkSpec) -> dict[str, Any]:
+    return {
+        "vni": spec.vni,
+        "description": spec.description,
+        "type": spec.type,
+        "domain": spec.domain,
+        "ip4": {"network": spec.ip4_network, "gateway": spec.ip4_gateway,
+                "dhcp_flag": spec.dhcp4, "dhcp_start": spec.dhcp4_start,
+                "dhcp_end": spec.dhcp4_end},
+        "ip6": {"network": spec.ip6_network, "gateway": spec.ip6_gateway,
+                "dhcp_flag": spec.ip6_network is not None},
+    }
+
+
+def lease_objects(view: ClusterView, vni: int, static_only: bool) -> list[dict[str, Any]]:
+    """Static reservations (`timestamp: "static"`) and the active dynamic leases."""
+    statics = view.static_leases(vni)
+    result: list[dict[str, Any]] = [
+        {"hostname": s.hostname, "ip4_address": s.ip, "mac_address": s.mac,
+         "timestamp": "static"} for s in statics]
+    if not static_only:
+        reserved = {s.mac for s in statics}
+        result += [{"hostname": le.hostname, "ip4_address": le.ip, "mac_address": le.mac,
+                    "timestamp": le.expires} for le in view.dhcp_leases(vni)
+                   if le.mac not in reserved]
+    return sorted(result, key=lambda le: le["mac_address"])
+
+
+def acl_object(acl: AclSpec) -> dict[str, Any]:
+    return {"description": acl.description, "direction": acl.direction, "order": acl.order,
+            "rule": acl.rule}
+
+
+# --- handlers ------------------------------------------------------------------------------
+
+
+class NetworkBaseHandler(BaseHandler):
+    def network(self, name: str) -> NetworkSpec:
+        view = self.ctx.view
+        vni = view.resolve_network(name)
+        spec = None if vni is None else view.network(vni)
+        if spec is None:
+            raise NotFound(f"Network '{name}' not found")
+        return spec
+
+    def optional(self, name: str) -> str | None:
+        """A value if given and not empty (an empty value clears it in PUT)."""
+        value = self.values.get(name)
+        return None if value is None or value.strip() == "" else value.strip()
+
+
+class NetworkListHandler(NetworkBaseHandler):
+    def get(self) -> None:
+        view = self.ctx.view
+        limit = self.values.limit()
+        result = []
+        for vni in view.network_vnis():
+            spec = view.network(vni)
+            if spec is not None and (limit is None or limit.search(spec.description) or
+                                     limit.search(str(vni))):
+                result.append(network_object(spec))
+        self.reply(result)
+
+    async def post(self) -> None:
+        view = self.ctx.view
+        nettype = self.values.choice("nettype", NETWORK_TYPES)
+        assert nettype is not None
+        vni = parse_vni(self.values.require("vni"), nettype)
+        description = check_description(self.values.require("description"))
+        if view.network(vni) is not None:
+            raise InvalidValue(f"a network with vni {vni} already exists")
+        if view.resolve_network(description) is not None:
+            raise InvalidValue(f"a network with description '{description}' already exists")
+        spec = check_network(NetworkSpec(
+            vni=vni, description=description, type=nettype,
+            domain=self.optional("domain"),
+            ip4_network=self.optional("ip4_network"), ip4_gateway=self.optional("ip4_gateway"),
+            dhcp4=self.values.flag("dhcp4"),
+            dhcp4_start=self.optional("dhcp4_start"), dhcp4_end=self.optional("dhcp4_end"),
+            ip6_network=self.optional("ip6_network"), ip6_gateway=self.optional("ip6_gateway"),
+        ))
+        paths = view.paths
+        ops = [Op.create(paths.network(vni), spec.to_doc())]
+        ops += [Op.create(path, {}) for path in paths.network_containers(vni)]
+        ops.append(Op.create(paths.network_name(description), {"vni": vni}))
+        await self.commit(ops)
+        self.message(f"Network '{description}' (vni {vni}) added")
+
+
+class NetworkHandler(NetworkBaseHandler):
+    def get(self, name: str) -> None:
+        self.reply([network_object(self.network(name))])
+
+    async def put(self, name: str) -> None:
+        view = self.ctx.view
+        spec = self.network(name)
+        changed = dataclasses.replace(spec)
+        for value in ADDRESS_VALUES:
+            if value not in self.values:
+                continue
+            if value == "dhcp4":
+                changed.dhcp4 = self.values.flag("dhcp4")
+            else:
+                setattr(changed, value, self.optional(value))
+        if "ip6_network" in self.values and "ip6_gateway" not in self.values:
+            changed.ip6_gateway = None  # a new ip6 network gets the default gateway
+        changed = check_network(changed)
+        if changed.ip4_network is not None:
+            network = ipaddress.ip_network(changed.ip4_network)
+            for lease in view.static_leases(spec.vni):
+                if ipaddress.ip_address(lease.ip) not in network:
+                    raise InvalidValue(f"static lease {lease.mac} ({lease.ip}) would be outside "
+                                       f"ip4_network {network}; delete it first")
+        elif view.static_leases(spec.vni):
+            raise InvalidValue("the network has static leases: it needs its ip4_network")
+        entry = view.cache.entry(view.paths.network(spec.vni))
+        assert entry is not None
+        await self.commit([Op.set(view.paths.network(spec.vni), changed.to_doc(),
+                                  entry.version)])
+        self.message(f"Network '{spec.description}' modified")
+
+    async def delete(self, name: str) -> None:
+        view = self.ctx.view
+        spec = self.network(name)
+        paths, cache = view.paths, view.cache
+        ops: list[Op] = []
+        for container in reversed(paths.network_containers(spec.vni)):
+            ops += [Op.delete(f"{container}/{child}") for child in cache.children(container)
+                    if child not in ("in", "out") or container != paths.network_acls(spec.vni)]
+            ops.append(Op.delete(container))
+        ops.append(Op.delete(paths.network(spec.vni)))
+        ops.append(Op.delete(paths.network_name(spec.description)))
+        await self.commit(ops)
+        self.message(f"Network '{spec.description}' (vni {spec.vni}) removed")
+
+
+class LeaseListHandler(NetworkBaseHandler):
+    def get(self, name: str) -> None:
+        spec = self.network(name)
+        limit = self.values.limit()
+        leases = lease_objects(self.ctx.view, spec.vni, self.values.flag("static"))
+        self.reply([le for le in leases if limit is None or limit.search(le["mac_address"])])
+
+    async def post(self, name: str) -> None:
+        view = self.ctx.view
+        spec = self.network(name)
+        lease = check_static_lease(spec, self.values.require("macaddress"),
+                                   self.values.require("ipaddress"), self.optional("hostname"),
+                                   view.static_leases(spec.vni))
+        await self.commit([Op.create(view.paths.network_static_lease(spec.vni, lease.mac),
+                                     lease.to_doc())])
+        self.message(f"Static lease {lease.mac} → {lease.ip} added to network "
+                     f"'{spec.description}'")
+
+
+class LeaseHandler(NetworkBaseHandler):
+    def lease(self, spec: NetworkSpec, mac: str) -> dict[str, Any]:
+        try:
+            mac = check_mac(mac)
+        except InvalidValue:
+            raise NotFound(f"Lease '{mac}' not found in network '{spec.description}'") from None
+        for lease in lease_objects(self.ctx.view, spec.vni, static_only=False):
+            if lease["mac_address"] == mac:
+                return lease
+        raise NotFound(f"Lease '{mac}' not found in network '{spec.description}'")
+
+    def get(self, name: str, mac: str) -> None:
+        spec = self.network(name)
+        self.reply([self.lease(spec, mac)])
+
+    async def delete(self, name: str, mac: str) -> None:
+        view = self.ctx.view
+        spec = self.network(name)
+        lease = self.lease(spec, mac)
+        if lease["timestamp"] != "static":
+            raise InvalidValue(f"lease {lease['mac_address']} is dynamic; only static leases "
+                               "can be removed")
+        path = view.paths.network_static_lease(spec.vni, lease["mac_address"])
+        entry = view.cache.entry(path)
+        await self.commit([Op.delete(path, entry.version if entry is not None else -1)])
+        self.message(f"Static lease {lease['mac_address']} removed from network "
+                     f"'{spec.description}'")
+
+
+class AclListHandler(NetworkBaseHandler):
+    def get(self, name: str) -> None:
+        spec = self.network(name)
+        limit = self.values.limit()
+        direction = self.values.choice("direction", ACL_DIRECTIONS, required=False)
+        result = []
+        for each in ACL_DIRECTIONS:
+            if direction is not None and each != direction:
+                continue
+            result += [acl_object(acl) for acl in self.ctx.view.acls(spec.vni, each)
+                       if limit is None or limit.search(acl.description)]
+        self.reply(result)
+
+    async def post(self, name: str) -> None:
+        view = self.ctx.view
+        spec = self.network(name)
+        if spec.type != "managed":
+            raise InvalidValue(f"network {spec.vni} is bridged: ACLs apply to managed networks")
+        description = check_name(self.values.require("description"), "description")
+        direction = self.values.choice("direction", ACL_DIRECTIONS)
+        assert direction is not None
+        text = self.values.require("rule")
+        order_value = self.optional("order")
+        if order_value is not None and not order_value.isdigit():
+            raise InvalidValue(f"order '{order_value}' is invalid: a position from 0 "
+                               "(first) upwards")
+        existing = view.acls(spec.vni, direction)
+        if any(acl.description == description for acl in existing):
+            raise InvalidValue(f"an ACL '{description}' already exists in direction "
+                               f"{direction} of network '{spec.description}'")
+        body = await asyncio.to_thread(validate_rule, text)  # a throw-away namespace, ≈ 10 ms
+        position = len(existing) if order_value is None else min(int(order_value),
+                                                                 len(existing))
+        new = AclSpec(description, direction, position, text.strip(), body)
+        chain = [*existing[:position], new, *existing[position:]]
+        await self.commit(_renumber_ops(view, spec.vni, direction, chain, new))
+        self.message(f"ACL '{description}' added to network '{spec.description}' "
+                     f"({direction}, position {position})")
+
+
+class AclHandler(NetworkBaseHandler):
+    def get(self, name: str, description: str) -> None:
+        spec = self.network(name)
+        found = [acl_object(acl) for direction in ACL_DIRECTIONS
+                 for acl in self.ctx.view.acls(spec.vni, direction)
+                 if acl.description == description]
+        self.reply(found if found else {})  # the manual: an unknown ACL is an empty document
+
+    async def delete(self, name: str, description: str) -> None:
+        view = self.ctx.view
+        spec = self.network(name)
+        direction = self.values.choice("direction", ACL_DIRECTIONS)
+        assert direction is not None
+        existing = view.acls(spec.vni, direction)
+        if not any(acl.description == description for acl in existing):
+            raise NotFound(f"ACL '{description}' not found in direction {direction} of network "
+                           f"'{spec.description}'")
+        chain = [acl for acl in existing if acl.description != description]
+        path = view.paths.network_acl(spec.vni, direction, description)
+        entry = view.cache.entry(path)
+        ops = [Op.delete(path, entry.version if entry is not None else -1)]
+        await self.commit(ops + _renumber_ops(view, spec.vni, direction, chain, None))
+        self.message(f"ACL '{description}' removed from network '{spec.description}'")
+
+
+def _renumber_ops(view: ClusterView, vni: int, direction: str, chain: list[AclSpec],
+                  new: AclSpec | None) -> list[Op]:
+    """Ops that store `chain` with orders 0..n-1: create `new`, set the ACLs that moved (with
+    their cached versions, so a concurrent change of the chain fails the whole write)."""
+    ops: list[Op] = []
+    for position, acl in enumerate(chain):
+        path = view.paths.network_acl(vni, direction, acl.description)
+        if acl is new:
+            acl.order = position
+            ops.append(Op.create(path, acl.to_doc()))
+        elif acl.order != position:
+            entry = view.cache.entry(path)
+            if entry is None:
+                raise Conflict(f"ACL '{acl.description}' changed concurrently; try again")
+            acl.order = position
+            ops.append(Op.set(path, acl.to_doc(), entry.version))
+    return ops
+
+
+ROUTES = [
+    route("/network", NetworkListHandler),
+    route("/network/<network>", NetworkHandler),
+    route("/network/<network>/lease", LeaseListHandler),
+    route("/network/<network>/lease/<lease>", LeaseHandler),
+    route("/network/<network>/dhcp/<lease>", LeaseHandler),
+    route("/network/<network>/acl", AclListHandler),
+    route("/network/<network>/acl/<acl>", AclHandler),
+]

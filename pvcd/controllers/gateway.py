@@ -1,0 +1,252 @@
+"""Gateways and DHCP/DNS of the managed networks: only on the primary coordinator.
+
+While this node is primary (a `PrimaryServices` entry, "gateways"), the reconcile of key
+`gw/<vni>` puts the network's IPv4/IPv6 gateway addresses on `vmbr<vni>` and runs one supervised
+dnsmasq for it (DHCPv4 range, the DNS domain, static leases, router advertisements). Static
+leases (desired state, written by the API) reach a running dnsmasq without a restart. Active
+leases are read from dnsmasq's lease journal and reported into `networks/<vni>/leases/<mac>`, so
+that the next primary knows them: before it starts a network's dnsmasq, it hands that list back
+(`set_known_leases`), and clients keep their addresses. The key requeues itself every
+`POLL_INTERVAL` seconds: that polls the journal and restarts a dnsmasq that died.
+
+Handover: `stop()` runs when the role goes (the coordinator calls it before it deletes its lock,
+so the next primary starts only afterwards). It takes the same lock as the reconcile, so no
+reconcile is half-way when it tears down: last lease report, dnsmasq stopped and reaped, gateway
+addresses removed. A reconcile while not primary does that teardown for its network too, which
+also cleans up after a crashed pvcd of this node (stray addresses, orphaned dnsmasq).
+
+Races named: (1) the bridge is made by the network controller; until it exists the reconcile
+retries (TemporaryError). (2) A lease report for a network deleted meanwhile fails (its parent
+is gone) and is dropped. (3) Killed with SIGKILL, pvcd cannot stop its dnsmasq children; they
+keep serving until the node is fenced or pvcd restarts here (the teardown kills them).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import signal
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pvcd.config import NetworkDriverSection
+from pvcd.controllers.base import DONE, Controller, Result, TemporaryError
+from pvcd.controllers.network import vni_of_key, vni_of_path
+from pvcd.drivers.dnsmasq import DnsmasqConfig, DnsmasqInstance, Lease, StaticLease
+from pvcd.drivers.netlink import NetlinkDriver, bridge_name
+from pvcd.errors import BackendError, Conflict
+from pvcd.state.models import DhcpLease, NetworkSpec
+from pvcd.state.store import Op, Store
+from pvcd.state.view import ClusterView
+
+if TYPE_CHECKING:
+    from pvcd.daemon import NodeDaemon
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL = 0.5  # seconds between lease reports / dnsmasq liveness checks
+MAX_OPS = 500  # per ZooKeeper transaction (well under the 1 MiB request limit)
+
+
+def gw_key(vni: int) -> str:
+    return f"gw/{vni}"
+
+
+def gateway_addresses(spec: NetworkSpec) -> list[str]:
+    """The gateway addresses of a network in CIDR form, e.g. ['10.0.0.1/24', 'fd00::1/64']."""
+    result = []
+    if spec.ip4_network and spec.ip4_gateway:
+        prefix = ipaddress.ip_network(spec.ip4_network).prefixlen
+        result.append(f"{spec.ip4_gateway}/{prefix}")
+    if spec.ip6_network:
+        network = ipaddress.ip_network(spec.ip6_network)
+        gateway = spec.ip6_gateway or str(network.network_address + 1)
+        result.append(f"{ipaddress.ip_address(gateway)}/{network.prefixlen}")
+    return result
+
+
+@dataclass(frozen=True)
+class _Running:
+    instance: DnsmasqInstance
+    config: DnsmasqConfig
+
+
+class GatewayService:
+    """The primary's gateways and dnsmasq instances; `start`/`stop` follow the primary role."""
+
+    def __init__(self, name: str, view: ClusterView, store: Store, links: NetlinkDriver,
+                 config: NetworkDriverSection) -> None:
+        self.name = name
+        self.view = view
+        self.store = store
+        self.links = links
+        self.config = config
+        self.active = False
+        self.controller: Controller | None = None
+        self._lock = threading.RLock()
+        self._running: dict[int, _Running] = {}
+
+    # the primary role
+    def start(self) -> None:
+        with self._lock:
+            self.active = True
+        log.info("event=gateways-start node=%s", self.name)
+        if self.controller is not None:
+            for vni in self.view.network_vnis():
+                self.controller.enqueue(gw_key(vni))
+
+    def stop(self) -> None:
+        with self._lock:
+            self.active = False
+            for vni in sorted(set(self._running) | set(self.view.network_vnis())):
+                try:
+                    self._teardown(vni)
+                except Exception:
+                    log.exception("event=gateway-teardown-failed node=%s vni=%d", self.name, vni)
+        log.info("event=gateways-stopped node=%s", self.name)
+
+    # keys
+    def keys(self) -> Iterable[str]:
+        return [gw_key(v) for v in sorted(set(self.view.network_vnis()) | set(self._running))]
+
+    def key_of_path(self, path: str) -> str | None:
+        """The network's document and its static leases matter (not the leases we report)."""
+        paths = self.view.paths
+        vni = vni_of_path(paths.networks, path)
+        if vni is None or not (path == paths.network(vni) or
+                               path.startswith(paths.network_static_leases(vni))):
+            return None
+        return gw_key(vni)
+
+    # reconcile
+    def reconcile(self, key: str) -> Result:
+        vni = vni_of_key(key)
+        with self._lock:
+            spec = self.view.network(vni)
+            if not self.active or spec is None or spec.type != "managed":
+                self._teardown(vni)
+                return DONE
+            return self._serve(spec)
+
+    def _serve(self, spec: NetworkSpec) -> Result:
+        bridge = bridge_name(spec.vni)
+        if not self.links.link_exists(bridge):
+            raise TemporaryError(f"bridge {bridge} does not exist yet")
+        wanted = gateway_addresses(spec)
+        for address in self.links.addresses(bridge):
+            if address not in wanted:
+                self.links.remove_address(bridge, address)
+        for address in wanted:
+            self.links.ensure_address(bridge, address)
+        config = self._dnsmasq_config(spec)
+        running = self._running.get(spec.vni)
+        if running is not None and running.config != config:
+            self._report_leases(spec.vni, running.instance)
+            running.instance.stop()
+            del self._running[spec.vni]
+            running = None
+        if config is None:
+            return DONE
+        statics = [StaticLease(s.mac, s.ip, s.hostname) for s in self.view.static_leases(spec.vni)]
+        if running is None:
+            instance = DnsmasqInstance(config)
+            known = [Lease(le.mac, le.ip, le.hostname, le.expires)
+                     for le in self.view.dhcp_leases(spec.vni)]
+            instance.set_known_leases(known)
+            instance.set_static_leases(statics)
+            instance.start()
+            self._running[spec.vni] = _Running(instance, config)
+            log.info("event=gateway-up node=%s vni=%d addresses=%s known_leases=%d", self.name,
+                     spec.vni, ",".join(wanted), len(known))
+        else:
+            instance = running.instance
+            instance.set_static_leases(statics)
+            instance.supervise()
+        self._report_leases(spec.vni, instance)
+        return Result(requeue_after=POLL_INTERVAL)
+
+    def _dnsmasq_config(self, spec: NetworkSpec) -> DnsmasqConfig | None:
+        if not (spec.ip4_network or spec.ip6_network):
+            return None  # nothing to serve: no addresses, hence no DHCP, RA or DNS
+        dhcp = spec.dhcp4 and spec.ip4_network is not None
+        return DnsmasqConfig(
+            interface=bridge_name(spec.vni),
+            state_dir=Path(self.config.state_dir) / str(spec.vni),
+            netns=self.config.netns,
+            domain=spec.domain,
+            ip4_network=spec.ip4_network,
+            ip4_gateway=spec.ip4_gateway if spec.ip4_network else None,
+            dhcp4_start=spec.dhcp4_start if dhcp else None,
+            dhcp4_end=spec.dhcp4_end if dhcp else None,
+            ip6_network=spec.ip6_network,
+            ip6_gateway=spec.ip6_gateway if spec.ip6_network else None,
+            user=self.config.dnsmasq_user,
+        )
+
+    def _teardown(self, vni: int) -> None:
+        """No gateway and no dnsmasq of `vni` on this node (idempotent)."""
+        running = self._running.pop(vni, None)
+        if running is not None:
+            try:
+                self._report_leases(vni, running.instance)
+            except Exception as exc:  # the next primary starts from the last report
+                log.warning("event=lease-report-failed node=%s vni=%d error=%r", self.name, vni,
+                            exc)
+            running.instance.stop()
+            log.info("event=gateway-down node=%s vni=%d", self.name, vni)
+        bridge = bridge_name(vni)
+        if self.links.link_exists(bridge):
+            for address in self.links.addresses(bridge):  # only gateways live on a vmbr
+                self.links.remove_address(bridge, address)
+        state_dir = Path(self.config.state_dir) / str(vni)
+        if state_dir.exists():  # a dnsmasq left by a crashed pvcd of this node
+            orphan = DnsmasqInstance(DnsmasqConfig(interface=bridge, state_dir=state_dir,
+                                                   netns=self.config.netns,
+                                                   user=self.config.dnsmasq_user))
+            for pid in orphan.processes():  # found by this network's hosts directory
+                log.warning("event=dnsmasq-orphan-killed node=%s vni=%d pid=%d", self.name,
+                            vni, pid)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    # leases
+    def _report_leases(self, vni: int, instance: DnsmasqInstance) -> None:
+        """Make `networks/<vni>/leases` hold exactly dnsmasq's current leases."""
+        current = {le.mac: le for le in instance.leases()}
+        paths = self.view.paths
+        ops: list[Op] = []
+        for mac, lease in sorted(current.items()):
+            doc = DhcpLease(lease.mac, lease.ip, lease.hostname, lease.expires).to_doc()
+            entry = self.view.cache.entry(paths.network_lease(vni, mac))
+            if entry is None:
+                ops.append(Op.create(paths.network_lease(vni, mac), doc))
+            elif entry.doc != doc:
+                ops.append(Op.set(paths.network_lease(vni, mac), doc, entry.version))
+        for mac in self.view.cache.children(paths.network_leases(vni)):
+            if mac not in current:
+                ops.append(Op.delete(paths.network_lease(vni, mac)))
+        for start in range(0, len(ops), MAX_OPS):
+            try:
+                self.store.commit(ops[start:start + MAX_OPS])
+            except (Conflict, BackendError) as exc:  # a race or a deleted network: next poll
+                log.info("event=lease-report-retry node=%s vni=%d reason=%s", self.name, vni, exc)
+                return
+        if ops:
+            log.info("event=leases-reported node=%s vni=%d leases=%d changes=%d", self.name, vni,
+                     len(current), len(ops))
+
+
+def install(daemon: NodeDaemon, config: NetworkDriverSection, links: NetlinkDriver) -> None:
+    service = GatewayService(daemon.name, daemon.view, daemon.store, links, config)
+    controller = Controller("gateway", service.reconcile, service.keys,
+                            resync_interval=config.resync_interval)
+    service.controller = controller
+    daemon.add_controller(controller)
+    daemon.watch(daemon.paths.networks + "/", controller, service.key_of_path)
+    daemon.services.add("gateways", service.start, service.stop)
