@@ -1,0 +1,503 @@
+"""Real libvirtd daemons for the QEMU lab: one per lab node, all on one machine.
+
+libvirtd insists on fixed paths (`/etc/libvirt/qemu.conf`, `/run/libvirt`, `/var/lib/libvirt`,
+...), so two of them would share their state. Each instance therefore runs in a mount namespace of
+its own (`unshare --mount --propagation private`) with those five folders bind-mounted from
+`<workdir>/<name>/`. Nothing is mounted in the caller's namespace, and the namespace (with its
+mounts) disappears with its last process.
+
+The process tree of an instance, all in that namespace:
+
+    unshare -> python -m pvcd.lab.libvirtd (bind mounts, then exec) -> tini -s -> libvirtd -> qemu
+
+`unshare` and the mount helper exec into `tini` (same pid: `tini_pid`). tini reaps orphans at
+once; the machine's PID 1 reaps only every ~1.2 s, which makes every `destroy()` slow
+(docs/lab-qemu.md). Its sockets live in `<workdir>/<name>/sock`, a path that is the same in every
+namespace, so clients and the *other* instances (peer-to-peer migration) reach it by path.
+
+Settings and why (see docs/lab-qemu.md): a distinct `host_uuid` per instance (libvirt refuses a
+migration to "the same host" otherwise); QEMU as root without a security driver, cgroups, private
+/dev namespaces or virtlogd (none of them work or exist here); a distinct migration port range per
+instance, listening on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pvcd.lab.zookeeper import free_port
+
+# The host folders libvirtd uses, and the folder under the instance's root that replaces each.
+BIND_TARGETS: dict[str, str] = {
+    "etc": "/etc/libvirt",
+    "run": "/run/libvirt",
+    "lib": "/var/lib/libvirt",
+    "log": "/var/log/libvirt",
+    "cache": "/var/cache/libvirt",
+}
+MIGRATION_PORT_BASE = 49152
+MIGRATION_PORTS_PER_NODE = 16
+UNIX_PATH_MAX = 107  # sun_path is 108 bytes with the trailing NUL
+COMMAND_TIMEOUT = 10.0
+
+
+class LibvirtdError(RuntimeError):
+    """A lab libvirtd did not start or did not stop cleanly."""
+
+
+@dataclass(frozen=True)
+class InstancePaths:
+    """Where one instance keeps its configuration, state, sockets and logs."""
+
+    root: Path
+
+    def bind_source(self, key: str) -> Path:
+        return self.root / key
+
+    @property
+    def sock_dir(self) -> Path:
+        return self.root / "sock"
+
+    @property
+    def socket(self) -> Path:
+        return self.sock_dir / "libvirt-sock"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.root / "libvirtd.pid"
+
+    @property
+    def console_log(self) -> Path:
+        """libvirtd's and tini's stdout/stderr."""
+        return self.root / "console.log"
+
+    @property
+    def daemon_log(self) -> Path:
+        return self.root / "log" / "libvirtd.log"
+
+
+def libvirtd_conf(paths: InstancePaths, host_uuid: str, tcp_port: int | None) -> str:
+    lines = [
+        f'host_uuid = "{host_uuid}"',
+        f'unix_sock_dir = "{paths.sock_dir}"',
+        'unix_sock_rw_perms = "0700"',  # root only: auth none below
+        'unix_sock_ro_perms = "0700"',
+        'unix_sock_admin_perms = "0700"',
+        'auth_unix_rw = "none"',  # no polkit daemon here
+        'auth_unix_ro = "none"',
+        "listen_tls = 0",
+        f'log_outputs = "3:file:{paths.daemon_log}"',
+    ]
+    if tcp_port is not None:
+        # Only for peers on the same machine: loopback, no authentication.
+        lines += [
+            "listen_tcp = 1",
+            f'tcp_port = "{tcp_port}"',
+            'listen_addr = "127.0.0.1"',
+            'auth_tcp = "none"',
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def qemu_conf(migration_ports: tuple[int, int]) -> str:
+    low, high = migration_ports
+    lines = [
+        'user = "root"',
+        'group = "root"',
+        'security_driver = "none"',
+        "dynamic_ownership = 0",  # don't chown the guest's kernel and logs
+        "remember_owner = 0",  # uses xattrs
+        "cgroup_controllers = [ ]",  # no systemd, cgroup v2 delegation not set up
+        "namespaces = [ ]",  # keep QEMU in the instance's mount namespace (and findable)
+        'stdio_handler = "file"',  # no virtlogd daemon
+        # migration_address/migration_host may not name a local address (libvirt rejects it):
+        # callers pass listen address and URI per migration (`migration_params`).
+        f"migration_port_min = {low}",
+        f"migration_port_max = {high}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class LibvirtdInstance:
+    """One lab node's libvirtd. `workdir` is the lab's folder; the instance uses
+    `workdir/<name>/`. Peers reach it over its unix socket, or over `qemu+tcp` on 127.0.0.1 when
+    `tcp_port` is given."""
+
+    name: str
+    workdir: Path
+    migration_ports: tuple[int, int]
+    tcp_port: int | None = None
+    host_uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    # Every mount namespace this instance has run in since its last stop (a libvirtd that died
+    # leaves its QEMU processes running in the old one).
+    _namespaces: set[str] = field(default_factory=set, repr=False)
+
+    def __post_init__(self) -> None:
+        self.paths = InstancePaths(self.workdir.resolve() / self.name)
+        if len(str(self.paths.socket)) > UNIX_PATH_MAX:
+            raise LibvirtdError(
+                f"socket path {self.paths.socket} is longer than {UNIX_PATH_MAX} bytes: "
+                "use a shorter workdir"
+            )
+
+    @property
+    def uri(self) -> str:
+        """The client URI (from any mount namespace on this machine)."""
+        return f"qemu:///system?socket={self.paths.socket}"
+
+    @property
+    def peer_uri(self) -> str:
+        """The URI another instance's libvirtd uses to reach this one (peer-to-peer migration)."""
+        if self.tcp_port is not None:
+            return f"qemu+tcp://127.0.0.1:{self.tcp_port}/system"
+        # `+unix` forces the remote driver: inside a libvirtd, plain qemu:///system would open
+        # that daemon's own QEMU driver and "migrate to the same host".
+        return f"qemu+unix:///system?socket={self.paths.socket}"
+
+    def migration_params(self) -> dict[str, str]:
+        """Parameters for `migrate3`/`migrateToURI3` with this instance as the destination: the
+        incoming QEMU listens on loopback only, and the source connects there (by default it would
+        listen on every address and be reached at the machine's hostname, which need not resolve
+        to a local address). qemu.conf cannot say this: libvirt rejects local addresses in
+        `migration_address`/`migration_host`."""
+        libvirt = _libvirt()
+        return {
+            libvirt.VIR_MIGRATE_PARAM_URI: "tcp://127.0.0.1",
+            libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS: "127.0.0.1",
+        }
+
+    @property
+    def tini_pid(self) -> int:
+        return self.process.pid if self.process is not None else 0
+
+    @property
+    def pid(self) -> int:
+        """libvirtd's pid (0 when not running)."""
+        if not self.running():
+            return 0
+        children = _children(self.tini_pid)
+        return children[0] if children else 0
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    # -- start ------------------------------------------------------------------------------
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start libvirtd; return once a client can connect and the QEMU driver is ready.
+
+        Domains defined before survive a stop/start (like a node reboot: running guests do not).
+        A start after libvirtd died without `stop()` finds guests still running and reconnects,
+        as after a libvirtd restart."""
+        if self.running():
+            return
+        self._prepare()
+        argv = [
+            "unshare", "--mount", "--propagation", "private", "--",
+            sys.executable, "-m", "pvcd.lab.libvirtd",
+            *[f"--bind={self.paths.bind_source(key)}:{target}"
+              for key, target in BIND_TARGETS.items()],
+            "--", "tini", "-s", "--",
+            "libvirtd", "--pid-file", str(self.paths.pid_file),
+            *(["--listen"] if self.tcp_port is not None else []),
+        ]
+        with open(self.paths.console_log, "ab") as log:
+            self.process = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, env=_child_env(),
+            )
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _prepare(self) -> None:
+        for key in BIND_TARGETS:
+            self.paths.bind_source(key).mkdir(parents=True, exist_ok=True)
+        self.paths.sock_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.paths.sock_dir.iterdir():
+            stale.unlink()
+        etc = self.paths.bind_source("etc")
+        (etc / "libvirtd.conf").write_text(
+            libvirtd_conf(self.paths, self.host_uuid, self.tcp_port))
+        (etc / "qemu.conf").write_text(qemu_conf(self.migration_ports))
+        # Mount points: empty folders, as libvirt-daemon-system would create them.
+        for target in BIND_TARGETS.values():
+            Path(target).mkdir(parents=True, exist_ok=True)
+
+    def _wait_ready(self, timeout: float) -> None:
+        libvirt = _libvirt()
+        deadline = time.monotonic() + timeout
+        last_error = ""
+        while time.monotonic() < deadline:
+            if not self.running():
+                raise LibvirtdError(f"libvirtd {self.name} exited during start: "
+                                    f"{self._log_tail()}")
+            if self.paths.socket.exists():
+                try:
+                    conn = libvirt.open(self.uri)
+                except libvirt.libvirtError as exc:
+                    last_error = str(exc)
+                else:
+                    try:
+                        # The QEMU driver probes QEMU (~0.6 s, cached under /var/cache/libvirt)
+                        # on first use: pay it here, not in the first define or migration.
+                        conn.getDomainCapabilities(None, "x86_64", "pc", "qemu")
+                    finally:
+                        conn.close()
+                    self._namespaces.add(_mount_namespace(self.tini_pid))
+                    return
+            time.sleep(0.02)
+        raise LibvirtdError(f"libvirtd {self.name} not accepting connections after {timeout}s "
+                            f"({last_error}): {self._log_tail()}")
+
+    def _log_tail(self, lines: int = 10) -> str:
+        text = []
+        for log in (self.paths.console_log, self.paths.daemon_log):
+            try:
+                text += log.read_text(errors="replace").splitlines()[-lines:]
+            except OSError:
+                pass
+        return " | ".join(text) or "no log output"
+
+    # -- stop -------------------------------------------------------------------------------
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Destroy the guests, stop libvirtd and every process it started (also QEMU processes
+        orphaned by an earlier libvirtd crash), wait until the namespaces and so their mounts
+        are gone. Clears the instance's /run/libvirt, as a reboot would. Idempotent."""
+        deadline = time.monotonic() + timeout
+        if self.process is not None and self.running():
+            self._destroy_guests()
+            daemon = self.pid
+            # Anything libvirtd started that survived destroy (it leaves QEMU running on exit).
+            for pid in _descendants(daemon) if daemon else []:
+                _signal(pid, signal.SIGKILL)
+            if daemon:
+                _signal(daemon, signal.SIGTERM)  # tini exits with its child
+            try:
+                self.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                for pid in [*_descendants(self.tini_pid), self.tini_pid]:
+                    _signal(pid, signal.SIGKILL)
+                self.process.wait(timeout=COMMAND_TIMEOUT)
+        if self.process is not None:
+            self.process.poll()
+        for namespace in sorted(self._namespaces):
+            self._sweep_namespace(namespace, deadline)
+        self._namespaces.clear()
+        self.process = None
+        for path in self.paths.sock_dir.glob("*"):
+            path.unlink(missing_ok=True)
+        self.paths.pid_file.unlink(missing_ok=True)
+        run = self.paths.bind_source("run")
+        if run.exists():
+            shutil.rmtree(run)
+
+    def _destroy_guests(self) -> None:
+        libvirt = _libvirt()
+        try:
+            conn = libvirt.open(self.uri)
+        except libvirt.libvirtError:
+            return
+        try:
+            for domain in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+                try:
+                    domain.destroy()
+                except libvirt.libvirtError:
+                    pass  # the sweep kills its QEMU
+        finally:
+            conn.close()
+
+    def _sweep_namespace(self, namespace: str, deadline: float) -> None:
+        """Kill whatever is left in one of the instance's mount namespaces (orphans re-parented
+        to the machine's PID 1 after tini exited)."""
+        if not namespace or namespace == _mount_namespace(os.getpid()):
+            return  # never sweep our own namespace
+        while True:
+            left = processes_in_namespace(namespace)
+            if not left:
+                return
+            if time.monotonic() > deadline:
+                raise LibvirtdError(f"libvirtd {self.name}: processes {left} survive in "
+                                    f"{namespace}")
+            for pid in left:
+                _signal(pid, signal.SIGKILL)
+            time.sleep(0.02)
+
+    def namespaces(self) -> set[str]:
+        """The mount namespaces (`mnt:[inode]`) this instance's processes run in."""
+        return set(self._namespaces)
+
+    def connect(self) -> Any:
+        """A new `libvirt.virConnect` to this instance."""
+        return _libvirt().open(self.uri)
+
+
+@dataclass
+class LibvirtdLab:
+    """`size` libvirtd instances `node1..nodeN` under `workdir`, with distinct migration port
+    ranges; peers migrate over unix sockets (`transport="unix"`) or qemu+tcp on loopback."""
+
+    workdir: Path
+    size: int
+    transport: str = "unix"
+    port_base: int = MIGRATION_PORT_BASE
+    instances: list[LibvirtdInstance] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.transport not in ("unix", "tcp"):
+            raise ValueError(f"transport must be 'unix' or 'tcp', not {self.transport!r}")
+        if not self.instances:
+            for i in range(self.size):
+                low = self.port_base + i * MIGRATION_PORTS_PER_NODE
+                self.instances.append(LibvirtdInstance(
+                    f"node{i + 1}", self.workdir, (low, low + MIGRATION_PORTS_PER_NODE - 1),
+                    tcp_port=free_port() if self.transport == "tcp" else None,
+                ))
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start all instances (in parallel: each probes QEMU once at start)."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        errors: list[BaseException] = []
+
+        def start_one(instance: LibvirtdInstance) -> None:
+            try:
+                instance.start(timeout)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=start_one, args=(i,)) for i in self.instances]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            self.stop()
+            raise errors[0]
+
+    def stop(self) -> None:
+        errors: list[BaseException] = []
+        for instance in self.instances:
+            try:
+                instance.stop()
+            except LibvirtdError as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def __getitem__(self, index: int) -> LibvirtdInstance:
+        return self.instances[index]
+
+    def __enter__(self) -> LibvirtdLab:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# -- processes ----------------------------------------------------------------------------------
+
+
+def _libvirt() -> Any:
+    import libvirt
+
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    return libvirt
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # The mount helper is this module: make `python -m pvcd.lab.libvirtd` find the package.
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    return env
+
+
+def _mount_namespace(pid: int) -> str:
+    if pid <= 0:
+        return ""
+    try:
+        return os.readlink(f"/proc/{pid}/ns/mnt")
+    except OSError:
+        return ""
+
+
+def processes_in_namespace(namespace: str) -> list[int]:
+    """Pids of the processes in a mount namespace (`mnt:[inode]`)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and _mount_namespace(int(entry)) == namespace:
+            pids.append(int(entry))
+    return pids
+
+
+def _parents() -> dict[int, int]:
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        # the command name may contain spaces and parentheses: split after the last ')'
+        parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return parents
+
+
+def _children(pid: int) -> list[int]:
+    return sorted(child for child, parent in _parents().items() if parent == pid)
+
+
+def _descendants(pid: int) -> list[int]:
+    parents = _parents()
+    found: list[int] = []
+    frontier = [pid]
+    while frontier:
+        current = frontier.pop()
+        kids = [child for child, parent in parents.items() if parent == current]
+        found += kids
+        frontier += kids
+    return found
+
+
+def _signal(pid: int, sig: int) -> None:
+    if pid <= 0:
+        return
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+# -- the mount helper (runs inside the new namespace) -------------------------------------------
+
+
+def _mount_and_exec(argv: list[str]) -> None:
+    """`--bind=SRC:DST ... -- command...`: bind-mount each SRC over DST, then exec command."""
+    split = argv.index("--")
+    binds, command = argv[:split], argv[split + 1:]
+    for option in binds:
+        source, target = option.removeprefix("--bind=").rsplit(":", 1)
+        subprocess.run(["mount", "--bind", source, target], check=True, timeout=COMMAND_TIMEOUT)
+    os.execvp(command[0], command)
+
+
+if __name__ == "__main__":
+    _mount_and_exec(sys.argv[1:])
