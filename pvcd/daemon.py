@@ -29,8 +29,11 @@ from pvcd.controllers.base import Controller
 from pvcd.controllers.coordinator import KEY as COORDINATOR_KEY
 from pvcd.controllers.coordinator import Coordinator, PrimaryServices
 from pvcd.controllers.node import NodeController, NodeStatusWriter
+from pvcd.controllers.vm import VmController, evacuate_node, restore_node, vm_key
 from pvcd.drivers.host import HostDriver, pid_alive
+from pvcd.drivers.libvirt import LibvirtDriver
 from pvcd.errors import Conflict
+from pvcd.lab.agent import LabAgent
 from pvcd.state.cache import StateCache
 from pvcd.state.models import NodeSpec, NodeStatus, from_dict
 from pvcd.state.schema import Paths, ensure_schema
@@ -78,6 +81,7 @@ class NodeDaemon:
         self.controllers: list[Controller] = [self.node_controller]
         self._watches: list[tuple[str, Controller, Callable[[str], str | None]]] = []
         network.install(self)  # client networks: interfaces, ACLs; gateways and DHCP on the primary
+        self._install_vms()
         self.registered = False
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -95,6 +99,27 @@ class NodeDaemon:
         if api.tls.enabled and api.tls.cert_file and api.tls.key_file:
             ssl_context = make_ssl_context(api.tls.cert_file, api.tls.key_file)
         return ApiServer(ctx, api.listen, api.port, api.auth.secret_key, ssl_context)
+
+    def _install_vms(self) -> None:
+        timing = self.config.timing
+        self.libvirt = LibvirtDriver(self.config.drivers.libvirt.uri)
+        self.vm = VmController(self.name, self.view, self.store, self.libvirt,
+                               timing.shutdown_timeout, self.clock)
+        self.vm_controller = Controller("vm", self.vm.reconcile, self.vm.keys, workers=4,
+                                        resync_interval=timing.resync_interval)
+        self.add_controller(self.vm_controller)
+        self.watch(self.paths.vms + "/", self.vm_controller,
+                   lambda path: vm_key(path[len(self.paths.vms) + 1:].split("/", 1)[0]))
+        self.libvirt.add_lifecycle_listener(
+            lambda uuid, event, detail: self.vm_controller.enqueue(vm_key(uuid)))
+        self.node.evacuate = lambda cancelled: evacuate_node(self.view, self.store, self.name,
+                                                              cancelled)
+        self.node.restore = lambda cancelled: restore_node(self.view, self.store, self.name,
+                                                            cancelled)
+        self.node.allocation = self.vm.allocation
+        self.lab_agent: LabAgent | None = None
+        if self.config.drivers.libvirt.lab_agent_socket:
+            self.lab_agent = LabAgent(self.config.drivers.libvirt.lab_agent_socket, self.libvirt)
 
     # extension points for the per-resource controllers
     def add_controller(self, controller: Controller) -> None:
@@ -116,6 +141,8 @@ class NodeDaemon:
         self.cache.start()
         self.cache.subscribe(self._on_change)
         self._register()
+        if self.lab_agent is not None:
+            self.lab_agent.start()
         for controller in self.controllers:
             controller.start()
         if self.coordinator_controller is not None:
@@ -180,6 +207,9 @@ class NodeDaemon:
         status.daemon_state = "run"
         status.coordinator_state = "secondary" if coordinator else "client"
         status.pid = os.getpid()
+        libvirt = self.config.drivers.libvirt
+        status.libvirt_uri = libvirt.peer_uri or libvirt.uri
+        status.migration_uri = self.config.drivers.libvirt.migration_uri
         status.started = self.clock()
         status.keepalive = self.clock()
         self.writer.reset(status)
@@ -283,6 +313,9 @@ class NodeDaemon:
         finally:
             self.registered = False
             self.cache.close()
+            if self.lab_agent is not None:
+                self.lab_agent.stop()
+            self.libvirt.close()
             self.client.stop()
             self.client.close()
             self.stopped.set()

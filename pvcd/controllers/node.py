@@ -87,9 +87,10 @@ class NodeController:
         self.writer = writer
         self.host = host
         self.clock = clock
-        # hooks for the VM controller: move every VM off / back; return when done
-        self.evacuate: Callable[[], None] = lambda: None
-        self.restore: Callable[[], None] = lambda: None
+        # hooks for the VM controller: move every VM off / back; True when done, False when
+        # cancelled (a newer request) or not possible yet
+        self.evacuate: Callable[[Callable[[], bool]], bool] = lambda cancelled: True
+        self.restore: Callable[[Callable[[], bool]], bool] = lambda cancelled: True
         self.allocation: Callable[[], dict[str, Any]] = lambda: {}
 
     def key(self) -> str:
@@ -108,19 +109,27 @@ class NodeController:
         if spec.domain_request <= status.domain_request_done and \
                 _settled(status.domain_state, spec.domain_state):
             return DONE
-        self._change_domain_state(spec)
-        return DONE
+        return self._change_domain_state(spec)
 
-    def _change_domain_state(self, spec: NodeSpec) -> None:
+    def _change_domain_state(self, spec: NodeSpec) -> Result:
         moving, settled = ("flush", "flushed") if spec.domain_state == "flush" else \
             ("unflush", "ready")
         log.info("event=domain-state node=%s state=%s request=%d", self.name, moving,
                  spec.domain_request)
         self.writer.update(lambda s: setattr(s, "domain_state", moving))
-        if spec.domain_state == "flush":
-            self.evacuate()
-        else:
-            self.restore()
+
+        def cancelled() -> bool:
+            current = self.view.node_spec(self.name)
+            return current is None or current.domain_request != spec.domain_request
+
+        done = self.evacuate(cancelled) if spec.domain_state == "flush" else \
+            self.restore(cancelled)
+        if not done:
+            if cancelled():
+                log.info("event=domain-state-cancelled node=%s request=%d", self.name,
+                         spec.domain_request)
+                return DONE  # the newer request is queued already
+            return Result(requeue_after=1.0)  # e.g. no target node yet: try again
 
         def finish(status: NodeStatus) -> None:
             status.domain_state = settled
@@ -129,6 +138,7 @@ class NodeController:
         self.writer.update(finish)
         log.info("event=domain-state node=%s state=%s request=%d", self.name, settled,
                  spec.domain_request)
+        return DONE
 
     def keepalive(self) -> None:
         stats = self.host.stats()

@@ -31,6 +31,7 @@ from typing import Any, cast
 import yaml
 
 from pvcd.drivers.host import pid_alive
+from pvcd.lab import agent
 from pvcd.lab.netns import LabNetwork
 from pvcd.lab.zookeeper import ZooKeeperEnsemble, ZooKeeperServer, free_port
 
@@ -130,6 +131,12 @@ class Lab:
                         "tls": tls_config},
                 "timing": {"keepalive_interval": keepalive_interval, "handover_timeout": 5.0},
             }
+            libvirt_state = folder / "libvirt-test.xml"
+            libvirt_state.write_text("<node>\n</node>\n")  # an empty test:/// hypervisor
+            config["drivers"] = {"libvirt": {
+                "uri": f"test://{libvirt_state}",
+                "lab_agent_socket": str(folder / "agent.sock"),
+            }}
             if lab_net is not None:  # the node's client networks live in its own namespace
                 cast(dict[str, Any], config.setdefault("drivers", {}))["network"] = {
                     **lab_net.node_net(name, index).config(),
@@ -205,6 +212,18 @@ class Lab:
             context = ssl.create_default_context(cafile=str(self.workdir / "tls" / "cert.pem"))
         with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             return json.loads(response.read())
+
+    def domains(self, name: str) -> dict[str, dict[str, str]]:
+        """The domains of node `name` as its libvirt reports them, by UUID (lab agent)."""
+        reply = agent.ask(self._agent_socket(name), {"command": "domains"})
+        return {d["uuid"]: d for d in reply["domains"]}
+
+    def destroy_domain(self, name: str, uuid: str) -> None:
+        """Destroy a domain behind the daemon's back (as a crash or an operator would)."""
+        agent.ask(self._agent_socket(name), {"command": "destroy", "uuid": uuid})
+
+    def _agent_socket(self, name: str) -> str:
+        return str(Path(self._info().node(name).config).parent / "agent.sock")
 
     def signal_node(self, name: str, sig: int) -> None:
         pid = self._info().node(name).pid

@@ -108,6 +108,8 @@ class NodeStatus:
     started: float = 0.0
     pid: int = 0
     underlay_address: str = ""  # VXLAN endpoint of this node (client networks)
+    libvirt_uri: str = ""  # how peers reach this node's libvirt (live migration)
+    migration_uri: str | None = None
     stats: NodeStats = dataclasses.field(default_factory=NodeStats)
 
     def to_doc(self) -> dict[str, Any]:
@@ -241,7 +243,9 @@ class VmSpec:
     last_node: str | None = None
     selector: str | None = None
     restart_request: int = 0  # bumped by every restart request
+    state_request: int = 0  # bumped by every state request: a fresh try after a failure
     migration: Migration | None = None
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)  # objects.md fields of the XML
 
     def to_doc(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -258,6 +262,7 @@ class VmStatus:
     failed_reason: str = ""
     restart_done: int = 0
     migration_done: int = 0
+    state_request_done: int = 0
     since: float = 0.0
 
     def to_doc(self) -> dict[str, Any]:

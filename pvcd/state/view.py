@@ -60,6 +60,14 @@ class ClusterView:
             return "dead"
         return state
 
+    def node_libvirt_uri(self, name: str) -> str | None:
+        doc = self.cache.get(self.paths.node_status(name)) or {}
+        return doc.get("libvirt_uri") or None
+
+    def node_migration_uri(self, name: str) -> str | None:
+        doc = self.cache.get(self.paths.node_status(name)) or {}
+        return doc.get("migration_uri") or None
+
     def live_coordinators(self) -> list[str]:
         names = []
         for name in self.node_names():

@@ -54,7 +54,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
             last = predicate()
             if last:
                 return last
-        except (requests.RequestException, AssertionError, ValueError) as exc:
+        except (requests.RequestException, AssertionError, ValueError, OSError) as exc:
             last = exc
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")

@@ -1,0 +1,367 @@
+"""The VM controller: makes this node's libvirt match the VMs the cluster assigns to it.
+
+reconcile(`vm/<uuid>`) reads the desired spec (cache) and libvirt's actual state (driver) and
+acts idempotently:
+- not in the cluster any more, or assigned to another node with no migration from here in
+  flight: destroy and undefine it here (never two copies running);
+- assigned here: define it (or redefine on a new XML), then drive it to the desired state —
+  start (a VM that should run and does not, e.g. crashed or destroyed behind our back, is started
+  again), shutdown (graceful, forced after `timing.shutdown_timeout`), stop (forced), restart;
+- assigned elsewhere with a migration *from here* in flight: live-migrate it to the target's
+  libvirt, else fall back to shutdown here and let the target start it.
+
+Races named: (1) the target never starts a VM while a migration from a live source is not
+reported done in the VM's status, and the source never starts a VM assigned elsewhere, so a
+daemon killed mid-migration restarts into a state that neither loses nor duplicates the VM.
+(2) observed status is written with compare-and-set; the source and the target write it at
+different phases of a migration, and a lost race simply re-reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from pvcd.controllers.base import DONE, Result
+from pvcd.errors import BackendError, Conflict, NotFound
+from pvcd.placement import choose_node
+from pvcd.state.models import Migration, VmSpec, VmStatus, from_dict
+from pvcd.state.store import Op, Store
+from pvcd.state.view import ClusterView
+
+log = logging.getLogger(__name__)
+
+POLL = 0.5  # requeue interval while a graceful shutdown or a peer is pending
+
+
+class DomainInfo(Protocol):
+    uuid: str
+    state: Any
+    reason: str
+
+
+class VmDriver(Protocol):
+    """What the controller needs of `pvcd.drivers.libvirt.LibvirtDriver`."""
+
+    def define(self, xml: str) -> None: ...
+    def undefine(self, uuid: str) -> None: ...
+    def start(self, uuid: str) -> None: ...
+    def shutdown(self, uuid: str) -> None: ...
+    def destroy(self, uuid: str) -> None: ...
+    def domain_state(self, uuid: str) -> Any: ...
+    def list_domains(self) -> list[Any]: ...
+    def xml(self, uuid: str) -> str: ...
+    def migrate(self, uuid: str, dest_uri: str, migration_uri: str | None,
+                timeout: float) -> None: ...
+
+
+def vm_key(uuid: str) -> str:
+    return f"vm/{uuid}"
+
+
+class VmController:
+    def __init__(self, name: str, view: ClusterView, store: Store, driver: VmDriver,
+                 shutdown_timeout: float = 90.0, clock: Callable[[], float] = time.time) -> None:
+        self.name = name
+        self.view = view
+        self.store = store
+        self.driver = driver
+        self.shutdown_timeout = shutdown_timeout
+        self.clock = clock
+
+    # keys
+    def keys(self) -> list[str]:
+        keys = set()
+        for uuid in self.view.vm_uuids():
+            doc = self.view.cache.get(self.view.paths.vm(uuid)) or {}
+            migration = doc.get("migration") or {}
+            if doc.get("node") == self.name or migration.get("source") == self.name:
+                keys.add(vm_key(uuid))
+        for domain in self.driver.list_domains():
+            keys.add(vm_key(domain.uuid))
+        return sorted(keys)
+
+    # reconcile
+    def reconcile(self, key: str) -> Result:
+        uuid = key.split("/", 1)[1]
+        spec = self.view.vm_spec(uuid)
+        domain = self.driver.domain_state(uuid)
+        if spec is None:
+            if domain is not None:
+                self._remove_here(uuid, domain, "VM no longer exists in the cluster")
+            return DONE
+        status = self.view.vm_status(uuid) or VmStatus()
+        migration = spec.migration
+        pending = migration is not None and status.migration_done < migration.request
+        if spec.node != self.name:
+            if pending and migration is not None and migration.source == self.name:
+                return self._migrate_out(spec, status, domain)
+            if domain is not None:
+                self._remove_here(uuid, domain, f"VM is assigned to {spec.node}")
+            return DONE
+        if pending and migration is not None and migration.source != self.name:
+            if domain is None or not _active(domain):
+                return Result(requeue_after=POLL)  # the source has not handed it over yet
+            # libvirt shows it here already: the migration completed before it was recorded
+            self._write_status(spec, lambda s: _finish_migration(s, migration, self.name))
+        return self._converge(spec, status, domain)
+
+    def _converge(self, spec: VmSpec, status: VmStatus, domain: Any) -> Result:
+        uuid = spec.uuid
+        try:
+            if domain is None or self._xml_changed(spec):
+                self.driver.define(spec.xml)
+                log.info("event=vm-defined vm=%s name=%s node=%s", uuid, spec.name, self.name)
+                domain = self.driver.domain_state(uuid)
+            active = domain is not None and _active(domain)
+            restart = spec.restart_request > status.restart_done
+            if spec.state in ("shutdown", "stop", "disable") or (restart and active):
+                if active:
+                    return self._stop(spec, status, domain,
+                                      force=spec.state == "stop" and not restart)
+                if restart:
+                    pass  # fall through: start it again
+                else:
+                    self._write_status(spec, lambda s: _observed(s, self.name, "stopped",
+                                                                 domain, spec))
+                    return DONE
+            if not active:
+                self.driver.start(uuid)
+                log.info("event=vm-started vm=%s name=%s node=%s", uuid, spec.name, self.name)
+                domain = self.driver.domain_state(uuid)
+
+            def running(s: VmStatus) -> None:
+                _observed(s, self.name, "running", domain, spec)
+                s.restart_done = max(s.restart_done, spec.restart_request)
+
+            self._write_status(spec, running)
+            return DONE
+        except (BackendError, NotFound) as exc:
+            log.warning("event=vm-failed vm=%s name=%s node=%s reason=%s", uuid, spec.name,
+                        self.name, exc)
+            reason = str(exc)
+
+            def failed(s: VmStatus) -> None:
+                s.node, s.state, s.failed_reason = self.name, "failed", reason
+                s.state_request_done = spec.state_request
+                s.restart_done = max(s.restart_done, spec.restart_request)
+
+            self._write_status(spec, failed)
+            return DONE
+
+    def _stop(self, spec: VmSpec, status: VmStatus, domain: Any, force: bool) -> Result:
+        uuid = spec.uuid
+        now = self.clock()
+        if force:
+            self.driver.destroy(uuid)
+            log.info("event=vm-stopped vm=%s name=%s node=%s", uuid, spec.name, self.name)
+        elif status.state != "shutting-down" or status.node != self.name:
+            self.driver.shutdown(uuid)
+            log.info("event=vm-shutdown vm=%s name=%s node=%s", uuid, spec.name, self.name)
+            self._write_status(spec, lambda s: _shutting_down(s, self.name, now, spec))
+        elif now - status.since >= self.shutdown_timeout:
+            self.driver.destroy(uuid)
+            log.info("event=vm-shutdown-timeout vm=%s name=%s node=%s forced=true", uuid,
+                     spec.name, self.name)
+        domain = self.driver.domain_state(uuid)
+        if domain is not None and _active(domain):
+            return Result(requeue_after=POLL)
+        restart = spec.restart_request > status.restart_done
+        if restart and spec.state == "start":
+            return self._converge(spec, self.view.vm_status(uuid) or status, domain)
+        self._write_status(spec, lambda s: _observed(s, self.name, "stopped", domain, spec))
+        return DONE
+
+    def _migrate_out(self, spec: VmSpec, status: VmStatus, domain: Any) -> Result:
+        migration = spec.migration
+        assert migration is not None
+        uuid = spec.uuid
+        if domain is not None and _active(domain):
+            self._write_status(spec, lambda s: _migrating(s, self.name))
+            dest = self.view.node_libvirt_uri(spec.node)
+            try:
+                if dest is None:
+                    raise BackendError(f"node {spec.node} publishes no libvirt URI")
+                started = time.monotonic()
+                self.driver.migrate(uuid, dest, self.view.node_migration_uri(spec.node),
+                                    timeout=60.0)
+                log.info("event=vm-migrated vm=%s name=%s from=%s to=%s live=true seconds=%.3f",
+                         uuid, spec.name, self.name, spec.node, time.monotonic() - started)
+            except (BackendError, NotFound) as exc:
+                log.warning("event=vm-live-migration-failed vm=%s from=%s to=%s reason=%s "
+                            "fallback=shutdown", uuid, self.name, spec.node, exc)
+                self._shutdown_for_move(spec)
+        domain = self.driver.domain_state(uuid)
+        if domain is not None:
+            self._remove_here(uuid, domain, f"migrated to {spec.node}")
+        self._write_status(spec, lambda s: _finish_migration(s, migration, spec.node))
+        return DONE
+
+    def _shutdown_for_move(self, spec: VmSpec) -> None:
+        """Graceful shutdown here (blocking, bounded), forced when it does not finish."""
+        uuid = spec.uuid
+        try:
+            self.driver.shutdown(uuid)
+        except (BackendError, NotFound):
+            pass
+        deadline = time.monotonic() + self.shutdown_timeout
+        while time.monotonic() < deadline:
+            domain = self.driver.domain_state(uuid)
+            if domain is None or not _active(domain):
+                return
+            time.sleep(0.1)
+        self.driver.destroy(uuid)
+
+    def _remove_here(self, uuid: str, domain: Any, why: str) -> None:
+        if _active(domain):
+            self.driver.destroy(uuid)
+        try:
+            self.driver.undefine(uuid)
+        except NotFound:
+            pass
+        log.info("event=vm-removed vm=%s node=%s reason=%s", uuid, self.name, why)
+
+    def _xml_changed(self, spec: VmSpec) -> bool:
+        status_doc = self.view.cache.get(self.view.paths.vm_status(spec.uuid)) or {}
+        return bool(status_doc.get("defined_xml_hash")) and \
+            status_doc.get("defined_xml_hash") != _xml_hash(spec.xml)
+
+    def _write_status(self, spec: VmSpec, change: Callable[[VmStatus], None]) -> None:
+        path = self.view.paths.vm_status(spec.uuid)
+        for _ in range(10):
+            entry = self.view.cache.entry(path)
+            current = from_dict(VmStatus, entry.doc) if entry is not None else VmStatus()
+            new = from_dict(VmStatus, current.to_doc())
+            change(new)
+            doc = new.to_doc()
+            doc["defined_xml_hash"] = _xml_hash(spec.xml)
+            if entry is not None and doc == entry.doc:
+                return
+            if not self.view.cache.exists(self.view.paths.vm(spec.uuid)):
+                return  # deleted meanwhile: nothing to report on
+            op = Op.create(path, doc) if entry is None else Op.set(path, doc, entry.version)
+            try:
+                self.store.commit([op])
+                return
+            except Conflict:
+                time.sleep(0.005)  # the cache catches up with the other writer
+        raise Conflict(f"{path}: could not write the VM status")
+
+    # node-level helpers (flush/ready and the keepalive's allocation numbers)
+    def allocation(self) -> dict[str, Any]:
+        memory = vcpus = 0
+        docs = self.view.vm_docs_on(self.name)
+        for doc in docs:
+            if doc.get("state") not in ("stop", "shutdown", "disable"):
+                memory += int(doc.get("memory", 0))
+                vcpus += int(doc.get("vcpu", 0))
+        running = [d.uuid for d in self.driver.list_domains() if _active(d)]
+        return {"memory_allocated": memory, "vcpu_allocated": vcpus,
+                "domains_count": len(docs), "running_domains": sorted(running)}
+
+
+def _active(domain: Any) -> bool:
+    state = getattr(domain, "state", None)
+    value = getattr(state, "value", state)
+    return str(value) in ("running", "paused", "shutdown", "pmsuspended", "blocked")
+
+
+def _xml_hash(xml: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(xml.encode()).hexdigest()[:16]
+
+
+def _observed(status: VmStatus, node: str, state: str, domain: Any, spec: VmSpec) -> None:
+    status.node, status.state, status.failed_reason = node, state, ""
+    status.libvirt_state = str(getattr(getattr(domain, "state", ""), "value",
+                                       getattr(domain, "state", "")))
+    status.libvirt_reason = str(getattr(domain, "reason", ""))
+    status.state_request_done = spec.state_request
+
+
+def _shutting_down(status: VmStatus, node: str, now: float, spec: VmSpec) -> None:
+    status.node, status.state, status.since = node, "shutting-down", now
+    status.state_request_done = spec.state_request
+
+
+def _migrating(status: VmStatus, node: str) -> None:
+    status.node, status.state = node, "migrating"
+
+
+def _finish_migration(status: VmStatus, migration: Migration, node: str) -> None:
+    status.migration_done = max(status.migration_done, migration.request)
+    status.node = node
+    if status.state == "migrating":
+        status.state = "stopped"
+
+
+# flush / ready: the node controller's hooks
+def evacuate_node(view: ClusterView, store: Store, node: str,
+                  cancelled: Callable[[], bool]) -> bool:
+    """Move every VM off `node` (selector of each VM); True when all are off."""
+    for uuid in view.vm_uuids():
+        if cancelled():
+            return False
+        spec = view.vm_spec(uuid)
+        if spec is None or spec.node != node:
+            continue
+        try:
+            target = choose_node(view, None, spec.selector, exclude=[node])
+        except Exception as exc:
+            log.warning("event=flush-no-target vm=%s node=%s reason=%s", uuid, node, exc)
+            return False
+        _reassign(view, store, uuid, target, keep_last=node)
+    return _wait_moved(view, node, cancelled)
+
+
+def restore_node(view: ClusterView, store: Store, node: str,
+                 cancelled: Callable[[], bool]) -> bool:
+    """Bring back every VM whose `last_node` is `node`; True when all are back."""
+    for uuid in view.vm_uuids():
+        if cancelled():
+            return False
+        spec = view.vm_spec(uuid)
+        if spec is None or spec.last_node != node or spec.node == node:
+            continue
+        _reassign(view, store, uuid, node, keep_last=None)
+    return _wait_moved(view, node, cancelled)
+
+
+def _reassign(view: ClusterView, store: Store, uuid: str, target: str,
+              keep_last: str | None) -> None:
+    def change(doc: Any) -> Any:
+        spec = from_dict(VmSpec, doc)
+        if spec.node == target:
+            return None
+        status = view.vm_status(uuid) or VmStatus()
+        if status.state in ("running", "migrating", "shutting-down") and status.node:
+            previous = spec.migration.request if spec.migration else 0
+            spec.migration = Migration(source=status.node,
+                                       request=max(previous, status.migration_done) + 1,
+                                       action="migrate" if keep_last else "unmigrate")
+        spec.last_node = keep_last
+        spec.node = target
+        return spec.to_doc()
+
+    store.update(view.paths.vm(uuid), change)
+
+
+def _wait_moved(view: ClusterView, node: str, cancelled: Callable[[], bool]) -> bool:
+    """Wait until no migration into or out of `node` is pending; False when cancelled."""
+    while not cancelled():
+        if not any(_migration_pending(view, uuid, node) for uuid in view.vm_uuids()):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _migration_pending(view: ClusterView, uuid: str, node: str) -> bool:
+    spec = view.vm_spec(uuid)
+    if spec is None or spec.migration is None:
+        return False
+    status = view.vm_status(uuid) or VmStatus()
+    return status.migration_done < spec.migration.request and \
+        node in (spec.migration.source, spec.node)
