@@ -77,13 +77,36 @@ def populate_nodes(client: KazooClient, paths: Paths, count: int) -> None:
         assert not any(isinstance(r, Exception) for r in results), results
 
 
+def populate_vms(client: KazooClient, paths: Paths, count: int, nodes: int = 3) -> None:
+    """Write `count` synthetic VMs (spec + status + name index) spread over `nodes` nodes."""
+    from pvcd.lab.guest import tiny_guest_xml
+    from pvcd.state.models import VmSpec, VmStatus
+    from pvcd.vmxml import parse_domain_xml
+
+    for start in range(0, count, 200):
+        txn = client.transaction()
+        for i in range(start, min(count, start + 200)):
+            definition = parse_domain_xml(tiny_guest_xml(f"vm{i:05d}"))
+            node = f"hv{i % nodes:05d}"
+            spec = VmSpec(uuid=definition.uuid, name=definition.name, xml=definition.xml,
+                          node=node, memory=definition.memory, vcpu=definition.vcpu,
+                          info=definition.to_api_fields())
+            txn.create(paths.vm(spec.uuid), encode(spec.to_doc()))
+            txn.create(paths.vm_status(spec.uuid),
+                       encode(VmStatus(node=node, state="running").to_doc()))
+            txn.create(paths.vm_name(spec.name), encode({"uuid": spec.uuid}))
+        results = txn.commit()
+        assert not any(isinstance(r, Exception) for r in results), results
+
+
 @contextmanager
-def api(ensemble: ZooKeeperEnsemble, nodes: int) -> Iterator[Bench]:
+def api(ensemble: ZooKeeperEnsemble, nodes: int, vms: int = 0) -> Iterator[Bench]:
     client = KazooClient(ensemble.connect_string, timeout=10)
     client.start()
     paths = Paths(f"/bench-{uuid.uuid4().hex[:8]}")
     ensure_schema(client, paths)
     populate_nodes(client, paths, nodes)
+    populate_vms(client, paths, vms, max(1, min(nodes, 3)))
     cache = StateCache(client, paths.root)
     cache.start(timeout=120)
     calls = [0]
