@@ -168,7 +168,7 @@ INVALID_NETWORKS: list[tuple[dict[str, Any], str]] = [
 
 
 def test_every_invalid_value_is_refused_and_nothing_written(netlab) -> None:
-    lab, api = netlab
+    _lab, api = netlab
     add_network(api, 7, dhcp4="yes", dhcp4_start="10.7.0.50", dhcp4_end="10.7.0.99")
     before = ok(api.get("/network"))
     for values, message in INVALID_NETWORKS:
@@ -291,7 +291,7 @@ def test_a_node_leaving_and_joining_updates_the_peers(netlab) -> None:
     wait_until(lambda: vxlan_peers(lab, "node1", 102) == {"10.200.0.2", "10.200.0.3"} and
                api.nodes()["node3"]["daemon_state"] == "run", timeout=20)
     a = vm(lab, "node1", 102, "a102", "10.102.0.11/24")
-    c = vm(lab, "node3", 102, "c102", "10.102.0.13/24")
+    vm(lab, "node3", 102, "c102", "10.102.0.13/24")
     wait_until(lambda: ping(a, "10.102.0.13"), timeout=10)
     for name in ("a102", "c102"):
         lab.network().detach_vm(name)
@@ -310,7 +310,7 @@ def test_a_bridged_network_uses_the_emulated_vlan(netlab) -> None:
         netns.link(lab.network().node_ns(n), "eth1.300").get("master") == "vmbr300"
         for n in ("node1", "node2")), timeout=5)
     a = vm(lab, "node1", 300, "a300", "10.30.0.11/24")
-    b = vm(lab, "node2", 300, "b300", "10.30.0.12/24")
+    vm(lab, "node2", 300, "b300", "10.30.0.12/24")
     wait_until(lambda: ping(a, "10.30.0.12"), timeout=10)
     for name in ("a300", "b300"):
         lab.network().detach_vm(name)
@@ -405,7 +405,7 @@ def test_acls_are_applied_in_order_on_every_node(netlab) -> None:
     lab, api = netlab
     add_network(api, 104, lab)
     a = vm(lab, "node1", 104, "a104", "10.104.0.11/24")
-    b = vm(lab, "node2", 104, "b104", "10.104.0.12/24")
+    vm(lab, "node2", 104, "b104", "10.104.0.12/24")
     c = vm(lab, "node3", 104, "c104", "10.104.0.13/24")
     wait_until(lambda: ping(a, "10.104.0.12") and ping(c, "10.104.0.12"), timeout=10)
 
