@@ -8,11 +8,12 @@ mounts) disappears with its last process.
 
 The process tree of an instance, all in that namespace:
 
-    unshare -> python -m pvcd.lab.libvirtd (bind mounts, then exec) -> tini -s -> libvirtd -> qemu
+    unshare -> python -m pvcd.lab.libvirtd (bind mounts) -> tini -s -+- libvirtd
+                                                                     +- qemu (daemonized)
 
-`unshare` and the mount helper exec into `tini` (same pid: `tini_pid`). tini reaps orphans at
-once; the machine's PID 1 reaps only every ~1.2 s, which makes every `destroy()` slow
-(docs/lab-qemu.md). Its sockets live in `<workdir>/<name>/sock`, a path that is the same in every
+`unshare` and the mount helper exec into `tini` (one pid: `tini_pid`). QEMU daemonizes, so tini,
+a child subreaper, becomes its parent and reaps it at once; the machine's PID 1 reaps only every
+~1.2 s, which makes every `destroy()` slow (docs/lab-qemu.md). Its sockets live in `<workdir>/<name>/sock`, a path that is the same in every
 namespace, so clients and the *other* instances (peer-to-peer migration) reach it by path.
 
 Settings and why (see docs/lab-qemu.md): a distinct `host_uuid` per instance (libvirt refuses a
@@ -49,6 +50,7 @@ MIGRATION_PORT_BASE = 49152
 MIGRATION_PORTS_PER_NODE = 16
 UNIX_PATH_MAX = 107  # sun_path is 108 bytes with the trailing NUL
 COMMAND_TIMEOUT = 10.0
+DESTROY_TIMEOUT = 5.0
 
 
 class LibvirtdError(RuntimeError):
@@ -277,15 +279,24 @@ class LibvirtdInstance:
 
     def stop(self, timeout: float = 20.0) -> None:
         """Destroy the guests, stop libvirtd and every process it started (also QEMU processes
-        orphaned by an earlier libvirtd crash), wait until the namespaces and so their mounts
-        are gone. Clears the instance's /run/libvirt, as a reboot would. Idempotent."""
+        orphaned by an earlier libvirtd crash), wait until they are dead and so the namespaces
+        and their mounts are gone. Clears the instance's /run/libvirt, as a reboot would.
+        Idempotent."""
         deadline = time.monotonic() + timeout
+        killed: set[int] = set()
         if self.process is not None and self.running():
-            self._destroy_guests()
+            # A hung libvirtd must not hang the stop: its QEMU processes are killed below anyway.
+            destroyer = threading.Thread(target=self._destroy_guests, daemon=True,
+                                         name=f"libvirtd-{self.name}-destroy")
+            destroyer.start()
+            destroyer.join(timeout=min(DESTROY_TIMEOUT, max(0.1, deadline - time.monotonic())))
             daemon = self.pid
-            # Anything libvirtd started that survived destroy (it leaves QEMU running on exit).
-            for pid in _descendants(daemon) if daemon else []:
-                _signal(pid, signal.SIGKILL)
+            # QEMU daemonizes: its parent is tini, not libvirtd, and libvirtd leaves it running
+            # when it exits. Kill whatever survived the destroy before libvirtd goes.
+            for pid in _descendants(self.tini_pid):
+                if pid != daemon:
+                    _signal(pid, signal.SIGKILL)
+                    killed.add(pid)
             if daemon:
                 _signal(daemon, signal.SIGTERM)  # tini exits with its child
             try:
@@ -293,11 +304,13 @@ class LibvirtdInstance:
             except subprocess.TimeoutExpired:
                 for pid in [*_descendants(self.tini_pid), self.tini_pid]:
                     _signal(pid, signal.SIGKILL)
+                    killed.add(pid)
                 self.process.wait(timeout=COMMAND_TIMEOUT)
         if self.process is not None:
             self.process.poll()
         for namespace in sorted(self._namespaces):
-            self._sweep_namespace(namespace, deadline)
+            killed |= self._sweep_namespace(namespace, deadline)
+        self._wait_dead(killed, deadline)
         self._namespaces.clear()
         self.process = None
         for path in self.paths.sock_dir.glob("*"):
@@ -311,32 +324,45 @@ class LibvirtdInstance:
         libvirt = _libvirt()
         try:
             conn = libvirt.open(self.uri)
+            try:
+                for domain in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+                    try:
+                        domain.destroy()
+                    except libvirt.libvirtError:
+                        pass  # its QEMU is killed with libvirtd's other children
+            finally:
+                conn.close()
         except libvirt.libvirtError:
-            return
-        try:
-            for domain in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
-                try:
-                    domain.destroy()
-                except libvirt.libvirtError:
-                    pass  # the sweep kills its QEMU
-        finally:
-            conn.close()
+            pass  # libvirtd is gone or broken: the process sweep does the work
 
-    def _sweep_namespace(self, namespace: str, deadline: float) -> None:
-        """Kill whatever is left in one of the instance's mount namespaces (orphans re-parented
-        to the machine's PID 1 after tini exited)."""
+    def _sweep_namespace(self, namespace: str, deadline: float) -> set[int]:
+        """Kill whatever is left in one of the instance's mount namespaces (QEMU orphaned by a
+        libvirtd that died, re-parented to the machine's PID 1); return the pids killed."""
+        killed: set[int] = set()
         if not namespace or namespace == _mount_namespace(os.getpid()):
-            return  # never sweep our own namespace
+            return killed  # never sweep our own namespace
         while True:
             left = processes_in_namespace(namespace)
             if not left:
-                return
+                return killed
             if time.monotonic() > deadline:
                 raise LibvirtdError(f"libvirtd {self.name}: processes {left} survive in "
                                     f"{namespace}")
             for pid in left:
                 _signal(pid, signal.SIGKILL)
+                killed.add(pid)
             time.sleep(0.02)
+
+    def _wait_dead(self, pids: set[int], deadline: float) -> None:
+        """Until each killed process has finished exiting. A zombie counts as dead: orphans are
+        reaped by the machine's PID 1, on its own schedule."""
+        while True:
+            alive = sorted(pid for pid in pids if _alive(pid))
+            if not alive:
+                return
+            if time.monotonic() > deadline:
+                raise LibvirtdError(f"libvirtd {self.name}: processes {alive} do not exit")
+            time.sleep(0.01)
 
     def namespaces(self) -> set[str]:
         """The mount namespaces (`mnt:[inode]`) this instance's processes run in."""
@@ -444,6 +470,15 @@ def processes_in_namespace(namespace: str) -> list[int]:
         if entry.isdigit() and _mount_namespace(int(entry)) == namespace:
             pids.append(int(entry))
     return pids
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _parents() -> dict[int, int]:

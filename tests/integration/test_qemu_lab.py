@@ -271,6 +271,21 @@ def pgrep(pattern: str) -> list[int]:
     return [int(pid) for pid in result.stdout.split() if int(pid) != os.getpid()]
 
 
+def describe(pids: list[int]) -> str:
+    """What a leftover process is, for the assertion message."""
+    lines = []
+    for pid in pids:
+        try:
+            status = Path(f"/proc/{pid}/status").read_text().splitlines()[:7]
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            ns = os.readlink(f"/proc/{pid}/ns/mnt")
+        except OSError as exc:
+            lines.append(f"{pid}: {exc}")
+            continue
+        lines.append(f"{pid}: {ns} {cmdline!r} {status}")
+    return "\n".join(lines)
+
+
 def alive(pid: int) -> bool:
     """Running or sleeping; a zombie waiting for the machine's PID 1 to reap it is dead."""
     try:
@@ -308,7 +323,8 @@ def test_stop_leaves_nothing_behind(kernel: Path, report: Callable[[str, float],
         lab.stop()
         report("lab stop (2 instances, 2 running guests)", time.monotonic() - started)
 
-        assert pgrep(str(workdir)) == [] and qemu_pids(tag) == []
+        left = pgrep(str(workdir)) + qemu_pids(tag)
+        assert left == [], describe(left)
         for ns in namespaces:
             assert processes_in_namespace(ns) == []
         assert not any(alive(pid) for pid in in_namespaces)
@@ -364,7 +380,7 @@ def test_start_failure_is_reported_and_cleaned_up() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        workdir = Path(f"/tmp/pvct-bad-{uuid.uuid4().hex[:6]}")
+        workdir = Path(f"/tmp/pvcd-qemu-bad-{uuid.uuid4().hex[:6]}")
         instance = LibvirtdInstance("bad", workdir, (49500, 49507), tcp_port=port)
         try:
             with pytest.raises(LibvirtdError, match="exited during start"):
