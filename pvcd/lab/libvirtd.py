@@ -13,18 +13,22 @@ The process tree of an instance, all in that namespace:
 
 `unshare` and the mount helper exec into `tini` (one pid: `tini_pid`). QEMU daemonizes, so tini,
 a child subreaper, becomes its parent and reaps it at once; the machine's PID 1 reaps only every
-~1.2 s, which makes every `destroy()` slow (docs/lab-qemu.md). Its sockets live in `<workdir>/<name>/sock`, a path that is the same in every
-namespace, so clients and the *other* instances (peer-to-peer migration) reach it by path.
+~1.2 s, which makes every `destroy()` slow (docs/lab-qemu.md).
+
+The sockets live in `<workdir>/<name>/sock`, a path that is the same in every namespace, so
+clients and the *other* instances (peer-to-peer migration) reach an instance by path.
 
 Settings and why (see docs/lab-qemu.md): a distinct `host_uuid` per instance (libvirt refuses a
 migration to "the same host" otherwise); QEMU as root without a security driver, cgroups, private
 /dev namespaces or virtlogd (none of them work or exist here); a distinct migration port range per
-instance, listening on 127.0.0.1 only.
+instance; the migration stream on 127.0.0.1 only (`migration_params`).
 """
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -36,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pvcd.drivers.host import pid_alive
 from pvcd.lab.zookeeper import free_port
 
 # The host folders libvirtd uses, and the folder under the instance's root that replaces each.
@@ -189,8 +194,10 @@ class LibvirtdInstance:
         """libvirtd's pid (0 when not running)."""
         if not self.running():
             return 0
-        children = _children(self.tini_pid)
-        return children[0] if children else 0
+        for child in _children(self.tini_pid):  # libvirtd, and QEMU processes
+            if _command_name(child) == "libvirtd":
+                return child
+        return 0
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -205,6 +212,7 @@ class LibvirtdInstance:
         as after a libvirtd restart."""
         if self.running():
             return
+        _check_host()
         self._prepare()
         argv = [
             "unshare", "--mount", "--propagation", "private", "--",
@@ -266,14 +274,17 @@ class LibvirtdInstance:
         raise LibvirtdError(f"libvirtd {self.name} not accepting connections after {timeout}s "
                             f"({last_error}): {self._log_tail()}")
 
-    def _log_tail(self, lines: int = 10) -> str:
+    def _log_tail(self, lines: int = 3) -> str:
+        """The last errors libvirtd logged (its start always logs a few harmless ones: no D-Bus,
+        no DMI data)."""
         text = []
         for log in (self.paths.console_log, self.paths.daemon_log):
             try:
-                text += log.read_text(errors="replace").splitlines()[-lines:]
+                text += log.read_text(errors="replace").splitlines()
             except OSError:
                 pass
-        return " | ".join(text) or "no log output"
+        errors = [line.split(" : ", 2)[-1] for line in text if " error : " in line]
+        return " | ".join(errors[-lines:] or text[-lines:]) or "no log output"
 
     # -- stop -------------------------------------------------------------------------------
 
@@ -357,7 +368,7 @@ class LibvirtdInstance:
         """Until each killed process has finished exiting. A zombie counts as dead: orphans are
         reaped by the machine's PID 1, on its own schedule."""
         while True:
-            alive = sorted(pid for pid in pids if _alive(pid))
+            alive = sorted(pid for pid in pids if pid_alive(pid))
             if not alive:
                 return
             if time.monotonic() > deadline:
@@ -436,6 +447,20 @@ class LibvirtdLab:
         self.stop()
 
 
+def _check_host() -> None:
+    # libvirt parses its built-in default user before qemu.conf's `user = "root"`: the account
+    # must exist even though QEMU never runs as it (libvirt-daemon-system would create it).
+    try:
+        pwd.getpwnam("libvirt-qemu")
+        grp.getgrnam("kvm")
+    except KeyError as exc:
+        raise LibvirtdError("the libvirt-qemu user or the kvm group is missing "
+                            "(libvirtd cannot start without them): run scripts/setup") from exc
+    for tool in ("unshare", "tini", "libvirtd", "qemu-system-x86_64"):
+        if shutil.which(tool) is None:
+            raise LibvirtdError(f"{tool} not found: run scripts/setup")
+
+
 # -- processes ----------------------------------------------------------------------------------
 
 
@@ -472,13 +497,12 @@ def processes_in_namespace(namespace: str) -> list[int]:
     return pids
 
 
-def _alive(pid: int) -> bool:
-    """The process exists and is not a zombie."""
+def _command_name(pid: int) -> str:
     try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+        with open(f"/proc/{pid}/comm") as handle:
+            return handle.read().strip()
     except OSError:
-        return False
+        return ""
 
 
 def _parents() -> dict[int, int]:

@@ -1,6 +1,6 @@
 """The QEMU lab's tiny guest: a multiboot kernel and the domain XML that boots it.
 
-The kernel (`guest_kernel/kernel.s`, ~150 lines of assembly) prints "pvcd-guest: up" on its
+The kernel (`guest_kernel/kernel.s`, ~200 lines of assembly) prints "pvcd-guest: up" on its
 serial port, stores its boot TSC at `GUEST_STAMP_ADDRESS`, and sleeps in `hlt`, so an idle guest
 costs no CPU. The ACPI power button powers it off, so a graceful `shutdown()` completes in
 milliseconds. QEMU's own multiboot loader boots it with TCG (`<domain type='qemu'>`) in about
