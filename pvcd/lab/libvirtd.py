@@ -27,6 +27,7 @@ instance; the migration stream on 127.0.0.1 only (`migration_params`).
 from __future__ import annotations
 
 import grp
+import json
 import os
 import pwd
 import shutil
@@ -82,6 +83,15 @@ class InstancePaths:
     @property
     def pid_file(self) -> Path:
         return self.root / "libvirtd.pid"
+
+    @property
+    def state_file(self) -> Path:
+        """The running instance (pids, namespaces, ports), for another process to stop it."""
+        return self.root / "instance.json"
+
+    @property
+    def host_uuid_file(self) -> Path:
+        return self.root / "host-uuid"
 
     @property
     def console_log(self) -> Path:
@@ -145,8 +155,10 @@ class LibvirtdInstance:
     workdir: Path
     migration_ports: tuple[int, int]
     tcp_port: int | None = None
-    host_uuid: str = field(default_factory=lambda: str(uuid.uuid4()))
+    # None: the one this instance had before (kept in its folder), else a new one
+    host_uuid: str | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _tini_pid: int = field(default=0, repr=False)
     # Every mount namespace this instance has run in since its last stop (a libvirtd that died
     # leaves its QEMU processes running in the old one).
     _namespaces: set[str] = field(default_factory=set, repr=False)
@@ -158,6 +170,33 @@ class LibvirtdInstance:
                 f"socket path {self.paths.socket} is longer than {UNIX_PATH_MAX} bytes: "
                 "use a shorter workdir"
             )
+        if self.host_uuid is None:
+            try:
+                self.host_uuid = self.paths.host_uuid_file.read_text().strip()
+            except OSError:
+                self.host_uuid = str(uuid.uuid4())
+        self._adopt()
+
+    def _adopt(self) -> None:
+        """Take over the instance described by its state file, if any: a lab started by one
+        process is stopped by another (`pvcd lab down`)."""
+        try:
+            doc = json.loads(self.paths.state_file.read_text())
+        except (OSError, ValueError):
+            return
+        self._namespaces = set(doc["namespaces"])
+        self._tini_pid = int(doc["tini_pid"])
+        if self.running():
+            self.tcp_port = doc["tcp_port"]
+            self.migration_ports = (doc["migration_ports"][0], doc["migration_ports"][1])
+            self.host_uuid = doc["host_uuid"]
+
+    def _save_state(self) -> None:
+        self.paths.state_file.write_text(json.dumps({
+            "tini_pid": self._tini_pid, "namespaces": sorted(self._namespaces),
+            "host_uuid": self.host_uuid, "tcp_port": self.tcp_port,
+            "migration_ports": list(self.migration_ports),
+        }))
 
     @property
     def uri(self) -> str:
@@ -187,7 +226,7 @@ class LibvirtdInstance:
 
     @property
     def tini_pid(self) -> int:
-        return self.process.pid if self.process is not None else 0
+        return self._tini_pid
 
     @property
     def pid(self) -> int:
@@ -200,7 +239,11 @@ class LibvirtdInstance:
         return 0
 
     def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        if self.process is not None:
+            return self.process.poll() is None
+        # adopted: the pid must still be tini in our namespace, not a reused pid
+        return (pid_alive(self._tini_pid)
+                and _mount_namespace(self._tini_pid) in self._namespaces)
 
     # -- start ------------------------------------------------------------------------------
 
@@ -228,6 +271,7 @@ class LibvirtdInstance:
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True, env=_child_env(),
             )
+        self._tini_pid = self.process.pid
         try:
             self._wait_ready(timeout)
         except BaseException:
@@ -240,6 +284,8 @@ class LibvirtdInstance:
         self.paths.sock_dir.mkdir(parents=True, exist_ok=True)
         for stale in self.paths.sock_dir.iterdir():
             stale.unlink()
+        assert self.host_uuid is not None  # set in __post_init__
+        self.paths.host_uuid_file.write_text(self.host_uuid + "\n")
         etc = self.paths.bind_source("etc")
         (etc / "libvirtd.conf").write_text(
             libvirtd_conf(self.paths, self.host_uuid, self.tcp_port))
@@ -269,6 +315,7 @@ class LibvirtdInstance:
                     finally:
                         conn.close()
                     self._namespaces.add(_mount_namespace(self.tini_pid))
+                    self._save_state()
                     return
             time.sleep(0.02)
         raise LibvirtdError(f"libvirtd {self.name} not accepting connections after {timeout}s "
@@ -295,7 +342,7 @@ class LibvirtdInstance:
         Idempotent."""
         deadline = time.monotonic() + timeout
         killed: set[int] = set()
-        if self.process is not None and self.running():
+        if self.running():
             # A hung libvirtd must not hang the stop: its QEMU processes are killed below anyway.
             destroyer = threading.Thread(target=self._destroy_guests, daemon=True,
                                          name=f"libvirtd-{self.name}-destroy")
@@ -310,26 +357,37 @@ class LibvirtdInstance:
                     killed.add(pid)
             if daemon:
                 _signal(daemon, signal.SIGTERM)  # tini exits with its child
-            try:
-                self.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+            if not self._wait_tini_exit(deadline):
                 for pid in [*_descendants(self.tini_pid), self.tini_pid]:
                     _signal(pid, signal.SIGKILL)
                     killed.add(pid)
-                self.process.wait(timeout=COMMAND_TIMEOUT)
-        if self.process is not None:
-            self.process.poll()
+                self._wait_tini_exit(time.monotonic() + COMMAND_TIMEOUT)
         for namespace in sorted(self._namespaces):
             killed |= self._sweep_namespace(namespace, deadline)
         self._wait_dead(killed, deadline)
         self._namespaces.clear()
         self.process = None
+        self._tini_pid = 0
         for path in self.paths.sock_dir.glob("*"):
             path.unlink(missing_ok=True)
         self.paths.pid_file.unlink(missing_ok=True)
+        self.paths.state_file.unlink(missing_ok=True)
         run = self.paths.bind_source("run")
         if run.exists():
             shutil.rmtree(run)
+
+    def _wait_tini_exit(self, deadline: float) -> bool:
+        if self.process is not None:  # our child: reap it
+            try:
+                self.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                return False
+            return True
+        while self.running():  # adopted: someone else reaps it
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
 
     def _destroy_guests(self) -> None:
         libvirt = _libvirt()

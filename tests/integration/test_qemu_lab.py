@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 import xml.etree.ElementTree as ET
@@ -372,6 +373,31 @@ def test_libvirtd_crash_keeps_guest_and_stop_still_cleans_up(kernel: Path) -> No
         assert not alive(qemu[0])
     finally:
         instance.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_lab_started_by_one_process_is_used_and_stopped_by_another(kernel: Path) -> None:
+    """`pvcd lab up` and `pvcd lab down` are different processes."""
+    workdir = Path(f"/tmp/pvcd-qemu-adopt-{uuid.uuid4().hex[:6]}")
+    script = ("import sys; from pathlib import Path; from pvcd.lab.libvirtd import LibvirtdLab; "
+              "LibvirtdLab(Path(sys.argv[1]), 2, transport='tcp').start()")
+    try:
+        subprocess.run([sys.executable, "-c", script, str(workdir)], check=True, timeout=60)
+        lab = LibvirtdLab(workdir, 2, transport="tcp")
+        assert all(instance.running() and instance.pid for instance in lab.instances)
+        conn = lab[0].connect()
+        try:
+            start_guest(conn, "adopted", kernel, workdir / "adopted.serial")
+            migrate(conn, lab[1], "adopted", "p2p")  # over the tcp port the first process chose
+        finally:
+            conn.close()
+        namespaces = {ns for instance in lab.instances for ns in instance.namespaces()}
+        lab.stop()
+        assert pgrep(str(workdir)) == [] and qemu_pids("adopted") == []
+        assert all(processes_in_namespace(ns) == [] for ns in namespaces)
+        assert not LibvirtdLab(workdir, 2)[0].running()
+    finally:
+        LibvirtdLab(workdir, 2).stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
