@@ -328,11 +328,36 @@ class NetworkDriverSection:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CephDriverSection:
+    """The Ceph storage cluster (docs/storage.md): how this node reaches it as client.admin."""
+
+    enabled: bool = False
+    conf_file: str = field(default="/etc/ceph/ceph.conf", metadata=checks(_absolute_path))
+    keyring: str = field(default="/etc/ceph/ceph.client.admin.keyring",
+                         metadata=checks(_absolute_path))
+    # every `ceph`/`rbd`/`rados` call
+    command_timeout: float = field(default=30.0, metadata=checks(in_range(1, 600)))
+    # how long the API waits for a storage request before it answers that it is still running
+    request_timeout: float = field(default=120.0, metadata=checks(in_range(1, 3600)))
+    # an OSD removal gives up (leaving the OSD out, never purged) after this long without
+    # drain progress
+    osd_removal_timeout: float = field(default=300.0, metadata=checks(in_range(5, 86400)))
+    # how often the primary refreshes the OSD, pool and volume stats from Ceph
+    stats_interval: float = field(default=5.0, metadata=checks(in_range(0.5, 3600)))
+    # finished requests are kept (visible) this long
+    request_retention: float = field(default=3600.0, metadata=checks(in_range(10, 604800)))
+    # lab only: the folder of a throwaway Ceph (pvcd.lab.ceph); OSD add with device
+    # `memstore` starts a memstore OSD of it
+    lab_workdir: str | None = field(default=None, metadata=checks(_absolute_path))
+
+
+@dataclass(frozen=True, kw_only=True)
 class DriversSection:
     """Settings of the adapters to the host."""
 
     libvirt: LibvirtDriverSection = field(default_factory=LibvirtDriverSection)
     network: NetworkDriverSection = field(default_factory=NetworkDriverSection)
+    ceph: CephDriverSection = field(default_factory=CephDriverSection)
 
 
 @dataclass(frozen=True, kw_only=True)

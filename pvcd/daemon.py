@@ -24,7 +24,7 @@ from pvcd.api.auth import Tokens
 from pvcd.api.base import ApiContext
 from pvcd.api.server import ApiServer, make_ssl_context
 from pvcd.config import Config
-from pvcd.controllers import network
+from pvcd.controllers import network, storage
 from pvcd.controllers.base import Controller
 from pvcd.controllers.coordinator import KEY as COORDINATOR_KEY
 from pvcd.controllers.coordinator import Coordinator, PrimaryServices
@@ -81,6 +81,7 @@ class NodeDaemon:
         self.controllers: list[Controller] = [self.node_controller]
         self._watches: list[tuple[str, Controller, Callable[[str], str | None]]] = []
         network.install(self)  # client networks: interfaces, ACLs; gateways and DHCP on the primary
+        storage.install(self)  # Ceph: OSDs on their owner node; pools, volumes on the primary
         self._install_vms()
         self.registered = False
         self._wake = threading.Event()

@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--coordinators", type=int, default=None)
     up.add_argument("--network", action="store_true",
                     help="give each node its own network namespace (client networks)")
+    up.add_argument("--ceph", action="store_true",
+                    help="start a throwaway Ceph (memstore OSDs) and let the nodes manage it")
     for name in ("down", "status"):
         cmd = lab_sub.add_parser(name)
         cmd.add_argument("--workdir", default="./lab")
@@ -65,7 +67,8 @@ def _lab(args: argparse.Namespace) -> int:
     lab = Lab(args.workdir)
     if args.lab_command == "up":
         info = lab.up(nodes=args.nodes, zk_ensemble=args.zk_ensemble,
-                      coordinators=args.coordinators, network=args.network)
+                      coordinators=args.coordinators, network=args.network,
+                      ceph=args.ceph)
         print(f"lab is up: {len(info.nodes)} nodes, ZooKeeper {info.zookeeper}")
         print(f"API:   {info.api}")
         print(f"token: {info.token}")

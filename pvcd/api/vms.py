@@ -12,7 +12,8 @@ from typing import Any
 from pvcd.api.base import BaseHandler
 from pvcd.api.render import FragmentRenderer
 from pvcd.api.routing import route
-from pvcd.errors import Conflict, InvalidValue, NotFound
+from pvcd.api.storage import check_vm_volumes, delete_vm_volumes
+from pvcd.errors import BackendError, Conflict, InvalidValue, NotFound
 from pvcd.placement import choose_node
 from pvcd.state.models import (
     MIGRATE_ACTIONS,
@@ -169,20 +170,23 @@ class VmHandler(VmBaseHandler):
     async def delete(self, vm: str) -> None:
         view = self.ctx.view
         spec, version = self.vm_spec(vm)
+        volumes: list[tuple[str, str]] = []
         if self.values.flag("delete_disks"):
             volumes = parse_domain_xml(spec.xml, default_uuid=spec.uuid).rbd_volumes()
             if volumes:
-                names = ", ".join(f"{pool}/{volume}" for pool, volume in volumes)
-                raise InvalidValue(f"cannot delete the disks of VM '{spec.name}' ({names}): "
-                                   "the storage subsystem is not available yet; nothing "
-                                   "was changed")
+                check_vm_volumes(self.ctx, volumes)  # Ceph configured, every volume known
         ops = [Op.delete(view.paths.vm_name(spec.name))]
         status = view.cache.entry(view.paths.vm_status(spec.uuid))
         if status is not None:
             ops.append(Op.delete(view.paths.vm_status(spec.uuid)))
         ops.append(Op.delete(view.paths.vm(spec.uuid), version))
         await self.commit(ops)
-        self.message(f"Removed VM '{spec.name}'; it is being stopped and undefined on "
+        failed = await delete_vm_volumes(self, volumes) if volumes else []
+        if failed:
+            raise BackendError(f"Removed VM '{spec.name}', but not all of its disks: "
+                               + "; ".join(failed))
+        disks = f" and its disks {', '.join(f'{p}/{v}' for p, v in volumes)}" if volumes else ""
+        self.message(f"Removed VM '{spec.name}'{disks}; it is being stopped and undefined on "
                      f"node {spec.node}")
 
 

@@ -32,6 +32,7 @@ import yaml
 
 from pvcd.drivers.host import pid_alive
 from pvcd.lab import agent
+from pvcd.lab.ceph import CephLabError, Daemon, ThrowawayCeph
 from pvcd.lab.netns import LabNetwork
 from pvcd.lab.zookeeper import ZooKeeperEnsemble, ZooKeeperServer, free_port
 
@@ -60,6 +61,7 @@ class LabInfo:
     session_timeout: float = 3.0
     created: float = 0.0
     network: dict[str, Any] | None = None  # {"id": ...} when nodes have network namespaces
+    ceph: dict[str, Any] | None = None  # {"workdir", "conf", "keyring"} with a throwaway Ceph
 
     def node(self, name: str) -> LabNode:
         for node in self.nodes:
@@ -82,6 +84,7 @@ class Lab:
         self.workdir = Path(workdir).resolve()
         self.info: LabInfo | None = None
         self.zookeeper: ZooKeeperEnsemble | None = None
+        self.ceph: ThrowawayCeph | None = None
 
     @property
     def lab_file(self) -> Path:
@@ -89,7 +92,7 @@ class Lab:
 
     # bring up
     def up(self, nodes: int = 3, zk_ensemble: int = 1, coordinators: int | None = None,
-           session_timeout: float = 3.0, keepalive_interval: float = 1.0,
+           session_timeout: float = 3.0, keepalive_interval: float = 1.0, ceph: bool = False,
            auth: bool = True, tls: bool = False, timeout: float = 90.0,
            network: bool = False) -> LabInfo:
         if self.lab_file.exists():
@@ -114,6 +117,13 @@ class Lab:
             zookeeper_servers=[_server_doc(s) for s in self.zookeeper.servers],
         )
         lab_net = LabNetwork(secrets.token_hex(3)) if network else None
+        if ceph:
+            self.info = info
+            try:
+                info.ceph = self._start_ceph(nodes)
+            except BaseException:
+                self.down()
+                raise
         if lab_net is not None:
             info.network = {"id": lab_net.lab_id}
         secret = secrets.token_hex(32)
@@ -142,6 +152,11 @@ class Lab:
                     **lab_net.node_net(name, index).config(),
                     "state_dir": str(folder / "networks"), "dnsmasq_user": "root",
                     "resync_interval": 2.0}
+            if info.ceph is not None:  # OSD ownership: docs/storage.md
+                cast(dict[str, Any], config.setdefault("drivers", {}))["ceph"] = {
+                    "enabled": True, "conf_file": info.ceph["conf"],
+                    "keyring": info.ceph["keyring"], "lab_workdir": info.ceph["workdir"],
+                    "stats_interval": 1.0, "request_timeout": 60.0}
             config_path = folder / "pvcd.yaml"
             config_path.write_text(yaml.safe_dump(config, sort_keys=False))
             info.nodes.append(LabNode(name, index <= coordinators, str(config_path),
@@ -159,6 +174,27 @@ class Lab:
             self.down()
             raise
         return info
+
+    def _start_ceph(self, nodes: int) -> dict[str, Any]:
+        """A throwaway Ceph (1 mon, 1 mgr, 2 memstore OSDs) whose OSDs belong to node1, node2,
+        ...: each is placed under its node's CRUSH host, and OSDs no longer move themselves to
+        the machine's host name when they start."""
+        # the daemons outlive this process (`pvcd lab up` exits); `down()` stops them
+        self.ceph = ThrowawayCeph(self.workdir / "ceph", osds=2, die_with_parent=False)
+        self.ceph.start()
+        self.ceph.ceph(["config", "set", "osd", "osd_crush_update_on_start", "false"])
+        tree = json.loads(self.ceph.ceph(["osd", "tree", "--format", "json"]))
+        for item in tree["nodes"]:
+            if item["type"] == "osd":
+                owner = f"node{item['id'] % nodes + 1}"
+                self.ceph.ceph(["osd", "crush", "set", item["name"],
+                                f"{item['crush_weight']:g}", "root=default", f"host={owner}"])
+        for item in tree["nodes"]:
+            if item["type"] == "host":  # the machine's own host bucket, now empty
+                self.ceph.ceph(["osd", "crush", "rm", item["name"]])
+        self.ceph.wait_healthy()
+        return {"workdir": str(self.ceph.workdir), "conf": str(self.ceph.conf_path),
+                "keyring": str(self.ceph.keyring_path)}
 
     def start_node(self, name: str) -> int:
         info = self._info()
@@ -272,6 +308,8 @@ class Lab:
                 _reap(node.pid)
         if info is not None and info.network:
             LabNetwork(info.network["id"]).down()
+        if info is not None and info.ceph:
+            self._stop_ceph(Path(info.ceph["workdir"]))
         ensemble = self.zookeeper
         if ensemble is None and info is not None:
             ensemble = ZooKeeperEnsemble(self.workdir / "zookeeper", len(info.zookeeper_servers))
@@ -286,6 +324,25 @@ class Lab:
         if self.workdir.exists() and not any(self.workdir.iterdir()):
             self.workdir.rmdir()
         self.info = None
+
+    def _stop_ceph(self, workdir: Path) -> None:
+        """Stop every daemon of the lab's Ceph, those the nodes started too (the state file
+        lists them all), and remove its folder."""
+        try:
+            cluster = ThrowawayCeph.load(workdir)
+        except CephLabError:
+            return  # never started, or already stopped
+        if self.ceph is not None:  # started by this process: reap them
+            ours = {(d.name, d.pid): d.process for d in _ceph_daemons(self.ceph)}
+            for loaded in _ceph_daemons(cluster):
+                loaded.process = ours.get((loaded.name, loaded.pid))
+        try:
+            cluster.stop()
+        except CephLabError as exc:
+            print(f"pvcd lab: stopping Ceph: {exc}", file=sys.stderr)
+        cluster.remove()
+        _remove_tree(workdir)  # with the nodes' lock file
+        self.ceph = None
 
     # persistence
     def save(self) -> None:
@@ -318,6 +375,10 @@ def make_self_signed_cert(folder: Path) -> tuple[Path, Path]:
         check=True, capture_output=True, timeout=60,
     )
     return cert, key
+
+
+def _ceph_daemons(cluster: ThrowawayCeph) -> list[Daemon]:
+    return [d for d in (cluster.mon, cluster.mgr, *cluster.osds.values()) if d is not None]
 
 
 def _server_doc(server: ZooKeeperServer) -> dict[str, Any]:

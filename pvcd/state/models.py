@@ -216,6 +216,87 @@ class AclSpec:
         return dataclasses.asdict(self)
 
 
+STORAGE_REQUEST_STATES = ("pending", "running", "done", "failed")
+PRIMARY_TARGET = "primary"  # a storage request's target: the primary, or a node's name
+
+
+@dataclasses.dataclass
+class StorageRequest:
+    """One storage operation asked for by the API and carried out by its `target` (the
+    primary, or the node that owns an OSD): `pending` → `running` → `done` | `failed`.
+    `executor` ("<node>/<pid>") claims it; `progress` says what a long one is doing;
+    `error` is the domain error's class name when it failed."""
+
+    id: str
+    op: str
+    args: dict[str, Any]
+    target: str
+    state: str = "pending"
+    message: str = ""
+    progress: str = ""
+    error: str | None = None
+    result: dict[str, Any] = dataclasses.field(default_factory=dict)
+    executor: str | None = None
+    created: float = 0.0
+    started: float | None = None
+    finished: float | None = None
+
+    @property
+    def finished_state(self) -> bool:
+        return self.state in ("done", "failed")
+
+    def to_doc(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class OsdRecord:
+    """An OSD Ceph confirmed; `node` owns its device (carries out its add and removal)."""
+
+    id: int
+    node: str | None = None
+    device: str | None = None
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_doc(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class PoolRecord:
+    name: str
+    pgs: int | None = None
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_doc(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class VolumeRecord:
+    """`stats` holds the fields of `rbd info --format json`."""
+
+    name: str
+    pool: str
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_doc(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class SnapshotRecord:
+    pool: str
+    volume: str
+    snapshot: str
+    id: int | None = None
+    size: int | None = None
+    timestamp: str | None = None
+
+    def to_doc(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 @dataclasses.dataclass
 class Migration:
     """A requested move of a running VM from `source` to the VM's (new) node.

@@ -134,10 +134,74 @@ class Paths:
     def network_name(self, description: str) -> str:
         return f"{self._prefix}/network-names/{description}"
 
+    # Ceph storage (docs/storage.md): mirrors of what Ceph confirmed, written by the storage
+    # controllers; requests/<id> written by the API, carried out by the primary or by the
+    # node that owns an OSD. Volumes and snapshots are grouped in per-pool (and per-volume)
+    # container znodes created and deleted with their pool (volume).
+    @property
+    def storage(self) -> str:
+        return self._join("storage")
+
+    @property
+    def storage_status(self) -> str:
+        return self._join("storage", "status")
+
+    @property
+    def storage_df(self) -> str:
+        return self._join("storage", "df")
+
+    @property
+    def storage_requests(self) -> str:
+        return self._join("storage", "requests")
+
+    def storage_request(self, request_id: str) -> str:
+        return f"{self._prefix}/storage/requests/{request_id}"
+
+    @property
+    def storage_osds(self) -> str:
+        return self._join("storage", "osds")
+
+    def storage_osd(self, osd_id: int | str) -> str:
+        return f"{self._prefix}/storage/osds/{osd_id}"
+
+    @property
+    def storage_pools(self) -> str:
+        return self._join("storage", "pools")
+
+    def storage_pool(self, pool: str) -> str:
+        return f"{self._prefix}/storage/pools/{pool}"
+
+    @property
+    def storage_volumes(self) -> str:
+        return self._join("storage", "volumes")
+
+    def storage_pool_volumes(self, pool: str) -> str:
+        return f"{self._prefix}/storage/volumes/{pool}"
+
+    def storage_volume(self, pool: str, volume: str) -> str:
+        return f"{self._prefix}/storage/volumes/{pool}/{volume}"
+
+    @property
+    def storage_snapshots(self) -> str:
+        return self._join("storage", "snapshots")
+
+    def storage_pool_snapshots(self, pool: str) -> str:
+        return f"{self._prefix}/storage/snapshots/{pool}"
+
+    def storage_volume_snapshots(self, pool: str, volume: str) -> str:
+        return f"{self._prefix}/storage/snapshots/{pool}/{volume}"
+
+    def storage_snapshot(self, pool: str, volume: str, snapshot: str) -> str:
+        return f"{self._prefix}/storage/snapshots/{pool}/{volume}/{snapshot}"
+
+    def storage_base_paths(self) -> list[str]:
+        return [self.storage, self.storage_requests, self.storage_osds, self.storage_pools,
+                self.storage_volumes, self.storage_snapshots]
+
     def base_paths(self) -> list[str]:
         """Paths that must exist in every cluster of the current schema."""
         return [self.nodes, self.coordinator, self.sessions, self.vms, self.vm_names,
-                self.networks, self.network_names]
+                self.networks, self.network_names, *self.storage_base_paths()]
 
 
 Migration = Callable[[KazooClient, Paths], None]

@@ -1,0 +1,464 @@
+"""Storage (Ceph) endpoints: status, df, cluster flags, OSDs, pools, volumes, snapshots.
+
+Reads come from the cache: ZooKeeper's mirror of what Ceph confirmed, refreshed by the primary
+(`pvcd.controllers.storage`). A write is validated completely first (names, sizes, PG counts,
+flags, weights, the objects it names, `yes_i_really_mean_it`): a bad value answers 510 and
+nothing reaches Ceph. Then the handler writes a storage request and waits for its result, as the
+manual requires, without blocking the event loop (`RequestWaiter` wakes it from the cache's
+change notifications). If the request does not finish within `drivers.ceph.request_timeout` the
+answer is 510 saying so and naming the request, which keeps going and stays visible at
+`/storage/ceph/request/<id>` (a pvcd addition).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from pvcd.api.base import ApiContext, BaseHandler
+from pvcd.api.routing import route
+from pvcd.controllers.storage_backend import check_device, check_weight
+from pvcd.drivers.ceph import (
+    check_osd_flag,
+    check_osd_id,
+    check_pgs,
+    check_pool_name,
+    check_snapshot_name,
+    check_volume_name,
+    parse_size,
+)
+from pvcd.errors import BackendError, Conflict, InvalidValue, NotFound, PvcError
+from pvcd.state.cache import StateCache
+from pvcd.state.models import PRIMARY_TARGET, StorageRequest, from_dict
+from pvcd.state.store import Op
+from pvcd.state.view import ClusterView
+
+DANGER_FLAG = "yes_i_really_mean_it"
+_ERRORS: dict[str, type[PvcError]] = {"InvalidValue": InvalidValue, "NotFound": NotFound,
+                                      "Conflict": Conflict}
+
+
+def new_request_id(clock: Callable[[], float]) -> str:
+    """Sortable by creation time, unique without coordination."""
+    return f"{int(clock() * 1000):013d}-{secrets.token_hex(4)}"
+
+
+class RequestWaiter:
+    """Wakes coroutines (on any event loop) when a cached path changes; one cache listener for
+    all of them."""
+
+    def __init__(self, cache: StateCache) -> None:
+        self._lock = threading.Lock()
+        self._waiting: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
+        cache.subscribe(self._changed)
+
+    def _changed(self, path: str) -> None:
+        with self._lock:
+            waiters = list(self._waiting.get(path, ()))
+        for loop, event in waiters:
+            loop.call_soon_threadsafe(event.set)
+
+    async def wait(self, cache: StateCache, path: str, timeout: float) -> Any:
+        """The document at `path` once it is a finished request, or as it is at the timeout."""
+        loop = asyncio.get_running_loop()
+        event = asyncio.Event()
+        waiter = (loop, event)
+        with self._lock:
+            self._waiting.setdefault(path, []).append(waiter)
+        deadline = loop.time() + timeout
+        try:
+            while True:
+                event.clear()
+                doc = cache.get(path)
+                if isinstance(doc, dict) and doc.get("state") in ("done", "failed"):
+                    return doc
+                left = deadline - loop.time()
+                if left <= 0:
+                    return doc
+                try:
+                    await asyncio.wait_for(event.wait(), left)
+                except TimeoutError:
+                    pass
+        finally:
+            with self._lock:
+                waiters = self._waiting.get(path, [])
+                if waiter in waiters:
+                    waiters.remove(waiter)
+                if not waiters:
+                    self._waiting.pop(path, None)
+
+
+def storage_timeout(ctx: ApiContext) -> float:
+    """The request timeout, or InvalidValue when this primary does not manage Ceph."""
+    timeout = ctx.extras.get("storage_request_timeout")
+    if timeout is None:
+        raise InvalidValue(f"Ceph storage is not configured on the primary node {ctx.node_name} "
+                           "(drivers.ceph.enabled)")
+    return float(timeout)
+
+
+async def run_request(handler: BaseHandler, op: str, args: dict[str, Any],
+                      target: str = PRIMARY_TARGET) -> StorageRequest:
+    """Write a storage request, wait for its result; return it when done, raise when failed or
+    still running at the timeout."""
+    ctx = handler.ctx
+    timeout = storage_timeout(ctx)
+    waiter = ctx.extras.get("storage_waiter")
+    if waiter is None:
+        waiter = ctx.extras["storage_waiter"] = RequestWaiter(ctx.view.cache)
+    request = StorageRequest(id=new_request_id(ctx.clock), op=op, args=args, target=target,
+                             created=ctx.clock())
+    path = ctx.view.paths.storage_request(request.id)
+    await handler.commit([Op.create(path, request.to_doc())])
+    doc = await waiter.wait(ctx.view.cache, path, timeout)
+    result = from_dict(StorageRequest, doc) if isinstance(doc, dict) else request
+    if result.state == "done":
+        return result
+    if result.state == "failed":
+        raise _ERRORS.get(result.error or "", BackendError)(result.message)
+    where = "the primary" if target == PRIMARY_TARGET else f"node {target}"
+    raise BackendError(
+        f"storage request {request.id} ({op}) has not finished after {timeout:g} s; it keeps "
+        f"going on {where} (state {result.state}"
+        + (f", {result.progress}" if result.progress else "")
+        + f"): GET /api/v1/storage/ceph/request/{request.id} shows it")
+
+
+def request_object(doc: dict[str, Any]) -> dict[str, Any]:
+    request = from_dict(StorageRequest, doc)
+    return {"id": request.id, "op": request.op, "args": request.args, "target": request.target,
+            "state": request.state, "message": request.message, "progress": request.progress,
+            "result": request.result, "executor": request.executor, "created": request.created,
+            "started": request.started, "finished": request.finished}
+
+
+# -- reads from the mirror -----------------------------------------------------------------------
+
+def _docs(view: ClusterView, path: str) -> Iterable[tuple[str, dict[str, Any]]]:
+    cache = view.cache
+    for name in cache.children(path):
+        doc = cache.get(f"{path}/{name}")
+        if isinstance(doc, dict):
+            yield name, doc
+
+
+def osd_object(doc: dict[str, Any]) -> dict[str, Any]:
+    stats = dict(doc.get("stats") or {})
+    if doc.get("node"):
+        stats["node"] = doc["node"]  # the owner node (the CRUSH host), not Ceph's host name
+    return {"id": doc.get("id"), "node": doc.get("node"), "device": doc.get("device"),
+            "stats": stats}
+
+
+def pool_object(doc: dict[str, Any]) -> dict[str, Any]:
+    return {"name": doc.get("name"), "pgs": doc.get("pgs"), "stats": doc.get("stats") or {}}
+
+
+def volume_object(doc: dict[str, Any]) -> dict[str, Any]:
+    return {"name": doc.get("name"), "pool": doc.get("pool"), "stats": doc.get("stats") or {}}
+
+
+def snapshot_object(doc: dict[str, Any]) -> dict[str, Any]:
+    return {"pool": doc.get("pool"), "volume": doc.get("volume"),
+            "snapshot": doc.get("snapshot")}
+
+
+class StorageHandler(BaseHandler):
+    def prepare(self) -> None:
+        super().prepare()
+        storage_timeout(self.ctx)
+
+    @property
+    def view(self) -> ClusterView:
+        return self.ctx.view
+
+    def require_danger_flag(self, what: str) -> None:
+        if not self.values.flag(DANGER_FLAG):
+            raise InvalidValue(f"{what} is dangerous and was refused: add the value "
+                               f"'{DANGER_FLAG}' to confirm it; nothing was changed")
+
+    # lookups in the mirror
+    def osd(self, osd: str) -> dict[str, Any]:
+        number = check_osd_id(osd)
+        doc = self.view.cache.get(self.view.paths.storage_osd(number))
+        if not isinstance(doc, dict):
+            raise NotFound(f"OSD {osd} not found")
+        return doc
+
+    def pool(self, pool: str) -> dict[str, Any]:
+        check_pool_name(pool)
+        doc = self.view.cache.get(self.view.paths.storage_pool(pool))
+        if not isinstance(doc, dict):
+            raise NotFound(f"RBD pool {pool} not found")
+        return doc
+
+    def volume(self, pool: str, volume: str) -> dict[str, Any]:
+        self.pool(pool)
+        check_volume_name(volume)
+        doc = self.view.cache.get(self.view.paths.storage_volume(pool, volume))
+        if not isinstance(doc, dict):
+            raise NotFound(f"RBD volume {pool}/{volume} not found")
+        return doc
+
+    def snapshot(self, pool: str, volume: str, snapshot: str) -> dict[str, Any]:
+        self.volume(pool, volume)
+        check_snapshot_name(snapshot)
+        doc = self.view.cache.get(self.view.paths.storage_snapshot(pool, volume, snapshot))
+        if not isinstance(doc, dict):
+            raise NotFound(f"RBD snapshot {pool}/{volume}@{snapshot} not found")
+        return doc
+
+
+class CephStatusHandler(StorageHandler):
+    path_name = "storage_status"
+
+    def get(self) -> None:
+        doc = self.view.cache.get(getattr(self.view.paths, self.path_name))
+        if not isinstance(doc, dict):
+            raise BackendError("no Ceph status read yet: the primary reads it every "
+                               "drivers.ceph.stats_interval seconds")
+        self.reply(doc)
+
+
+class CephDfHandler(CephStatusHandler):
+    path_name = "storage_df"
+
+
+class ClusterOptionHandler(StorageHandler):
+    async def post(self) -> None:
+        action = self.values.choice("action", ("set", "unset"))
+        option = check_osd_flag(self.values.require("option"))
+        request = await run_request(self, "cluster-option", {"action": action, "option": option})
+        self.message(request.message)
+
+
+class OsdListHandler(StorageHandler):
+    def get(self) -> None:
+        limit = self.values.limit()
+        objects = [osd_object(doc) for name, doc in _docs(self.view, self.view.paths.storage_osds)
+                   if limit is None or limit.search(name)]
+        self.reply(sorted(objects, key=lambda o: int(o["id"])))
+
+    async def post(self) -> None:
+        node = self.values.require("node")
+        device = check_device(self.values.require("device"))
+        weight = check_weight(self.values.require("weight"))
+        if self.view.node_spec_entry(node) is None:
+            raise NotFound(f"Node '{node}' not found")
+        if not self.view.node_alive(node):
+            raise Conflict(f"Node '{node}' is not running; an OSD is added by its node")
+        request = await run_request(self, "osd-add", {"device": device, "weight": weight},
+                                    target=node)
+        self.message(request.message)
+
+
+class OsdHandler(StorageHandler):
+    def get(self, osd: str) -> None:
+        self.reply([osd_object(self.osd(osd))])
+
+    async def delete(self, osd: str) -> None:
+        doc = self.osd(osd)
+        self.require_danger_flag(f"removing OSD {osd}")
+        owner = doc.get("node")
+        if not owner:
+            raise Conflict(f"OSD {osd} has no owner node in pvcd (its CRUSH host is not a pvcd "
+                           "node), so no node can stop its daemon; remove it by hand")
+        if not self.view.node_alive(owner):
+            raise Conflict(f"OSD {osd} belongs to node {owner}, which is not running; an OSD "
+                           "is removed by its node")
+        request = await run_request(self, "osd-remove", {"osd": int(doc["id"])}, target=owner)
+        self.message(request.message)
+
+
+class OsdStateHandler(StorageHandler):
+    def get(self, osd: str) -> None:
+        doc = self.osd(osd)
+        stats = doc.get("stats") or {}
+        self.reply({"id": doc.get("id"), "in": stats.get("in"), "up": stats.get("up")})
+
+    async def post(self, osd: str) -> None:
+        doc = self.osd(osd)
+        state = self.values.choice("state", ("in", "out"))
+        request = await run_request(self, "osd-state", {"osd": int(doc["id"]), "state": state})
+        self.message(request.message)
+
+
+class PoolListHandler(StorageHandler):
+    def get(self) -> None:
+        limit = self.values.limit()
+        self.reply([pool_object(doc) for name, doc in _docs(self.view,
+                                                              self.view.paths.storage_pools)
+                    if limit is None or limit.search(name)])
+
+    async def post(self) -> None:
+        pool = check_pool_name(self.values.require("pool"))
+        pgs = check_pgs(self.values.require("pgs"))
+        if self.view.cache.exists(self.view.paths.storage_pool(pool)):
+            raise Conflict(f"RBD pool {pool} already exists")
+        request = await run_request(self, "pool-add", {"pool": pool, "pgs": pgs})
+        self.message(request.message)
+
+
+class PoolHandler(StorageHandler):
+    def get(self, pool: str) -> None:
+        self.reply([pool_object(self.pool(pool))])
+
+    async def delete(self, pool: str) -> None:
+        self.pool(pool)
+        self.require_danger_flag(f"removing RBD pool {pool} (and every volume in it)")
+        request = await run_request(self, "pool-remove", {"pool": pool})
+        self.message(request.message)
+
+
+class VolumeListHandler(StorageHandler):
+    def get(self) -> None:
+        pool, limit = self.values.get("pool"), self.values.limit()
+        root = self.view.paths.storage_volumes
+        pools = [pool] if pool else self.view.cache.children(root)
+        objects = []
+        for name in pools:
+            for volume, doc in _docs(self.view, f"{root}/{name}"):
+                if limit is None or limit.search(volume):
+                    objects.append(volume_object(doc))
+        self.reply(objects)
+
+    async def post(self) -> None:
+        volume = check_volume_name(self.values.require("volume"))
+        pool = self.values.require("pool")
+        size = parse_size(self.values.require("size"))
+        self.pool(pool)
+        if self.view.cache.exists(self.view.paths.storage_volume(pool, volume)):
+            raise Conflict(f"RBD volume {pool}/{volume} already exists")
+        request = await run_request(self, "volume-add",
+                                    {"pool": pool, "volume": volume, "size": size})
+        self.message(request.message)
+
+
+class VolumeHandler(StorageHandler):
+    def get(self, pool: str, volume: str) -> None:
+        self.reply([volume_object(self.volume(pool, volume))])
+
+    async def put(self, pool: str, volume: str) -> None:
+        doc = self.volume(pool, volume)
+        name, size_text = self.values.get("name"), self.values.get("size")
+        if not name and not size_text:
+            raise InvalidValue("give 'name' (to rename the volume) and/or 'size' (to resize it)")
+        args: dict[str, Any] = {"pool": pool, "volume": volume}
+        if name and name != volume:
+            args["name"] = check_volume_name(name)
+            if self.view.cache.exists(self.view.paths.storage_volume(pool, name)):
+                raise Conflict(f"RBD volume {pool}/{name} already exists")
+        if size_text:
+            size = parse_size(size_text)
+            current = (doc.get("stats") or {}).get("size")
+            allow_shrink = self.values.flag("allow_shrink")
+            if isinstance(current, int) and size < current and not allow_shrink:
+                raise InvalidValue(f"RBD volume {pool}/{volume} is {current} bytes; shrinking "
+                                   f"it to {size} bytes would destroy the data beyond that size "
+                                   "(add 'allow_shrink' to do it anyway)")
+            args.update(size=size, allow_shrink=allow_shrink)
+        request = await run_request(self, "volume-modify", args)
+        self.message(request.message)
+
+    async def delete(self, pool: str, volume: str) -> None:
+        self.volume(pool, volume)
+        snapshots = self.view.cache.children(self.view.paths.storage_volume_snapshots(pool,
+                                                                                      volume))
+        if snapshots:
+            raise Conflict(f"RBD volume {pool}/{volume} has snapshots ({', '.join(snapshots)}); "
+                           "remove them first")
+        request = await run_request(self, "volume-remove", {"pool": pool, "volume": volume})
+        self.message(request.message)
+
+
+class SnapshotListHandler(StorageHandler):
+    def get(self) -> None:
+        pool, volume, limit = self.values.get("pool"), self.values.get("volume"), \
+            self.values.limit()
+        root = self.view.paths.storage_snapshots
+        cache = self.view.cache
+        objects = []
+        for pool_name in [pool] if pool else cache.children(root):
+            volumes = cache.children(f"{root}/{pool_name}")
+            for volume_name in [v for v in volumes if volume is None or v == volume]:
+                for snap, doc in _docs(self.view, f"{root}/{pool_name}/{volume_name}"):
+                    if limit is None or limit.search(snap):
+                        objects.append(snapshot_object(doc))
+        self.reply(objects)
+
+    async def post(self) -> None:
+        snapshot = check_snapshot_name(self.values.require("snapshot"))
+        volume, pool = self.values.require("volume"), self.values.require("pool")
+        self.volume(pool, volume)
+        if self.view.cache.exists(self.view.paths.storage_snapshot(pool, volume, snapshot)):
+            raise Conflict(f"RBD snapshot {pool}/{volume}@{snapshot} already exists")
+        request = await run_request(self, "snapshot-add",
+                                    {"pool": pool, "volume": volume, "snapshot": snapshot})
+        self.message(request.message)
+
+
+class SnapshotHandler(StorageHandler):
+    def get(self, pool: str, volume: str, snapshot: str) -> None:
+        self.reply([snapshot_object(self.snapshot(pool, volume, snapshot))])
+
+    async def delete(self, pool: str, volume: str, snapshot: str) -> None:
+        self.snapshot(pool, volume, snapshot)
+        request = await run_request(self, "snapshot-remove",
+                                    {"pool": pool, "volume": volume, "snapshot": snapshot})
+        self.message(request.message)
+
+
+class RequestHandler(StorageHandler):
+    """pvcd addition: a storage request's state (e.g. after the API stopped waiting for it)."""
+
+    def get(self, request_id: str) -> None:
+        doc = self.view.cache.get(self.view.paths.storage_request(request_id)) \
+            if "/" not in request_id else None
+        if not isinstance(doc, dict):
+            raise NotFound(f"storage request {request_id} not found (finished requests are "
+                           "kept for drivers.ceph.request_retention seconds)")
+        self.reply(request_object(doc))
+
+
+async def delete_vm_volumes(handler: BaseHandler, volumes: list[tuple[str, str]]) -> list[str]:
+    """Remove RBD volumes (with their snapshots) through storage requests, all at once; return
+    a line per volume that could not be removed."""
+    results = await asyncio.gather(
+        *(run_request(handler, "volume-remove", {"pool": pool, "volume": volume,
+                                                 "with_snapshots": True})
+          for pool, volume in volumes), return_exceptions=True)
+    return [f"{pool}/{volume}: {result}"
+            for (pool, volume), result in zip(volumes, results, strict=True)
+            if isinstance(result, BaseException)]
+
+
+def check_vm_volumes(ctx: ApiContext, volumes: list[tuple[str, str]]) -> None:
+    """InvalidValue/NotFound unless every volume can be removed through storage requests."""
+    storage_timeout(ctx)
+    view = ctx.view
+    missing = [f"{pool}/{volume}" for pool, volume in volumes
+               if not view.cache.exists(view.paths.storage_volume(pool, volume))]
+    if missing:
+        raise NotFound(f"RBD volume(s) {', '.join(missing)} not found; nothing was changed "
+                       "(delete the VM without delete_disks to keep its disk references)")
+
+
+ROUTES = [
+    route("/storage/ceph", CephStatusHandler),
+    route("/storage/ceph/status", CephStatusHandler),
+    route("/storage/ceph/df", CephDfHandler),
+    route("/storage/ceph/cluster-option", ClusterOptionHandler),
+    route("/storage/ceph/osd", OsdListHandler),
+    route("/storage/ceph/osd/<osd>", OsdHandler),
+    route("/storage/ceph/osd/<osd>/state", OsdStateHandler),
+    route("/storage/ceph/pool", PoolListHandler),
+    route("/storage/ceph/pool/<pool>", PoolHandler),
+    route("/storage/ceph/volume", VolumeListHandler),
+    route("/storage/ceph/volume/snapshot", SnapshotListHandler),
+    route("/storage/ceph/volume/snapshot/<pool>/<volume>/<snapshot>", SnapshotHandler),
+    route("/storage/ceph/volume/<pool>/<volume>", VolumeHandler),
+    route("/storage/ceph/request/<request_id>", RequestHandler),
+]

@@ -1,0 +1,176 @@
+"""What the storage controller needs from Ceph beyond `CephDriver`, and where OSDs come from.
+
+`StorageCeph` adds the few reads and writes the controller needs and the driver does not offer:
+the CRUSH host of every OSD (`ceph osd tree`: which pvcd node owns it), placing an OSD under its
+node with a weight (`ceph osd crush set`), and one listing per pool with every volume and
+snapshot (`rbd ls -l`, instead of one `rbd snap ls` per volume).
+
+OSD ownership: an OSD belongs to the pvcd node whose name is its CRUSH host bucket. An OSD added
+through pvcd is placed under `host=<node>` by that node; an OSD pvcd finds in Ceph is adopted with
+the owner its CRUSH host names (or none, when that is not a pvcd node). The owner carries out the
+OSD's removal, because only it can stop the OSD's daemon.
+
+An `OsdProvisioner` creates and stops OSD daemons on this node. `LabOsdProvisioner` does it with a
+throwaway Ceph (`pvcd.lab.ceph`) whose folder all lab nodes share: device `memstore` starts one
+more memstore OSD of it. The throwaway cluster's state file is shared by every lab node and the lab
+itself, so each change holds an exclusive `flock` on `ceph-lab.lock` in that folder. OSDs started
+here are our children: we keep their `Popen` objects to reap them when they stop. Creating OSDs
+on real block devices (`ceph-volume`) was not tried on this platform and is refused with a message
+(`DeviceOsdProvisioner`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from pvcd.drivers.ceph import CephDriver, check_osd_id
+from pvcd.errors import BackendError, InvalidValue
+from pvcd.lab.ceph import CephLabError, ThrowawayCeph
+
+log = logging.getLogger(__name__)
+
+MAX_WEIGHT = 1000.0
+_WEIGHT_RE = re.compile(r"\d{1,4}(\.\d{1,6})?|\.\d{1,6}")
+LAB_DEVICE = "memstore"
+_DEVICE_RE = re.compile(r"/dev/[A-Za-z0-9._/-]{1,200}")
+
+
+def check_weight(value: str | float) -> float:
+    """A CRUSH weight: a number above 0 and at most 1000 (usually the disk's size in TiB, or
+    1.0 when all disks are the same)."""
+    text = str(value).strip()
+    if not _WEIGHT_RE.fullmatch(text) or not 0 < float(text) <= MAX_WEIGHT:
+        raise InvalidValue(f"weight {value!r} is invalid: a number above 0 and at most "
+                           f"{MAX_WEIGHT:g}, e.g. 1.0")
+    return float(text)
+
+
+def check_device(value: str) -> str:
+    """`memstore` (lab) or a block device path like /dev/sdb."""
+    if value == LAB_DEVICE or (_DEVICE_RE.fullmatch(value) and ".." not in value.split("/")):
+        return value
+    raise InvalidValue(f"device {value!r} is invalid: a block device path like /dev/sdb, or "
+                       f"'{LAB_DEVICE}' in a lab")
+
+
+@dataclass(frozen=True)
+class PoolListing:
+    """One pool's volumes and snapshots, from `rbd ls -l`."""
+
+    volumes: list[str]
+    snapshots: dict[str, list[dict[str, Any]]]  # volume -> [{name, id, size, ...}]
+
+
+class StorageCeph(CephDriver):
+    """`CephDriver` plus the CRUSH and listing calls of the storage controller."""
+
+    def osd_hosts(self) -> dict[int, str]:
+        """The CRUSH host bucket of every OSD placed under one."""
+        tree = self._json("ceph", ["osd", "tree"])
+        hosts: dict[int, str] = {}
+        for node in tree.get("nodes", []):
+            if node.get("type") == "host":
+                for child in node.get("children", []):
+                    if child >= 0:
+                        hosts[int(child)] = str(node["name"])
+        return hosts
+
+    def osd_place(self, osd_id: int, weight: float, host: str) -> None:
+        """Put `osd.<id>` under `host=<host>` (created if missing) with CRUSH weight `weight`."""
+        number = check_osd_id(osd_id)
+        self._run("ceph", ["osd", "crush", "set", f"osd.{number}", f"{check_weight(weight):g}",
+                           "root=default", f"host={host}"])
+        log.info("ceph osd placed osd=%d host=%s weight=%g", number, host, weight)
+
+    def pool_listing(self, pool: str) -> PoolListing:
+        volumes: list[str] = []
+        snapshots: dict[str, list[dict[str, Any]]] = {}
+        for entry in self._json("rbd", ["ls", "-l", "--pool", pool]):
+            image = str(entry.get("image", ""))
+            if "snapshot" in entry:
+                snapshots.setdefault(image, []).append({
+                    "name": entry["snapshot"], "id": entry.get("snapshot_id"),
+                    "size": entry.get("size")})
+            elif image not in volumes:
+                volumes.append(image)
+        return PoolListing(volumes, snapshots)
+
+
+class OsdProvisioner(Protocol):
+    """Creates and stops the OSD daemons of this node."""
+
+    def create(self, device: str) -> int: ...
+
+    def stop(self, osd_id: int) -> None: ...
+
+
+class DeviceOsdProvisioner:
+    """Production nodes: not implemented yet (ceph-volume was not tried on this platform)."""
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+
+    def create(self, device: str) -> int:
+        raise BackendError(f"cannot create an OSD on {device} on node {self.node}: OSDs on block "
+                           "devices (ceph-volume) are not implemented yet; only lab nodes "
+                           f"(drivers.ceph.lab_workdir) create OSDs, with device '{LAB_DEVICE}'")
+
+    def stop(self, osd_id: int) -> None:
+        raise BackendError(f"cannot stop osd.{osd_id} on node {self.node}: stopping OSD daemons "
+                           "outside the lab is not implemented yet; stop it by hand, then retry")
+
+
+class LabOsdProvisioner:
+    """Memstore OSDs of the lab's throwaway Ceph in `workdir`, started by this node."""
+
+    def __init__(self, workdir: str | Path, node: str) -> None:
+        self.workdir = Path(workdir)
+        self.node = node
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+
+    def create(self, device: str) -> int:
+        if device != LAB_DEVICE:
+            raise InvalidValue(f"device {device!r} is invalid on lab node {self.node}: lab "
+                               f"nodes create memstore OSDs, use device '{LAB_DEVICE}'")
+        with self._cluster() as lab:
+            osd_id = lab.add_memstore_osd(wait=False)
+            process = lab.osds[osd_id].process
+        if process is not None:
+            self._children[osd_id] = process
+        log.info("event=lab-osd-started node=%s osd=%d", self.node, osd_id)
+        return osd_id
+
+    def stop(self, osd_id: int) -> None:
+        with self._cluster() as lab:
+            child = self._children.pop(osd_id, None)
+            daemon = lab.osds.get(osd_id)
+            if daemon is not None and child is not None:
+                daemon.process = child  # ours: reap it
+            lab.stop_osd(osd_id)
+        log.info("event=lab-osd-stopped node=%s osd=%d", self.node, osd_id)
+
+    @contextmanager
+    def _cluster(self) -> Iterator[ThrowawayCeph]:
+        with open(self.workdir / "ceph-lab.lock", "a+") as lock:
+            started = time.monotonic()
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if time.monotonic() - started > 1:
+                log.info("event=lab-lock-waited node=%s seconds=%.1f", self.node,
+                         time.monotonic() - started)
+            try:
+                lab = ThrowawayCeph.load(self.workdir)
+                lab.die_with_parent = False  # the OSD outlives a restart of this daemon
+                yield lab
+            except CephLabError as exc:
+                raise BackendError(f"lab Ceph in {self.workdir}: {exc}") from exc
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
