@@ -1,0 +1,175 @@
+"""`pvc node`: list, info, and the coordinator and domain state changes (with --wait)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from pvcd.cli.client import api_path
+from pvcd.cli.completion import complete_nodes
+from pvcd.cli.context import CliContext, format_option, pass_cli, wait_options
+from pvcd.cli.output import Column, field, render_fields, render_table, show, size_mib
+from pvcd.cli.waiting import Observation
+
+NODE_COLUMNS = [
+    Column("NAME", field("name")),
+    Column("DAEMON", field("daemon_state")),
+    Column("COORDINATOR", field("coordinator_state")),
+    Column("DOMAIN", field("domain_state")),
+    Column("VMS", field("domains_count"), right=True),
+    Column("CPUS", field("cpu_count"), right=True),
+    Column("LOAD", field("load"), right=True),
+    Column("VCPU ALLOC", lambda n: f"{show(field('vcpu', 'allocated')(n))}/"
+                                   f"{show(field('vcpu', 'total')(n))}", right=True),
+    Column("MEM TOTAL", lambda n: size_mib(field("memory", "total")(n)), right=True),
+    Column("USED", lambda n: size_mib(field("memory", "used")(n)), right=True),
+    Column("FREE", lambda n: size_mib(field("memory", "free")(n)), right=True),
+    Column("ALLOC", lambda n: size_mib(field("memory", "allocated")(n)), right=True),
+]
+
+
+def node_table(nodes: list[dict[str, Any]]) -> str:
+    return render_table(nodes, NODE_COLUMNS, empty="No nodes found.")
+
+
+def node_details(nodes: list[dict[str, Any]]) -> str:
+    blocks = []
+    for node in nodes:
+        memory = node.get("memory") or {}
+        vcpu = node.get("vcpu") or {}
+        blocks.append(render_fields([
+            ("Name", node.get("name")),
+            ("Daemon state", node.get("daemon_state")),
+            ("Coordinator state", node.get("coordinator_state")),
+            ("Domain state", node.get("domain_state")),
+            ("Coordinator", node.get("coordinator")),
+            ("OS", node.get("os")),
+            ("Kernel", node.get("kernel")),
+            ("Architecture", node.get("arch")),
+            ("CPUs", node.get("cpu_count")),
+            ("Load", node.get("load")),
+            ("vCPUs allocated", f"{show(vcpu.get('allocated'))} of {show(vcpu.get('total'))}"),
+            ("Memory total", size_mib(memory.get("total"))),
+            ("Memory used", size_mib(memory.get("used"))),
+            ("Memory free", size_mib(memory.get("free"))),
+            ("Memory allocated", size_mib(memory.get("allocated"))),
+            ("VMs", node.get("domains_count")),
+            ("Running VMs", node.get("running_domains")),
+        ]))
+    return "\n\n".join(blocks)
+
+
+@click.group()
+def node() -> None:
+    """Cluster nodes: state, coordinator role, flush and ready."""
+
+
+@node.command("list")
+@click.argument("limit", required=False)
+@format_option
+@pass_cli
+def node_list(cli: CliContext, limit: str | None) -> None:
+    """List nodes (LIMIT: a regular expression matched in the names)."""
+    cli.emit(cli.client.get("/node", {"limit": limit}), node_table)
+
+
+@node.command("info")
+@click.argument("name", shell_complete=complete_nodes)
+@format_option
+@pass_cli
+def node_info(cli: CliContext, name: str) -> None:
+    """Show one node in detail."""
+    cli.emit(cli.client.get(api_path("node", name)), node_details)
+
+
+def _set_state(cli: CliContext, name: str, kind: str, value: str, wait: bool,
+               timeout: float) -> None:
+    message = cli.client.post(api_path("node", name, kind), {kind: value})
+    if not wait:
+        cli.message(message)
+        return
+    if not cli.json:
+        click.echo(message)
+    probe, goal = {
+        ("coordinator-state", "primary"): (_primary_probe, "to be primary"),
+        ("coordinator-state", "secondary"): (_secondary_probe, "to be secondary"),
+        ("domain-state", "flush"): (_domain_probe("flushed"), "to be flushed"),
+        ("domain-state", "ready"): (_domain_probe("ready"), "to be ready"),
+    }[(kind, value)]
+    result = cli.wait(f"node {name} {goal}", lambda: probe(cli, name), timeout)
+    if cli.json:
+        cli.message(message, result)
+
+
+def _node(cli: CliContext, name: str) -> dict[str, Any]:
+    nodes = cli.client.get(api_path("node", name))
+    return dict(nodes[0])
+
+
+def _primary_probe(cli: CliContext, name: str) -> Observation:
+    node = _node(cli, name)
+    state = node["coordinator_state"]
+    return Observation(state == "primary", f"coordinator state {state}", node)
+
+
+def _secondary_probe(cli: CliContext, name: str) -> Observation:
+    nodes = cli.client.get("/node")
+    this = next((n for n in nodes if n["name"] == name), None)
+    primary = next((n["name"] for n in nodes if n["coordinator_state"] == "primary"), None)
+    if this is None:
+        return Observation(False, "node not listed")
+    state = this["coordinator_state"]
+    done = state == "secondary" and primary is not None and primary != name
+    return Observation(done, f"coordinator state {state}, primary {primary or 'none yet'}", this)
+
+
+def _domain_probe(settled: str) -> Any:
+    def probe(cli: CliContext, name: str) -> Observation:
+        node = _node(cli, name)
+        state = node["domain_state"]
+        return Observation(state == settled,
+                           f"domain state {state}, {len(node.get('running_domains') or [])} "
+                           "VMs running there", node)
+
+    return probe
+
+
+@node.command("primary")
+@click.argument("name", shell_complete=complete_nodes)
+@wait_options
+@format_option
+@pass_cli
+def node_primary(cli: CliContext, name: str, wait: bool, timeout: float) -> None:
+    """Make a coordinator the primary (the current primary hands over)."""
+    _set_state(cli, name, "coordinator-state", "primary", wait, timeout)
+
+
+@node.command("secondary")
+@click.argument("name", shell_complete=complete_nodes)
+@wait_options
+@format_option
+@pass_cli
+def node_secondary(cli: CliContext, name: str, wait: bool, timeout: float) -> None:
+    """Make the primary a secondary (another coordinator takes over)."""
+    _set_state(cli, name, "coordinator-state", "secondary", wait, timeout)
+
+
+@node.command("flush")
+@click.argument("name", shell_complete=complete_nodes)
+@wait_options
+@format_option
+@pass_cli
+def node_flush(cli: CliContext, name: str, wait: bool, timeout: float) -> None:
+    """Move every VM off a node (for maintenance)."""
+    _set_state(cli, name, "domain-state", "flush", wait, timeout)
+
+
+@node.command("ready")
+@click.argument("name", shell_complete=complete_nodes)
+@wait_options
+@format_option
+@pass_cli
+def node_ready(cli: CliContext, name: str, wait: bool, timeout: float) -> None:
+    """Take VMs again, and bring back those flushed from it."""
+    _set_state(cli, name, "domain-state", "ready", wait, timeout)

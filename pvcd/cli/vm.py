@@ -1,0 +1,299 @@
+"""`pvc vm`: list and inspect VMs, define/modify/undefine them, change state and node.
+
+State and node changes are recorded by the API and carried out by a node; `--wait` follows
+the VM until it has settled: no migration or restart pending, and running on its node (state
+`start`) or running nowhere (state `stop`/`shutdown`/`disable`). A VM that fails meanwhile ends
+the wait with its failure reason.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, TextIO
+
+import click
+
+from pvcd.cli.client import api_path
+from pvcd.cli.completion import complete_nodes, complete_vms
+from pvcd.cli.context import (
+    CliContext,
+    confirm,
+    format_option,
+    pass_cli,
+    wait_options,
+    yes_option,
+)
+from pvcd.cli.editor import edit_text
+from pvcd.cli.errors import CliError
+from pvcd.cli.output import Column, Row, field, render_fields, render_table, size_mib
+from pvcd.cli.waiting import Observation
+
+SELECTORS = ("mem", "vcpus", "load", "vms")
+STATES = ("start", "restart", "shutdown", "stop", "failed", "migrate", "unmigrate", "disable")
+PENDING = ("migrate", "unmigrate", "restart")
+
+
+def migrated(vm: Row) -> str:
+    return f"from {vm['last_node']}" if vm.get("last_node") else "no"
+
+
+def network_sources(vm: Row) -> list[str]:
+    return [str(net.get("source")) for net in vm.get("networks") or []]
+
+
+VM_COLUMNS = [
+    Column("NAME", field("name")),
+    Column("UUID", field("uuid")),
+    Column("STATE", field("state")),
+    Column("NODE", field("node")),
+    Column("MIGRATED", migrated),
+    Column("VCPU", field("vcpu"), right=True),
+    Column("MEMORY", lambda vm: size_mib(vm.get("memory")), right=True),
+    Column("NETWORKS", network_sources),
+]
+
+
+def vm_table(vms: list[dict[str, Any]]) -> str:
+    return render_table(vms, VM_COLUMNS, empty="No VMs found.")
+
+
+def vm_details(vms: list[dict[str, Any]]) -> str:
+    blocks = []
+    for vm in vms:
+        lines = render_fields([
+            ("Name", vm.get("name")),
+            ("UUID", vm.get("uuid")),
+            ("Description", vm.get("description")),
+            ("State", vm.get("state")),
+            ("Node", vm.get("node")),
+            ("Running on", vm.get("running_on")),
+            ("Migrated", migrated(vm)),
+            ("Failed reason", vm.get("failed_reason")),
+            ("vCPUs", vm.get("vcpu")),
+            ("vCPU topology", vm.get("vcpu_topology")),
+            ("Memory", size_mib(vm.get("memory"))),
+            ("Type", vm.get("type")),
+            ("Architecture", vm.get("arch")),
+            ("Machine", vm.get("machine")),
+            ("Console", vm.get("console")),
+            ("Emulator", vm.get("emulator")),
+            ("Features", vm.get("features")),
+        ])
+        networks = render_table(vm.get("networks") or [], [
+            Column("TYPE", field("type")), Column("SOURCE", field("source")),
+            Column("MAC", field("mac")), Column("MODEL", field("model"))])
+        disks = render_table(vm.get("disks") or [], [
+            Column("TYPE", field("type")), Column("NAME", field("name")),
+            Column("DEV", field("dev")), Column("BUS", field("bus"))])
+        for title, table in (("Networks", networks), ("Disks", disks)):
+            if table:
+                lines += f"\n\n{title}:\n" + "\n".join("  " + line for line in table.splitlines())
+        blocks.append(lines)
+    return "\n\n".join(blocks)
+
+
+def _vm(cli: CliContext, name: str) -> dict[str, Any]:
+    return dict(cli.client.get(api_path("vm", name))[0])
+
+
+def settled(vm: dict[str, Any], nodes: list[dict[str, Any]]) -> Observation:
+    """Whether `vm` has reached its desired state, from the VM and the node list."""
+    state, node, running_on = vm["state"], vm.get("node"), vm.get("running_on")
+    if state == "failed":
+        raise CliError(f"VM {vm['name']} failed: {vm.get('failed_reason') or 'no reason given'}")
+    # a node lists a domain as running until libvirt has shut it off (also while shutting down)
+    active = [n["name"] for n in nodes if vm["uuid"] in (n.get("running_domains") or [])]
+    where = f"running on {running_on}" if running_on else \
+        f"active on {', '.join(active)}" if active else "not running"
+    status = f"state {state}, node {node}, {where}"
+    if state in PENDING:
+        return Observation(False, status, vm)
+    if state == "start":
+        return Observation(running_on == node, status, vm)
+    return Observation(running_on is None and not active, status, vm)
+
+
+def _follow(cli: CliContext, message: str, uuid: str, goal: str, wait: bool,
+            timeout: float) -> None:
+    if not wait:
+        cli.message(message)
+        return
+    if not cli.json:
+        click.echo(message)
+
+    def probe() -> Observation:
+        return settled(_vm(cli, uuid), cli.client.get("/node"))
+
+    result = cli.wait(goal, probe, timeout)
+    if cli.json:
+        cli.message(message, result)
+
+
+@click.group()
+def vm() -> None:
+    """Virtual machines: define, change state, migrate, inspect."""
+
+
+@vm.command("list")
+@click.argument("limit", required=False)
+@click.option("--node", "-n", help="Only VMs assigned to this node.",
+              shell_complete=complete_nodes)
+@click.option("--state", "-s", type=click.Choice(STATES), help="Only VMs in this state.")
+@format_option
+@pass_cli
+def vm_list(cli: CliContext, limit: str | None, node: str | None, state: str | None) -> None:
+    """List VMs (LIMIT: a regular expression matched in the names)."""
+    cli.emit(cli.client.get("/vm", {"limit": limit, "node": node, "state": state}), vm_table)
+
+
+@vm.command("info")
+@click.argument("name", shell_complete=complete_vms)
+@format_option
+@pass_cli
+def vm_info(cli: CliContext, name: str) -> None:
+    """Show one VM (by name or UUID) in detail."""
+    cli.emit(cli.client.get(api_path("vm", name)), vm_details)
+
+
+@vm.command("dump")
+@click.argument("name", shell_complete=complete_vms)
+@pass_cli
+def vm_dump(cli: CliContext, name: str) -> None:
+    """Print a VM's libvirt XML."""
+    xml = cli.client.get_text(api_path("vm", name, "dump"))
+    click.echo(xml, nl=not xml.endswith("\n"))
+
+
+@vm.command("define")
+@click.argument("xml_file", metavar="FILE", type=click.File("r"))
+@click.option("--node", "-n", help="Put the VM on this node (default: chosen by the selector).",
+              shell_complete=complete_nodes)
+@click.option("--selector", type=click.Choice(SELECTORS),
+              help="How to choose the node (default: the cluster's).")
+@format_option
+@pass_cli
+def vm_define(cli: CliContext, xml_file: TextIO, node: str | None,
+              selector: str | None) -> None:
+    """Define (and start) a VM from a libvirt XML FILE ("-" reads standard input)."""
+    xml = xml_file.read()
+    cli.message(cli.client.post("/vm", {"xml": xml, "node": node, "selector": selector}))
+
+
+@vm.command("modify")
+@click.argument("name", shell_complete=complete_vms)
+@click.argument("xml_file", metavar="[FILE]", type=click.File("r"), required=False)
+@click.option("--restart", "-r", is_flag=True, help="Restart the VM with the new definition.")
+@format_option
+@pass_cli
+def vm_modify(cli: CliContext, name: str, xml_file: TextIO | None, restart: bool) -> None:
+    """Replace a VM's XML with FILE, or edit the current XML in $EDITOR.
+
+    Without FILE the current definition opens in $VISUAL or $EDITOR (default vi); it is sent
+    back only if it changed. Without --restart the change applies at the VM's next restart.
+    """
+    if xml_file is not None:
+        xml = xml_file.read()
+    else:
+        current = cli.client.get_text(api_path("vm", name, "dump"))
+        xml = edit_text(current, cli.env)
+        if xml.strip() == current.strip():
+            cli.message(f"VM '{name}' unchanged; nothing sent")
+            return
+        if not cli.json:
+            diff = difflib.unified_diff(current.splitlines(), xml.splitlines(),
+                                        "current", "edited", lineterm="")
+            click.echo("\n".join(diff), err=True)
+    cli.message(cli.client.put(api_path("vm", name), {"xml": xml, "restart": restart or None}))
+
+
+@vm.command("undefine")
+@click.argument("name", shell_complete=complete_vms)
+@yes_option
+@format_option
+@pass_cli
+def vm_undefine(cli: CliContext, name: str, yes: bool) -> None:
+    """Stop a VM and remove it from the cluster; its disks stay."""
+    confirm(yes, f"Stop and undefine VM '{name}'? Its disks are kept.")
+    cli.message(cli.client.delete(api_path("vm", name)))
+
+
+@vm.command("remove")
+@click.argument("name", shell_complete=complete_vms)
+@yes_option
+@format_option
+@pass_cli
+def vm_remove(cli: CliContext, name: str, yes: bool) -> None:
+    """Stop a VM, remove it from the cluster AND delete its disks."""
+    confirm(yes, f"Stop and remove VM '{name}' and DELETE ALL ITS DISKS?")
+    cli.message(cli.client.delete(api_path("vm", name), {"delete_disks": True}))
+
+
+def _state_command(state: str, summary: str, goal: str) -> click.Command:
+    @click.argument("name", shell_complete=complete_vms)
+    @wait_options
+    @format_option
+    @pass_cli
+    def command(cli: CliContext, name: str, wait: bool, timeout: float) -> None:
+        uuid = _vm(cli, name)["uuid"]
+        message = cli.client.post(api_path("vm", uuid, "state"), {"state": state})
+        _follow(cli, message, uuid, f"VM {name} {goal}", wait, timeout)
+
+    command.__doc__ = summary
+    return vm.command(state)(command)
+
+
+_state_command("start", "Start a VM.", "to run")
+_state_command("shutdown", "Shut a VM down gracefully (forced stop after the node's timeout).",
+               "to shut down")
+_state_command("stop", "Stop a VM at once (power off).", "to stop")
+_state_command("restart", "Restart a VM (also applies a modified definition).", "to restart")
+
+
+def _node_change(cli: CliContext, name: str, values: dict[str, Any], wait: bool,
+                 timeout: float) -> None:
+    uuid = _vm(cli, name)["uuid"]
+    message = cli.client.post(api_path("vm", uuid, "node"), values)
+    _follow(cli, message, uuid, f"VM {name} to settle on its new node", wait, timeout)
+
+
+@vm.command("migrate")
+@click.argument("name", shell_complete=complete_vms)
+@click.option("--node", "-n", help="Target node (default: chosen by the selector).",
+              shell_complete=complete_nodes)
+@click.option("--selector", type=click.Choice(SELECTORS), help="How to choose the target.")
+@click.option("--force", is_flag=True,
+              help="Migrate again although already migrated (keeps the original node).")
+@wait_options
+@format_option
+@pass_cli
+def vm_migrate(cli: CliContext, name: str, node: str | None, selector: str | None, force: bool,
+               wait: bool, timeout: float) -> None:
+    """Move a VM to another node (live if possible), remembering where it came from."""
+    _node_change(cli, name, {"action": "migrate", "node": node, "selector": selector,
+                             "force": force or None}, wait, timeout)
+
+
+@vm.command("unmigrate")
+@click.argument("name", shell_complete=complete_vms)
+@wait_options
+@format_option
+@pass_cli
+def vm_unmigrate(cli: CliContext, name: str, wait: bool, timeout: float) -> None:
+    """Return a migrated VM to the node it came from."""
+    _node_change(cli, name, {"action": "unmigrate"}, wait, timeout)
+
+
+@vm.command("move")
+@click.argument("name", shell_complete=complete_vms)
+@click.option("--node", "-n", help="Target node (default: chosen by the selector).",
+              shell_complete=complete_nodes)
+@click.option("--selector", type=click.Choice(SELECTORS), help="How to choose the target.")
+@wait_options
+@format_option
+@pass_cli
+def vm_move(cli: CliContext, name: str, node: str | None, selector: str | None, wait: bool,
+            timeout: float) -> None:
+    """Move a VM to another node for good (it is not considered migrated)."""
+    _node_change(cli, name, {"action": "migrate", "node": node, "selector": selector,
+                             "permanent": True}, wait, timeout)
+
