@@ -62,6 +62,17 @@ def in_range(low: float, high: float) -> Check:
     return check
 
 
+def one_of(*allowed: str) -> Check:
+    """Accept only the listed words."""
+
+    def check(value: str) -> str | None:
+        if value in allowed:
+            return None
+        return f"must be one of {', '.join(allowed)}, got {_describe(value)}"
+
+    return check
+
+
 def _not_empty(value: str | tuple[object, ...]) -> str | None:
     return None if value else "must not be empty"
 
@@ -270,6 +281,32 @@ class TimingSection:
     resync_interval: float = field(default=60.0, metadata=checks(in_range(1, 86400)))
     handover_timeout: float = field(default=10.0, metadata=checks(in_range(0.5, 600)))
     shutdown_timeout: float = field(default=90.0, metadata=checks(in_range(1, 3600)))
+    # One fence attempt (power off, confirm off, power on) may take this long.
+    fence_timeout: float = field(default=60.0, metadata=checks(in_range(1, 3600)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class FencingSection:
+    """How this node is fenced (published for the primary), and the cluster's fence policy."""
+
+    # none: this node cannot be fenced, its VMs are never recovered elsewhere;
+    # ipmi: power off/on through `ipmitool`; lab / lab-fail: the lab's process-killing driver
+    # (lab-fail always fails, to exercise the failed-fence path).
+    driver: str = field(default="none", metadata=checks(one_of("none", "ipmi", "lab",
+                                                                "lab-fail")))
+    ipmi_host: str | None = field(default=None, metadata=checks(_not_empty))
+    ipmi_user: str | None = field(default=None, metadata=checks(_not_empty))
+    ipmi_password: str | None = field(default=None, metadata=checks(_not_empty))
+    # Applied by the primary: after a failed fence, `none` leaves the VMs where they are (safe:
+    # they may still run); `recover` starts them elsewhere anyway.
+    on_fence_failure: str = field(default="none", metadata=checks(one_of("none", "recover")))
+    attempts: int = field(default=3, metadata=checks(in_range(1, 100)))
+
+    def cross_check(self) -> Problem | None:
+        if self.driver == "ipmi" and not (self.ipmi_host and self.ipmi_user and
+                                          self.ipmi_password):
+            return "ipmi_host", "the ipmi driver needs ipmi_host, ipmi_user and ipmi_password"
+        return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -370,6 +407,7 @@ class Config:
     api: ApiSection = field(default_factory=ApiSection)
     timing: TimingSection = field(default_factory=TimingSection)
     drivers: DriversSection = field(default_factory=DriversSection)
+    fencing: FencingSection = field(default_factory=FencingSection)
     # The file this came from, for messages; not a YAML key.
     path: str = field(default="", metadata={"yaml": False})
 

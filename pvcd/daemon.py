@@ -28,6 +28,7 @@ from pvcd.controllers import network, storage
 from pvcd.controllers.base import Controller
 from pvcd.controllers.coordinator import KEY as COORDINATOR_KEY
 from pvcd.controllers.coordinator import Coordinator, PrimaryServices
+from pvcd.controllers.fencing import FencingController
 from pvcd.controllers.node import NodeController, NodeStatusWriter
 from pvcd.controllers.vm import VmController, evacuate_node, restore_node, vm_key
 from pvcd.drivers.host import HostDriver, pid_alive
@@ -83,6 +84,8 @@ class NodeDaemon:
         network.install(self)  # client networks: interfaces, ACLs; gateways and DHCP on the primary
         storage.install(self)  # Ceph: OSDs on their owner node; pools, volumes on the primary
         self._install_vms()
+        if self.coordinator is not None:
+            self._install_fencing()
         self.registered = False
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -101,11 +104,30 @@ class NodeDaemon:
             ssl_context = make_ssl_context(api.tls.cert_file, api.tls.key_file)
         return ApiServer(ctx, api.listen, api.port, api.auth.secret_key, ssl_context)
 
+    def _install_fencing(self) -> None:
+        timing, fencing = self.config.timing, self.config.fencing
+        coordinator = self.coordinator
+        assert coordinator is not None
+        self.fencing = FencingController(
+            self.name, self.view, self.store,
+            is_primary=lambda: coordinator.is_primary and coordinator.services_up,
+            keepalive_interval=timing.keepalive_interval,
+            dead_threshold=timing.dead_threshold, fence_timeout=timing.fence_timeout,
+            attempts=fencing.attempts, on_failure=fencing.on_fence_failure, clock=self.clock)
+        controller = Controller("fencing", self.fencing.reconcile, self.fencing.keys,
+                                resync_interval=max(0.2, timing.keepalive_interval / 2))
+        self.add_controller(controller)
+        nodes = self.paths.nodes + "/"
+        self.watch(nodes, controller,
+                   lambda path: "node/" + path[len(nodes):].split("/", 1)[0])
+        self.fencing_controller = controller
+
     def _install_vms(self) -> None:
         timing = self.config.timing
         self.libvirt = LibvirtDriver(self.config.drivers.libvirt.uri)
         self.vm = VmController(self.name, self.view, self.store, self.libvirt,
-                               timing.shutdown_timeout, self.clock)
+                               timing.shutdown_timeout, self.clock,
+                               can_act=lambda: self.registered and self.client.connected)
         self.vm_controller = Controller("vm", self.vm.reconcile, self.vm.keys, workers=4,
                                         resync_interval=timing.resync_interval)
         self.add_controller(self.vm_controller)
@@ -190,11 +212,14 @@ class NodeDaemon:
         spec_path = self.paths.node(self.name)
         coordinator = self.config.node.coordinator
 
+        fence = self._fence_params()
+
         def refresh_spec(doc: object) -> object:
             spec = from_dict(NodeSpec, doc)
-            if spec.coordinator == coordinator and spec.name == self.name:
+            if spec.coordinator == coordinator and spec.name == self.name and \
+                    spec.fence == fence:
                 return None
-            spec.name, spec.coordinator = self.name, coordinator
+            spec.name, spec.coordinator, spec.fence = self.name, coordinator, fence
             return spec.to_doc()
 
         if self.store.read_optional(spec_path) is None:
@@ -227,9 +252,30 @@ class NodeDaemon:
         self.registered = True
         log.info("event=node-registered node=%s session=%#x", self.name,
                  self.client.client_id[0] if self.client.client_id else 0)
-        self.node_controller.enqueue(self.node.key())
+        for controller in self.controllers:
+            controller.resync()  # whatever backed off while we had no session: look again
         if self.coordinator_controller is not None:
             self.coordinator_controller.enqueue(COORDINATOR_KEY)
+
+    def _fence_params(self) -> dict[str, object]:
+        """How other nodes fence this one (published in the node spec)."""
+        fencing = self.config.fencing
+        params: dict[str, object] = {"driver": fencing.driver}
+        if fencing.driver == "ipmi":
+            params.update(ipmi_host=fencing.ipmi_host, ipmi_user=fencing.ipmi_user,
+                          ipmi_password=fencing.ipmi_password)
+        elif fencing.driver in ("lab", "lab-fail"):
+            with open("/proc/self/cmdline", "rb") as handle:
+                cmdline = [p.decode() for p in handle.read().split(b"\0") if p]
+            try:
+                log_path = os.readlink("/proc/self/fd/1")
+            except OSError:
+                log_path = os.devnull
+            params.update(pid=os.getpid(), cmdline=cmdline, cwd=os.getcwd(),
+                          log=log_path if log_path.startswith("/") else os.devnull,
+                          env={"PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+                               "PATH": os.environ.get("PATH", "")})
+        return params
 
     def _claim_name(self) -> None:
         """Make sure no other live daemon uses our node name; clear our own stale liveness.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import signal
@@ -51,6 +52,7 @@ def _run(config_path: str, log_level: str) -> int:
     from pvcd.daemon import NodeDaemon  # after config: a bad config fails fast and clearly
 
     daemon = NodeDaemon(config)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # operators: dump thread stacks
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         daemon.stop()

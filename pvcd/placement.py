@@ -48,8 +48,12 @@ def allocation(view: ClusterView) -> dict[str, dict[str, float]]:
 
 
 def select_target_node(view: ClusterView, selector: str | None = None,
-                       exclude: Iterable[str] = ()) -> str:
-    """The best candidate by `selector`; InvalidValue when there is none."""
+                       exclude: Iterable[str] = (), memory: int = 0) -> str:
+    """The best candidate by `selector`; InvalidValue when there is none.
+
+    With `memory` (MiB) given, nodes whose assigned VM memory plus `memory` would exceed their
+    physical memory are left out (capacity for recovery and evacuation).
+    """
     selector = selector or DEFAULT_SELECTOR
     if selector not in SELECTORS:
         raise InvalidValue(f"invalid selector '{selector}'; valid values are: "
@@ -60,6 +64,10 @@ def select_target_node(view: ClusterView, selector: str | None = None,
                            + (f" (excluding {', '.join(sorted(set(exclude)))})" if exclude
                               else ""))
     alloc = allocation(view)
+    if memory:
+        candidates = [n for n in candidates if _fits(view, alloc, n, memory)]
+        if not candidates:
+            raise InvalidValue(f"no node has {memory} MiB of memory free for this VM")
 
     def score(name: str) -> tuple[float, str]:
         if selector == "load":
@@ -79,3 +87,9 @@ def choose_node(view: ClusterView, node: str | None, selector: str | None,
     if node and node not in set(exclude) and node in candidate_nodes(view, exclude):
         return node
     return select_target_node(view, selector, exclude)
+
+
+def _fits(view: ClusterView, alloc: dict[str, dict[str, float]], node: str, memory: int) -> bool:
+    status = view.cache.get(view.paths.node_status(node)) or {}
+    total = float((status.get("stats") or {}).get("memory_total", 0))
+    return total <= 0 or alloc.get(node, {}).get("mem", 0) + memory <= total

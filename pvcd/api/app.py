@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import tornado.web
 
-from pvcd.api import general, networks, nodes, storage, vms
+from pvcd.api import cluster, general, networks, nodes, storage, vms
 from pvcd.api.base import ApiContext, NotFoundHandler
 from pvcd.api.routing import Route
 
-ROUTES: list[Route] = [*general.ROUTES, *nodes.ROUTES, *vms.ROUTES, *networks.ROUTES,
-                       *storage.ROUTES]
+ROUTES: list[Route] = [
+    *general.ROUTES,
+    *nodes.ROUTES,
+    *vms.ROUTES,
+    *networks.ROUTES,
+    *cluster.ROUTES,
+    *storage.ROUTES,
+]
 
 
 def make_app(ctx: ApiContext, cookie_secret: str) -> tornado.web.Application:

@@ -26,6 +26,7 @@ def node_object(view: ClusterView, name: str, primary: str | None = None) -> dic
         primary = view.primary()
     status = view.cache.get(view.paths.node_status(name)) or {}
     stats = status.get("stats") or {}
+    fence = view.cache.get(view.paths.fence_record(name)) or {}
     role = "secondary" if spec.get("coordinator") else "client"
     coordinator_state = status.get("coordinator_state", role)
     if coordinator_state in ("primary", "takeover") and primary != name:
@@ -50,6 +51,9 @@ def node_object(view: ClusterView, name: str, primary: str | None = None) -> dic
                    "used": stats.get("memory_used", 0),
                    "free": stats.get("memory_free", 0)},
         "keepalive": status.get("keepalive"),
+        "pid": status.get("pid"),
+        "fence_state": fence.get("state"),
+        "fence_message": fence.get("message"),
     }
 
 
@@ -60,7 +64,8 @@ def node_renderer(view: ClusterView) -> FragmentRenderer:
 
     def basis(name: str) -> tuple[Any, ...]:
         return (entry(paths.node(name)), entry(paths.node_status(name)),
-                entry(paths.node_alive(name)) is not None, view.primary() == name)
+                entry(paths.node_alive(name)) is not None, view.primary() == name,
+                entry(paths.fence_record(name)))
 
     return FragmentRenderer(basis, lambda name: node_object(view, name))
 

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from pvcd.controllers.base import DONE, Result
+from pvcd.controllers.base import DONE, Result, TemporaryError
 from pvcd.errors import BackendError, Conflict, NotFound
 from pvcd.placement import choose_node
 from pvcd.state.models import Migration, VmSpec, VmStatus, from_dict
@@ -63,8 +63,10 @@ def vm_key(uuid: str) -> str:
 
 class VmController:
     def __init__(self, name: str, view: ClusterView, store: Store, driver: VmDriver,
-                 shutdown_timeout: float = 90.0, clock: Callable[[], float] = time.time) -> None:
+                 shutdown_timeout: float = 90.0, clock: Callable[[], float] = time.time,
+                 can_act: Callable[[], bool] = lambda: True) -> None:
         self.name = name
+        self.can_act = can_act  # False without a live ZooKeeper session: act on nothing
         self.view = view
         self.store = store
         self.driver = driver
@@ -85,6 +87,8 @@ class VmController:
 
     # reconcile
     def reconcile(self, key: str) -> Result:
+        if not self.can_act():
+            raise TemporaryError("no ZooKeeper session: not acting on possibly stale state")
         uuid = key.split("/", 1)[1]
         spec = self.view.vm_spec(uuid)
         domain = self.driver.domain_state(uuid)
@@ -128,6 +132,7 @@ class VmController:
                                                                  domain, spec))
                     return DONE
             if not active:
+                self._confirm_assignment(uuid)
                 self.driver.start(uuid)
                 log.info("event=vm-started vm=%s name=%s node=%s", uuid, spec.name, self.name)
                 domain = self.driver.domain_state(uuid)
@@ -150,6 +155,23 @@ class VmController:
 
             self._write_status(spec, failed)
             return DONE
+
+    def _confirm_assignment(self, uuid: str) -> None:
+        """Before starting a VM, re-read its spec from ZooKeeper itself, not the cache: a node
+        coming back from a partition or a fence must never start a VM that was moved away
+        while its cache was stale."""
+        found = self.store.read_optional(self.view.paths.vm(uuid))
+        if found is None:
+            raise TemporaryError(f"VM {uuid} no longer exists")
+        spec = from_dict(VmSpec, found[0])
+        if spec.node != self.name:
+            raise TemporaryError(f"VM {uuid} is assigned to {spec.node} now")
+        status = self.store.read_optional(self.view.paths.vm_status(uuid))
+        done = from_dict(VmStatus, status[0]).migration_done if status else 0
+        if spec.migration is not None and spec.migration.source != self.name and \
+                done < spec.migration.request:
+            raise TemporaryError(f"VM {uuid} is still being handed over by "
+                                 f"{spec.migration.source}")
 
     def _stop(self, spec: VmSpec, status: VmStatus, domain: Any, force: bool) -> Result:
         uuid = spec.uuid

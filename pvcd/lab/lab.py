@@ -94,7 +94,9 @@ class Lab:
     def up(self, nodes: int = 3, zk_ensemble: int = 1, coordinators: int | None = None,
            session_timeout: float = 3.0, keepalive_interval: float = 1.0, ceph: bool = False,
            auth: bool = True, tls: bool = False, timeout: float = 90.0,
-           network: bool = False) -> LabInfo:
+           network: bool = False, fencing: str = "lab",
+           fence_overrides: dict[str, str] | None = None,
+           dead_threshold: int = 3) -> LabInfo:
         if self.lab_file.exists():
             raise RuntimeError(f"a lab is already described in {self.lab_file}; "
                                "run `pvcd lab down` first")
@@ -139,7 +141,8 @@ class Lab:
                         "auth": {"enabled": auth, "secret_key": secret,
                                  "tokens": [{"token": info.token, "description": "lab"}]},
                         "tls": tls_config},
-                "timing": {"keepalive_interval": keepalive_interval, "handover_timeout": 5.0},
+                "timing": {"keepalive_interval": keepalive_interval, "handover_timeout": 5.0,
+                           "dead_threshold": dead_threshold},
             }
             libvirt_state = folder / "libvirt-test.xml"
             libvirt_state.write_text("<node>\n</node>\n")  # an empty test:/// hypervisor
@@ -152,6 +155,7 @@ class Lab:
                     **lab_net.node_net(name, index).config(),
                     "state_dir": str(folder / "networks"), "dnsmasq_user": "root",
                     "resync_interval": 2.0}
+            config["fencing"] = {"driver": (fence_overrides or {}).get(name, fencing)}
             if info.ceph is not None:  # OSD ownership: docs/storage.md
                 cast(dict[str, Any], config.setdefault("drivers", {}))["ceph"] = {
                     "enabled": True, "conf_file": info.ceph["conf"],
@@ -251,7 +255,7 @@ class Lab:
 
     def domains(self, name: str) -> dict[str, dict[str, str]]:
         """The domains of node `name` as its libvirt reports them, by UUID (lab agent)."""
-        reply = agent.ask(self._agent_socket(name), {"command": "domains"})
+        reply = agent.ask(self._agent_socket(name), {"command": "domains"}, timeout=1.0)
         return {d["uuid"]: d for d in reply["domains"]}
 
     def destroy_domain(self, name: str, uuid: str) -> None:
@@ -260,6 +264,14 @@ class Lab:
 
     def _agent_socket(self, name: str) -> str:
         return str(Path(self._info().node(name).config).parent / "agent.sock")
+
+    def refresh_pids(self) -> None:
+        """Take the node pids from the cluster (a lab fence restarts a node's daemon)."""
+        info = self._info()
+        for node in self.api_get("/node"):
+            if node.get("pid"):
+                info.node(node["name"]).pid = int(node["pid"])
+        self.save()
 
     def signal_node(self, name: str, sig: int) -> None:
         pid = self._info().node(name).pid
@@ -317,7 +329,8 @@ class Lab:
         if ensemble is not None:
             ensemble.stop()
         _remove_tree(self.workdir / "zookeeper")
-        _remove_tree(self.workdir / "nodes")
+        if not os.environ.get("PVCD_LAB_KEEP_LOGS"):  # debugging: keep the node folders
+            _remove_tree(self.workdir / "nodes")
         _remove_tree(self.workdir / "tls")
         self.lab_file.unlink(missing_ok=True)
         self.lab_file.with_suffix(".tmp").unlink(missing_ok=True)

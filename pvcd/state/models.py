@@ -72,6 +72,8 @@ class NodeSpec:
     # so re-requesting the same state after an incomplete change starts a fresh change.
     domain_state: str = "ready"
     domain_request: int = 0
+    # how to fence this node (driver and its parameters), published at registration
+    fence: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_doc(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -345,6 +347,20 @@ class VmStatus:
     migration_done: int = 0
     state_request_done: int = 0
     since: float = 0.0
+
+    def to_doc(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class FenceRecord:
+    """The primary's record of fencing a node: `fencing` → `fenced` | `failed`."""
+
+    state: str
+    attempts: int = 0
+    message: str = ""
+    since: float = 0.0
+    recovered: bool = False
 
     def to_doc(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -83,6 +83,27 @@ class Paths:
     def vm_name(self, name: str) -> str:
         return f"{self._prefix}/vm-names/{name}"
 
+    # fencing: one record per node the primary declared dead, and a cluster-wide lock
+    @property
+    def fencing(self) -> str:
+        return self._join("fencing")
+
+    def fence_record(self, node: str) -> str:
+        return f"{self._prefix}/fencing/{node}"
+
+    @property
+    def fence_lock(self) -> str:
+        return self._join("coordinator", "fence-lock")
+
+    # cluster-wide flags
+    @property
+    def cluster(self) -> str:
+        return self._join("cluster")
+
+    @property
+    def maintenance(self) -> str:
+        return self._join("cluster", "maintenance")
+
     # API sessions (so that a login survives a primary handover)
     @property
     def sessions(self) -> str:
@@ -201,7 +222,8 @@ class Paths:
     def base_paths(self) -> list[str]:
         """Paths that must exist in every cluster of the current schema."""
         return [self.nodes, self.coordinator, self.sessions, self.vms, self.vm_names,
-                self.networks, self.network_names, *self.storage_base_paths()]
+                self.networks, self.network_names, self.fencing,
+                self.cluster, *self.storage_base_paths()]
 
 
 Migration = Callable[[KazooClient, Paths], None]

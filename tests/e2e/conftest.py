@@ -30,4 +30,5 @@ def make_lab(tmp_path: Path) -> Iterator[LabFactory]:
 
 @pytest.fixture
 def lab3(make_lab: LabFactory) -> tuple[Lab, LabClient]:
-    return make_lab(nodes=3)
+    # no fencing: these tests kill and stop daemons on purpose and look at what follows
+    return make_lab(nodes=3, fencing="none")

@@ -133,8 +133,8 @@ def test_bad_file_names_the_file(tmp_path: Path, text: str, problem: str) -> Non
 @pytest.mark.parametrize(
     ("key", "allowed"),
     [
-        ("nodes", "node, cluster, networks, api, timing, drivers"),
-        ("path", "node, cluster, networks, api, timing, drivers"),  # set by the loader only
+        ("nodes", "node, cluster, networks, api, timing, drivers, fencing"),
+        ("path", "node, cluster, networks, api, timing, drivers, fencing"),  # set by the loader only
         ("api.bogus", "listen, port, auth, tls"),
         ("networks.upstream.gateway", "device, network, floating_ip"),
     ],
