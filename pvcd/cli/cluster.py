@@ -22,7 +22,10 @@ _HEALTH = re.compile(r"health:\s*(HEALTH_[A-Z_]+)")
 
 
 def storage_health(doc: Any) -> str | None:
-    """HEALTH_OK/WARN/ERR from the status endpoint (raw `ceph status` text or parsed JSON)."""
+    """HEALTH_OK/WARN/ERR from the status endpoint: its `health` field (a pvcd addition), else
+    found in `ceph_data` (raw `ceph status` text, or a parsed form)."""
+    if isinstance(doc, dict) and isinstance(doc.get("health"), str) and doc["health"]:
+        return str(doc["health"])
     data = doc.get("ceph_data") if isinstance(doc, dict) else None
     if isinstance(data, dict):
         health = data.get("health")

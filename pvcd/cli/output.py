@@ -42,7 +42,7 @@ def show(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
-        return f"{value:.2f}"
+        return f"{value:.4g}"
     if isinstance(value, (list, tuple)):
         return ", ".join(show(item) for item in value) if value else "-"
     if isinstance(value, Mapping):

@@ -33,14 +33,15 @@ def stat(*keys: str) -> Any:
 
 OSD_COLUMNS = [
     Column("ID", field("id"), right=True),
-    Column("NODE", stat("node")),
+    Column("NODE", lambda o: o.get("node") or stat("node")(o)),
+    Column("DEVICE", field("device")),
     Column("UP", stat("up")),
     Column("IN", stat("in")),
     Column("WEIGHT", stat("weight"), right=True),
     Column("REWEIGHT", stat("reweight"), right=True),
     Column("PGS", stat("pgs"), right=True),
-    Column("USED", stat("used"), right=True),
-    Column("AVAIL", stat("avail"), right=True),
+    Column("USED", lambda o: size_bytes(stat("used")(o)), right=True),
+    Column("AVAIL", lambda o: size_bytes(stat("avail")(o)), right=True),
     Column("UTIL %", stat("utilization"), right=True),
     Column("STATE", stat("state")),
 ]
@@ -48,6 +49,7 @@ OSD_COLUMNS = [
 POOL_COLUMNS = [
     Column("NAME", field("name")),
     Column("ID", stat("id"), right=True),
+    Column("PGS", field("pgs"), right=True),
     Column("SIZE", lambda p: size_bytes(stat("size_bytes")(p)), right=True),
     Column("OBJECTS", stat("num_objects"), right=True),
     Column("CLONES", stat("num_object_clones"), right=True),
@@ -79,9 +81,10 @@ SNAPSHOT_COLUMNS = [
 
 def osd_details(osds: Any) -> str:
     rows = osds if isinstance(osds, list) else [osds]
-    return "\n\n".join(render_fields([("ID", osd.get("id")),
-                                      *[(k, v) for k, v in (osd.get("stats") or {}).items()]])
-                       for osd in rows)
+    return "\n\n".join(render_fields([
+        ("ID", osd.get("id")), ("Node", osd.get("node")), ("Device", osd.get("device")),
+        *[(k, v) for k, v in (osd.get("stats") or {}).items() if k != "node"]])
+        for osd in rows)
 
 
 @click.group()
@@ -103,6 +106,17 @@ def storage_status(cli: CliContext) -> None:
 def storage_util(cli: CliContext) -> None:
     """Show the Ceph cluster's utilisation (`rados df`)."""
     cli.emit(cli.client.get(api_path(*CEPH, "df")), ceph_text)
+
+
+@storage.command("request")
+@click.argument("request_id", metavar="ID")
+@format_option
+@pass_cli
+def storage_request(cli: CliContext, request_id: str) -> None:
+    """Show a storage request (one the API stopped waiting for names its ID)."""
+    cli.emit(cli.client.get(api_path(*CEPH, "request", request_id)),
+             lambda r: render_fields([(k.replace("_", " ").capitalize(), v)
+                                      for k, v in r.items()]))
 
 
 # --- OSDs -------------------------------------------------------------------------------
@@ -301,11 +315,15 @@ def volume_add(cli: CliContext, pool_name: str, name: str, size: str) -> None:
 @click.argument("pool_name", metavar="POOL")
 @click.argument("name")
 @click.argument("size")
+@click.option("--allow-shrink", is_flag=True,
+              help="Allow a smaller SIZE (the data beyond it is destroyed).")
 @format_option
 @pass_cli
-def volume_resize(cli: CliContext, pool_name: str, name: str, size: str) -> None:
-    """Resize a volume to SIZE."""
-    cli.message(cli.client.put(api_path(*CEPH, "volume", pool_name, name), {"size": size},
+def volume_resize(cli: CliContext, pool_name: str, name: str, size: str,
+                  allow_shrink: bool) -> None:
+    """Resize a volume to SIZE (bytes, or with a unit: 4096M, 20G)."""
+    cli.message(cli.client.put(api_path(*CEPH, "volume", pool_name, name),
+                               {"size": size, "allow_shrink": allow_shrink or None},
                                timeout=STORAGE_TIMEOUT))
 
 

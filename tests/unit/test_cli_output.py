@@ -1,0 +1,161 @@
+"""The `pvc` client's human output: tables, fields, sizes, and the cluster summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pvcd.cli.cluster import render_summary, storage_health, summarise
+from pvcd.cli.node import node_table
+from pvcd.cli.output import Column, field, render_fields, render_table, show, size_bytes, size_mib
+from pvcd.cli.vm import settled, vm_table
+
+
+def test_table_aligns_columns_and_right_aligns_numbers() -> None:
+    rows = [{"name": "node1", "vms": 3}, {"name": "node10", "vms": 12}]
+    text = render_table(rows, [Column("NAME", field("name")), Column("VMS", field("vms"), True)])
+    assert text.splitlines() == [
+        "NAME    VMS",
+        "node1     3",
+        "node10   12",
+    ]
+
+
+def test_empty_table_is_the_empty_message() -> None:
+    assert render_table([], [Column("NAME", field("name"))], empty="No VMs found.") == \
+        "No VMs found."
+
+
+def test_nested_fields_and_missing_values() -> None:
+    get = field("memory", "total")
+    assert get({"memory": {"total": 5}}) == 5
+    assert get({"memory": None}) is None
+    assert get({}) is None
+
+
+def test_values_read_as_words() -> None:
+    assert show(None) == "-" and show("") == "-"
+    assert show(True) == "yes" and show(False) == "no"
+    assert show(2.666666) == "2.667" and show(0.5) == "0.5"
+    assert show(["a", "b"]) == "a, b" and show([]) == "-"
+    assert show({"x": 1}) == "x=1"
+    assert show(7) == "7"
+
+
+def test_sizes() -> None:
+    assert size_bytes(0) == "0 B"
+    assert size_bytes(1023) == "1023 B"
+    assert size_bytes(1024) == "1 KiB"
+    assert size_bytes(1536) == "1.5 KiB"
+    assert size_bytes(2 * 1024 ** 3) == "2 GiB"
+    assert size_mib(64) == "64 MiB"
+    assert size_mib(24064) == "23.5 GiB"
+    assert size_mib(None) == "-"
+    assert size_bytes("n/a") == "n/a"
+
+
+def test_fields_align_values() -> None:
+    assert render_fields([("Name", "web1"), ("Description", None)]).splitlines() == [
+        "Name:         web1",
+        "Description:  -",
+    ]
+
+
+NODE = {"name": "node1", "daemon_state": "run", "coordinator_state": "primary",
+        "domain_state": "ready", "domains_count": 2, "cpu_count": 4, "load": 0.25,
+        "vcpu": {"total": 4, "allocated": 3},
+        "memory": {"total": 8192, "used": 1024, "free": 7168, "allocated": 512}}
+
+
+def test_node_table() -> None:
+    header, row = node_table([NODE]).splitlines()
+    assert header.split() == ["NAME", "DAEMON", "COORDINATOR", "DOMAIN", "VMS", "CPUS", "LOAD",
+                              "VCPU", "ALLOC", "MEM", "TOTAL", "USED", "FREE", "ALLOC"]
+    assert row.split() == ["node1", "run", "primary", "ready", "2", "4", "0.25", "3/4", "8",
+                           "GiB", "1", "GiB", "7", "GiB", "512", "MiB"]
+    assert node_table([]) == "No nodes found."
+
+
+def vm_object(**changes: Any) -> dict[str, Any]:
+    vm = {"name": "web1", "uuid": "u-1", "state": "start", "node": "node2", "last_node": None,
+          "running_on": "node2", "vcpu": 2, "memory": 1024,
+          "networks": [{"type": "bridge", "source": "vmbr100", "mac": "52:54:00:00:00:01",
+                        "model": "virtio"}]}
+    vm.update(changes)
+    return vm
+
+
+def test_vm_table_shows_migration_and_networks() -> None:
+    lines = vm_table([vm_object(last_node="node1")]).splitlines()
+    assert lines[0].split() == ["NAME", "UUID", "STATE", "NODE", "MIGRATED", "VCPU", "MEMORY",
+                                "NETWORKS"]
+    assert lines[1].split() == ["web1", "u-1", "start", "node2", "from", "node1", "2", "1",
+                                "GiB", "vmbr100"]
+
+
+def nodes(*running: tuple[str, list[str]]) -> list[dict[str, Any]]:
+    return [{"name": name, "running_domains": uuids} for name, uuids in running]
+
+
+def test_a_started_vm_has_settled_when_it_runs_on_its_node() -> None:
+    assert settled(vm_object(), nodes(("node2", ["u-1"]))).done
+    assert not settled(vm_object(running_on=None), nodes()).done
+    assert not settled(vm_object(running_on="node1"), nodes(("node1", ["u-1"]))).done
+
+
+def test_a_pending_migration_or_restart_has_not_settled() -> None:
+    for state in ("migrate", "unmigrate", "restart"):
+        observation = settled(vm_object(state=state), nodes(("node2", ["u-1"])))
+        assert not observation.done and f"state {state}" in observation.status
+
+
+def test_a_stopped_vm_has_settled_only_when_no_node_still_runs_it() -> None:
+    # shutting down: the status no longer says running, but libvirt still has it active
+    shutting = settled(vm_object(state="shutdown", running_on=None), nodes(("node2", ["u-1"])))
+    assert not shutting.done and "active on node2" in shutting.status
+    assert settled(vm_object(state="stop", running_on=None), nodes(("node2", []))).done
+
+
+def test_a_failed_vm_ends_the_wait_with_its_reason() -> None:
+    from pvcd.cli.errors import CliError
+
+    try:
+        settled(vm_object(state="failed", failed_reason="no such disk"), nodes())
+    except CliError as exc:
+        assert "no such disk" in str(exc)
+    else:
+        raise AssertionError("a failed VM must end the wait")
+
+
+def test_storage_health_from_the_field_or_the_raw_text() -> None:
+    assert storage_health({"health": "HEALTH_WARN", "ceph_data": ""}) == "HEALTH_WARN"
+    assert storage_health({"ceph_data": "  cluster:\n    health: HEALTH_OK\n"}) == "HEALTH_OK"
+    assert storage_health({"ceph_data": {"health": {"status": "HEALTH_ERR"}}}) == "HEALTH_ERR"
+    assert storage_health({"ceph_data": "nothing useful"}) is None
+
+
+def test_cluster_summary_counts_and_names_what_needs_attention() -> None:
+    node_list = [dict(NODE), dict(NODE, name="node2", coordinator_state="secondary",
+                                  domain_state="flushed"),
+                 dict(NODE, name="node3", coordinator_state="secondary", daemon_state="dead")]
+    vms = [vm_object(), vm_object(name="db", state="stop"),
+           vm_object(name="bad", state="failed")]
+    summary = summarise("http://api/api/v1", node_list, vms,
+                        {"available": True, "health": "HEALTH_OK"})
+    assert summary["primary"] == "node1"
+    assert summary["nodes"]["daemon_state"] == {"run": 2, "dead": 1}
+    assert summary["nodes"]["attention"] == ["node2", "node3"]
+    assert summary["vms"]["state"] == {"start": 1, "stop": 1, "failed": 1}
+    text = render_summary(summary)
+    assert "Primary:" in text and "node1" in text
+    assert "3 total; daemon: 1 dead, 2 run; domain: 1 flushed, 2 ready" in text
+    assert "3 total; 1 failed, 1 start, 1 stop" in text
+    assert "HEALTH_OK" in text
+    assert "node2, node3" in text and "Failed VMs:" in text
+
+
+def test_cluster_summary_without_storage_or_primary() -> None:
+    summary = summarise("u", [dict(NODE, coordinator_state="secondary")], [],
+                        {"available": False, "message": "the API has no storage endpoints"})
+    text = render_summary(summary)
+    assert "NONE" in text
+    assert "not available (the API has no storage endpoints)" in text
