@@ -29,10 +29,12 @@ from pvcd.controllers.base import Controller
 from pvcd.controllers.coordinator import KEY as COORDINATOR_KEY
 from pvcd.controllers.coordinator import Coordinator, PrimaryServices
 from pvcd.controllers.fencing import FencingController
+from pvcd.controllers.floating import FloatingIp, FloatingIps
 from pvcd.controllers.node import NodeController, NodeStatusWriter
 from pvcd.controllers.vm import VmController, evacuate_node, restore_node, vm_key
 from pvcd.drivers.host import HostDriver, pid_alive
 from pvcd.drivers.libvirt import LibvirtDriver
+from pvcd.drivers.netlink import NetlinkDriver
 from pvcd.errors import Conflict
 from pvcd.lab.agent import LabAgent
 from pvcd.state.cache import StateCache
@@ -76,6 +78,7 @@ class NodeDaemon:
             self.coordinator_controller = Controller(
                 "coordinator", self.coordinator.reconcile, lambda: [COORDINATOR_KEY],
                 resync_interval=1.0)
+            self._install_floating_ips()
             self.api = self._make_api()
             self.services.add("api", self.api.start, self.api.stop)
         # controllers started and stopped with the daemon, and which cache paths feed them
@@ -91,6 +94,16 @@ class NodeDaemon:
         self._stop = threading.Event()
         self.stopped = threading.Event()
 
+    def _install_floating_ips(self) -> None:
+        """The primary's floating IPs, started before (and stopped after) the API."""
+        addresses = [FloatingIp(net.device, net.floating_ip)
+                     for net in (self.config.networks.cluster, self.config.networks.upstream)
+                     if net is not None and net.device and net.floating_ip]
+        if addresses:
+            netns = self.config.drivers.network.netns
+            self.floating_ips = FloatingIps(addresses, NetlinkDriver(netns), netns)
+            self.services.add("floating-ip", self.floating_ips.start, self.floating_ips.stop)
+
     def _make_api(self) -> ApiServer:
         api = self.config.api
         ctx = ApiContext(
@@ -102,7 +115,16 @@ class NodeDaemon:
         ssl_context = None
         if api.tls.enabled and api.tls.cert_file and api.tls.key_file:
             ssl_context = make_ssl_context(api.tls.cert_file, api.tls.key_file)
-        return ApiServer(ctx, api.listen, api.port, api.auth.secret_key, ssl_context)
+        # the API is reachable on the cluster floating IP wherever the primary is; a wildcard
+        # listen address covers it already, a specific one (or a lab namespace) does not
+        extra: list[tuple[str, str | None]] = []
+        cluster = self.config.networks.cluster
+        if cluster.floating_ip and cluster.device and api.listen not in ("0.0.0.0", "::"):
+            address = cluster.floating_ip.split("/")[0]
+            if address != api.listen:
+                extra.append((address, self.config.drivers.network.netns))
+        return ApiServer(ctx, api.listen, api.port, api.auth.secret_key, ssl_context,
+                         extra_listen=extra)
 
     def _install_fencing(self) -> None:
         timing, fencing = self.config.timing, self.config.fencing
@@ -271,6 +293,10 @@ class NodeDaemon:
                 log_path = os.readlink("/proc/self/fd/1")
             except OSError:
                 log_path = os.devnull
+            floating = [[net.device, net.floating_ip]
+                        for net in (self.config.networks.cluster, self.config.networks.upstream)
+                        if net is not None and net.device and net.floating_ip]
+            params.update(netns=self.config.drivers.network.netns, floating=floating)
             params.update(pid=os.getpid(), cmdline=cmdline, cwd=os.getcwd(),
                           log=log_path if log_path.startswith("/") else os.devnull,
                           env={"PYTHONPATH": os.environ.get("PYTHONPATH", ""),

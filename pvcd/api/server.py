@@ -14,25 +14,31 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 
 import tornado.httpserver
 import tornado.netutil
 
 from pvcd.api.app import make_app
 from pvcd.api.base import ApiContext
+from pvcd.drivers.netns import run_in_netns
 
 log = logging.getLogger(__name__)
 
 
 class ApiServer:
     def __init__(self, ctx: ApiContext, address: str, port: int, cookie_secret: str,
-                 ssl_context: ssl.SSLContext | None = None, drain_timeout: float = 2.0) -> None:
+                 ssl_context: ssl.SSLContext | None = None, drain_timeout: float = 2.0,
+                 extra_listen: list[tuple[str, str | None]] | None = None) -> None:
         self.ctx = ctx
         self.address = address
         self.port = port
         self.cookie_secret = cookie_secret
         self.ssl_context = ssl_context
         self.drain_timeout = drain_timeout
+        # more (address, network namespace) to listen on, e.g. the floating IP in the lab's
+        # node namespace: the socket is made inside the namespace and served from here
+        self.extra_listen = extra_listen or []
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: tornado.httpserver.HTTPServer | None = None
@@ -46,6 +52,13 @@ class ApiServer:
             return
         sockets = tornado.netutil.bind_sockets(self.port, self.address, family=_family(
             self.address), reuse_port=False)
+        try:
+            for address, netns in self.extra_listen:
+                sockets += run_in_netns(netns, self._binder(address))
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            raise
         ready = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(sockets, ready),
                                         name="api", daemon=True)
@@ -53,6 +66,13 @@ class ApiServer:
         ready.wait(10)
         log.info("event=api-listening address=%s port=%d tls=%s", self.address, self.port,
                  self.ssl_context is not None)
+
+    def _binder(self, address: str) -> Callable[[], list[socket.socket]]:
+        def bind() -> list[socket.socket]:
+            return tornado.netutil.bind_sockets(self.port, address, family=_family(address),
+                                                reuse_port=False)
+
+        return bind
 
     def _run(self, sockets: list[socket.socket], ready: threading.Event) -> None:
         loop = asyncio.new_event_loop()

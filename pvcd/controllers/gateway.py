@@ -23,7 +23,6 @@ keep serving until the node is fenced or pvcd restarts here (the teardown kills 
 
 from __future__ import annotations
 
-import ctypes
 import ipaddress
 import logging
 import os
@@ -41,6 +40,7 @@ from pvcd.controllers.base import DONE, Controller, Result, TemporaryError
 from pvcd.controllers.network import vni_of_key, vni_of_path
 from pvcd.drivers.dnsmasq import DnsmasqConfig, DnsmasqInstance, Lease, StaticLease
 from pvcd.drivers.netlink import NetlinkDriver, bridge_name
+from pvcd.drivers.netns import run_in_netns
 from pvcd.errors import BackendError, Conflict
 from pvcd.state.models import DhcpLease, NetworkSpec
 from pvcd.state.store import Op, Store
@@ -75,33 +75,20 @@ def gateway_addresses(spec: NetworkSpec) -> list[str]:
 def announce(netns: str | None, dev: str, address: str) -> None:
     """Broadcast a gratuitous ARP for `address` from `dev`, so that VMs (and the VXLAN FDBs
     on the way) learn at once that the gateway moved here, instead of after their ARP cache
-    times out (8-50 s measured). Sent from a short-lived thread that enters `netns`."""
+    times out (8-50 s measured). Sent from inside `netns`."""
     ip = ipaddress.ip_address(address).packed
-    errors: list[BaseException] = []
 
     def send() -> None:
-        try:
-            if netns is not None:
-                libc = ctypes.CDLL(None, use_errno=True)
-                fd = os.open(f"/run/netns/{netns}", os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    if libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET, this thread only
-                        raise OSError(ctypes.get_errno(), f"setns into {netns}")
-                finally:
-                    os.close(fd)
-            with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
-                sock.bind((dev, 0))
-                mac = sock.getsockname()[4]
-                arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + ip + bytes(6) + ip
-                sock.send(b"\xff" * 6 + mac + b"\x08\x06" + arp)
-        except BaseException as exc:
-            errors.append(exc)
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
+            sock.bind((dev, 0))
+            mac = sock.getsockname()[4]
+            arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + ip + bytes(6) + ip
+            sock.send(b"\xff" * 6 + mac + b"\x08\x06" + arp)
 
-    thread = threading.Thread(target=send, name=f"garp-{dev}")
-    thread.start()
-    thread.join(5.0)
-    if errors:
-        log.warning("event=garp-failed dev=%s address=%s error=%r", dev, address, errors[0])
+    try:
+        run_in_netns(netns, send, timeout=5.0)
+    except (OSError, TimeoutError) as exc:
+        log.warning("event=garp-failed dev=%s address=%s error=%r", dev, address, exc)
 
 
 @dataclass(frozen=True)

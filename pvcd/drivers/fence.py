@@ -89,6 +89,9 @@ class LabFence:
             if time.monotonic() > deadline:
                 raise BackendError(f"node {target.node}: pid {pid} still alive after SIGKILL")
             time.sleep(0.01)
+        netns = target.params.get("netns")
+        if netns:  # the node's network goes down with it: its processes, its floating IPs
+            _power_off_netns(str(netns), target.params.get("floating") or [])
         log.info("event=fence-power-off node=%s pid=%d confirmed=true", target.node, pid)
         if cmdline:  # power on: the node boots and its daemon starts again
             log_path = target.params.get("log") or os.devnull
@@ -110,6 +113,22 @@ def fence_driver(name: str) -> FenceDriver:
     if name not in drivers:
         raise InvalidValue(f"node cannot be fenced: fence driver {name!r}")
     return drivers[name]
+
+
+def _power_off_netns(netns: str, floating: list[list[str]]) -> None:
+    try:
+        pids = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True,
+                              timeout=10, check=False).stdout.split()
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        for device, cidr in floating:
+            subprocess.run(["ip", "-n", netns, "addr", "del", cidr, "dev", device],
+                           capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BackendError(f"powering off the network namespace {netns} failed: {exc}") from exc
 
 
 def _same_process(pid: int, cmdline: list[str]) -> bool:

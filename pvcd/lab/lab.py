@@ -33,7 +33,7 @@ import yaml
 from pvcd.drivers.host import pid_alive
 from pvcd.lab import agent
 from pvcd.lab.ceph import CephLabError, Daemon, ThrowawayCeph
-from pvcd.lab.netns import LabNetwork
+from pvcd.lab.netns import FLOATING_IP, UNDERLAY_NET, LabNetwork
 from pvcd.lab.zookeeper import ZooKeeperEnsemble, ZooKeeperServer, free_port
 
 LAB_FILE = "lab.json"
@@ -127,7 +127,8 @@ class Lab:
                 self.down()
                 raise
         if lab_net is not None:
-            info.network = {"id": lab_net.lab_id}
+            info.network = {"id": lab_net.lab_id,
+                            "api_floating": f"http://{FLOATING_IP}:{api_port}/api/v1"}
         secret = secrets.token_hex(32)
         for index in range(1, nodes + 1):
             name = f"node{index}"
@@ -155,6 +156,11 @@ class Lab:
                     **lab_net.node_net(name, index).config(),
                     "state_dir": str(folder / "networks"), "dnsmasq_user": "root",
                     "resync_interval": 2.0}
+                # the cluster floating IP on the underlay: held by the primary, and the API
+                # answers on it (from inside the underlay: see LabNetwork.add_client)
+                config["networks"] = {"cluster": {
+                    "device": "eth0", "network": f"{UNDERLAY_NET}.0/24",
+                    "floating_ip": f"{FLOATING_IP}/24"}}
             config["fencing"] = {"driver": (fence_overrides or {}).get(name, fencing)}
             if info.ceph is not None:  # OSD ownership: docs/storage.md
                 cast(dict[str, Any], config.setdefault("drivers", {}))["ceph"] = {

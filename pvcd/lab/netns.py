@@ -32,6 +32,7 @@ from typing import Any
 
 TIMEOUT = 20.0
 UNDERLAY_NET = "10.200.0"
+FLOATING_IP = f"{UNDERLAY_NET}.254"  # the cluster floating IP (held by the primary)
 _LABEL = re.compile(r"[a-z0-9][a-z0-9-]{0,9}")
 
 
@@ -119,6 +120,15 @@ class LabNetwork:
             return []
         ours = [n for n in names if n.startswith(self.prefix + "-")]
         return sorted(ours, key=lambda n: (n == self.underlay, "-vm-" not in n, n))
+
+    def add_client(self, name: str, index: int = 200) -> str:
+        """A client namespace on the underlay (e.g. an operator's machine), address
+        10.200.0.<index>/24; returns its name."""
+        ns = f"{self.prefix}-{_check_label(name, 'client name')}"
+        self._add_ns(ns)
+        self._veth(self.underlay, f"ul-{name}"[:15], ns, "eth0", master="ul")
+        run("ip", "-n", ns, "addr", "add", f"{UNDERLAY_NET}.{int(index)}/24", "dev", "eth0")
+        return ns
 
     # VMs
     def attach_vm(self, node: str, vni: int, vm: str, mac: str | None = None) -> str:
