@@ -275,7 +275,7 @@ class ApiSection:
 class TimingSection:
     """Intervals and timeouts, in seconds unless said otherwise."""
 
-    keepalive_interval: float = field(default=5.0, metadata=checks(in_range(0.05, 600)))
+    keepalive_interval: float = field(default=2.0, metadata=checks(in_range(0.05, 600)))
     # Counted in missed keepalive intervals, so it scales with keepalive_interval.
     dead_threshold: int = field(default=6, metadata=checks(in_range(1, 100)))
     resync_interval: float = field(default=60.0, metadata=checks(in_range(1, 86400)))
