@@ -83,8 +83,9 @@ def sigkill_and_handover(rounds: int) -> None:
             kill_times.append(time.monotonic() - start)
         finally:
             lab.down()
-    print(f"graceful handover -> API on the floating IP: p50={statistics.median(handover_times):.2f} s "
-          f"max={max(handover_times):.2f} s (n={rounds})")
+    print(f"graceful handover -> API on the floating IP: "
+          f"p50={statistics.median(handover_times):.2f} s max={max(handover_times):.2f} s "
+          f"(n={rounds})")
     print(f"primary SIGKILL -> API on the floating IP (session 3 s): "
           f"p50={statistics.median(kill_times):.2f} s max={max(kill_times):.2f} s (n={rounds})")
 
@@ -107,7 +108,7 @@ def hang(rounds: int) -> None:
                                                      "node": victim}).raise_for_status()
                 uuids.append(session.get(f"{info.api}/vm/h{i}").json()[0]["uuid"])
 
-            def running_on(node: str) -> set[str]:
+            def running_on(node: str, lab: Lab = lab) -> set[str]:
                 try:
                     return {u for u, d in lab.domains(node).items() if d["state"] == "running"}
                 except (OSError, RuntimeError, ValueError):
