@@ -62,11 +62,21 @@ class CliContext:
         else:
             click.echo(text)
 
-    def wait(self, what: str, probe: Callable[[], Observation], timeout: float) -> Any:
+    def follow(self, message: str, wait: bool, what: str, probe: Callable[[], Observation],
+               timeout: float) -> None:
+        """A state change's answer; with `wait`, then poll `probe` until done (progress on
+        stderr). In JSON, one document at the end, with the object as last seen."""
+        if not wait:
+            self.message(message)
+            return
+        if not self.json:
+            click.echo(message)
         stream = sys.stderr
         waiter = Waiter(stream, interactive=stream.isatty() and
                         os.environ.get("TERM", "") not in ("", "dumb"))
-        return waiter.wait(what, probe, timeout)
+        result = waiter.wait(what, probe, timeout)
+        if self.json:
+            self.message(message, result)
 
 
 pass_cli = click.make_pass_decorator(CliContext, ensure=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -11,6 +12,8 @@ from pvcd.cli.completion import complete_nodes
 from pvcd.cli.context import CliContext, format_option, pass_cli, wait_options
 from pvcd.cli.output import Column, field, render_fields, render_table, show, size_mib
 from pvcd.cli.waiting import Observation
+
+Probe = Callable[[CliContext, str], Observation]
 
 NODE_COLUMNS = [
     Column("NAME", field("name")),
@@ -86,20 +89,14 @@ def node_info(cli: CliContext, name: str) -> None:
 def _set_state(cli: CliContext, name: str, kind: str, value: str, wait: bool,
                timeout: float) -> None:
     message = cli.client.post(api_path("node", name, kind), {kind: value})
-    if not wait:
-        cli.message(message)
-        return
-    if not cli.json:
-        click.echo(message)
-    probe, goal = {
+    probes: dict[tuple[str, str], tuple[Probe, str]] = {
         ("coordinator-state", "primary"): (_primary_probe, "to be primary"),
         ("coordinator-state", "secondary"): (_secondary_probe, "to be secondary"),
         ("domain-state", "flush"): (_domain_probe("flushed"), "to be flushed"),
         ("domain-state", "ready"): (_domain_probe("ready"), "to be ready"),
-    }[(kind, value)]
-    result = cli.wait(f"node {name} {goal}", lambda: probe(cli, name), timeout)
-    if cli.json:
-        cli.message(message, result)
+    }
+    probe, goal = probes[(kind, value)]
+    cli.follow(message, wait, f"node {name} {goal}", lambda: probe(cli, name), timeout)
 
 
 def _node(cli: CliContext, name: str) -> dict[str, Any]:
@@ -124,7 +121,7 @@ def _secondary_probe(cli: CliContext, name: str) -> Observation:
     return Observation(done, f"coordinator state {state}, primary {primary or 'none yet'}", this)
 
 
-def _domain_probe(settled: str) -> Any:
+def _domain_probe(settled: str) -> Probe:
     def probe(cli: CliContext, name: str) -> Observation:
         node = _node(cli, name)
         state = node["domain_state"]
@@ -135,41 +132,22 @@ def _domain_probe(settled: str) -> Any:
     return probe
 
 
-@node.command("primary")
-@click.argument("name", shell_complete=complete_nodes)
-@wait_options
-@format_option
-@pass_cli
-def node_primary(cli: CliContext, name: str, wait: bool, timeout: float) -> None:
-    """Make a coordinator the primary (the current primary hands over)."""
-    _set_state(cli, name, "coordinator-state", "primary", wait, timeout)
+def _state_command(name: str, kind: str, summary: str) -> None:
+    @click.argument("node_name", metavar="NAME", shell_complete=complete_nodes)
+    @wait_options
+    @format_option
+    @pass_cli
+    def command(cli: CliContext, node_name: str, wait: bool, timeout: float) -> None:
+        _set_state(cli, node_name, kind, name, wait, timeout)
+
+    command.__doc__ = summary
+    node.command(name)(command)
 
 
-@node.command("secondary")
-@click.argument("name", shell_complete=complete_nodes)
-@wait_options
-@format_option
-@pass_cli
-def node_secondary(cli: CliContext, name: str, wait: bool, timeout: float) -> None:
-    """Make the primary a secondary (another coordinator takes over)."""
-    _set_state(cli, name, "coordinator-state", "secondary", wait, timeout)
-
-
-@node.command("flush")
-@click.argument("name", shell_complete=complete_nodes)
-@wait_options
-@format_option
-@pass_cli
-def node_flush(cli: CliContext, name: str, wait: bool, timeout: float) -> None:
-    """Move every VM off a node (for maintenance)."""
-    _set_state(cli, name, "domain-state", "flush", wait, timeout)
-
-
-@node.command("ready")
-@click.argument("name", shell_complete=complete_nodes)
-@wait_options
-@format_option
-@pass_cli
-def node_ready(cli: CliContext, name: str, wait: bool, timeout: float) -> None:
-    """Take VMs again, and bring back those flushed from it."""
-    _set_state(cli, name, "domain-state", "ready", wait, timeout)
+_state_command("primary", "coordinator-state",
+               "Make a coordinator the primary (the current primary hands over).")
+_state_command("secondary", "coordinator-state",
+               "Make the primary a secondary (another coordinator takes over).")
+_state_command("flush", "domain-state", "Move every VM off a node (for maintenance).")
+_state_command("ready", "domain-state",
+               "Take VMs again, and bring back those flushed from the node.")

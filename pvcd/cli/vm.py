@@ -115,18 +115,10 @@ def settled(vm: dict[str, Any], nodes: list[dict[str, Any]]) -> Observation:
 
 def _follow(cli: CliContext, message: str, uuid: str, goal: str, wait: bool,
             timeout: float) -> None:
-    if not wait:
-        cli.message(message)
-        return
-    if not cli.json:
-        click.echo(message)
-
     def probe() -> Observation:
         return settled(_vm(cli, uuid), cli.client.get("/node"))
 
-    result = cli.wait(goal, probe, timeout)
-    if cli.json:
-        cli.message(message, result)
+    cli.follow(message, wait, goal, probe, timeout)
 
 
 @click.group()
@@ -228,7 +220,7 @@ def vm_remove(cli: CliContext, name: str, yes: bool) -> None:
     cli.message(cli.client.delete(api_path("vm", name), {"delete_disks": True}))
 
 
-def _state_command(state: str, summary: str, goal: str) -> click.Command:
+def _state_command(state: str, summary: str, goal: str) -> None:
     @click.argument("name", shell_complete=complete_vms)
     @wait_options
     @format_option
@@ -239,7 +231,7 @@ def _state_command(state: str, summary: str, goal: str) -> click.Command:
         _follow(cli, message, uuid, f"VM {name} {goal}", wait, timeout)
 
     command.__doc__ = summary
-    return vm.command(state)(command)
+    vm.command(state)(command)
 
 
 _state_command("start", "Start a VM.", "to run")

@@ -432,3 +432,18 @@ def test_storage_pools_volumes_snapshots_and_osds(cephlab: tuple[Lab, LabClient]
     assert api.get("/storage/ceph/pool").json() == []
     missing = pvc(the_lab, "storage", "osd", "remove", "7", "--yes")
     assert missing.returncode == 1 and missing.stderr.strip() == "Error: OSD 7 not found"
+
+
+def test_shell_completion_offers_the_clusters_names(lab: tuple[Lab, LabClient]) -> None:
+    the_lab, _ = lab
+
+    def complete(words: str) -> list[str]:
+        env = {"COMP_WORDS": f"pvc --lab {the_lab.workdir} {words}",
+               "COMP_CWORD": str(len(words.split(" ")) + 2), "_PVC_COMPLETE": "bash_complete"}
+        out = ok(pvc(None, env=env))
+        return [line.split(",", 1)[1] for line in out.splitlines()]
+
+    assert complete("node info ") == list(NODES)
+    assert complete("node flush node") == list(NODES)
+    assert complete("vm mi") == ["migrate"]
+    assert "bash_complete" in ok(pvc(None, env={"_PVC_COMPLETE": "bash_source"}))
