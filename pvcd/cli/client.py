@@ -8,6 +8,7 @@ sent one.
 
 from __future__ import annotations
 
+import http.client
 import json
 import ssl
 import urllib.error
@@ -112,7 +113,7 @@ class ApiClient:
         except TimeoutError:
             raise ApiUnreachable(f"the PVC API at {self.connection.url} did not answer within "
                                  f"{timeout or self.timeout:g} s") from None
-        except (ConnectionError, OSError) as exc:
+        except (OSError, http.client.HTTPException) as exc:  # e.g. the connection was reset
             raise ApiUnreachable(self._unreachable(exc)) from None
         if response.status == 401:
             raise AuthenticationFailed(self._auth_message())

@@ -7,7 +7,6 @@ then `emit()` the result or `message()` the API's answer.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -73,7 +72,7 @@ class CliContext:
             click.echo(message)
         stream = sys.stderr
         waiter = Waiter(stream, interactive=stream.isatty() and
-                        os.environ.get("TERM", "") not in ("", "dumb"))
+                        self.env.get("TERM", "") not in ("", "dumb"))
         result = waiter.wait(what, probe, timeout)
         if self.json:
             self.message(message, result)
