@@ -191,6 +191,17 @@ def lease_list(cli: CliContext, name: str, limit: str | None, static: bool) -> N
     cli.emit(leases, table_of(LEASE_COLUMNS, "No leases found."))
 
 
+@lease.command("info")
+@click.argument("name", metavar="NETWORK", shell_complete=complete_networks)
+@click.argument("macaddress")
+@format_option
+@pass_cli
+def lease_info(cli: CliContext, name: str, macaddress: str) -> None:
+    """Show the lease of MACADDRESS in NETWORK."""
+    cli.emit(cli.client.get(api_path("network", name, "dhcp", macaddress)),
+             table_of(LEASE_COLUMNS))
+
+
 @lease.command("add")
 @click.argument("name", metavar="NETWORK", shell_complete=complete_networks)
 @click.argument("ipaddress")
@@ -237,6 +248,19 @@ def acl_list(cli: CliContext, name: str, limit: str | None, direction: str | Non
     acls = cli.client.get(api_path("network", name, "acl"),
                           {"limit": limit, "direction": direction})
     cli.emit(acls, table_of(ACL_COLUMNS, "No ACLs found."))
+
+
+@acl.command("info")
+@click.argument("name", metavar="NETWORK", shell_complete=complete_networks)
+@click.argument("description")
+@format_option
+@pass_cli
+def acl_info(cli: CliContext, name: str, description: str) -> None:
+    """Show the ACL named DESCRIPTION of NETWORK."""
+    found = cli.client.get(api_path("network", name, "acl", description))
+    if not found:  # the manual: an unknown ACL is an empty document, not a failure
+        raise CliError(f"ACL '{description}' not found in network '{name}'")
+    cli.emit(found, table_of(ACL_COLUMNS))
 
 
 @acl.command("add")

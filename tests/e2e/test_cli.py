@@ -346,6 +346,8 @@ def test_networks_leases_and_acls(netlab: tuple[Lab, LabClient]) -> None:
         [(mac, "10.140.0.50", "db1")]
     table = ok(pvc(the_lab, "network", "lease", "list", "140", "--static"))
     assert mac in table and "static" in table
+    assert as_json(pvc(the_lab, "network", "lease", "info", "140", mac, "-f", "json")) == \
+        api.get(f"/network/140/dhcp/{mac}").json()
     declined = pvc(the_lab, "network", "lease", "remove", "140", mac, input="n\n")
     assert declined.returncode == 1 and len(api.get("/network/140/lease").json()) == 1
     ok(pvc(the_lab, "network", "lease", "remove", "140", mac, "--yes"))
@@ -360,6 +362,9 @@ def test_networks_leases_and_acls(netlab: tuple[Lab, LabClient]) -> None:
     lines = ok(pvc(the_lab, "network", "acl", "list", "140")).splitlines()
     assert lines[0].split() == ["DIRECTION", "ORDER", "DESCRIPTION", "RULE"]
     assert [line.split()[2] for line in lines[1:]] == ["web", "ssh"]
+    assert "tcp dport 80 accept" in ok(pvc(the_lab, "network", "acl", "info", "140", "web"))
+    absent = pvc(the_lab, "network", "acl", "info", "140", "nope")
+    assert absent.returncode == 1 and "not found" in absent.stderr
     ok(pvc(the_lab, "network", "acl", "remove", "140", "web", "--yes"))  # direction found
     assert [a["description"] for a in api.get("/network/140/acl").json()] == ["ssh"]
     unknown = pvc(the_lab, "network", "acl", "remove", "140", "nope", "--yes")
