@@ -94,6 +94,8 @@ class LabFence:
             _power_off_netns(str(netns), target.params.get("floating") or [])
         log.info("event=fence-power-off node=%s pid=%d confirmed=true", target.node, pid)
         if cmdline:  # power on: the node boots and its daemon starts again
+            if netns:
+                cmdline = ["ip", "netns", "exec", str(netns), *cmdline]
             log_path = target.params.get("log") or os.devnull
             with open(log_path, "ab") as out:
                 subprocess.Popen(cmdline, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,

@@ -33,7 +33,7 @@ import yaml
 from pvcd.drivers.host import pid_alive
 from pvcd.lab import agent
 from pvcd.lab.ceph import CephLabError, Daemon, ThrowawayCeph
-from pvcd.lab.netns import FLOATING_IP, UNDERLAY_NET, LabNetwork
+from pvcd.lab.netns import FLOATING_IP, SERVICE_IP, UNDERLAY_NET, LabNetwork
 from pvcd.lab.zookeeper import ZooKeeperEnsemble, ZooKeeperServer, free_port
 
 LAB_FILE = "lab.json"
@@ -104,8 +104,19 @@ class Lab:
             raise ValueError("need at least one node, and a ZooKeeper of 1 or 3 servers")
         self.workdir.mkdir(parents=True, exist_ok=True)
         coordinators = min(3, nodes) if coordinators is None else coordinators
-        self.zookeeper = ZooKeeperEnsemble(self.workdir / "zookeeper", zk_ensemble)
-        self.zookeeper.start()
+        lab_net = LabNetwork(secrets.token_hex(3)) if network else None
+        if lab_net is None:
+            self.zookeeper = ZooKeeperEnsemble(self.workdir / "zookeeper", zk_ensemble)
+        else:  # ZooKeeper on the cluster network: a partitioned node loses it for real
+            lab_net.up([f"node{i}" for i in range(1, nodes + 1)])
+            self.zookeeper = ZooKeeperEnsemble(self.workdir / "zookeeper", zk_ensemble,
+                                               address=SERVICE_IP, netns=lab_net.underlay)
+        try:
+            self.zookeeper.start()
+        except BaseException:
+            if lab_net is not None:
+                lab_net.down()
+            raise
         api_port = free_port()
         tls_config: dict[str, Any] = {"enabled": False}
         if tls:
@@ -118,7 +129,6 @@ class Lab:
             session_timeout=session_timeout, created=time.time(),
             zookeeper_servers=[_server_doc(s) for s in self.zookeeper.servers],
         )
-        lab_net = LabNetwork(secrets.token_hex(3)) if network else None
         if ceph:
             self.info = info
             try:
@@ -127,8 +137,11 @@ class Lab:
                 self.down()
                 raise
         if lab_net is not None:
+            proxy_port = free_port()
             info.network = {"id": lab_net.lab_id,
-                            "api_floating": f"http://{FLOATING_IP}:{api_port}/api/v1"}
+                            "api_floating": f"{scheme}://{FLOATING_IP}:{api_port}/api/v1",
+                            "proxy_port": proxy_port}
+            info.api = f"{scheme}://127.0.0.1:{proxy_port}/api/v1"
         secret = secrets.token_hex(32)
         for index in range(1, nodes + 1):
             name = f"node{index}"
@@ -161,6 +174,9 @@ class Lab:
                 config["networks"] = {"cluster": {
                     "device": "eth0", "network": f"{UNDERLAY_NET}.0/24",
                     "floating_ip": f"{FLOATING_IP}/24"}}
+                # the daemon runs inside its node's namespace: its API answers on the floating
+                # IP only (lab.json's `api` is the lab proxy into the underlay)
+                cast(dict[str, Any], config["api"])["listen"] = FLOATING_IP
             config["fencing"] = {"driver": (fence_overrides or {}).get(name, fencing)}
             if info.ceph is not None:  # OSD ownership: docs/storage.md
                 cast(dict[str, Any], config.setdefault("drivers", {}))["ceph"] = {
@@ -175,7 +191,7 @@ class Lab:
         self.save()
         try:
             if lab_net is not None:
-                lab_net.up([node.name for node in info.nodes])
+                info.network["proxy_pid"] = self._start_proxy(lab_net, api_port)  # type: ignore[index]
             for node in info.nodes:
                 self.start_node(node.name)
             self.save()
@@ -184,6 +200,19 @@ class Lab:
             self.down()
             raise
         return info
+
+    def _start_proxy(self, lab_net: LabNetwork, api_port: int) -> int:
+        info = self._info()
+        assert info.network is not None
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (PACKAGE_PARENT, env.get("PYTHONPATH", "")) if p)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pvcd.lab.proxy", "--port", str(info.network["proxy_port"]),
+             "--netns", lab_net.underlay, "--target", f"{FLOATING_IP}:{api_port}"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=env, start_new_session=True)
+        return process.pid
 
     def _start_ceph(self, nodes: int) -> dict[str, Any]:
         """A throwaway Ceph (1 mon, 1 mgr, 2 memstore OSDs) whose OSDs belong to node1, node2,
@@ -212,9 +241,12 @@ class Lab:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (PACKAGE_PARENT, env.get("PYTHONPATH", "")) if p)
+        prefix = []
+        if info.network:  # the node daemon lives in its node's network namespace
+            prefix = ["ip", "netns", "exec", LabNetwork(info.network["id"]).node_ns(name)]
         with open(node.log, "ab") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "pvcd", "run", "--config", node.config],
+                [*prefix, sys.executable, "-m", "pvcd", "run", "--config", node.config],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True,
             )
@@ -325,6 +357,8 @@ class Lab:
                     _kill(node.pid, signal.SIGKILL)
                 _reap(node.pid)
         if info is not None and info.network:
+            _kill(int(info.network.get("proxy_pid", 0)), signal.SIGKILL)
+            _reap(int(info.network.get("proxy_pid", 0)))
             LabNetwork(info.network["id"]).down()
         if info is not None and info.ceph:
             self._stop_ceph(Path(info.ceph["workdir"]))
@@ -412,6 +446,8 @@ def _server_from_doc(doc: dict[str, Any]) -> ZooKeeperServer:
 
 
 def _kill(pid: int, sig: int) -> None:
+    if pid <= 0:  # never a process group
+        return
     try:
         os.kill(pid, sig)
     except ProcessLookupError:

@@ -33,6 +33,7 @@ from typing import Any
 TIMEOUT = 20.0
 UNDERLAY_NET = "10.200.0"
 FLOATING_IP = f"{UNDERLAY_NET}.254"  # the cluster floating IP (held by the primary)
+SERVICE_IP = f"{UNDERLAY_NET}.250"  # the underlay's own address: ZooKeeper, the lab proxy
 _LABEL = re.compile(r"[a-z0-9][a-z0-9-]{0,9}")
 
 
@@ -89,6 +90,8 @@ class LabNetwork:
         for bridge in ("ul", "trunk"):
             run("ip", "-n", self.underlay, "link", "add", bridge, "type", "bridge")
             run("ip", "-n", self.underlay, "link", "set", bridge, "up")
+        # the cluster network's services (ZooKeeper) live in the underlay namespace itself
+        run("ip", "-n", self.underlay, "addr", "add", f"{SERVICE_IP}/24", "dev", "ul")
         return {node: self.add_node(node, index) for index, node in
                 enumerate(nodes, start=1)}
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pvcd.drivers.host import pid_alive
+from pvcd.drivers.netns import run_in_netns
 
 ZK_CLASSPATH = "/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar"
 ZK_MAIN = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
@@ -53,10 +54,14 @@ class ZooKeeperServer:
     folder: Path
     process: subprocess.Popen[bytes] | None = None
     pid: int = 0
+    address: str = "127.0.0.1"
+    netns: str | None = None
 
     def mode(self) -> str:
         """'standalone', 'leader', 'follower', or '' when not serving."""
-        for line in four_letter("127.0.0.1", self.client_port, "srvr").splitlines():
+        answer = run_in_netns(self.netns, lambda: four_letter(self.address, self.client_port,
+                                                              "srvr"))
+        for line in answer.splitlines():
             if line.startswith("Mode:"):
                 return line.split(":", 1)[1].strip()
         return ""
@@ -64,16 +69,20 @@ class ZooKeeperServer:
 
 @dataclass
 class ZooKeeperEnsemble:
-    """`size` ZooKeeper servers on 127.0.0.1, their data in `workdir/zk<i>`."""
+    """`size` ZooKeeper servers, their data in `workdir/zk<i>`; clients connect to `address`
+    (127.0.0.1, or an underlay address when the servers run inside network namespace
+    `netns`, as in the network lab)."""
 
     workdir: Path
     size: int = 1
     tick_ms: int = 500
     servers: list[ZooKeeperServer] = field(default_factory=list)
+    address: str = "127.0.0.1"
+    netns: str | None = None
 
     @property
     def hosts(self) -> list[str]:
-        return [f"127.0.0.1:{s.client_port}" for s in self.servers]
+        return [f"{self.address}:{s.client_port}" for s in self.servers]
 
     @property
     def connect_string(self) -> str:
@@ -84,7 +93,8 @@ class ZooKeeperEnsemble:
         if not self.servers:
             self.servers = [
                 ZooKeeperServer(i + 1, free_port(), free_port(), free_port(),
-                                self.workdir / f"zk{i + 1}")
+                                self.workdir / f"zk{i + 1}", address=self.address,
+                                netns=self.netns)
                 for i in range(self.size)
             ]
         for server in self.servers:
@@ -102,7 +112,7 @@ class ZooKeeperEnsemble:
             "syncLimit=5",
             f"dataDir={data}",
             f"clientPort={server.client_port}",
-            "clientPortAddress=127.0.0.1",
+            f"clientPortAddress={self.address}",
             "admin.enableServer=false",
             "4lw.commands.whitelist=srvr,ruok,mntr,stat,conf",
             "maxClientCnxns=0",
@@ -122,8 +132,9 @@ class ZooKeeperEnsemble:
         server.pid = server.process.pid
 
     def _spawn(self, server: ZooKeeperServer, log: Any) -> subprocess.Popen[bytes]:
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
         return subprocess.Popen(
-            ["java", "-Xms32m", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+            [*prefix, "java", "-Xms32m", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
              "-Dzookeeper.log.dir=" + str(server.folder), "-cp", ZK_CLASSPATH, ZK_MAIN,
              str(server.folder / "zoo.cfg")],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

@@ -15,6 +15,7 @@ import pytest
 
 from pvcd.lab.guest import tiny_guest_xml
 from pvcd.lab.lab import Lab
+from pvcd.lab.netns import in_ns
 from tests.e2e.labclient import LabClient, LabFactory, wait_until
 
 pytestmark = pytest.mark.slow
@@ -184,3 +185,21 @@ def test_killed_primary_is_fenced_by_the_new_one(ha_lab: tuple[Lab, LabClient]) 
     assert sampler.violations == []
     print(f"killed primary: new primary after {failover:.2f} s, VMs running after "
           f"{recovered:.2f} s")
+
+
+def test_a_partitioned_node_is_fenced_and_no_vm_ever_runs_twice(make_lab: LabFactory) -> None:
+    # network lab: daemons in their node namespaces, ZooKeeper on the underlay
+    lab, api = make_lab(**{**HA_LAB, "session_timeout": 3.0}, network=True)
+    victim = victim_of(api)
+    uuids = define_on(api, victim, 4, "x")
+    wait_until(lambda: all_on(lab, uuids, victim), timeout=10)
+    node_ns = lab.network().node_ns(victim)
+    with DoubleRunSampler(lab) as sampler:
+        in_ns(node_ns, "ip", "link", "set", "eth0", "down")  # cut from the underlay
+        cut = time.monotonic()
+        wait_until(lambda: all_elsewhere(lab, uuids, victim), timeout=30)
+        recovered = time.monotonic() - cut
+        assert api.nodes()[victim]["fence_state"] == "fenced"
+        time.sleep(1.0)
+    assert sampler.samples > 10 and sampler.violations == []
+    print(f"partition: VMs running elsewhere {recovered:.2f} s after the cut")
