@@ -5,7 +5,7 @@ the cluster-wide ephemeral `coordinator/fence-lock`, so a primary change in the 
 fence cannot start a second one).
 
 A node is *suspect* when its ephemeral `alive` znode is gone or its keepalive is late; it is
-*dead* when its keepalive is older than `keepalive_interval × dead_threshold` (a hung daemon
+*dead* when its keepalive is older than `keepalive_interval x dead_threshold` (a hung daemon
 keeps its session but stops its keepalive, so both failure kinds are caught). A dead node is
 fenced through the driver it published (IPMI, or the lab's process killer). Only after the
 fence is **confirmed** are its VMs started elsewhere; a failed fence leaves them alone (policy
@@ -93,7 +93,6 @@ class FencingController:
         return self._fence(node, entry.version, record)
 
     def _fence(self, node: str, status_version: int, record: FenceRecord | None) -> Result:
-        paths = self.view.paths
         attempts = (record.attempts if record is not None else 0) + 1
         if not self._take_lock(node):
             return Result(requeue_after=1.0)

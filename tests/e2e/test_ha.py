@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 NODES = ("node1", "node2", "node3")
 # a long session and a short keepalive threshold: a hung daemon keeps its session alive,
-# and is still found dead by its stale keepalive (dead after 3 × 1 s)
+# and is still found dead by its stale keepalive (dead after 3 x 1 s)
 HA_LAB = {"nodes": 3, "session_timeout": 10.0, "keepalive_interval": 1.0, "dead_threshold": 3}
 
 
