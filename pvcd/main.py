@@ -27,8 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--nodes", type=int, default=3)
     up.add_argument("--zk-ensemble", type=int, choices=(1, 3), default=1)
     up.add_argument("--coordinators", type=int, default=None)
-    up.add_argument("--network", action="store_true",
-                    help="give each node its own network namespace (client networks)")
+    up.add_argument("--netns", "--network", dest="network", action="store_true",
+                    help="run each node daemon in its own network namespace on an underlay "
+                         "bridge (VXLAN client networks, floating IP, partitions)")
+    up.add_argument("--fencing", default="lab", choices=("none", "lab", "lab-fail"),
+                    help="how dead nodes are fenced (default: lab, which kills the node's "
+                         "processes and restarts them)")
     up.add_argument("--ceph", action="store_true",
                     help="start a throwaway Ceph (memstore OSDs) and let the nodes manage it")
     for name in ("down", "status"):
@@ -70,7 +74,7 @@ def _lab(args: argparse.Namespace) -> int:
     if args.lab_command == "up":
         info = lab.up(nodes=args.nodes, zk_ensemble=args.zk_ensemble,
                       coordinators=args.coordinators, network=args.network,
-                      ceph=args.ceph)
+                      ceph=args.ceph, fencing=args.fencing)
         print(f"lab is up: {len(info.nodes)} nodes, ZooKeeper {info.zookeeper}")
         print(f"API:   {info.api}")
         print(f"token: {info.token}")
