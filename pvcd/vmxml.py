@@ -1,9 +1,19 @@
 """Safe parsing and validation of libvirt domain XML.
 
-Operators send domain XML through the API. It is parsed with the standard library's expat-based
-parser after refusing any DOCTYPE or ENTITY declaration outright (no external entities, no
-entity expansion, no network access), with a size cap. The result carries the fields objects.md
-reports for a VM, the RBD volumes the VM uses, and the XML with its UUID (assigned when absent).
+Operators send domain XML through the API; it is stored in ZooKeeper and later handed to libvirt
+on whichever node runs the VM. So it is checked here, once, before anything is written:
+
+- no DTD at all: any `<!DOCTYPE` or `<!ENTITY` is refused outright (no entity expansion, no
+  external entities, no network access), both by a scan of the text (for a clear message) and by
+  the expat handlers themselves (so nothing slips past the scan);
+- bounded work: at most `MAX_XML_BYTES` of text and `MAX_DEPTH` levels of nesting (the
+  serializer is recursive; libvirt's XML is about ten levels deep);
+- what libvirt itself would refuse later, on some node, is refused now with a message: no
+  `<domain>` root, no `type`, a missing or invalid `<name>`, an invalid `<uuid>` or `<memory>`.
+
+The XML is parsed without namespace processing, so the stored XML keeps the operator's prefixes
+(`qemu:commandline`, metadata) unchanged. The only change made to it is the `<uuid>`: normalised
+to lower-case 8-4-4-4-12 form, or inserted after `<name>` when absent.
 """
 
 from __future__ import annotations
@@ -11,139 +21,295 @@ from __future__ import annotations
 import re
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NoReturn
+from xml.parsers import expat
 
 from pvcd.errors import InvalidValue
 
 MAX_XML_BYTES = 1024 * 1024
+MAX_DEPTH = 64
+MAX_NAME_LENGTH = 200
+
 _FORBIDDEN = re.compile(r"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
-_UNIT_TO_KIB = {"b": 1 / 1024, "bytes": 1 / 1024, "k": 1, "kib": 1, "kb": 1000 / 1024,
-                "m": 1024, "mib": 1024, "mb": 1000 * 1000 / 1024, "g": 1024 ** 2,
-                "gib": 1024 ** 2, "gb": 1000 ** 3 / 1024, "t": 1024 ** 3, "tib": 1024 ** 3,
-                "tb": 1000 ** 4 / 1024}
+_UUID = re.compile(r"[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}",
+                   re.IGNORECASE)
+_INTEGER = re.compile(r"[0-9]+")
+# libvirt's scaled integers (virScaleInteger): case-insensitive; "k" and "KiB" are powers of
+# 1024, "KB" powers of 1000; a bare number in <memory> is KiB.
+_UNIT_EXPONENTS = {"k": 1, "m": 2, "g": 3, "t": 4, "p": 5, "e": 6}
+_MAX_MEMORY_BYTES = 2 ** 64 - 1  # libvirt parses memory as an unsigned long long of bytes
+
+
+@dataclass(frozen=True)
+class NetworkInterface:
+    type: str | None
+    mac: str | None
+    source: str | None  # bridge, network or host device, whichever the type uses
+    model: str | None
+
+
+@dataclass(frozen=True)
+class Disk:
+    type: str | None
+    name: str | None  # "pool/volume" for RBD, the path for file and block disks
+    dev: str | None
+    bus: str | None
+    protocol: str | None = None  # network disks: rbd, nbd, iscsi, ...
+
+
+@dataclass(frozen=True)
+class Controller:
+    type: str | None
+    model: str | None
 
 
 @dataclass(frozen=True)
 class DomainDefinition:
+    """A validated domain: what pvcd needs of it, and the XML to store and define."""
+
     name: str
-    uuid: str
+    uuid: str  # lower-case 8-4-4-4-12
     xml: str  # the XML as it will be stored and defined (with its UUID)
-    memory: int  # MiB
+    domain_type: str  # kvm, qemu, ...
+    memory: int  # MiB, rounded up
     vcpu: int
-    fields: dict[str, Any] = field(default_factory=dict)
-    volumes: tuple[tuple[str, str], ...] = ()
+    description: str | None = None
+    vcpu_topology: str | None = None  # "sockets/cores/threads"
+    arch: str | None = None
+    machine: str | None = None
+    console: str | None = None  # the console's (or else the first serial port's) type
+    emulator: str | None = None
+    features: tuple[str, ...] = ()
+    networks: tuple[NetworkInterface, ...] = ()
+    disks: tuple[Disk, ...] = ()
+    controllers: tuple[Controller, ...] = ()
 
     def to_api_fields(self) -> dict[str, Any]:
-        """The objects.md fields that come from the XML."""
-        return dict(self.fields)
+        """The objects.md fields of a VM that come from its XML (not name, uuid, state, node)."""
+        return {
+            "description": self.description,
+            "memory": self.memory,
+            "vcpu": self.vcpu,
+            "vcpu_topology": self.vcpu_topology,
+            "networks": [{"type": n.type, "mac": n.mac, "source": n.source, "model": n.model}
+                         for n in self.networks],
+            "type": self.domain_type,
+            "arch": self.arch,
+            "machine": self.machine,
+            "console": self.console,
+            "emulator": self.emulator,
+            "features": list(self.features),
+            "disks": [{"type": d.type, "name": d.name, "dev": d.dev, "bus": d.bus}
+                      for d in self.disks],
+            "controllers": [{"type": c.type, "model": c.model} for c in self.controllers],
+        }
 
     def rbd_volumes(self) -> list[tuple[str, str]]:
-        """(pool, volume) of every RBD disk of the VM."""
-        return list(self.volumes)
+        """(pool, volume) of every RBD image the VM's disks use, each once, in disk order.
+
+        A disk naming an image snapshot (`pool/image@snap`) is left out: the VM does not own
+        the image it was taken from."""
+        volumes: list[tuple[str, str]] = []
+        for disk in self.disks:
+            if disk.protocol != "rbd" or not disk.name or "@" in disk.name:
+                continue
+            pool, _, volume = disk.name.partition("/")
+            if pool and volume and (pool, volume) not in volumes:
+                volumes.append((pool, volume))
+        return volumes
 
 
 def parse_domain_xml(text: str, default_uuid: str | None = None) -> DomainDefinition:
-    """Validate `text`; a missing <uuid> becomes `default_uuid` (or a new random one)."""
-    if not isinstance(text, str) or not text.strip():
-        raise InvalidValue("the VM XML is empty")
-    if len(text.encode()) > MAX_XML_BYTES:
-        raise InvalidValue(f"the VM XML is larger than {MAX_XML_BYTES} bytes")
-    if _FORBIDDEN.search(text):
-        raise InvalidValue("the VM XML must not contain DOCTYPE or ENTITY declarations")
-    try:
-        root = ET.fromstring(text)
-    except ET.ParseError as exc:
-        raise InvalidValue(f"the VM XML is not well-formed: {exc}") from exc
+    """Validate libvirt domain XML; InvalidValue says what is wrong.
+
+    A missing (or empty) `<uuid>` becomes `default_uuid` when given (replacing a VM's XML keeps
+    its UUID), else a new random one."""
+    root = _parse_safely(text)
     if root.tag != "domain":
         raise InvalidValue(f"the VM XML must have a <domain> root element, not <{root.tag}>")
     domain_type = root.get("type")
     if not domain_type:
         raise InvalidValue("the VM XML's <domain> needs a type attribute (e.g. kvm)")
-    name = (root.findtext("name") or "").strip()
-    if not name:
-        raise InvalidValue("the VM XML has no <name>")
-    if len(name) > 200 or "/" in name or any(c.isspace() for c in name) or \
-            not name.isprintable():
-        raise InvalidValue(f"invalid VM name {name!r}: at most 200 printable characters, "
-                           "no whitespace and no '/'")
-    uuid_element = root.find("uuid")
-    if uuid_element is not None and (uuid_element.text or "").strip():
-        try:
-            vm_uuid = str(uuidlib.UUID((uuid_element.text or "").strip()))
-        except ValueError as exc:
-            raise InvalidValue(f"invalid UUID {uuid_element.text!r} in the VM XML") from exc
-        uuid_element.text = vm_uuid
-    else:
-        vm_uuid = str(uuidlib.UUID(default_uuid)) if default_uuid else str(uuidlib.uuid4())
-        if uuid_element is None:
-            uuid_element = ET.Element("uuid")
-            root.insert(list(root).index(root.find("name")) + 1, uuid_element)  # type: ignore[arg-type]
-        uuid_element.text = vm_uuid
+    name = _name(root)
+    vm_uuid = _set_uuid(root, default_uuid)
     memory = _memory_mib(root)
-    vcpu = _int(root.findtext("vcpu") or "1", "vcpu")
-    disks, volumes = _disks(root)
+    vcpu = _positive_int(root.findtext("vcpu") or "1", "<vcpu>")
     topology = root.find("cpu/topology")
-    fields = {
-        "description": root.findtext("description"),
-        "memory": memory,
-        "vcpu": vcpu,
-        "vcpu_topology": None if topology is None else
+    return DomainDefinition(
+        name=name,
+        uuid=vm_uuid,
+        xml=ET.tostring(root, encoding="unicode"),
+        domain_type=domain_type,
+        memory=memory,
+        vcpu=vcpu,
+        description=root.findtext("description"),
+        vcpu_topology=None if topology is None else
         f"{topology.get('sockets', '1')}/{topology.get('cores', '1')}/"
         f"{topology.get('threads', '1')}",
-        "networks": [{"type": i.get("type"),
-                      "mac": _attr(i, "mac", "address"),
-                      "source": _source(i),
-                      "model": _attr(i, "model", "type")}
-                     for i in root.findall("devices/interface")],
-        "type": domain_type,
-        "arch": _attr(root, "os/type", "arch"),
-        "machine": _attr(root, "os/type", "machine"),
-        "console": _console(root),
-        "emulator": root.findtext("devices/emulator"),
-        "features": [f.tag for f in root.findall("features/*")],
-        "disks": disks,
-        "controllers": [{"type": c.get("type"), "model": c.get("model")}
-                        for c in root.findall("devices/controller")],
-    }
-    return DomainDefinition(name=name, uuid=vm_uuid, xml=ET.tostring(root, encoding="unicode"),
-                            memory=memory, vcpu=vcpu, fields=fields, volumes=tuple(volumes))
+        arch=_attribute(root, "os/type", "arch"),
+        machine=_attribute(root, "os/type", "machine"),
+        console=_console(root),
+        emulator=root.findtext("devices/emulator"),
+        features=tuple(feature.tag for feature in root.findall("features/*")),
+        networks=tuple(_interface(i) for i in root.findall("devices/interface")),
+        disks=tuple(_disk(d) for d in root.findall("devices/disk")),
+        controllers=tuple(Controller(type=c.get("type"), model=c.get("model"))
+                          for c in root.findall("devices/controller")),
+    )
+
+
+def _parse_safely(text: str) -> ET.Element:
+    if not isinstance(text, str):
+        raise InvalidValue(f"the VM XML must be text, not {type(text).__name__}")
+    if not text.strip():
+        raise InvalidValue("the VM XML is empty")
+    if len(text) > MAX_XML_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_XML_BYTES:
+        raise InvalidValue(f"the VM XML is larger than {MAX_XML_BYTES} bytes")
+    if _FORBIDDEN.search(text):
+        raise InvalidValue("the VM XML must not contain DOCTYPE or ENTITY declarations")
+    builder = ET.TreeBuilder()
+    depth = 0
+
+    def start(tag: str, attributes: dict[str, str]) -> None:
+        nonlocal depth
+        depth += 1
+        if depth > MAX_DEPTH:
+            raise InvalidValue(f"the VM XML is nested deeper than {MAX_DEPTH} elements")
+        builder.start(tag, attributes)
+
+    def end(tag: str) -> None:
+        nonlocal depth
+        depth -= 1
+        builder.end(tag)
+
+    def refuse_dtd(*_args: Any) -> NoReturn:
+        raise InvalidValue("the VM XML must not contain DOCTYPE or ENTITY declarations")
+
+    parser = expat.ParserCreate()  # no namespace processing: prefixes are kept as written
+    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+    parser.StartDoctypeDeclHandler = refuse_dtd
+    parser.EntityDeclHandler = refuse_dtd
+    parser.ExternalEntityRefHandler = refuse_dtd
+    parser.StartElementHandler = start
+    parser.EndElementHandler = end
+    parser.CharacterDataHandler = builder.data
+    parser.buffer_text = True
+    try:
+        parser.Parse(text, True)
+    except expat.ExpatError as exc:
+        raise InvalidValue(f"the VM XML is not well-formed: {expat.errors.messages[exc.code]} "
+                           f"(line {exc.lineno}, column {exc.offset + 1})") from exc
+    except UnicodeEncodeError as exc:
+        raise InvalidValue(f"the VM XML is not valid text: {exc.reason}") from exc
+    return builder.close()
+
+
+def _name(root: ET.Element) -> str:
+    element = root.find("name")
+    name = "" if element is None else (element.text or "")
+    if not name.strip():
+        raise InvalidValue("the VM XML has no <name> (or an empty one)")
+    # libvirt takes the text as written: " web1" would be a different domain from "web1".
+    if name != name.strip():
+        raise InvalidValue(f"invalid VM name {name!r}: no leading or trailing whitespace")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidValue(f"invalid VM name {name[:20]!r}...: at most {MAX_NAME_LENGTH} "
+                           f"characters, not {len(name)}")
+    if "/" in name or not name.isprintable():
+        raise InvalidValue(f"invalid VM name {name!r}: no '/' and no control characters")
+    return name
+
+
+def _set_uuid(root: ET.Element, default_uuid: str | None) -> str:
+    """The domain's UUID, normalised in (or inserted into) the tree."""
+    element = root.find("uuid")
+    written = "" if element is None else (element.text or "").strip()
+    if written:
+        vm_uuid = _normal_uuid(written, "in the VM XML's <uuid>")
+    elif default_uuid:
+        vm_uuid = _normal_uuid(default_uuid, "given as the VM's UUID")
+    else:
+        vm_uuid = str(uuidlib.uuid4())
+    if element is None:
+        element = ET.Element("uuid")
+        element.tail = _indent_after(root, "name")
+        root.insert(_index_after(root, "name"), element)
+    element.text = vm_uuid
+    return vm_uuid
+
+
+def _normal_uuid(text: str, where: str) -> str:
+    if not _UUID.fullmatch(text):
+        raise InvalidValue(f"invalid UUID {text!r} {where}: expected 32 hexadecimal digits, "
+                           "e.g. 6f1e3f1c-3b0e-4f53-9c1c-2a4e0b6f7d21")
+    return str(uuidlib.UUID(text))
+
+
+def _index_after(root: ET.Element, tag: str) -> int:
+    for index, child in enumerate(root):
+        if child.tag == tag:
+            return index + 1
+    return 0
+
+
+def _indent_after(root: ET.Element, tag: str) -> str | None:
+    child = root.find(tag)
+    return None if child is None else child.tail
 
 
 def _memory_mib(root: ET.Element) -> int:
     element = root.find("memory")
     if element is None:
         raise InvalidValue("the VM XML has no <memory>")
-    amount = _int(element.text or "", "memory")
-    unit = (element.get("unit") or "KiB").lower()
-    if unit not in _UNIT_TO_KIB:
-        raise InvalidValue(f"unknown memory unit {element.get('unit')!r} in the VM XML")
-    mib = int(amount * _UNIT_TO_KIB[unit] / 1024)
-    if mib < 1:
-        raise InvalidValue("the VM's memory must be at least 1 MiB")
-    return mib
+    text = (element.text or "").strip()
+    if not _INTEGER.fullmatch(text):
+        raise InvalidValue(f"invalid <memory> {text!r} in the VM XML: "
+                           "expected a whole number (with a unit attribute, KiB by default)")
+    unit = element.get("unit") or "KiB"
+    amount = int(text) * _unit_bytes(unit)
+    if amount == 0:
+        raise InvalidValue("the VM's <memory> must not be 0")
+    if amount > _MAX_MEMORY_BYTES:
+        raise InvalidValue(f"the VM's <memory> {text} {unit} is larger than libvirt accepts")
+    return -(-amount // 1024 ** 2)  # MiB, rounded up
 
 
-def _int(text: str, what: str) -> int:
-    try:
-        value = int(text.strip())
-    except ValueError as exc:
-        raise InvalidValue(f"invalid {what} {text!r} in the VM XML: not a number") from exc
-    if value < 1:
-        raise InvalidValue(f"invalid {what} {value} in the VM XML: must be positive")
-    return value
+def _unit_bytes(unit: str) -> int:
+    folded = unit.lower()
+    if folded in ("b", "byte", "bytes"):
+        return 1
+    exponent = _UNIT_EXPONENTS.get(folded[:1])
+    if exponent is not None:
+        if folded[1:] in ("", "ib"):
+            return 1024 ** exponent
+        if folded[1:] == "b":
+            return 1000 ** exponent
+    raise InvalidValue(f"unknown memory unit {unit!r} in the VM XML: use b, KiB, MiB, GiB, "
+                       "TiB (powers of 1024) or KB, MB, GB, TB (powers of 1000)")
 
 
-def _attr(element: ET.Element, path: str, name: str) -> str | None:
+def _positive_int(text: str, what: str) -> int:
+    text = text.strip()
+    if not _INTEGER.fullmatch(text) or int(text) < 1:
+        raise InvalidValue(f"invalid {what} {text!r} in the VM XML: expected a positive number")
+    return int(text)
+
+
+def _attribute(element: ET.Element, path: str, name: str) -> str | None:
     child = element.find(path)
     return None if child is None else child.get(name)
 
 
-def _source(interface: ET.Element) -> str | None:
+def _interface(interface: ET.Element) -> NetworkInterface:
     source = interface.find("source")
-    if source is None:
-        return None
-    return source.get("bridge") or source.get("network") or source.get("dev")
+    return NetworkInterface(
+        type=interface.get("type"),
+        mac=_attribute(interface, "mac", "address"),
+        source=None if source is None else
+        source.get("bridge") or source.get("network") or source.get("dev"),
+        model=_attribute(interface, "model", "type"),
+    )
 
 
 def _console(root: ET.Element) -> str | None:
@@ -154,19 +320,19 @@ def _console(root: ET.Element) -> str | None:
     return None
 
 
-def _disks(root: ET.Element) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
-    disks, volumes = [], []
-    for disk in root.findall("devices/disk"):
-        source = disk.find("source")
-        target = disk.find("target")
-        name = None
-        if source is not None:
+def _disk(disk: ET.Element) -> Disk:
+    source = disk.find("source")
+    target = disk.find("target")
+    name = None
+    if source is not None:
+        if source.get("pool") and source.get("volume"):  # <disk type='volume'>
+            name = f"{source.get('pool')}/{source.get('volume')}"
+        else:
             name = source.get("name") or source.get("file") or source.get("dev")
-            if disk.get("type") == "network" and source.get("protocol") == "rbd" and name:
-                pool, _, volume = name.partition("/")
-                if pool and volume:
-                    volumes.append((pool, volume))
-        disks.append({"type": disk.get("type"), "name": name,
-                      "dev": None if target is None else target.get("dev"),
-                      "bus": None if target is None else target.get("bus")})
-    return disks, volumes
+    return Disk(
+        type=disk.get("type"),
+        name=name,
+        dev=None if target is None else target.get("dev"),
+        bus=None if target is None else target.get("bus"),
+        protocol=None if source is None else source.get("protocol"),
+    )

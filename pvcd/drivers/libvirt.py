@@ -1,16 +1,29 @@
 """The libvirt driver: one connection = one node's hypervisor. Knows nothing of ZooKeeper.
 
-Thread-safe for use from the VM controller's workers (one lock around the connection: libvirt
-connections may be shared, but reconnecting must not race). Lifecycle events are delivered by
-libvirt's default event loop, run on one daemon thread for the whole process.
+Blocking calls, safe to make from several worker threads at once: libvirt connections are
+thread-safe, and one lock guards only opening, replacing and closing the connection. A
+connection that died (libvirtd restarted: `isAlive()` is false) is replaced on the next call,
+and the lifecycle listeners are registered again on the new one; nothing reconnects in the
+background, so events pause until some call is made (the VM controller's resync makes one).
+Note that for the `test:///file.xml` driver every connection is a fresh node: reopening it
+would lose its domains, which is why `close()` is final.
+
+Lifecycle events are dispatched by libvirt's default event loop, registered once per process
+and run by one daemon thread; it must exist before a connection is opened, so every connection
+is opened through `_ensure_event_loop()`. Listeners run on that thread: keep them short (the
+daemon only enqueues a reconcile).
+
+Errors: a domain that does not exist is `NotFound`; every other libvirt failure is
+`BackendError` carrying libvirt's own text (it becomes the VM's `failed_reason`).
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,41 +33,76 @@ from pvcd.errors import BackendError, NotFound
 
 log = logging.getLogger(__name__)
 
-_event_loop_started = False
-_event_loop_lock = threading.Lock()
+LifecycleListener = Callable[[str, str, str], None]  # (uuid, event, detail), e.g. "stopped"
+
+_UUID = re.compile(r"[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}",
+                   re.IGNORECASE)
 
 
 def _quiet(_ctx: Any, _err: Any) -> None:
-    """Swallow libvirt's default stderr error printer; errors surface as exceptions."""
+    """libvirt prints every error on stderr by default; ours surface as exceptions instead."""
 
 
 libvirt.registerErrorHandler(_quiet, None)
 
+_event_loop_lock = threading.Lock()
+_event_loop_started = False
+
 
 def _ensure_event_loop() -> None:
+    """Register libvirt's default event loop implementation and run it, once per process."""
     global _event_loop_started
     with _event_loop_lock:
         if _event_loop_started:
             return
         libvirt.virEventRegisterDefaultImpl()
-
-        def run() -> None:
-            while True:
-                libvirt.virEventRunDefaultImpl()
-
-        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+        threading.Thread(target=_run_event_loop, name="libvirt-events", daemon=True).start()
         _event_loop_started = True
+
+
+def _run_event_loop() -> None:
+    while True:
+        try:
+            libvirt.virEventRunDefaultImpl()
+        except libvirt.libvirtError as exc:
+            log.warning("event=libvirt-event-loop-error error=%r", exc.get_error_message())
 
 
 class DomainState(enum.Enum):
     NOSTATE = "nostate"
     RUNNING = "running"
-    BLOCKED = "blocked"
+    BLOCKED = "blocked"  # running, waiting on a resource (Xen)
     PAUSED = "paused"
     SHUTDOWN = "shutdown"  # shutting down
     SHUTOFF = "shutoff"
     CRASHED = "crashed"
     PMSUSPENDED = "pmsuspended"
+
+
+@dataclass(frozen=True)
+class DomainStatus:
+    uuid: str
+    name: str
+    state: DomainState
+    reason: str  # libvirt's reason for the state: booted, migrated, destroyed, crashed, ...
+    active: bool
+    persistent: bool
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    cpu_count: int
+    memory_mib: int
+
+
+def _names(prefix: str, names: Iterable[str]) -> dict[int, str]:
+    """{libvirt.<prefix><NAME>: name} for the names this libvirt-python defines."""
+    table = {}
+    for name in names:
+        value = getattr(libvirt, prefix + name.upper(), None)
+        if value is not None:
+            table[value] = name
+    return table
 
 
 _STATES = {
@@ -68,55 +116,79 @@ _STATES = {
     libvirt.VIR_DOMAIN_PMSUSPENDED: DomainState.PMSUSPENDED,
 }
 
-_RUNNING_REASONS = {libvirt.VIR_DOMAIN_RUNNING_BOOTED: "booted",
-                    libvirt.VIR_DOMAIN_RUNNING_MIGRATED: "migrated",
-                    libvirt.VIR_DOMAIN_RUNNING_RESTORED: "restored",
-                    libvirt.VIR_DOMAIN_RUNNING_UNPAUSED: "unpaused"}
-_SHUTOFF_REASONS = {libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN: "shutdown",
-                    libvirt.VIR_DOMAIN_SHUTOFF_DESTROYED: "destroyed",
-                    libvirt.VIR_DOMAIN_SHUTOFF_CRASHED: "crashed",
-                    libvirt.VIR_DOMAIN_SHUTOFF_MIGRATED: "migrated",
-                    libvirt.VIR_DOMAIN_SHUTOFF_FAILED: "failed"}
-_EVENTS = {libvirt.VIR_DOMAIN_EVENT_DEFINED: "defined",
-           libvirt.VIR_DOMAIN_EVENT_UNDEFINED: "undefined",
-           libvirt.VIR_DOMAIN_EVENT_STARTED: "started",
-           libvirt.VIR_DOMAIN_EVENT_SUSPENDED: "suspended",
-           libvirt.VIR_DOMAIN_EVENT_RESUMED: "resumed",
-           libvirt.VIR_DOMAIN_EVENT_STOPPED: "stopped",
-           libvirt.VIR_DOMAIN_EVENT_SHUTDOWN: "shutdown",
-           libvirt.VIR_DOMAIN_EVENT_CRASHED: "crashed"}
+# virDomain<State>Reason, per state
+_REASONS = {
+    DomainState.NOSTATE: _names("VIR_DOMAIN_NOSTATE_", ["unknown"]),
+    DomainState.RUNNING: _names("VIR_DOMAIN_RUNNING_", [
+        "unknown", "booted", "migrated", "restored", "from_snapshot", "unpaused",
+        "migration_canceled", "save_canceled", "wakeup", "crashed", "postcopy",
+        "postcopy_failed"]),
+    DomainState.BLOCKED: _names("VIR_DOMAIN_BLOCKED_", ["unknown"]),
+    DomainState.PAUSED: _names("VIR_DOMAIN_PAUSED_", [
+        "unknown", "user", "migration", "save", "dump", "ioerror", "watchdog", "from_snapshot",
+        "shutting_down", "snapshot", "starting_up", "postcopy", "postcopy_failed",
+        "api_error"]),
+    DomainState.SHUTDOWN: _names("VIR_DOMAIN_SHUTDOWN_", ["unknown", "user"]),
+    DomainState.SHUTOFF: _names("VIR_DOMAIN_SHUTOFF_", [
+        "unknown", "shutdown", "destroyed", "crashed", "migrated", "saved", "failed",
+        "from_snapshot", "daemon"]),
+    DomainState.CRASHED: _names("VIR_DOMAIN_CRASHED_", ["unknown", "panicked"]),
+    DomainState.PMSUSPENDED: _names("VIR_DOMAIN_PMSUSPENDED_", ["unknown"]),
+}
 
+# virDomainEventType, and each type's virDomainEvent<Type>DetailType
+_EVENTS = _names("VIR_DOMAIN_EVENT_", [
+    "defined", "undefined", "started", "suspended", "resumed", "stopped", "shutdown",
+    "pmsuspended", "crashed"])
+_EVENT_DETAILS = {
+    "defined": _names("VIR_DOMAIN_EVENT_DEFINED_", [
+        "added", "updated", "renamed", "from_snapshot"]),
+    "undefined": _names("VIR_DOMAIN_EVENT_UNDEFINED_", ["removed", "renamed"]),
+    "started": _names("VIR_DOMAIN_EVENT_STARTED_", [
+        "booted", "migrated", "restored", "from_snapshot", "wakeup"]),
+    "suspended": _names("VIR_DOMAIN_EVENT_SUSPENDED_", [
+        "paused", "migrated", "ioerror", "watchdog", "restored", "from_snapshot", "api_error",
+        "postcopy", "postcopy_failed"]),
+    "resumed": _names("VIR_DOMAIN_EVENT_RESUMED_", [
+        "unpaused", "migrated", "from_snapshot", "postcopy", "postcopy_failed"]),
+    "stopped": _names("VIR_DOMAIN_EVENT_STOPPED_", [
+        "shutdown", "destroyed", "crashed", "migrated", "saved", "failed", "from_snapshot"]),
+    "shutdown": _names("VIR_DOMAIN_EVENT_SHUTDOWN_", ["finished", "guest", "host"]),
+    "pmsuspended": _names("VIR_DOMAIN_EVENT_PMSUSPENDED_", ["memory", "disk"]),
+    "crashed": _names("VIR_DOMAIN_EVENT_CRASHED_", ["panicked", "crashloaded"]),
+}
 
-@dataclass(frozen=True)
-class DomainStatus:
-    uuid: str
-    name: str
-    state: DomainState
-    reason: str
-    active: bool
-    persistent: bool
-
-
-@dataclass(frozen=True)
-class HostInfo:
-    cpu_count: int
-    memory_mib: int
-
-
-LifecycleListener = Callable[[str, str, str], None]
+_UNDEFINE_FLAGS = (libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                   | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+                   | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+                   | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+# measured: the test driver refuses every undefine flag but these two
+_TEST_UNDEFINE_FLAGS = (libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                        | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+_MIGRATE_FLAGS = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER
+                  | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
 
 
 class LibvirtDriver:
+    """One libvirt connection (`uri`), i.e. one node's hypervisor."""
+
     def __init__(self, uri: str) -> None:
         self.uri = uri
         self._lock = threading.RLock()
         self._conn: libvirt.virConnect | None = None
+        self._closed = False
         self._listeners: list[LifecycleListener] = []
         self._callback_ids: list[int] = []
 
     # connection
+    def connect(self) -> None:
+        """Open the connection now (events start flowing); BackendError when it cannot."""
+        self._connection()
+
     def _connection(self) -> libvirt.virConnect:
         with self._lock:
+            if self._closed:
+                raise BackendError(f"the libvirt driver for {self.uri} is closed")
             if self._conn is not None:
                 try:
                     if self._conn.isAlive():
@@ -124,7 +196,7 @@ class LibvirtDriver:
                 except libvirt.libvirtError:
                     pass
                 log.warning("event=libvirt-reconnect uri=%s", self.uri)
-                self._conn = None
+                self._drop_connection()
             _ensure_event_loop()
             try:
                 conn = libvirt.open(self.uri)
@@ -132,154 +204,202 @@ class LibvirtDriver:
                 raise BackendError(f"cannot connect to libvirt at {self.uri}: "
                                    f"{exc.get_error_message()}") from exc
             self._conn = conn
-            self._callback_ids = []
             if self._listeners:
                 self._register_events(conn)
             return conn
 
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                for callback_id in self._callback_ids:
-                    try:
-                        self._conn.domainEventDeregisterAny(callback_id)
-                    except libvirt.libvirtError:
-                        pass
-                try:
-                    self._conn.close()
-                except libvirt.libvirtError:
-                    pass
-                self._conn = None
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        callback_ids, self._callback_ids = self._callback_ids, []
+        if conn is None:
+            return
+        for callback_id in callback_ids:
+            try:
+                conn.domainEventDeregisterAny(callback_id)
+            except libvirt.libvirtError:
+                pass  # a dead connection has no callbacks left to remove
+        try:
+            conn.close()
+        except libvirt.libvirtError:
+            pass
 
+    def close(self) -> None:
+        """Close the connection for good: later calls raise BackendError."""
+        with self._lock:
+            self._closed = True
+            self._drop_connection()
+
+    # events
     def add_lifecycle_listener(self, listener: LifecycleListener) -> None:
+        """Call `listener(uuid, event, detail)` on every lifecycle event of every domain, e.g.
+        ("…", "started", "booted"), ("…", "stopped", "destroyed"), ("…", "undefined",
+        "removed"). Events flow while the connection is open (`connect()` or any call)."""
         with self._lock:
             self._listeners.append(listener)
-            if self._conn is not None and len(self._listeners) == 1:
+            if self._conn is not None and not self._callback_ids:
                 self._register_events(self._conn)
 
     def _register_events(self, conn: libvirt.virConnect) -> None:
-        def on_event(_conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
-            uuid = dom.UUIDString()
-            for listener in list(self._listeners):
-                try:
-                    listener(uuid, _EVENTS.get(event, str(event)), str(detail))
-                except Exception:
-                    log.exception("event=libvirt-listener-error vm=%s", uuid)
-
         self._callback_ids.append(conn.domainEventRegisterAny(
-            None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, on_event, None))
+            None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle_event, None))
 
-    def connect(self) -> None:
-        """Open the connection now (events start flowing); errors are BackendError."""
-        self._connection()
+    def _on_lifecycle_event(self, _conn: Any, domain: Any, event: int, detail: int,
+                            _opaque: Any) -> None:
+        try:
+            uuid = domain.UUIDString()
+        except libvirt.libvirtError:
+            return
+        event_name = _EVENTS.get(event, str(event))
+        detail_name = _EVENT_DETAILS.get(event_name, {}).get(detail, str(detail))
+        for listener in list(self._listeners):
+            try:
+                listener(uuid, event_name, detail_name)
+            except Exception:
+                log.exception("event=libvirt-listener-error vm=%s libvirt_event=%s", uuid,
+                              event_name)
 
     # domains
-    def _domain(self, uuid: str) -> Any:
-        try:
-            return self._connection().lookupByUUIDString(uuid)
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                raise NotFound(f"domain {uuid} is not defined on {self.uri}") from exc
-            raise _backend(exc, f"looking up domain {uuid}") from exc
-
     def define(self, xml: str) -> None:
+        """Define (or redefine, same UUID) a persistent domain from its XML."""
         try:
             self._connection().defineXML(xml)
         except libvirt.libvirtError as exc:
-            raise _backend(exc, "defining the domain") from exc
+            raise _error(exc, "define the domain") from exc
 
     def undefine(self, uuid: str) -> None:
-        flags = (libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-                 | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-                 | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
-        test_driver = self.uri.startswith("test:")
-        self._call(uuid, "undefining",
-                   lambda d: d.undefine() if test_driver else d.undefineFlags(flags))
+        """Remove the domain's definition (a running domain keeps running, transient)."""
+        flags = _TEST_UNDEFINE_FLAGS if self.uri.startswith("test:") else _UNDEFINE_FLAGS
+        self._act(uuid, "undefine", lambda domain: domain.undefineFlags(flags))
 
     def start(self, uuid: str) -> None:
-        self._call(uuid, "starting", lambda d: d.create())
+        """Boot a defined domain; starting a running one is a BackendError."""
+        self._act(uuid, "start", lambda domain: domain.create())
 
     def shutdown(self, uuid: str) -> None:
-        self._call(uuid, "shutting down", lambda d: d.shutdown())
+        """Ask the guest to shut down (ACPI power button); returns before it has stopped.
+        Asking a stopped domain is a BackendError."""
+        self._act(uuid, "shut down", lambda domain: domain.shutdown())
 
     def destroy(self, uuid: str) -> None:
-        def destroy(d: Any) -> None:
-            if d.isActive():
-                d.destroy()
+        """Stop the domain at once (pull the plug); a stopped domain is left as it is."""
+        def destroy(domain: Any) -> None:
+            if domain.isActive():
+                domain.destroy()
 
-        self._call(uuid, "stopping", destroy)
-
-    def _call(self, uuid: str, what: str, action: Callable[[Any], Any]) -> None:
-        domain = self._domain(uuid)
-        try:
-            action(domain)
-        except libvirt.libvirtError as exc:
-            raise _backend(exc, f"{what} domain {uuid}") from exc
+        self._act(uuid, "destroy", destroy)
 
     def domain_state(self, uuid: str) -> DomainStatus | None:
+        """The domain's state, or None when this node does not know the domain."""
         try:
             return _status(self._domain(uuid))
         except NotFound:
             return None
         except libvirt.libvirtError as exc:
             if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                return None
-            raise _backend(exc, f"reading domain {uuid}") from exc
+                return None  # undefined between the lookup and the read
+            raise _error(exc, f"read the state of domain {uuid}") from exc
 
     def list_domains(self) -> list[DomainStatus]:
+        """Every domain this node knows: defined or running (transient ones too)."""
         try:
-            domains = self._connection().listAllDomains()
+            domains = self._connection().listAllDomains(0)
         except libvirt.libvirtError as exc:
-            raise _backend(exc, "listing domains") from exc
+            raise _error(exc, "list domains") from exc
         result = []
         for domain in domains:
             try:
                 result.append(_status(domain))
             except libvirt.libvirtError:
-                continue  # vanished while we looked
+                continue  # undefined while we looked
         return result
 
     def xml(self, uuid: str) -> str:
+        """The domain's XML as libvirt has it now (live XML for a running domain)."""
         domain = self._domain(uuid)
         try:
             return str(domain.XMLDesc(0))
         except libvirt.libvirtError as exc:
-            raise _backend(exc, f"reading the XML of domain {uuid}") from exc
+            raise _error(exc, f"read the XML of domain {uuid}") from exc
 
     def migrate(self, uuid: str, dest_uri: str, migration_uri: str | None,
                 timeout: float) -> None:
-        """Live-migrate to the libvirt at `dest_uri` (peer-to-peer), persistent there."""
+        """Live-migrate a running domain to the libvirt at `dest_uri`, persistent there and
+        undefined here. Peer-to-peer: this node's libvirtd connects to `dest_uri` itself, so
+        it must be reachable from libvirtd (e.g. `qemu+tcp://host/system`). `migration_uri`
+        (e.g. `tcp://10.0.0.2`) says where QEMU sends the memory; None lets libvirt choose.
+
+        After `timeout` seconds the migration is aborted (the domain keeps running here) and
+        BackendError says so; every failure is BackendError with libvirt's text."""
         domain = self._domain(uuid)
         params: dict[str, Any] = {}
         if migration_uri:
             params[libvirt.VIR_MIGRATE_PARAM_URI] = migration_uri
-        flags = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER
-                 | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
+        finished, timed_out = threading.Event(), threading.Event()
+
+        def watchdog() -> None:
+            if finished.wait(timeout):
+                return
+            timed_out.set()
+            # abortJob fails while the migration job has not started yet: keep trying
+            while not finished.is_set():
+                try:
+                    domain.abortJob()
+                    return
+                except libvirt.libvirtError as exc:
+                    log.info("event=vm-migration-abort-retry vm=%s error=%r", uuid,
+                             exc.get_error_message())
+                finished.wait(0.1)
+
+        threading.Thread(target=watchdog, name=f"migrate-watchdog-{uuid}", daemon=True).start()
         try:
-            domain.migrateToURI3(dest_uri, params, flags)
+            domain.migrateToURI3(dest_uri, params, _MIGRATE_FLAGS)
         except libvirt.libvirtError as exc:
-            raise _backend(exc, f"migrating domain {uuid} to {dest_uri}") from exc
+            if timed_out.is_set():
+                raise BackendError(
+                    f"libvirt could not migrate domain {uuid} to {dest_uri}: aborted after "
+                    f"{timeout:g} s: {exc.get_error_message()}") from exc
+            raise _error(exc, f"migrate domain {uuid} to {dest_uri}") from exc
+        finally:
+            finished.set()
 
     def host_info(self) -> HostInfo:
         try:
             info = self._connection().getInfo()
         except libvirt.libvirtError as exc:
-            raise _backend(exc, "reading host information") from exc
+            raise _error(exc, "read the host's information") from exc
         return HostInfo(cpu_count=int(info[2]), memory_mib=int(info[1]))
+
+    # helpers
+    def _domain(self, uuid: str) -> Any:
+        if not _UUID.fullmatch(uuid):
+            raise NotFound(f"no domain {uuid!r} on {self.uri}: not a UUID")
+        try:
+            return self._connection().lookupByUUIDString(uuid)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                raise NotFound(f"no domain {uuid} on {self.uri}: "
+                               f"{exc.get_error_message()}") from exc
+            raise _error(exc, f"look up domain {uuid}") from exc
+
+    def _act(self, uuid: str, verb: str, action: Callable[[Any], Any]) -> None:
+        domain = self._domain(uuid)
+        try:
+            action(domain)
+        except libvirt.libvirtError as exc:
+            raise _error(exc, f"{verb} domain {uuid}") from exc
 
 
 def _status(domain: Any) -> DomainStatus:
     state, reason = domain.state()
     kind = _STATES.get(state, DomainState.NOSTATE)
-    if kind == DomainState.RUNNING:
-        why = _RUNNING_REASONS.get(reason, str(reason))
-    elif kind == DomainState.SHUTOFF:
-        why = _SHUTOFF_REASONS.get(reason, str(reason))
-    else:
-        why = str(reason)
-    return DomainStatus(uuid=domain.UUIDString(), name=domain.name(), state=kind, reason=why,
+    return DomainStatus(uuid=domain.UUIDString(), name=domain.name(), state=kind,
+                        reason=_REASONS[kind].get(reason, str(reason)),
                         active=bool(domain.isActive()), persistent=bool(domain.isPersistent()))
 
 
-def _backend(exc: Any, what: str) -> BackendError:
-    return BackendError(f"libvirt failed {what}: {exc.get_error_message()}")
+def _error(exc: libvirt.libvirtError, what: str) -> BackendError | NotFound:
+    """libvirt's error as ours: "libvirt could not start domain …: <libvirt's text>"."""
+    message = f"libvirt could not {what}: {exc.get_error_message()}"
+    if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+        return NotFound(message)
+    return BackendError(message)
