@@ -13,10 +13,8 @@ Run as: .venv/bin/python -m bench.failover [--rounds 3]
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,26 +23,13 @@ import requests
 
 from pvcd.lab.guest import tiny_guest_xml
 from pvcd.lab.lab import Lab
-from pvcd.lab.netns import in_ns
 
 NODES = ("node1", "node2", "node3")
-_PROBE = """
-import json, sys, urllib.request
-request = urllib.request.Request(sys.argv[1], headers={"X-Api-Key": sys.argv[2]})
-with urllib.request.urlopen(request, timeout=1) as response:
-    print(json.dumps([n["name"] for n in json.loads(response.read())
-                      if n["coordinator_state"] == "primary"]))
-"""
 
 
 def floating_primary(lab: Lab, client: str) -> str | None:
-    info = lab.info
-    assert info is not None and info.network is not None
-    result = in_ns(client, sys.executable, "-c", _PROBE, info.network["api_floating"] + "/node",
-                   info.token, check=False, timeout=5)
-    if result.returncode != 0:
-        return None
-    primaries = json.loads(result.stdout)
+    nodes = lab.floating_api_get(client, "/node", timeout=1.0)
+    primaries = [n["name"] for n in nodes or [] if n["coordinator_state"] == "primary"]
     return primaries[0] if len(primaries) == 1 else None
 
 

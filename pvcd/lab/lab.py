@@ -33,10 +33,16 @@ import yaml
 from pvcd.drivers.host import pid_alive
 from pvcd.lab import agent
 from pvcd.lab.ceph import CephLabError, Daemon, ThrowawayCeph
-from pvcd.lab.netns import FLOATING_IP, SERVICE_IP, UNDERLAY_NET, LabNetwork
+from pvcd.lab.netns import FLOATING_IP, SERVICE_IP, UNDERLAY_NET, LabNetwork, in_ns
 from pvcd.lab.zookeeper import ZooKeeperEnsemble, ZooKeeperServer, free_port
 
 LAB_FILE = "lab.json"
+_FLOATING_PROBE = """
+import json, sys, urllib.request
+request = urllib.request.Request(sys.argv[1], headers={"X-Api-Key": sys.argv[2]})
+with urllib.request.urlopen(request, timeout=float(sys.argv[3])) as response:
+    print(json.dumps(json.loads(response.read())))
+"""
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
 
 
@@ -281,6 +287,18 @@ class Lab:
         if not info.network:
             raise RuntimeError("this lab has no network namespaces (start it with network=True)")
         return LabNetwork(info.network["id"])
+
+    def floating_api_get(self, client_ns: str, path: str, timeout: float = 5.0) -> Any:
+        """GET `path` from the API on the floating IP, from inside namespace `client_ns` (an
+        operator's machine on the underlay, `LabNetwork.add_client`); None when it does not
+        answer. Runs in a child process that enters the namespace."""
+        info = self._info()
+        if not info.network:
+            raise RuntimeError("this lab has no network namespaces (start it with network=True)")
+        result = in_ns(client_ns, sys.executable, "-c", _FLOATING_PROBE,
+                       info.network["api_floating"] + path, info.token, str(timeout),
+                       check=False, timeout=timeout + 5)
+        return json.loads(result.stdout) if result.returncode == 0 else None
 
     def api_get(self, path: str, timeout: float = 5.0) -> Any:
         info = self._info()

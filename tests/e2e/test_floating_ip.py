@@ -9,37 +9,22 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
 from pvcd.lab.lab import Lab
-from pvcd.lab.netns import FLOATING_IP, in_ns
+from pvcd.lab.netns import FLOATING_IP
 from tests.e2e.labclient import LabClient, LabFactory, wait_until
 
 pytestmark = pytest.mark.slow
 
 NODES = ("node1", "node2", "node3")
 
-_PROBE = """
-import json, sys, urllib.request
-request = urllib.request.Request(sys.argv[1], headers={"X-Api-Key": sys.argv[2]})
-with urllib.request.urlopen(request, timeout=2) as response:
-    nodes = json.loads(response.read())
-print(json.dumps([n["name"] for n in nodes if n["coordinator_state"] == "primary"]))
-"""
-
-
 def primary_via_floating_ip(client_ns: str, lab: Lab) -> str | None:
     """Ask the API on the floating IP, from the client namespace; the primary it reports."""
-    info = lab.info
-    assert info is not None and info.network is not None
-    result = in_ns(client_ns, sys.executable, "-c", _PROBE, info.network["api_floating"] + "/node",
-                   info.token, check=False, timeout=10)
-    if result.returncode != 0:
-        return None
-    primaries = json.loads(result.stdout)
+    nodes = lab.floating_api_get(client_ns, "/node", timeout=2.0)
+    primaries = [n["name"] for n in nodes or [] if n["coordinator_state"] == "primary"]
     return primaries[0] if len(primaries) == 1 else None
 
 
