@@ -74,6 +74,7 @@ PRIMARY_OPS = ("cluster-option", "osd-state", "pool-add", "pool-remove", "volume
                "volume-modify", "volume-remove", "snapshot-add", "snapshot-remove")
 CLOCK_MARGIN = 2.0  # seconds: request timestamps come from other nodes' clocks
 COMMIT_TRIES = 5
+AFTER_REQUEST_SYNC_DELAY = 0.5  # seconds
 
 
 def request_key(request_id: str) -> str:
@@ -390,7 +391,7 @@ class PrimaryStorage:
                 "volume-add": self._volume_add, "volume-modify": self._volume_modify,
                 "volume-remove": self._volume_remove, "snapshot-add": self._snapshot_add,
                 "snapshot-remove": self._snapshot_remove,
-            }, primary_lock_names, clock, on_finished=self._after_request)
+            }, primary_lock_names, clock)
         self.requests.active = False
         self.request_controller: Controller | None = None
         self.sync_controller: Controller | None = None
@@ -412,10 +413,6 @@ class PrimaryStorage:
             log.warning("event=storage-primary-stop-busy node=%s running=%d", self.name,
                         self.requests.running_count())
         log.info("event=storage-primary-stop node=%s", self.name)
-
-    def _after_request(self, request: StorageRequest) -> None:
-        if self.sync_controller is not None:
-            self.sync_controller.enqueue(SYNC_KEY)
 
     # sync key
     def sync_keys(self) -> list[str]:
@@ -811,13 +808,16 @@ class NodeStorage:
         deadline = time.monotonic() + max(30.0, self.config.command_timeout)
         while time.monotonic() < deadline:
             osd = next((o for o in self.ceph.osd_list() if o.id == osd_id), None)
-            if osd is not None and osd.up and osd.in_:
+            # PGs that move to it peer first: until they are active, I/O to them blocks
+            if osd is not None and osd.up and osd.in_ and all(
+                    pg.state.startswith("active") for pg in self.ceph.pg_stats()):
                 return {"uuid": osd.uuid, "up": True, "in": True, "node": self.name,
                         "reweight": osd.reweight, "primary_affinity": osd.primary_affinity,
                         "state": ",".join(osd.state)}
             time.sleep(0.2)
         raise BackendError(f"osd.{osd_id} was created on node {self.name} but is not up and in "
-                           f"after {max(30.0, self.config.command_timeout):.0f} s; see its log")
+                           "(with every PG active) after "
+                           f"{max(30.0, self.config.command_timeout):.0f} s; see its log")
 
     def _osd_remove(self, request: StorageRequest, progress: Callable[[str], None]) -> Outcome:
         osd_id = int(request.args["osd"])
@@ -862,7 +862,8 @@ def install(daemon: NodeDaemon) -> None:
     sync = primary.sync_controller
 
     def refresh_volume_after(request: StorageRequest) -> None:
-        sync.enqueue(SYNC_KEY)
+        # a burst of requests makes one sync, not one each (each costs ≈ 10 Ceph tool runs)
+        sync.enqueue_after(SYNC_KEY, AFTER_REQUEST_SYNC_DELAY)
         if request.op in ("volume-add", "volume-modify") and request.state == "done":
             sync.enqueue(f"vol/{request.result['pool']}/{request.result['volume']}")
 
