@@ -23,12 +23,15 @@ def test_a_key_is_never_reconciled_twice_at_once_and_no_event_is_lost() -> None:
     overlaps = []
     calls: list[str] = []
     lock = threading.Lock()
+    a_started = threading.Event()
 
     def reconcile(key: str) -> None:
         with lock:
             if key in active:
                 overlaps.append(key)
             active.add(key)
+        if key == "a":
+            a_started.set()
         time.sleep(0.01)
         with lock:
             active.discard(key)
@@ -38,7 +41,7 @@ def test_a_key_is_never_reconciled_twice_at_once_and_no_event_is_lost() -> None:
     ctl.start()
     try:
         ctl.enqueue("a")
-        time.sleep(0.002)
+        assert a_started.wait(5)
         ctl.enqueue("a")  # while "a" runs: must run once more afterwards
         ctl.enqueue("b")
         assert wait_for(lambda: calls.count("a") == 2 and calls.count("b") == 1)
