@@ -188,7 +188,7 @@ class Lab:
                 cast(dict[str, Any], config.setdefault("drivers", {}))["ceph"] = {
                     "enabled": True, "conf_file": info.ceph["conf"],
                     "keyring": info.ceph["keyring"], "lab_workdir": info.ceph["workdir"],
-                    "stats_interval": 1.0, "request_timeout": 60.0}
+                    "stats_interval": 2.0, "request_timeout": 60.0}
             config_path = folder / "pvcd.yaml"
             config_path.write_text(yaml.safe_dump(config, sort_keys=False))
             info.nodes.append(LabNode(name, index <= coordinators, str(config_path),

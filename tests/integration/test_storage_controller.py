@@ -1,0 +1,170 @@
+"""The storage controller on a real ZooKeeper and a real throwaway Ceph, without daemons.
+
+Requests are written as the API writes them and reconciled by calling the executors directly;
+every effect is checked with Ceph's own tools and in the mirror. The Ceph cluster is the session
+cluster of `tests/integration/ceph/conftest.py` (its fixtures are imported here); each test works
+in pools of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from kazoo.client import KazooClient
+
+from pvcd.api.storage import RequestWaiter, new_request_id
+from pvcd.config import CephDriverSection
+from pvcd.controllers.storage import PrimaryStorage, request_key
+from pvcd.controllers.storage_backend import StorageCeph
+from pvcd.lab.ceph import ThrowawayCeph
+from pvcd.state.cache import StateCache
+from pvcd.state.models import PRIMARY_TARGET, StorageRequest
+from pvcd.state.schema import Paths, ensure_schema
+from pvcd.state.store import Op, Store
+from pvcd.state.view import ClusterView
+from tests.integration.ceph.conftest import CephTools, ceph_lab, pool_name, tools
+
+__all__ = ["ceph_lab", "pool_name", "tools"]  # fixtures shared with tests/integration/ceph
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def primary(zk: KazooClient, zk_root: str, ceph_lab: ThrowawayCeph
+            ) -> Iterator[PrimaryStorage]:
+    paths = Paths(zk_root)
+    ensure_schema(zk, paths)
+    cache = StateCache(zk, paths.root)
+    cache.start()
+    store = Store(zk, cache)
+    ceph = StorageCeph(ceph_lab.conf_path, ceph_lab.keyring_path, timeout=30)
+    service = PrimaryStorage("node1", ClusterView(cache, paths), store, ceph,
+                             CephDriverSection(enabled=True, request_timeout=5.0))
+    service.start()
+    yield service
+    service.stop()
+    cache.close()
+
+
+def submit(primary: PrimaryStorage, op: str, **args: object) -> str:
+    request = StorageRequest(id=new_request_id(time.time), op=op, args=dict(args),
+                             target=PRIMARY_TARGET, created=time.time())
+    primary.store.commit([Op.create(primary.view.paths.storage_request(request.id),
+                                    request.to_doc())])
+    return request.id
+
+
+def run(primary: PrimaryStorage, op: str, **args: object) -> StorageRequest:
+    request_id = submit(primary, op, **args)
+    primary.requests.reconcile(request_key(request_id))
+    doc = primary.view.cache.get(primary.view.paths.storage_request(request_id))
+    return StorageRequest(**doc)
+
+
+def test_requests_change_ceph_then_the_mirror(primary: PrimaryStorage, tools: CephTools,
+                                             pool_name: str) -> None:
+    paths, cache = primary.view.paths, primary.view.cache
+    done = run(primary, "pool-add", pool=pool_name, pgs=8)
+    assert done.state == "done" and done.executor and done.finished is not None
+    assert pool_name in tools.pools() and cache.exists(paths.storage_pool(pool_name))
+    assert run(primary, "volume-add", pool=pool_name, volume="v1", size=4 << 20).state == "done"
+    assert tools.json("rbd", "info", "--pool", pool_name, "--image", "v1")["size"] == 4 << 20
+    assert cache.get(paths.storage_volume(pool_name, "v1"))["stats"]["size"] == 4 << 20
+    assert run(primary, "snapshot-add", pool=pool_name, volume="v1", snapshot="s").state == "done"
+    renamed = run(primary, "volume-modify", pool=pool_name, volume="v1", name="v2",
+                  size=8 << 20)
+    assert renamed.state == "done", renamed.message
+    assert tools.json("rbd", "ls", "--pool", pool_name) == ["v2"]
+    assert not cache.exists(paths.storage_volume(pool_name, "v1"))
+    assert cache.get(paths.storage_snapshot(pool_name, "v2", "s"))["volume"] == "v2"
+
+    failed = run(primary, "volume-remove", pool=pool_name, volume="v2")  # has a snapshot
+    assert failed.state == "failed" and failed.error in ("Conflict", "BackendError")
+    assert cache.exists(paths.storage_volume(pool_name, "v2"))
+    assert run(primary, "pool-remove", pool=pool_name).state == "done"
+    assert pool_name not in tools.pools()
+    assert not cache.exists(paths.storage_pool(pool_name))
+    assert not cache.exists(paths.storage_pool_volumes(pool_name))
+    assert not cache.exists(paths.storage_pool_snapshots(pool_name))
+
+
+def test_sync_adopts_and_drops_what_changed_outside_pvcd(primary: PrimaryStorage,
+                                                         tools: CephTools,
+                                                         pool_name: str) -> None:
+    paths, cache = primary.view.paths, primary.view.cache
+    assert run(primary, "pool-add", pool=pool_name, pgs=8).state == "done"
+    tools.run("rbd", "create", "--pool", pool_name, "--image", "outside", "--size", "1M")
+    tools.run("rbd", "snap", "create", f"{pool_name}/outside@snap")
+    primary.sync()  # a request finished moments ago: no adoption in this round (races)
+    assert not cache.exists(paths.storage_volume(pool_name, "outside"))
+    time.sleep(2.5)  # past the margin after the pool-add request
+    primary.sync()
+    assert cache.get(paths.storage_volume(pool_name, "outside"))["stats"]["size"] == 1 << 20
+    assert cache.exists(paths.storage_snapshot(pool_name, "outside", "snap"))
+    osds = cache.children(paths.storage_osds)
+    assert sorted(int(o) for o in osds) == sorted(tools.lab.osd_ids)
+    assert "ceph_data" in cache.get(paths.storage_status)
+
+    tools.run("rbd", "snap", "purge", f"{pool_name}/outside")
+    tools.run("rbd", "rm", f"{pool_name}/outside")
+    primary.sync()
+    assert not cache.exists(paths.storage_volume(pool_name, "outside"))
+    assert not cache.exists(paths.storage_volume_snapshots(pool_name, "outside"))
+
+
+def test_a_request_left_running_by_a_gone_executor_is_failed(primary: PrimaryStorage) -> None:
+    request = StorageRequest(id=new_request_id(time.time), op="pool-add",
+                             args={"pool": "never", "pgs": 8}, target=PRIMARY_TARGET,
+                             state="running", executor="node9/1", created=time.time())
+    path = primary.view.paths.storage_request(request.id)
+    primary.store.commit([Op.create(path, request.to_doc())])
+    primary.requests.reconcile(request_key(request.id))
+    doc = primary.view.cache.get(path)
+    assert doc["state"] == "failed" and "interrupted" in doc["message"]
+
+
+def test_concurrent_requests_each_get_their_own_result(primary: PrimaryStorage,
+                                                      tools: CephTools,
+                                                      pool_name: str) -> None:
+    assert run(primary, "pool-add", pool=pool_name, pgs=8).state == "done"
+    ids = [submit(primary, "volume-add", pool=pool_name, volume=f"c{i}", size=(i + 1) << 20)
+           for i in range(6)]
+    ids.append(submit(primary, "volume-add", pool="nosuchpool", volume="x", size=1 << 20))
+    threads = [threading.Thread(target=primary.requests.reconcile, args=(request_key(i),))
+               for i in ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    docs = [primary.view.cache.get(primary.view.paths.storage_request(i)) for i in ids]
+    for index, doc in enumerate(docs[:-1]):
+        assert doc["state"] == "done" and doc["result"]["volume"] == f"c{index}"
+        info = tools.json("rbd", "info", "--pool", pool_name, "--image", f"c{index}")
+        assert info["size"] == (index + 1) << 20
+    assert docs[-1]["state"] == "failed" and docs[-1]["error"] == "NotFound"
+
+
+def test_waiter_wakes_on_the_result_and_reports_a_timeout(primary: PrimaryStorage) -> None:
+    cache = primary.view.cache
+    waiter = RequestWaiter(cache)
+    request_id = submit(primary, "cluster-option", action="set", option="noscrub")
+    path = primary.view.paths.storage_request(request_id)
+
+    async def scenario() -> tuple[object, object, float]:
+        unfinished = await waiter.wait(cache, path, 0.2)  # nobody executes it yet
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        loop.call_later(0.1, lambda: threading.Thread(
+            target=primary.requests.reconcile, args=(request_key(request_id),)).start())
+        finished = await waiter.wait(cache, path, 30)
+        return unfinished, finished, loop.time() - started
+
+    unfinished, finished, seconds = asyncio.run(scenario())
+    assert isinstance(unfinished, dict) and unfinished["state"] == "pending"
+    assert isinstance(finished, dict) and finished["state"] == "done"
+    assert seconds < 10
+    assert run(primary, "cluster-option", action="unset", option="noscrub").state == "done"
