@@ -136,8 +136,9 @@ def test_a_failed_fence_never_starts_the_vms_elsewhere(make_lab: LabFactory) -> 
     wait_until(lambda: all_on(lab, uuids, victim), timeout=10)
     lab.signal_node(victim, signal.SIGSTOP)
     try:
-        wait_until(lambda: api.nodes()[victim]["fence_state"] == "failed", timeout=20)
-        assert "always fails" in api.nodes()[victim]["fence_message"]
+        node = wait_until(lambda: (n := api.nodes()[victim])["fence_state"] == "failed" and n,
+                          timeout=20)
+        assert "always fails" in node["fence_message"]
         time.sleep(3.0)
         for uuid in uuids:
             assert hosts(lab, uuid) == []  # the victim is frozen; nobody else runs them
