@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
                          "processes and restarts them)")
     up.add_argument("--ceph", action="store_true",
                     help="start a throwaway Ceph (memstore OSDs) and let the nodes manage it")
-    for name in ("down", "status"):
+    for name in ("down", "status", "add-node"):
         cmd = lab_sub.add_parser(name)
         cmd.add_argument("--workdir", default="./lab")
     args = parser.parse_args(argv)
@@ -80,6 +80,9 @@ def _lab(args: argparse.Namespace) -> int:
         print(f"token: {info.token}")
         print(f"try:   curl -H 'X-Api-Key: {info.token}' {info.api}/node")
         print(f"stop:  pvcd lab down --workdir {args.workdir}")
+        return 0
+    if args.lab_command == "add-node":
+        print(f"added {lab.add_node()}")
         return 0
     if args.lab_command == "down":
         lab.down()

@@ -241,6 +241,32 @@ class Lab:
         return {"workdir": str(self.ceph.workdir), "conf": str(self.ceph.conf_path),
                 "keyring": str(self.ceph.keyring_path)}
 
+    def add_node(self, timeout: float = 60.0) -> str:
+        """Add a (non-coordinator) node to the running lab, as an operator adds a hypervisor:
+        its config is the first node's with its own name, state and network; returns its name."""
+        info = self._info()
+        index = max(int(n.name.removeprefix("node")) for n in info.nodes) + 1
+        name = f"node{index}"
+        folder = self.workdir / "nodes" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        config = yaml.safe_load(Path(info.nodes[0].config).read_text())
+        config["node"] = {"name": name, "coordinator": False}
+        libvirt_state = folder / "libvirt-test.xml"
+        libvirt_state.write_text("<node>\n</node>\n")
+        config["drivers"]["libvirt"].update(uri=f"test://{libvirt_state}",
+                                            lab_agent_socket=str(folder / "agent.sock"))
+        if info.network:
+            lab_net = LabNetwork(info.network["id"])
+            config["drivers"]["network"].update(lab_net.add_node(name, index).config(),
+                                                state_dir=str(folder / "networks"))
+        config_path = folder / "pvcd.yaml"
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        info.nodes.append(LabNode(name, False, str(config_path), str(folder / "pvcd.log")))
+        self.save()
+        self.start_node(name)
+        self.wait_ready(timeout)
+        return name
+
     def start_node(self, name: str) -> int:
         info = self._info()
         node = info.node(name)

@@ -442,3 +442,25 @@ def test_acls_are_applied_in_order_on_every_node(netlab) -> None:
         lab.network().detach_vm(name)
     delete_network(api, 104)
     wait_until(lambda: all("net104" not in ruleset(lab, n) for n in NODES), timeout=5)
+
+
+def test_adding_a_node_extends_the_vxlan_to_it(tmp_path: Path) -> None:
+    lab = Lab(tmp_path / "lab")
+    info = lab.up(nodes=2, network=True)
+    try:
+        api = LabClient(info)
+        ok(api.post("/network", data={"vni": 120, "description": "net120",
+                                      "nettype": "managed", "ip4_network": "10.120.0.0/24",
+                                      "ip4_gateway": "10.120.0.1"}))
+        wait_until(lambda: "vmbr120" in node_links(lab, "node1"), timeout=5)
+        a = vm(lab, "node1", 120, "a120", "10.120.0.11/24")
+        added = lab.add_node()
+        assert added == "node3"
+        # the new node builds the network, and every node replicates to it
+        wait_until(lambda: "vmbr120" in node_links(lab, "node3"), timeout=10)
+        wait_until(lambda: vxlan_peers(lab, "node1", 120) == {"10.200.0.2", "10.200.0.3"} and
+                   vxlan_peers(lab, "node3", 120) == {"10.200.0.1", "10.200.0.2"}, timeout=10)
+        c = vm(lab, "node3", 120, "c120", "10.120.0.13/24")
+        wait_until(lambda: ping(a, "10.120.0.13") and ping(c, "10.120.0.11"), timeout=10)
+    finally:
+        lab.down()
