@@ -13,6 +13,7 @@ so a ruleset flushed by hand comes back within one interval.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -69,8 +70,32 @@ class FirewallController:
             return DONE
         in_rules = [rule_body(acl) for acl in self.view.acls(vni, "in")]
         out_rules = [rule_body(acl) for acl in self.view.acls(vni, "out")]
+        if in_rules or out_rules:
+            in_rules = [*direction_guards(spec, "daddr"), *in_rules]
+            out_rules = [*direction_guards(spec, "saddr"), *out_rules]
         self.nft.apply_network_rules(vni, bridge_name(vni), in_rules, out_rules)
         return DONE
+
+
+def direction_guards(spec: Any, field: str) -> list[dict[str, Any]]:
+    """Rules that leave a chain for packets not going into (`daddr`) or out of (`saddr`) the
+    network. The bridge hands every frame of `vmbr<vni>` to both chains, including a VM's
+    packets on their way to the gateway to be routed elsewhere; `in` rules must only see what
+    is addressed to the network, `out` rules only what comes from it."""
+    guards = []
+    for family, network in (("ip", spec.ip4_network), ("ip6", spec.ip6_network)):
+        if not network:
+            continue
+        net = ipaddress.ip_network(network, strict=False)
+        guards.append({
+            "expr": [{"match": {"op": "!=",
+                                "left": {"payload": {"protocol": family, "field": field}},
+                                "right": {"prefix": {"addr": str(net.network_address),
+                                                     "len": net.prefixlen}}}},
+                     {"return": None}],
+            "comment": f"pvc: only traffic {'into' if field == 'daddr' else 'out of'} "
+                       "the network"})
+    return guards
 
 
 def install(daemon: NodeDaemon, config: NetworkDriverSection) -> None:

@@ -116,6 +116,7 @@ class GatewayService:
     def start(self) -> None:
         with self._lock:
             self.active = True
+        self._enable_routing()
         log.info("event=gateways-start node=%s", self.name)
         if self.controller is not None:
             for vni in self.view.network_vnis():
@@ -130,6 +131,21 @@ class GatewayService:
                 except Exception:
                     log.exception("event=gateway-teardown-failed node=%s vni=%d", self.name, vni)
         log.info("event=gateways-stopped node=%s", self.name)
+
+    def _enable_routing(self) -> None:
+        """The gateways route between the client networks (their ACL chains see the routed
+        traffic in the forward hook): IPv4 and IPv6 forwarding on, in the node's namespace."""
+
+        def enable() -> None:
+            for path in ("/proc/sys/net/ipv4/ip_forward",
+                         "/proc/sys/net/ipv6/conf/all/forwarding"):
+                with open(path, "w") as handle:
+                    handle.write("1\n")
+
+        try:
+            run_in_netns(self.config.netns, enable)
+        except OSError as exc:
+            log.error("event=routing-enable-failed node=%s error=%r", self.name, exc)
 
     # keys
     def keys(self) -> Iterable[str]:

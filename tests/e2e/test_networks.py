@@ -464,3 +464,28 @@ def test_adding_a_node_extends_the_vxlan_to_it(tmp_path: Path) -> None:
         wait_until(lambda: ping(a, "10.120.0.13") and ping(c, "10.120.0.11"), timeout=10)
     finally:
         lab.down()
+
+
+def test_an_in_acl_stops_pings_into_the_network_but_not_out_of_it(netlab) -> None:
+    """Two managed networks routed by the primary's gateways: an `in` rule of net106 that drops
+    ICMP echo requests stops pings from net107 into net106, while net106's VM still pings out to
+    net107 (the echo replies coming back are not requests)."""
+    lab, api = netlab
+    add_network(api, 106, lab)
+    add_network(api, 107, lab)
+    inside = vm(lab, "node1", 106, "in106", "10.106.0.11/24")
+    outside = vm(lab, "node2", 107, "out107", "10.107.0.12/24")
+    netns.run("ip", "-n", inside, "route", "add", "default", "via", "10.106.0.1")
+    netns.run("ip", "-n", outside, "route", "add", "default", "via", "10.107.0.1")
+    wait_until(lambda: ping(inside, "10.107.0.12") and ping(outside, "10.106.0.11"), timeout=10)
+    ok(api.post("/network/106/acl", data={"description": "no-ping-in", "direction": "in",
+                                          "rule": "icmp type echo-request drop"}))
+    wait_until(lambda: not ping(outside, "10.106.0.11"), timeout=10)
+    assert ping(inside, "10.107.0.12", count=2)  # out of the network: still fine
+    assert not ping(outside, "10.106.0.11")
+    ok(api.call("DELETE", "/network/106/acl/no-ping-in", data={"direction": "in"}))
+    wait_until(lambda: ping(outside, "10.106.0.11"), timeout=10)
+    for name in ("in106", "out107"):
+        lab.network().detach_vm(name)
+    delete_network(api, 106)
+    delete_network(api, 107)
