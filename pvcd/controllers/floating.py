@@ -13,7 +13,7 @@ import ipaddress
 import logging
 from dataclasses import dataclass
 
-from pvcd.controllers.gateway import announce
+from pvcd.drivers.announce import announce
 from pvcd.drivers.netlink import NetlinkDriver
 
 log = logging.getLogger(__name__)

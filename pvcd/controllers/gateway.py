@@ -27,8 +27,6 @@ import ipaddress
 import logging
 import os
 import signal
-import socket
-import struct
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -38,6 +36,7 @@ from typing import TYPE_CHECKING
 from pvcd.config import NetworkDriverSection
 from pvcd.controllers.base import DONE, Controller, Result, TemporaryError
 from pvcd.controllers.network import vni_of_key, vni_of_path
+from pvcd.drivers.announce import announce
 from pvcd.drivers.dnsmasq import DnsmasqConfig, DnsmasqInstance, Lease, StaticLease
 from pvcd.drivers.netlink import NetlinkDriver, bridge_name
 from pvcd.drivers.netns import run_in_netns
@@ -70,25 +69,6 @@ def gateway_addresses(spec: NetworkSpec) -> list[str]:
         gateway = spec.ip6_gateway or str(network.network_address + 1)
         result.append(f"{ipaddress.ip_address(gateway)}/{network.prefixlen}")
     return result
-
-
-def announce(netns: str | None, dev: str, address: str) -> None:
-    """Broadcast a gratuitous ARP for `address` from `dev`, so that VMs (and the VXLAN FDBs
-    on the way) learn at once that the gateway moved here, instead of after their ARP cache
-    times out (8-50 s measured). Sent from inside `netns`."""
-    ip = ipaddress.ip_address(address).packed
-
-    def send() -> None:
-        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
-            sock.bind((dev, 0))
-            mac = sock.getsockname()[4]
-            arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + ip + bytes(6) + ip
-            sock.send(b"\xff" * 6 + mac + b"\x08\x06" + arp)
-
-    try:
-        run_in_netns(netns, send, timeout=5.0)
-    except (OSError, TimeoutError) as exc:
-        log.warning("event=garp-failed dev=%s address=%s error=%r", dev, address, exc)
 
 
 @dataclass(frozen=True)
@@ -198,8 +178,9 @@ class GatewayService:
             instance.set_static_leases(statics)
             instance.start()
             self._running[spec.vni] = _Running(instance, config)
-            if spec.ip4_gateway:
-                announce(self.config.netns, bridge, spec.ip4_gateway)
+            for gateway in (spec.ip4_gateway, spec.ip6_gateway):
+                if gateway:
+                    announce(self.config.netns, bridge, gateway, router=True)
             log.info("event=gateway-up node=%s vni=%d addresses=%s known_leases=%d", self.name,
                      spec.vni, ",".join(wanted), len(known))
         else:
