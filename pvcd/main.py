@@ -30,9 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--netns", "--network", dest="network", action="store_true",
                     help="run each node daemon in its own network namespace on an underlay "
                          "bridge (VXLAN client networks, floating IP, partitions)")
-    up.add_argument("--fencing", default="lab", choices=("none", "lab", "lab-fail"),
+    up.add_argument("--fencing", default=None, choices=("none", "lab", "lab-fail"),
                     help="how dead nodes are fenced (default: lab, which kills the node's "
-                         "processes and restarts them)")
+                         "processes and restarts them; none with --libvirt qemu, whose guests "
+                         "the lab fence cannot kill)")
+    up.add_argument("--libvirt", default="test", choices=("test", "qemu"),
+                    help="test: a test:/// libvirt inside each node daemon (fast, no real "
+                         "guests); qemu: a real libvirtd per node, tiny QEMU guests that boot "
+                         "and live-migrate (root)")
     up.add_argument("--ceph", action="store_true",
                     help="start a throwaway Ceph (memstore OSDs) and let the nodes manage it")
     for name in ("down", "status", "add-node"):
@@ -74,11 +79,16 @@ def _lab(args: argparse.Namespace) -> int:
     if args.lab_command == "up":
         info = lab.up(nodes=args.nodes, zk_ensemble=args.zk_ensemble,
                       coordinators=args.coordinators, network=args.network,
-                      ceph=args.ceph, fencing=args.fencing)
+                      ceph=args.ceph, fencing=args.fencing, libvirt=args.libvirt)
         print(f"lab is up: {len(info.nodes)} nodes, ZooKeeper {info.zookeeper}")
         print(f"API:   {info.api}")
         print(f"token: {info.token}")
         print(f"try:   curl -H 'X-Api-Key: {info.token}' {info.api}/node")
+        if info.qemu:
+            guest = info.qemu["guest_xml"]
+            print(f"guest: {guest} (a tiny QEMU guest; define and start it with")
+            print(f"       curl -H 'X-Api-Key: {info.token}' --data-urlencode xml@{guest} "
+                  f"{info.api}/vm )")
         print(f"stop:  pvcd lab down --workdir {args.workdir}")
         return 0
     if args.lab_command == "add-node":

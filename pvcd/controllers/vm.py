@@ -106,9 +106,11 @@ class VmController:
                 self._remove_here(uuid, domain, f"VM is assigned to {spec.node}")
             return DONE
         if pending and migration is not None and migration.source != self.name:
-            if domain is None or not _active(domain):
+            # running, not merely active: an incoming live migration is a paused domain here
+            # until the memory has moved, and may still fail
+            if domain is None or not _running(domain):
                 return Result(requeue_after=POLL)  # the source has not handed it over yet
-            # libvirt shows it here already: the migration completed before it was recorded
+            # libvirt runs it here already: the migration completed before it was recorded
             self._write_status(spec, lambda s: _finish_migration(s, migration, self.name))
         return self._converge(spec, status, domain)
 
@@ -288,6 +290,11 @@ def _active(domain: Any) -> bool:
     state = getattr(domain, "state", None)
     value = getattr(state, "value", state)
     return str(value) in ("running", "paused", "shutdown", "pmsuspended", "blocked")
+
+
+def _running(domain: Any) -> bool:
+    state = getattr(domain, "state", None)
+    return str(getattr(state, "value", state)) == "running"
 
 
 def _xml_hash(xml: str) -> str:

@@ -20,9 +20,11 @@ Errors: a domain that does not exist is `NotFound`; every other libvirt failure 
 from __future__ import annotations
 
 import enum
+import ipaddress
 import logging
 import re
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -327,13 +329,14 @@ class LibvirtDriver:
         undefined here. Peer-to-peer: this node's libvirtd connects to `dest_uri` itself, so
         it must be reachable from libvirtd (e.g. `qemu+tcp://host/system`). `migration_uri`
         (e.g. `tcp://10.0.0.2`) says where QEMU sends the memory; None lets libvirt choose.
+        A loopback `migration_uri` (every node on one machine: the QEMU lab) also makes the
+        target's QEMU listen on that address only, not on every address, which is libvirt's
+        default; qemu.conf cannot say so (libvirt rejects a local `migration_address`).
 
         After `timeout` seconds the migration is aborted (the domain keeps running here) and
         BackendError says so; every failure is BackendError with libvirt's text."""
         domain = self._domain(uuid)
-        params: dict[str, Any] = {}
-        if migration_uri:
-            params[libvirt.VIR_MIGRATE_PARAM_URI] = migration_uri
+        params = _migration_params(migration_uri)
         finished, timed_out = threading.Event(), threading.Event()
 
         def watchdog() -> None:
@@ -387,6 +390,20 @@ class LibvirtDriver:
             action(domain)
         except libvirt.libvirtError as exc:
             raise _error(exc, f"{verb} domain {uuid}") from exc
+
+
+def _migration_params(migration_uri: str | None) -> dict[str, str]:
+    """migrateToURI3's typed parameters for a migration URI (see `LibvirtDriver.migrate`)."""
+    if not migration_uri:
+        return {}
+    params = {libvirt.VIR_MIGRATE_PARAM_URI: migration_uri}
+    try:
+        host = urllib.parse.urlsplit(migration_uri).hostname or ""
+        if ipaddress.ip_address(host).is_loopback:
+            params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = host
+    except ValueError:
+        pass  # a host name, or no host: libvirt's default listen address
+    return params
 
 
 def _status(domain: Any) -> DomainStatus:

@@ -33,7 +33,9 @@ import yaml
 from pvcd.drivers.host import pid_alive
 from pvcd.lab import agent
 from pvcd.lab.ceph import CephLabError, Daemon, ThrowawayCeph
+from pvcd.lab.libvirtd import LibvirtdLab
 from pvcd.lab.netns import FLOATING_IP, SERVICE_IP, UNDERLAY_NET, LabNetwork, in_ns
+from pvcd.lab.qemu_guest import build_guest_kernel, qemu_guest_xml
 from pvcd.lab.zookeeper import ZooKeeperEnsemble, ZooKeeperServer, free_port
 
 LAB_FILE = "lab.json"
@@ -44,6 +46,10 @@ with urllib.request.urlopen(request, timeout=float(sys.argv[3])) as response:
     print(json.dumps(json.loads(response.read())))
 """
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
+LIBVIRT_KINDS = ("test", "qemu")
+# where a QEMU lab node's incoming QEMU listens, and its peers send the memory (loopback: every
+# node is on this machine; LibvirtdInstance.migration_params says the same)
+QEMU_LAB_MIGRATION_URI = "tcp://127.0.0.1"
 
 
 @dataclass
@@ -68,6 +74,8 @@ class LabInfo:
     created: float = 0.0
     network: dict[str, Any] | None = None  # {"id": ...} when nodes have network namespaces
     ceph: dict[str, Any] | None = None  # {"workdir", "conf", "keyring"} with a throwaway Ceph
+    libvirt: str = "test"  # test: a test:/// file per node; qemu: a real libvirtd per node
+    qemu: dict[str, Any] | None = None  # {"workdir", "kernel", "guest_xml"} with libvirt qemu
 
     def node(self, name: str) -> LabNode:
         for node in self.nodes:
@@ -91,6 +99,7 @@ class Lab:
         self.info: LabInfo | None = None
         self.zookeeper: ZooKeeperEnsemble | None = None
         self.ceph: ThrowawayCeph | None = None
+        self.libvirtd: LibvirtdLab | None = None
 
     @property
     def lab_file(self) -> Path:
@@ -100,14 +109,25 @@ class Lab:
     def up(self, nodes: int = 3, zk_ensemble: int = 1, coordinators: int | None = None,
            session_timeout: float = 3.0, keepalive_interval: float = 1.0, ceph: bool = False,
            auth: bool = True, tls: bool = False, timeout: float = 90.0,
-           network: bool = False, fencing: str = "lab",
+           network: bool = False, fencing: str | None = None,
            fence_overrides: dict[str, str] | None = None,
-           dead_threshold: int = 3) -> LabInfo:
+           dead_threshold: int = 3, libvirt: str = "test") -> LabInfo:
+        """`libvirt`: "test" (a `test:///` file per node, inside its daemon) or "qemu" (a real
+        libvirtd per node, tiny QEMU guests that boot and live-migrate). `fencing` None: "lab"
+        with the test driver, "none" with QEMU (the lab fence kills only the node's daemon;
+        its QEMU guests would survive and run twice once recovered elsewhere)."""
         if self.lab_file.exists():
             raise RuntimeError(f"a lab is already described in {self.lab_file}; "
                                "run `pvcd lab down` first")
         if nodes < 1 or zk_ensemble not in (1, 3):
             raise ValueError("need at least one node, and a ZooKeeper of 1 or 3 servers")
+        if libvirt not in LIBVIRT_KINDS:
+            raise ValueError(f"libvirt must be one of {', '.join(LIBVIRT_KINDS)}, not {libvirt!r}")
+        if fencing is None:
+            fencing = "none" if libvirt == "qemu" else "lab"
+        if libvirt == "qemu" and "lab" in {fencing, *(fence_overrides or {}).values()}:
+            raise ValueError("the lab fence kills only the node daemon: with libvirt qemu the "
+                             "node's guests would survive it; use fencing none or lab-fail")
         self.workdir.mkdir(parents=True, exist_ok=True)
         coordinators = min(3, nodes) if coordinators is None else coordinators
         lab_net = LabNetwork(secrets.token_hex(3)) if network else None
@@ -134,11 +154,19 @@ class Lab:
             token=str(uuid.uuid4()), zookeeper=self.zookeeper.connect_string, zk_root="/pvc",
             session_timeout=session_timeout, created=time.time(),
             zookeeper_servers=[_server_doc(s) for s in self.zookeeper.servers],
+            libvirt=libvirt,
         )
         if ceph:
             self.info = info
             try:
                 info.ceph = self._start_ceph(nodes)
+            except BaseException:
+                self.down()
+                raise
+        if libvirt == "qemu":
+            self.info = info
+            try:
+                self._start_libvirtd(info, nodes)
             except BaseException:
                 self.down()
                 raise
@@ -164,12 +192,7 @@ class Lab:
                 "timing": {"keepalive_interval": keepalive_interval, "handover_timeout": 5.0,
                            "dead_threshold": dead_threshold},
             }
-            libvirt_state = folder / "libvirt-test.xml"
-            libvirt_state.write_text("<node>\n</node>\n")  # an empty test:/// hypervisor
-            config["drivers"] = {"libvirt": {
-                "uri": f"test://{libvirt_state}",
-                "lab_agent_socket": str(folder / "agent.sock"),
-            }}
+            config["drivers"] = {"libvirt": self._libvirt_config(folder, index)}
             if lab_net is not None:  # the node's client networks live in its own namespace
                 cast(dict[str, Any], config.setdefault("drivers", {}))["network"] = {
                     **lab_net.node_net(name, index).config(),
@@ -241,6 +264,30 @@ class Lab:
         return {"workdir": str(self.ceph.workdir), "conf": str(self.ceph.conf_path),
                 "keyring": str(self.ceph.keyring_path)}
 
+    def _start_libvirtd(self, info: LabInfo, nodes: int) -> None:
+        """One libvirtd per node (`libvirtd/nodeN`, docs/lab-qemu.md), the guest kernel, and
+        `guest.xml`: the tiny guest, ready for `POST /vm`."""
+        guest_xml = self.workdir / "guest.xml"
+        # recorded first: from here on, down() cleans up whatever was started
+        info.qemu = {"workdir": str(self.workdir / "libvirtd"), "nodes": nodes, "kernel": "",
+                     "guest_xml": str(guest_xml)}
+        kernel = build_guest_kernel(self.workdir / "guest")
+        info.qemu["kernel"] = str(kernel)
+        guest_xml.write_text(qemu_guest_xml("guest", kernel=kernel, with_uuid=False))
+        self.libvirtd = LibvirtdLab(self.workdir / "libvirtd", nodes)
+        self.libvirtd.start()
+
+    def _libvirt_config(self, folder: Path, index: int) -> dict[str, Any]:
+        """Node `index`'s `drivers.libvirt`: its own libvirtd (QEMU lab; peers migrate over its
+        unix socket, the memory over loopback), or an empty `test:///` file."""
+        if self.libvirtd is not None:
+            instance = self.libvirtd[index - 1]
+            return {"uri": instance.uri, "peer_uri": instance.peer_uri,
+                    "migration_uri": QEMU_LAB_MIGRATION_URI}
+        state = folder / "libvirt-test.xml"
+        state.write_text("<node>\n</node>\n")  # an empty test:/// hypervisor
+        return {"uri": f"test://{state}", "lab_agent_socket": str(folder / "agent.sock")}
+
     def add_node(self, timeout: float = 60.0) -> str:
         """Add a (non-coordinator) node to the running lab, as an operator adds a hypervisor:
         its config is the first node's with its own name, state and network; returns its name."""
@@ -251,10 +298,14 @@ class Lab:
         folder.mkdir(parents=True, exist_ok=True)
         config = yaml.safe_load(Path(info.nodes[0].config).read_text())
         config["node"] = {"name": name, "coordinator": False}
-        libvirt_state = folder / "libvirt-test.xml"
-        libvirt_state.write_text("<node>\n</node>\n")
-        config["drivers"]["libvirt"].update(uri=f"test://{libvirt_state}",
-                                            lab_agent_socket=str(folder / "agent.sock"))
+        if info.qemu:  # a libvirtd of its own, like the other nodes
+            grown = LibvirtdLab(Path(info.qemu["workdir"]), index)  # adopts the running ones
+            if self.libvirtd is not None:  # started by this process: keep the handles that reap
+                grown.instances[:len(self.libvirtd.instances)] = self.libvirtd.instances
+            self.libvirtd = grown
+            grown[index - 1].start()
+            info.qemu["nodes"] = index
+        config["drivers"]["libvirt"] = self._libvirt_config(folder, index)
         if info.network:
             lab_net = LabNetwork(info.network["id"])
             config["drivers"]["network"].update(lab_net.add_node(name, index).config(),
@@ -336,13 +387,35 @@ class Lab:
             return json.loads(response.read())
 
     def domains(self, name: str) -> dict[str, dict[str, str]]:
-        """The domains of node `name` as its libvirt reports them, by UUID (lab agent)."""
+        """The domains of node `name` as its libvirt reports them, by UUID (the lab agent, or
+        the node's own libvirtd in a QEMU lab)."""
+        if self._info().libvirt == "qemu":
+            driver = self._libvirtd_driver(name)
+            try:
+                return {d.uuid: {"uuid": d.uuid, "name": d.name, "state": d.state.value,
+                                 "reason": d.reason} for d in driver.list_domains()}
+            finally:
+                driver.close()
         reply = agent.ask(self._agent_socket(name), {"command": "domains"}, timeout=1.0)
         return {d["uuid"]: d for d in reply["domains"]}
 
     def destroy_domain(self, name: str, uuid: str) -> None:
         """Destroy a domain behind the daemon's back (as a crash or an operator would)."""
+        if self._info().libvirt == "qemu":
+            driver = self._libvirtd_driver(name)
+            try:
+                driver.destroy(uuid)
+            finally:
+                driver.close()
+            return
         agent.ask(self._agent_socket(name), {"command": "destroy", "uuid": uuid})
+
+    def _libvirtd_driver(self, name: str) -> Any:
+        """A libvirt driver on node `name`'s libvirtd (QEMU lab); the caller closes it."""
+        from pvcd.drivers.libvirt import LibvirtDriver  # libvirt-python: only when asked
+
+        config = yaml.safe_load(Path(self._info().node(name).config).read_text())
+        return LibvirtDriver(config["drivers"]["libvirt"]["uri"])
 
     def _agent_socket(self, name: str) -> str:
         return str(Path(self._info().node(name).config).parent / "agent.sock")
@@ -406,6 +479,10 @@ class Lab:
             LabNetwork(info.network["id"]).down()
         if info is not None and info.ceph:
             self._stop_ceph(Path(info.ceph["workdir"]))
+        if info is not None and info.qemu:
+            self._stop_libvirtd(Path(info.qemu["workdir"]), int(info.qemu["nodes"]))
+            _remove_tree(self.workdir / "guest")
+            Path(info.qemu["guest_xml"]).unlink(missing_ok=True)
         ensemble = self.zookeeper
         if ensemble is None and info is not None:
             ensemble = ZooKeeperEnsemble(self.workdir / "zookeeper", len(info.zookeeper_servers))
@@ -421,6 +498,15 @@ class Lab:
         if self.workdir.exists() and not any(self.workdir.iterdir()):
             self.workdir.rmdir()
         self.info = None
+
+    def _stop_libvirtd(self, workdir: Path, nodes: int) -> None:
+        """Stop every node's libvirtd with its guests (a process of its own adopts them from
+        their state files), and remove their folders unless PVCD_LAB_KEEP_LOGS."""
+        libvirtd = self.libvirtd or LibvirtdLab(workdir, nodes)
+        libvirtd.stop()
+        self.libvirtd = None
+        if not os.environ.get("PVCD_LAB_KEEP_LOGS"):
+            _remove_tree(workdir)
 
     def _stop_ceph(self, workdir: Path) -> None:
         """Stop every daemon of the lab's Ceph, those the nodes started too (the state file

@@ -75,10 +75,12 @@ def qemu_guest_xml(
     *,
     kernel: Path,
     serial_log: Path | None = None,
+    with_uuid: bool = True,
 ) -> str:
     """Domain XML for the tiny guest: TCG, `pc` machine, kernel booted directly, no disk, no
     network, a serial console (a pty, or appended to `serial_log`), no `<cpu mode=...>`
-    (host-model/passthrough crash QEMU in a nested VM)."""
+    (host-model/passthrough crash QEMU in a nested VM). `uuid` None: a random one;
+    `with_uuid=False`: none at all (a template: whoever defines it assigns one)."""
     if serial_log is not None:
         serial = (f"<serial type='file'><source path={quoteattr(str(serial_log))} "
                   "append='on'/><target port='0'/></serial>")
@@ -87,10 +89,10 @@ def qemu_guest_xml(
     else:
         serial = "<serial type='pty'><target port='0'/></serial>"
         console = "<console type='pty'><target type='serial' port='0'/></console>"
+    uuid_line = f"  <uuid>{uuid or uuidlib.uuid4()}</uuid>\n" if with_uuid else ""
     return f"""<domain type='qemu'>
   <name>{escape(name)}</name>
-  <uuid>{uuid or uuidlib.uuid4()}</uuid>
-  <memory unit='MiB'>{int(memory_mib)}</memory>
+{uuid_line}  <memory unit='MiB'>{int(memory_mib)}</memory>
   <vcpu>{int(vcpus)}</vcpu>
   <os>
     <type arch='x86_64' machine='pc'>hvm</type>
