@@ -106,11 +106,13 @@ class VmController:
                 self._remove_here(uuid, domain, f"VM is assigned to {spec.node}")
             return DONE
         if pending and migration is not None and migration.source != self.name:
-            # running, not merely active: an incoming live migration is a paused domain here
-            # until the memory has moved, and may still fail
-            if domain is None or not _running(domain):
+            # A live source records the end itself, once libvirt's migration job is over on
+            # both sides (here the guest runs before that, and a migration onward is refused
+            # until then). Only a dead source's migration is recorded here, and only once the
+            # guest runs: an incoming guest is paused until its memory has moved.
+            if domain is None or not _running(domain) or self.view.node_alive(migration.source):
                 return Result(requeue_after=POLL)  # the source has not handed it over yet
-            # libvirt runs it here already: the migration completed before it was recorded
+            # libvirt runs it here: the migration completed, its dead source never recorded it
             self._write_status(spec, lambda s: _finish_migration(s, migration, self.name))
         return self._converge(spec, status, domain)
 

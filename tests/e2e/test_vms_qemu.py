@@ -129,9 +129,12 @@ def qlab3() -> Iterator[QemuLab]:
 
 
 def wait_booted(lab: QemuLab, name: str, uuid: str, node: str) -> int:
-    """Wait until `uuid` runs on `node` only and its kernel is up; return its boot stamp."""
+    """Wait until `uuid` runs on `node` only, its kernel is up, and the cluster has recorded it
+    running (the API live-migrates only a VM recorded running); return its boot stamp."""
     wait_until(lambda: lab.running(uuid) == {node: "booted"}, timeout=10)
-    return int(wait_until(lambda: lab.boot_stamp(node, uuid), timeout=5))
+    stamp = int(wait_until(lambda: lab.boot_stamp(node, uuid), timeout=5))
+    wait_until(lambda: lab.vm(name)["running_on"] == node, timeout=5)
+    return stamp
 
 
 def test_lab_ships_a_guest_that_boots_through_the_api(qlab2: QemuLab) -> None:
@@ -180,6 +183,23 @@ def test_live_migration_unmigrate_and_move(qlab3: QemuLab) -> None:
     moved = lab.vm("mover")
     assert moved["node"] == "node3" and moved["last_node"] is None and not moved["migrated"]
     assert lab.boots("mover") == 1  # one boot, three live migrations
+
+
+def test_back_to_back_migrations_stay_live(qlab2: QemuLab) -> None:
+    """The next migration is requested the moment the API reports the previous one done: it
+    must not meet libvirt's migration job of the previous one (and fall back to a reboot)."""
+    lab = qlab2
+    uuid = lab.define("pingpong", node="node1")
+    stamp = wait_booted(lab, "pingpong", uuid, "node1")
+    for target, values in [("node2", {"action": "migrate", "node": "node2"}),
+                           ("node1", {"action": "unmigrate"})] * 2:
+        lab.post_node("pingpong", **values)
+        wait_until(lambda t=target: (lambda vm: vm["state"] == "start" and
+                                     vm["running_on"] == t)(lab.vm("pingpong")),
+                   timeout=15, interval=0.002)
+    # every one of the four was live: one boot, the same memory, and libvirt says "migrated"
+    assert lab.running(uuid) == {"node1": "migrated"}
+    assert lab.boot_stamp("node1", uuid) == stamp and lab.boots("pingpong") == 1
 
 
 def block_migration_ports(lab: QemuLab, node: str) -> ExitStack:
