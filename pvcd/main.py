@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         cmd = lab_sub.add_parser(name)
         cmd.add_argument("--workdir", default="./lab")
     args = parser.parse_args(argv)
+    if args.command == "lab" and args.lab_command == "up" and args.libvirt == "qemu" and \
+            args.fencing == "lab":
+        parser.error("--fencing lab cannot be used with --libvirt qemu: the lab fence kills "
+                     "only the node daemon, its QEMU guests would survive it")
     if args.command == "run":
         return _run(args.config, args.log_level)
     return _lab(args)
