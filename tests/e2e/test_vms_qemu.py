@@ -306,6 +306,32 @@ def test_flush_and_ready_move_running_guests_live(qlab3: QemuLab) -> None:
     assert all(lab.boots(name) == 1 for name in names)
 
 
+def test_sigkill_during_a_flush_keeps_every_guest_running_once(qlab3: QemuLab) -> None:
+    lab = qlab3
+    names = [f"kf{i}" for i in range(3)]
+    uuids = [lab.define(name, node="node3") for name in names]
+    for name, uuid in zip(names, uuids, strict=True):
+        wait_booted(lab, name, uuid, "node3")
+    lab.api.post("/node/node3/domain-state", data={"domain-state": "flush"})
+    # the first incoming guest exists on another node: migrations are in flight
+    wait_until(lambda: any(uuid in lab.lab.domains(node)
+                           for uuid in uuids for node in ("node1", "node2")),
+               timeout=10, interval=0.005)
+    lab.lab.signal_node("node3", signal.SIGKILL)
+    assert lab.lab.wait_node_exit("node3")
+    lab.lab.start_node("node3")
+    wait_until(lambda: lab.api.nodes()["node3"]["daemon_state"] == "run", timeout=20)
+    wait_until(lambda: lab.api.get("/node/node3/domain-state").json()["domain_state"] ==
+               "flushed", timeout=30)
+    wait_until(lambda: all(list(lab.running(uuid)) in (["node1"], ["node2"]) for uuid in uuids),
+               timeout=20)
+    stays_exactly_once(lab, uuids, seconds=3)
+    assert not [uuid for uuid in lab.lab.domains("node3") if uuid in uuids]
+    # all moved live: the one in flight carried on by libvirtd, the rest by the restarted daemon
+    assert all(list(lab.running(uuid).values()) == ["migrated"] for uuid in uuids)
+    assert all(lab.boots(name) == 1 for name in names)
+
+
 def test_down_leaves_nothing_behind() -> None:
     lab = QemuLab(2)
     try:
