@@ -241,7 +241,9 @@ class VmNodeHandler(VmBaseHandler):
             elif spec.last_node is None:
                 spec.last_node = source  # `force` keeps the original previous node
         spec.node = target
-        running = _running_on(view, spec.uuid)
+        # a VM that should run is handed over by its node even if its status has not said
+        # `running` yet (it may have just started there): never reassigned under its feet
+        running = _running_on(view, spec.uuid) or (source if spec.state == "start" else None)
         if running is not None:
             done = int((view.cache.get(view.paths.vm_status(spec.uuid)) or {})
                        .get("migration_done", 0))

@@ -368,9 +368,11 @@ def _reassign(view: ClusterView, store: Store, uuid: str, target: str,
         if spec.node == target:
             return None
         status = view.vm_status(uuid) or VmStatus()
-        if status.state in ("running", "migrating", "shutting-down") and status.node:
+        source = status.node if status.state in ("running", "migrating", "shutting-down") \
+            and status.node else (spec.node if spec.state == "start" else "")
+        if source:  # handed over by the node that runs (or may just have started) it
             previous = spec.migration.request if spec.migration else 0
-            spec.migration = Migration(source=status.node,
+            spec.migration = Migration(source=source,
                                        request=max(previous, status.migration_done) + 1,
                                        action="migrate" if keep_last else "unmigrate")
         spec.last_node = keep_last
