@@ -58,7 +58,7 @@ def check_description(value: str) -> str:
 
 def parse_vni(value: str, nettype: str) -> int:
     low, high = VNI_RANGES[nettype]
-    if not value.isdigit() or not low <= int(value) <= high:
+    if not (value.isascii() and value.isdigit()) or not low <= int(value) <= high:
         kind = "VXLAN ID" if nettype == "managed" else "vLAN ID"
         raise InvalidValue(f"vni '{value}' is invalid for a {nettype} network: a {kind} "
                            f"from {low} to {high}")
@@ -374,7 +374,7 @@ class AclListHandler(NetworkBaseHandler):
         assert direction is not None
         text = self.values.require("rule")
         order_value = self.optional("order")
-        if order_value is not None and not order_value.isdigit():
+        if order_value is not None and not (order_value.isascii() and order_value.isdigit()):
             raise InvalidValue(f"order '{order_value}' is invalid: a position from 0 "
                                "(first) upwards")
         existing = view.acls(spec.vni, direction)

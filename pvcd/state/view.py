@@ -131,7 +131,8 @@ class ClusterView:
 
     def resolve_network(self, name: str) -> int | None:
         """The VNI of the network named by `name`: its VNI, else its description."""
-        if name.isdigit() and self.cache.exists(self.paths.network(int(name))):
+        # isascii: str.isdigit() also accepts digits int() refuses (e.g. superscripts)
+        if name.isascii() and name.isdigit() and self.cache.exists(self.paths.network(int(name))):
             return int(name)
         doc = self.cache.get(self.paths.network_name(name)) if "/" not in name else None
         return int(doc["vni"]) if isinstance(doc, dict) and "vni" in doc else None
