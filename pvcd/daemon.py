@@ -22,6 +22,7 @@ from kazoo.client import KazooClient, KazooState
 
 from pvcd.api.auth import Tokens
 from pvcd.api.base import ApiContext
+from pvcd.api.metrics import Metrics
 from pvcd.api.server import ApiServer, make_ssl_context
 from pvcd.config import Config
 from pvcd.controllers import network, storage
@@ -89,6 +90,7 @@ class NodeDaemon:
         self._install_vms()
         if self.coordinator is not None:
             self._install_fencing()
+            self._install_metrics()
         self.registered = False
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -111,6 +113,7 @@ class NodeDaemon:
             auth_enabled=api.auth.enabled,
             tokens=Tokens.from_config([t.token for t in api.auth.tokens]),
             clock=self.clock,
+            metrics=Metrics(self.view, self.name, self.clock),
         )
         ssl_context = None
         if api.tls.enabled and api.tls.cert_file and api.tls.key_file:
@@ -143,6 +146,15 @@ class NodeDaemon:
         self.watch(nodes, controller,
                    lambda path: "node/" + path[len(nodes):].split("/", 1)[0])
         self.fencing_controller = controller
+
+    def _install_metrics(self) -> None:
+        """The primary's /metrics also shows this daemon's controllers and fences."""
+        metrics = self.api.ctx.metrics
+        assert isinstance(metrics, Metrics) and self.coordinator_controller is not None
+        controllers = [*self.controllers, self.coordinator_controller]
+        metrics.track(controllers, self.fencing)
+        for controller in controllers:
+            controller.on_reconciled = metrics.observe_reconcile
 
     def _install_vms(self) -> None:
         timing = self.config.timing

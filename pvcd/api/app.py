@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tornado.web
 
-from pvcd.api import cluster, general, networks, nodes, storage, vms
+from pvcd.api import cluster, general, metrics, networks, nodes, openapi, storage, vms
 from pvcd.api.base import ApiContext, NotFoundHandler
 from pvcd.api.routing import Route
 
@@ -20,11 +20,18 @@ ROUTES: list[Route] = [
     *networks.ROUTES,
     *cluster.ROUTES,
     *storage.ROUTES,
+    *openapi.ROUTES,
+    *metrics.ROUTES,
 ]
 
 
 def make_app(ctx: ApiContext, cookie_secret: str) -> tornado.web.Application:
-    handlers = [(route.pattern, route.handler, {"ctx": ctx}) for route in ROUTES]
+    if ctx.metrics is None:  # the daemon passes its own (with its controllers)
+        ctx.metrics = metrics.Metrics(ctx.view, ctx.node_name, ctx.clock)
+    if isinstance(ctx.metrics, metrics.Metrics):
+        ctx.metrics.in_flight = lambda: ctx.in_flight
+    handlers = [(route.pattern, route.handler,
+                 {"ctx": ctx, "route": openapi.openapi_path(route)}) for route in ROUTES]
     return tornado.web.Application(
         handlers,
         default_handler_class=NotFoundHandler,
@@ -32,4 +39,5 @@ def make_app(ctx: ApiContext, cookie_secret: str) -> tornado.web.Application:
         cookie_secret=cookie_secret or None,
         xsrf_cookies=False,
         compress_response=False,
+        pvc_routes=ROUTES,  # the OpenAPI document is generated from them
     )

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import tornado.web
 
@@ -24,6 +24,12 @@ from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
 
 log = logging.getLogger(__name__)
+
+
+class RequestObserver(Protocol):
+    """Where finished requests are reported (`pvcd.api.metrics.Metrics`)."""
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None: ...
 
 
 @dataclass
@@ -38,6 +44,7 @@ class ApiContext:
     clock: Callable[[], float] = time.time
     in_flight: int = 0
     extras: dict[str, Any] = field(default_factory=dict)
+    metrics: RequestObserver | None = None
 
 
 class Unauthorized(Exception):
@@ -51,8 +58,10 @@ class BaseHandler(tornado.web.RequestHandler):
     values: Values
     public = False  # True for /api/v1 and the auth endpoints
 
-    def initialize(self, ctx: ApiContext) -> None:  # type: ignore[override]
+    def initialize(self, ctx: ApiContext,  # type: ignore[override]
+                   route: str = "unmatched") -> None:
         self.ctx = ctx
+        self.route_path = route  # the route's OpenAPI path: the metrics label
 
     def prepare(self) -> None:
         self.ctx.in_flight += 1
@@ -62,11 +71,21 @@ class BaseHandler(tornado.web.RequestHandler):
                                           req.headers.get("Content-Type", ""), req.body)
         if not self.public and self.ctx.auth_enabled and not self.authenticated():
             raise Unauthorized()
+        # a method the endpoint does not have is 405 before any handler-specific check runs
+        # (Tornado would only say so after the subclasses' prepare())
+        allowed = self.allowed_methods()
+        if allowed and req.method not in allowed:
+            raise tornado.web.HTTPError(405)
 
     def on_finish(self) -> None:
         if getattr(self, "_counted", False):
             self.ctx.in_flight -= 1
             self._counted = False
+        if self.ctx.metrics is not None:
+            method = self.request.method or ""
+            self.ctx.metrics.observe_request(
+                self.route_path, method if method in self.SUPPORTED_METHODS else "other",
+                self.get_status(), self.request.request_time())
 
     # authentication
     def authenticated(self) -> bool:
@@ -120,9 +139,17 @@ class BaseHandler(tornado.web.RequestHandler):
                 log.warning("event=api-failure path=%s error=%s", self.request.path, e)
             self.message(str(e), 510)
         elif isinstance(e, tornado.web.HTTPError) and e.status_code in (404, 405):
+            if e.status_code == 405:  # RFC 9110: a 405 lists the methods the resource has
+                self.set_header("Allow", ", ".join(self.allowed_methods()))
             self.message(_http_message(e.status_code), e.status_code)
         else:
             super()._handle_request_exception(e)  # type: ignore[misc]
+
+    def allowed_methods(self) -> list[str]:
+        """The HTTP methods this handler implements (not Tornado's 405 defaults)."""
+        return [m for m in self.SUPPORTED_METHODS
+                if getattr(type(self), m.lower()) is not getattr(tornado.web.RequestHandler,
+                                                                 m.lower())]
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         self.set_header("Content-Type", "application/json")

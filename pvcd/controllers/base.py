@@ -61,6 +61,8 @@ class Controller:
         self._next_resync = 0.0
         self.reconciles = 0
         self.errors = 0
+        # called with (controller name, seconds) after every reconcile (metrics)
+        self.on_reconciled: Callable[[str, float], None] | None = None
 
     # public
     def start(self) -> None:
@@ -145,6 +147,7 @@ class Controller:
             if key is None:
                 return
             delay: float | None = None
+            started = time.perf_counter()
             try:
                 result = self._reconcile(key) or DONE
                 self._failures.pop(key, None)
@@ -160,6 +163,7 @@ class Controller:
                               self.name, key, delay)
             finally:
                 self.reconciles += 1
+                self._report(time.perf_counter() - started)
                 with self._cond:
                     self._active.discard(key)
                     if key in self._dirty:
@@ -168,6 +172,13 @@ class Controller:
                     self._cond.notify_all()
             if delay is not None:
                 self.enqueue_after(key, delay)
+
+    def _report(self, seconds: float) -> None:
+        if self.on_reconciled is not None:
+            try:
+                self.on_reconciled(self.name, seconds)
+            except Exception:
+                log.exception("event=metrics-error controller=%s", self.name)
 
     def _backoff(self, key: str) -> float:
         count = self._failures.get(key, 0) + 1

@@ -14,7 +14,7 @@ from tests.e2e.labclient import LabFactory
 
 pytestmark = pytest.mark.slow
 
-PUBLIC = {"", "/auth/login", "/auth/logout"}
+PUBLIC = {"", "/auth/login", "/auth/logout", "/openapi.json", "/metrics"}
 
 
 def concrete(path: str) -> str:

@@ -1,0 +1,187 @@
+"""The OpenAPI document: valid, generated from the server's own routes, complete, served.
+
+The document is built from `pvcd.api.app.ROUTES` (the table the server is made from) and the
+metadata in `pvcd.api.openapi.ENDPOINTS`; these tests fail when the two disagree in either
+direction, when a handler reads a value the document does not name, or when the server's router
+would send a documented path elsewhere.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+from typing import Any
+from unittest import mock
+
+import pytest
+import tornado.httputil
+import tornado.testing
+import tornado.web
+from openapi_spec_validator import validate
+
+from pvcd.api import openapi
+from pvcd.api.app import ROUTES, make_app
+from pvcd.api.auth import Tokens
+from pvcd.api.base import ApiContext, BaseHandler
+from pvcd.api.routing import Route, route
+
+METHODS = set(openapi.HTTP_METHODS)
+
+
+@pytest.fixture(scope="module")
+def document() -> dict[str, Any]:
+    return openapi.openapi_document(ROUTES)
+
+
+def make_ctx(auth: bool = True) -> ApiContext:
+    return ApiContext(view=mock.MagicMock(), store=mock.MagicMock(), node_name="node1",
+                      auth_enabled=auth, tokens=Tokens.from_config(["secret"]))
+
+
+def test_the_document_is_valid_openapi_3(document: dict[str, Any]) -> None:
+    validate(document)
+    assert document["openapi"].startswith("3.")
+    json.dumps(document)  # plain JSON, as served
+
+
+def test_the_document_lists_exactly_the_servers_routes_and_methods(
+        document: dict[str, Any]) -> None:
+    """Compared with the Tornado application itself: every rule of its router, each handler's
+    methods; and every documented path, filled in, reaches the handler that serves it."""
+    app = make_app(make_ctx(), "cookie")
+    served: dict[str, set[str]] = {}
+    rules = [rule for rule in app.wildcard_router.rules]
+    assert len(rules) == len(ROUTES)
+    for rule, r in zip(rules, ROUTES, strict=True):
+        assert rule.target is r.handler
+        assert rule.matcher.regex.pattern == r.pattern  # type: ignore[attr-defined]
+        served.setdefault(openapi.openapi_path(r), set()).update(
+            openapi.handler_methods(r.handler))
+    documented = {path: {m for m in item if m in METHODS}
+                  for path, item in document["paths"].items()}
+    assert documented == served
+    for path, methods in documented.items():
+        uri = re.sub(r"\{[^}]+\}", "x1", path)
+        request = tornado.httputil.HTTPServerRequest(
+            start_line=tornado.httputil.RequestStartLine("GET", uri, "HTTP/1.1"),
+            headers=tornado.httputil.HTTPHeaders({"Host": "localhost"}))
+        delegate = app.find_handler(request)
+        handler = delegate.handler_class
+        assert handler is not app.settings["default_handler_class"], path
+        assert set(openapi.handler_methods(handler)) == methods, path
+
+
+def test_every_route_has_metadata_and_no_metadata_is_left_over() -> None:
+    openapi.check_metadata(ROUTES)  # the real table: complete
+
+    class Extra(BaseHandler):
+        def get(self) -> None: ...
+
+    with pytest.raises(openapi.MetadataError, match=r"route /extra \(Extra\) has no metadata"):
+        openapi.openapi_document([*ROUTES, route("/extra", Extra)])
+    endpoints = dict(openapi.ENDPOINTS)
+    endpoints["/gone"] = {"get": openapi.Operation("Gone")}
+    with pytest.raises(openapi.MetadataError, match="metadata for /gone, which is not a route"):
+        openapi.openapi_document(ROUTES, endpoints)
+
+
+def test_every_method_has_metadata_and_metadata_names_only_served_methods() -> None:
+    class NodeWithPut(BaseHandler):
+        def get(self, name: str) -> None: ...
+
+        def put(self, name: str) -> None: ...
+
+    routes = [r if r.path != "/node/<node>" else route("/node/<node>", NodeWithPut)
+              for r in ROUTES]
+    with pytest.raises(openapi.MetadataError, match="PUT /node/<node> has no metadata"):
+        openapi.openapi_document(routes)
+    endpoints = dict(openapi.ENDPOINTS)
+    endpoints["/node"] = {**endpoints["/node"], "delete": openapi.Operation("Nope")}
+    with pytest.raises(openapi.MetadataError, match="metadata for DELETE /node, which "
+                                                    "NodeListHandler does not implement"):
+        openapi.openapi_document(ROUTES, endpoints)
+
+
+def test_path_values_must_be_described() -> None:
+    class Thing(BaseHandler):
+        def get(self, thing: str) -> None: ...
+
+    endpoints = {**openapi.ENDPOINTS, "/thing/<thing>": {"get": openapi.Operation("A thing")}}
+    with pytest.raises(openapi.MetadataError, match="path value <thing>"):
+        openapi.openapi_document([*ROUTES, route("/thing/<thing>", Thing)], endpoints)
+
+
+_READ = re.compile(r"""(?:self\.values\.(?:get|require|flag|choice)|self\.optional)\(\s*
+                       ["']([\w-]+)["']""", re.VERBOSE)
+
+
+def _values_read(handler: type, method: str) -> set[str]:
+    """Value names a handler method reads directly (`self.values.require("xml")`, ...)."""
+    source = inspect.getsource(getattr(handler, method))
+    names = set(_READ.findall(source))
+    if "self.values.limit()" in source:
+        names.add("limit")
+    if "self.selector()" in source:
+        names.add("selector")
+    if "require_danger_flag" in source:
+        names.add("yes_i_really_mean_it")
+    return names
+
+
+@pytest.mark.parametrize("r", ROUTES, ids=lambda r: r.path or "/")
+def test_every_value_a_handler_reads_is_documented(r: Route) -> None:
+    for method in openapi.handler_methods(r.handler):
+        documented = {v.name for v in openapi.ENDPOINTS[r.path][method].values}
+        missing = _values_read(r.handler, method) - documented
+        assert not missing, f"{method.upper()} {r.path} reads undocumented values {missing}"
+
+
+def test_statuses_and_security(document: dict[str, Any]) -> None:
+    root = document["paths"]["/api/v1"]["get"]
+    assert set(root["responses"]) == {"209", "510"} and root["security"] == []
+    dump = document["paths"]["/api/v1/vm/{vm}/dump"]["get"]
+    assert "application/xml" in dump["responses"]["200"]["content"]
+    metrics = document["paths"]["/metrics"]["get"]
+    assert metrics["security"] == [] and "text/plain" in metrics["responses"]["200"]["content"]
+    for r in ROUTES:
+        for method in openapi.handler_methods(r.handler):
+            op = document["paths"][openapi.openapi_path(r)][method]
+            responses = op["responses"]
+            assert responses["510"]["content"]["application/json"]["schema"] == \
+                {"$ref": "#/components/schemas/Message"}
+            if r.handler.public:
+                assert op["security"] == [], (method, r.path)
+            else:
+                assert "security" not in op and "401" in responses, (method, r.path)
+
+
+def test_values_are_query_parameters_or_a_form_or_json_body(document: dict[str, Any]) -> None:
+    post = document["paths"]["/api/v1/vm"]["post"]
+    body = post["requestBody"]["content"]
+    assert set(body) == {"application/x-www-form-urlencoded", "application/json"}
+    assert body["application/json"]["schema"]["required"] == ["xml"]
+    assert body["application/json"]["schema"]["properties"]["selector"]["enum"] == \
+        ["mem", "vcpus", "load", "vms"]
+    delete = document["paths"]["/api/v1/vm/{vm}"]["delete"]
+    assert [(p["name"], p["in"], p["schema"]["type"]) for p in delete["parameters"]] == \
+        [("delete_disks", "query", "boolean")]
+    listing = document["paths"]["/api/v1/node"]["get"]
+    assert listing["responses"]["200"]["content"]["application/json"]["schema"] == \
+        {"type": "array", "items": {"$ref": "#/components/schemas/Node"}}
+    element = document["paths"]["/api/v1/node/{node}"]
+    assert element["parameters"][0]["in"] == "path"
+
+
+class TestServed(tornado.testing.AsyncHTTPTestCase):
+    def get_app(self) -> tornado.web.Application:
+        return make_app(make_ctx(auth=True), "cookie")
+
+    def test_openapi_json_needs_no_token_and_is_the_generated_document(self) -> None:
+        response = self.fetch("/api/v1/openapi.json")
+        assert response.code == 200
+        assert response.headers["Content-Type"].startswith("application/json")
+        assert json.loads(response.body) == openapi.openapi_document(ROUTES)
+
+    def test_other_endpoints_still_need_it(self) -> None:
+        assert self.fetch("/api/v1/node").code == 401
