@@ -15,12 +15,19 @@ counters. docs/operations.md lists every family.
 
 from __future__ import annotations
 
+import bisect
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from pvcd.api.base import BaseHandler
@@ -60,6 +67,40 @@ class FenceCounters(Protocol):
     failed_fences: int
 
 
+class LabelledHistogram(Collector):
+    """A histogram family with labels, thread-safe (observed from the API's event loop and the
+    controllers' workers). Ours rather than prometheus_client's `Histogram`: no `_created`
+    series, and no process-wide state."""
+
+    def __init__(self, name: str, documentation: str, labels: Sequence[str],
+                 buckets: Sequence[float]) -> None:
+        self.name, self.documentation = name, documentation
+        self.labels = list(labels)
+        self.bounds = sorted(buckets)
+        self._lock = threading.Lock()
+        self._series: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
+
+    def observe(self, labels: Sequence[str], value: float) -> None:
+        key = tuple(labels)
+        with self._lock:
+            counts, total = self._series.setdefault(key, ([0] * (len(self.bounds) + 1), [0.0]))
+            counts[bisect.bisect_left(self.bounds, value)] += 1
+            total[0] += value
+
+    def collect(self) -> Iterable[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
+        with self._lock:
+            series = [(key, list(counts), total[0])
+                      for key, (counts, total) in sorted(self._series.items())]
+        for key, counts, total in series:
+            cumulative, buckets = 0, []
+            for bound, count in zip([*self.bounds, float("inf")], counts, strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            family.add_metric(list(key), buckets, total)
+        yield family
+
+
 class Metrics:
     """One daemon's metrics registry."""
 
@@ -67,19 +108,20 @@ class Metrics:
                  clock: Callable[[], float] = time.time) -> None:
         self.node_name = node_name
         self.registry = CollectorRegistry(auto_describe=True)
-        self.request_seconds = Histogram(
+        self.request_seconds = LabelledHistogram(
             "pvc_api_request_duration_seconds",
             "API requests served by this node, by route, method and HTTP status",
-            ["route", "method", "status"], buckets=REQUEST_BUCKETS, registry=self.registry)
-        self.reconcile_seconds = Histogram(
+            ["route", "method", "status"], REQUEST_BUCKETS)
+        self.reconcile_seconds = LabelledHistogram(
             "pvc_reconcile_duration_seconds",
             "Reconcile durations of this node's controllers",
-            ["node", "controller"], buckets=RECONCILE_BUCKETS, registry=self.registry)
+            ["node", "controller"], RECONCILE_BUCKETS)
         self.controllers: Sequence[ReconcileCounters] = ()
         self.fencing: FenceCounters | None = None
         self.in_flight: Callable[[], int] = lambda: 0
-        self.registry.register(ClusterCollector(view, clock))
-        self.registry.register(_ProcessCollector(self))
+        for collector in (self.request_seconds, self.reconcile_seconds,
+                          ClusterCollector(view, clock), _ProcessCollector(self)):
+            self.registry.register(collector)
 
     def track(self, controllers: Sequence[ReconcileCounters],
               fencing: FenceCounters | None = None) -> None:
@@ -88,10 +130,10 @@ class Metrics:
         self.fencing = fencing
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.request_seconds.labels(route, method, str(status)).observe(seconds)
+        self.request_seconds.observe((route, method, str(status)), seconds)
 
     def observe_reconcile(self, controller: str, seconds: float) -> None:
-        self.reconcile_seconds.labels(self.node_name, controller).observe(seconds)
+        self.reconcile_seconds.observe((self.node_name, controller), seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
