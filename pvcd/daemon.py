@@ -36,6 +36,7 @@ from pvcd.controllers.vm import VmController, evacuate_node, restore_node, vm_ke
 from pvcd.drivers.host import HostDriver, pid_alive
 from pvcd.drivers.libvirt import LibvirtDriver
 from pvcd.drivers.netlink import NetlinkDriver
+from pvcd.drivers.systemd import notify
 from pvcd.errors import Conflict
 from pvcd.lab.agent import LabAgent
 from pvcd.state.cache import StateCache
@@ -204,6 +205,7 @@ class NodeDaemon:
             controller.start()
         if self.coordinator_controller is not None:
             self.coordinator_controller.start()
+        notify(f"READY=1\nSTATUS=registered as node {self.name}")  # Type=notify units
         try:
             self._main_loop()
         finally:
@@ -381,6 +383,7 @@ class NodeDaemon:
 
     def _shutdown(self) -> None:
         log.info("event=daemon-shutdown node=%s", self.name)
+        notify("STOPPING=1\nSTATUS=shutting down")
         try:
             if self.registered:
                 self.writer.update(lambda s: setattr(s, "daemon_state", "shutdown"))
