@@ -145,11 +145,11 @@ class BaseHandler(tornado.web.RequestHandler):
         else:
             super()._handle_request_exception(e)  # type: ignore[misc]
 
-    def allowed_methods(self) -> list[str]:
+    @classmethod
+    def allowed_methods(cls) -> list[str]:
         """The HTTP methods this handler implements (not Tornado's 405 defaults)."""
-        return [m for m in self.SUPPORTED_METHODS
-                if getattr(type(self), m.lower()) is not getattr(tornado.web.RequestHandler,
-                                                                 m.lower())]
+        return [m for m in cls.SUPPORTED_METHODS
+                if getattr(cls, m.lower()) is not getattr(tornado.web.RequestHandler, m.lower())]
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         self.set_header("Content-Type", "application/json")

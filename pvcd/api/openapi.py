@@ -21,8 +21,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import tornado.web
-
 from pvcd.api.base import BaseHandler
 from pvcd.api.routing import PREFIX, Route, route
 from pvcd.state.models import (
@@ -486,10 +484,10 @@ def openapi_path(r: Route) -> str:
     return PREFIX + path if r.pattern.startswith(PREFIX) else path
 
 
-def handler_methods(handler: type[tornado.web.RequestHandler]) -> list[str]:
-    """The HTTP methods a handler class implements (not Tornado's 405 defaults)."""
-    return [m for m in HTTP_METHODS
-            if getattr(handler, m) is not getattr(tornado.web.RequestHandler, m)]
+def handler_methods(handler: type[BaseHandler]) -> list[str]:
+    """The HTTP methods a handler class implements, as OpenAPI names them (lower case)."""
+    allowed = handler.allowed_methods()
+    return [m for m in HTTP_METHODS if m.upper() in allowed]
 
 
 def check_metadata(routes: Sequence[Route],
