@@ -31,6 +31,7 @@ import errno
 import importlib.util
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -379,7 +380,8 @@ class CephDriver:
         self._clock = clock
         self._sleep = sleep
         self._rados: Any = None
-        self._rados_failed = False
+        # PVCD_CEPH_CLI_ONLY=1: every command through the CLI (for comparisons and debugging)
+        self._rados_failed = os.environ.get("PVCD_CEPH_CLI_ONLY") == "1"
         self._rados_lock = threading.Lock()
 
     # -- cluster -------------------------------------------------------------------------------
@@ -489,15 +491,8 @@ class CephDriver:
                 "--autoscale-mode", "off"]
         if size is not None:
             args += ["--size", str(size)]
-        command: dict[str, Any] = {"prefix": "osd pool create", "pool": name, "pg_num": count,
-                                   "pgp_num": count, "pool_type": "replicated",
-                                   "autoscale_mode": "off"}
-        if size is not None:
-            command["size"] = size
         try:
-            out = self._mon_write(command)
-            if out is None:  # no librados here: the CLI
-                out = self._run("ceph", args, want_stderr=True)
+            out = self._run("ceph", args, want_stderr=True)
         except BackendError as exc:
             if "ERANGE" in str(exc):  # too many PGs for this cluster's OSDs
                 raise InvalidValue(f"pgs {count} is too many for this cluster: {exc}") from exc
@@ -762,20 +757,6 @@ class CephDriver:
             log.info("event=ceph-fast-command-failed command=%s error=%r", words, exc)
             return None
         return out.decode() if code == 0 else None
-
-    def _mon_write(self, command: dict[str, Any]) -> str | None:
-        """A state-changing mon command through librados: its status text, an error in Ceph's
-        words, or None when librados is not available (the caller runs the CLI)."""
-        cluster = self._rados_cluster()
-        if cluster is None:
-            return None
-        code, out, status = cluster.mon_command(json.dumps(command), b"",
-                                                timeout=int(self.timeout))
-        if code != 0:
-            name = errno.errorcode.get(-code, str(code))
-            error = ceph_error(command["prefix"], -code, f"Error {name}: {status}")
-            raise error
-        return str(status) + out.decode()
 
     def _rados_cluster(self) -> Any:
         with self._rados_lock:

@@ -400,7 +400,10 @@ def test_storage_pools_volumes_snapshots_and_osds(cephlab: tuple[Lab, LabClient]
     assert status["storage"]["available"] is True
     assert status["storage"]["health"].startswith("HEALTH_")
 
-    osds = as_json(pvc(the_lab, "storage", "osd", "list", "-f", "json"))
+    # each OSD's node comes from the periodic sync of the CRUSH tree: give the first one time
+    osds = wait_until(lambda: (found := as_json(pvc(the_lab, "storage", "osd", "list", "-f",
+                                                    "json"))) and
+                      all(o["node"] for o in found) and found, timeout=15)
     assert len(osds) == 2 and {o["node"] for o in osds} <= set(NODES)
     ok(pvc(the_lab, "storage", "osd", "set", "noout"))
     wait_until(lambda: "noout" in api.get("/storage/ceph/status").json()["ceph_data"],

@@ -260,6 +260,8 @@ def test_add_osd_write_data_remove_another_osd(api: LabClient, ceph: Ceph, pool:
     osd = ok(call(api, "GET", f"/storage/ceph/osd/{added}"))[0]
     assert osd["node"] == "node3" and osd["device"] == "memstore"
 
+    # as an operator would, let the cluster settle on the new OSD before writing to it
+    wait_until(lambda: ceph.health() == "HEALTH_OK", timeout=TIMEOUT, interval=0.5)
     created = call(api, "POST", "/storage/ceph/volume", pool=pool, volume="data", size="32M")
     if created.status_code != 200:  # diagnostics for a hang seen twice here
         print(ceph.run("ceph", "health", "detail").stdout, ceph.run("ceph", "-s").stdout,
