@@ -127,6 +127,9 @@ def test_metrics_show_nodes_vms_requests_reconciles_and_fences(make_lab: LabFact
                         and s, timeout=30)
     assert fenced.value("pvc_fence_failures_total", node=primary) == 0
     assert fenced.value("pvc_node_fence_state", node=victim, state="fenced") == 1
+    # the lab fence restarted the victim's daemon: let `lab down` know its new pid
+    wait_until(lambda: api.nodes()[victim]["daemon_state"] == "run", timeout=30)
+    lab.refresh_pids()
 
 
 def test_metrics_show_ceph_health_when_storage_is_configured(make_lab: LabFactory) -> None:
