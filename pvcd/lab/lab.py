@@ -461,6 +461,12 @@ class Lab:
     def down(self, timeout: float = 15.0) -> None:
         info = self.info or (self.load() if self.lab_file.exists() else None)
         if info is not None:
+            # a lab fence restarts a node's daemon under a new pid: find every daemon of this
+            # lab by its config file, not only the pids recorded at start
+            for node in info.nodes:
+                for pid in _pids_running(node.config):
+                    if pid != node.pid:
+                        _kill(pid, signal.SIGKILL)
             for node in info.nodes:
                 if pid_alive(node.pid):
                     _kill(node.pid, signal.SIGCONT)
@@ -573,6 +579,22 @@ def _server_doc(server: ZooKeeperServer) -> dict[str, Any]:
 def _server_from_doc(doc: dict[str, Any]) -> ZooKeeperServer:
     return ZooKeeperServer(doc["index"], doc["client_port"], doc["quorum_port"],
                            doc["election_port"], Path(doc["folder"]), pid=doc["pid"])
+
+
+def _pids_running(config_path: str) -> list[int]:
+    """Processes whose command line names `config_path` (the node daemons of one lab node)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                argv = handle.read().split(b"\0")
+        except OSError:
+            continue
+        if config_path.encode() in argv and b"run" in argv:
+            pids.append(int(entry))
+    return pids
 
 
 def _kill(pid: int, sig: int) -> None:
