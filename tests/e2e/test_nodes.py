@@ -75,8 +75,8 @@ def test_coordinator_state_moves_the_api(lab3: Lab3) -> None:
     response = api.post(f"/node/{target}/coordinator-state", data={"coordinator-state": "primary"})
     assert response.status_code == 200, response.text
     wait_until(lambda: api.primary() == target, timeout=5)
-    states = api.nodes()
-    assert states[first]["coordinator_state"] == "secondary"
+    # the old primary reports `relinquish` until its last status write lands
+    wait_until(lambda: api.nodes()[first]["coordinator_state"] == "secondary", timeout=5)
     # re-setting an existing state has no effect
     again = api.post(f"/node/{target}/coordinator-state", data={"coordinator-state": "primary"})
     assert again.status_code == 200 and "already primary" in again.json()["message"]
@@ -85,7 +85,7 @@ def test_coordinator_state_moves_the_api(lab3: Lab3) -> None:
                         data={"coordinator-state": "secondary"})
     assert response.status_code == 200, response.text
     new = wait_until(lambda: (p := api.primary()) not in (None, target) and p, timeout=5)
-    assert api.nodes()[target]["coordinator_state"] == "secondary"
+    wait_until(lambda: api.nodes()[target]["coordinator_state"] == "secondary", timeout=5)
     assert new != target
 
 
