@@ -78,3 +78,13 @@ def pid_alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (FileNotFoundError, IndexError):
         return False
+
+
+def signal_pid(pid: int, sig: int) -> None:
+    """Send `sig` to process `pid` if it still exists; never to a process group (pid <= 0)."""
+    if pid <= 0:
+        return
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass

@@ -57,7 +57,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pvcd.drivers.host import pid_alive
+from pvcd.drivers.host import pid_alive, signal_pid
 
 log = logging.getLogger(__name__)
 
@@ -464,7 +464,7 @@ def _stop_all(daemons: list[Daemon], timeout: float) -> list[str]:
     """SIGTERM every daemon (a clean shutdown), wait, SIGKILL stragglers, reap our children;
     return a line for each daemon that did not stop cleanly."""
     for daemon in daemons:
-        _signal(daemon.pid, signal.SIGTERM)
+        signal_pid(daemon.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     problems = []
     for daemon in daemons:
@@ -472,7 +472,7 @@ def _stop_all(daemons: list[Daemon], timeout: float) -> list[str]:
             time.sleep(0.05)
         killed = _running(daemon)
         if killed:
-            _signal(daemon.pid, signal.SIGKILL)
+            signal_pid(daemon.pid, signal.SIGKILL)
             problems.append(f"{daemon.name} (pid {daemon.pid}) did not stop within "
                             f"{timeout:.0f} s and was killed (a memstore OSD lost its data); "
                             f"see {daemon.log}")
@@ -494,12 +494,6 @@ def _running(daemon: Daemon) -> bool:
     return pid_alive(daemon.pid)
 
 
-def _signal(pid: int, sig: int) -> None:
-    if pid > 0:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 def _die_with_parent() -> None:

@@ -30,7 +30,7 @@ from typing import Any, cast
 
 import yaml
 
-from pvcd.drivers.host import pid_alive
+from pvcd.drivers.host import pid_alive, signal_pid
 from pvcd.lab import agent
 from pvcd.lab.ceph import CephLabError, Daemon, ThrowawayCeph
 from pvcd.lab.libvirtd import LibvirtdLab
@@ -466,21 +466,21 @@ class Lab:
             for node in info.nodes:
                 for pid in _pids_running(node.config):
                     if pid != node.pid:
-                        _kill(pid, signal.SIGKILL)
+                        signal_pid(pid, signal.SIGKILL)
             for node in info.nodes:
                 if pid_alive(node.pid):
-                    _kill(node.pid, signal.SIGCONT)
-                    _kill(node.pid, signal.SIGTERM)
+                    signal_pid(node.pid, signal.SIGCONT)
+                    signal_pid(node.pid, signal.SIGTERM)
             for node in info.nodes:
                 deadline = time.monotonic() + timeout
                 while pid_alive(node.pid) and time.monotonic() < deadline:
                     _reap(node.pid)
                     time.sleep(0.05)
                 if pid_alive(node.pid):
-                    _kill(node.pid, signal.SIGKILL)
+                    signal_pid(node.pid, signal.SIGKILL)
                 _reap(node.pid)
         if info is not None and info.network:
-            _kill(int(info.network.get("proxy_pid", 0)), signal.SIGKILL)
+            signal_pid(int(info.network.get("proxy_pid", 0)), signal.SIGKILL)
             _reap(int(info.network.get("proxy_pid", 0)))
             LabNetwork(info.network["id"]).down()
         if info is not None and info.ceph:
@@ -597,13 +597,6 @@ def _pids_running(config_path: str) -> list[int]:
     return pids
 
 
-def _kill(pid: int, sig: int) -> None:
-    if pid <= 0:  # never a process group
-        return
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _reap(pid: int) -> None:

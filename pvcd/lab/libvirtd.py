@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pvcd.drivers.host import pid_alive
+from pvcd.drivers.host import pid_alive, signal_pid
 from pvcd.lab.zookeeper import free_port
 
 # The host folders libvirtd uses, and the folder under the instance's root that replaces each.
@@ -353,13 +353,13 @@ class LibvirtdInstance:
             # when it exits. Kill whatever survived the destroy before libvirtd goes.
             for pid in _descendants(self.tini_pid):
                 if pid != daemon:
-                    _signal(pid, signal.SIGKILL)
+                    signal_pid(pid, signal.SIGKILL)
                     killed.add(pid)
             if daemon:
-                _signal(daemon, signal.SIGTERM)  # tini exits with its child
+                signal_pid(daemon, signal.SIGTERM)  # tini exits with its child
             if not self._wait_tini_exit(deadline):
                 for pid in [*_descendants(self.tini_pid), self.tini_pid]:
-                    _signal(pid, signal.SIGKILL)
+                    signal_pid(pid, signal.SIGKILL)
                     killed.add(pid)
                 self._wait_tini_exit(time.monotonic() + COMMAND_TIMEOUT)
         for namespace in sorted(self._namespaces):
@@ -418,7 +418,7 @@ class LibvirtdInstance:
                 raise LibvirtdError(f"libvirtd {self.name}: processes {left} survive in "
                                     f"{namespace}")
             for pid in left:
-                _signal(pid, signal.SIGKILL)
+                signal_pid(pid, signal.SIGKILL)
                 killed.add(pid)
             time.sleep(0.02)
 
@@ -594,13 +594,6 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _signal(pid: int, sig: int) -> None:
-    if pid <= 0:
-        return
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 # -- the mount helper (runs inside the new namespace) -------------------------------------------

@@ -7,7 +7,6 @@ second, so failover tests are fast.
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pvcd.drivers.host import pid_alive
+from pvcd.drivers.host import pid_alive, signal_pid
 from pvcd.drivers.netns import run_in_netns
 
 ZK_CLASSPATH = "/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar"
@@ -166,13 +165,13 @@ class ZooKeeperEnsemble:
         return None
 
     def kill(self, server: ZooKeeperServer, sig: int = signal.SIGKILL) -> None:
-        _signal(server.pid, sig)
+        signal_pid(server.pid, sig)
         if server.process is not None:
             server.process.wait(timeout=10)
 
     def stop(self, timeout: float = 10.0) -> None:
         for server in self.servers:
-            _signal(server.pid, signal.SIGTERM)
+            signal_pid(server.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for server in self.servers:
             while pid_alive(server.pid) and time.monotonic() < deadline:
@@ -180,7 +179,7 @@ class ZooKeeperEnsemble:
                     server.process.poll()
                 time.sleep(0.05)
             if pid_alive(server.pid):
-                _signal(server.pid, signal.SIGKILL)
+                signal_pid(server.pid, signal.SIGKILL)
             if server.process is not None:
                 try:
                     server.process.wait(timeout=5)
@@ -188,11 +187,4 @@ class ZooKeeperEnsemble:
                     pass
 
 
-def _signal(pid: int, sig: int) -> None:
-    if pid <= 0:
-        return
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
