@@ -383,6 +383,11 @@ class CephDriverSection:
     stats_interval: float = field(default=5.0, metadata=checks(in_range(0.5, 3600)))
     # finished requests are kept (visible) this long
     request_retention: float = field(default=3600.0, metadata=checks(in_range(10, 604800)))
+    # how this node starts the OSD daemons on its devices: `systemd` (ceph-osd@<id> units) or
+    # `process` (a `ceph-osd -f` of pvcd's, for machines without systemd; pid files in
+    # osd_run_dir)
+    osd_launcher: str = field(default="systemd", metadata=checks(one_of("systemd", "process")))
+    osd_run_dir: str = field(default="/run/pvcd/ceph-osd", metadata=checks(_absolute_path))
     # lab only: the folder of a throwaway Ceph (pvcd.lab.ceph); OSD add with device
     # `memstore` starts a memstore OSD of it
     lab_workdir: str | None = field(default=None, metadata=checks(_absolute_path))

@@ -12,6 +12,7 @@ role at once, and the main loop re-registers on the new session without a restar
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -313,8 +314,10 @@ class NodeDaemon:
             params.update(netns=self.config.drivers.network.netns, floating=floating)
             params.update(pid=os.getpid(), cmdline=cmdline, cwd=os.getcwd(),
                           log=log_path if log_path.startswith("/") else os.devnull,
-                          env={"PYTHONPATH": os.environ.get("PYTHONPATH", ""),
-                               "PATH": os.environ.get("PATH", "")})
+                          env={key: os.environ.get(key, "")
+                               for key in ("PYTHONPATH", "PATH", "PVCD_LAB_BINDS")},
+                          # a lab node's own mount namespace (pvcd.lab.lab.LabNode.binds)
+                          binds=json.loads(os.environ.get("PVCD_LAB_BINDS") or "[]"))
         return params
 
     def _claim_name(self) -> None:

@@ -40,14 +40,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pvcd.config import CephDriverSection
-from pvcd.controllers.base import DONE, Controller, Result
+from pvcd.controllers.base import DONE, Controller, Result, TemporaryError
 from pvcd.controllers.storage_backend import (
-    DeviceOsdProvisioner,
     LabOsdProvisioner,
+    NodeOsdProvisioner,
     OsdProvisioner,
     StorageCeph,
 )
 from pvcd.drivers.ceph import OsdStats, parse_size
+from pvcd.drivers.ceph_volume import DeviceOsdProvisioner, make_launcher
 from pvcd.errors import BackendError, Conflict, InvalidValue, NotFound, PvcError
 from pvcd.state.models import (
     PRIMARY_TARGET,
@@ -792,11 +793,43 @@ class NodeStorage:
         self.requests = RequestExecutor(name, name, view, store, {
             "osd-add": self._osd_add, "osd-remove": self._osd_remove,
         }, lambda request: [f"osd/{request.args.get('osd', 'new')}"], clock)
+        self._removing: set[int] = set()
+        self._removing_lock = threading.Lock()
+
+    # the OSD daemons of this node's devices run (after a reboot: activated again)
+    def osd_keys(self) -> list[str]:
+        root = self.view.paths.storage_osds
+        keys = []
+        for child in self.view.cache.children(root):
+            doc = self.view.cache.get(f"{root}/{child}")
+            if isinstance(doc, dict) and doc.get("node") == self.name and \
+                    str(doc.get("device") or "").startswith("/dev/"):
+                keys.append(child)
+        return keys
+
+    def key_of_osd_path(self, path: str) -> str | None:
+        prefix = self.view.paths.storage_osds + "/"
+        rest = path.removeprefix(prefix) if path.startswith(prefix) else ""
+        return rest if rest.isdigit() else None
+
+    def reconcile_osd(self, key: str) -> Result:
+        osd_id = int(key)
+        with self._removing_lock:
+            if osd_id in self._removing:
+                return DONE
+        if key not in self.osd_keys():
+            return DONE
+        try:
+            if self.provisioner.ensure(osd_id):
+                log.info("event=osd-started-again node=%s osd=%d", self.name, osd_id)
+        except BackendError as exc:
+            raise TemporaryError(f"osd.{osd_id}: {exc}") from exc
+        return DONE
 
     def _osd_add(self, request: StorageRequest, progress: Callable[[str], None]) -> Outcome:
         device, weight = request.args["device"], float(request.args["weight"])
         progress(f"creating an OSD on {device}")
-        osd_id = self.provisioner.create(device)
+        osd_id = self.provisioner.create(device, weight)
         progress(f"osd.{osd_id} started; placing it under host={self.name}")
         self.ceph.osd_place(osd_id, weight, self.name)
         stats = self._wait_up(osd_id, progress)
@@ -822,9 +855,17 @@ class NodeStorage:
 
     def _osd_remove(self, request: StorageRequest, progress: Callable[[str], None]) -> Outcome:
         osd_id = int(request.args["osd"])
-        removal = self.ceph.remove_osd_safely(
-            osd_id, stop_daemon=self.provisioner.stop,
-            progress_timeout=self.config.osd_removal_timeout, on_progress=progress)
+        with self._removing_lock:
+            self._removing.add(osd_id)  # the OSD controller must not start it again
+        try:
+            removal = self.ceph.remove_osd_safely(
+                osd_id, stop_daemon=self.provisioner.stop,
+                progress_timeout=self.config.osd_removal_timeout, on_progress=progress)
+            progress("purged; releasing its device")
+            self.provisioner.release(osd_id)
+        finally:
+            with self._removing_lock:
+                self._removing.discard(osd_id)
         return Outcome(f"Removed OSD {osd_id} from node {self.name} ({removal.pgs_moved} PGs "
                        f"moved off it in {removal.drain_seconds:.1f} s)",
                        {"osd": osd_id, "pgs_moved": removal.pgs_moved,
@@ -838,8 +879,12 @@ def install(daemon: NodeDaemon) -> None:
     if not config.enabled:
         return
     ceph = StorageCeph(config.conf_file, config.keyring, timeout=config.command_timeout)
-    provisioner: OsdProvisioner = (LabOsdProvisioner(config.lab_workdir, daemon.name)
-                                   if config.lab_workdir else DeviceOsdProvisioner(daemon.name))
+    devices = DeviceOsdProvisioner(
+        daemon.name, make_launcher(config.osd_launcher, config.osd_run_dir),
+        configure=ceph.osd_configure, unconfigure=ceph.osd_unconfigure, purge=ceph.osd_purge)
+    provisioner = NodeOsdProvisioner(
+        daemon.name, devices,
+        LabOsdProvisioner(config.lab_workdir, daemon.name) if config.lab_workdir else None)
     requests_prefix = daemon.paths.storage_requests + "/"
     node = NodeStorage(daemon.name, daemon.view, daemon.store, ceph, provisioner, config,
                        daemon.clock)
@@ -847,6 +892,10 @@ def install(daemon: NodeDaemon) -> None:
                                  workers=2, resync_interval=daemon.config.timing.resync_interval)
     daemon.add_controller(node_controller)
     daemon.watch(requests_prefix, node_controller, node.requests.key_of_path)
+    osd_controller = Controller("storage-osd", node.reconcile_osd, node.osd_keys,
+                                resync_interval=daemon.config.timing.resync_interval)
+    daemon.add_controller(osd_controller)
+    daemon.watch(daemon.paths.storage_osds + "/", osd_controller, node.key_of_osd_path)
     daemon.storage_node = node  # type: ignore[attr-defined]
     if daemon.coordinator is None:
         return

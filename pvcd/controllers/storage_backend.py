@@ -10,13 +10,14 @@ through pvcd is placed under `host=<node>` by that node; an OSD pvcd finds in Ce
 the owner its CRUSH host names (or none, when that is not a pvcd node). The owner carries out the
 OSD's removal, because only it can stop the OSD's daemon.
 
-An `OsdProvisioner` creates and stops OSD daemons on this node. `LabOsdProvisioner` does it with a
-throwaway Ceph (`pvcd.lab.ceph`) whose folder all lab nodes share: device `memstore` starts one
-more memstore OSD of it. The throwaway cluster's state file is shared by every lab node and the lab
-itself, so each change holds an exclusive `flock` on `ceph-lab.lock` in that folder. OSDs started
-here are our children: we keep their `Popen` objects to reap them when they stop. Creating OSDs
-on real block devices (`ceph-volume`) was not tried on this platform and is refused with a message
-(`DeviceOsdProvisioner`).
+An `OsdProvisioner` creates, starts and stops the OSD daemons of this node. `NodeOsdProvisioner`
+is the one a node uses: device `memstore` goes to a `LabOsdProvisioner` (lab nodes only), a block
+device to `pvcd.drivers.ceph_volume.DeviceOsdProvisioner` (bluestore through `ceph-volume raw`).
+`LabOsdProvisioner` works with a throwaway Ceph (`pvcd.lab.ceph`) whose folder all lab nodes
+share: device `memstore` starts one more memstore OSD of it. The throwaway cluster's state file is
+shared by every lab node and the lab itself, so each change holds an exclusive `flock` on
+`ceph-lab.lock` in that folder. OSDs started there are our children: we keep their `Popen`
+objects to reap them when they stop.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pvcd.drivers.ceph import CephDriver, check_osd_id
-from pvcd.errors import BackendError, InvalidValue
+from pvcd.errors import BackendError, InvalidValue, NotFound
 from pvcd.lab.ceph import CephLabError, ThrowawayCeph
 
 log = logging.getLogger(__name__)
@@ -87,9 +88,32 @@ class StorageCeph(CephDriver):
     def osd_place(self, osd_id: int, weight: float, host: str) -> None:
         """Put `osd.<id>` under `host=<host>` (created if missing) with CRUSH weight `weight`."""
         number = check_osd_id(osd_id)
-        self._run("ceph", ["osd", "crush", "set", f"osd.{number}", f"{check_weight(weight):g}",
-                           "root=default", f"host={host}"])
+        placement = [f"osd.{number}", f"{check_weight(weight):g}", "root=default", f"host={host}"]
+        try:
+            self._run("ceph", ["osd", "crush", "set", *placement])
+        except NotFound:  # not in the CRUSH map yet (it has not booted, or does not add itself)
+            self._run("ceph", ["osd", "crush", "add", *placement])
         log.info("ceph osd placed osd=%d host=%s weight=%g", number, host, weight)
+
+    def osd_configure(self, osd_id: int, options: dict[str, str]) -> None:
+        """Set options of `osd.<id>` in the cluster's configuration database (before it
+        starts: its CRUSH location and initial weight)."""
+        number = check_osd_id(osd_id)
+        for option, value in options.items():
+            self._run("ceph", ["config", "set", f"osd.{number}", option, value])
+
+    def osd_unconfigure(self, osd_id: int) -> None:
+        """Forget every option set for `osd.<id>` (its id is reused by the next OSD)."""
+        number = check_osd_id(osd_id)
+        dump = self._json("ceph", ["config", "dump"])
+        for entry in dump:
+            if entry.get("section") == f"osd.{number}":
+                self._run("ceph", ["config", "rm", f"osd.{number}", str(entry["name"])])
+
+    def osd_purge(self, osd_id: int) -> None:
+        """Remove an OSD that never held data from the map, its key and CRUSH entry."""
+        number = check_osd_id(osd_id)
+        self._run("ceph", ["osd", "purge", str(number), "--yes-i-really-mean-it"])
 
     def pool_listing(self, pool: str) -> PoolListing:
         volumes: list[str] = []
@@ -108,25 +132,43 @@ class StorageCeph(CephDriver):
 class OsdProvisioner(Protocol):
     """Creates and stops the OSD daemons of this node."""
 
-    def create(self, device: str) -> int: ...
+    def create(self, device: str, weight: float) -> int: ...
+
+    def ensure(self, osd_id: int) -> bool: ...
 
     def stop(self, osd_id: int) -> None: ...
 
+    def release(self, osd_id: int) -> None: ...
 
-class DeviceOsdProvisioner:
-    """Production nodes: not implemented yet (ceph-volume was not tried on this platform)."""
 
-    def __init__(self, node: str) -> None:
+class NodeOsdProvisioner:
+    """Memstore OSDs through the lab (when this node is a lab node), the rest on devices."""
+
+    def __init__(self, node: str, device: OsdProvisioner,
+                 lab: LabOsdProvisioner | None = None) -> None:
         self.node = node
+        self.device = device
+        self.lab = lab
 
-    def create(self, device: str) -> int:
-        raise BackendError(f"cannot create an OSD on {device} on node {self.node}: OSDs on block "
-                           "devices (ceph-volume) are not implemented yet; only lab nodes "
-                           f"(drivers.ceph.lab_workdir) create OSDs, with device '{LAB_DEVICE}'")
+    def create(self, device: str, weight: float) -> int:
+        if device == LAB_DEVICE:
+            if self.lab is None:
+                raise InvalidValue(f"device '{LAB_DEVICE}' is only for lab nodes; node "
+                                   f"{self.node} creates OSDs on block devices like /dev/sdb")
+            return self.lab.create(device, weight)
+        return self.device.create(device, weight)
+
+    def ensure(self, osd_id: int) -> bool:
+        return self._owner(osd_id).ensure(osd_id)
 
     def stop(self, osd_id: int) -> None:
-        raise BackendError(f"cannot stop osd.{osd_id} on node {self.node}: stopping OSD daemons "
-                           "outside the lab is not implemented yet; stop it by hand, then retry")
+        self._owner(osd_id).stop(osd_id)
+
+    def release(self, osd_id: int) -> None:
+        self._owner(osd_id).release(osd_id)
+
+    def _owner(self, osd_id: int) -> OsdProvisioner:
+        return self.lab if self.lab is not None and self.lab.owns(osd_id) else self.device
 
 
 class LabOsdProvisioner:
@@ -137,7 +179,7 @@ class LabOsdProvisioner:
         self.node = node
         self._children: dict[int, subprocess.Popen[bytes]] = {}
 
-    def create(self, device: str) -> int:
+    def create(self, device: str, weight: float = 1.0) -> int:
         if device != LAB_DEVICE:
             raise InvalidValue(f"device {device!r} is invalid on lab node {self.node}: lab "
                                f"nodes create memstore OSDs, use device '{LAB_DEVICE}'")
@@ -148,6 +190,16 @@ class LabOsdProvisioner:
             self._children[osd_id] = process
         log.info("event=lab-osd-started node=%s osd=%d", self.node, osd_id)
         return osd_id
+
+    def owns(self, osd_id: int) -> bool:
+        with self._cluster() as lab:
+            return osd_id in lab.osds
+
+    def ensure(self, osd_id: int) -> bool:
+        return False  # memstore OSDs lose their data when they stop: never restarted
+
+    def release(self, osd_id: int) -> None:
+        pass  # nothing outside the lab's folder
 
     def stop(self, osd_id: int) -> None:
         with self._cluster() as lab:

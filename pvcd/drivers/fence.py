@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from pvcd.drivers.host import pid_alive
 from pvcd.errors import BackendError, InvalidValue
+from pvcd.lab import mountns
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,9 @@ class LabFence:
             _power_off_netns(str(netns), target.params.get("floating") or [])
         log.info("event=fence-power-off node=%s pid=%d confirmed=true", target.node, pid)
         if cmdline:  # power on: the node boots and its daemon starts again
+            binds = target.params.get("binds") or []
+            if binds:  # in a mount namespace of its own, as the lab started it
+                cmdline = mountns.wrap([(source, dest) for source, dest in binds], cmdline)
             if netns:
                 cmdline = ["ip", "netns", "exec", str(netns), *cmdline]
             log_path = target.params.get("log") or os.devnull

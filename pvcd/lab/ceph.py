@@ -10,8 +10,9 @@ notes):
   osd objectstore = memstore       no disk; memstore keeps its data across a clean stop only with
   osd fast shutdown = false        a full shutdown (it dumps its store on umount); SIGKILL loses it
   paxos propose interval = 0.05    ≈ 1 s per map change becomes 20-300 ms
-  osd pool default size = 1        one host, 2+ OSDs: pools must be clean with one copy; the data
-  osd crush chooseleaf type = 0    placement rule picks OSDs, not hosts
+  osd pool default size = 1        one host: the data placement rule picks OSDs, not hosts
+  osd crush chooseleaf type = 0    (`pool_size` sets another default; the lab uses 2, see
+                                   `pvcd.lab.lab`: a PG with one copy can stay "laggy" forever)
   mgr stats period = 1, mon mgr digest period = 1
                                    usage numbers lag less (they still lag: poll in tests)
   the mgr                          required: without it `rados df` lists no pools and
@@ -107,6 +108,7 @@ class ThrowawayCeph:
         port_range: tuple[int, int] = (6800, 7300),
         memstore_bytes: int = 1 << 30,
         die_with_parent: bool = True,
+        pool_size: int = 1,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         if _UNSAFE_PATH_CHARS & set(str(self.workdir)):
@@ -116,7 +118,10 @@ class ThrowawayCeph:
             raise CephLabError("a cluster needs at least one OSD")
         if not 1024 <= port_range[0] <= port_range[1] <= 65535:
             raise CephLabError(f"port range {port_range} is invalid: 1024 <= min <= max <= 65535")
+        if not 1 <= pool_size <= osds:
+            raise CephLabError(f"pool_size {pool_size} needs 1 to {osds} (the OSD count) copies")
         self.initial_osds = osds
+        self.pool_size = pool_size
         self.memstore_bytes = memstore_bytes
         self.die_with_parent = die_with_parent
         self._requested = (mon_port, mon_v1_port, port_range)
@@ -227,7 +232,7 @@ class ThrowawayCeph:
                 "mon cluster log file": f"{wd}/log/cluster.log",
                 "crash dir": f"{wd}/crash",
                 "paxos propose interval": "0.05",
-                "osd pool default size": "1",
+                "osd pool default size": str(self.pool_size),
                 "osd pool default min size": "1",
                 "osd pool default pg autoscale mode": "off",
                 "osd crush chooseleaf type": "0",

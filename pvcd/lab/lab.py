@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import ssl
 import subprocess
@@ -30,8 +31,9 @@ from typing import Any, cast
 
 import yaml
 
+from pvcd.drivers.ceph_volume import ProcessOsdLauncher
 from pvcd.drivers.host import pid_alive, signal_pid
-from pvcd.lab import agent
+from pvcd.lab import agent, mountns
 from pvcd.lab.ceph import CephLabError, Daemon, ThrowawayCeph
 from pvcd.lab.libvirtd import LibvirtdLab
 from pvcd.lab.netns import FLOATING_IP, SERVICE_IP, UNDERLAY_NET, LabNetwork, in_ns
@@ -46,6 +48,7 @@ with urllib.request.urlopen(request, timeout=float(sys.argv[3])) as response:
     print(json.dumps(json.loads(response.read())))
 """
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
+LAB_BINDS_ENV = "PVCD_LAB_BINDS"  # a lab node daemon's binds (LabNode.binds), for the lab fence
 LIBVIRT_KINDS = ("test", "qemu")
 # where a QEMU lab node's incoming QEMU listens, and its peers send the memory (loopback: every
 # node is on this machine; LibvirtdInstance.migration_params says the same)
@@ -59,6 +62,9 @@ class LabNode:
     config: str
     log: str
     pid: int = 0
+    # (source, target) folders bind-mounted in the daemon's own mount namespace: a Ceph lab
+    # node's /etc/ceph and /var/lib/ceph (`ceph-volume` insists on them), as on a machine of its own
+    binds: list[list[str]] = field(default_factory=list)
 
 
 @dataclass
@@ -207,15 +213,18 @@ class Lab:
                 # IP only (lab.json's `api` is the lab proxy into the underlay)
                 cast(dict[str, Any], config["api"])["listen"] = FLOATING_IP
             config["fencing"] = {"driver": (fence_overrides or {}).get(name, fencing)}
+            binds: list[list[str]] = []
             if info.ceph is not None:  # OSD ownership: docs/storage.md
                 cast(dict[str, Any], config.setdefault("drivers", {}))["ceph"] = {
                     "enabled": True, "conf_file": info.ceph["conf"],
                     "keyring": info.ceph["keyring"], "lab_workdir": info.ceph["workdir"],
-                    "stats_interval": 2.0, "request_timeout": 60.0}
+                    "stats_interval": 2.0, "request_timeout": 60.0, "osd_launcher": "process",
+                    "osd_run_dir": str(folder / "osd-run")}
+                binds = node_ceph_root(folder, info.ceph)
             config_path = folder / "pvcd.yaml"
             config_path.write_text(yaml.safe_dump(config, sort_keys=False))
             info.nodes.append(LabNode(name, index <= coordinators, str(config_path),
-                                      str(folder / "pvcd.log")))
+                                      str(folder / "pvcd.log"), binds=binds))
         self.info = info
         self.save()
         try:
@@ -248,7 +257,13 @@ class Lab:
         ...: each is placed under its node's CRUSH host, and OSDs no longer move themselves to
         the machine's host name when they start."""
         # the daemons outlive this process (`pvcd lab up` exits); `down()` stops them
-        self.ceph = ThrowawayCeph(self.workdir / "ceph", osds=2, die_with_parent=False)
+        # Two copies, as a cluster that holds VM disks has (at least). With one copy (size 1),
+        # Ceph 16.2's read leases can leave a PG whose primary moved to a freshly added OSD
+        # "laggy" for good: reads to it wait "for readable" forever, because only a replica's
+        # lease ack makes the primary look at its lease again (seen here: `rbd create` hung
+        # after an OSD add; with a replica the same op completes at once).
+        self.ceph = ThrowawayCeph(self.workdir / "ceph", osds=2, die_with_parent=False,
+                                  pool_size=2)
         self.ceph.start()
         self.ceph.ceph(["config", "set", "osd", "osd_crush_update_on_start", "false"])
         tree = json.loads(self.ceph.ceph(["osd", "tree", "--format", "json"]))
@@ -261,8 +276,13 @@ class Lab:
             if item["type"] == "host":  # the machine's own host bucket, now empty
                 self.ceph.ceph(["osd", "crush", "rm", item["name"]])
         self.ceph.wait_healthy()
+        # what `ceph-volume` on a node registers new OSDs with (node_ceph_root)
+        bootstrap = self.ceph.workdir / "bootstrap-osd.keyring"
+        bootstrap.write_text(self.ceph.ceph(["auth", "get-or-create", "client.bootstrap-osd",
+                                             "mon", "allow profile bootstrap-osd"]))
+        bootstrap.chmod(0o600)
         return {"workdir": str(self.ceph.workdir), "conf": str(self.ceph.conf_path),
-                "keyring": str(self.ceph.keyring_path)}
+                "keyring": str(self.ceph.keyring_path), "bootstrap_keyring": str(bootstrap)}
 
     def _start_libvirtd(self, info: LabInfo, nodes: int) -> None:
         """One libvirtd per node (`libvirtd/nodeN`, docs/lab-qemu.md), the guest kernel, and
@@ -310,9 +330,14 @@ class Lab:
             lab_net = LabNetwork(info.network["id"])
             config["drivers"]["network"].update(lab_net.add_node(name, index).config(),
                                                 state_dir=str(folder / "networks"))
+        binds: list[list[str]] = []
+        if info.ceph:
+            config["drivers"]["ceph"]["osd_run_dir"] = str(folder / "osd-run")
+            binds = node_ceph_root(folder, info.ceph)
         config_path = folder / "pvcd.yaml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        info.nodes.append(LabNode(name, False, str(config_path), str(folder / "pvcd.log")))
+        info.nodes.append(LabNode(name, False, str(config_path), str(folder / "pvcd.log"),
+                                  binds=binds))
         self.save()
         self.start_node(name)
         self.wait_ready(timeout)
@@ -327,9 +352,13 @@ class Lab:
         prefix = []
         if info.network:  # the node daemon lives in its node's network namespace
             prefix = ["ip", "netns", "exec", LabNetwork(info.network["id"]).node_ns(name)]
+        command = [sys.executable, "-m", "pvcd", "run", "--config", node.config]
+        if node.binds:  # and in a mount namespace of its own (a lab fence restarts it so too)
+            env[LAB_BINDS_ENV] = json.dumps(node.binds)
+            command = mountns.wrap([(source, target) for source, target in node.binds], command)
         with open(node.log, "ab") as log:
             process = subprocess.Popen(
-                [*prefix, sys.executable, "-m", "pvcd", "run", "--config", node.config],
+                [*prefix, *command],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True,
             )
@@ -484,6 +513,8 @@ class Lab:
             _reap(int(info.network.get("proxy_pid", 0)))
             LabNetwork(info.network["id"]).down()
         if info is not None and info.ceph:
+            for node in info.nodes:  # OSDs on devices, started by the node daemons
+                stop_device_osds(Path(node.config).parent / "osd-run")
             self._stop_ceph(Path(info.ceph["workdir"]))
         if info is not None and info.qemu:
             self._stop_libvirtd(Path(info.qemu["workdir"]), int(info.qemu["nodes"]))
@@ -551,6 +582,45 @@ class Lab:
             self.load()
         assert self.info is not None
         return self.info
+
+
+def node_ceph_root(folder: Path, ceph: dict[str, Any]) -> list[list[str]]:
+    """A lab node's own /etc/ceph and /var/lib/ceph (in `folder`), as a Ceph client machine
+    has them: `ceph.conf` pointing at the lab's cluster and the bootstrap-osd keyring that
+    `ceph-volume` registers OSDs with; the binds that put them in place."""
+    cluster = ThrowawayCeph.load(ceph["workdir"])
+    assert cluster.ports is not None
+    etc, var = folder / "ceph-etc", folder / "ceph-var"
+    for sub in ("bootstrap-osd", "osd", "log", "run", "crash", "tmp"):
+        (var / sub).mkdir(parents=True, exist_ok=True)
+    etc.mkdir(parents=True, exist_ok=True)
+    ports = cluster.ports
+    settings = {
+        "fsid": cluster.fsid,
+        "mon host": f"[v2:127.0.0.1:{ports.mon_v2},v1:127.0.0.1:{ports.mon_v1}]",
+        "public addr": "127.0.0.1", "cluster addr": "127.0.0.1",
+        "ms bind port min": str(ports.range_min), "ms bind port max": str(ports.range_max),
+        # nothing outside the node's folder (and the mounts): logs, sockets, crashes
+        "log file": "/var/lib/ceph/log/$cluster-$name.log",
+        "run dir": "/var/lib/ceph/run", "crash dir": "/var/lib/ceph/crash",
+        # a small bluestore on a sparse file: a small fixed cache
+        "bluestore cache autotune": "false", "bluestore cache size": str(64 << 20),
+    }
+    (etc / "ceph.conf").write_text(
+        "[global]\n" + "".join(f"    {key} = {value}\n" for key, value in settings.items()))
+    keyring = var / "bootstrap-osd" / "ceph.keyring"
+    keyring.write_text(Path(ceph["bootstrap_keyring"]).read_text())
+    keyring.chmod(0o600)
+    for path in (var / "osd", var / "log", var / "run", var / "crash", var / "tmp"):
+        shutil.chown(path, "ceph", "ceph")  # the OSD daemons drop to user ceph
+    return [[str(etc), "/etc/ceph"], [str(var), "/var/lib/ceph"]]
+
+
+def stop_device_osds(run_dir: Path) -> None:
+    """Stop the `ceph-osd` processes a lab node started on devices (pid files in `run_dir`)."""
+    launcher = ProcessOsdLauncher(run_dir)
+    for osd_id in launcher.pids():
+        launcher.stop(osd_id)
 
 
 def make_self_signed_cert(folder: Path) -> tuple[Path, Path]:

@@ -8,7 +8,7 @@ mounts) disappears with its last process.
 
 The process tree of an instance, all in that namespace:
 
-    unshare -> python -m pvcd.lab.libvirtd (bind mounts) -> tini -s -+- libvirtd
+    unshare -> python -m pvcd.lab.mountns (bind mounts) -> tini -s -+- libvirtd
                                                                      +- qemu (daemonized)
 
 `unshare` and the mount helper exec into `tini` (one pid: `tini_pid`). QEMU daemonizes, so tini,
@@ -33,7 +33,6 @@ import pwd
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from pvcd.drivers.host import pid_alive, signal_pid
+from pvcd.lab import mountns
 from pvcd.lab.zookeeper import free_port
 
 # The host folders libvirtd uses, and the folder under the instance's root that replaces each.
@@ -257,15 +257,10 @@ class LibvirtdInstance:
             return
         _check_host()
         self._prepare()
-        argv = [
-            "unshare", "--mount", "--propagation", "private", "--",
-            sys.executable, "-m", "pvcd.lab.libvirtd",
-            *[f"--bind={self.paths.bind_source(key)}:{target}"
-              for key, target in BIND_TARGETS.items()],
-            "--", "tini", "-s", "--",
-            "libvirtd", "--pid-file", str(self.paths.pid_file),
-            *(["--listen"] if self.tcp_port is not None else []),
-        ]
+        argv = mountns.wrap(
+            [(self.paths.bind_source(key), target) for key, target in BIND_TARGETS.items()],
+            ["tini", "-s", "--", "libvirtd", "--pid-file", str(self.paths.pid_file),
+             *(["--listen"] if self.tcp_port is not None else [])])
         with open(self.paths.console_log, "ab") as log:
             self.process = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -531,7 +526,7 @@ def _libvirt() -> Any:
 
 def _child_env() -> dict[str, str]:
     env = dict(os.environ)
-    # The mount helper is this module: make `python -m pvcd.lab.libvirtd` find the package.
+    # The mount helper (`python -m pvcd.lab.mountns`) must find the package.
     package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     return env
@@ -592,22 +587,3 @@ def _descendants(pid: int) -> list[int]:
         found += kids
         frontier += kids
     return found
-
-
-
-
-# -- the mount helper (runs inside the new namespace) -------------------------------------------
-
-
-def _mount_and_exec(argv: list[str]) -> None:
-    """`--bind=SRC:DST ... -- command...`: bind-mount each SRC over DST, then exec command."""
-    split = argv.index("--")
-    binds, command = argv[:split], argv[split + 1:]
-    for option in binds:
-        source, target = option.removeprefix("--bind=").rsplit(":", 1)
-        subprocess.run(["mount", "--bind", source, target], check=True, timeout=COMMAND_TIMEOUT)
-    os.execvp(command[0], command)
-
-
-if __name__ == "__main__":
-    _mount_and_exec(sys.argv[1:])

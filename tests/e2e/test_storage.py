@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
+import signal
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -247,10 +250,6 @@ def test_noout_flag_and_osd_in_out_show_in_ceph(api: LabClient, ceph: Ceph) -> N
     wait_until(lambda: ceph.health() == "HEALTH_OK", timeout=TIMEOUT, interval=0.5)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known, not yet understood: after osd.0 was marked out and in (the previous test), a "
-    "runtime-added memstore OSD can make rbd writes stall for 30 s+; reproduce with "
-    "`pytest tests/e2e/test_storage.py -k 'noout or add_osd'`; alone it passes"))
 def test_add_osd_write_data_remove_another_osd(api: LabClient, ceph: Ceph, pool: str) -> None:
     before = set(ceph.osd_tree())
     message = ok(call(api, "POST", "/storage/ceph/osd", node="node3", device="memstore",
@@ -297,6 +296,94 @@ def test_add_osd_write_data_remove_another_osd(api: LabClient, ceph: Ceph, pool:
             "fewer than the copies")
     assert ceph.state() == state
     assert ceph.checksum(pool, "data") == checksum  # (the pool is deleted afterwards)
+    wait_until(lambda: ceph.health() == "HEALTH_OK", timeout=TIMEOUT, interval=0.5)
+
+
+@pytest.fixture
+def loop_devices(tmp_path: Any) -> Iterator[Callable[[int], str]]:
+    """Loop devices over sparse files (a disk for the OSD), detached afterwards."""
+    made: list[str] = []
+
+    def make(size: int) -> str:
+        image = tmp_path / f"disk{len(made)}.img"
+        with open(image, "wb") as handle:
+            handle.truncate(size)
+        device = subprocess.run(["losetup", "--find", "--show", str(image)], check=True,
+                                capture_output=True, text=True).stdout.strip()
+        made.append(device)
+        return device
+
+    yield make
+    for device in made:
+        subprocess.run(["losetup", "--detach", device], check=False, capture_output=True)
+
+
+def test_osd_on_a_block_device(api: LabClient, ceph: Ceph, pool: str,
+                               storage_lab: tuple[Lab, LabClient],
+                               loop_devices: Callable[[int], str]) -> None:
+    """The production path: bluestore through `ceph-volume raw` on node2's disk (a loop
+    device); node2's daemon has its own /etc/ceph and /var/lib/ceph, as a machine would."""
+    lab = storage_lab[0]
+    state = ceph.state()
+    small = loop_devices(1 << 30)
+    refused(call(api, "POST", "/storage/ceph/osd", node="node2", device=small, weight="0.005"),
+            "at least 5 GiB")
+    used = loop_devices(6 << 30)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "nodiscard,lazy_itable_init=1", used],
+                   check=True, capture_output=True)
+    refused(call(api, "POST", "/storage/ceph/osd", node="node2", device=used, weight="0.005"),
+            "ext4", "wipefs")
+    assert ceph.state() == state
+
+    disk = loop_devices(6 << 30)
+    before = set(ceph.osd_tree())
+    message = ok(call(api, "POST", "/storage/ceph/osd", node="node2", device=disk,
+                      weight="0.005"))["message"]
+    added = (set(ceph.osd_tree()) - before).pop()
+    assert f"Created OSD {added} on node node2" in message
+    tree = ceph.json("ceph", "osd", "tree")["nodes"]
+    host = next(n for n in tree if n["type"] == "host" and added in n.get("children", []))
+    assert host["name"] == "node2"
+    assert ceph.osd_tree()[added]["status"] == "up"
+    assert ceph.osd_tree()[added]["crush_weight"] == pytest.approx(0.005, abs=1e-4)
+    metadata = ceph.json("ceph", "osd", "metadata", str(added))
+    assert metadata["osd_objectstore"] == "bluestore"
+    assert metadata["bluestore_bdev_dev_node"] == disk
+    assert ok(call(api, "GET", f"/storage/ceph/osd/{added}"))[0]["device"] == disk
+    wait_until(lambda: ceph.health() == "HEALTH_OK", timeout=TIMEOUT, interval=0.5)
+
+    # data on it: the pool's PGs that map to it hold the volume's objects
+    ok(call(api, "POST", "/storage/ceph/volume", pool=pool, volume="disk", size="16M"))
+    ceph.run("rbd", "bench", "--io-type", "write", "--io-pattern", "seq", "--io-size", "1M",
+             "--io-total", "16M", f"{pool}/disk")
+    checksum = ceph.checksum(pool, "disk")
+    assert ceph.json("ceph", "pg", "ls-by-osd", str(added))["pg_stats"], "no PG on the OSD"
+
+    # node2 "reboots": its daemon and the OSD die with the mount namespace (and the OSD's
+    # tmpfs folder); the restarted daemon activates the OSD from its device and starts it
+    node2 = next(n for n in lab._info().nodes if n.name == "node2")
+    run_dir = Path(node2.config).parent / "osd-run"
+    osd_pid = int((run_dir / f"osd.{added}.pid").read_text())
+    lab.signal_node("node2", signal.SIGTERM)
+    assert lab.wait_node_exit("node2")
+    os.kill(osd_pid, signal.SIGKILL)
+    wait_until(lambda: ceph.osd_tree()[added]["status"] == "down", timeout=TIMEOUT)
+    lab.start_node("node2")
+    wait_until(lambda: ceph.osd_tree()[added]["status"] == "up", timeout=TIMEOUT,
+               interval=0.5)
+    assert int((run_dir / f"osd.{added}.pid").read_text()) != osd_pid
+    wait_until(lambda: ceph.health() == "HEALTH_OK", timeout=TIMEOUT, interval=0.5)
+    assert ceph.checksum(pool, "disk") == checksum
+
+    # removal: drained, stopped, purged; the device is wiped and can be used again
+    message = ok(call(api, "DELETE", f"/storage/ceph/osd/{added}",
+                      yes_i_really_mean_it=1))["message"]
+    assert f"Removed OSD {added}" in message
+    assert added not in ceph.osd_tree()
+    assert not (run_dir / f"osd.{added}.pid").exists()
+    wiped = subprocess.run(["blkid", "-p", disk], check=False, capture_output=True)
+    assert wiped.returncode == 2, wiped.stdout  # no signature left
+    assert ceph.checksum(pool, "disk") == checksum
     wait_until(lambda: ceph.health() == "HEALTH_OK", timeout=TIMEOUT, interval=0.5)
 
 
@@ -355,7 +442,9 @@ def test_dangerous_and_invalid_requests_change_nothing(api: LabClient, ceph: Cep
         ("POST", "/storage/ceph/osd", {"node": "nosuch", "device": "memstore", "weight": "1"},
          "not found"),
         ("POST", "/storage/ceph/osd", {"node": "node3", "device": "/dev/sdz", "weight": "1"},
-         "memstore"),
+         "does not exist"),
+        ("POST", "/storage/ceph/osd", {"node": "node3", "device": "/dev/null", "weight": "1"},
+         "not a block device"),
     ]
     for method, path, values, word in bad:
         response = call(api, method, path, **values)
