@@ -491,8 +491,15 @@ class CephDriver:
                 "--autoscale-mode", "off"]
         if size is not None:
             args += ["--size", str(size)]
+        command: dict[str, Any] = {"prefix": "osd pool create", "pool": name, "pg_num": count,
+                                   "pgp_num": count, "pool_type": "replicated",
+                                   "autoscale_mode": "off"}
+        if size is not None:
+            command["size"] = size
         try:
-            out = self._run("ceph", args, want_stderr=True)
+            out = self._mon_write(command)
+            if out is None:  # no librados here: the CLI
+                out = self._run("ceph", args, want_stderr=True)
         except BackendError as exc:
             if "ERANGE" in str(exc):  # too many PGs for this cluster's OSDs
                 raise InvalidValue(f"pgs {count} is too many for this cluster: {exc}") from exc
@@ -757,6 +764,20 @@ class CephDriver:
             log.info("event=ceph-fast-command-failed command=%s error=%r", words, exc)
             return None
         return out.decode() if code == 0 else None
+
+    def _mon_write(self, command: dict[str, Any]) -> str | None:
+        """A state-changing mon command through librados (the JSON command the CLI would send,
+        without starting a process): its status text, an error in Ceph's words, or None when
+        librados is not available (the caller runs the CLI)."""
+        cluster = self._rados_cluster()
+        if cluster is None:
+            return None
+        code, out, status = cluster.mon_command(json.dumps(command), b"",
+                                                timeout=int(self.timeout))
+        if code != 0:
+            name = errno.errorcode.get(-code, str(code))
+            raise ceph_error(command["prefix"], -code, f"Error {name}: {status}")
+        return str(status) + out.decode()
 
     def _rados_cluster(self) -> Any:
         with self._rados_lock:
