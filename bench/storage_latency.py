@@ -31,10 +31,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--pool-rounds", type=int, default=8)
+    parser.add_argument("--stats-interval", type=float, default=5.0,
+                        help="drivers.ceph.stats_interval of the node (default 5 s, the "
+                             "production default; the lab's own is 2 s)")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="pvcd-bench-storage-"))
     lab = Lab(folder / "lab")
-    info = lab.up(nodes=1, ceph=True)
+    info = lab.up(nodes=1, ceph=True, ceph_stats_interval=args.stats_interval)
+    print(f"stats refresh every {args.stats_interval:g} s")
     try:
         assert info.ceph is not None
         cluster = ["--conf", info.ceph["conf"], "--keyring", info.ceph["keyring"]]

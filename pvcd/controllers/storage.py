@@ -45,6 +45,7 @@ from pvcd.controllers.storage_backend import (
     LabOsdProvisioner,
     NodeOsdProvisioner,
     OsdProvisioner,
+    PoolListing,
     StorageCeph,
 )
 from pvcd.drivers.ceph import OsdStats, parse_size
@@ -77,6 +78,7 @@ CLOCK_MARGIN = 2.0  # seconds: request timestamps come from other nodes' clocks
 COMMIT_TRIES = 5
 AFTER_REQUEST_SYNC_DELAY = 0.5  # seconds
 SYNC_AFTER_OPS = ("cluster-option", "osd-state", "pool-add", "pool-remove")
+VOLUME_INFOS_PER_SYNC = 4  # unchanged volumes whose full `rbd info` a sync refreshes, in turn
 
 
 def request_key(request_id: str) -> str:
@@ -398,6 +400,7 @@ class PrimaryStorage:
         self.request_controller: Controller | None = None
         self.sync_controller: Controller | None = None
         self._sync_lock = threading.Lock()
+        self._volume_read_at: dict[tuple[str, str], float] = {}  # last `rbd info`, monotonic
         self.last_sync_seconds = 0.0
 
     # primary role
@@ -585,26 +588,54 @@ class PrimaryStorage:
             pools = [p for p in ceph.pool_list() if p.is_rbd]
             listings = {p.name: pool.submit(ceph.pool_listing, p.name) for p in pools}
             infos = {}
+            kept: dict[tuple[str, str], VolumeRecord] = {}
             for name, listing in listings.items():
-                for volume in listing.result().volumes:
-                    infos[(name, volume)] = pool.submit(ceph.volume_info, name, volume)
+                for volume, record in self._volumes_to_read(name, listing.result()).items():
+                    if record is None:
+                        infos[(name, volume)] = pool.submit(ceph.volume_info, name, volume)
+                    else:
+                        kept[(name, volume)] = record
             stats_by_name = {s.name: s.stats() for s in pool_stats.result()}
             state = CephState(status.result(), df_text.result(), osds.result(), hosts.result(),
                               {}, {}, {})
             for p in pools:
                 state.pools[p.name] = PoolRecord(p.name, p.pg_num, stats_by_name.get(p.name, {}))
+            state.volumes.update(kept)
             for (pool_name, volume), future in infos.items():
                 try:
                     stats = future.result().stats
                 except NotFound:
                     continue  # deleted between the listing and the info
                 state.volumes[(pool_name, volume)] = VolumeRecord(volume, pool_name, stats)
+                self._volume_read_at[(pool_name, volume)] = time.monotonic()
             for name, listing in listings.items():
                 for volume, snaps in listing.result().snapshots.items():
                     for snap in snaps:
                         state.snapshots[(name, volume, snap["name"])] = SnapshotRecord(
                             name, volume, snap["name"], snap.get("id"), snap.get("size"))
         return state
+
+    def _volumes_to_read(self, pool: str, listing: PoolListing
+                         ) -> dict[str, VolumeRecord | None]:
+        """Which volumes of `pool` need an `rbd info` in this sync (None) and which keep their
+        mirrored record: one `rbd info` per volume and sync would cost a process per volume
+        every few seconds. Read: volumes not mirrored yet, volumes whose size in the listing
+        differs from the mirror (resized behind our back), and the VOLUME_INFOS_PER_SYNC read
+        longest ago (so object counts and timestamps are refreshed in turn)."""
+        chosen: dict[str, VolumeRecord | None] = {}
+        stale: list[tuple[float, str]] = []
+        for volume in listing.volumes:
+            doc = self.view.cache.get(self.view.paths.storage_volume(pool, volume))
+            record = from_dict(VolumeRecord, doc) if isinstance(doc, dict) else None
+            size = listing.sizes.get(volume)
+            if record is None or (size is not None and record.stats.get("size") != size):
+                chosen[volume] = None
+            else:
+                chosen[volume] = record
+                stale.append((self._volume_read_at.get((pool, volume), 0.0), volume))
+        for _, volume in sorted(stale)[:VOLUME_INFOS_PER_SYNC]:
+            chosen[volume] = None
+        return chosen
 
     def _status_ops(self, state: CephState) -> list[Op]:
         health = next((line.split(":", 1)[1].strip() for line in state.status_text.splitlines()
@@ -751,6 +782,7 @@ class PrimaryStorage:
             info = self.ceph.volume_info(pool, volume)
         except NotFound:
             return
+        self._volume_read_at[(pool, volume)] = time.monotonic()
         record = from_dict(VolumeRecord, entry.doc)
         record.stats = info.stats
         if record.to_doc() != entry.doc:

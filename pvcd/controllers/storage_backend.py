@@ -29,7 +29,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -69,6 +69,7 @@ class PoolListing:
 
     volumes: list[str]
     snapshots: dict[str, list[dict[str, Any]]]  # volume -> [{name, id, size, ...}]
+    sizes: dict[str, int] = field(default_factory=dict)  # volume -> bytes
 
 
 class StorageCeph(CephDriver):
@@ -118,6 +119,7 @@ class StorageCeph(CephDriver):
     def pool_listing(self, pool: str) -> PoolListing:
         volumes: list[str] = []
         snapshots: dict[str, list[dict[str, Any]]] = {}
+        sizes: dict[str, int] = {}
         for entry in self._json("rbd", ["ls", "-l", "--pool", pool]):
             image = str(entry.get("image", ""))
             if "snapshot" in entry:
@@ -126,7 +128,9 @@ class StorageCeph(CephDriver):
                     "size": entry.get("size")})
             elif image not in volumes:
                 volumes.append(image)
-        return PoolListing(volumes, snapshots)
+                if isinstance(entry.get("size"), int):
+                    sizes[image] = entry["size"]
+        return PoolListing(volumes, snapshots, sizes)
 
 
 class OsdProvisioner(Protocol):

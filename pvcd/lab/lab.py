@@ -117,7 +117,8 @@ class Lab:
            auth: bool = True, tls: bool = False, timeout: float = 90.0,
            network: bool = False, fencing: str | None = None,
            fence_overrides: dict[str, str] | None = None,
-           dead_threshold: int = 3, libvirt: str = "test") -> LabInfo:
+           dead_threshold: int = 3, libvirt: str = "test",
+           ceph_stats_interval: float = 2.0) -> LabInfo:
         """`libvirt`: "test" (a `test:///` file per node, inside its daemon) or "qemu" (a real
         libvirtd per node, tiny QEMU guests that boot and live-migrate). `fencing` None: "lab"
         with the test driver, "none" with QEMU (the lab fence kills only the node's daemon;
@@ -218,7 +219,8 @@ class Lab:
                 cast(dict[str, Any], config.setdefault("drivers", {}))["ceph"] = {
                     "enabled": True, "conf_file": info.ceph["conf"],
                     "keyring": info.ceph["keyring"], "lab_workdir": info.ceph["workdir"],
-                    "stats_interval": 2.0, "request_timeout": 60.0, "osd_launcher": "process",
+                    "stats_interval": ceph_stats_interval, "request_timeout": 60.0,
+                    "osd_launcher": "process",
                     "osd_run_dir": str(folder / "osd-run")}
                 binds = node_ceph_root(folder, info.ceph)
             config_path = folder / "pvcd.yaml"

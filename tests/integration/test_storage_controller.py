@@ -18,7 +18,7 @@ from kazoo.client import KazooClient
 
 from pvcd.api.storage import RequestWaiter, new_request_id
 from pvcd.config import CephDriverSection
-from pvcd.controllers.storage import PrimaryStorage, request_key
+from pvcd.controllers.storage import VOLUME_INFOS_PER_SYNC, PrimaryStorage, request_key
 from pvcd.controllers.storage_backend import StorageCeph
 from pvcd.lab.ceph import ThrowawayCeph
 from pvcd.state.cache import StateCache
@@ -114,6 +114,35 @@ def test_sync_adopts_and_drops_what_changed_outside_pvcd(primary: PrimaryStorage
     primary.sync()
     assert not cache.exists(paths.storage_volume(pool_name, "outside"))
     assert not cache.exists(paths.storage_volume_snapshots(pool_name, "outside"))
+
+
+def test_sync_reads_new_and_resized_volumes_and_the_rest_in_turn(primary: PrimaryStorage,
+                                                                 tools: CephTools,
+                                                                 pool_name: str) -> None:
+    """A sync runs `rbd info` only for volumes it must (not one process per volume each
+    round): new ones, resized ones (the listing's size differs), and a few others in turn."""
+    paths, cache = primary.view.paths, primary.view.cache
+    assert run(primary, "pool-add", pool=pool_name, pgs=8).state == "done"
+    count = VOLUME_INFOS_PER_SYNC * 2 + 1
+    for index in range(count):
+        tools.run("rbd", "create", "--pool", pool_name, "--image", f"v{index}", "--size", "1M")
+    time.sleep(2.5)  # past the margin after the pool-add request: adoption happens
+    primary.sync()
+    for index in range(count):
+        assert cache.get(paths.storage_volume(pool_name, f"v{index}"))["stats"]["size"] == 1 << 20
+    first = dict(primary._volume_read_at)
+
+    tools.run("rbd", "resize", "--pool", pool_name, "--image", "v3", "--size", "3M")
+    primary.sync()
+    assert cache.get(paths.storage_volume(pool_name, "v3"))["stats"]["size"] == 3 << 20
+    reread = {key for key, at in primary._volume_read_at.items()
+              if key[0] == pool_name and at != first.get(key)}
+    assert (pool_name, "v3") in reread
+    assert len(reread) <= VOLUME_INFOS_PER_SYNC + 1, reread  # not all of them
+    for _ in range(3):  # the others follow, oldest first
+        primary.sync()
+    assert all(primary._volume_read_at[(pool_name, f"v{index}")] != first[(pool_name,
+               f"v{index}")] for index in range(count))
 
 
 def test_a_request_left_running_by_a_gone_executor_is_failed(primary: PrimaryStorage) -> None:
