@@ -7,7 +7,10 @@ the OpenAPI document is generated from, so the two cannot drift.
 
 from __future__ import annotations
 
+import logging
+
 import tornado.web
+from tornado.log import access_log
 
 from pvcd.api import cluster, general, metrics, networks, nodes, openapi, storage, vms
 from pvcd.api.base import ApiContext, NotFoundHandler
@@ -25,6 +28,21 @@ ROUTES: list[Route] = [
 ]
 
 
+def log_request(handler: tornado.web.RequestHandler) -> None:
+    """The access log: 510 is the API's answer to a request it refuses (bad input, a backend
+    saying no), not a server fault, so it is a warning; 500 (a bug) stays an error."""
+    status = handler.get_status()
+    if status < 400:
+        level = logging.INFO
+    elif status < 500 or status == 510:
+        level = logging.WARNING
+    else:
+        level = logging.ERROR
+    request = handler.request
+    access_log.log(level, "%d %s %s (%s) %.1fms", status, request.method, request.uri,
+                   request.remote_ip, 1000.0 * request.request_time())
+
+
 def make_app(ctx: ApiContext, cookie_secret: str) -> tornado.web.Application:
     if ctx.metrics is None:  # the daemon passes its own (with its controllers)
         ctx.metrics = metrics.Metrics(ctx.view, ctx.node_name, ctx.clock)
@@ -39,5 +57,6 @@ def make_app(ctx: ApiContext, cookie_secret: str) -> tornado.web.Application:
         cookie_secret=cookie_secret or None,
         xsrf_cookies=False,
         compress_response=False,
+        log_function=log_request,
         pvc_routes=ROUTES,  # the OpenAPI document is generated from them
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import re
 from typing import Any
 from unittest import mock
@@ -215,3 +216,11 @@ def test_non_ascii_digits_name_no_network() -> None:
     assert view.resolve_network("7") == 7
     with pytest.raises(InvalidValue, match="is invalid for a managed network"):
         parse_vni("\N{SUPERSCRIPT TWO}", "managed")
+
+    def test_a_refusal_510_is_logged_as_a_warning_not_an_error(self) -> None:
+        with self.assertLogs("tornado.access", level="INFO") as logs:
+            response = self.fetch("/api/v1/storage/ceph", headers={"X-Api-Key": "secret"})
+        assert response.code == 510
+        record = logs.records[-1]
+        assert record.levelno == logging.WARNING and "510 GET /api/v1/storage/ceph" in \
+            record.getMessage()
