@@ -195,7 +195,13 @@ class NodeDaemon:
         log.info("event=daemon-start node=%s coordinator=%s zookeeper=%s", self.name,
                  self.config.node.coordinator, ",".join(self.config.cluster.coordinators))
         self.client.add_listener(self._on_session_state)
-        self._connect()
+        if not self._connect():  # stopped before ZooKeeper answered: nothing to hand over
+            self.client.stop()
+            self.client.close()
+            self.libvirt.close()
+            self.stopped.set()
+            log.info("event=daemon-stopped node=%s before=connected", self.name)
+            return
         ensure_schema(self.client, self.paths)
         self.cache.start()
         self.cache.subscribe(self._on_change)
@@ -217,14 +223,25 @@ class NodeDaemon:
         self._wake.set()
 
     # session
-    def _connect(self) -> None:
+    def _connect(self) -> bool:
+        """Connect to ZooKeeper, retrying until it answers (True) or `stop()` (False); a stop
+        is noticed within 0.2 s even while a connection attempt is pending."""
+        attempt = max(5.0, self.config.cluster.session_timeout)
         while not self._stop.is_set():
-            try:
-                self.client.start(timeout=max(5.0, self.config.cluster.session_timeout))
-                return
-            except Exception as exc:
-                log.warning("event=zookeeper-unreachable node=%s error=%r", self.name, exc)
-                self._stop.wait(1.0)
+            connected = self.client.start_async()
+            deadline = time.monotonic() + attempt
+            while not connected.wait(0.2):
+                if self._stop.is_set():
+                    return False
+                if time.monotonic() > deadline:
+                    break
+            if self.client.connected:
+                return True
+            log.warning("event=zookeeper-unreachable node=%s zookeeper=%s", self.name,
+                        ",".join(self.config.cluster.coordinators))
+            self.client.stop()
+            self._stop.wait(1.0)
+        return False
 
     def _on_session_state(self, state: str) -> None:
         # runs on kazoo's connection thread: only flip flags and wake the main loop

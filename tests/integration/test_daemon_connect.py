@@ -1,0 +1,82 @@
+"""A node daemon and an unreachable ZooKeeper: it waits for it, and SIGTERM still stops it at
+once (real daemon processes, a real ZooKeeper started late)."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from kazoo.client import KazooClient
+
+from pvcd.lab.zookeeper import ZooKeeperEnsemble, ZooKeeperServer, free_port
+from pvcd.state.schema import Paths
+
+PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
+
+
+def start_daemon(folder: Path, zk_port: int, root: str) -> subprocess.Popen[bytes]:
+    state = folder / "libvirt.xml"
+    state.write_text("<node>\n</node>\n")
+    config = {
+        "node": {"name": "lonely", "coordinator": True},
+        "cluster": {"coordinators": [f"127.0.0.1:{zk_port}"], "zookeeper_root": root,
+                    "session_timeout": 3.0},
+        "api": {"listen": "127.0.0.1", "port": free_port(), "auth": {"enabled": False}},
+        "drivers": {"libvirt": {"uri": f"test://{state}"}},
+    }
+    path = folder / "pvcd.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with open(folder / "pvcd.log", "ab") as log:  # the child keeps its own copy
+        return subprocess.Popen([sys.executable, "-m", "pvcd", "run", "--config", str(path)],
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env={"PYTHONPATH": PACKAGE_PARENT, "PATH": "/usr/bin:/bin"})
+
+
+def stop(process: subprocess.Popen[bytes], within: float) -> float:
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    code = process.wait(timeout=within)
+    assert code == 0, f"exit code {code}"
+    return time.monotonic() - started
+
+
+def test_sigterm_stops_a_daemon_that_never_reached_zookeeper(tmp_path: Path) -> None:
+    process = start_daemon(tmp_path, free_port(), "/pvc")
+    try:
+        time.sleep(2.0)  # importing, then retrying the connection
+        assert process.poll() is None
+        assert stop(process, within=5) < 1.5
+    finally:
+        process.kill()
+    assert "daemon-stopped" in (tmp_path / "pvcd.log").read_text()
+
+
+def test_the_daemon_registers_once_zookeeper_comes_up(tmp_path: Path) -> None:
+    port = free_port()
+    ensemble = ZooKeeperEnsemble(tmp_path / "zk", 1)
+    ensemble.servers = [ZooKeeperServer(1, port, free_port(), free_port(), tmp_path / "zk" / "zk1")]
+    process = start_daemon(tmp_path, port, "/late")
+    try:
+        time.sleep(3.0)  # several failed attempts
+        assert process.poll() is None
+        ensemble.start()
+        client = KazooClient(ensemble.connect_string, timeout=5)
+        client.start(timeout=10)
+        try:
+            alive = Paths("/late").node_alive("lonely")
+            deadline = time.monotonic() + 30
+            while not client.exists(alive) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert client.exists(alive), (tmp_path / "pvcd.log").read_text()[-2000:]
+            stop(process, within=15)
+            assert not client.exists(alive)  # a clean shutdown removes its liveness
+        finally:
+            client.stop()
+            client.close()
+    finally:
+        process.kill()
+        ensemble.stop()
