@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture
+def loop_devices(tmp_path: Path) -> Iterator[Callable[[int], str]]:
+    """`make(size)`: a loop device over a sparse file of `size` bytes (a disk), detached
+    after the test."""
+    made: list[str] = []
+
+    def make(size: int) -> str:
+        image = tmp_path / f"disk{len(made)}.img"
+        with open(image, "wb") as handle:
+            handle.truncate(size)
+        device = subprocess.run(["losetup", "--find", "--show", str(image)], check=True,
+                                capture_output=True, text=True).stdout.strip()
+        made.append(device)
+        return device
+
+    yield make
+    for device in made:
+        subprocess.run(["losetup", "--detach", device], check=False, capture_output=True)

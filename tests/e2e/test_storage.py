@@ -299,25 +299,6 @@ def test_add_osd_write_data_remove_another_osd(api: LabClient, ceph: Ceph, pool:
     wait_until(lambda: ceph.health() == "HEALTH_OK", timeout=TIMEOUT, interval=0.5)
 
 
-@pytest.fixture
-def loop_devices(tmp_path: Any) -> Iterator[Callable[[int], str]]:
-    """Loop devices over sparse files (a disk for the OSD), detached afterwards."""
-    made: list[str] = []
-
-    def make(size: int) -> str:
-        image = tmp_path / f"disk{len(made)}.img"
-        with open(image, "wb") as handle:
-            handle.truncate(size)
-        device = subprocess.run(["losetup", "--find", "--show", str(image)], check=True,
-                                capture_output=True, text=True).stdout.strip()
-        made.append(device)
-        return device
-
-    yield make
-    for device in made:
-        subprocess.run(["losetup", "--detach", device], check=False, capture_output=True)
-
-
 def test_osd_on_a_block_device(api: LabClient, ceph: Ceph, pool: str,
                                storage_lab: tuple[Lab, LabClient],
                                loop_devices: Callable[[int], str]) -> None:

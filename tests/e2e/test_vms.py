@@ -15,7 +15,7 @@ import pytest
 
 from pvcd.lab.guest import tiny_guest_xml
 from pvcd.lab.lab import Lab
-from tests.e2e.labclient import LabClient, LabFactory, wait_until
+from tests.e2e.labclient import LabClient, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -91,7 +91,7 @@ def test_put_xml_with_restart_applies_the_new_definition(lab3: tuple[Lab, LabCli
 
 
 def test_placement_follows_the_selector(lab3: tuple[Lab, LabClient]) -> None:
-    lab, api = lab3
+    _, api = lab3
     # memory: a big VM on one node pushes the next ones elsewhere
     define(api, "big", memory=4096, node="node1")
     placed = {vm(api, f"m{i}")["node"] for i in range(2)
@@ -216,7 +216,7 @@ def test_invalid_values_answer_510_and_change_nothing(
         lab3: tuple[Lab, LabClient], method: str, path: str, data: dict[str, str],
         message: str) -> None:
     _, api = lab3
-    if not api.get("/vm/dup").status_code == 200:
+    if api.get("/vm/dup").status_code != 200:
         define(api, "dup", node="node1")
     before = api.get("/vm").json()
     if data.get("xml") == "XML:selector":

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,37 +16,19 @@ from pvcd.drivers.ceph_volume import ProcessOsdLauncher, device_problems, wipe
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="loop devices need root")
 
 
-@pytest.fixture
-def loop(tmp_path: Path) -> Iterator[Callable[[int], str]]:
-    made: list[str] = []
-
-    def make(size: int) -> str:
-        image = tmp_path / f"disk{len(made)}.img"
-        with open(image, "wb") as handle:
-            handle.truncate(size)
-        device = subprocess.run(["losetup", "--find", "--show", str(image)], check=True,
-                                capture_output=True, text=True).stdout.strip()
-        made.append(device)
-        return device
-
-    yield make
-    for device in made:
-        subprocess.run(["losetup", "--detach", device], check=False, capture_output=True)
+def test_a_clean_large_disk_is_accepted(loop_devices: Callable[[int], str]) -> None:
+    assert device_problems(loop_devices(6 << 30)) == []
 
 
-def test_a_clean_large_disk_is_accepted(loop: Callable[[int], str]) -> None:
-    assert device_problems(loop(6 << 30)) == []
-
-
-def test_what_is_refused_and_why(loop: Callable[[int], str], tmp_path: Path) -> None:
+def test_what_is_refused_and_why(loop_devices: Callable[[int], str], tmp_path: Path) -> None:
     assert device_problems("/dev/nosuchdisk") == ["/dev/nosuchdisk does not exist"]
     assert device_problems("/dev/null") == ["/dev/null is not a block device"]
     assert device_problems(str(tmp_path)) == [f"{tmp_path} is not a block device"]
-    small = loop(1 << 30)
+    small = loop_devices(1 << 30)
     assert device_problems(small) == [
         f"{small} has 1.0 GiB, an OSD needs at least 5 GiB"]
 
-    used = loop(6 << 30)
+    used = loop_devices(6 << 30)
     subprocess.run(["mkfs.ext4", "-q", "-F", used], check=True, capture_output=True)
     problems = device_problems(used)
     assert len(problems) == 1 and "ext4 signature" in problems[0], problems
@@ -68,8 +50,8 @@ def test_what_is_refused_and_why(loop: Callable[[int], str], tmp_path: Path) -> 
     assert device_problems(used) == []
 
 
-def test_partitions_are_refused(loop: Callable[[int], str]) -> None:
-    disk = loop(6 << 30)
+def test_partitions_are_refused(loop_devices: Callable[[int], str]) -> None:
+    disk = loop_devices(6 << 30)
     subprocess.run(["sfdisk", "--quiet", disk], input="label: gpt\n,1GiB\n", text=True,
                    check=True, capture_output=True)
     subprocess.run(["partx", "--add", disk], check=False, capture_output=True)

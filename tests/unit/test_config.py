@@ -134,7 +134,8 @@ def test_bad_file_names_the_file(tmp_path: Path, text: str, problem: str) -> Non
     ("key", "allowed"),
     [
         ("nodes", "node, cluster, networks, api, timing, drivers, fencing"),
-        ("path", "node, cluster, networks, api, timing, drivers, fencing"),  # set by the loader only
+        # set by the loader only
+        ("path", "node, cluster, networks, api, timing, drivers, fencing"),
         ("api.bogus", "listen, port, auth, tls"),
         ("networks.upstream.gateway", "device, network, floating_ip"),
     ],
@@ -363,7 +364,8 @@ def test_auth_enabled_and_complete() -> None:
 
 
 def tls(tmp_path: Path, *, files: tuple[str, ...], create: tuple[str, ...]) -> dict[str, Any]:
-    """`minimal()` with TLS enabled, naming `files` (of cert_file, key_file) and creating `create`."""
+    """`minimal()` with TLS enabled, naming `files` (of cert_file, key_file) and creating
+    `create`."""
     section: dict[str, object] = {"enabled": True}
     for name in files:
         path = tmp_path / name
