@@ -153,6 +153,7 @@ class NodeOsdProvisioner:
         self.node = node
         self.device = device
         self.lab = lab
+        self._stopped_by: dict[int, OsdProvisioner] = {}
 
     def create(self, device: str, weight: float) -> int:
         if device == LAB_DEVICE:
@@ -166,10 +167,13 @@ class NodeOsdProvisioner:
         return self._owner(osd_id).ensure(osd_id)
 
     def stop(self, osd_id: int) -> None:
-        self._owner(osd_id).stop(osd_id)
+        owner = self._owner(osd_id)
+        self._stopped_by[osd_id] = owner  # the lab forgets its OSD once stopped
+        owner.stop(osd_id)
 
     def release(self, osd_id: int) -> None:
-        self._owner(osd_id).release(osd_id)
+        owner = self._stopped_by.pop(osd_id, None) or self._owner(osd_id)
+        owner.release(osd_id)
 
     def _owner(self, osd_id: int) -> OsdProvisioner:
         return self.lab if self.lab is not None and self.lab.owns(osd_id) else self.device

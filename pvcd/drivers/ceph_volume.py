@@ -142,8 +142,8 @@ def _signature(device: str) -> str:
     if result.returncode == 2:
         return ""
     fields = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
-    kind = fields.get("TYPE") or fields.get("PTTYPE") or "a signature"
-    return f"a {kind} signature" if kind != "a signature" else kind
+    kind = fields.get("TYPE") or fields.get("PTTYPE")
+    return f"a signature ({kind})" if kind else "a signature"
 
 
 def wipe(device: str) -> None:

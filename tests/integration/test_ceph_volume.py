@@ -31,7 +31,7 @@ def test_what_is_refused_and_why(loop_devices: Callable[[int], str], tmp_path: P
     used = loop_devices(6 << 30)
     subprocess.run(["mkfs.ext4", "-q", "-F", used], check=True, capture_output=True)
     problems = device_problems(used)
-    assert len(problems) == 1 and "ext4 signature" in problems[0], problems
+    assert len(problems) == 1 and "signature (ext4)" in problems[0], problems
     assert f"wipefs -a {used}" in problems[0]
 
     # mounted: seen in mountinfo (a private mount namespace, so nothing leaks)
@@ -57,7 +57,7 @@ def test_partitions_are_refused(loop_devices: Callable[[int], str]) -> None:
     subprocess.run(["partx", "--add", disk], check=False, capture_output=True)
     try:
         problems = device_problems(disk)
-        assert any("gpt signature" in p for p in problems), problems
+        assert any("signature (gpt)" in p for p in problems), problems
         if Path(f"{disk}p1").exists():  # the kernel shows the partition: refused as such too
             assert any("has partitions" in p for p in problems), problems
             assert any("is a partition" in p for p in device_problems(f"{disk}p1"))
