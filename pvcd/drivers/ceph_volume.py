@@ -209,7 +209,7 @@ class ProcessOsdLauncher:
 
     def stop(self, osd_id: int) -> None:
         pid = self._pid(osd_id)
-        if pid:
+        if pid and self._alive(osd_id, pid):  # never signal a pid reused by another process
             signal_pid(pid, signal.SIGTERM)
             deadline = time.monotonic() + STOP_TIMEOUT
             while self._alive(osd_id, pid) and time.monotonic() < deadline:

@@ -69,6 +69,14 @@ class Ceph:
     def health(self) -> str:
         return str(self.json("ceph", "health")["status"])
 
+    def wait_ok(self) -> None:
+        """Wait for HEALTH_OK; fail with Ceph's own account of what is wrong."""
+        try:
+            wait_until(lambda: self.health() == "HEALTH_OK", timeout=TIMEOUT, interval=0.5)
+        except AssertionError as exc:
+            detail = self.run("ceph", "health", "detail", check=False).stdout
+            raise AssertionError(f"not HEALTH_OK: {detail}") from exc
+
     def checksum(self, pool: str, volume: str) -> str:
         data = subprocess.run(["rbd", *self.args, "export", "--no-progress", f"{pool}/{volume}",
                                "-"], capture_output=True, timeout=TIMEOUT, check=True).stdout
@@ -247,7 +255,7 @@ def test_noout_flag_and_osd_in_out_show_in_ceph(api: LabClient, ceph: Ceph) -> N
     ok(call(api, "POST", f"/storage/ceph/osd/{osd}/state", state="in"))
     assert ceph.osd_tree()[osd]["reweight"] == 1
     assert ok(call(api, "GET", f"/storage/ceph/osd/{osd}/state"))["in"] is True
-    wait_until(lambda: ceph.health() == "HEALTH_OK", timeout=TIMEOUT, interval=0.5)
+    ceph.wait_ok()
 
 
 def test_add_osd_write_data_remove_another_osd(api: LabClient, ceph: Ceph, pool: str) -> None:
@@ -264,7 +272,7 @@ def test_add_osd_write_data_remove_another_osd(api: LabClient, ceph: Ceph, pool:
     assert osd["node"] == "node3" and osd["device"] == "memstore"
 
     # as an operator would, let the cluster settle on the new OSD before writing to it
-    wait_until(lambda: ceph.health() == "HEALTH_OK", timeout=TIMEOUT, interval=0.5)
+    ceph.wait_ok()
     created = call(api, "POST", "/storage/ceph/volume", pool=pool, volume="data", size="32M")
     if created.status_code != 200:  # diagnostics for a hang seen twice here
         print(ceph.run("ceph", "health", "detail").stdout, ceph.run("ceph", "-s").stdout,
@@ -283,20 +291,20 @@ def test_add_osd_write_data_remove_another_osd(api: LabClient, ceph: Ceph, pool:
     assert f"Removed OSD {victim}" in message
     assert victim not in ceph.osd_tree()
     assert ceph.checksum(pool, "data") == checksum
-    wait_until(lambda: ceph.health() == "HEALTH_OK", timeout=TIMEOUT, interval=0.5)
+    ceph.wait_ok()
     refused(call(api, "GET", f"/storage/ceph/osd/{victim}"), "not found")
 
     # a removal that would leave a pool with fewer OSDs than its copies is refused in Ceph's
     # terms, and nothing changes
     ceph.run("ceph", "osd", "pool", "set", pool, "size", str(len(ceph.osd_tree())),
              "--yes-i-really-mean-it")
-    wait_until(lambda: ceph.health() == "HEALTH_OK", timeout=TIMEOUT, interval=0.5)
+    ceph.wait_ok()
     state = ceph.state()
     refused(call(api, "DELETE", f"/storage/ceph/osd/{added}", yes_i_really_mean_it=1),
             "fewer than the copies")
     assert ceph.state() == state
     assert ceph.checksum(pool, "data") == checksum  # (the pool is deleted afterwards)
-    wait_until(lambda: ceph.health() == "HEALTH_OK", timeout=TIMEOUT, interval=0.5)
+    ceph.wait_ok()
 
 
 def test_osd_on_a_block_device(api: LabClient, ceph: Ceph, pool: str,
@@ -331,7 +339,7 @@ def test_osd_on_a_block_device(api: LabClient, ceph: Ceph, pool: str,
     assert metadata["osd_objectstore"] == "bluestore"
     assert metadata["bluestore_bdev_dev_node"] == disk
     assert ok(call(api, "GET", f"/storage/ceph/osd/{added}"))[0]["device"] == disk
-    wait_until(lambda: ceph.health() == "HEALTH_OK", timeout=TIMEOUT, interval=0.5)
+    ceph.wait_ok()
 
     # data on it: the pool's PGs that map to it hold the volume's objects
     ok(call(api, "POST", "/storage/ceph/volume", pool=pool, volume="disk", size="16M"))
@@ -353,7 +361,7 @@ def test_osd_on_a_block_device(api: LabClient, ceph: Ceph, pool: str,
     wait_until(lambda: ceph.osd_tree()[added]["status"] == "up", timeout=TIMEOUT,
                interval=0.5)
     assert int((run_dir / f"osd.{added}.pid").read_text()) != osd_pid
-    wait_until(lambda: ceph.health() == "HEALTH_OK", timeout=TIMEOUT, interval=0.5)
+    ceph.wait_ok()
     assert ceph.checksum(pool, "disk") == checksum
 
     # removal: drained, stopped, purged; the device is wiped and can be used again
@@ -365,7 +373,7 @@ def test_osd_on_a_block_device(api: LabClient, ceph: Ceph, pool: str,
     wiped = subprocess.run(["blkid", "-p", disk], check=False, capture_output=True)
     assert wiped.returncode == 2, wiped.stdout  # no signature left
     assert ceph.checksum(pool, "disk") == checksum
-    wait_until(lambda: ceph.health() == "HEALTH_OK", timeout=TIMEOUT, interval=0.5)
+    ceph.wait_ok()
 
 
 def test_dangerous_and_invalid_requests_change_nothing(api: LabClient, ceph: Ceph,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -75,6 +76,7 @@ def test_process_launcher_finds_its_osd_by_pid_file_and_not_a_stranger(
         (tmp_path / "osd.7.pid").write_text(f"{stranger.pid}\n")
         assert not launcher.running(7)
         launcher.stop(7)  # nothing of ours to stop: the stranger lives on
+        time.sleep(0.3)  # (a signal sent by mistake has landed by now)
         assert stranger.poll() is None
         assert not (tmp_path / "osd.7.pid").exists()
     finally:
