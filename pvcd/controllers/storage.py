@@ -831,13 +831,12 @@ class NodeStorage:
     # the OSD daemons of this node's devices run (after a reboot: activated again)
     def osd_keys(self) -> list[str]:
         root = self.view.paths.storage_osds
-        keys = []
-        for child in self.view.cache.children(root):
-            doc = self.view.cache.get(f"{root}/{child}")
-            if isinstance(doc, dict) and doc.get("node") == self.name and \
-                    str(doc.get("device") or "").startswith("/dev/"):
-                keys.append(child)
-        return keys
+        return [child for child in self.view.cache.children(root) if self._owns_device_osd(child)]
+
+    def _owns_device_osd(self, key: str) -> bool:
+        doc = self.view.cache.get(self.view.paths.storage_osd(key))
+        return isinstance(doc, dict) and doc.get("node") == self.name and \
+            str(doc.get("device") or "").startswith("/dev/")
 
     def key_of_osd_path(self, path: str) -> str | None:
         prefix = self.view.paths.storage_osds + "/"
@@ -849,7 +848,7 @@ class NodeStorage:
         with self._removing_lock:
             if osd_id in self._removing:
                 return DONE
-        if key not in self.osd_keys():
+        if not self._owns_device_osd(key):
             return DONE
         try:
             if self.provisioner.ensure(osd_id):

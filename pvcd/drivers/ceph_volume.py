@@ -43,7 +43,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from pvcd.drivers.host import pid_alive, signal_pid
+from pvcd.drivers.host import pid_alive, process_argv, signal_pid
 from pvcd.errors import BackendError, InvalidValue
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ def _read_int(path: Path) -> int:
 def _mounted(major: int, minor: int, mountinfo: str) -> bool:
     wanted = f"{major}:{minor}"
     with open(mountinfo, encoding="utf-8", errors="replace") as handle:
-        return any(line.split()[2] == wanted for line in handle if len(line.split()) > 2)
+        return any(fields[2:3] == [wanted] for fields in map(str.split, handle))
 
 
 def _signature(device: str) -> str:
@@ -250,12 +250,8 @@ class ProcessOsdLauncher:
             return True
         if not pid_alive(pid):
             return False
-        try:  # the pid may belong to another process by now
-            with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                argv = handle.read().split(b"\0")
-        except OSError:
-            return False
-        return b"ceph-osd" in argv[0] and str(osd_id).encode() in argv
+        argv = process_argv(pid) or [""]  # the pid may belong to another process by now
+        return "ceph-osd" in argv[0] and str(osd_id) in argv
 
 
 def make_launcher(kind: str, run_dir: str) -> OsdLauncher:

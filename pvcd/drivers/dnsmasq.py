@@ -48,6 +48,7 @@ from pathlib import Path
 import pvcd
 from pvcd.drivers import dnsmasq_leasehook
 from pvcd.drivers.dnsmasq_leasehook import Lease
+from pvcd.drivers.host import pids_where
 from pvcd.drivers.netlink import check_ifname, check_netns
 from pvcd.errors import BackendError, InvalidValue
 
@@ -257,18 +258,8 @@ class DnsmasqInstance:
     def processes(self) -> list[int]:
         """PIDs of every live dnsmasq process of this network (ours, its script helper, or an
         orphan left by a previous pvcd), found by the hosts directory in its command line."""
-        marker = f"--dhcp-hostsdir={self.hosts_dir}".encode()
-        pids = []
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/cmdline", "rb") as cmdline:
-                    if marker in cmdline.read().split(b"\0"):
-                        pids.append(int(entry.name))
-            except OSError:
-                continue  # exited meanwhile, or not ours to read
-        return sorted(pids)
+        marker = f"--dhcp-hostsdir={self.hosts_dir}"
+        return pids_where(lambda argv: marker in argv)
 
     def _kill_orphans(self) -> None:
         for pid in self.processes():

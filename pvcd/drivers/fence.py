@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pvcd.drivers.host import pid_alive
+from pvcd.drivers.host import pid_alive, process_argv
 from pvcd.errors import BackendError, InvalidValue
 from pvcd.lab import mountns
 
@@ -97,7 +97,7 @@ class LabFence:
         if cmdline:  # power on: the node boots and its daemon starts again
             binds = target.params.get("binds") or []
             if binds:  # in a mount namespace of its own, as the lab started it
-                cmdline = mountns.wrap([(source, dest) for source, dest in binds], cmdline)
+                cmdline = mountns.wrap(binds, cmdline)
             if netns:
                 cmdline = ["ip", "netns", "exec", str(netns), *cmdline]
             log_path = target.params.get("log") or os.devnull
@@ -138,9 +138,5 @@ def _power_off_netns(netns: str, floating: list[list[str]]) -> None:
 
 
 def _same_process(pid: int, cmdline: list[str]) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            current = [part.decode() for part in handle.read().split(b"\0") if part]
-    except OSError:
-        return False
-    return not cmdline or current == list(cmdline)
+    current = process_argv(pid)
+    return current is not None and (not cmdline or current == list(cmdline))

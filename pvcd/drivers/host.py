@@ -1,9 +1,11 @@
-"""Facts and live statistics of the host a node daemon runs on (procfs, uname)."""
+"""Facts and live statistics of the host a node daemon runs on (procfs, uname), and its
+processes (liveness, signals, command lines)."""
 
 from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -88,3 +90,25 @@ def signal_pid(pid: int, sig: int) -> None:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
+
+
+def process_argv(pid: int) -> list[str] | None:
+    """The command line of process `pid`, or None when it is gone (or not ours to read)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            raw = handle.read()
+    except OSError:
+        return None
+    return [part.decode(errors="surrogateescape") for part in raw.split(b"\0") if part]
+
+
+def pids_where(matches: Callable[[list[str]], bool]) -> list[int]:
+    """Live processes other than this one whose command line `matches`, sorted."""
+    pids = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        argv = process_argv(int(entry.name))
+        if argv is not None and matches(argv):
+            pids.append(int(entry.name))
+    return sorted(pids)

@@ -503,8 +503,6 @@ def _running(daemon: Daemon) -> bool:
     return pid_alive(daemon.pid)
 
 
-
-
 def _die_with_parent() -> None:
     """In the child before exec: get SIGTERM when the process that started us dies, so a
     crashed test run leaves no daemons behind."""

@@ -32,7 +32,7 @@ from typing import Any, cast
 import yaml
 
 from pvcd.drivers.ceph_volume import ProcessOsdLauncher
-from pvcd.drivers.host import pid_alive, signal_pid
+from pvcd.drivers.host import pid_alive, pids_where, signal_pid
 from pvcd.lab import agent, mountns
 from pvcd.lab.ceph import CephLabError, Daemon, ThrowawayCeph
 from pvcd.lab.libvirtd import LibvirtdLab
@@ -357,7 +357,7 @@ class Lab:
         command = [sys.executable, "-m", "pvcd", "run", "--config", node.config]
         if node.binds:  # and in a mount namespace of its own (a lab fence restarts it so too)
             env[LAB_BINDS_ENV] = json.dumps(node.binds)
-            command = mountns.wrap([(source, target) for source, target in node.binds], command)
+            command = mountns.wrap(node.binds, command)
         with open(node.log, "ab") as log:
             process = subprocess.Popen(
                 [*prefix, *command],
@@ -655,20 +655,7 @@ def _server_from_doc(doc: dict[str, Any]) -> ZooKeeperServer:
 
 def _pids_running(config_path: str) -> list[int]:
     """Processes whose command line names `config_path` (the node daemons of one lab node)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                argv = handle.read().split(b"\0")
-        except OSError:
-            continue
-        if config_path.encode() in argv and b"run" in argv:
-            pids.append(int(entry))
-    return pids
-
-
+    return pids_where(lambda argv: config_path in argv and "run" in argv)
 
 
 def _reap(pid: int) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 COMMAND_TIMEOUT = 30.0
 
 
-def wrap(binds: Iterable[tuple[str | Path, str | Path]], command: Sequence[str]) -> list[str]:
+def wrap(binds: Iterable[Sequence[str | Path]], command: Sequence[str]) -> list[str]:
     """The argv that runs `command` in a new mount namespace with `binds` (source, target)."""
     return ["unshare", "--mount", "--propagation", "private", "--",
             sys.executable, "-m", "pvcd.lab.mountns",

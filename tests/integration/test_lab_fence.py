@@ -14,23 +14,14 @@ from pathlib import Path
 import pytest
 
 from pvcd.drivers.fence import FenceTarget, LabFence
-from pvcd.drivers.host import pid_alive
+from pvcd.drivers.host import pid_alive, pids_where
 
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mount namespaces need root")
 
 
 def find(marker: str) -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                    if marker.encode() in handle.read():
-                        pids.append(int(entry))
-            except OSError:
-                continue
-    return pids
+    return pids_where(lambda argv: marker in argv)
 
 
 def test_power_cycle_restarts_the_daemon_in_its_own_mount_namespace(tmp_path: Path) -> None:
