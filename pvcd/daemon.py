@@ -34,7 +34,7 @@ from pvcd.controllers.fencing import FencingController
 from pvcd.controllers.floating import FloatingIp, FloatingIps
 from pvcd.controllers.node import NodeController, NodeStatusWriter
 from pvcd.controllers.vm import VmController, evacuate_node, restore_node, vm_key
-from pvcd.drivers.host import HostDriver, pid_alive
+from pvcd.drivers.host import HostDriver, pid_alive, process_argv
 from pvcd.drivers.libvirt import LibvirtDriver
 from pvcd.drivers.netlink import NetlinkDriver
 from pvcd.drivers.systemd import notify
@@ -319,8 +319,7 @@ class NodeDaemon:
             params.update(ipmi_host=fencing.ipmi_host, ipmi_user=fencing.ipmi_user,
                           ipmi_password=fencing.ipmi_password)
         elif fencing.driver in ("lab", "lab-fail"):
-            with open("/proc/self/cmdline", "rb") as handle:
-                cmdline = [p.decode() for p in handle.read().split(b"\0") if p]
+            cmdline = process_argv(os.getpid()) or []  # what the fence compares it with
             try:
                 log_path = os.readlink("/proc/self/fd/1")
             except OSError:
