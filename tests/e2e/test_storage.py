@@ -60,6 +60,15 @@ class Ceph:
         return sorted(s["name"] for s in self.json("rbd", "snap", "ls", "--pool", pool,
                                                    "--image", volume))
 
+    def holders(self, pool: str, volume: str) -> set[int]:
+        """The OSDs that hold a copy of the volume's data objects, from the OSD map (the mon's
+        word; the mgr's PG stats, `ceph pg ls-by-osd`, lag behind a new OSD)."""
+        prefix = self.json("rbd", "info", f"{pool}/{volume}")["block_name_prefix"]
+        objects = [o for o in self.run("rados", "--pool", pool, "ls").stdout.split()
+                   if o.startswith(prefix)]
+        assert objects, f"{pool}/{volume} has no data objects"
+        return {osd for o in objects for osd in self.json("ceph", "osd", "map", pool, o)["acting"]}
+
     def flags(self) -> list[str]:
         return list(self.json("ceph", "osd", "dump")["flags_set"])
 
@@ -346,7 +355,7 @@ def test_osd_on_a_block_device(api: LabClient, ceph: Ceph, pool: str,
     ceph.run("rbd", "bench", "--io-type", "write", "--io-pattern", "seq", "--io-size", "1M",
              "--io-total", "16M", f"{pool}/disk")
     checksum = ceph.checksum(pool, "disk")
-    assert ceph.json("ceph", "pg", "ls-by-osd", str(added))["pg_stats"], "no PG on the OSD"
+    assert added in ceph.holders(pool, "disk"), "no copy of the volume's data on the OSD"
 
     # node2 "reboots": its daemon and the OSD die with the mount namespace (and the OSD's
     # tmpfs folder); the restarted daemon activates the OSD from its device and starts it

@@ -136,7 +136,7 @@ def _osd_holding_objects(tools: Any, pool: str, candidates: list[int]) -> int:
     while time.monotonic() < deadline:
         for osd_id in candidates:
             doc = tools.json("ceph", "pg", "ls-by-pool", pool)
-            pgs = doc["pg_stats"] if isinstance(doc, dict) else doc
+            pgs = doc.get("pg_stats", []) if isinstance(doc, dict) else doc  # none: absent
             objects = sum(pg["stat_sum"]["num_objects"] for pg in pgs if osd_id in pg["acting"])
             if objects:
                 return osd_id
