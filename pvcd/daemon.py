@@ -196,11 +196,7 @@ class NodeDaemon:
                  self.config.node.coordinator, ",".join(self.config.cluster.coordinators))
         self.client.add_listener(self._on_session_state)
         if not self._connect():  # stopped before ZooKeeper answered: nothing to hand over
-            self.client.stop()
-            self.client.close()
-            self.libvirt.close()
-            self.stopped.set()
-            log.info("event=daemon-stopped node=%s before=connected", self.name)
+            self._release(" before=connected")
             return
         ensure_schema(self.client, self.paths)
         self.cache.start()
@@ -418,13 +414,18 @@ class NodeDaemon:
         except Exception:
             log.exception("event=shutdown-error node=%s", self.name)
         finally:
-            self.registered = False
-            self.cache.close()
-            if self.lab_agent is not None:
-                self.lab_agent.stop()
-            self.libvirt.close()
-            self.client.stop()
-            self.client.close()
-            self.stopped.set()
-            log.info("event=daemon-stopped node=%s", self.name)
+            self._release()
+
+    def _release(self, detail: str = "") -> None:
+        """Let go of the cache, the lab agent, libvirt and ZooKeeper (each safe if never
+        started), then say the daemon has stopped."""
+        self.registered = False
+        self.cache.close()
+        if self.lab_agent is not None:
+            self.lab_agent.stop()
+        self.libvirt.close()
+        self.client.stop()
+        self.client.close()
+        self.stopped.set()
+        log.info("event=daemon-stopped node=%s%s", self.name, detail)
 
