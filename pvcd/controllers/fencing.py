@@ -113,15 +113,15 @@ class FencingController:
             try:
                 self.drivers(target.driver).fence(target, self.fence_timeout)
             except (BackendError, InvalidValue) as exc:
-                self.failed_fences += 1
                 log.error("event=fence-failed node=%s attempt=%d reason=%s", node, attempts, exc)
                 self._write_record(node, FenceRecord("failed", attempts, str(exc), self.clock()))
+                self.failed_fences += 1  # counted once its record says so (metrics agree)
                 return Result(requeue_after=1.0)
-            self.fences += 1
             log.warning("event=fence-confirmed node=%s seconds=%.3f", node,
                         time.monotonic() - started)
             done = FenceRecord("fenced", attempts, "fenced; VMs being recovered", self.clock())
             self._write_record(node, done)
+            self.fences += 1
             self._mark_fenced(node)
             return self._recover(node, done)
         finally:

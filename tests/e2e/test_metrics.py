@@ -123,6 +123,7 @@ def test_metrics_show_nodes_vms_requests_reconciles_and_fences(make_lab: LabFact
 
     # a hung node is fenced: the primary counts it, the node shows its fence record
     lab.signal_node(victim, signal.SIGSTOP)
+    # (the record lasts until the lab's node is "powered on" and runs again, a second or so)
     fenced = wait_until(lambda: (s := scrape(api)).value("pvc_fences_total", node=primary) == 1
                         and s, timeout=30)
     assert fenced.value("pvc_fence_failures_total", node=primary) == 0
