@@ -673,15 +673,17 @@ class PrimaryStorage:
             path = paths.storage_osd(osd.id)
             seen.add(path)
             doc = cache.get(path)
+            host = state.osd_hosts.get(osd.id)
+            owner = host if host in nodes else None  # its CRUSH host, when that is a node of ours
             if path in before and isinstance(doc, dict):
                 record = from_dict(OsdRecord, doc)
                 record.stats = osd.stats()
+                if record.node is None:  # adopted before its node registered: owned now
+                    record.node = owner
                 if record.to_doc() != doc:
                     ops.append(Op.set(path, record.to_doc(), before[path]))
             elif adopt_and_drop and doc is None:
-                host = state.osd_hosts.get(osd.id)
-                ops.append(Op.create(path, OsdRecord(osd.id, host if host in nodes else None,
-                                                     None, osd.stats()).to_doc()))
+                ops.append(Op.create(path, OsdRecord(osd.id, owner, None, osd.stats()).to_doc()))
         if adopt_and_drop:
             ops += [Op.delete(path, version) for path, version in before.items()
                     if path.startswith(paths.storage_osds + "/") and path not in seen]

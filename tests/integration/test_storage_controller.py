@@ -22,7 +22,7 @@ from pvcd.controllers.storage import VOLUME_INFOS_PER_SYNC, PrimaryStorage, requ
 from pvcd.controllers.storage_backend import StorageCeph
 from pvcd.lab.ceph import ThrowawayCeph
 from pvcd.state.cache import StateCache
-from pvcd.state.models import PRIMARY_TARGET, StorageRequest
+from pvcd.state.models import PRIMARY_TARGET, NodeSpec, StorageRequest
 from pvcd.state.schema import Paths, ensure_schema
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
@@ -114,6 +114,22 @@ def test_sync_adopts_and_drops_what_changed_outside_pvcd(primary: PrimaryStorage
     primary.sync()
     assert not cache.exists(paths.storage_volume(pool_name, "outside"))
     assert not cache.exists(paths.storage_volume_snapshots(pool_name, "outside"))
+
+
+def test_an_osd_adopted_before_its_node_registered_gets_its_node(primary: PrimaryStorage,
+                                                                 tools: CephTools) -> None:
+    """The first sync of a new primary can run before every node has registered: an OSD whose
+    CRUSH host is not a node yet is adopted without a node, and gets it once the node exists."""
+    paths, cache = primary.view.paths, primary.view.cache
+    tree = tools.json("ceph", "osd", "tree")["nodes"]
+    host, osd = next((n["name"], n["children"][0]) for n in tree
+                     if n["type"] == "host" and n.get("children"))
+    primary.sync()
+    assert host not in primary.view.node_names()
+    assert cache.get(paths.storage_osd(osd))["node"] is None
+    primary.store.commit([Op.create(paths.node(host), NodeSpec(host).to_doc())])
+    primary.sync()
+    assert cache.get(paths.storage_osd(osd))["node"] == host
 
 
 def test_sync_reads_new_and_resized_volumes_and_the_rest_in_turn(primary: PrimaryStorage,
