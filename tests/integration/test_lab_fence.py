@@ -15,6 +15,7 @@ import pytest
 
 from pvcd.drivers.fence import FenceTarget, LabFence
 from pvcd.drivers.host import pid_alive, pids_where
+from tests.e2e.labclient import wait_until
 
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mount namespaces need root")
@@ -40,17 +41,12 @@ def test_power_cycle_restarts_the_daemon_in_its_own_mount_namespace(tmp_path: Pa
         LabFence().fence(FenceTarget("node9", "lab", params), timeout=10)
         first.wait(timeout=5)
         assert first.returncode == -9  # powered off for real
-        deadline = time.monotonic() + 10
-        while not find(marker) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        [again] = find(marker)
+        [again] = wait_until(lambda: find(marker), timeout=10)
         try:
             # the same command line, now seeing the node's folder at the bind target; this
             # process (the host) still sees the empty folder
-            deadline = time.monotonic() + 10
             seen = Path(f"/proc/{again}/root{target}/ceph.conf")
-            while not seen.exists() and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_until(seen.exists, timeout=10)
             assert seen.read_text() == "the node's own\n"
             assert list(target.iterdir()) == []
             assert os.readlink(f"/proc/{again}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
