@@ -25,9 +25,10 @@ from kazoo.client import KazooClient
 from pvcd.api.auth import Tokens
 from pvcd.api.base import ApiContext
 from pvcd.api.server import ApiServer
+from pvcd.domain.records import NodeSpec, NodeStats, NodeStatus
 from pvcd.lab.zookeeper import ZooKeeperEnsemble, free_port
 from pvcd.state.cache import StateCache
-from pvcd.state.models import NodeSpec, NodeStats, NodeStatus, encode
+from pvcd.state.codec import encode
 from pvcd.state.schema import Paths, ensure_schema
 from pvcd.state.store import Store
 from pvcd.state.view import ClusterView
@@ -79,8 +80,8 @@ def populate_nodes(client: KazooClient, paths: Paths, count: int) -> None:
 
 def populate_vms(client: KazooClient, paths: Paths, count: int, nodes: int = 3) -> None:
     """Write `count` synthetic VMs (spec + status + name index) spread over `nodes` nodes."""
+    from pvcd.domain.records import VmSpec, VmStatus
     from pvcd.lab.guest import tiny_guest_xml
-    from pvcd.state.models import VmSpec, VmStatus
     from pvcd.vmxml import parse_domain_xml
 
     for start in range(0, count, 200):

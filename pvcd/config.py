@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from pvcd.errors import ConfigError
+from pvcd.domain.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = "/etc/pvc/pvcd.yaml"
 

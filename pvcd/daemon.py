@@ -34,14 +34,14 @@ from pvcd.controllers.fencing import FencingController
 from pvcd.controllers.floating import FloatingIp, FloatingIps
 from pvcd.controllers.node import NodeController, NodeStatusWriter
 from pvcd.controllers.vm import VmController, evacuate_node, restore_node, vm_key
+from pvcd.domain.errors import Conflict
+from pvcd.domain.records import NodeSpec, NodeStatus, from_dict
 from pvcd.drivers.host import HostDriver, pid_alive, process_argv
 from pvcd.drivers.libvirt import LibvirtDriver
 from pvcd.drivers.netlink import NetlinkDriver
 from pvcd.drivers.systemd import notify
-from pvcd.errors import Conflict
 from pvcd.lab.agent import LabAgent
 from pvcd.state.cache import StateCache
-from pvcd.state.models import NodeSpec, NodeStatus, from_dict
 from pvcd.state.schema import Paths, ensure_schema
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView

@@ -11,7 +11,7 @@ import sys
 from types import FrameType
 
 from pvcd.config import DEFAULT_CONFIG_PATH, load_config
-from pvcd.errors import ConfigError
+from pvcd.domain.errors import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:

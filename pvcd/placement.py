@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from pvcd.errors import InvalidValue
-from pvcd.state.models import SELECTORS
+from pvcd.domain.errors import InvalidValue
+from pvcd.domain.states import SELECTORS
 from pvcd.state.view import ClusterView
 
 DEFAULT_SELECTOR = "mem"

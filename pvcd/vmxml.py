@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 from xml.parsers import expat
 
-from pvcd.errors import InvalidValue
+from pvcd.domain.errors import InvalidValue
 
 MAX_XML_BYTES = 1024 * 1024
 MAX_DEPTH = 64

@@ -19,7 +19,7 @@ import tornado.web
 
 from pvcd.api.auth import SESSION_COOKIE, Tokens, session_expired
 from pvcd.api.values import Values
-from pvcd.errors import BackendError, Conflict, PvcError
+from pvcd.domain.errors import BackendError, Conflict, PvcError
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pvcd.api.base import BaseHandler
 from pvcd.api.routing import route
-from pvcd.errors import InvalidValue
+from pvcd.domain.errors import InvalidValue
 from pvcd.state.store import Op
 
 _ON = ("on", "true", "yes", "1")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pvcd.api.auth import LOGIN_FORM, SESSION_COOKIE, SESSION_LIFETIME, new_session_id, token_digest
 from pvcd.api.base import BaseHandler
 from pvcd.api.routing import route
-from pvcd.state.models import ApiSession
+from pvcd.domain.records import ApiSession
 from pvcd.state.store import Op
 
 AUTH_DISABLED = "Authentication is disabled"

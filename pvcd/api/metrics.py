@@ -34,7 +34,7 @@ from pvcd.api.base import BaseHandler
 from pvcd.api.nodes import node_object
 from pvcd.api.routing import Route
 from pvcd.api.vms import vm_state
-from pvcd.state.models import (
+from pvcd.domain.states import (
     COORDINATOR_STATES,
     DAEMON_STATES,
     DOMAIN_STATES,

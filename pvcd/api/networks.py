@@ -18,16 +18,11 @@ from typing import Any
 
 from pvcd.api.base import BaseHandler
 from pvcd.api.routing import route
+from pvcd.domain.errors import Conflict, InvalidValue, NotFound
+from pvcd.domain.records import AclSpec, NetworkSpec, StaticLeaseSpec
+from pvcd.domain.states import ACL_DIRECTIONS, NETWORK_TYPES
 from pvcd.drivers.dnsmasq import check_domain, check_hostname, check_mac
 from pvcd.drivers.nftables import validate_rule
-from pvcd.errors import Conflict, InvalidValue, NotFound
-from pvcd.state.models import (
-    ACL_DIRECTIONS,
-    NETWORK_TYPES,
-    AclSpec,
-    NetworkSpec,
-    StaticLeaseSpec,
-)
 from pvcd.state.store import Op
 from pvcd.state.view import ClusterView
 

@@ -11,8 +11,9 @@ from typing import Any
 from pvcd.api.base import BaseHandler
 from pvcd.api.render import FragmentRenderer
 from pvcd.api.routing import route
-from pvcd.errors import InvalidValue, NotFound
-from pvcd.state.models import COORDINATOR_STATE_REQUESTS, DOMAIN_STATE_REQUESTS, Handover
+from pvcd.domain.errors import InvalidValue, NotFound
+from pvcd.domain.records import Handover
+from pvcd.domain.states import COORDINATOR_STATE_REQUESTS, DOMAIN_STATE_REQUESTS
 from pvcd.state.store import Op
 from pvcd.state.view import ClusterView
 

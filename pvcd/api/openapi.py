@@ -23,7 +23,7 @@ from typing import Any
 
 from pvcd.api.base import BaseHandler
 from pvcd.api.routing import PREFIX, Route, route
-from pvcd.state.models import (
+from pvcd.domain.states import (
     ACL_DIRECTIONS,
     COORDINATOR_STATE_REQUESTS,
     COORDINATOR_STATES,

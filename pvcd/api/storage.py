@@ -21,6 +21,9 @@ from typing import Any
 from pvcd.api.base import ApiContext, BaseHandler
 from pvcd.api.routing import route
 from pvcd.controllers.storage_backend import check_device, check_weight
+from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound, PvcError
+from pvcd.domain.records import StorageRequest, from_dict
+from pvcd.domain.states import PRIMARY_TARGET
 from pvcd.drivers.ceph import (
     check_osd_flag,
     check_osd_id,
@@ -30,9 +33,7 @@ from pvcd.drivers.ceph import (
     check_volume_name,
     parse_size,
 )
-from pvcd.errors import BackendError, Conflict, InvalidValue, NotFound, PvcError
 from pvcd.state.cache import StateCache
-from pvcd.state.models import PRIMARY_TARGET, StorageRequest, from_dict
 from pvcd.state.store import Op
 from pvcd.state.view import ClusterView
 

@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from pvcd.errors import InvalidValue
+from pvcd.domain.errors import InvalidValue
 
 _FALSE = {"false", "0", "no", "off"}
 

@@ -13,17 +13,10 @@ from pvcd.api.base import BaseHandler
 from pvcd.api.render import FragmentRenderer
 from pvcd.api.routing import route
 from pvcd.api.storage import check_vm_volumes, delete_vm_volumes
-from pvcd.errors import BackendError, Conflict, InvalidValue, NotFound
+from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound
+from pvcd.domain.records import Migration, VmSpec, from_dict
+from pvcd.domain.states import MIGRATE_ACTIONS, SELECTORS, VM_STATE_REQUESTS, VM_STATES
 from pvcd.placement import choose_node
-from pvcd.state.models import (
-    MIGRATE_ACTIONS,
-    SELECTORS,
-    VM_STATE_REQUESTS,
-    VM_STATES,
-    Migration,
-    VmSpec,
-    from_dict,
-)
 from pvcd.state.store import Op
 from pvcd.state.view import ClusterView
 from pvcd.vmxml import parse_domain_xml

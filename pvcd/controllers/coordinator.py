@@ -27,8 +27,8 @@ from collections.abc import Callable
 
 from pvcd.controllers.base import DONE, Result
 from pvcd.controllers.node import NodeStatusWriter
-from pvcd.errors import BackendError, Conflict
-from pvcd.state.models import Handover, PrimaryLock
+from pvcd.domain.errors import BackendError, Conflict
+from pvcd.domain.records import Handover, PrimaryLock
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
 

@@ -26,10 +26,10 @@ from collections.abc import Callable
 from typing import Any
 
 from pvcd.controllers.base import DONE, Result
+from pvcd.domain.errors import BackendError, Conflict, InvalidValue
+from pvcd.domain.records import FenceRecord, VmSpec, from_dict
 from pvcd.drivers.fence import FenceDriver, FenceTarget, fence_driver
-from pvcd.errors import BackendError, Conflict, InvalidValue
 from pvcd.placement import select_target_node
-from pvcd.state.models import FenceRecord, VmSpec, from_dict
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
 

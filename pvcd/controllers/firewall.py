@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 from pvcd.config import NetworkDriverSection
 from pvcd.controllers.base import DONE, Controller, Result
 from pvcd.controllers.network import vni_of_key, vni_of_path
+from pvcd.domain.records import AclSpec
 from pvcd.drivers.netlink import bridge_name
 from pvcd.drivers.nftables import NftablesDriver
-from pvcd.state.models import AclSpec
 from pvcd.state.view import ClusterView
 
 if TYPE_CHECKING:

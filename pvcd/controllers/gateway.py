@@ -36,12 +36,12 @@ from typing import TYPE_CHECKING
 from pvcd.config import NetworkDriverSection
 from pvcd.controllers.base import DONE, Controller, Result, TemporaryError
 from pvcd.controllers.network import vni_of_key, vni_of_path
+from pvcd.domain.errors import BackendError, Conflict
+from pvcd.domain.records import DhcpLease, NetworkSpec
 from pvcd.drivers.announce import announce
 from pvcd.drivers.dnsmasq import DnsmasqConfig, DnsmasqInstance, Lease, StaticLease
 from pvcd.drivers.netlink import NetlinkDriver, bridge_name
 from pvcd.drivers.netns import run_in_netns
-from pvcd.errors import BackendError, Conflict
-from pvcd.state.models import DhcpLease, NetworkSpec
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
 

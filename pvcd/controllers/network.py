@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING
 from pvcd.config import NetworkDriverSection
 from pvcd.controllers.base import DONE, Controller, Result, TemporaryError
 from pvcd.controllers.node import NodeStatusWriter
+from pvcd.domain.errors import NotFound
+from pvcd.domain.records import NetworkSpec
 from pvcd.drivers.netlink import (
     NetlinkDriver,
     bridge_name,
@@ -37,8 +39,6 @@ from pvcd.drivers.netlink import (
     vxlan_mtu,
     vxlan_name,
 )
-from pvcd.errors import NotFound
-from pvcd.state.models import NetworkSpec
 from pvcd.state.view import ClusterView
 
 if TYPE_CHECKING:

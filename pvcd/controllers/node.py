@@ -22,9 +22,9 @@ from collections.abc import Callable
 from typing import Any
 
 from pvcd.controllers.base import DONE, Result
+from pvcd.domain.errors import Conflict
+from pvcd.domain.records import NodeSpec, NodeStats, NodeStatus, from_dict
 from pvcd.drivers.host import HostDriver
-from pvcd.errors import Conflict
-from pvcd.state.models import NodeSpec, NodeStats, NodeStatus, from_dict
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
 

@@ -48,11 +48,8 @@ from pvcd.controllers.storage_backend import (
     PoolListing,
     StorageCeph,
 )
-from pvcd.drivers.ceph import OsdStats, parse_size
-from pvcd.drivers.ceph_volume import DeviceOsdProvisioner, make_launcher
-from pvcd.errors import BackendError, Conflict, InvalidValue, NotFound, PvcError
-from pvcd.state.models import (
-    PRIMARY_TARGET,
+from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound, PvcError
+from pvcd.domain.records import (
     OsdRecord,
     PoolRecord,
     SnapshotRecord,
@@ -60,6 +57,9 @@ from pvcd.state.models import (
     VolumeRecord,
     from_dict,
 )
+from pvcd.domain.states import PRIMARY_TARGET
+from pvcd.drivers.ceph import OsdStats, parse_size
+from pvcd.drivers.ceph_volume import DeviceOsdProvisioner, make_launcher
 from pvcd.state.schema import Paths
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView

@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from pvcd.domain.errors import BackendError, InvalidValue, NotFound
 from pvcd.drivers.ceph import CephDriver, check_osd_id
-from pvcd.errors import BackendError, InvalidValue, NotFound
 from pvcd.lab.ceph import CephLabError, ThrowawayCeph
 
 log = logging.getLogger(__name__)

@@ -25,9 +25,9 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from pvcd.controllers.base import DONE, Result, TemporaryError
-from pvcd.errors import BackendError, Conflict, NotFound
+from pvcd.domain.errors import BackendError, Conflict, NotFound
+from pvcd.domain.records import Migration, VmSpec, VmStatus, from_dict
 from pvcd.placement import choose_node
-from pvcd.state.models import Migration, VmSpec, VmStatus, from_dict
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
 

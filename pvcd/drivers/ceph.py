@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pvcd.errors import BackendError, Conflict, InvalidValue, NotFound
+from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound
 
 log = logging.getLogger(__name__)
 

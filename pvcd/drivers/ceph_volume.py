@@ -43,8 +43,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from pvcd.domain.errors import BackendError, InvalidValue
 from pvcd.drivers.host import pid_alive, process_argv, signal_pid
-from pvcd.errors import BackendError, InvalidValue
 
 log = logging.getLogger(__name__)
 

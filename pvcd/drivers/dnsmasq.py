@@ -46,11 +46,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pvcd
+from pvcd.domain.errors import BackendError, InvalidValue
 from pvcd.drivers import dnsmasq_leasehook
 from pvcd.drivers.dnsmasq_leasehook import Lease
 from pvcd.drivers.host import pids_where
 from pvcd.drivers.netlink import check_ifname, check_netns
-from pvcd.errors import BackendError, InvalidValue
 
 __all__ = ["DnsmasqConfig", "DnsmasqInstance", "Lease", "StaticLease"]
 

@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pvcd.domain.errors import BackendError, InvalidValue
 from pvcd.drivers.host import pid_alive, process_argv
-from pvcd.errors import BackendError, InvalidValue
 from pvcd.lab import mountns
 
 log = logging.getLogger(__name__)

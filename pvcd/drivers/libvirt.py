@@ -31,7 +31,7 @@ from typing import Any
 
 import libvirt
 
-from pvcd.errors import BackendError, NotFound
+from pvcd.domain.errors import BackendError, NotFound
 
 log = logging.getLogger(__name__)
 

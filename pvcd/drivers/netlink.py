@@ -40,7 +40,7 @@ from typing import Any, Self
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from pvcd.errors import BackendError, Conflict, InvalidValue, NotFound
+from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound
 
 log = logging.getLogger(__name__)
 

@@ -53,8 +53,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Self, TypeVar
 
+from pvcd.domain.errors import BackendError, InvalidValue, NotFound
 from pvcd.drivers.netlink import check_ifname, check_netns
-from pvcd.errors import BackendError, InvalidValue, NotFound
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from kazoo.client import KazooClient
 from kazoo.protocol.states import ZnodeStat
 from kazoo.recipe.cache import TreeCache, TreeEvent
 
-from pvcd.state.models import decode
+from pvcd.state.codec import decode
 
 log = logging.getLogger(__name__)
 

@@ -30,9 +30,9 @@ from kazoo.exceptions import (
 )
 from kazoo.protocol.states import ZnodeStat
 
-from pvcd.errors import BackendError, Conflict
+from pvcd.domain.errors import BackendError, Conflict
 from pvcd.state.cache import StateCache
-from pvcd.state.models import decode, encode
+from pvcd.state.codec import decode, encode
 
 ANY_VERSION = -1
 

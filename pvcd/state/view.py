@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pvcd.state.cache import Entry, StateCache
-from pvcd.state.models import (
+from pvcd.domain.records import (
     AclSpec,
     DhcpLease,
     Handover,
@@ -21,6 +20,7 @@ from pvcd.state.models import (
     VmStatus,
     from_dict,
 )
+from pvcd.state.cache import Entry, StateCache
 from pvcd.state.schema import Paths
 
 # daemon states in which a node without a live session is reported dead

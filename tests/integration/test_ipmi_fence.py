@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from pvcd.domain.errors import BackendError
 from pvcd.drivers.fence import FenceTarget, IpmiFence
-from pvcd.errors import BackendError
 
 FAKES = Path(__file__).resolve().parents[1] / "fakes"
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import libvirt  # not importorskip: a missing libvirt-python must fail CI, not skip
 import pytest
 
+from pvcd.domain.errors import BackendError, NotFound
 from pvcd.drivers.libvirt import DomainState, DomainStatus, HostInfo, LibvirtDriver
-from pvcd.errors import BackendError, NotFound
 from pvcd.lab.guest import tiny_guest_xml
 from pvcd.vmxml import parse_domain_xml
 

@@ -8,9 +8,9 @@ import time
 import pytest
 from kazoo.client import KazooClient
 
-from pvcd.errors import Conflict
+from pvcd.domain.errors import Conflict
 from pvcd.state.cache import StateCache
-from pvcd.state.models import decode, encode
+from pvcd.state.codec import decode, encode
 from pvcd.state.schema import SCHEMA_VERSION, Paths, ensure_schema
 from pvcd.state.store import Op, Store
 

@@ -20,9 +20,10 @@ from pvcd.api.storage import RequestWaiter, new_request_id
 from pvcd.config import CephDriverSection
 from pvcd.controllers.storage import VOLUME_INFOS_PER_SYNC, PrimaryStorage, request_key
 from pvcd.controllers.storage_backend import StorageCeph
+from pvcd.domain.records import NodeSpec, StorageRequest
+from pvcd.domain.states import PRIMARY_TARGET
 from pvcd.lab.ceph import ThrowawayCeph
 from pvcd.state.cache import StateCache
-from pvcd.state.models import PRIMARY_TARGET, NodeSpec, StorageRequest
 from pvcd.state.schema import Paths, ensure_schema
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView

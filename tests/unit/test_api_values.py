@@ -6,7 +6,7 @@ import pytest
 
 from pvcd.api.auth import Tokens
 from pvcd.api.values import Values
-from pvcd.errors import InvalidValue
+from pvcd.domain.errors import InvalidValue
 
 
 def values(query: dict[str, str] | None = None, form: dict[str, str] | None = None,

@@ -15,7 +15,7 @@ from pvcd.config import (
     load_config,
     parse_config,
 )
-from pvcd.errors import ConfigError
+from pvcd.domain.errors import ConfigError
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "etc" / "pvcd.example.yaml"
 SOURCE = "/etc/pvc/pvcd.yaml"

@@ -27,7 +27,7 @@ from pvcd.api.auth import Tokens
 from pvcd.api.base import ApiContext, BaseHandler
 from pvcd.api.networks import parse_vni
 from pvcd.api.routing import Route, route
-from pvcd.errors import InvalidValue
+from pvcd.domain.errors import InvalidValue
 from pvcd.state.schema import Paths
 from pvcd.state.view import ClusterView
 

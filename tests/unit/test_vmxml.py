@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from pvcd import vmxml
-from pvcd.errors import InvalidValue
+from pvcd.domain.errors import InvalidValue
 from pvcd.lab.guest import tiny_guest_xml
 from pvcd.vmxml import MAX_XML_BYTES, parse_domain_xml
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from pvcd.domain.errors import Conflict, NotFound
 from pvcd.drivers.ceph import CephDriver
-from pvcd.errors import Conflict, NotFound
 from pvcd.lab.ceph import CephLabError, ThrowawayCeph
 
 OSD_STAT_FIELDS = {

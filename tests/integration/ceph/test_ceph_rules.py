@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound
 from pvcd.drivers import ceph as ceph_module
 from pvcd.drivers.ceph import (
     CephDriver,
@@ -26,7 +27,6 @@ from pvcd.drivers.ceph import (
     parse_pg_map,
     parse_size,
 )
-from pvcd.errors import BackendError, Conflict, InvalidValue, NotFound
 
 BAD_NAMES = ["", "-x", ".hidden", "+x", "a/b", "a@b", "a b", "a\tb", "a\nb", "a:b", "ä", "x" * 100]
 BAD_SIZES: list[Any] = ["", "0", "20X", "1.5G", "20GB", "20g", "-1", "20 G", " 20G", "G",

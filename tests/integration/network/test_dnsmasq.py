@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from pvcd.domain.errors import InvalidValue
 from pvcd.drivers.dnsmasq import DnsmasqConfig, DnsmasqInstance, Lease, StaticLease
 from pvcd.drivers.netlink import NetlinkDriver
-from pvcd.errors import InvalidValue
 
 CLIENT_MAC = "52:54:00:aa:00:01"
 

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound
 from pvcd.drivers.netlink import (
     NetlinkDriver,
     bridge_name,
@@ -14,7 +15,6 @@ from pvcd.drivers.netlink import (
     vxlan_mtu,
     vxlan_name,
 )
-from pvcd.errors import BackendError, Conflict, InvalidValue, NotFound
 
 VNI = 4242
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from pvcd.domain.errors import BackendError, InvalidValue
 from pvcd.drivers.netlink import NetlinkDriver
 from pvcd.drivers.nftables import NftablesDriver, check_rule_body, validate_rule
-from pvcd.errors import BackendError, InvalidValue
 
 VALID = [
     "ip saddr 10.0.0.0/8 tcp dport { 22, 80 } ct state new counter accept",

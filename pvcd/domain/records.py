@@ -1,4 +1,4 @@
-"""Typed records stored in ZooKeeper, and their JSON form.
+"""Typed records of the cluster (the documents stored in ZooKeeper) and their dict form.
 
 Each record is a dataclass with `to_doc()` / `from_doc()`. `from_doc` ignores unknown keys and
 fills missing ones with defaults, so a newer daemon can read an older record and vice versa
@@ -8,33 +8,9 @@ within one schema version.
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any, TypeVar
 
 T = TypeVar("T")
-
-DAEMON_STATES = ("init", "run", "shutdown", "stop", "dead", "fenced")
-COORDINATOR_STATES = ("primary", "secondary", "client", "takeover", "relinquish")
-DOMAIN_STATES = ("ready", "flush", "flushed", "unflush")
-VM_STATE_REQUESTS = ("start", "shutdown", "stop", "restart")
-VM_STATES = ("start", "restart", "shutdown", "stop", "failed", "migrate", "unmigrate", "disable")
-SELECTORS = ("mem", "vcpus", "load", "vms")
-MIGRATE_ACTIONS = ("migrate", "unmigrate")
-DOMAIN_STATE_REQUESTS = ("flush", "ready")
-COORDINATOR_STATE_REQUESTS = ("primary", "secondary")
-
-
-def encode(doc: Any) -> bytes:
-    return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
-
-
-def decode(raw: bytes | None) -> Any:
-    if not raw:
-        return None
-    try:
-        return json.loads(raw.decode())
-    except ValueError:
-        return None
 
 
 def from_dict(cls: type[T], doc: Any) -> T:
@@ -153,8 +129,6 @@ class ApiSession:
         return dataclasses.asdict(self)
 
 
-NETWORK_TYPES = ("managed", "bridged")
-ACL_DIRECTIONS = ("in", "out")
 
 
 @dataclasses.dataclass
@@ -218,8 +192,6 @@ class AclSpec:
         return dataclasses.asdict(self)
 
 
-STORAGE_REQUEST_STATES = ("pending", "running", "done", "failed")
-PRIMARY_TARGET = "primary"  # a storage request's target: the primary, or a node's name
 
 
 @dataclasses.dataclass

@@ -1,0 +1,19 @@
+"""The words for every state and choice in the cluster, one definition each.
+
+Desired states are what operators ask for; observed states are what nodes report. Every
+other module names a state through these constants, never as a bare string it made up.
+"""
+
+DAEMON_STATES = ("init", "run", "shutdown", "stop", "dead", "fenced")
+COORDINATOR_STATES = ("primary", "secondary", "client", "takeover", "relinquish")
+DOMAIN_STATES = ("ready", "flush", "flushed", "unflush")
+VM_STATE_REQUESTS = ("start", "shutdown", "stop", "restart")
+VM_STATES = ("start", "restart", "shutdown", "stop", "failed", "migrate", "unmigrate", "disable")
+SELECTORS = ("mem", "vcpus", "load", "vms")
+MIGRATE_ACTIONS = ("migrate", "unmigrate")
+DOMAIN_STATE_REQUESTS = ("flush", "ready")
+COORDINATOR_STATE_REQUESTS = ("primary", "secondary")
+NETWORK_TYPES = ("managed", "bridged")
+ACL_DIRECTIONS = ("in", "out")
+STORAGE_REQUEST_STATES = ("pending", "running", "done", "failed")
+PRIMARY_TARGET = "primary"  # a storage request's target: the primary, or a node's name
