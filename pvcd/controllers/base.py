@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
@@ -184,3 +184,42 @@ class Controller:
         count = self._failures.get(key, 0) + 1
         self._failures[key] = count
         return float(min(self._backoff_max, self._backoff_base * (2 ** (count - 1))))
+
+
+@dataclass(frozen=True)
+class Watch:
+    """Which cache changes feed a controller: `key_of(path)` is enqueued for every changed
+    path below `prefix` (None: nothing to do for that path)."""
+
+    prefix: str
+    key_of: Callable[[str], str | None]
+
+
+@dataclass(frozen=True)
+class PrimaryService:
+    """Something only the primary runs: `start` may raise to be retried; `stop` must not fail."""
+
+    name: str
+    start: Callable[[], None]
+    stop: Callable[[], None]
+
+
+@dataclass
+class Wiring:
+    """What one subsystem (VMs, networks, storage, ...) adds to a node daemon.
+
+    Built by the subsystem's `build_*` function from explicit dependencies and handed to the
+    composition root (`pvcd.daemon`), which starts and stops the controllers, feeds them the
+    cache changes their watches name, and runs the services only while this node is primary.
+    """
+
+    controllers: list[tuple[Controller, list[Watch]]] = field(default_factory=list)
+    services: list[PrimaryService] = field(default_factory=list)
+
+    def add(self, controller: Controller, *watches: Watch) -> Controller:
+        self.controllers.append((controller, list(watches)))
+        return controller
+
+    def extend(self, other: Wiring) -> None:
+        self.controllers.extend(other.controllers)
+        self.services.extend(other.services)
