@@ -33,7 +33,7 @@ from pvcd.controllers.coordinator import Coordinator, PrimaryServices
 from pvcd.controllers.fencing import FencingController
 from pvcd.controllers.floating import FloatingIp, FloatingIps
 from pvcd.controllers.node import NodeController, NodeStatusWriter
-from pvcd.controllers.vm import VmController, evacuate_node, restore_node, vm_key
+from pvcd.controllers.vm import VmController, vm_key
 from pvcd.domain.errors import Conflict
 from pvcd.domain.records import NodeSpec, NodeStatus, from_dict
 from pvcd.drivers.host import HostDriver, pid_alive, process_argv
@@ -67,7 +67,9 @@ class NodeDaemon:
         self.store = Store(self.client, self.cache)
         self.view = ClusterView(self.cache, self.paths)
         self.writer = NodeStatusWriter(self.store, self.paths.node_status(self.name), clock)
-        self.node = NodeController(self.name, self.view, self.store, self.writer, self.host, clock)
+        self.libvirt = LibvirtDriver(config.drivers.libvirt.uri)
+        self.node = NodeController(self.name, self.view, self.store, self.writer, self.host,
+                                   self.libvirt, clock)
         timing = config.timing
         self.node_controller = Controller("node", self.node.reconcile, self.node.keys,
                                           resync_interval=timing.resync_interval)
@@ -160,7 +162,6 @@ class NodeDaemon:
 
     def _install_vms(self) -> None:
         timing = self.config.timing
-        self.libvirt = LibvirtDriver(self.config.drivers.libvirt.uri)
         self.vm = VmController(self.name, self.view, self.store, self.libvirt,
                                timing.shutdown_timeout, self.clock,
                                can_act=lambda: self.registered and self.client.connected)
@@ -169,13 +170,15 @@ class NodeDaemon:
         self.add_controller(self.vm_controller)
         self.watch(self.paths.vms + "/", self.vm_controller,
                    lambda path: vm_key(path[len(self.paths.vms) + 1:].split("/", 1)[0]))
-        self.libvirt.add_lifecycle_listener(
-            lambda uuid, event, detail: self.vm_controller.enqueue(vm_key(uuid)))
-        self.node.evacuate = lambda cancelled: evacuate_node(self.view, self.store, self.name,
-                                                              cancelled)
-        self.node.restore = lambda cancelled: restore_node(self.view, self.store, self.name,
-                                                            cancelled)
-        self.node.allocation = self.vm.allocation
+        # the node record's domain counts follow VM changes and libvirt's events at once
+        self.watch(self.paths.vms + "/", self.node_controller,
+                   lambda path: self.node.domains_key())
+
+        def on_lifecycle(uuid: str, event: object, detail: object) -> None:
+            self.vm_controller.enqueue(vm_key(uuid))
+            self.node_controller.enqueue(self.node.domains_key())
+
+        self.libvirt.add_lifecycle_listener(on_lifecycle)
         self.lab_agent: LabAgent | None = None
         if self.config.drivers.libvirt.lab_agent_socket:
             self.lab_agent = LabAgent(self.config.drivers.libvirt.lab_agent_socket, self.libvirt)

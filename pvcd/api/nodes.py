@@ -34,7 +34,7 @@ def node_object(view: ClusterView, name: str, primary: str | None = None) -> dic
         coordinator_state = role  # a dead or stopped node's last report; it holds no lock
     return {
         "name": name,
-        "daemon_state": view.node_daemon_state(name, status),
+        "daemon_state": view.node_daemon_state(name, str(status.get("daemon_state", "init"))),
         "coordinator_state": coordinator_state,
         "domain_state": status.get("domain_state", "ready"),
         "coordinator": bool(spec.get("coordinator", False)),

@@ -14,9 +14,16 @@ from pvcd.api.render import FragmentRenderer
 from pvcd.api.routing import route
 from pvcd.api.storage import check_vm_volumes, delete_vm_volumes
 from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound
-from pvcd.domain.records import Migration, VmSpec, from_dict
-from pvcd.domain.states import MIGRATE_ACTIONS, SELECTORS, VM_STATE_REQUESTS, VM_STATES
-from pvcd.placement import choose_node
+from pvcd.domain.moves import Move, check_migrate, check_unmigrate, holder, reassign
+from pvcd.domain.placement import choose_node, require_node
+from pvcd.domain.records import VmSpec, from_dict
+from pvcd.domain.states import (
+    MIGRATE_ACTIONS,
+    SELECTORS,
+    STOPPED_VM_STATES,
+    VM_STATE_REQUESTS,
+    VM_STATES,
+)
 from pvcd.state.store import Op
 from pvcd.state.view import ClusterView
 from pvcd.vmxml import parse_domain_xml
@@ -118,7 +125,8 @@ class VmListHandler(VmBaseHandler):
             raise Conflict(f"A VM named '{definition.name}' already exists")
         if view.cache.exists(view.paths.vm(definition.uuid)):
             raise Conflict(f"A VM with UUID {definition.uuid} already exists")
-        node = choose_node(view, self.values.get("node"), selector)
+        node = choose_node(view.node_loads(), self.values.get("node"), selector,
+                           memory=definition.memory)
         spec = VmSpec(uuid=definition.uuid, name=definition.name, xml=definition.xml,
                       node=node, memory=definition.memory, vcpu=definition.vcpu,
                       state="start", selector=selector, info=definition.to_api_fields())
@@ -193,6 +201,7 @@ class VmStateHandler(VmBaseHandler):
         spec, version = self.vm_spec(vm)
         wanted = self.values.choice("state", VM_STATE_REQUESTS)
         spec.state_request += 1
+        spec.resume_on = None  # the operator decides now, not a node's `ready`
         if wanted == "restart":
             spec.restart_request += 1
             spec.state = "start"
@@ -213,38 +222,22 @@ class VmNodeHandler(VmBaseHandler):
         action = self.values.choice("action", MIGRATE_ACTIONS)
         selector = self.selector()
         permanent, force = self.values.flag("permanent"), self.values.flag("force")
+        status = view.vm_status(spec.uuid)
         source = spec.node
+        memory = spec.memory if spec.state not in STOPPED_VM_STATES else 0
         if action == "unmigrate":
-            if spec.last_node is None:
-                raise InvalidValue(f"VM '{spec.name}' has not been migrated; nothing to undo")
-            target = spec.last_node
-            if target == source:
-                raise InvalidValue(f"VM '{spec.name}' is already on {target}")
-            if target not in _ready_nodes(view):
-                raise InvalidValue(f"VM '{spec.name}' cannot return to {target}: the node is "
-                                   "not running and ready")
-            spec.last_node = None
+            target = require_node(view.node_loads(), check_unmigrate(spec), memory)
+            why = Move.UNMIGRATE
         else:
-            if spec.last_node is not None and not force and not permanent:
-                raise InvalidValue(f"VM '{spec.name}' has already been migrated from "
-                                   f"{spec.last_node}; unmigrate it first, or use force")
-            target = choose_node(view, self.values.get("node"), selector, exclude=[source])
-            if permanent:
-                spec.last_node = None
-            elif spec.last_node is None:
-                spec.last_node = source  # `force` keeps the original previous node
-        spec.node = target
-        # a VM that should run is handed over by its node even if its status has not said
-        # `running` yet (it may have just started there): never reassigned under its feet
-        running = _running_on(view, spec.uuid) or (source if spec.state == "start" else None)
-        if running is not None:
-            done = int((view.cache.get(view.paths.vm_status(spec.uuid)) or {})
-                       .get("migration_done", 0))
-            previous = spec.migration.request if spec.migration else 0
-            spec.migration = Migration(source=running, request=max(done, previous) + 1,
-                                       action=str(action))
-        await self.commit([Op.set(view.paths.vm(spec.uuid), spec.to_doc(), version)])
-        verb = "Migrating" if running is not None else "Moving"
+            check_migrate(spec, force, permanent)
+            # never the node it is on, nor the one still handing it over
+            exclude = {source, holder(spec, status) or source}
+            target = choose_node(view.node_loads(), self.values.get("node"), selector,
+                                 exclude=exclude, memory=memory)
+            why = Move.MOVE if permanent else Move.MIGRATE
+        new = reassign(spec, status, target, why)
+        await self.commit([Op.set(view.paths.vm(spec.uuid), new.to_doc(), version)])
+        verb = "Migrating" if new.migration is not None else "Moving"
         self.message(f"{verb} VM '{spec.name}' from {source} to {target}")
 
 
@@ -253,19 +246,6 @@ class VmDumpHandler(VmBaseHandler):
         spec, _ = self.vm_spec(vm)
         self.set_header("Content-Type", "application/xml; charset=utf-8")
         self.finish(spec.xml)
-
-
-def _running_on(view: ClusterView, uuid: str) -> str | None:
-    status = view.cache.get(view.paths.vm_status(uuid)) or {}
-    if status.get("state") in ("running", "migrating", "shutting-down"):
-        return str(status.get("node")) or None
-    return None
-
-
-def _ready_nodes(view: ClusterView) -> set[str]:
-    from pvcd.placement import candidate_nodes
-
-    return set(candidate_nodes(view))
 
 
 ROUTES = [

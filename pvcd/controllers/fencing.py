@@ -27,9 +27,11 @@ from typing import Any
 
 from pvcd.controllers.base import DONE, Result
 from pvcd.domain.errors import BackendError, Conflict, InvalidValue
+from pvcd.domain.moves import Move, reassign
+from pvcd.domain.placement import select_target_node
 from pvcd.domain.records import FenceRecord, VmSpec, from_dict
+from pvcd.domain.states import STOPPED_VM_STATES
 from pvcd.drivers.fence import FenceDriver, FenceTarget, fence_driver
-from pvcd.placement import select_target_node
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
 
@@ -128,7 +130,7 @@ class FencingController:
             self._release_lock()
 
     def _recover(self, node: str, record: FenceRecord) -> Result:
-        """Start every VM of `node` elsewhere (by its selector, where capacity allows)."""
+        """Start every VM of `node` elsewhere (by its selector, where memory allows)."""
         pending = 0
         for uuid in self.view.vm_uuids():
             spec = self.view.vm_spec(uuid)
@@ -139,12 +141,13 @@ class FencingController:
                 continue
             try:
                 target = spec.node if spec.node != node else select_target_node(
-                    self.view, spec.selector, exclude=[node], memory=spec.memory)
+                    self.view.node_loads(), spec.selector, exclude=[node],
+                    memory=spec.memory if spec.state not in STOPPED_VM_STATES else 0)
             except InvalidValue as exc:
                 log.error("event=recover-no-target vm=%s node=%s reason=%s", uuid, node, exc)
                 pending += 1
                 continue
-            self.store.update(self.view.paths.vm(uuid), _reassign(node, target))
+            self.store.update(self.view.paths.vm(uuid), self._reassign(uuid, node, target))
             log.warning("event=vm-recovered vm=%s name=%s from=%s to=%s", uuid, spec.name,
                         node, target)
         if pending:
@@ -153,6 +156,14 @@ class FencingController:
         record.message = f"{record.message.split(';')[0]}; VMs recovered"
         self._write_record(node, record)
         return DONE
+
+    def _reassign(self, uuid: str, dead: str, target: str) -> Callable[[Any], Any]:
+        def change(doc: Any) -> Any:
+            spec = from_dict(VmSpec, doc)
+            new = reassign(spec, self.view.vm_status(uuid), target, Move.RECOVER, dead=dead)
+            return None if new == spec else new.to_doc()
+
+        return change
 
     # records and status
     def _record(self, node: str) -> FenceRecord | None:
@@ -214,17 +225,3 @@ class FencingController:
             self.store.commit([Op.delete(self.view.paths.fence_lock)])
         except (Conflict, BackendError):
             pass
-
-
-def _reassign(dead: str, target: str) -> Callable[[Any], Any]:
-    def change(doc: Any) -> Any:
-        spec = from_dict(VmSpec, doc)
-        if spec.migration is not None and spec.migration.source == dead:
-            spec.migration = None  # the source is off: nothing left to hand over
-        if spec.node == dead:
-            spec.node = target
-            if spec.last_node is None:
-                spec.last_node = dead
-        return spec.to_doc()
-
-    return change

@@ -8,9 +8,12 @@ It owns three things:
 - the keepalive: every interval, live statistics and a timestamp, so a hung daemon (session
   alive, process frozen) can be told from a live one.
 - the domain-state reconcile: a `flush` / `ready` request recorded in the node's spec is carried
-  out here and reported as `flush` → `flushed` / `unflush` → `ready`. Moving VMs is done by the
-  VM controller's `evacuate` / `restore` hooks once VMs exist; with none, the change completes
-  at once.
+  out here, one level-based step per reconcile (`pvcd.controllers.flush`), and reported as
+  `flush` → `flushed` / `unflush` → `ready`; `flushed` is written together with domain counts
+  that show nothing running.
+- the domain counts (`running_domains`, allocation) in the node's record, refreshed on every
+  libvirt lifecycle event and VM change, so the record follows a VM start, stop or migration
+  within a second rather than at the next keepalive.
 """
 
 from __future__ import annotations
@@ -19,16 +22,20 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from pvcd.controllers.base import DONE, Result
+from pvcd.controllers.flush import flush_step, ready_step
 from pvcd.domain.errors import Conflict
-from pvcd.domain.records import NodeSpec, NodeStats, NodeStatus, from_dict
+from pvcd.domain.records import NodeSpec, NodeStats, NodeStatus
+from pvcd.domain.states import STOPPED_VM_STATES, domain_active
 from pvcd.drivers.host import HostDriver
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
 
 log = logging.getLogger(__name__)
+
+STEP_INTERVAL = 0.25  # between the steps of a flush or ready while VMs are on their way
 
 
 class NodeStatusWriter:
@@ -76,30 +83,41 @@ class NodeStatusWriter:
             raise Conflict(f"{self._path}: could not write node status")
 
 
+class DomainLister(Protocol):
+    """What the node controller needs of the hypervisor driver: the domains it has now."""
+
+    def list_domains(self) -> list[Any]: ...
+
+
 class NodeController:
-    """Reconciles this node's domain state and writes its keepalive."""
+    """Reconciles this node's domain state and writes its keepalive and domain counts."""
 
     def __init__(self, name: str, view: ClusterView, store: Store, writer: NodeStatusWriter,
-                 host: HostDriver, clock: Callable[[], float] = time.time) -> None:
+                 host: HostDriver, domains: DomainLister,
+                 clock: Callable[[], float] = time.time) -> None:
         self.name = name
         self.view = view
         self.store = store
         self.writer = writer
         self.host = host
+        self.domains = domains
         self.clock = clock
-        # hooks for the VM controller: move every VM off / back; True when done, False when
-        # cancelled (a newer request) or not possible yet
-        self.evacuate: Callable[[Callable[[], bool]], bool] = lambda cancelled: True
-        self.restore: Callable[[Callable[[], bool]], bool] = lambda cancelled: True
-        self.allocation: Callable[[], dict[str, Any]] = lambda: {}
 
     def key(self) -> str:
         return f"node/{self.name}"
 
+    def domains_key(self) -> str:
+        """Enqueued on every libvirt lifecycle event and VM change: refresh the domain counts
+        in this node's record at once, not only at the next keepalive."""
+        return f"node/{self.name}/domains"
+
     def keys(self) -> list[str]:
-        return [self.key()]
+        return [self.key(), self.domains_key()]
 
     def reconcile(self, key: str) -> Result:
+        if key == self.domains_key():
+            self.refresh_domains()
+            return DONE
         if key != self.key():
             return DONE
         spec = self.view.node_spec(self.name)
@@ -112,37 +130,40 @@ class NodeController:
         return self._change_domain_state(spec)
 
     def _change_domain_state(self, spec: NodeSpec) -> Result:
-        moving, settled = ("flush", "flushed") if spec.domain_state == "flush" else \
-            ("unflush", "ready")
-        log.info("event=domain-state node=%s state=%s request=%d", self.name, moving,
-                 spec.domain_request)
-        self.writer.update(lambda s: setattr(s, "domain_state", moving))
-
-        def cancelled() -> bool:
-            current = self.view.node_spec(self.name)
-            return current is None or current.domain_request != spec.domain_request
-
-        done = self.evacuate(cancelled) if spec.domain_state == "flush" else \
-            self.restore(cancelled)
+        flush = spec.domain_state == "flush"
+        moving, settled = ("flush", "flushed") if flush else ("unflush", "ready")
+        if self.writer.status.domain_state != moving:
+            log.info("event=domain-state node=%s state=%s request=%d", self.name, moving,
+                     spec.domain_request)
+            self.writer.update(lambda s: setattr(s, "domain_state", moving))
+        running = self._running()
+        done = flush_step(self.view, self.store, self.name, running) if flush else \
+            ready_step(self.view, self.store, self.name)
         if not done:
-            if cancelled():
-                log.info("event=domain-state-cancelled node=%s request=%d", self.name,
-                         spec.domain_request)
-                return DONE  # the newer request is queued already
-            return Result(requeue_after=1.0)  # e.g. no target node yet: try again
+            return Result(requeue_after=STEP_INTERVAL)
+        alloc = self._allocation(running)
 
         def finish(status: NodeStatus) -> None:
             status.domain_state = settled
             status.domain_request_done = spec.domain_request
+            _apply_allocation(status, alloc)  # `flushed` and the domain counts agree
 
         self.writer.update(finish)
         log.info("event=domain-state node=%s state=%s request=%d", self.name, settled,
                  spec.domain_request)
         return DONE
 
+    def refresh_domains(self) -> None:
+        alloc = self._allocation(self._running())
+        status = self.writer.status
+        if (status.stats.memory_allocated, status.stats.vcpu_allocated,
+                status.stats.domains_count, status.stats.running_domains) == alloc:
+            return
+        self.writer.update(lambda s: _apply_allocation(s, alloc))
+
     def keepalive(self) -> None:
         stats = self.host.stats()
-        alloc = self.allocation()
+        alloc = self._allocation(self._running())
         now = self.clock()
 
         def change(status: NodeStatus) -> None:
@@ -151,19 +172,36 @@ class NodeController:
                 cpu_count=stats.cpu_count, kernel=stats.kernel, os=stats.os, arch=stats.arch,
                 load=stats.load, memory_total=stats.memory_total,
                 memory_used=stats.memory_used, memory_free=stats.memory_free,
-                memory_allocated=int(alloc.get("memory_allocated", 0)),
-                vcpu_total=stats.cpu_count,
-                vcpu_allocated=int(alloc.get("vcpu_allocated", 0)),
-                domains_count=int(alloc.get("domains_count", 0)),
-                running_domains=list(alloc.get("running_domains", [])),
-            )
+                vcpu_total=stats.cpu_count)
+            _apply_allocation(status, alloc)
 
         self.writer.update(change)
+
+    def _running(self) -> list[str]:
+        return sorted(d.uuid for d in self.domains.list_domains() if domain_active(d))
+
+    def _allocation(self, running: list[str]) -> tuple[int, int, int, list[str]]:
+        """Memory and vCPUs of the VMs assigned here that should run, their number, and the
+        UUIDs libvirt runs here."""
+        memory = vcpus = count = 0
+        for uuid in self.view.vm_uuids():
+            spec = self.view.vm_spec(uuid)
+            if spec is None or spec.node != self.name:
+                continue
+            count += 1
+            if spec.state not in STOPPED_VM_STATES:
+                memory += spec.memory
+                vcpus += spec.vcpu
+        return memory, vcpus, count, running
+
+
+def _apply_allocation(status: NodeStatus, alloc: tuple[int, int, int, list[str]]) -> None:
+    stats = status.stats
+    stats.memory_allocated, stats.vcpu_allocated, stats.domains_count, running = alloc
+    stats.running_domains = list(running)
 
 
 def _settled(observed: str, requested: str) -> bool:
     return (requested, observed) in (("flush", "flushed"), ("ready", "ready"))
 
 
-def status_from_doc(doc: Any) -> NodeStatus:
-    return from_dict(NodeStatus, doc)

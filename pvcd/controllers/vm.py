@@ -8,7 +8,8 @@ acts idempotently:
   start (a VM that should run and does not, e.g. crashed or destroyed behind our back, is started
   again), shutdown (graceful, forced after `timing.shutdown_timeout`), stop (forced), restart;
 - assigned elsewhere with a migration *from here* in flight: live-migrate it to the target's
-  libvirt, else fall back to shutdown here and let the target start it.
+  libvirt, else fall back to a graceful shutdown here (level-based, forced after the shutdown
+  timeout; no worker waits for it) and let the target start it.
 
 Races named: (1) the target never starts a VM while a migration from a live source is not
 reported done in the VM's status, and the source never starts a VM assigned elsewhere, so a
@@ -27,7 +28,7 @@ from typing import Any, Protocol
 from pvcd.controllers.base import DONE, Result, TemporaryError
 from pvcd.domain.errors import BackendError, Conflict, NotFound
 from pvcd.domain.records import Migration, VmSpec, VmStatus, from_dict
-from pvcd.placement import choose_node
+from pvcd.domain.states import domain_active
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
 
@@ -123,7 +124,7 @@ class VmController:
                 self.driver.define(spec.xml)
                 log.info("event=vm-defined vm=%s name=%s node=%s", uuid, spec.name, self.name)
                 domain = self.driver.domain_state(uuid)
-            active = domain is not None and _active(domain)
+            active = domain is not None and domain_active(domain)
             restart = spec.restart_request > status.restart_done
             if spec.state in ("shutdown", "stop", "disable") or (restart and active):
                 if active:
@@ -177,14 +178,21 @@ class VmController:
             raise TemporaryError(f"VM {uuid} is still being handed over by "
                                  f"{spec.migration.source}")
 
-    def _stop(self, spec: VmSpec, status: VmStatus, domain: Any, force: bool) -> Result:
+    def _stop(self, spec: VmSpec, status: VmStatus, domain: Any, force: bool,
+              then: Callable[[], Result] | None = None) -> Result:
+        """One level-based step of stopping the VM here: destroy (`force`), or a graceful
+        shutdown forced once `shutdown_timeout` has passed; requeued while it runs. `then`:
+        what to do once it is off (default: report it stopped, or start it for a restart)."""
         uuid = spec.uuid
         now = self.clock()
         if force:
             self.driver.destroy(uuid)
             log.info("event=vm-stopped vm=%s name=%s node=%s", uuid, spec.name, self.name)
         elif status.state != "shutting-down" or status.node != self.name:
-            self.driver.shutdown(uuid)
+            try:
+                self.driver.shutdown(uuid)
+            except NotFound:
+                pass  # gone meanwhile: nothing to shut down
             log.info("event=vm-shutdown vm=%s name=%s node=%s", uuid, spec.name, self.name)
             self._write_status(spec, lambda s: _shutting_down(s, self.name, now, spec))
         elif now - status.since >= self.shutdown_timeout:
@@ -192,8 +200,10 @@ class VmController:
             log.info("event=vm-shutdown-timeout vm=%s name=%s node=%s forced=true", uuid,
                      spec.name, self.name)
         domain = self.driver.domain_state(uuid)
-        if domain is not None and _active(domain):
+        if domain is not None and domain_active(domain):
             return Result(requeue_after=POLL)
+        if then is not None:
+            return then()
         restart = spec.restart_request > status.restart_done
         if restart and spec.state == "start":
             return self._converge(spec, self.view.vm_status(uuid) or status, domain)
@@ -204,7 +214,8 @@ class VmController:
         migration = spec.migration
         assert migration is not None
         uuid = spec.uuid
-        if domain is not None and _active(domain):
+        falling_back = status.state == "shutting-down" and status.node == self.name
+        if domain is not None and domain_active(domain) and not falling_back:
             self._write_status(spec, lambda s: _migrating(s, self.name))
             dest = self.view.node_libvirt_uri(spec.node)
             try:
@@ -218,30 +229,22 @@ class VmController:
             except (BackendError, NotFound) as exc:
                 log.warning("event=vm-live-migration-failed vm=%s from=%s to=%s reason=%s "
                             "fallback=shutdown", uuid, self.name, spec.node, exc)
-                self._shutdown_for_move(spec)
+                return self._stop(spec, status, self.driver.domain_state(uuid), force=False,
+                                  then=lambda: self._migrate_out(
+                                      spec, self.view.vm_status(uuid) or status, None))
+        elif domain is not None and domain_active(domain):
+            # the fallback shutdown is under way: one level-based step of it
+            return self._stop(spec, status, domain, force=False,
+                              then=lambda: self._migrate_out(
+                                  spec, self.view.vm_status(uuid) or status, None))
         domain = self.driver.domain_state(uuid)
         if domain is not None:
             self._remove_here(uuid, domain, f"migrated to {spec.node}")
         self._write_status(spec, lambda s: _finish_migration(s, migration, spec.node))
         return DONE
 
-    def _shutdown_for_move(self, spec: VmSpec) -> None:
-        """Graceful shutdown here (blocking, bounded), forced when it does not finish."""
-        uuid = spec.uuid
-        try:
-            self.driver.shutdown(uuid)
-        except (BackendError, NotFound):
-            pass
-        deadline = time.monotonic() + self.shutdown_timeout
-        while time.monotonic() < deadline:
-            domain = self.driver.domain_state(uuid)
-            if domain is None or not _active(domain):
-                return
-            time.sleep(0.1)
-        self.driver.destroy(uuid)
-
     def _remove_here(self, uuid: str, domain: Any, why: str) -> None:
-        if _active(domain):
+        if domain_active(domain):
             self.driver.destroy(uuid)
         try:
             self.driver.undefine(uuid)
@@ -274,24 +277,6 @@ class VmController:
             except Conflict:
                 time.sleep(0.005)  # the cache catches up with the other writer
         raise Conflict(f"{path}: could not write the VM status")
-
-    # node-level helpers (flush/ready and the keepalive's allocation numbers)
-    def allocation(self) -> dict[str, Any]:
-        memory = vcpus = 0
-        docs = self.view.vm_docs_on(self.name)
-        for doc in docs:
-            if doc.get("state") not in ("stop", "shutdown", "disable"):
-                memory += int(doc.get("memory", 0))
-                vcpus += int(doc.get("vcpu", 0))
-        running = [d.uuid for d in self.driver.list_domains() if _active(d)]
-        return {"memory_allocated": memory, "vcpu_allocated": vcpus,
-                "domains_count": len(docs), "running_domains": sorted(running)}
-
-
-def _active(domain: Any) -> bool:
-    state = getattr(domain, "state", None)
-    value = getattr(state, "value", state)
-    return str(value) in ("running", "paused", "shutdown", "pmsuspended", "blocked")
 
 
 def _running(domain: Any) -> bool:
@@ -327,74 +312,3 @@ def _finish_migration(status: VmStatus, migration: Migration, node: str) -> None
     status.node = node
     if status.state == "migrating":
         status.state = "stopped"
-
-
-# flush / ready: the node controller's hooks
-def evacuate_node(view: ClusterView, store: Store, node: str,
-                  cancelled: Callable[[], bool]) -> bool:
-    """Move every VM off `node` (selector of each VM); True when all are off."""
-    for uuid in view.vm_uuids():
-        if cancelled():
-            return False
-        spec = view.vm_spec(uuid)
-        if spec is None or spec.node != node:
-            continue
-        try:
-            target = choose_node(view, None, spec.selector, exclude=[node])
-        except Exception as exc:
-            log.warning("event=flush-no-target vm=%s node=%s reason=%s", uuid, node, exc)
-            return False
-        _reassign(view, store, uuid, target, keep_last=node)
-    return _wait_moved(view, node, cancelled)
-
-
-def restore_node(view: ClusterView, store: Store, node: str,
-                 cancelled: Callable[[], bool]) -> bool:
-    """Bring back every VM whose `last_node` is `node`; True when all are back."""
-    for uuid in view.vm_uuids():
-        if cancelled():
-            return False
-        spec = view.vm_spec(uuid)
-        if spec is None or spec.last_node != node or spec.node == node:
-            continue
-        _reassign(view, store, uuid, node, keep_last=None)
-    return _wait_moved(view, node, cancelled)
-
-
-def _reassign(view: ClusterView, store: Store, uuid: str, target: str,
-              keep_last: str | None) -> None:
-    def change(doc: Any) -> Any:
-        spec = from_dict(VmSpec, doc)
-        if spec.node == target:
-            return None
-        status = view.vm_status(uuid) or VmStatus()
-        source = status.node if status.state in ("running", "migrating", "shutting-down") \
-            and status.node else (spec.node if spec.state == "start" else "")
-        if source:  # handed over by the node that runs (or may just have started) it
-            previous = spec.migration.request if spec.migration else 0
-            spec.migration = Migration(source=source,
-                                       request=max(previous, status.migration_done) + 1,
-                                       action="migrate" if keep_last else "unmigrate")
-        spec.last_node = keep_last
-        spec.node = target
-        return spec.to_doc()
-
-    store.update(view.paths.vm(uuid), change)
-
-
-def _wait_moved(view: ClusterView, node: str, cancelled: Callable[[], bool]) -> bool:
-    """Wait until no migration into or out of `node` is pending; False when cancelled."""
-    while not cancelled():
-        if not any(_migration_pending(view, uuid, node) for uuid in view.vm_uuids()):
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def _migration_pending(view: ClusterView, uuid: str, node: str) -> bool:
-    spec = view.vm_spec(uuid)
-    if spec is None or spec.migration is None:
-        return False
-    status = view.vm_status(uuid) or VmStatus()
-    return status.migration_done < spec.migration.request and \
-        node in (spec.migration.source, spec.node)

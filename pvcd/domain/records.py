@@ -300,6 +300,8 @@ class VmSpec:
     restart_request: int = 0  # bumped by every restart request
     state_request: int = 0  # bumped by every state request: a fresh try after a failure
     migration: Migration | None = None
+    # the node whose flush shut this VM down for want of a target: its `ready` starts it again
+    resume_on: str | None = None
     info: dict[str, Any] = dataclasses.field(default_factory=dict)  # objects.md fields of the XML
 
     def to_doc(self) -> dict[str, Any]:

@@ -8,6 +8,8 @@ DAEMON_STATES = ("init", "run", "shutdown", "stop", "dead", "fenced")
 COORDINATOR_STATES = ("primary", "secondary", "client", "takeover", "relinquish")
 DOMAIN_STATES = ("ready", "flush", "flushed", "unflush")
 VM_STATE_REQUESTS = ("start", "shutdown", "stop", "restart")
+# desired VM states in which it should not run: its memory is not counted on its node
+STOPPED_VM_STATES = ("stop", "shutdown", "disable")
 VM_STATES = ("start", "restart", "shutdown", "stop", "failed", "migrate", "unmigrate", "disable")
 SELECTORS = ("mem", "vcpus", "load", "vms")
 MIGRATE_ACTIONS = ("migrate", "unmigrate")
@@ -17,3 +19,11 @@ NETWORK_TYPES = ("managed", "bridged")
 ACL_DIRECTIONS = ("in", "out")
 STORAGE_REQUEST_STATES = ("pending", "running", "done", "failed")
 PRIMARY_TARGET = "primary"  # a storage request's target: the primary, or a node's name
+# libvirt domain states in which a guest exists on its node (it holds memory and disks)
+ACTIVE_DOMAIN_STATES = ("running", "paused", "shutdown", "pmsuspended", "blocked")
+
+
+def domain_active(domain: object) -> bool:
+    """Whether a hypervisor domain (anything with a `state`, an enum or a word) is active."""
+    state = getattr(domain, "state", None)
+    return str(getattr(state, "value", state)) in ACTIVE_DOMAIN_STATES

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pvcd.domain.placement import NodeLoad
 from pvcd.domain.records import (
     AclSpec,
     DhcpLease,
@@ -20,6 +21,7 @@ from pvcd.domain.records import (
     VmStatus,
     from_dict,
 )
+from pvcd.domain.states import STOPPED_VM_STATES
 from pvcd.state.cache import Entry, StateCache
 from pvcd.state.schema import Paths
 
@@ -50,12 +52,13 @@ class ClusterView:
     def node_alive(self, name: str) -> bool:
         return self.cache.exists(self.paths.node_alive(name))
 
-    def node_daemon_state(self, name: str, status_doc: dict[str, Any] | None = None) -> str:
+    def node_daemon_state(self, name: str, reported: str | None = None) -> str:
         """The daemon state as operators should see it: a node whose session is gone while it
-        claimed to run is `dead`, whatever its last own report said."""
-        if status_doc is None:
-            status_doc = self.cache.get(self.paths.node_status(name)) or {}
-        state = str(status_doc.get("daemon_state", "init"))
+        claimed to run is `dead`, whatever its last own report (`reported`) said."""
+        if reported is None:
+            doc = self.cache.get(self.paths.node_status(name)) or {}
+            reported = str(doc.get("daemon_state", "init"))
+        state = reported
         if state in _LIVE_DAEMON_STATES and not self.node_alive(name):
             return "dead"
         return state
@@ -67,6 +70,29 @@ class ClusterView:
     def node_migration_uri(self, name: str) -> str | None:
         doc = self.cache.get(self.paths.node_status(name)) or {}
         return doc.get("migration_uri") or None
+
+    def node_loads(self) -> list[NodeLoad]:
+        """Every node as placement sees it: states, size, and what is assigned to it."""
+        assigned: dict[str, list[int]] = {}  # node -> [memory, vcpus, vms]
+        for uuid in self.vm_uuids():
+            doc = self.cache.get(self.paths.vm(uuid))
+            if not isinstance(doc, dict):
+                continue
+            slot = assigned.setdefault(str(doc.get("node")), [0, 0, 0])
+            slot[2] += 1
+            if doc.get("state") not in STOPPED_VM_STATES:
+                slot[0] += int(doc.get("memory", 0))
+                slot[1] += int(doc.get("vcpu", 0))
+        loads = []
+        for name in self.node_names():
+            status = self.node_status(name) or NodeStatus()
+            memory, vcpus, vms = assigned.get(name, (0, 0, 0))
+            loads.append(NodeLoad(
+                name=name, daemon_state=self.node_daemon_state(name, status.daemon_state),
+                domain_state=status.domain_state, memory_total=status.stats.memory_total,
+                load=status.stats.load, memory_allocated=memory, vcpus_allocated=vcpus,
+                vms=vms))
+        return loads
 
     def live_coordinators(self) -> list[str]:
         names = []

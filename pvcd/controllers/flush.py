@@ -1,0 +1,132 @@
+"""Flush and ready: moving a node's VMs off it, and back, one level-based step at a time.
+
+The node controller calls `flush_step` / `ready_step` on every reconcile of a domain-state
+change until it returns True; each call looks at the cluster as it is now, writes what is
+missing (idempotently) and returns — no worker ever blocks waiting for a migration. A newer
+request (ready during a flush) simply changes what the next step does.
+
+Flush: every VM assigned to the node is reassigned by the move rule (`pvcd.domain.moves`) to
+the node its selector picks among those with room for it. A VM that should run but has nowhere
+to go (one node, or no node fits its selector or memory) is shut down cleanly where it is and
+marked `resume_on` the node, so that the node's `ready` starts it again (PVC's behaviour): a
+flush always completes, and a host's shutdown never waits for a target that cannot exist. The
+node is flushed only when libvirt itself runs none of the cluster's VMs there any more and no
+migration into or out of it is in flight.
+
+Ready: every VM whose `last_node` is the node comes back (when it fits), and every VM the flush
+shut down for want of a target is started again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection
+
+from pvcd.domain.errors import Conflict, InvalidValue
+from pvcd.domain.moves import Move, migration_pending, reassign
+from pvcd.domain.placement import select_target_node
+from pvcd.domain.records import VmSpec, from_dict
+from pvcd.domain.states import STOPPED_VM_STATES
+from pvcd.state.store import Store
+from pvcd.state.view import ClusterView
+
+log = logging.getLogger(__name__)
+
+
+def flush_step(view: ClusterView, store: Store, node: str, running: Collection[str]) -> bool:
+    """One step of flushing `node`; True once nothing of the cluster runs there any more.
+    `running`: the UUIDs libvirt runs on this node now."""
+    settled = True
+    for uuid in view.vm_uuids():
+        spec, status = view.vm_spec(uuid), view.vm_status(uuid)
+        if spec is None:
+            continue
+        if migration_pending(spec, status):
+            assert spec.migration is not None
+            if node in (spec.node, spec.migration.source):
+                settled = False  # on its way in or out: look again once it has arrived
+            continue
+        if spec.node != node:
+            continue
+        should_run = spec.state not in STOPPED_VM_STATES
+        try:
+            target = select_target_node(view.node_loads(), spec.selector, exclude=[node],
+                                        memory=spec.memory if should_run else 0)
+        except InvalidValue as exc:
+            if should_run:
+                _shut_down_for_flush(view, store, spec, node, str(exc))
+            continue  # a stopped VM with nowhere to go stays (it runs nowhere)
+        _move(view, store, uuid, target, Move.FLUSH)
+        settled = False
+    ours = set(view.vm_uuids())
+    return settled and not ours.intersection(running)
+
+
+def ready_step(view: ClusterView, store: Store, node: str) -> bool:
+    """One step of bringing `node`'s VMs back; True once none is on its way."""
+    settled = True
+    for uuid in view.vm_uuids():
+        spec, status = view.vm_spec(uuid), view.vm_status(uuid)
+        if spec is None:
+            continue
+        if migration_pending(spec, status):
+            assert spec.migration is not None
+            if node in (spec.node, spec.migration.source):
+                settled = False
+            continue
+        if spec.resume_on == node:
+            _resume(view, store, uuid, node)
+        if spec.last_node != node or spec.node == node:
+            continue
+        memory = spec.memory if spec.state not in STOPPED_VM_STATES else 0
+        load = next((n for n in view.node_loads() if n.name == node), None)
+        if load is None or not load.fits(memory):  # (it is `unflush`, not `ready`, until done)
+            log.warning("event=ready-vm-stays vm=%s node=%s reason=no room for %d MiB", uuid,
+                        node, memory)
+            continue
+        _move(view, store, uuid, node, Move.RESTORE)
+        settled = False
+    return settled
+
+
+def _move(view: ClusterView, store: Store, uuid: str, target: str, why: Move) -> None:
+    def change(doc: object) -> object:
+        spec = from_dict(VmSpec, doc)
+        if spec.node == target:
+            return None
+        return reassign(spec, view.vm_status(uuid), target, why).to_doc()
+
+    try:
+        store.update(view.paths.vm(uuid), change)
+    except Conflict as exc:  # a migration began meanwhile: the next step looks again
+        log.info("event=flush-move-deferred vm=%s reason=%s", uuid, exc)
+        return
+    log.info("event=vm-reassigned vm=%s to=%s why=%s", uuid, target, why.value)
+
+
+def _shut_down_for_flush(view: ClusterView, store: Store, spec: VmSpec, node: str,
+                         reason: str) -> None:
+    def change(doc: object) -> object:
+        current = from_dict(VmSpec, doc)
+        if current.node != node or current.state in STOPPED_VM_STATES:
+            return None
+        current.state, current.resume_on = "shutdown", node
+        current.state_request += 1
+        return current.to_doc()
+
+    store.update(view.paths.vm(spec.uuid), change)
+    log.warning("event=flush-no-target vm=%s name=%s node=%s action=shutdown reason=%s",
+                spec.uuid, spec.name, node, reason)
+
+
+def _resume(view: ClusterView, store: Store, uuid: str, node: str) -> None:
+    def change(doc: object) -> object:
+        current = from_dict(VmSpec, doc)
+        if current.resume_on != node:
+            return None
+        current.state, current.resume_on = "start", None
+        current.state_request += 1
+        return current.to_doc()
+
+    store.update(view.paths.vm(uuid), change)
+    log.info("event=vm-resumed vm=%s node=%s", uuid, node)
