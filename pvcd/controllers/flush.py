@@ -46,8 +46,8 @@ def flush_step(view: ClusterView, store: Store, node: str, running: Collection[s
             if node in (spec.node, spec.migration.source):
                 settled = False  # on its way in or out: look again once it has arrived
             continue
-        if spec.node != node:
-            continue
+        if spec.node != node or spec.resume_on == node:
+            continue  # (shut down here for want of a target: it waits here for `ready`)
         should_run = spec.state not in STOPPED_VM_STATES
         try:
             target = select_target_node(view.node_loads(), spec.selector, exclude=[node],
