@@ -29,7 +29,7 @@ from pvcd.controllers.base import DONE, Result
 from pvcd.domain.errors import BackendError, Conflict, InvalidValue
 from pvcd.domain.moves import Move, reassign
 from pvcd.domain.placement import select_target_node
-from pvcd.domain.records import FenceRecord, VmSpec, from_dict
+from pvcd.domain.records import FenceRecord, NodeSpec, NodeStatus, VmSpec, from_dict
 from pvcd.domain.states import STOPPED_VM_STATES
 from pvcd.drivers.fence import FenceDriver, FenceTarget, fence_driver
 from pvcd.state.store import Op, Store
@@ -60,21 +60,17 @@ class FencingController:
     def keys(self) -> list[str]:
         return [f"node/{n}" for n in self.view.node_names() if n != self.name]
 
-    def maintenance(self) -> bool:
-        doc = self.view.cache.get(self.view.paths.maintenance)
-        return isinstance(doc, dict) and bool(doc.get("enabled"))
-
     def reconcile(self, key: str) -> Result:
         node = key.split("/", 1)[1]
         if node == self.name or not self.is_primary():
             return DONE
-        if self.maintenance():
+        if self.view.maintenance():
             return Result(requeue_after=1.0)
         entry = self.view.cache.entry(self.view.paths.node_status(node))
         if entry is None:
             return DONE
-        status = entry.doc or {}
-        state = status.get("daemon_state")
+        status = from_dict(NodeStatus, entry.doc)
+        state = status.daemon_state
         record = self._record(node)
         if state in ("stop", "shutdown", "init"):
             return DONE  # a clean stop is not a death
@@ -82,7 +78,7 @@ class FencingController:
             if record is not None and record.state == "fenced" and not record.recovered:
                 return self._recover(node, record)
             return DONE
-        age = self.clock() - float(status.get("keepalive", 0))
+        age = self.clock() - status.keepalive
         if age < self.dead_after:
             if record is not None:  # it came back: the old record is history
                 self._delete_record(node)
@@ -191,23 +187,23 @@ class FencingController:
         entry = self.view.cache.entry(path)
         if entry is None or entry.version != version:
             raise Conflict(f"{path} changed")
-        doc = dict(entry.doc or {})
-        doc["daemon_state"] = state
-        self.store.commit([Op.set(path, doc, version)])
+        status = from_dict(NodeStatus, entry.doc)
+        status.daemon_state = state
+        self.store.commit([Op.set(path, status.to_doc(), version)])
 
     def _mark_fenced(self, node: str) -> None:
         """The node is off: it reports `fenced`/`flushed`, and is flushed when it returns."""
 
         def status(doc: Any) -> Any:
-            doc = dict(doc or {})
-            doc.update(daemon_state="fenced", domain_state="flushed")
-            return doc
+            status = from_dict(NodeStatus, doc)
+            status.daemon_state, status.domain_state = "fenced", "flushed"
+            return status.to_doc()
 
         def spec(doc: Any) -> Any:
-            doc = dict(doc or {})
-            doc["domain_state"] = "flush"
-            doc["domain_request"] = int(doc.get("domain_request", 0)) + 1
-            return doc
+            spec = from_dict(NodeSpec, {"name": node, **(doc or {})})
+            spec.domain_state = "flush"
+            spec.domain_request += 1
+            return spec.to_doc()
 
         self.store.update(self.view.paths.node_status(node), status)
         self.store.update(self.view.paths.node(node), spec)

@@ -78,9 +78,9 @@ class VmController:
     def keys(self) -> list[str]:
         keys = set()
         for uuid in self.view.vm_uuids():
-            doc = self.view.cache.get(self.view.paths.vm(uuid)) or {}
-            migration = doc.get("migration") or {}
-            if doc.get("node") == self.name or migration.get("source") == self.name:
+            spec = self.view.vm_spec(uuid)
+            if spec is not None and self.name in (
+                    spec.node, spec.migration.source if spec.migration else None):
                 keys.add(vm_key(uuid))
         for domain in self.driver.list_domains():
             keys.add(vm_key(domain.uuid))
@@ -253,9 +253,9 @@ class VmController:
         log.info("event=vm-removed vm=%s node=%s reason=%s", uuid, self.name, why)
 
     def _xml_changed(self, spec: VmSpec) -> bool:
-        status_doc = self.view.cache.get(self.view.paths.vm_status(spec.uuid)) or {}
-        return bool(status_doc.get("defined_xml_hash")) and \
-            status_doc.get("defined_xml_hash") != _xml_hash(spec.xml)
+        status = self.view.vm_status(spec.uuid)
+        return status is not None and bool(status.defined_xml_hash) and \
+            status.defined_xml_hash != _xml_hash(spec.xml)
 
     def _write_status(self, spec: VmSpec, change: Callable[[VmStatus], None]) -> None:
         path = self.view.paths.vm_status(spec.uuid)
@@ -264,8 +264,8 @@ class VmController:
             current = from_dict(VmStatus, entry.doc) if entry is not None else VmStatus()
             new = from_dict(VmStatus, current.to_doc())
             change(new)
+            new.defined_xml_hash = _xml_hash(spec.xml)
             doc = new.to_doc()
-            doc["defined_xml_hash"] = _xml_hash(spec.xml)
             if entry is not None and doc == entry.doc:
                 return
             if not self.view.cache.exists(self.view.paths.vm(spec.uuid)):

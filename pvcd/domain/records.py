@@ -321,6 +321,7 @@ class VmStatus:
     migration_done: int = 0
     state_request_done: int = 0
     since: float = 0.0
+    defined_xml_hash: str = ""  # of the spec XML the node last defined (a change redefines)
 
     def to_doc(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

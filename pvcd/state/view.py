@@ -133,6 +133,11 @@ class ClusterView:
                 docs.append(doc)
         return docs
 
+    def maintenance(self) -> bool:
+        """Maintenance mode: fencing and recovery are suspended while operators work."""
+        doc = self.cache.get(self.paths.maintenance)
+        return isinstance(doc, dict) and bool(doc.get("enabled"))
+
     # coordinator
     def primary_entry(self) -> Entry | None:
         return self.cache.entry(self.paths.primary)
