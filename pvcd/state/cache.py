@@ -10,6 +10,14 @@ API client that writes and then reads sees its write even if the watch event is 
 late. Races between a local apply and a late watch event are settled per path by the znode's
 mzxid (never go backwards) and by a tombstone of a deleted incarnation (its czxid), so a stale
 event can neither resurrect a deleted znode nor roll a document back.
+
+One incarnation has no czxid to bury: a znode this process created and deleted before any
+watch event told us its stat (a transaction's create answers with the path only; a define and
+an undefine 60 ms apart do this). Its late NODE_ADDED cannot be told from a new znode of the
+same path by the event alone, so a delete of such an entry leaves an *unverified* tombstone:
+every later event for the path is checked against ZooKeeper itself (an async read) and
+applied only if the znode exists there — a ghost is never applied, a real re-create (by anyone)
+is. A delete is therefore final whatever order the events arrive in.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kazoo.client import KazooClient
+from kazoo.exceptions import NoNodeError
 from kazoo.protocol.states import ZnodeStat
 from kazoo.recipe.cache import TreeCache, TreeEvent
 
@@ -51,6 +60,7 @@ class StateCache:
         self._children: dict[str, set[str]] = {}
         self._sorted: dict[str, list[str]] = {}  # memo of sorted children, dropped on change
         self._tombstones: dict[str, int] = {}
+        self._unverified: set[str] = set()  # deleted here before we learned their czxid
         self._listeners: list[Listener] = []
         self._ready = threading.Event()
         self._tree: TreeCache | None = None
@@ -103,6 +113,7 @@ class StateCache:
             if path in self._entries:
                 return  # the watch was faster and carries the exact stat
             self._tombstones.pop(path, None)
+            self._unverified.discard(path)
             self._store(path, Entry(doc, 0, None, None, ephemeral_owner))
         self._notify(path)
 
@@ -128,6 +139,9 @@ class StateCache:
         with self._lock:
             if self._tombstones.get(path) == czxid:
                 return  # a late event of an incarnation we already saw deleted
+            if path in self._unverified:
+                self._verify(path)  # maybe the ghost of a create we deleted: ask ZooKeeper
+                return
             current = self._entries.get(path)
             if current is not None and current.mzxid is not None and current.mzxid > mzxid:
                 return  # never roll a document back
@@ -151,6 +165,8 @@ class StateCache:
                 return
             if entry.czxid is not None:
                 self._tombstones[path] = entry.czxid
+            else:
+                self._unverified.add(path)
             parent, name = path.rsplit("/", 1)
             self._children.get(parent or "/", set()).discard(name)
             self._sorted.pop(parent or "/", None)
@@ -160,6 +176,26 @@ class StateCache:
             for child in list(self._children.pop(path, ())):
                 self._entries.pop(f"{path}/{child}", None)
         self._notify(path)
+
+    def _verify(self, path: str) -> None:
+        """Apply `path` as ZooKeeper has it now, if it exists there (see the module docstring)."""
+
+        def done(result: Any) -> None:
+            try:
+                raw, stat = result.get()
+            except NoNodeError:
+                return  # the ghost of a deleted create: nothing to apply
+            except Exception as exc:  # connection trouble: the next event or resync retries
+                log.warning("event=cache-verify-failed path=%s error=%r", path, exc)
+                return
+            with self._lock:
+                if path not in self._unverified:
+                    return  # settled meanwhile (our own create, or an earlier verify)
+                self._unverified.discard(path)
+            self._apply(path, decode(raw), stat.version, stat.mzxid, stat.czxid,
+                        stat.ephemeralOwner)
+
+        self._client.get_async(path).rawlink(done)
 
     def _notify(self, path: str) -> None:
         for listener in self._listeners:

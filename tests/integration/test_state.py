@@ -132,3 +132,51 @@ def test_cache_listener_gets_paths(state) -> None:  # type: ignore[no-untyped-de
     cache.subscribe(seen.append)
     store.commit([Op.create(paths.node("l"), {})])
     assert wait_for(lambda: paths.node("l") in seen)
+
+
+def _event(kind: str, path: str, zk: KazooClient | None = None) -> object:
+    """A TreeCache event as kazoo delivers it; ADDED/UPDATED carry what `path` holds now."""
+    from kazoo.recipe.cache import NodeData, TreeEvent
+
+    if zk is None:
+        return TreeEvent.make(getattr(TreeEvent, kind), NodeData.make(path, b"", None))
+    raw, stat = zk.get(path)
+    return TreeEvent.make(getattr(TreeEvent, kind), NodeData.make(path, raw, stat))
+
+
+@pytest.mark.parametrize("order", [
+    "create delete ADDED",  # the ghost VM of issue 12: the create's event after our delete
+    "create delete REMOVED ADDED",
+    "create ADDED delete UPDATED REMOVED",
+    "create delete ADDED REMOVED ADDED",
+])
+def test_a_delete_is_final_whatever_order_the_events_arrive_in(
+        zk: KazooClient, zk_root: str, order: str) -> None:
+    """Replays watch events in the given order against a cache fed by nothing else (no
+    TreeCache): `create`/`delete` are this process's own committed writes."""
+    paths = Paths(zk_root)
+    ensure_schema(zk, paths)
+    cache = StateCache(zk, zk_root)  # not started: the only events are the replayed ones
+    store = Store(zk, cache)
+    vm, marker = paths.vm("ghost"), paths.vm("marker")
+    events = {}
+    for step in order.split():
+        if step == "create":
+            store.commit([Op.create(vm, {"name": "ghost"})])
+            events = {kind: _event(kind, vm, zk) for kind in ("NODE_ADDED", "NODE_UPDATED")}
+        elif step == "delete":
+            store.commit([Op.delete(vm)])
+            assert not cache.exists(vm)
+        else:
+            cache._on_tree_event(events.get(f"NODE_{step}") or _event(f"NODE_{step}", vm))
+    # checks against ZooKeeper are answered in order: once a later one is in, ours are too
+    zk.create(marker, encode({}))
+    getattr(cache, "_unverified", set()).add(marker)  # (checked too: queued behind ours)
+    cache._on_tree_event(_event("NODE_ADDED", marker, zk))
+    assert wait_for(lambda: cache.exists(marker))
+    assert not cache.exists(vm), order
+    assert cache.children(paths.vms) == ["marker"]
+    # a real create of the same path, by anyone, later is seen
+    zk.create(vm, encode({"name": "new"}))
+    cache._on_tree_event(_event("NODE_ADDED", vm, zk))
+    assert wait_for(lambda: cache.get(vm) == {"name": "new"})
