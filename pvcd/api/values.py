@@ -1,5 +1,5 @@
-"""Request values: declared once per handler method, checked before it runs, documented from
-the same declaration.
+"""Request values: declared once per handler method, checked all together before the method
+uses any, documented from the same declaration.
 
 Where values come from (the manual's rule): the query string, a form body or a JSON object body,
 on any method (`RawValues.from_request`). A handler method names what it reads with `accepts`;
