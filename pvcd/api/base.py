@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import tornado.web
 
 from pvcd.api.auth import SESSION_COOKIE, Tokens, session_expired
-from pvcd.api.values import Values
+from pvcd.api.values import RawValues, Values, declared
 from pvcd.domain.errors import BackendError, Conflict, PvcError
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
@@ -55,7 +55,6 @@ class BaseHandler(tornado.web.RequestHandler):
     """Values, authentication and error rendering for every API endpoint."""
 
     ctx: ApiContext
-    values: Values
     public = False  # True for /api/v1 and the auth endpoints
 
     def initialize(self, ctx: ApiContext,  # type: ignore[override]
@@ -67,8 +66,9 @@ class BaseHandler(tornado.web.RequestHandler):
         self.ctx.in_flight += 1
         self._counted = True
         req = self.request
-        self.values = Values.from_request(req.query_arguments, req.body_arguments,
-                                          req.headers.get("Content-Type", ""), req.body)
+        self._raw_values = RawValues.from_request(req.query_arguments, req.body_arguments,
+                                                  req.headers.get("Content-Type", ""), req.body)
+        self._values: Values | None = None
         if not self.public and self.ctx.auth_enabled and not self.authenticated():
             raise Unauthorized()
         # a method the endpoint does not have is 405 before any handler-specific check runs
@@ -76,6 +76,16 @@ class BaseHandler(tornado.web.RequestHandler):
         allowed = self.allowed_methods()
         if allowed and req.method not in allowed:
             raise tornado.web.HTTPError(405)
+
+    @property
+    def values(self) -> Values:
+        """The values this method declares (`pvcd.api.values.accepts`), all parsed and checked
+        on first use: a handler's own checks that come first (the object exists, the endpoint
+        is configured) keep their answer."""
+        if self._values is None:
+            method = getattr(self, (self.request.method or "").lower(), None)
+            self._values = self._raw_values.parse(declared(method))
+        return self._values
 
     def on_finish(self) -> None:
         if getattr(self, "_counted", False):
@@ -91,7 +101,7 @@ class BaseHandler(tornado.web.RequestHandler):
     def authenticated(self) -> bool:
         if self.session_id() is not None:
             return True
-        token = self.request.headers.get("X-Api-Key") or self.values.get("token")
+        token = self.request.headers.get("X-Api-Key") or self._raw_values.get("token")
         return self.ctx.tokens.valid(token)
 
     def session_id(self) -> str | None:

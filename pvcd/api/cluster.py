@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pvcd.api.base import BaseHandler
 from pvcd.api.routing import route
+from pvcd.api.values import accepts, value
 from pvcd.domain.errors import InvalidValue
 from pvcd.state.store import Op
 
@@ -11,16 +12,25 @@ _ON = ("on", "true", "yes", "1")
 _OFF = ("off", "false", "no", "0")
 
 
+def parse_maintenance(raw: str) -> bool:
+    word = raw.strip().lower()
+    if word not in _ON + _OFF:
+        raise InvalidValue(f"invalid state '{word}'; valid values are: on, off")
+    return word in _ON
+
+
+STATE = value("state", "on or off (also true/false, yes/no, 1/0).", parse_maintenance,
+              required=True)
+
+
 class MaintenanceHandler(BaseHandler):
     def get(self) -> None:
         doc = self.ctx.view.cache.get(self.ctx.view.paths.maintenance) or {}
         self.reply({"maintenance": bool(doc.get("enabled", False)), "since": doc.get("since")})
 
+    @accepts(STATE)
     async def post(self) -> None:
-        value = self.values.require("state").strip().lower()
-        if value not in _ON + _OFF:
-            raise InvalidValue(f"invalid state '{value}'; valid values are: on, off")
-        enabled = value in _ON
+        enabled = self.values[STATE]
         view = self.ctx.view
         entry = view.cache.entry(view.paths.maintenance)
         doc = {"enabled": enabled, "since": self.ctx.clock() if enabled else None}

@@ -5,10 +5,12 @@ from __future__ import annotations
 from pvcd.api.auth import LOGIN_FORM, SESSION_COOKIE, SESSION_LIFETIME, new_session_id, token_digest
 from pvcd.api.base import BaseHandler
 from pvcd.api.routing import route
+from pvcd.api.values import accepts, text
 from pvcd.domain.records import ApiSession
 from pvcd.state.store import Op
 
 AUTH_DISABLED = "Authentication is disabled"
+TOKEN = text("token", "An API token.", required=True)
 
 
 class RootHandler(BaseHandler):
@@ -27,10 +29,11 @@ class LoginHandler(BaseHandler):
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.finish(LOGIN_FORM)
 
+    @accepts(TOKEN)
     async def post(self) -> None:
         if not self.ctx.auth_enabled:
             return self.message(AUTH_DISABLED)
-        token = self.values.require("token")
+        token = self.values[TOKEN]
         if not self.ctx.tokens.valid(token):
             return self.message("Authentication failed: invalid token", 401)
         sid = new_session_id()

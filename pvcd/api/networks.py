@@ -18,6 +18,7 @@ from typing import Any
 
 from pvcd.api.base import BaseHandler
 from pvcd.api.routing import route
+from pvcd.api.values import Value, accepts, choice, flag, integer, limit, text, value
 from pvcd.domain.errors import Conflict, InvalidValue, NotFound
 from pvcd.domain.records import AclSpec, NetworkSpec, StaticLeaseSpec
 from pvcd.domain.states import ACL_DIRECTIONS, NETWORK_TYPES
@@ -28,9 +29,6 @@ from pvcd.state.view import ClusterView
 
 VNI_RANGES = {"managed": (1, 2**24 - 1), "bridged": (1, 4094)}  # VXLAN ids, vLAN ids
 NAME_RE = re.compile(r"^[A-Za-z0-9_.:@+-]{1,64}$")  # descriptions: also znode names
-# values of POST/PUT that configure addresses (ignored for bridged networks)
-ADDRESS_VALUES = ("domain", "ip4_network", "ip4_gateway", "ip6_network", "ip6_gateway",
-                  "dhcp4", "dhcp4_start", "dhcp4_end")
 
 
 # --- validation ----------------------------------------------------------------------------
@@ -207,16 +205,39 @@ class NetworkBaseHandler(BaseHandler):
             raise NotFound(f"Network '{name}' not found")
         return spec
 
-    def optional(self, name: str) -> str | None:
-        """A value if given and not empty (an empty value clears it in PUT)."""
-        value = self.values.get(name)
-        return None if value is None or value.strip() == "" else value.strip()
+
+def _address(name: str, help: str) -> Value[str | None]:
+    """A value that configures addresses: stripped; empty clears it (in PUT)."""
+    return value(name, help, str.strip)
+
+
+# the values of POST and PUT that configure addresses (ignored for bridged networks), named as
+# the fields of NetworkSpec
+DOMAIN = _address("domain", "DNS domain of the network's hosts.")
+IP4_NETWORK = _address("ip4_network", "IPv4 network in CIDR form, e.g. 10.100.0.0/24.")
+IP4_GATEWAY = _address("ip4_gateway", "The primary's gateway address inside ip4_network "
+                       "(required with it).")
+IP6_NETWORK = _address("ip6_network", "IPv6 network in CIDR form, e.g. fd00:100::/64.")
+IP6_GATEWAY = _address("ip6_gateway", "The gateway inside ip6_network (default: "
+                       "<ip6_network>::1).")
+DHCP4 = flag("dhcp4", "Serve DHCPv4 (needs dhcp4_start and dhcp4_end).")
+ADDRESS_VALUES: tuple[Value[Any], ...] = (
+    DOMAIN, IP4_NETWORK, IP4_GATEWAY, IP6_NETWORK, IP6_GATEWAY, DHCP4,
+    _address("dhcp4_start", "First address of the DHCPv4 pool."),
+    _address("dhcp4_end", "Last address of the DHCPv4 pool."))
+NETWORK_LIMIT = limit("descriptions (and VNIs)")
+VNI = value("vni", "VXLAN id (managed, 1-16777215) or vLAN id (bridged, 1-4094).", str,
+            required=True, schema={"type": "integer", "minimum": 1, "maximum": 2**24 - 1})
+DESCRIPTION = text("description", "A whitespace-free name, not a number.", required=True)
+NETTYPE = choice("nettype", NETWORK_TYPES, "managed (VXLAN, with gateway/DHCP) or bridged "
+                 "(vLAN; every other value is ignored).", required=True)
 
 
 class NetworkListHandler(NetworkBaseHandler):
+    @accepts(NETWORK_LIMIT)
     def get(self) -> None:
         view = self.ctx.view
-        limit = self.values.limit()
+        limit = self.values[NETWORK_LIMIT]
         result = []
         for vni in view.network_vnis():
             spec = view.network(vni)
@@ -225,24 +246,19 @@ class NetworkListHandler(NetworkBaseHandler):
                 result.append(network_object(spec))
         self.reply(result)
 
+    @accepts(VNI, DESCRIPTION, NETTYPE, *ADDRESS_VALUES)
     async def post(self) -> None:
         view = self.ctx.view
-        nettype = self.values.choice("nettype", NETWORK_TYPES)
-        assert nettype is not None
-        vni = parse_vni(self.values.require("vni"), nettype)
-        description = check_description(self.values.require("description"))
+        nettype = self.values[NETTYPE]
+        vni = parse_vni(self.values[VNI], nettype)
+        description = check_description(self.values[DESCRIPTION])
         if view.network(vni) is not None:
             raise InvalidValue(f"a network with vni {vni} already exists")
         if view.resolve_network(description) is not None:
             raise InvalidValue(f"a network with description '{description}' already exists")
         spec = check_network(NetworkSpec(
             vni=vni, description=description, type=nettype,
-            domain=self.optional("domain"),
-            ip4_network=self.optional("ip4_network"), ip4_gateway=self.optional("ip4_gateway"),
-            dhcp4=self.values.flag("dhcp4"),
-            dhcp4_start=self.optional("dhcp4_start"), dhcp4_end=self.optional("dhcp4_end"),
-            ip6_network=self.optional("ip6_network"), ip6_gateway=self.optional("ip6_gateway"),
-        ))
+            **{address.name: self.values[address] for address in ADDRESS_VALUES}))
         paths = view.paths
         ops = [Op.create(paths.network(vni), spec.to_doc())]
         ops += [Op.create(path, {}) for path in paths.network_containers(vni)]
@@ -255,18 +271,15 @@ class NetworkHandler(NetworkBaseHandler):
     def get(self, name: str) -> None:
         self.reply([network_object(self.network(name))])
 
+    @accepts(*ADDRESS_VALUES)
     async def put(self, name: str) -> None:
         view = self.ctx.view
         spec = self.network(name)
         changed = dataclasses.replace(spec)
-        for value in ADDRESS_VALUES:
-            if value not in self.values:
-                continue
-            if value == "dhcp4":
-                changed.dhcp4 = self.values.flag("dhcp4")
-            else:
-                setattr(changed, value, self.optional(value))
-        if "ip6_network" in self.values and "ip6_gateway" not in self.values:
+        for address in ADDRESS_VALUES:
+            if self.values.given(address):
+                setattr(changed, address.name, self.values[address])
+        if self.values.given(IP6_NETWORK) and not self.values.given(IP6_GATEWAY):
             changed.ip6_gateway = None  # a new ip6 network gets the default gateway
         changed = check_network(changed)
         if changed.ip4_network is not None:
@@ -298,18 +311,27 @@ class NetworkHandler(NetworkBaseHandler):
         self.message(f"Network '{spec.description}' (vni {spec.vni}) removed")
 
 
+LEASE_LIMIT = limit("MAC addresses")
+STATIC = flag("static", "Only static leases.")
+MACADDRESS = text("macaddress", "The MAC address.", required=True)
+IPADDRESS = text("ipaddress", "An address in the network's ip4_network.", required=True)
+HOSTNAME = value("hostname", "A host name for the lease.", str.strip)
+
+
 class LeaseListHandler(NetworkBaseHandler):
+    @accepts(LEASE_LIMIT, STATIC)
     def get(self, name: str) -> None:
         spec = self.network(name)
-        limit = self.values.limit()
-        leases = lease_objects(self.ctx.view, spec.vni, self.values.flag("static"))
+        limit = self.values[LEASE_LIMIT]
+        leases = lease_objects(self.ctx.view, spec.vni, self.values[STATIC])
         self.reply([le for le in leases if limit is None or limit.search(le["mac_address"])])
 
+    @accepts(MACADDRESS, IPADDRESS, HOSTNAME)
     async def post(self, name: str) -> None:
         view = self.ctx.view
         spec = self.network(name)
-        lease = check_static_lease(spec, self.values.require("macaddress"),
-                                   self.values.require("ipaddress"), self.optional("hostname"),
+        lease = check_static_lease(spec, self.values[MACADDRESS],
+                                   self.values[IPADDRESS], self.values[HOSTNAME],
                                    view.static_leases(spec.vni))
         await self.commit([Op.create(view.paths.network_static_lease(spec.vni, lease.mac),
                                      lease.to_doc())])
@@ -346,11 +368,20 @@ class LeaseHandler(NetworkBaseHandler):
                      f"'{spec.description}'")
 
 
+ACL_LIMIT = limit("ACL descriptions")
+DIRECTION_FILTER = choice("direction", ACL_DIRECTIONS, "Only this direction.")
+ACL_DESCRIPTION = text("description", "A whitespace-free name.", required=True)
+DIRECTION = choice("direction", ACL_DIRECTIONS, "in (into the network) or out.", required=True)
+RULE = text("rule", "An nftables rule.", required=True)
+ORDER = integer("order", "Position in the chain, from 0 (default: the end).", minimum=0)
+
+
 class AclListHandler(NetworkBaseHandler):
+    @accepts(ACL_LIMIT, DIRECTION_FILTER)
     def get(self, name: str) -> None:
         spec = self.network(name)
-        limit = self.values.limit()
-        direction = self.values.choice("direction", ACL_DIRECTIONS, required=False)
+        limit = self.values[ACL_LIMIT]
+        direction = self.values[DIRECTION_FILTER]
         result = []
         for each in ACL_DIRECTIONS:
             if direction is not None and each != direction:
@@ -359,31 +390,30 @@ class AclListHandler(NetworkBaseHandler):
                        if limit is None or limit.search(acl.description)]
         self.reply(result)
 
+    @accepts(ACL_DESCRIPTION, DIRECTION, RULE, ORDER)
     async def post(self, name: str) -> None:
         view = self.ctx.view
         spec = self.network(name)
         if spec.type != "managed":
             raise InvalidValue(f"network {spec.vni} is bridged: ACLs apply to managed networks")
-        description = check_name(self.values.require("description"), "description")
-        direction = self.values.choice("direction", ACL_DIRECTIONS)
-        assert direction is not None
-        text = self.values.require("rule")
-        order_value = self.optional("order")
-        if order_value is not None and not (order_value.isascii() and order_value.isdigit()):
-            raise InvalidValue(f"order '{order_value}' is invalid: a position from 0 "
-                               "(first) upwards")
+        description = check_name(self.values[ACL_DESCRIPTION], "description")
+        direction = self.values[DIRECTION]
+        rule = self.values[RULE]
+        order = self.values[ORDER]
         existing = view.acls(spec.vni, direction)
         if any(acl.description == description for acl in existing):
             raise InvalidValue(f"an ACL '{description}' already exists in direction "
                                f"{direction} of network '{spec.description}'")
-        body = await asyncio.to_thread(validate_rule, text)  # a throw-away namespace, ≈ 10 ms
-        position = len(existing) if order_value is None else min(int(order_value),
-                                                                 len(existing))
-        new = AclSpec(description, direction, position, text.strip(), body)
+        body = await asyncio.to_thread(validate_rule, rule)  # a throw-away namespace, ≈ 10 ms
+        position = len(existing) if order is None else min(order, len(existing))
+        new = AclSpec(description, direction, position, rule.strip(), body)
         chain = [*existing[:position], new, *existing[position:]]
         await self.commit(_renumber_ops(view, spec.vni, direction, chain, new))
         self.message(f"ACL '{description}' added to network '{spec.description}' "
                      f"({direction}, position {position})")
+
+
+ACL_DIRECTION = choice("direction", ACL_DIRECTIONS, "The ACL's direction.", required=True)
 
 
 class AclHandler(NetworkBaseHandler):
@@ -394,11 +424,11 @@ class AclHandler(NetworkBaseHandler):
                  if acl.description == description]
         self.reply(found if found else {})  # the manual: an unknown ACL is an empty document
 
+    @accepts(ACL_DIRECTION)
     async def delete(self, name: str, description: str) -> None:
         view = self.ctx.view
         spec = self.network(name)
-        direction = self.values.choice("direction", ACL_DIRECTIONS)
-        assert direction is not None
+        direction = self.values[ACL_DIRECTION]
         existing = view.acls(spec.vni, direction)
         if not any(acl.description == description for acl in existing):
             raise NotFound(f"ACL '{description}' not found in direction {direction} of network "

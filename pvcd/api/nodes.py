@@ -11,6 +11,7 @@ from typing import Any
 from pvcd.api.base import BaseHandler
 from pvcd.api.render import FragmentRenderer
 from pvcd.api.routing import route
+from pvcd.api.values import accepts, choice, limit
 from pvcd.domain.errors import InvalidValue, NotFound
 from pvcd.domain.records import Handover
 from pvcd.domain.states import COORDINATOR_STATE_REQUESTS, DOMAIN_STATE_REQUESTS
@@ -79,13 +80,17 @@ class NodeBaseHandler(BaseHandler):
         return obj
 
 
+NODE_LIMIT = limit("node names")
+
+
 class NodeListHandler(BaseHandler):
+    @accepts(NODE_LIMIT)
     def get(self) -> None:
         view = self.ctx.view
         renderer = self.ctx.extras.get("node_renderer")
         if renderer is None:
             renderer = self.ctx.extras["node_renderer"] = node_renderer(view)
-        limit = self.values.limit()
+        limit = self.values[NODE_LIMIT]
         names = [n for n in view.node_names() if limit is None or limit.search(n)]
         self.reply_json(renderer.render(names))
 
@@ -100,13 +105,18 @@ class NodeDaemonStateHandler(NodeBaseHandler):
         self.reply({"name": name, "daemon_state": self.node(name)["daemon_state"]})
 
 
+COORDINATOR_STATE = choice("coordinator-state", COORDINATOR_STATE_REQUESTS, "The wanted state.",
+                           required=True)
+
+
 class NodeCoordinatorStateHandler(NodeBaseHandler):
     def get(self, name: str) -> None:
         self.reply({"name": name, "coordinator_state": self.node(name)["coordinator_state"]})
 
+    @accepts(COORDINATOR_STATE)
     async def post(self, name: str) -> None:
         node = self.node(name)
-        wanted = self.values.choice("coordinator-state", COORDINATOR_STATE_REQUESTS)
+        wanted = self.values[COORDINATOR_STATE]
         view = self.ctx.view
         if not node["coordinator"]:
             raise InvalidValue(f"Node '{name}' is not a coordinator; only coordinators can "
@@ -134,13 +144,17 @@ class NodeCoordinatorStateHandler(NodeBaseHandler):
         self.message(f"Setting node '{name}' to {wanted}; the primary role is being handed over")
 
 
+DOMAIN_STATE = choice("domain-state", DOMAIN_STATE_REQUESTS, "The wanted state.", required=True)
+
+
 class NodeDomainStateHandler(NodeBaseHandler):
     def get(self, name: str) -> None:
         self.reply({"name": name, "domain_state": self.node(name)["domain_state"]})
 
+    @accepts(DOMAIN_STATE)
     async def post(self, name: str) -> None:
         node = self.node(name)
-        wanted = self.values.choice("domain-state", DOMAIN_STATE_REQUESTS)
+        wanted = self.values[DOMAIN_STATE]
         view = self.ctx.view
         entry = view.node_spec_entry(name)
         assert entry is not None  # node() found it

@@ -20,6 +20,7 @@ from typing import Any
 
 from pvcd.api.base import ApiContext, BaseHandler
 from pvcd.api.routing import route
+from pvcd.api.values import accepts, choice, flag, limit, text, value
 from pvcd.controllers.storage_backend import check_device, check_weight
 from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound, PvcError
 from pvcd.domain.records import StorageRequest, from_dict
@@ -38,6 +39,7 @@ from pvcd.state.store import Op
 from pvcd.state.view import ClusterView
 
 DANGER_FLAG = "yes_i_really_mean_it"
+DANGER = flag(DANGER_FLAG, "Confirms a dangerous removal; without it the request is refused.")
 _ERRORS: dict[str, type[PvcError]] = {"InvalidValue": InvalidValue, "NotFound": NotFound,
                                       "Conflict": Conflict}
 
@@ -177,7 +179,7 @@ class StorageHandler(BaseHandler):
         return self.ctx.view
 
     def require_danger_flag(self, what: str) -> None:
-        if not self.values.flag(DANGER_FLAG):
+        if not self.values[DANGER]:
             raise InvalidValue(f"{what} is dangerous and was refused: add the value "
                                f"'{DANGER_FLAG}' to confirm it; nothing was changed")
 
@@ -228,25 +230,41 @@ class CephDfHandler(CephStatusHandler):
     path_name = "storage_df"
 
 
+OPTION_ACTION = choice("action", ("set", "unset"), "set or unset.", required=True)
+OPTION = value("option", "The OSD flag, e.g. noout.", check_osd_flag, required=True)
+
+
 class ClusterOptionHandler(StorageHandler):
+    @accepts(OPTION_ACTION, OPTION)
     async def post(self) -> None:
-        action = self.values.choice("action", ("set", "unset"))
-        option = check_osd_flag(self.values.require("option"))
+        action = self.values[OPTION_ACTION]
+        option = self.values[OPTION]
         request = await run_request(self, "cluster-option", {"action": action, "option": option})
         self.message(request.message)
 
 
+OSD_LIMIT = limit("OSD ids")
+OSD_NODE = text("node", "The node with the disk.", required=True)
+DEVICE = value("device", "A block device, e.g. /dev/sdb (memstore in a lab).", check_device,
+               required=True)
+WEIGHT = value("weight", "The CRUSH weight, e.g. 1.0.", check_weight, required=True,
+               schema={"type": "number", "exclusiveMinimum": True, "minimum": 0,
+                       "maximum": 1000})
+
+
 class OsdListHandler(StorageHandler):
+    @accepts(OSD_LIMIT)
     def get(self) -> None:
-        limit = self.values.limit()
+        limit = self.values[OSD_LIMIT]
         objects = [osd_object(doc) for name, doc in _docs(self.view, self.view.paths.storage_osds)
                    if limit is None or limit.search(name)]
         self.reply(sorted(objects, key=lambda o: int(o["id"])))
 
+    @accepts(OSD_NODE, DEVICE, WEIGHT)
     async def post(self) -> None:
-        node = self.values.require("node")
-        device = check_device(self.values.require("device"))
-        weight = check_weight(self.values.require("weight"))
+        node = self.values[OSD_NODE]
+        device = self.values[DEVICE]
+        weight = self.values[WEIGHT]
         if self.view.node_spec_entry(node) is None:
             raise NotFound(f"Node '{node}' not found")
         if not self.view.node_alive(node):
@@ -260,6 +278,7 @@ class OsdHandler(StorageHandler):
     def get(self, osd: str) -> None:
         self.reply([osd_object(self.osd(osd))])
 
+    @accepts(DANGER)
     async def delete(self, osd: str) -> None:
         doc = self.osd(osd)
         self.require_danger_flag(f"removing OSD {osd}")
@@ -274,29 +293,41 @@ class OsdHandler(StorageHandler):
         self.message(request.message)
 
 
+OSD_STATE = choice("state", ("in", "out"), "in or out.", required=True)
+
+
 class OsdStateHandler(StorageHandler):
     def get(self, osd: str) -> None:
         doc = self.osd(osd)
         stats = doc.get("stats") or {}
         self.reply({"id": doc.get("id"), "in": stats.get("in"), "up": stats.get("up")})
 
+    @accepts(OSD_STATE)
     async def post(self, osd: str) -> None:
         doc = self.osd(osd)
-        state = self.values.choice("state", ("in", "out"))
+        state = self.values[OSD_STATE]
         request = await run_request(self, "osd-state", {"osd": int(doc["id"]), "state": state})
         self.message(request.message)
 
 
+POOL_LIMIT = limit("pool names")
+NEW_POOL = value("pool", "The pool name.", check_pool_name, required=True)
+PGS = value("pgs", "Placement groups: a power of two, 1 to 32768.", check_pgs, required=True,
+            schema={"type": "integer", "minimum": 1, "maximum": 32768})
+
+
 class PoolListHandler(StorageHandler):
+    @accepts(POOL_LIMIT)
     def get(self) -> None:
-        limit = self.values.limit()
+        limit = self.values[POOL_LIMIT]
         self.reply([pool_object(doc) for name, doc in _docs(self.view,
                                                               self.view.paths.storage_pools)
                     if limit is None or limit.search(name)])
 
+    @accepts(NEW_POOL, PGS)
     async def post(self) -> None:
-        pool = check_pool_name(self.values.require("pool"))
-        pgs = check_pgs(self.values.require("pgs"))
+        pool = self.values[NEW_POOL]
+        pgs = self.values[PGS]
         if self.view.cache.exists(self.view.paths.storage_pool(pool)):
             raise Conflict(f"RBD pool {pool} already exists")
         request = await run_request(self, "pool-add", {"pool": pool, "pgs": pgs})
@@ -307,6 +338,7 @@ class PoolHandler(StorageHandler):
     def get(self, pool: str) -> None:
         self.reply([pool_object(self.pool(pool))])
 
+    @accepts(DANGER)
     async def delete(self, pool: str) -> None:
         self.pool(pool)
         self.require_danger_flag(f"removing RBD pool {pool} (and every volume in it)")
@@ -314,9 +346,18 @@ class PoolHandler(StorageHandler):
         self.message(request.message)
 
 
+POOL_FILTER = text("pool", "Only volumes of this pool.")
+VOLUME_LIMIT = limit("volume names")
+NEW_VOLUME = value("volume", "The volume name.", check_volume_name, required=True)
+VOLUME_POOL = text("pool", "The pool.", required=True)
+SIZE = value("size", "Bytes, or with a K/M/G/T suffix (binary), e.g. 4096M or 20G.", parse_size,
+             required=True)
+
+
 class VolumeListHandler(StorageHandler):
+    @accepts(POOL_FILTER, VOLUME_LIMIT)
     def get(self) -> None:
-        pool, limit = self.values.get("pool"), self.values.limit()
+        pool, limit = self.values[POOL_FILTER], self.values[VOLUME_LIMIT]
         root = self.view.paths.storage_volumes
         pools = [pool] if pool else self.view.cache.children(root)
         objects = []
@@ -326,10 +367,11 @@ class VolumeListHandler(StorageHandler):
                     objects.append(volume_object(doc))
         self.reply(objects)
 
+    @accepts(NEW_VOLUME, VOLUME_POOL, SIZE)
     async def post(self) -> None:
-        volume = check_volume_name(self.values.require("volume"))
-        pool = self.values.require("pool")
-        size = parse_size(self.values.require("size"))
+        volume = self.values[NEW_VOLUME]
+        pool = self.values[VOLUME_POOL]
+        size = self.values[SIZE]
         self.pool(pool)
         if self.view.cache.exists(self.view.paths.storage_volume(pool, volume)):
             raise Conflict(f"RBD volume {pool}/{volume} already exists")
@@ -338,24 +380,29 @@ class VolumeListHandler(StorageHandler):
         self.message(request.message)
 
 
+NEW_NAME = text("name", "A new name.")
+NEW_SIZE = value("size", "A new size (as for POST); shrinking needs allow_shrink.", parse_size)
+ALLOW_SHRINK = flag("allow_shrink", "Allow a size below the current one (destroys data).")
+
+
 class VolumeHandler(StorageHandler):
     def get(self, pool: str, volume: str) -> None:
         self.reply([volume_object(self.volume(pool, volume))])
 
+    @accepts(NEW_NAME, NEW_SIZE, ALLOW_SHRINK)
     async def put(self, pool: str, volume: str) -> None:
         doc = self.volume(pool, volume)
-        name, size_text = self.values.get("name"), self.values.get("size")
-        if not name and not size_text:
+        name, size = self.values[NEW_NAME], self.values[NEW_SIZE]
+        if name is None and size is None:
             raise InvalidValue("give 'name' (to rename the volume) and/or 'size' (to resize it)")
         args: dict[str, Any] = {"pool": pool, "volume": volume}
         if name and name != volume:
             args["name"] = check_volume_name(name)
             if self.view.cache.exists(self.view.paths.storage_volume(pool, name)):
                 raise Conflict(f"RBD volume {pool}/{name} already exists")
-        if size_text:
-            size = parse_size(size_text)
+        if size is not None:
             current = (doc.get("stats") or {}).get("size")
-            allow_shrink = self.values.flag("allow_shrink")
+            allow_shrink = self.values[ALLOW_SHRINK]
             if isinstance(current, int) and size < current and not allow_shrink:
                 raise InvalidValue(f"RBD volume {pool}/{volume} is {current} bytes; shrinking "
                                    f"it to {size} bytes would destroy the data beyond that size "
@@ -375,10 +422,19 @@ class VolumeHandler(StorageHandler):
         self.message(request.message)
 
 
+SNAPSHOT_POOL_FILTER = text("pool", "Only snapshots in this pool.")
+SNAPSHOT_VOLUME_FILTER = text("volume", "Only snapshots of volumes with this name.")
+SNAPSHOT_LIMIT = limit("snapshot names")
+NEW_SNAPSHOT = value("snapshot", "The snapshot name.", check_snapshot_name, required=True)
+SNAPSHOT_VOLUME = text("volume", "The volume.", required=True)
+SNAPSHOT_POOL = text("pool", "The volume's pool.", required=True)
+
+
 class SnapshotListHandler(StorageHandler):
+    @accepts(SNAPSHOT_POOL_FILTER, SNAPSHOT_VOLUME_FILTER, SNAPSHOT_LIMIT)
     def get(self) -> None:
-        pool, volume, limit = self.values.get("pool"), self.values.get("volume"), \
-            self.values.limit()
+        pool, volume, limit = self.values[SNAPSHOT_POOL_FILTER], \
+            self.values[SNAPSHOT_VOLUME_FILTER], self.values[SNAPSHOT_LIMIT]
         root = self.view.paths.storage_snapshots
         cache = self.view.cache
         objects = []
@@ -390,9 +446,10 @@ class SnapshotListHandler(StorageHandler):
                         objects.append(snapshot_object(doc))
         self.reply(objects)
 
+    @accepts(NEW_SNAPSHOT, SNAPSHOT_VOLUME, SNAPSHOT_POOL)
     async def post(self) -> None:
-        snapshot = check_snapshot_name(self.values.require("snapshot"))
-        volume, pool = self.values.require("volume"), self.values.require("pool")
+        snapshot = self.values[NEW_SNAPSHOT]
+        volume, pool = self.values[SNAPSHOT_VOLUME], self.values[SNAPSHOT_POOL]
         self.volume(pool, volume)
         if self.view.cache.exists(self.view.paths.storage_snapshot(pool, volume, snapshot)):
             raise Conflict(f"RBD snapshot {pool}/{volume}@{snapshot} already exists")

@@ -1,29 +1,245 @@
-"""Request values: query string, form body or JSON body, on any method (the manual's rule).
+"""Request values: declared once per handler method, checked all together before the method
+uses any, documented from the same declaration.
 
-Flags are set by their presence; an explicit false/0/no/off unsets them. `limit` is a regular
-expression searched anywhere in a name (anchors `^`/`$` work as usual).
+Where values come from (the manual's rule): the query string, a form body or a JSON object body,
+on any method (`RawValues.from_request`). A handler method names what it reads with `accepts`;
+`BaseHandler.values` parses exactly those, all at once on first use (`RawValues.parse`), so a
+missing mandatory value or a bad one answers 510 naming the value and what is allowed before the
+method acts on any of them, and the method reads typed values:
+
+    STATE = choice("state", VM_STATE_REQUESTS, "The wanted state.", required=True)
+
+    class VmStateHandler(BaseHandler):
+        @accepts(STATE)
+        async def post(self, vm: str) -> None:
+            wanted = self.values[STATE]  # a str from VM_STATE_REQUESTS
+
+The OpenAPI document (`pvcd.api.openapi`) is built from the same declarations, so the two cannot
+drift; reading a value the method did not declare is a bug (`UndeclaredValue`, a 500), found by
+the first test that runs the method.
+
+Rules every value follows: a text that is empty or only whitespace counts as not given (a
+mandatory value is then missing; an optional one has its default, usually None); a flag is set by
+its presence, with any text or none, and an explicit false/0/no/off unsets it; `limit` is a
+regular expression searched anywhere in a name (anchors `^`/`$` work as usual).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar, cast, overload
 
 from pvcd.domain.errors import InvalidValue
 
-_FALSE = {"false", "0", "no", "off"}
+T = TypeVar("T")
+Method = TypeVar("Method", bound=Callable[..., Any])
 
+_FALSE = {"false", "0", "no", "off"}
+_INTEGER = re.compile(r"-?[0-9]+")  # ASCII digits only: '²'.isdigit() is true
+_DECLARED = "_pvc_values"  # the attribute `accepts` sets on a handler method
+
+
+class UndeclaredValue(Exception):
+    """A handler read a value its method does not declare: a bug (500), not a bad request."""
+
+
+@dataclass(frozen=True, eq=False)
+class Value(Generic[T]):
+    """One request value: its name, its help and JSON schema (for the OpenAPI document), and
+    how its text becomes the typed value the handler reads (`parse` raises InvalidValue with a
+    message naming the value and what is allowed)."""
+
+    name: str
+    help: str
+    schema: Mapping[str, Any]
+    parse: Callable[[str], T]
+    required: bool = False
+    default: T | None = None
+    flag: bool = False  # set by presence: an empty text counts as given
+
+    def read(self, raw: str | None) -> T:
+        if raw is None or (not self.flag and raw.strip() == ""):
+            if self.required:
+                raise InvalidValue(f"missing mandatory value '{self.name}'")
+            return cast(T, self.default)
+        return self.parse(raw)
+
+    def document(self) -> dict[str, Any]:
+        """The value's JSON schema with its help, as the OpenAPI document gives it."""
+        schema = dict(self.schema)
+        if self.default is not None and not self.flag:
+            schema["default"] = self.default
+        return {**schema, "description": self.help}
+
+
+# --- declaring values ------------------------------------------------------------------------
+
+@overload
+def value(name: str, help: str, parse: Callable[[str], T], *, required: Literal[True],
+          schema: Mapping[str, Any] | None = None) -> Value[T]: ...
+
+
+@overload
+def value(name: str, help: str, parse: Callable[[str], T], *, required: Literal[False] = False,
+          schema: Mapping[str, Any] | None = None, default: T | None = None
+          ) -> Value[T | None]: ...
+
+
+def value(name: str, help: str, parse: Callable[[str], Any], *, required: bool = False,
+          schema: Mapping[str, Any] | None = None, default: Any = None) -> Value[Any]:
+    """A value with its own parser, e.g. `value("size", "...", parse_size, required=True)`;
+    the schema (default: a string) says in the document what the parser accepts."""
+    return Value(name, help, schema or {"type": "string"}, parse, required, default)
+
+
+@overload
+def text(name: str, help: str, *, required: Literal[True], **schema: Any) -> Value[str]: ...
+
+
+@overload
+def text(name: str, help: str, *, required: Literal[False] = False, **schema: Any
+         ) -> Value[str | None]: ...
+
+
+def text(name: str, help: str, *, required: bool = False, **schema: Any) -> Value[Any]:
+    """A text taken as given (e.g. `format="regex"` adds to its schema)."""
+    return Value(name, help, {"type": "string", **schema}, str, required)
+
+
+@overload
+def choice(name: str, allowed: Iterable[str], help: str, *, required: Literal[True]
+           ) -> Value[str]: ...
+
+
+@overload
+def choice(name: str, allowed: Iterable[str], help: str, *, required: Literal[False] = False
+           ) -> Value[str | None]: ...
+
+
+def choice(name: str, allowed: Iterable[str], help: str, *, required: bool = False
+           ) -> Value[Any]:
+    """One of `allowed`; anything else is refused with the list of valid values."""
+    options = tuple(allowed)
+
+    def parse(raw: str) -> str:
+        if raw not in options:
+            raise InvalidValue(f"invalid {name} '{raw}'; valid values are: {', '.join(options)}")
+        return raw
+
+    return Value(name, help, {"type": "string", "enum": list(options)}, parse, required)
+
+
+@overload
+def integer(name: str, help: str, *, required: Literal[True], minimum: int | None = None,
+            maximum: int | None = None) -> Value[int]: ...
+
+
+@overload
+def integer(name: str, help: str, *, required: Literal[False] = False,
+            minimum: int | None = None, maximum: int | None = None,
+            default: int | None = None) -> Value[int | None]: ...
+
+
+def integer(name: str, help: str, *, required: bool = False, minimum: int | None = None,
+            maximum: int | None = None, default: int | None = None) -> Value[Any]:
+    """A whole number (ASCII digits, optionally a leading minus) within the limits given."""
+    limits = {"minimum": minimum, "maximum": maximum}
+    schema = {"type": "integer", **{k: v for k, v in limits.items() if v is not None}}
+    allowed = "an integer" + (f" from {minimum}" if minimum is not None else "") + \
+        (f" up to {maximum}" if maximum is not None else "")
+
+    def parse(raw: str) -> int:
+        number = int(raw) if _INTEGER.fullmatch(raw) else None
+        if number is None or (minimum is not None and number < minimum) or \
+                (maximum is not None and number > maximum):
+            raise InvalidValue(f"{name} '{raw}' is invalid: {allowed}")
+        return number
+
+    return Value(name, help, schema, parse, required, default)
+
+
+def flag(name: str, help: str) -> Value[bool]:
+    """Set by its presence (any text, or none); an explicit false, 0, no or off unsets it."""
+    return Value(name, help + " A flag: set by its presence (any value, or none); an explicit "
+                 "false, 0, no or off unsets it.", {"type": "boolean"}, _flag, False, False,
+                 flag=True)
+
+
+def limit(what: str = "names") -> Value[re.Pattern[str] | None]:
+    """`limit`: a regular expression searched anywhere in the `what`."""
+    return Value("limit", f"A regular expression searched anywhere in the {what} (anchor it "
+                 "with ^ or $); an invalid expression is a failure (510).",
+                 {"type": "string", "format": "regex"}, compile_limit)
+
+
+def accepts(*values: Value[Any]) -> Callable[[Method], Method]:
+    """Declare the values a handler method reads; see the module docstring."""
+    names = [v.name for v in values]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"values declared twice: {', '.join(twice)}")
+
+    def declare(method: Method) -> Method:
+        setattr(method, _DECLARED, values)
+        return method
+
+    return declare
+
+
+def declared(method: Callable[..., Any] | None) -> tuple[Value[Any], ...]:
+    """The values a handler method declares (none when it has no `accepts`)."""
+    return cast(tuple[Value[Any], ...], getattr(method, _DECLARED, ()))
+
+
+def compile_limit(raw: str, name: str = "limit") -> re.Pattern[str]:
+    try:
+        return re.compile(raw)
+    except re.error as exc:
+        raise InvalidValue(f"{name} '{raw}' is not a valid regular expression: {exc}") from exc
+
+
+def _flag(raw: str) -> bool:
+    return raw.strip().lower() not in _FALSE
+
+
+# --- a request's values ----------------------------------------------------------------------
 
 class Values:
+    """The values one handler method declared, parsed and checked: what the handler reads."""
+
+    def __init__(self, parsed: Mapping[str, tuple[Value[Any], Any]],
+                 given: Iterable[str] = ()) -> None:
+        self._parsed = dict(parsed)
+        self._given = frozenset(given)
+
+    def __getitem__(self, value: Value[T]) -> T:
+        entry = self._parsed.get(value.name)
+        if entry is None or entry[0] is not value:
+            raise UndeclaredValue(f"value '{value.name}' is read but not declared for this "
+                                  "method (pvcd.api.values.accepts)")
+        return cast(T, entry[1])
+
+    def given(self, value: Value[Any]) -> bool:
+        """Whether the request named the value at all (an empty text too: it clears a
+        setting in PUT)."""
+        self[value]  # declared?
+        return value.name in self._given
+
+
+class RawValues:
+    """A request's values as texts, from the query string, a form body or a JSON object body
+    (the last one given wins)."""
+
     def __init__(self, values: Mapping[str, str]) -> None:
         self._values = dict(values)
 
     @classmethod
     def from_request(cls, query: Mapping[str, list[bytes]],
                      body_arguments: Mapping[str, list[bytes]],
-                     content_type: str, body: bytes) -> Values:
+                     content_type: str, body: bytes) -> RawValues:
         merged: dict[str, str] = {}
         for source in (query, body_arguments):
             for name, items in source.items():
@@ -36,54 +252,25 @@ class Values:
                 raise InvalidValue(f"request body is not valid JSON: {exc}") from exc
             if not isinstance(doc, dict):
                 raise InvalidValue("a JSON request body must be an object of values")
-            for name, value in doc.items():
-                if value is not None:  # JSON null: as if the value were not given
-                    merged[str(name)] = _scalar(name, value)
+            for name, item in doc.items():
+                if item is not None:  # JSON null: as if the value were not given
+                    merged[str(name)] = _scalar(name, item)
         return cls(merged)
 
-    def get(self, name: str, default: str | None = None) -> str | None:
-        return self._values.get(name, default)
+    def get(self, name: str) -> str | None:
+        """One value's text, for what is not a handler's value (the API token)."""
+        return self._values.get(name)
 
-    def require(self, name: str) -> str:
-        value = self._values.get(name)
-        if value is None or value == "":
-            raise InvalidValue(f"missing mandatory value '{name}'")
-        return value
-
-    def flag(self, name: str) -> bool:
-        if name not in self._values:
-            return False
-        return self._values[name].strip().lower() not in _FALSE
-
-    def choice(self, name: str, allowed: Iterable[str], required: bool = True) -> str | None:
-        allowed = tuple(allowed)
-        value = self.require(name) if required else self.get(name)
-        if value is None:
-            return None
-        if value not in allowed:
-            raise InvalidValue(f"invalid {name} '{value}'; valid values are: {', '.join(allowed)}")
-        return value
-
-    def limit(self, name: str = "limit") -> re.Pattern[str] | None:
-        value = self.get(name)
-        if value is None or value == "":
-            return None
-        return compile_limit(value, name)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._values
+    def parse(self, declarations: Iterable[Value[Any]]) -> Values:
+        """The declared values, checked in the order declared; InvalidValue on the first that
+        is missing or bad. Values not declared are ignored."""
+        parsed = {v.name: (v, v.read(self._values.get(v.name))) for v in declarations}
+        return Values(parsed, (name for name in parsed if name in self._values))
 
 
-def compile_limit(value: str, name: str = "limit") -> re.Pattern[str]:
-    try:
-        return re.compile(value)
-    except re.error as exc:
-        raise InvalidValue(f"{name} '{value}' is not a valid regular expression: {exc}") from exc
-
-
-def _scalar(name: Any, value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (str, int, float)):
-        return str(value)
+def _scalar(name: Any, item: Any) -> str:
+    if isinstance(item, bool):
+        return "true" if item else "false"
+    if isinstance(item, (str, int, float)):
+        return str(item)
     raise InvalidValue(f"value '{name}' must be a string, number or boolean")

@@ -13,6 +13,7 @@ from pvcd.api.base import BaseHandler
 from pvcd.api.render import FragmentRenderer
 from pvcd.api.routing import route
 from pvcd.api.storage import check_vm_volumes, delete_vm_volumes
+from pvcd.api.values import accepts, choice, flag, limit, text
 from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound
 from pvcd.domain.moves import Move, check_migrate, check_unmigrate, holder, reassign
 from pvcd.domain.placement import choose_node, require_node
@@ -73,6 +74,11 @@ def vm_renderer(view: ClusterView) -> FragmentRenderer:
     return FragmentRenderer(basis, lambda uuid: vm_object(view, uuid))
 
 
+SELECTOR = choice("selector", SELECTORS, "How to choose the node when `node` is not given or not "
+                  "valid: mem (least allocated memory), vcpus (least allocated vCPUs), load "
+                  "(least load), vms (fewest VMs).")
+
+
 class VmBaseHandler(BaseHandler):
     def vm_uuid(self, name_or_uuid: str) -> str:
         uuid = self.ctx.view.resolve_vm(name_or_uuid)
@@ -88,15 +94,23 @@ class VmBaseHandler(BaseHandler):
         return from_dict(VmSpec, entry.doc), entry.version
 
     def selector(self) -> str | None:
-        return self.values.choice("selector", SELECTORS, required=False)
+        return self.values[SELECTOR]
+
+
+VM_LIMIT = limit("VM names")
+NODE_FILTER = text("node", "Only VMs assigned to this node (pvcd addition).")
+STATE_FILTER = choice("state", VM_STATES, "Only VMs in this state (pvcd addition).")
+XML = text("xml", "The libvirt domain XML.", required=True)
+NODE = text("node", "The node to run it on (default: chosen by selector).")
 
 
 class VmListHandler(VmBaseHandler):
+    @accepts(VM_LIMIT, NODE_FILTER, STATE_FILTER)
     def get(self) -> None:
         view = self.ctx.view
-        limit = self.values.limit()
-        node = self.values.get("node")
-        state = self.values.choice("state", VM_STATES, required=False)
+        limit = self.values[VM_LIMIT]
+        node = self.values[NODE_FILTER]
+        state = self.values[STATE_FILTER]
         if node is not None and view.node_spec_entry(node) is None:
             raise NotFound(f"Node '{node}' not found")
         renderer = self.ctx.extras.get("vm_renderer")
@@ -117,15 +131,16 @@ class VmListHandler(VmBaseHandler):
             selected.append(uuid)
         self.reply_json(renderer.render(selected))
 
+    @accepts(XML, NODE, SELECTOR)
     async def post(self) -> None:
         view = self.ctx.view
-        definition = parse_domain_xml(self.values.require("xml"))
+        definition = parse_domain_xml(self.values[XML])
         selector = self.selector()
         if view.resolve_vm(definition.name) is not None:
             raise Conflict(f"A VM named '{definition.name}' already exists")
         if view.cache.exists(view.paths.vm(definition.uuid)):
             raise Conflict(f"A VM with UUID {definition.uuid} already exists")
-        node = choose_node(view.node_loads(), self.values.get("node"), selector,
+        node = choose_node(view.node_loads(), self.values[NODE], selector,
                            memory=definition.memory)
         spec = VmSpec(uuid=definition.uuid, name=definition.name, xml=definition.xml,
                       node=node, memory=definition.memory, vcpu=definition.vcpu,
@@ -137,6 +152,11 @@ class VmListHandler(VmBaseHandler):
         self.message(f"Added VM '{spec.name}' ({spec.uuid}) on node {node}")
 
 
+NEW_XML = text("xml", "The new libvirt domain XML (same UUID).", required=True)
+RESTART = flag("restart", "Restart the VM to apply the change.")
+DELETE_DISKS = flag("delete_disks", "Also remove the VM's RBD volumes.")
+
+
 class VmHandler(VmBaseHandler):
     def get(self, vm: str) -> None:
         obj = vm_object(self.ctx.view, self.vm_uuid(vm))
@@ -144,11 +164,12 @@ class VmHandler(VmBaseHandler):
             raise NotFound(f"VM '{vm}' not found")
         self.reply([obj])
 
+    @accepts(NEW_XML, RESTART)
     async def put(self, vm: str) -> None:
         view = self.ctx.view
         spec, version = self.vm_spec(vm)
-        definition = parse_domain_xml(self.values.require("xml"), default_uuid=spec.uuid)
-        restart = self.values.flag("restart")
+        definition = parse_domain_xml(self.values[NEW_XML], default_uuid=spec.uuid)
+        restart = self.values[RESTART]
         if definition.uuid != spec.uuid:
             raise InvalidValue(f"the XML's UUID {definition.uuid} is not the VM's UUID "
                                f"{spec.uuid}; the UUID of a VM cannot change")
@@ -168,11 +189,12 @@ class VmHandler(VmBaseHandler):
         self.message(f"Modified VM '{spec.name}'" + (" and restarting it" if restart else
                                                      "; restart it to apply the change"))
 
+    @accepts(DELETE_DISKS)
     async def delete(self, vm: str) -> None:
         view = self.ctx.view
         spec, version = self.vm_spec(vm)
         volumes: list[tuple[str, str]] = []
-        if self.values.flag("delete_disks"):
+        if self.values[DELETE_DISKS]:
             volumes = parse_domain_xml(spec.xml, default_uuid=spec.uuid).rbd_volumes()
             if volumes:
                 check_vm_volumes(self.ctx, volumes)  # Ceph configured, every volume known
@@ -191,15 +213,19 @@ class VmHandler(VmBaseHandler):
                      f"node {spec.node}")
 
 
+STATE = choice("state", VM_STATE_REQUESTS, "The wanted state.", required=True)
+
+
 class VmStateHandler(VmBaseHandler):
     def get(self, vm: str) -> None:
         obj = vm_object(self.ctx.view, self.vm_uuid(vm))
         assert obj is not None
         self.reply({"name": obj["name"], "state": obj["state"]})
 
+    @accepts(STATE)
     async def post(self, vm: str) -> None:
         spec, version = self.vm_spec(vm)
-        wanted = self.values.choice("state", VM_STATE_REQUESTS)
+        wanted = self.values[STATE]
         spec.state_request += 1
         spec.resume_on = None  # the operator decides now, not a node's `ready`
         if wanted == "restart":
@@ -211,17 +237,25 @@ class VmStateHandler(VmBaseHandler):
         self.message(f"Setting VM '{spec.name}' to state {wanted}")
 
 
+ACTION = choice("action", MIGRATE_ACTIONS, "migrate, or unmigrate (return to last_node).",
+                required=True)
+TARGET_NODE = text("node", "The target node (default: chosen by selector).")
+PERMANENT = flag("permanent", "Do not remember the node it came from (a move).")
+FORCE = flag("force", "Migrate again although the VM was migrated already.")
+
+
 class VmNodeHandler(VmBaseHandler):
     def get(self, vm: str) -> None:
         spec, _ = self.vm_spec(vm)
         self.reply({"name": spec.name, "node": spec.node, "last_node": spec.last_node})
 
+    @accepts(ACTION, TARGET_NODE, SELECTOR, PERMANENT, FORCE)
     async def post(self, vm: str) -> None:
         view = self.ctx.view
         spec, version = self.vm_spec(vm)
-        action = self.values.choice("action", MIGRATE_ACTIONS)
+        action = self.values[ACTION]
         selector = self.selector()
-        permanent, force = self.values.flag("permanent"), self.values.flag("force")
+        permanent, force = self.values[PERMANENT], self.values[FORCE]
         status = view.vm_status(spec.uuid)
         source = spec.node
         memory = spec.memory if spec.state not in STOPPED_VM_STATES else 0
@@ -232,7 +266,7 @@ class VmNodeHandler(VmBaseHandler):
             check_migrate(spec, force, permanent)
             # never the node it is on, nor the one still handing it over
             exclude = {source, holder(spec, status) or source}
-            target = choose_node(view.node_loads(), self.values.get("node"), selector,
+            target = choose_node(view.node_loads(), self.values[TARGET_NODE], selector,
                                  exclude=exclude, memory=memory)
             why = Move.MOVE if permanent else Move.MIGRATE
         new = reassign(spec, status, target, why)

@@ -1,14 +1,14 @@
 """The OpenAPI document: valid, generated from the server's own routes, complete, served.
 
-The document is built from `pvcd.api.app.ROUTES` (the table the server is made from) and the
-metadata in `pvcd.api.openapi.ENDPOINTS`; these tests fail when the two disagree in either
-direction, when a handler reads a value the document does not name, or when the server's router
-would send a documented path elsewhere.
+The document is built from `pvcd.api.app.ROUTES` (the table the server is made from), the values
+each handler method declares (`pvcd.api.values.accepts`, the same declarations requests are
+checked with) and the metadata in `pvcd.api.openapi.ENDPOINTS`; these tests fail when the route
+table and the metadata disagree in either direction, when the document does not give a method's
+values as declared, or when the server's router would send a documented path elsewhere.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import re
@@ -27,7 +27,9 @@ from pvcd.api.auth import Tokens
 from pvcd.api.base import ApiContext, BaseHandler
 from pvcd.api.networks import parse_vni
 from pvcd.api.routing import Route, route
+from pvcd.api.values import declared
 from pvcd.domain.errors import InvalidValue
+from pvcd.domain.states import VM_STATE_REQUESTS
 from pvcd.state.schema import Paths
 from pvcd.state.view import ClusterView
 
@@ -122,29 +124,36 @@ def test_path_values_must_be_described() -> None:
         openapi.openapi_document([*ROUTES, route("/thing/<thing>", Thing)], endpoints)
 
 
-_READ = re.compile(r"""(?:self\.values\.(?:get|require|flag|choice)|self\.optional)\(\s*
-                       ["']([\w-]+)["']""", re.VERBOSE)
-
-
-def _values_read(handler: type, method: str) -> set[str]:
-    """Value names a handler method reads directly (`self.values.require("xml")`, ...)."""
-    source = inspect.getsource(getattr(handler, method))
-    names = set(_READ.findall(source))
-    if "self.values.limit()" in source:
-        names.add("limit")
-    if "self.selector()" in source:
-        names.add("selector")
-    if "require_danger_flag" in source:
-        names.add("yes_i_really_mean_it")
-    return names
-
-
 @pytest.mark.parametrize("r", ROUTES, ids=lambda r: r.path or "/")
-def test_every_value_a_handler_reads_is_documented(r: Route) -> None:
+def test_every_declared_value_is_documented_as_declared(
+        r: Route, document: dict[str, Any]) -> None:
+    """The values of each method are its handler's declarations (`accepts`): the ones the
+    server checks requests with; a handler cannot read another (`UndeclaredValue`,
+    tests/unit/test_api_values.py)."""
     for method in openapi.handler_methods(r.handler):
-        documented = {v.name for v in openapi.ENDPOINTS[r.path][method].values}
-        missing = _values_read(r.handler, method) - documented
-        assert not missing, f"{method.upper()} {r.path} reads undocumented values {missing}"
+        values = declared(getattr(r.handler, method))
+        op = document["paths"][openapi.openapi_path(r)][method]
+        if method in openapi.BODY_METHODS and values:
+            schema = op["requestBody"]["content"]["application/json"]["schema"]
+            assert list(schema["properties"]) == [v.name for v in values]
+            assert schema.get("required", []) == [v.name for v in values if v.required]
+        else:
+            assert [(p["name"], p["required"]) for p in op.get("parameters", [])] == \
+                [(v.name, v.required) for v in values]
+
+
+def test_a_choice_lists_its_values_and_a_flag_is_a_boolean(document: dict[str, Any]) -> None:
+    state = document["paths"]["/api/v1/vm/{vm}/state"]["post"]["requestBody"]
+    schema = state["content"]["application/json"]["schema"]
+    assert schema["properties"]["state"]["enum"] == list(VM_STATE_REQUESTS)
+    assert schema["required"] == ["state"]
+    order = document["paths"]["/api/v1/network/{network}/acl"]["post"]["requestBody"]
+    assert order["content"]["application/json"]["schema"]["properties"]["order"] == {
+        "type": "integer", "minimum": 0,
+        "description": "Position in the chain, from 0 (default: the end)."}
+    listing = document["paths"]["/api/v1/network/{network}/lease"]["get"]["parameters"]
+    assert [(p["name"], p["schema"]) for p in listing] == [
+        ("limit", {"type": "string", "format": "regex"}), ("static", {"type": "boolean"})]
 
 
 def test_statuses_and_security(document: dict[str, Any]) -> None:
@@ -207,6 +216,14 @@ class TestServed(tornado.testing.AsyncHTTPTestCase):
         assert response.code == 405
         assert set(response.headers["Allow"].split(", ")) == {"GET", "PUT", "DELETE"}
 
+    def test_a_refusal_510_is_logged_as_a_warning_not_an_error(self) -> None:
+        with self.assertLogs("tornado.access", level="INFO") as logs:
+            response = self.fetch("/api/v1/storage/ceph", headers={"X-Api-Key": "secret"})
+        assert response.code == 510
+        record = logs.records[-1]
+        assert record.levelno == logging.WARNING and "510 GET /api/v1/storage/ceph" in \
+            record.getMessage()
+
 
 def test_non_ascii_digits_name_no_network() -> None:
     """Found by fuzzing: '²'.isdigit() is true but int('²') raises (a 500)."""
@@ -216,11 +233,3 @@ def test_non_ascii_digits_name_no_network() -> None:
     assert view.resolve_network("7") == 7
     with pytest.raises(InvalidValue, match="is invalid for a managed network"):
         parse_vni("\N{SUPERSCRIPT TWO}", "managed")
-
-    def test_a_refusal_510_is_logged_as_a_warning_not_an_error(self) -> None:
-        with self.assertLogs("tornado.access", level="INFO") as logs:
-            response = self.fetch("/api/v1/storage/ceph", headers={"X-Api-Key": "secret"})
-        assert response.code == 510
-        record = logs.records[-1]
-        assert record.levelno == logging.WARNING and "510 GET /api/v1/storage/ceph" in \
-            record.getMessage()

@@ -1,0 +1,158 @@
+"""The JSON schemas of the API's answers (the objects of objects.md) and of its path values.
+
+A declarative table for `pvcd.api.openapi`: the document refers to these objects by name
+(`ref("Node")`); the request values' schemas are declared with the handlers (`pvcd.api.values`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pvcd.domain.states import (
+    ACL_DIRECTIONS,
+    COORDINATOR_STATES,
+    DAEMON_STATES,
+    DOMAIN_STATES,
+    NETWORK_TYPES,
+    VM_STATES,
+)
+
+
+def ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def array_of(name: str) -> dict[str, Any]:
+    return {"type": "array", "items": ref(name)}
+
+
+def nullable(kind: str, **schema: Any) -> dict[str, Any]:
+    return {"type": kind, "nullable": True, **schema}
+
+
+STR, INT, NUM, BOOL = ({"type": t} for t in ("string", "integer", "number", "boolean"))
+
+
+def obj(properties: Mapping[str, Any], required: Sequence[str] = (), description: str = ""
+        ) -> dict[str, Any]:
+    """An object schema; further properties are allowed (objects.md: fields may be added)."""
+    schema: dict[str, Any] = {"type": "object", "properties": dict(properties)}
+    if required:
+        schema["required"] = list(required)
+    if description:
+        schema["description"] = description
+    return schema
+
+
+# --- the objects of objects.md -------------------------------------------------------------
+
+_VCPU = obj({"total": INT, "allocated": INT}, ["total", "allocated"])
+_MEMORY = obj({"total": INT, "allocated": INT, "used": INT, "free": INT},
+              ["total", "allocated", "used", "free"], "MiB")
+_NS = nullable("string")
+
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "Message": obj({"message": STR}, ["message"], "A human-readable message."),
+    "Node": obj({
+        "name": STR,
+        "daemon_state": {"type": "string", "enum": list(DAEMON_STATES)},
+        "coordinator_state": {"type": "string", "enum": list(COORDINATOR_STATES)},
+        "domain_state": {"type": "string", "enum": list(DOMAIN_STATES)},
+        "coordinator": BOOL, "cpu_count": INT, "kernel": STR, "os": STR, "arch": STR,
+        "load": {"type": "number", "description": "1-minute load average"},
+        "domains_count": INT,
+        "running_domains": {"type": "array", "items": STR, "description": "VM UUIDs"},
+        "vcpu": _VCPU, "memory": _MEMORY,
+        "keepalive": nullable("number", description="Unix time of the last keepalive"),
+        "pid": nullable("integer"), "fence_state": _NS, "fence_message": _NS,
+    }, ["name", "daemon_state", "coordinator_state", "domain_state", "cpu_count", "kernel",
+        "os", "arch", "load", "domains_count", "running_domains", "vcpu", "memory"]),
+    "NodeCoordinatorState": obj({"name": STR, "coordinator_state": {
+        "type": "string", "enum": list(COORDINATOR_STATES)}}, ["name", "coordinator_state"]),
+    "NodeDomainState": obj({"name": STR, "domain_state": {
+        "type": "string", "enum": list(DOMAIN_STATES)}}, ["name", "domain_state"]),
+    "NodeDaemonState": obj({"name": STR, "daemon_state": {
+        "type": "string", "enum": list(DAEMON_STATES)}}, ["name", "daemon_state"]),
+    "Vm": obj({
+        "name": STR, "uuid": STR,
+        "state": {"type": "string", "enum": list(VM_STATES)},
+        "node": STR,
+        "last_node": nullable("string", description="the node to return to on unmigrate"),
+        "migrated": BOOL, "failed_reason": _NS,
+        "running_on": nullable("string", description="the node running it, when it runs"),
+        "description": _NS, "memory": {"type": "integer", "description": "MiB"},
+        "vcpu": INT, "vcpu_topology": nullable("string", description="sockets/cores/threads"),
+        "networks": {"type": "array", "items": obj(
+            {"type": _NS, "mac": _NS, "source": _NS, "model": _NS})},
+        "type": STR, "arch": _NS, "machine": _NS, "console": _NS, "emulator": _NS,
+        "features": {"type": "array", "items": STR},
+        "disks": {"type": "array", "items": obj(
+            {"type": _NS, "name": _NS, "dev": _NS, "bus": _NS})},
+        "controllers": {"type": "array", "items": obj({"type": _NS, "model": _NS})},
+        "xml": {"type": "string", "description": "the libvirt XML"},
+    }, ["name", "uuid", "state", "node", "last_node", "migrated", "xml"]),
+    "VmState": obj({"name": STR, "state": {"type": "string", "enum": list(VM_STATES)}},
+                   ["name", "state"]),
+    "VmNode": obj({"name": STR, "node": STR, "last_node": _NS}, ["name", "node", "last_node"]),
+    "Network": obj({
+        "vni": INT, "description": STR,
+        "type": {"type": "string", "enum": list(NETWORK_TYPES)}, "domain": _NS,
+        "ip4": obj({"network": _NS, "gateway": _NS, "dhcp_flag": BOOL, "dhcp_start": _NS,
+                    "dhcp_end": _NS}),
+        "ip6": obj({"network": _NS, "gateway": _NS, "dhcp_flag": BOOL}),
+    }, ["vni", "description", "type", "domain", "ip4", "ip6"]),
+    "Lease": obj({
+        "hostname": _NS, "ip4_address": STR, "mac_address": STR,
+        "timestamp": {"description": "expiry as a Unix time (0: never), or \"static\"",
+                      "anyOf": [NUM, {"type": "string", "enum": ["static"]}]},
+    }, ["hostname", "ip4_address", "mac_address", "timestamp"]),
+    "Acl": obj({"description": STR, "direction": {"type": "string", "enum": list(ACL_DIRECTIONS)},
+                "order": {"type": "integer", "description": "position in its chain, from 0"},
+                "rule": {"type": "string", "description": "the nftables rule text"}},
+               ["description", "direction", "order", "rule"]),
+    "Maintenance": obj({"maintenance": BOOL, "since": nullable("number")},
+                       ["maintenance", "since"]),
+    "CephStatus": obj({
+        "type": {"type": "string", "enum": ["status", "utilization"]},
+        "primary_node": STR,
+        "ceph_data": {"type": "string",
+                      "description": "raw output of `ceph status` or `rados df`"},
+        "health": nullable("string", description="HEALTH_OK, HEALTH_WARN or HEALTH_ERR"),
+        "updated": {"type": "number", "description": "Unix time of the reading"},
+    }, ["type", "primary_node", "ceph_data"]),
+    "Osd": obj({"id": INT, "node": _NS, "device": _NS,
+                "stats": obj({}, description="uuid, up, in, primary_affinity, utilization, "
+                             "var, pgs, kb, weight, reweight, node, used, avail, wr_ops, "
+                             "wr_data, rd_ops, rd_data, state")},
+               ["id", "stats"]),
+    "OsdState": obj({"id": INT, "in": {}, "up": {}}, ["id", "in", "up"]),
+    "Pool": obj({"name": STR, "pgs": nullable("integer"),
+                 "stats": obj({}, description="id, size_bytes, num_objects, ... as objects.md")},
+                ["name", "stats"]),
+    "Volume": obj({"name": STR, "pool": STR,
+                   "stats": obj({}, description="the fields of `rbd info --format json`")},
+                  ["name", "pool", "stats"]),
+    "Snapshot": obj({"pool": STR, "volume": STR, "snapshot": STR},
+                    ["pool", "volume", "snapshot"]),
+    "StorageRequest": obj({
+        "id": STR, "op": STR, "args": obj({}), "target": STR,
+        "state": {"type": "string", "description": "pending, running, done or failed"},
+        "message": _NS, "progress": _NS, "result": {}, "executor": _NS,
+        "created": NUM, "started": nullable("number"), "finished": nullable("number"),
+    }, ["id", "op", "state"]),
+}
+
+# path parameters, by the name used in the route path
+PATH_VALUES: dict[str, str] = {
+    "node": "A node name.",
+    "vm": "A VM name or UUID.",
+    "network": "A network's VNI or description.",
+    "lease": "A MAC address (a static or dynamic DHCP lease).",
+    "acl": "An ACL description.",
+    "osd": "An OSD id (a number).",
+    "pool": "An RBD pool name.",
+    "volume": "An RBD volume name.",
+    "snapshot": "An RBD snapshot name.",
+    "request_id": "A storage request id (as named in a timeout message).",
+}
