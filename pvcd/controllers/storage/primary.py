@@ -90,7 +90,6 @@ class PrimaryStorage:
         self.sync_controller = Controller("storage-sync", self.reconcile_sync, self.sync_keys,
                                           workers=2,
                                           resync_interval=max(60.0, config.stats_interval))
-        self.last_sync_seconds = 0.0
 
     # primary role
     def start(self) -> None:
@@ -117,12 +116,10 @@ class PrimaryStorage:
             _, pool, volume = key.split("/", 2)
             self.mirror_sync.refresh_volume(pool, volume)
             return DONE
-        started = time.monotonic()
         try:
             self.mirror_sync.run()
         except PvcError as exc:  # Ceph unreachable or slow: keep the last mirror, try again
             log.warning("event=storage-sync-failed node=%s error=%s", self.name, exc)
-        self.last_sync_seconds = time.monotonic() - started
         return Result(requeue_after=self.config.stats_interval)
 
     def _after_request(self, request: StorageRequest) -> None:
