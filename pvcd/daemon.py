@@ -26,13 +26,14 @@ from pvcd.api.base import ApiContext
 from pvcd.api.metrics import Metrics
 from pvcd.api.server import ApiServer, make_ssl_context
 from pvcd.config import Config
-from pvcd.controllers import network, storage
+from pvcd.controllers import network
 from pvcd.controllers.base import Controller
 from pvcd.controllers.coordinator import KEY as COORDINATOR_KEY
 from pvcd.controllers.coordinator import Coordinator, PrimaryServices
 from pvcd.controllers.fencing import FencingController
 from pvcd.controllers.floating import FloatingIp, FloatingIps
 from pvcd.controllers.node import NodeController, NodeStatusWriter
+from pvcd.controllers.storage import OsdProvisioner, build_storage
 from pvcd.controllers.vm import VmController, vm_key
 from pvcd.domain.errors import Conflict
 from pvcd.domain.records import NodeSpec, NodeStatus, from_dict
@@ -51,7 +52,10 @@ log = logging.getLogger(__name__)
 
 class NodeDaemon:
     def __init__(self, config: Config, host: HostDriver | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 extra_osds: OsdProvisioner | None = None) -> None:
+        """`extra_osds`: OSDs on devices other than this node's block devices (a lab node's
+        memstore OSDs, `pvcd.lab.osds`), plugged into the storage controllers."""
         self.config = config
         self.name = config.node.name
         self.clock = clock
@@ -90,7 +94,19 @@ class NodeDaemon:
         self.controllers: list[Controller] = [self.node_controller]
         self._watches: list[tuple[str, Controller, Callable[[str], str | None]]] = []
         network.install(self)  # client networks: interfaces, ACLs; gateways and DHCP on the primary
-        storage.install(self)  # Ceph: OSDs on their owner node; pools, volumes on the primary
+        # Ceph: OSDs on their owner node; pools, volumes on the primary
+        ceph = config.drivers.ceph
+        storage = build_storage(self.name, self.view, self.store, ceph, timing.resync_interval,
+                                clock, coordinator=self.coordinator is not None,
+                                extra_osds=extra_osds)
+        for controller, watches in storage.controllers:
+            self.add_controller(controller)
+            for watch in watches:
+                self.watch(watch.prefix, controller, watch.key_of)
+        for service in storage.services:
+            self.services.add(service.name, service.start, service.stop)
+        if self.coordinator is not None and ceph.enabled:  # until ApiContext has its own field
+            self.api.ctx.extras["storage_request_timeout"] = ceph.request_timeout
         self._install_vms()
         if self.coordinator is not None:
             self._install_fencing()

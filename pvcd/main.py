@@ -64,7 +64,11 @@ def _run(config_path: str, log_level: str) -> int:
         return 2
     from pvcd.daemon import NodeDaemon  # after config: a bad config fails fast and clearly
 
-    daemon = NodeDaemon(config)
+    extra_osds = None
+    if config.drivers.ceph.lab_workdir:  # a lab node: memstore OSDs of the lab's Ceph
+        from pvcd.lab.osds import lab_osd_provisioner
+        extra_osds = lab_osd_provisioner(config)
+    daemon = NodeDaemon(config, extra_osds=extra_osds)
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # operators: dump thread stacks
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -21,17 +21,18 @@ from typing import Any
 from pvcd.api.base import ApiContext, BaseHandler
 from pvcd.api.routing import route
 from pvcd.api.values import accepts, choice, flag, limit, text, value
-from pvcd.controllers.storage_backend import check_device, check_weight
 from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound, PvcError
 from pvcd.domain.records import StorageRequest, from_dict
 from pvcd.domain.states import PRIMARY_TARGET
-from pvcd.drivers.ceph import (
+from pvcd.drivers.ceph.values import (
+    check_device,
     check_osd_flag,
     check_osd_id,
     check_pgs,
     check_pool_name,
     check_snapshot_name,
     check_volume_name,
+    check_weight,
     parse_size,
 )
 from pvcd.state.cache import StateCache

@@ -31,7 +31,7 @@ from typing import Any, cast
 
 import yaml
 
-from pvcd.drivers.ceph_volume import ProcessOsdLauncher
+from pvcd.drivers.ceph.launchers import ProcessOsdLauncher
 from pvcd.drivers.host import pid_alive, pids_where, signal_pid
 from pvcd.lab import agent, mountns
 from pvcd.lab.ceph import CephLabError, Daemon, ThrowawayCeph

@@ -1,5 +1,5 @@
-"""The device checks and the OSD process launcher of `pvcd.drivers.ceph_volume`, on real loop
-devices and real processes (the full OSD path runs in tests/e2e/test_storage.py)."""
+"""The device checks and the OSD process launcher (`pvcd.drivers.ceph.devices`, `.launchers`),
+on real loop devices and real processes (the full OSD path runs in tests/e2e/test_storage.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pvcd.drivers.ceph_volume import ProcessOsdLauncher, device_problems, wipe
+from pvcd.drivers.ceph.devices import device_problems, wipe
+from pvcd.drivers.ceph.launchers import ProcessOsdLauncher
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="loop devices need root")
 
@@ -38,7 +39,7 @@ def test_what_is_refused_and_why(loop_devices: Callable[[int], str], tmp_path: P
     # mounted: seen in mountinfo (a private mount namespace, so nothing leaks)
     target = tmp_path / "mnt"
     target.mkdir()
-    script = ("import subprocess, sys; from pvcd.drivers.ceph_volume import device_problems;"
+    script = ("import subprocess, sys; from pvcd.drivers.ceph.devices import device_problems;"
               f"subprocess.run(['mount', {used!r}, {str(target)!r}], check=True);"
               f"print('|'.join(device_problems({used!r})))")
     out = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable,

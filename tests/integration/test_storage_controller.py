@@ -18,10 +18,12 @@ from kazoo.client import KazooClient
 
 from pvcd.api.storage import RequestWaiter, new_request_id
 from pvcd.config import CephDriverSection
-from pvcd.controllers.storage import VOLUME_INFOS_PER_SYNC, PrimaryStorage, request_key
-from pvcd.controllers.storage_backend import StorageCeph
+from pvcd.controllers.storage.primary import PrimaryStorage
+from pvcd.controllers.storage.requests import request_key
+from pvcd.controllers.storage.sync import VOLUME_INFOS_PER_SYNC
 from pvcd.domain.records import NodeSpec, StorageRequest
 from pvcd.domain.states import PRIMARY_TARGET
+from pvcd.drivers.ceph.driver import CephDriver
 from pvcd.lab.ceph import ThrowawayCeph
 from pvcd.state.cache import StateCache
 from pvcd.state.schema import Paths, ensure_schema
@@ -42,7 +44,7 @@ def primary(zk: KazooClient, zk_root: str, ceph_lab: ThrowawayCeph
     cache = StateCache(zk, paths.root)
     cache.start()
     store = Store(zk, cache)
-    ceph = StorageCeph(ceph_lab.conf_path, ceph_lab.keyring_path, timeout=30)
+    ceph = CephDriver(ceph_lab.conf_path, ceph_lab.keyring_path, timeout=30)
     service = PrimaryStorage("node1", ClusterView(cache, paths), store, ceph,
                              CephDriverSection(enabled=True, request_timeout=5.0))
     service.start()
@@ -100,10 +102,10 @@ def test_sync_adopts_and_drops_what_changed_outside_pvcd(primary: PrimaryStorage
     assert run(primary, "pool-add", pool=pool_name, pgs=8).state == "done"
     tools.run("rbd", "create", "--pool", pool_name, "--image", "outside", "--size", "1M")
     tools.run("rbd", "snap", "create", f"{pool_name}/outside@snap")
-    primary.sync()  # a request finished moments ago: no adoption in this round (races)
+    primary.mirror_sync.run()  # a request finished moments ago: no adoption in this round (races)
     assert not cache.exists(paths.storage_volume(pool_name, "outside"))
     time.sleep(2.5)  # past the margin after the pool-add request
-    primary.sync()
+    primary.mirror_sync.run()
     assert cache.get(paths.storage_volume(pool_name, "outside"))["stats"]["size"] == 1 << 20
     assert cache.exists(paths.storage_snapshot(pool_name, "outside", "snap"))
     osds = cache.children(paths.storage_osds)
@@ -112,7 +114,7 @@ def test_sync_adopts_and_drops_what_changed_outside_pvcd(primary: PrimaryStorage
 
     tools.run("rbd", "snap", "purge", f"{pool_name}/outside")
     tools.run("rbd", "rm", f"{pool_name}/outside")
-    primary.sync()
+    primary.mirror_sync.run()
     assert not cache.exists(paths.storage_volume(pool_name, "outside"))
     assert not cache.exists(paths.storage_volume_snapshots(pool_name, "outside"))
 
@@ -125,11 +127,11 @@ def test_an_osd_adopted_before_its_node_registered_gets_its_node(primary: Primar
     tree = tools.json("ceph", "osd", "tree")["nodes"]
     host, osd = next((n["name"], n["children"][0]) for n in tree
                      if n["type"] == "host" and n.get("children"))
-    primary.sync()
+    primary.mirror_sync.run()
     assert host not in primary.view.node_names()
     assert cache.get(paths.storage_osd(osd))["node"] is None
     primary.store.commit([Op.create(paths.node(host), NodeSpec(host).to_doc())])
-    primary.sync()
+    primary.mirror_sync.run()
     assert cache.get(paths.storage_osd(osd))["node"] == host
 
 
@@ -144,21 +146,21 @@ def test_sync_reads_new_and_resized_volumes_and_the_rest_in_turn(primary: Primar
     for index in range(count):
         tools.run("rbd", "create", "--pool", pool_name, "--image", f"v{index}", "--size", "1M")
     time.sleep(2.5)  # past the margin after the pool-add request: adoption happens
-    primary.sync()
+    primary.mirror_sync.run()
     for index in range(count):
         assert cache.get(paths.storage_volume(pool_name, f"v{index}"))["stats"]["size"] == 1 << 20
-    first = dict(primary._volume_read_at)
+    first = dict(primary.mirror_sync.volume_read_at)
 
     tools.run("rbd", "resize", "--pool", pool_name, "--image", "v3", "--size", "3M")
-    primary.sync()
+    primary.mirror_sync.run()
     assert cache.get(paths.storage_volume(pool_name, "v3"))["stats"]["size"] == 3 << 20
-    reread = {key for key, at in primary._volume_read_at.items()
+    reread = {key for key, at in primary.mirror_sync.volume_read_at.items()
               if key[0] == pool_name and at != first.get(key)}
     assert (pool_name, "v3") in reread
     assert len(reread) <= VOLUME_INFOS_PER_SYNC + 1, reread  # not all of them
     for _ in range(3):  # the others follow, oldest first
-        primary.sync()
-    assert all(primary._volume_read_at[(pool_name, f"v{index}")] != first[(pool_name,
+        primary.mirror_sync.run()
+    assert all(primary.mirror_sync.volume_read_at[(pool_name, f"v{index}")] != first[(pool_name,
                f"v{index}")] for index in range(count))
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from pvcd.drivers.ceph import CephDriver
+from pvcd.drivers.ceph.driver import CephDriver
 from pvcd.lab.ceph import ThrowawayCeph
 
 TIMEOUT = 60

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from pvcd.domain.errors import Conflict, NotFound
-from pvcd.drivers.ceph import CephDriver
+from pvcd.drivers.ceph.driver import CephDriver
 from pvcd.lab.ceph import CephLabError, ThrowawayCeph
 
 OSD_STAT_FIELDS = {

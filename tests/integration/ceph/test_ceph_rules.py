@@ -13,20 +13,12 @@ from typing import Any
 import pytest
 
 from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound
-from pvcd.drivers import ceph as ceph_module
-from pvcd.drivers.ceph import (
-    CephDriver,
-    Osd,
-    PgState,
-    Pool,
-    ceph_error,
-    check_osd_removal,
-    clean_stderr,
-    drain_problems,
-    parse_osd_status,
-    parse_pg_map,
-    parse_size,
-)
+from pvcd.drivers.ceph import client as ceph_client
+from pvcd.drivers.ceph.driver import CephDriver
+from pvcd.drivers.ceph.parsers import ceph_error, clean_stderr, parse_osd_status, parse_pg_map
+from pvcd.drivers.ceph.records import Osd, PgState, Pool
+from pvcd.drivers.ceph.removal import check_osd_removal, drain_problems
+from pvcd.drivers.ceph.values import parse_size
 
 BAD_NAMES = ["", "-x", ".hidden", "+x", "a/b", "a@b", "a b", "a\tb", "a\nb", "a:b", "ä", "x" * 100]
 BAD_SIZES: list[Any] = ["", "0", "20X", "1.5G", "20GB", "20g", "-1", "20 G", " 20G", "G",
@@ -45,7 +37,7 @@ def no_commands(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise AssertionError(f"a Ceph command ran: {args[0] if args else kwargs}")
 
-    monkeypatch.setattr(ceph_module.subprocess, "run", refuse)
+    monkeypatch.setattr(ceph_client.subprocess, "run", refuse)
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -220,6 +212,6 @@ def test_timeouts_become_backend_errors(monkeypatch: pytest.MonkeyPatch,
     def hang(*args: Any, **kwargs: Any) -> None:
         raise subprocess.TimeoutExpired(args[0], kwargs.get("timeout", 0))
 
-    monkeypatch.setattr(ceph_module.subprocess, "run", hang)
+    monkeypatch.setattr(ceph_client.subprocess, "run", hang)
     with pytest.raises(BackendError, match="timed out after 1 s"):
         offline.status()

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from pvcd.domain.errors import Conflict, InvalidValue, NotFound
-from pvcd.drivers.ceph import CephDriver
+from pvcd.drivers.ceph.driver import CephDriver
 from pvcd.lab.ceph import ThrowawayCeph
 
 MiB = 1 << 20
