@@ -291,7 +291,8 @@ class FencingSection:
 
     # none: this node cannot be fenced, its VMs are never recovered elsewhere;
     # ipmi: power off/on through `ipmitool`; lab / lab-fail: the lab's process-killing driver
-    # (lab-fail always fails, to exercise the failed-fence path).
+    # (lab-fail always fails, to exercise the failed-fence path), which only lab node daemons
+    # have (`python -m pvcd.lab.node`): `pvcd run` refuses them.
     driver: str = field(default="none", metadata=checks(one_of("none", "ipmi", "lab",
                                                                 "lab-fail")))
     ipmi_host: str | None = field(default=None, metadata=checks(_not_empty))
@@ -318,9 +319,6 @@ class LibvirtDriverSection:
     # how the other nodes' libvirt reaches this one for live migration (e.g.
     # qemu+tcp://10.0.0.2/system); null: the same as `uri`
     peer_uri: str | None = field(default=None, metadata=checks(_not_empty))
-    # lab only: a unix socket through which tests inspect and tamper with this node's
-    # test:/// libvirt, which no other process can open
-    lab_agent_socket: str | None = field(default=None, metadata=checks(_not_empty))
 
 
 def _netns_name(value: str) -> str | None:
@@ -388,9 +386,6 @@ class CephDriverSection:
     # osd_run_dir)
     osd_launcher: str = field(default="systemd", metadata=checks(one_of("systemd", "process")))
     osd_run_dir: str = field(default="/run/pvcd/ceph-osd", metadata=checks(_absolute_path))
-    # lab only: the folder of a throwaway Ceph (pvcd.lab.ceph); OSD add with device
-    # `memstore` starts a memstore OSD of it
-    lab_workdir: str | None = field(default=None, metadata=checks(_absolute_path))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -82,9 +82,7 @@ class NodeBaseHandler(BaseHandler):
 class NodeListHandler(BaseHandler):
     def get(self) -> None:
         view = self.ctx.view
-        renderer = self.ctx.extras.get("node_renderer")
-        if renderer is None:
-            renderer = self.ctx.extras["node_renderer"] = node_renderer(view)
+        renderer = self.ctx.node_list
         limit = self.values.limit()
         names = [n for n in view.node_names() if limit is None or limit.search(n)]
         self.reply_json(renderer.render(names))

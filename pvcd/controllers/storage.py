@@ -42,7 +42,6 @@ from typing import TYPE_CHECKING, Any
 from pvcd.config import CephDriverSection
 from pvcd.controllers.base import DONE, Controller, Result, TemporaryError
 from pvcd.controllers.storage_backend import (
-    LabOsdProvisioner,
     NodeOsdProvisioner,
     OsdProvisioner,
     PoolListing,
@@ -916,8 +915,7 @@ def install(daemon: NodeDaemon) -> None:
         daemon.name, make_launcher(config.osd_launcher, config.osd_run_dir),
         configure=ceph.osd_configure, unconfigure=ceph.osd_unconfigure, purge=ceph.osd_purge)
     provisioner = NodeOsdProvisioner(
-        daemon.name, devices,
-        LabOsdProvisioner(config.lab_workdir, daemon.name) if config.lab_workdir else None)
+        daemon.name, devices, daemon.plugins.extra_osds)  # type: ignore[arg-type]
     requests_prefix = daemon.paths.storage_requests + "/"
     node = NodeStorage(daemon.name, daemon.view, daemon.store, ceph, provisioner, config,
                        daemon.clock)
@@ -955,5 +953,4 @@ def install(daemon: NodeDaemon) -> None:
 
     primary.requests.on_finished = refresh_volume_after
     daemon.services.add("storage", primary.start, primary.stop)
-    daemon.api.ctx.extras["storage_request_timeout"] = config.request_timeout
     daemon.storage_primary = primary  # type: ignore[attr-defined]

@@ -1,7 +1,8 @@
 """The lab: a real pvcd cluster on one machine (ZooKeeper + N node daemons).
 
-`Lab(workdir).up(nodes=3)` starts a ZooKeeper (or an ensemble) and N `pvcd run` processes, each
-with its own config file, with authentication on and a generated token, waits until the API
+`Lab(workdir).up(nodes=3)` starts a ZooKeeper (or an ensemble) and N node daemons (`python -m
+pvcd.lab.node`: `pvcd run` plus the lab's plug-ins), each with its own config file and launch
+record (`pvcd.lab.launch`), with authentication on and a generated token, waits until the API
 answers and every node runs, and writes `workdir/lab.json` for scripts and tests. `down()` stops
 everything it started and removes what it created. Later issues extend it (libvirt, network
 namespaces, Ceph); each part is started and stopped here.
@@ -33,8 +34,9 @@ import yaml
 
 from pvcd.drivers.ceph_volume import ProcessOsdLauncher
 from pvcd.drivers.host import pid_alive, pids_where, signal_pid
-from pvcd.lab import agent, mountns
+from pvcd.lab import agent
 from pvcd.lab.ceph import CephLabError, Daemon, ThrowawayCeph
+from pvcd.lab.launch import NodeLaunch, lab_environment, launch, load_launch
 from pvcd.lab.libvirtd import LibvirtdLab
 from pvcd.lab.netns import FLOATING_IP, SERVICE_IP, UNDERLAY_NET, LabNetwork, in_ns
 from pvcd.lab.qemu_guest import build_guest_kernel, qemu_guest_xml
@@ -48,7 +50,6 @@ with urllib.request.urlopen(request, timeout=float(sys.argv[3])) as response:
     print(json.dumps(json.loads(response.read())))
 """
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
-LAB_BINDS_ENV = "PVCD_LAB_BINDS"  # a lab node daemon's binds (LabNode.binds), for the lab fence
 LIBVIRT_KINDS = ("test", "qemu")
 # where a QEMU lab node's incoming QEMU listens, and its peers send the memory (loopback: every
 # node is on this machine; LibvirtdInstance.migration_params says the same)
@@ -218,7 +219,7 @@ class Lab:
             if info.ceph is not None:  # OSD ownership: docs/storage.md
                 cast(dict[str, Any], config.setdefault("drivers", {}))["ceph"] = {
                     "enabled": True, "conf_file": info.ceph["conf"],
-                    "keyring": info.ceph["keyring"], "lab_workdir": info.ceph["workdir"],
+                    "keyring": info.ceph["keyring"],
                     "stats_interval": ceph_stats_interval, "request_timeout": 60.0,
                     "osd_launcher": "process",
                     "osd_run_dir": str(folder / "osd-run")}
@@ -244,9 +245,7 @@ class Lab:
     def _start_proxy(self, lab_net: LabNetwork, api_port: int) -> int:
         info = self._info()
         assert info.network is not None
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (PACKAGE_PARENT, env.get("PYTHONPATH", "")) if p)
+        env = lab_environment(PACKAGE_PARENT)
         process = subprocess.Popen(
             [sys.executable, "-m", "pvcd.lab.proxy", "--port", str(info.network["proxy_port"]),
              "--netns", lab_net.underlay, "--target", f"{FLOATING_IP}:{api_port}"],
@@ -308,7 +307,7 @@ class Lab:
                     "migration_uri": QEMU_LAB_MIGRATION_URI}
         state = folder / "libvirt-test.xml"
         state.write_text("<node>\n</node>\n")  # an empty test:/// hypervisor
-        return {"uri": f"test://{state}", "lab_agent_socket": str(folder / "agent.sock")}
+        return {"uri": f"test://{state}"}
 
     def add_node(self, timeout: float = 60.0) -> str:
         """Add a (non-coordinator) node to the running lab, as an operator adds a hypervisor:
@@ -346,27 +345,26 @@ class Lab:
         return name
 
     def start_node(self, name: str) -> int:
+        """Start node `name`'s daemon, as its launch record (written here) says."""
         info = self._info()
         node = info.node(name)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (PACKAGE_PARENT, env.get("PYTHONPATH", "")) if p)
-        prefix = []
-        if info.network:  # the node daemon lives in its node's network namespace
-            prefix = ["ip", "netns", "exec", LabNetwork(info.network["id"]).node_ns(name)]
-        command = [sys.executable, "-m", "pvcd", "run", "--config", node.config]
-        if node.binds:  # and in a mount namespace of its own (a lab fence restarts it so too)
-            env[LAB_BINDS_ENV] = json.dumps(node.binds)
-            command = mountns.wrap(node.binds, command)
-        with open(node.log, "ab") as log:
-            process = subprocess.Popen(
-                [*prefix, *command],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True,
-            )
-        node.pid = process.pid
+        folder = Path(node.config).parent
+        config = yaml.safe_load(Path(node.config).read_text())
+        record = NodeLaunch(
+            node=name, command=[sys.executable, "-m", "pvcd.lab.node", "--config", node.config],
+            cwd=os.getcwd(), log=node.log, env=lab_environment(PACKAGE_PARENT),
+            # in a mount namespace of its own (a lab fence restarts it so too)
+            binds=node.binds,
+            # the node daemon lives in its node's network namespace
+            netns=LabNetwork(info.network["id"]).node_ns(name) if info.network else None,
+            floating=[[net["device"], net["floating_ip"]]
+                      for net in (config.get("networks") or {}).values()
+                      if net and net.get("device") and net.get("floating_ip")],
+            agent_socket=str(folder / "agent.sock") if info.libvirt == "test" else None,
+            ceph_workdir=info.ceph["workdir"] if info.ceph else None)
+        node.pid = launch(folder, record)
         self.save()
-        return process.pid
+        return node.pid
 
     def wait_ready(self, timeout: float = 90.0) -> None:
         info = self._info()
@@ -452,11 +450,11 @@ class Lab:
         return str(Path(self._info().node(name).config).parent / "agent.sock")
 
     def refresh_pids(self) -> None:
-        """Take the node pids from the cluster (a lab fence restarts a node's daemon)."""
+        """Take the node pids from their launch records (a lab fence restarts a node's daemon
+        and records its new pid there)."""
         info = self._info()
-        for node in self.api_get("/node"):
-            if node.get("pid"):
-                info.node(node["name"]).pid = int(node["pid"])
+        for node in info.nodes:
+            node.pid = load_launch(Path(node.config).parent).pid
         self.save()
 
     def signal_node(self, name: str, sig: int) -> None:
@@ -655,7 +653,7 @@ def _server_from_doc(doc: dict[str, Any]) -> ZooKeeperServer:
 
 def _pids_running(config_path: str) -> list[int]:
     """Processes whose command line names `config_path` (the node daemons of one lab node)."""
-    return pids_where(lambda argv: config_path in argv and "run" in argv)
+    return pids_where(lambda argv: config_path in argv and "pvcd.lab.node" in argv)
 
 
 def _reap(pid: int) -> None:
