@@ -71,8 +71,11 @@ class NodeDaemon:
         if config.fencing.driver != "none":
             try:  # a driver this daemon lacks would make every fence of this node fail
                 self.fence_drivers(config.fencing.driver)
-            except InvalidValue as exc:
-                raise ConfigError(f"{config.path}: fencing.driver: {exc}") from None
+            except InvalidValue:
+                raise ConfigError(
+                    f"{config.path}: fencing.driver: {config.fencing.driver!r} is not available "
+                    "to this daemon (the lab's fence drivers are only in lab node daemons, "
+                    "python -m pvcd.lab.node)") from None
         self.paths = Paths(config.cluster.zookeeper_root)
         self.client = KazooClient(
             hosts=",".join(config.cluster.coordinators),

@@ -63,7 +63,7 @@ def test_a_lab_fence_driver_is_refused_without_the_labs_plugins() -> None:
     config = production_config()
     config["fencing"] = {"driver": "lab"}
     with pytest.raises(ConfigError, match=re.escape(
-            "fencing.driver: node cannot be fenced: fence driver 'lab'")):
+            "fencing.driver: 'lab' is not available to this daemon")):
         NodeDaemon(parse_config(config, "pvcd.yaml"))
 
 
