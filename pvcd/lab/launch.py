@@ -64,6 +64,7 @@ def save_launch(folder: Path | str, record: NodeLaunch) -> None:
     path = launch_path(folder)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(asdict(record), indent=2))
+    tmp.chmod(0o600)  # the environment may hold the operator's secrets
     tmp.replace(path)  # the fence and the lab read it while it may be rewritten
 
 
