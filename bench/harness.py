@@ -22,8 +22,8 @@ from typing import Any
 
 from kazoo.client import KazooClient
 
+from pvcd.api.app import make_context
 from pvcd.api.auth import Tokens
-from pvcd.api.base import ApiContext
 from pvcd.api.server import ApiServer
 from pvcd.domain.records import NodeSpec, NodeStats, NodeStatus
 from pvcd.lab.zookeeper import ZooKeeperEnsemble, free_port
@@ -121,8 +121,8 @@ def api(ensemble: ZooKeeperEnsemble, nodes: int, vms: int = 0) -> Iterator[Bench
         return original(request, async_object)
 
     client._call = counting_call  # type: ignore[method-assign]
-    ctx = ApiContext(view=ClusterView(cache, paths), store=Store(client, cache),
-                     node_name="bench", auth_enabled=True, tokens=Tokens.from_config([TOKEN]))
+    ctx = make_context(ClusterView(cache, paths), Store(client, cache), "bench", True,
+                       Tokens.from_config([TOKEN]))
     port = free_port()
     server = ApiServer(ctx, "127.0.0.1", port, "s" * 32)
     server.start()

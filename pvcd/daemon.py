@@ -1,4 +1,10 @@
-"""One node's daemon: wires the ZooKeeper session, the cache, the controllers and the API.
+"""One node's daemon, and the composition root: every controller is built here.
+
+The daemon builds each subsystem from explicit dependencies (its builder returns a `Wiring`: its
+controllers, the cache paths that feed them, the services it runs while this node is primary) and
+registers it: controllers start and stop with the daemon, cache changes are dispatched to the
+watches, primary services follow the coordinator. Nothing a subsystem builds knows the daemon.
+What the config cannot select (the lab's fence drivers and agent) comes in as `Plugins`.
 
 Lifecycle: connect → ensure the schema → start the cache → register (node spec, status,
 ephemeral `alive`) → controllers and the keepalive loop → on SIGTERM: `shutdown`, hand the
@@ -12,7 +18,7 @@ role at once, and the main loop re-registers on the new session without a restar
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
 import os
 import threading
@@ -21,27 +27,27 @@ from collections.abc import Callable
 
 from kazoo.client import KazooClient, KazooState
 
+from pvcd.api.app import make_context
 from pvcd.api.auth import Tokens
-from pvcd.api.base import ApiContext
 from pvcd.api.metrics import Metrics
 from pvcd.api.server import ApiServer, make_ssl_context
 from pvcd.config import Config
-from pvcd.controllers import network
-from pvcd.controllers.base import Controller
+from pvcd.controllers.base import Controller, Watch, Wiring
+from pvcd.controllers.client_networks import build_networks
 from pvcd.controllers.coordinator import KEY as COORDINATOR_KEY
 from pvcd.controllers.coordinator import Coordinator, PrimaryServices
 from pvcd.controllers.fencing import FencingController
-from pvcd.controllers.floating import FloatingIp, FloatingIps
+from pvcd.controllers.floating import build_floating_ips
 from pvcd.controllers.node import NodeController, NodeStatusWriter
-from pvcd.controllers.storage import OsdProvisioner, build_storage
+from pvcd.controllers.storage import build_storage
 from pvcd.controllers.vm import VmController, vm_key
-from pvcd.domain.errors import Conflict
+from pvcd.domain.errors import ConfigError, Conflict, InvalidValue
 from pvcd.domain.records import NodeSpec, NodeStatus, from_dict
-from pvcd.drivers.host import HostDriver, pid_alive, process_argv
+from pvcd.drivers.fence import fence_driver
+from pvcd.drivers.host import HostDriver, pid_alive
 from pvcd.drivers.libvirt import LibvirtDriver
-from pvcd.drivers.netlink import NetlinkDriver
 from pvcd.drivers.systemd import notify
-from pvcd.lab.agent import LabAgent
+from pvcd.plugins import Plugins
 from pvcd.state.cache import StateCache
 from pvcd.state.schema import Paths, ensure_schema
 from pvcd.state.store import Op, Store
@@ -52,14 +58,24 @@ log = logging.getLogger(__name__)
 
 class NodeDaemon:
     def __init__(self, config: Config, host: HostDriver | None = None,
-                 clock: Callable[[], float] = time.time,
-                 extra_osds: OsdProvisioner | None = None) -> None:
-        """`extra_osds`: OSDs on devices other than this node's block devices (a lab node's
-        memstore OSDs, `pvcd.lab.osds`), plugged into the storage controllers."""
+                 clock: Callable[[], float] = time.time, plugins: Plugins | None = None,
+                 libvirt: LibvirtDriver | None = None) -> None:
+        """`plugins`: what the config cannot select (the lab's); `libvirt`: the connection to
+        use instead of opening `drivers.libvirt.uri` (the lab shares it with its agent)."""
         self.config = config
         self.name = config.node.name
         self.clock = clock
         self.host = host or HostDriver()
+        self.plugins = plugins or Plugins()
+        self.fence_drivers = functools.partial(fence_driver, extra=self.plugins.fence_drivers)
+        if config.fencing.driver != "none":
+            try:  # a driver this daemon lacks would make every fence of this node fail
+                self.fence_drivers(config.fencing.driver)
+            except InvalidValue:
+                raise ConfigError(
+                    f"{config.path}: fencing.driver: {config.fencing.driver!r} is not available "
+                    "to this daemon (the lab's fence drivers are only in lab node daemons, "
+                    "python -m pvcd.lab.node)") from None
         self.paths = Paths(config.cluster.zookeeper_root)
         self.client = KazooClient(
             hosts=",".join(config.cluster.coordinators),
@@ -71,12 +87,18 @@ class NodeDaemon:
         self.store = Store(self.client, self.cache)
         self.view = ClusterView(self.cache, self.paths)
         self.writer = NodeStatusWriter(self.store, self.paths.node_status(self.name), clock)
-        self.libvirt = LibvirtDriver(config.drivers.libvirt.uri)
+        self.libvirt = libvirt or LibvirtDriver(config.drivers.libvirt.uri)
         self.node = NodeController(self.name, self.view, self.store, self.writer, self.host,
                                    self.libvirt, clock)
         timing = config.timing
         self.node_controller = Controller("node", self.node.reconcile, self.node.keys,
                                           resync_interval=timing.resync_interval)
+        # controllers started and stopped with the daemon, and which cache paths feed them
+        self.controllers: list[Controller] = []
+        self._watches: list[tuple[Watch, Controller]] = []
+        spec_path = self.paths.node(self.name)
+        self._add(Wiring([(self.node_controller, [
+            Watch(spec_path, lambda path: self.node.key() if path == spec_path else None)])]))
         self.services = PrimaryServices()
         self.coordinator: Coordinator | None = None
         self.coordinator_controller: Controller | None = None
@@ -84,57 +106,51 @@ class NodeDaemon:
             self.coordinator = Coordinator(self.name, self.view, self.store, self.writer,
                                            self.services, self._session_id,
                                            timing.handover_timeout, clock)
+            # started after, and stopped before, the other controllers (`run`, `_shutdown`)
             self.coordinator_controller = Controller(
                 "coordinator", self.coordinator.reconcile, lambda: [COORDINATOR_KEY],
                 resync_interval=1.0)
-            self._install_floating_ips()
-            self.api = self._make_api()
+            alive = Watch(self.paths.nodes + "/",
+                          lambda path: COORDINATOR_KEY if path.endswith("/alive") else None)
+            self._watches += [(Watch(self.paths.coordinator, lambda path: COORDINATOR_KEY),
+                               self.coordinator_controller),
+                              (alive, self.coordinator_controller)]
+            # the primary's services in this order: floating IPs, the API, then the subsystems'
+            self._add(build_floating_ips(config.networks, config.drivers.network.netns))
+            self.metrics = Metrics(self.view, self.name, clock)
+            self.api = self._make_api(self.metrics)
             self.services.add("api", self.api.start, self.api.stop)
-        # controllers started and stopped with the daemon, and which cache paths feed them
-        self.controllers: list[Controller] = [self.node_controller]
-        self._watches: list[tuple[str, Controller, Callable[[str], str | None]]] = []
-        network.install(self)  # client networks: interfaces, ACLs; gateways and DHCP on the primary
+        self._add(build_networks(self.name, self.view, self.store, self.writer,
+                                 config.drivers.network, config.node.coordinator))
         # Ceph: OSDs on their owner node; pools, volumes on the primary
-        ceph = config.drivers.ceph
-        storage = build_storage(self.name, self.view, self.store, ceph, timing.resync_interval,
-                                clock, coordinator=self.coordinator is not None,
-                                extra_osds=extra_osds)
-        for controller, watches in storage.controllers:
-            self.add_controller(controller)
-            for watch in watches:
-                self.watch(watch.prefix, controller, watch.key_of)
-        for service in storage.services:
-            self.services.add(service.name, service.start, service.stop)
-        if self.coordinator is not None and ceph.enabled:  # until ApiContext has its own field
-            self.api.ctx.extras["storage_request_timeout"] = ceph.request_timeout
-        self._install_vms()
+        self._add(build_storage(self.name, self.view, self.store, config.drivers.ceph,
+                                timing.resync_interval, clock,
+                                coordinator=self.coordinator is not None,
+                                extra_osds=self.plugins.extra_osds))
+        self._add(self._build_vms())
         if self.coordinator is not None:
-            self._install_fencing()
-            self._install_metrics()
+            self._add(self._build_fencing())
+            self._track_metrics()
         self.registered = False
         self._wake = threading.Event()
         self._stop = threading.Event()
         self.stopped = threading.Event()
 
-    def _install_floating_ips(self) -> None:
-        """The primary's floating IPs, started before (and stopped after) the API."""
-        addresses = [FloatingIp(net.device, net.floating_ip)
-                     for net in (self.config.networks.cluster, self.config.networks.upstream)
-                     if net is not None and net.device and net.floating_ip]
-        if addresses:
-            netns = self.config.drivers.network.netns
-            self.floating_ips = FloatingIps(addresses, NetlinkDriver(netns), netns)
-            self.services.add("floating-ip", self.floating_ips.start, self.floating_ips.stop)
+    def _add(self, wiring: Wiring) -> None:
+        """Register a subsystem: its controllers, their watches, its primary services."""
+        for controller, watches in wiring.controllers:
+            self.controllers.append(controller)
+            self._watches += [(watch, controller) for watch in watches]
+        for service in wiring.services:
+            self.services.add(service.name, service.start, service.stop)
 
-    def _make_api(self) -> ApiServer:
-        api = self.config.api
-        ctx = ApiContext(
-            view=self.view, store=self.store, node_name=self.name,
-            auth_enabled=api.auth.enabled,
-            tokens=Tokens.from_config([t.token for t in api.auth.tokens]),
-            clock=self.clock,
-            metrics=Metrics(self.view, self.name, self.clock),
-        )
+    def _make_api(self, metrics: Metrics) -> ApiServer:
+        api, ceph = self.config.api, self.config.drivers.ceph
+        ctx = make_context(
+            self.view, self.store, self.name, api.auth.enabled,
+            Tokens.from_config([t.token for t in api.auth.tokens]),
+            storage_request_timeout=ceph.request_timeout if ceph.enabled else None,
+            clock=self.clock, registry=metrics)
         ssl_context = None
         if api.tls.enabled and api.tls.cert_file and api.tls.key_file:
             ssl_context = make_ssl_context(api.tls.cert_file, api.tls.key_file)
@@ -149,7 +165,7 @@ class NodeDaemon:
         return ApiServer(ctx, api.listen, api.port, api.auth.secret_key, ssl_context,
                          extra_listen=extra)
 
-    def _install_fencing(self) -> None:
+    def _build_fencing(self) -> Wiring:
         timing, fencing = self.config.timing, self.config.fencing
         coordinator = self.coordinator
         assert coordinator is not None
@@ -158,55 +174,45 @@ class NodeDaemon:
             is_primary=lambda: coordinator.is_primary and coordinator.services_up,
             keepalive_interval=timing.keepalive_interval,
             dead_threshold=timing.dead_threshold, fence_timeout=timing.fence_timeout,
-            attempts=fencing.attempts, on_failure=fencing.on_fence_failure, clock=self.clock)
+            attempts=fencing.attempts, on_failure=fencing.on_fence_failure,
+            drivers=self.fence_drivers, clock=self.clock)
         controller = Controller("fencing", self.fencing.reconcile, self.fencing.keys,
                                 resync_interval=max(0.2, timing.keepalive_interval / 2))
-        self.add_controller(controller)
         nodes = self.paths.nodes + "/"
-        self.watch(nodes, controller,
-                   lambda path: "node/" + path[len(nodes):].split("/", 1)[0])
-        self.fencing_controller = controller
+        wiring = Wiring()
+        wiring.add(controller,
+                   Watch(nodes, lambda path: "node/" + path[len(nodes):].split("/", 1)[0]))
+        return wiring
 
-    def _install_metrics(self) -> None:
+    def _track_metrics(self) -> None:
         """The primary's /metrics also shows this daemon's controllers and fences."""
-        metrics = self.api.ctx.metrics
-        assert isinstance(metrics, Metrics) and self.coordinator_controller is not None
+        assert self.coordinator_controller is not None
         controllers = [*self.controllers, self.coordinator_controller]
-        metrics.track(controllers, self.fencing)
+        self.metrics.track(controllers, self.fencing)
         for controller in controllers:
-            controller.on_reconciled = metrics.observe_reconcile
+            controller.on_reconciled = self.metrics.observe_reconcile
 
-    def _install_vms(self) -> None:
+    def _build_vms(self) -> Wiring:
         timing = self.config.timing
         self.vm = VmController(self.name, self.view, self.store, self.libvirt,
                                timing.shutdown_timeout, self.clock,
                                can_act=lambda: self.registered and self.client.connected)
         self.vm_controller = Controller("vm", self.vm.reconcile, self.vm.keys, workers=4,
                                         resync_interval=timing.resync_interval)
-        self.add_controller(self.vm_controller)
-        self.watch(self.paths.vms + "/", self.vm_controller,
-                   lambda path: vm_key(path[len(self.paths.vms) + 1:].split("/", 1)[0]))
+        vms = self.paths.vms + "/"
+        wiring = Wiring()
+        wiring.add(self.vm_controller,
+                   Watch(vms, lambda path: vm_key(path[len(vms):].split("/", 1)[0])))
         # the node record's domain counts follow VM changes and libvirt's events at once
-        self.watch(self.paths.vms + "/", self.node_controller,
-                   lambda path: self.node.domains_key())
+        self._watches.append((Watch(vms, lambda path: self.node.domains_key()),
+                              self.node_controller))
 
         def on_lifecycle(uuid: str, event: object, detail: object) -> None:
             self.vm_controller.enqueue(vm_key(uuid))
             self.node_controller.enqueue(self.node.domains_key())
 
         self.libvirt.add_lifecycle_listener(on_lifecycle)
-        self.lab_agent: LabAgent | None = None
-        if self.config.drivers.libvirt.lab_agent_socket:
-            self.lab_agent = LabAgent(self.config.drivers.libvirt.lab_agent_socket, self.libvirt)
-
-    # extension points for the per-resource controllers
-    def add_controller(self, controller: Controller) -> None:
-        self.controllers.append(controller)
-
-    def watch(self, prefix: str, controller: Controller,
-              key_of: Callable[[str], str | None]) -> None:
-        """Enqueue `key_of(path)` on `controller` for every cache change below `prefix`."""
-        self._watches.append((prefix, controller, key_of))
+        return wiring
 
     # public
     def run(self) -> None:
@@ -221,8 +227,8 @@ class NodeDaemon:
         self.cache.start()
         self.cache.subscribe(self._on_change)
         self._register()
-        if self.lab_agent is not None:
-            self.lab_agent.start()
+        for service in self.plugins.services:
+            service.start()
         for controller in self.controllers:
             controller.start()
         if self.coordinator_controller is not None:
@@ -333,22 +339,6 @@ class NodeDaemon:
         if fencing.driver == "ipmi":
             params.update(ipmi_host=fencing.ipmi_host, ipmi_user=fencing.ipmi_user,
                           ipmi_password=fencing.ipmi_password)
-        elif fencing.driver in ("lab", "lab-fail"):
-            cmdline = process_argv(os.getpid()) or []  # what the fence compares it with
-            try:
-                log_path = os.readlink("/proc/self/fd/1")
-            except OSError:
-                log_path = os.devnull
-            floating = [[net.device, net.floating_ip]
-                        for net in (self.config.networks.cluster, self.config.networks.upstream)
-                        if net is not None and net.device and net.floating_ip]
-            params.update(netns=self.config.drivers.network.netns, floating=floating)
-            params.update(pid=os.getpid(), cmdline=cmdline, cwd=os.getcwd(),
-                          log=log_path if log_path.startswith("/") else os.devnull,
-                          env={key: os.environ.get(key, "")
-                               for key in ("PYTHONPATH", "PATH", "PVCD_LAB_BINDS")},
-                          # a lab node's own mount namespace (pvcd.lab.lab.LabNode.binds)
-                          binds=json.loads(os.environ.get("PVCD_LAB_BINDS") or "[]"))
         return params
 
     def _claim_name(self) -> None:
@@ -403,15 +393,9 @@ class NodeDaemon:
                 next_keepalive = time.monotonic() + interval
 
     def _on_change(self, path: str) -> None:
-        paths = self.paths
-        if path == paths.node(self.name):
-            self.node_controller.enqueue(self.node.key())
-        if self.coordinator_controller is not None and (
-                path.startswith(paths.coordinator) or path.endswith("/alive")):
-            self.coordinator_controller.enqueue(COORDINATOR_KEY)
-        for prefix, controller, key_of in self._watches:
-            if path.startswith(prefix):
-                key = key_of(path)
+        for watch, controller in self._watches:
+            if path.startswith(watch.prefix):
+                key = watch.key_of(path)
                 if key is not None:
                     controller.enqueue(key)
 
@@ -436,12 +420,12 @@ class NodeDaemon:
             self._release()
 
     def _release(self, detail: str = "") -> None:
-        """Let go of the cache, the lab agent, libvirt and ZooKeeper (each safe if never
-        started), then say the daemon has stopped."""
+        """Let go of the cache, the plugins' services, libvirt and ZooKeeper (each safe if
+        never started), then say the daemon has stopped."""
         self.registered = False
         self.cache.close()
-        if self.lab_agent is not None:
-            self.lab_agent.stop()
+        for service in reversed(self.plugins.services):
+            service.stop()
         self.libvirt.close()
         self.client.stop()
         self.client.close()

@@ -1,4 +1,9 @@
-"""The `pvcd` command: `pvcd run` (the node daemon) and `pvcd lab up|down|status`."""
+"""The `pvcd` command: `pvcd run` (the node daemon) and `pvcd lab up|down|status`.
+
+`pvcd run` builds the daemon from its config file alone; nothing of the lab is imported on that
+path (the lab starts its nodes through `python -m pvcd.lab.node`, which adds its plug-ins, and
+`pvcd lab` imports the lab only when it runs).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,15 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from types import FrameType
+from typing import TYPE_CHECKING
 
-from pvcd.config import DEFAULT_CONFIG_PATH, load_config
+from pvcd.config import DEFAULT_CONFIG_PATH, Config, load_config
 from pvcd.domain.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pvcd.daemon import NodeDaemon
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,26 +59,27 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--fencing lab cannot be used with --libvirt qemu: the lab fence kills "
                      "only the node daemon, its QEMU guests would survive it")
     if args.command == "run":
-        return _run(args.config, args.log_level)
+        return run_node(args.config, args.log_level, _production_daemon)
     return _lab(args)
 
 
-def _run(config_path: str, log_level: str) -> int:
+def _production_daemon(config: Config) -> NodeDaemon:
+    from pvcd.daemon import NodeDaemon  # after config: a bad config fails fast and clearly
+
+    return NodeDaemon(config)
+
+
+def run_node(config_path: str, log_level: str, build: Callable[[Config], NodeDaemon]) -> int:
+    """Load the config, `build` the daemon from it, run it until SIGTERM/SIGINT."""
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("kazoo").setLevel(logging.WARNING)
     try:
         config = load_config(config_path)
+        daemon = build(config)
     except ConfigError as exc:
         print(f"pvcd: configuration error: {exc}", file=sys.stderr)
         return 2
-    from pvcd.daemon import NodeDaemon  # after config: a bad config fails fast and clearly
-
-    extra_osds = None
-    if config.drivers.ceph.lab_workdir:  # a lab node: memstore OSDs of the lab's Ceph
-        from pvcd.lab.osds import lab_osd_provisioner
-        extra_osds = lab_osd_provisioner(config)
-    daemon = NodeDaemon(config, extra_osds=extra_osds)
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # operators: dump thread stacks
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -81,7 +92,7 @@ def _run(config_path: str, log_level: str) -> int:
 
 
 def _lab(args: argparse.Namespace) -> int:
-    from pvcd.lab.lab import Lab
+    from pvcd.lab.lab import Lab  # the one import of the lab outside it: `pvcd lab` only
 
     lab = Lab(args.workdir)
     if args.lab_command == "up":

@@ -8,13 +8,18 @@ the OpenAPI document is generated from, so the two cannot drift.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 
 import tornado.web
 from tornado.log import access_log
 
 from pvcd.api import cluster, general, metrics, networks, nodes, openapi, storage, vms
+from pvcd.api.auth import Tokens
 from pvcd.api.base import ApiContext, NotFoundHandler
 from pvcd.api.routing import Route
+from pvcd.state.store import Store
+from pvcd.state.view import ClusterView
 
 ROUTES: list[Route] = [
     *general.ROUTES,
@@ -43,11 +48,24 @@ def log_request(handler: tornado.web.RequestHandler) -> None:
                    request.remote_ip, 1000.0 * request.request_time())
 
 
+def make_context(view: ClusterView, store: Store, node_name: str, auth_enabled: bool,
+                 tokens: Tokens, storage_request_timeout: float | None = None,
+                 clock: Callable[[], float] = time.time,
+                 registry: metrics.Metrics | None = None) -> ApiContext:
+    """The API's context with its list renderers, its request waiter and its metrics
+    (`registry`: the daemon's own, which also tracks its controllers; else a new one)."""
+    registry = registry or metrics.Metrics(view, node_name, clock)
+    ctx = ApiContext(view=view, store=store, node_name=node_name, auth_enabled=auth_enabled,
+                     tokens=tokens, vm_list=vms.vm_renderer(view),
+                     node_list=nodes.node_renderer(view),
+                     request_waiter=storage.RequestWaiter(view.cache),
+                     storage_request_timeout=storage_request_timeout, clock=clock,
+                     metrics=registry)
+    registry.in_flight = lambda: ctx.in_flight
+    return ctx
+
+
 def make_app(ctx: ApiContext, cookie_secret: str) -> tornado.web.Application:
-    if ctx.metrics is None:  # the daemon passes its own (with its controllers)
-        ctx.metrics = metrics.Metrics(ctx.view, ctx.node_name, ctx.clock)
-    if isinstance(ctx.metrics, metrics.Metrics):
-        ctx.metrics.in_flight = lambda: ctx.in_flight
     handlers = [(route.pattern, route.handler,
                  {"ctx": ctx, "route": openapi.openapi_path(route)}) for route in ROUTES]
     return tornado.web.Application(

@@ -12,16 +12,20 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import tornado.web
 
 from pvcd.api.auth import SESSION_COOKIE, Tokens, session_expired
+from pvcd.api.render import FragmentRenderer
 from pvcd.api.values import RawValues, Values, declared
 from pvcd.domain.errors import BackendError, Conflict, PvcError
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
+
+if TYPE_CHECKING:
+    from pvcd.api.storage import RequestWaiter
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +38,21 @@ class RequestObserver(Protocol):
 
 @dataclass
 class ApiContext:
-    """What handlers may use: the cache view, the store, this node's name and the auth setup."""
+    """What handlers may use: the cache view, the store, this node's name, the auth setup, and
+    the API's own long-lived helpers. Built once per daemon by `pvcd.api.app.make_context`."""
 
     view: ClusterView
     store: Store
     node_name: str
     auth_enabled: bool
     tokens: Tokens
+    vm_list: FragmentRenderer  # GET /vm: cached JSON fragments of the VMs
+    node_list: FragmentRenderer  # GET /node
+    request_waiter: RequestWaiter  # wakes handlers waiting on a request object's result
+    # how long a storage request is waited for; None: this node does not manage Ceph
+    storage_request_timeout: float | None = None
     clock: Callable[[], float] = time.time
     in_flight: int = 0
-    extras: dict[str, Any] = field(default_factory=dict)
     metrics: RequestObserver | None = None
 
 

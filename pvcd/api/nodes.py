@@ -87,9 +87,7 @@ class NodeListHandler(BaseHandler):
     @accepts(NODE_LIMIT)
     def get(self) -> None:
         view = self.ctx.view
-        renderer = self.ctx.extras.get("node_renderer")
-        if renderer is None:
-            renderer = self.ctx.extras["node_renderer"] = node_renderer(view)
+        renderer = self.ctx.node_list
         limit = self.values[NODE_LIMIT]
         names = [n for n in view.node_names() if limit is None or limit.search(n)]
         self.reply_json(renderer.render(names))

@@ -97,7 +97,7 @@ class RequestWaiter:
 
 def storage_timeout(ctx: ApiContext) -> float:
     """The request timeout, or InvalidValue when this primary does not manage Ceph."""
-    timeout = ctx.extras.get("storage_request_timeout")
+    timeout = ctx.storage_request_timeout
     if timeout is None:
         raise InvalidValue(f"Ceph storage is not configured on the primary node {ctx.node_name} "
                            "(drivers.ceph.enabled)")
@@ -110,9 +110,7 @@ async def run_request(handler: BaseHandler, op: str, args: dict[str, Any],
     still running at the timeout."""
     ctx = handler.ctx
     timeout = storage_timeout(ctx)
-    waiter = ctx.extras.get("storage_waiter")
-    if waiter is None:
-        waiter = ctx.extras["storage_waiter"] = RequestWaiter(ctx.view.cache)
+    waiter = ctx.request_waiter
     request = StorageRequest(id=new_request_id(ctx.clock), op=op, args=args, target=target,
                              created=ctx.clock())
     path = ctx.view.paths.storage_request(request.id)

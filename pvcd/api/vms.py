@@ -113,9 +113,7 @@ class VmListHandler(VmBaseHandler):
         state = self.values[STATE_FILTER]
         if node is not None and view.node_spec_entry(node) is None:
             raise NotFound(f"Node '{node}' not found")
-        renderer = self.ctx.extras.get("vm_renderer")
-        if renderer is None:
-            renderer = self.ctx.extras["vm_renderer"] = vm_renderer(view)
+        renderer = self.ctx.vm_list
         selected = []
         for uuid in view.vm_uuids():
             spec = view.cache.get(view.paths.vm(uuid))

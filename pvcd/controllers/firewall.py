@@ -16,18 +16,14 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pvcd.config import NetworkDriverSection
-from pvcd.controllers.base import DONE, Controller, Result
+from pvcd.controllers.base import DONE, Controller, Result, Watch, Wiring
 from pvcd.controllers.network import vni_of_key, vni_of_path
 from pvcd.domain.records import AclSpec
 from pvcd.drivers.netlink import bridge_name
 from pvcd.drivers.nftables import NftablesDriver
 from pvcd.state.view import ClusterView
-
-if TYPE_CHECKING:
-    from pvcd.daemon import NodeDaemon
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +94,12 @@ def direction_guards(spec: Any, field: str) -> list[dict[str, Any]]:
     return guards
 
 
-def install(daemon: NodeDaemon, config: NetworkDriverSection) -> None:
-    nft = NftablesDriver(config.netns)
-    firewall = FirewallController(daemon.name, daemon.view, nft)
+def build_firewall(node: str, view: ClusterView, nft: NftablesDriver,
+                   resync_interval: float) -> Wiring:
+    """Every network's ACL chains on this node, fed by the networks and their ACLs."""
+    firewall = FirewallController(node, view, nft)
     controller = Controller("firewall", firewall.reconcile, firewall.keys,
-                            resync_interval=config.resync_interval)
-    daemon.add_controller(controller)
-    daemon.watch(daemon.paths.networks + "/", controller, firewall.key_of_path)
+                            resync_interval=resync_interval)
+    wiring = Wiring()
+    wiring.add(controller, Watch(view.paths.networks + "/", firewall.key_of_path))
+    return wiring

@@ -13,6 +13,8 @@ import ipaddress
 import logging
 from dataclasses import dataclass
 
+from pvcd.config import NetworksSection
+from pvcd.controllers.base import PrimaryService, Wiring
 from pvcd.drivers.announce import announce
 from pvcd.drivers.netlink import NetlinkDriver
 
@@ -51,3 +53,16 @@ class FloatingIps:
             except Exception as exc:  # must not stop the rest of the handover
                 log.error("event=floating-ip-down-failed device=%s address=%s error=%r",
                           floating.device, floating.cidr, exc)
+
+
+def build_floating_ips(networks: NetworksSection, netns: str | None,
+                       links: NetlinkDriver | None = None) -> Wiring:
+    """The "floating-ip" primary service for the cluster (and upstream) network's configured
+    floating address; nothing when none is configured."""
+    addresses = [FloatingIp(net.device, net.floating_ip)
+                 for net in (networks.cluster, networks.upstream)
+                 if net is not None and net.device and net.floating_ip]
+    if not addresses:
+        return Wiring()
+    floating = FloatingIps(addresses, links or NetlinkDriver(netns), netns)
+    return Wiring(services=[PrimaryService("floating-ip", floating.start, floating.stop)])

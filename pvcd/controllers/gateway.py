@@ -31,10 +31,17 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pvcd.config import NetworkDriverSection
-from pvcd.controllers.base import DONE, Controller, Result, TemporaryError
+from pvcd.controllers.base import (
+    DONE,
+    Controller,
+    PrimaryService,
+    Result,
+    TemporaryError,
+    Watch,
+    Wiring,
+)
 from pvcd.controllers.network import vni_of_key, vni_of_path
 from pvcd.domain.errors import BackendError, Conflict
 from pvcd.domain.records import DhcpLease, NetworkSpec
@@ -44,9 +51,6 @@ from pvcd.drivers.netlink import NetlinkDriver, bridge_name
 from pvcd.drivers.netns import run_in_netns
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
-
-if TYPE_CHECKING:
-    from pvcd.daemon import NodeDaemon
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +92,9 @@ class GatewayService:
         self.links = links
         self.config = config
         self.active = False
-        self.controller: Controller | None = None
+        # its own work queue: taking the primary role enqueues every network
+        self.controller = Controller("gateway", self.reconcile, self.keys,
+                                     resync_interval=config.resync_interval)
         self._lock = threading.RLock()
         self._running: dict[int, _Running] = {}
 
@@ -98,9 +104,8 @@ class GatewayService:
             self.active = True
         self._enable_routing()
         log.info("event=gateways-start node=%s", self.name)
-        if self.controller is not None:
-            for vni in self.view.network_vnis():
-                self.controller.enqueue(gw_key(vni))
+        for vni in self.view.network_vnis():
+            self.controller.enqueue(gw_key(vni))
 
     def stop(self) -> None:
         with self._lock:
@@ -263,11 +268,11 @@ class GatewayService:
                      len(current), len(ops))
 
 
-def install(daemon: NodeDaemon, config: NetworkDriverSection, links: NetlinkDriver) -> None:
-    service = GatewayService(daemon.name, daemon.view, daemon.store, links, config)
-    controller = Controller("gateway", service.reconcile, service.keys,
-                            resync_interval=config.resync_interval)
-    service.controller = controller
-    daemon.add_controller(controller)
-    daemon.watch(daemon.paths.networks + "/", controller, service.key_of_path)
-    daemon.services.add("gateways", service.start, service.stop)
+def build_gateways(node: str, view: ClusterView, store: Store, links: NetlinkDriver,
+                   config: NetworkDriverSection) -> Wiring:
+    """Gateways and dnsmasq of the managed networks, acting while this node is primary (the
+    "gateways" service)."""
+    service = GatewayService(node, view, store, links, config)
+    wiring = Wiring(services=[PrimaryService("gateways", service.start, service.stop)])
+    wiring.add(service.controller, Watch(view.paths.networks + "/", service.key_of_path))
+    return wiring

@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
 
 from pvcd.config import NetworkDriverSection
-from pvcd.controllers.base import DONE, Controller, Result, TemporaryError
+from pvcd.controllers.base import DONE, Controller, Result, TemporaryError, Watch, Wiring
 from pvcd.controllers.node import NodeStatusWriter
 from pvcd.domain.errors import NotFound
 from pvcd.domain.records import NetworkSpec
@@ -40,9 +39,6 @@ from pvcd.drivers.netlink import (
     vxlan_name,
 )
 from pvcd.state.view import ClusterView
-
-if TYPE_CHECKING:
-    from pvcd.daemon import NodeDaemon
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +82,9 @@ class NetworkController:
         self.links = links
         self.config = config
         self.writer = writer
-        self.enqueue: Callable[[str], None] = lambda key: None
+        # its own work queue: a change of peers re-enqueues every network
+        self.controller = Controller("network", self.reconcile, self.keys,
+                                     resync_interval=config.resync_interval)
         self._last_peers: set[str] | None = None  # only to skip needless re-enqueues
 
     # keys
@@ -130,7 +128,7 @@ class NetworkController:
             log.info("event=vxlan-peers node=%s peers=%s", self.name, ",".join(sorted(peers)))
             self._last_peers = peers
             for vni in self.view.network_vnis():
-                self.enqueue(net_key(vni))
+                self.controller.enqueue(net_key(vni))
         return DONE
 
     def _managed(self, spec: NetworkSpec) -> Result:
@@ -184,23 +182,12 @@ class NetworkController:
             log.info("event=network-removed node=%s vni=%d", self.name, vni)
 
 
-def install(daemon: NodeDaemon) -> None:
-    """Wire the client-network controllers into a node daemon (called from its __init__)."""
-    from pvcd.controllers import firewall, gateway
-
-    config = daemon.config.drivers.network
-    if config.underlay_device is None and config.uplink_device is None:
-        log.info("event=networks-disabled node=%s reason=no-underlay-or-uplink", daemon.name)
-        return
-    paths = daemon.paths
-    links = NetlinkDriver(config.netns)
-    network = NetworkController(daemon.name, daemon.view, links, config, daemon.writer)
-    controller = Controller("network", network.reconcile, network.keys,
-                            resync_interval=config.resync_interval)
-    network.enqueue = controller.enqueue
-    daemon.add_controller(controller)
-    daemon.watch(paths.networks + "/", controller, network.key_of_path)
-    daemon.watch(paths.nodes + "/", controller, lambda path: PEERS_KEY)
-    firewall.install(daemon, config)
-    if daemon.config.node.coordinator:
-        gateway.install(daemon, config, links)
+def build_interfaces(node: str, view: ClusterView, links: NetlinkDriver,
+                     config: NetworkDriverSection, writer: NodeStatusWriter) -> Wiring:
+    """The interfaces of every client network on this node, fed by the networks and (for the
+    VXLAN peer lists) the nodes in the cache."""
+    network = NetworkController(node, view, links, config, writer)
+    wiring = Wiring()
+    wiring.add(network.controller, Watch(view.paths.networks + "/", network.key_of_path),
+               Watch(view.paths.nodes + "/", lambda path: PEERS_KEY))
+    return wiring

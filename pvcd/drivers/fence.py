@@ -3,28 +3,21 @@
 A fence is "power off, confirm off, power on". Success means the node is confirmed off (its
 guests with it); only then may the cluster recover its VMs. Any doubt is a failure.
 
-- `IpmiFence`: `ipmitool -I lanplus` chassis power off / status / on.
-- `LabFence`: the lab's nodes are processes, so "power" is the node daemon's process (and, with
-  the test:/// libvirt, its guests live inside it): SIGKILL, confirm the process is gone, then
-  start the same command line again ("power on"). Real processes, really killed.
-- `FailingFence`: a lab driver that always fails, to exercise the failed-fence path.
+`IpmiFence` (`ipmitool -I lanplus` chassis power off / status / on) is the production driver.
+Other drivers are given to a daemon by whoever builds it (`pvcd.plugins.Plugins`; the lab's are
+in `pvcd.lab.fence`); a node that publishes a driver the primary was not given cannot be fenced.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import signal
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pvcd.domain.errors import BackendError, InvalidValue
-from pvcd.drivers.host import pid_alive, process_argv
-from pvcd.lab import mountns
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -74,69 +67,10 @@ class IpmiFence:
         return result.stdout
 
 
-class LabFence:
-    def fence(self, target: FenceTarget, timeout: float) -> None:
-        pid = int(target.params.get("pid", 0))
-        cmdline = target.params.get("cmdline") or []
-        cwd = target.params.get("cwd") or "/"
-        if pid > 0 and pid_alive(pid):
-            if not _same_process(pid, cmdline):
-                raise BackendError(f"node {target.node}: pid {pid} is another process now; "
-                                   "refusing to kill it")
-            os.kill(pid, signal.SIGCONT)  # a stopped process dies only when it runs
-            os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + timeout
-        while pid > 0 and pid_alive(pid):
-            if time.monotonic() > deadline:
-                raise BackendError(f"node {target.node}: pid {pid} still alive after SIGKILL")
-            time.sleep(0.01)
-        netns = target.params.get("netns")
-        if netns:  # the node's network goes down with it: its processes, its floating IPs
-            _power_off_netns(str(netns), target.params.get("floating") or [])
-        log.info("event=fence-power-off node=%s pid=%d confirmed=true", target.node, pid)
-        if cmdline:  # power on: the node boots and its daemon starts again
-            binds = target.params.get("binds") or []
-            if binds:  # in a mount namespace of its own, as the lab started it
-                cmdline = mountns.wrap(binds, cmdline)
-            if netns:
-                cmdline = ["ip", "netns", "exec", str(netns), *cmdline]
-            log_path = target.params.get("log") or os.devnull
-            with open(log_path, "ab") as out:
-                subprocess.Popen(cmdline, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
-                                 stderr=subprocess.STDOUT, start_new_session=True,
-                                 env=target.params.get("env") or None)
-            log.info("event=fence-power-on node=%s", target.node)
-
-
-class FailingFence:
-    def fence(self, target: FenceTarget, timeout: float) -> None:
-        raise BackendError(f"node {target.node}: the lab-fail fence driver always fails")
-
-
-def fence_driver(name: str) -> FenceDriver:
-    drivers: dict[str, FenceDriver] = {"ipmi": IpmiFence(), "lab": LabFence(),
-                                       "lab-fail": FailingFence()}
+def fence_driver(name: str, extra: Mapping[str, FenceDriver] | None = None) -> FenceDriver:
+    """The driver called `name`: a production one, or one of `extra` (given by the daemon's
+    builder); InvalidValue when there is none of that name."""
+    drivers: dict[str, FenceDriver] = {"ipmi": IpmiFence(), **(extra or {})}
     if name not in drivers:
         raise InvalidValue(f"node cannot be fenced: fence driver {name!r}")
     return drivers[name]
-
-
-def _power_off_netns(netns: str, floating: list[list[str]]) -> None:
-    try:
-        pids = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True,
-                              timeout=10, check=False).stdout.split()
-        for pid in pids:
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except (ProcessLookupError, ValueError):
-                pass
-        for device, cidr in floating:
-            subprocess.run(["ip", "-n", netns, "addr", "del", cidr, "dev", device],
-                           capture_output=True, timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise BackendError(f"powering off the network namespace {netns} failed: {exc}") from exc
-
-
-def _same_process(pid: int, cmdline: list[str]) -> bool:
-    current = process_argv(pid)
-    return current is not None and (not cmdline or current == list(cmdline))

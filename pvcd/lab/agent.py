@@ -2,10 +2,10 @@
 
 The libvirt test driver keeps each connection's domains inside the daemon's process, so no
 other process (no `virsh`, no test) can see them. In the lab each daemon therefore serves this
-tiny agent on a unix socket (`drivers.libvirt.lab_agent_socket`): one JSON request per
-connection, answered from the daemon's own libvirt connection — what libvirt says, not what
-ZooKeeper says. `destroy` simulates a VM killed behind the daemon's back. Never configured in
-production.
+tiny agent on a unix socket (`agent.sock` in the node's folder, named by its launch record): one
+JSON request per connection, answered from the daemon's own libvirt connection — what libvirt
+says, not what ZooKeeper says. `destroy` simulates a VM killed behind the daemon's back. A lab
+plug-in (`pvcd.lab.node`): a production daemon has no way to start it.
 """
 
 from __future__ import annotations

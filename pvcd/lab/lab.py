@@ -1,7 +1,8 @@
 """The lab: a real pvcd cluster on one machine (ZooKeeper + N node daemons).
 
-`Lab(workdir).up(nodes=3)` starts a ZooKeeper (or an ensemble) and N `pvcd run` processes, each
-with its own config file, with authentication on and a generated token, waits until the API
+`Lab(workdir).up(nodes=3)` starts a ZooKeeper (or an ensemble) and N node daemons (`python -m
+pvcd.lab.node`: `pvcd run` plus the lab's plug-ins), each with its own config file and launch
+record (`pvcd.lab.launch`), with authentication on and a generated token, waits until the API
 answers and every node runs, and writes `workdir/lab.json` for scripts and tests. `down()` stops
 everything it started and removes what it created. Later issues extend it (libvirt, network
 namespaces, Ceph); each part is started and stopped here.
@@ -16,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import signal
 import ssl
 import subprocess
@@ -25,22 +25,23 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 import yaml
 
-from pvcd.drivers.ceph.launchers import ProcessOsdLauncher
 from pvcd.drivers.host import pid_alive, pids_where, signal_pid
-from pvcd.lab import agent, mountns
-from pvcd.lab.ceph import CephLabError, Daemon, ThrowawayCeph
+from pvcd.lab import agent
+from pvcd.lab.ceph import ThrowawayCeph
+from pvcd.lab.ceph_cluster import node_ceph_root, start_lab_ceph, stop_device_osds, stop_lab_ceph
+from pvcd.lab.info import LAB_FILE, LabInfo, LabNode
+from pvcd.lab.launch import NodeLaunch, lab_environment, launch, load_launch
 from pvcd.lab.libvirtd import LibvirtdLab
 from pvcd.lab.netns import FLOATING_IP, SERVICE_IP, UNDERLAY_NET, LabNetwork, in_ns
 from pvcd.lab.qemu_guest import build_guest_kernel, qemu_guest_xml
-from pvcd.lab.zookeeper import ZooKeeperEnsemble, ZooKeeperServer, free_port
+from pvcd.lab.tls import make_self_signed_cert
+from pvcd.lab.zookeeper import ZooKeeperEnsemble, free_port, server_doc, server_from_doc
 
-LAB_FILE = "lab.json"
 _FLOATING_PROBE = """
 import json, sys, urllib.request
 request = urllib.request.Request(sys.argv[1], headers={"X-Api-Key": sys.argv[2]})
@@ -48,55 +49,10 @@ with urllib.request.urlopen(request, timeout=float(sys.argv[3])) as response:
     print(json.dumps(json.loads(response.read())))
 """
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
-LAB_BINDS_ENV = "PVCD_LAB_BINDS"  # a lab node daemon's binds (LabNode.binds), for the lab fence
 LIBVIRT_KINDS = ("test", "qemu")
 # where a QEMU lab node's incoming QEMU listens, and its peers send the memory (loopback: every
 # node is on this machine; LibvirtdInstance.migration_params says the same)
 QEMU_LAB_MIGRATION_URI = "tcp://127.0.0.1"
-
-
-@dataclass
-class LabNode:
-    name: str
-    coordinator: bool
-    config: str
-    log: str
-    pid: int = 0
-    # (source, target) folders bind-mounted in the daemon's own mount namespace: a Ceph lab
-    # node's /etc/ceph and /var/lib/ceph (`ceph-volume` insists on them), as on a machine of its own
-    binds: list[list[str]] = field(default_factory=list)
-
-
-@dataclass
-class LabInfo:
-    workdir: str
-    api: str
-    token: str
-    zookeeper: str
-    zk_root: str
-    nodes: list[LabNode] = field(default_factory=list)
-    zookeeper_servers: list[dict[str, Any]] = field(default_factory=list)
-    session_timeout: float = 3.0
-    created: float = 0.0
-    network: dict[str, Any] | None = None  # {"id": ...} when nodes have network namespaces
-    ceph: dict[str, Any] | None = None  # {"workdir", "conf", "keyring"} with a throwaway Ceph
-    libvirt: str = "test"  # test: a test:/// file per node; qemu: a real libvirtd per node
-    qemu: dict[str, Any] | None = None  # {"workdir", "kernel", "guest_xml"} with libvirt qemu
-
-    def node(self, name: str) -> LabNode:
-        for node in self.nodes:
-            if node.name == name:
-                return node
-        raise KeyError(name)
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> LabInfo:
-        doc = json.loads(text)
-        doc["nodes"] = [LabNode(**n) for n in doc.get("nodes", [])]
-        return cls(**doc)
 
 
 class Lab:
@@ -160,13 +116,13 @@ class Lab:
             workdir=str(self.workdir), api=f"{scheme}://127.0.0.1:{api_port}/api/v1",
             token=str(uuid.uuid4()), zookeeper=self.zookeeper.connect_string, zk_root="/pvc",
             session_timeout=session_timeout, created=time.time(),
-            zookeeper_servers=[_server_doc(s) for s in self.zookeeper.servers],
+            zookeeper_servers=[server_doc(s) for s in self.zookeeper.servers],
             libvirt=libvirt,
         )
         if ceph:
             self.info = info
             try:
-                info.ceph = self._start_ceph(nodes)
+                self.ceph, info.ceph = start_lab_ceph(self.workdir / "ceph", nodes)
             except BaseException:
                 self.down()
                 raise
@@ -218,7 +174,7 @@ class Lab:
             if info.ceph is not None:  # OSD ownership: docs/storage.md
                 cast(dict[str, Any], config.setdefault("drivers", {}))["ceph"] = {
                     "enabled": True, "conf_file": info.ceph["conf"],
-                    "keyring": info.ceph["keyring"], "lab_workdir": info.ceph["workdir"],
+                    "keyring": info.ceph["keyring"],
                     "stats_interval": ceph_stats_interval, "request_timeout": 60.0,
                     "osd_launcher": "process",
                     "osd_run_dir": str(folder / "osd-run")}
@@ -244,47 +200,13 @@ class Lab:
     def _start_proxy(self, lab_net: LabNetwork, api_port: int) -> int:
         info = self._info()
         assert info.network is not None
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (PACKAGE_PARENT, env.get("PYTHONPATH", "")) if p)
+        env = lab_environment(PACKAGE_PARENT)
         process = subprocess.Popen(
             [sys.executable, "-m", "pvcd.lab.proxy", "--port", str(info.network["proxy_port"]),
              "--netns", lab_net.underlay, "--target", f"{FLOATING_IP}:{api_port}"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             env=env, start_new_session=True)
         return process.pid
-
-    def _start_ceph(self, nodes: int) -> dict[str, Any]:
-        """A throwaway Ceph (1 mon, 1 mgr, 2 memstore OSDs) whose OSDs belong to node1, node2,
-        ...: each is placed under its node's CRUSH host, and OSDs no longer move themselves to
-        the machine's host name when they start."""
-        # the daemons outlive this process (`pvcd lab up` exits); `down()` stops them
-        # Two copies, as a cluster that holds VM disks has (at least). With one copy (size 1),
-        # Ceph 16.2's read leases can leave a PG whose primary moved to a freshly added OSD
-        # "laggy" for good: reads to it wait "for readable" forever, because only a replica's
-        # lease ack makes the primary look at its lease again (seen here: `rbd create` hung
-        # after an OSD add; with a replica the same op completes at once).
-        self.ceph = ThrowawayCeph(self.workdir / "ceph", osds=2, die_with_parent=False,
-                                  pool_size=2)
-        self.ceph.start()
-        self.ceph.ceph(["config", "set", "osd", "osd_crush_update_on_start", "false"])
-        tree = json.loads(self.ceph.ceph(["osd", "tree", "--format", "json"]))
-        for item in tree["nodes"]:
-            if item["type"] == "osd":
-                owner = f"node{item['id'] % nodes + 1}"
-                self.ceph.ceph(["osd", "crush", "set", item["name"],
-                                f"{item['crush_weight']:g}", "root=default", f"host={owner}"])
-        for item in tree["nodes"]:
-            if item["type"] == "host":  # the machine's own host bucket, now empty
-                self.ceph.ceph(["osd", "crush", "rm", item["name"]])
-        self.ceph.wait_healthy()
-        # what `ceph-volume` on a node registers new OSDs with (node_ceph_root)
-        bootstrap = self.ceph.workdir / "bootstrap-osd.keyring"
-        bootstrap.write_text(self.ceph.ceph(["auth", "get-or-create", "client.bootstrap-osd",
-                                             "mon", "allow profile bootstrap-osd"]))
-        bootstrap.chmod(0o600)
-        return {"workdir": str(self.ceph.workdir), "conf": str(self.ceph.conf_path),
-                "keyring": str(self.ceph.keyring_path), "bootstrap_keyring": str(bootstrap)}
 
     def _start_libvirtd(self, info: LabInfo, nodes: int) -> None:
         """One libvirtd per node (`libvirtd/nodeN`, docs/lab-qemu.md), the guest kernel, and
@@ -308,7 +230,7 @@ class Lab:
                     "migration_uri": QEMU_LAB_MIGRATION_URI}
         state = folder / "libvirt-test.xml"
         state.write_text("<node>\n</node>\n")  # an empty test:/// hypervisor
-        return {"uri": f"test://{state}", "lab_agent_socket": str(folder / "agent.sock")}
+        return {"uri": f"test://{state}"}
 
     def add_node(self, timeout: float = 60.0) -> str:
         """Add a (non-coordinator) node to the running lab, as an operator adds a hypervisor:
@@ -346,27 +268,26 @@ class Lab:
         return name
 
     def start_node(self, name: str) -> int:
+        """Start node `name`'s daemon, as its launch record (written here) says."""
         info = self._info()
         node = info.node(name)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (PACKAGE_PARENT, env.get("PYTHONPATH", "")) if p)
-        prefix = []
-        if info.network:  # the node daemon lives in its node's network namespace
-            prefix = ["ip", "netns", "exec", LabNetwork(info.network["id"]).node_ns(name)]
-        command = [sys.executable, "-m", "pvcd", "run", "--config", node.config]
-        if node.binds:  # and in a mount namespace of its own (a lab fence restarts it so too)
-            env[LAB_BINDS_ENV] = json.dumps(node.binds)
-            command = mountns.wrap(node.binds, command)
-        with open(node.log, "ab") as log:
-            process = subprocess.Popen(
-                [*prefix, *command],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True,
-            )
-        node.pid = process.pid
+        folder = Path(node.config).parent
+        config = yaml.safe_load(Path(node.config).read_text())
+        record = NodeLaunch(
+            node=name, command=[sys.executable, "-m", "pvcd.lab.node", "--config", node.config],
+            cwd=os.getcwd(), log=node.log, env=lab_environment(PACKAGE_PARENT),
+            # in a mount namespace of its own (a lab fence restarts it so too)
+            binds=node.binds,
+            # the node daemon lives in its node's network namespace
+            netns=LabNetwork(info.network["id"]).node_ns(name) if info.network else None,
+            floating=[[net["device"], net["floating_ip"]]
+                      for net in (config.get("networks") or {}).values()
+                      if net and net.get("device") and net.get("floating_ip")],
+            agent_socket=str(folder / "agent.sock") if info.libvirt == "test" else None,
+            ceph_workdir=info.ceph["workdir"] if info.ceph else None)
+        node.pid = launch(folder, record)
         self.save()
-        return process.pid
+        return node.pid
 
     def wait_ready(self, timeout: float = 90.0) -> None:
         info = self._info()
@@ -452,11 +373,11 @@ class Lab:
         return str(Path(self._info().node(name).config).parent / "agent.sock")
 
     def refresh_pids(self) -> None:
-        """Take the node pids from the cluster (a lab fence restarts a node's daemon)."""
+        """Take the node pids from their launch records (a lab fence restarts a node's daemon
+        and records its new pid there)."""
         info = self._info()
-        for node in self.api_get("/node"):
-            if node.get("pid"):
-                info.node(node["name"]).pid = int(node["pid"])
+        for node in info.nodes:
+            node.pid = load_launch(Path(node.config).parent).pid
         self.save()
 
     def signal_node(self, name: str, sig: int) -> None:
@@ -517,7 +438,9 @@ class Lab:
         if info is not None and info.ceph:
             for node in info.nodes:  # OSDs on devices, started by the node daemons
                 stop_device_osds(Path(node.config).parent / "osd-run")
-            self._stop_ceph(Path(info.ceph["workdir"]))
+            stop_lab_ceph(Path(info.ceph["workdir"]), self.ceph)
+            _remove_tree(Path(info.ceph["workdir"]))  # with the nodes' lock file
+            self.ceph = None
         if info is not None and info.qemu:
             self._stop_libvirtd(Path(info.qemu["workdir"]), int(info.qemu["nodes"]))
             _remove_tree(self.workdir / "guest")
@@ -525,7 +448,7 @@ class Lab:
         ensemble = self.zookeeper
         if ensemble is None and info is not None:
             ensemble = ZooKeeperEnsemble(self.workdir / "zookeeper", len(info.zookeeper_servers))
-            ensemble.servers = [_server_from_doc(d) for d in info.zookeeper_servers]
+            ensemble.servers = [server_from_doc(d) for d in info.zookeeper_servers]
         if ensemble is not None:
             ensemble.stop()
         _remove_tree(self.workdir / "zookeeper")
@@ -547,25 +470,6 @@ class Lab:
         if not os.environ.get("PVCD_LAB_KEEP_LOGS"):
             _remove_tree(workdir)
 
-    def _stop_ceph(self, workdir: Path) -> None:
-        """Stop every daemon of the lab's Ceph, those the nodes started too (the state file
-        lists them all), and remove its folder."""
-        try:
-            cluster = ThrowawayCeph.load(workdir)
-        except CephLabError:
-            return  # never started, or already stopped
-        if self.ceph is not None:  # started by this process: reap them
-            ours = {(d.name, d.pid): d.process for d in _ceph_daemons(self.ceph)}
-            for loaded in _ceph_daemons(cluster):
-                loaded.process = ours.get((loaded.name, loaded.pid))
-        try:
-            cluster.stop()
-        except CephLabError as exc:
-            print(f"pvcd lab: stopping Ceph: {exc}", file=sys.stderr)
-        cluster.remove()
-        _remove_tree(workdir)  # with the nodes' lock file
-        self.ceph = None
-
     # persistence
     def save(self) -> None:
         info = self._info()
@@ -586,76 +490,9 @@ class Lab:
         return self.info
 
 
-def node_ceph_root(folder: Path, ceph: dict[str, Any]) -> list[list[str]]:
-    """A lab node's own /etc/ceph and /var/lib/ceph (in `folder`), as a Ceph client machine
-    has them: `ceph.conf` pointing at the lab's cluster and the bootstrap-osd keyring that
-    `ceph-volume` registers OSDs with; the binds that put them in place."""
-    cluster = ThrowawayCeph.load(ceph["workdir"])
-    assert cluster.ports is not None
-    etc, var = folder / "ceph-etc", folder / "ceph-var"
-    for sub in ("bootstrap-osd", "osd", "log", "run", "crash", "tmp"):
-        (var / sub).mkdir(parents=True, exist_ok=True)
-    etc.mkdir(parents=True, exist_ok=True)
-    ports = cluster.ports
-    settings = {
-        "fsid": cluster.fsid,
-        "mon host": f"[v2:127.0.0.1:{ports.mon_v2},v1:127.0.0.1:{ports.mon_v1}]",
-        "public addr": "127.0.0.1", "cluster addr": "127.0.0.1",
-        "ms bind port min": str(ports.range_min), "ms bind port max": str(ports.range_max),
-        # nothing outside the node's folder (and the mounts): logs, sockets, crashes
-        "log file": "/var/lib/ceph/log/$cluster-$name.log",
-        "run dir": "/var/lib/ceph/run", "crash dir": "/var/lib/ceph/crash",
-        # a small bluestore on a sparse file: a small fixed cache
-        "bluestore cache autotune": "false", "bluestore cache size": str(64 << 20),
-    }
-    (etc / "ceph.conf").write_text(
-        "[global]\n" + "".join(f"    {key} = {value}\n" for key, value in settings.items()))
-    keyring = var / "bootstrap-osd" / "ceph.keyring"
-    keyring.write_text(Path(ceph["bootstrap_keyring"]).read_text())
-    keyring.chmod(0o600)
-    for path in (var / "osd", var / "log", var / "run", var / "crash", var / "tmp"):
-        shutil.chown(path, "ceph", "ceph")  # the OSD daemons drop to user ceph
-    return [[str(etc), "/etc/ceph"], [str(var), "/var/lib/ceph"]]
-
-
-def stop_device_osds(run_dir: Path) -> None:
-    """Stop the `ceph-osd` processes a lab node started on devices (pid files in `run_dir`)."""
-    launcher = ProcessOsdLauncher(run_dir)
-    for osd_id in launcher.pids():
-        launcher.stop(osd_id)
-
-
-def make_self_signed_cert(folder: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 (openssl), for the lab's HTTPS API."""
-    folder.mkdir(parents=True, exist_ok=True)
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
-    )
-    return cert, key
-
-
-def _ceph_daemons(cluster: ThrowawayCeph) -> list[Daemon]:
-    return [d for d in (cluster.mon, cluster.mgr, *cluster.osds.values()) if d is not None]
-
-
-def _server_doc(server: ZooKeeperServer) -> dict[str, Any]:
-    return {"index": server.index, "pid": server.pid, "client_port": server.client_port,
-            "quorum_port": server.quorum_port, "election_port": server.election_port,
-            "folder": str(server.folder)}
-
-
-def _server_from_doc(doc: dict[str, Any]) -> ZooKeeperServer:
-    return ZooKeeperServer(doc["index"], doc["client_port"], doc["quorum_port"],
-                           doc["election_port"], Path(doc["folder"]), pid=doc["pid"])
-
-
 def _pids_running(config_path: str) -> list[int]:
     """Processes whose command line names `config_path` (the node daemons of one lab node)."""
-    return pids_where(lambda argv: config_path in argv and "run" in argv)
+    return pids_where(lambda argv: config_path in argv and "pvcd.lab.node" in argv)
 
 
 def _reap(pid: int) -> None:

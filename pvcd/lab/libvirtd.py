@@ -42,107 +42,30 @@ from typing import Any
 
 from pvcd.drivers.host import pid_alive, signal_pid
 from pvcd.lab import mountns
+from pvcd.lab.libvirtd_files import (
+    BIND_TARGETS,
+    MIGRATION_PORT_BASE,
+    MIGRATION_PORTS_PER_NODE,
+    UNIX_PATH_MAX,
+    InstancePaths,
+    libvirtd_conf,
+    qemu_conf,
+)
+from pvcd.lab.proctree import (
+    children,
+    command_name,
+    descendants,
+    mount_namespace,
+    processes_in_namespace,
+)
 from pvcd.lab.zookeeper import free_port
 
-# The host folders libvirtd uses, and the folder under the instance's root that replaces each.
-BIND_TARGETS: dict[str, str] = {
-    "etc": "/etc/libvirt",
-    "run": "/run/libvirt",
-    "lib": "/var/lib/libvirt",
-    "log": "/var/log/libvirt",
-    "cache": "/var/cache/libvirt",
-}
-MIGRATION_PORT_BASE = 49152
-MIGRATION_PORTS_PER_NODE = 16
-UNIX_PATH_MAX = 107  # sun_path is 108 bytes with the trailing NUL
 COMMAND_TIMEOUT = 10.0
 DESTROY_TIMEOUT = 5.0
 
 
 class LibvirtdError(RuntimeError):
     """A lab libvirtd did not start or did not stop cleanly."""
-
-
-@dataclass(frozen=True)
-class InstancePaths:
-    """Where one instance keeps its configuration, state, sockets and logs."""
-
-    root: Path
-
-    def bind_source(self, key: str) -> Path:
-        return self.root / key
-
-    @property
-    def sock_dir(self) -> Path:
-        return self.root / "sock"
-
-    @property
-    def socket(self) -> Path:
-        return self.sock_dir / "libvirt-sock"
-
-    @property
-    def pid_file(self) -> Path:
-        return self.root / "libvirtd.pid"
-
-    @property
-    def state_file(self) -> Path:
-        """The running instance (pids, namespaces, ports), for another process to stop it."""
-        return self.root / "instance.json"
-
-    @property
-    def host_uuid_file(self) -> Path:
-        return self.root / "host-uuid"
-
-    @property
-    def console_log(self) -> Path:
-        """libvirtd's and tini's stdout/stderr."""
-        return self.root / "console.log"
-
-    @property
-    def daemon_log(self) -> Path:
-        return self.root / "log" / "libvirtd.log"
-
-
-def libvirtd_conf(paths: InstancePaths, host_uuid: str, tcp_port: int | None) -> str:
-    lines = [
-        f'host_uuid = "{host_uuid}"',
-        f'unix_sock_dir = "{paths.sock_dir}"',
-        'unix_sock_rw_perms = "0700"',  # root only: auth none below
-        'unix_sock_ro_perms = "0700"',
-        'unix_sock_admin_perms = "0700"',
-        'auth_unix_rw = "none"',  # no polkit daemon here
-        'auth_unix_ro = "none"',
-        "listen_tls = 0",
-        f'log_outputs = "3:file:{paths.daemon_log}"',
-    ]
-    if tcp_port is not None:
-        # Only for peers on the same machine: loopback, no authentication.
-        lines += [
-            "listen_tcp = 1",
-            f'tcp_port = "{tcp_port}"',
-            'listen_addr = "127.0.0.1"',
-            'auth_tcp = "none"',
-        ]
-    return "\n".join(lines) + "\n"
-
-
-def qemu_conf(migration_ports: tuple[int, int]) -> str:
-    low, high = migration_ports
-    lines = [
-        'user = "root"',
-        'group = "root"',
-        'security_driver = "none"',
-        "dynamic_ownership = 0",  # don't chown the guest's kernel and logs
-        "remember_owner = 0",  # uses xattrs
-        "cgroup_controllers = [ ]",  # no systemd, cgroup v2 delegation not set up
-        "namespaces = [ ]",  # keep QEMU in the instance's mount namespace (and findable)
-        'stdio_handler = "file"',  # no virtlogd daemon
-        # migration_address/migration_host may not name a local address (libvirt rejects it):
-        # callers pass listen address and URI per migration (`migration_params`).
-        f"migration_port_min = {low}",
-        f"migration_port_max = {high}",
-    ]
-    return "\n".join(lines) + "\n"
 
 
 @dataclass
@@ -233,8 +156,8 @@ class LibvirtdInstance:
         """libvirtd's pid (0 when not running)."""
         if not self.running():
             return 0
-        for child in _children(self.tini_pid):  # libvirtd, and QEMU processes
-            if _command_name(child) == "libvirtd":
+        for child in children(self.tini_pid):  # libvirtd, and QEMU processes
+            if command_name(child) == "libvirtd":
                 return child
         return 0
 
@@ -243,7 +166,7 @@ class LibvirtdInstance:
             return self.process.poll() is None
         # adopted: the pid must still be tini in our namespace, not a reused pid
         return (pid_alive(self._tini_pid)
-                and _mount_namespace(self._tini_pid) in self._namespaces)
+                and mount_namespace(self._tini_pid) in self._namespaces)
 
     # -- start ------------------------------------------------------------------------------
 
@@ -309,7 +232,7 @@ class LibvirtdInstance:
                         conn.getDomainCapabilities(None, "x86_64", "pc", "qemu")
                     finally:
                         conn.close()
-                    self._namespaces.add(_mount_namespace(self.tini_pid))
+                    self._namespaces.add(mount_namespace(self.tini_pid))
                     self._save_state()
                     return
             time.sleep(0.02)
@@ -346,14 +269,14 @@ class LibvirtdInstance:
             daemon = self.pid
             # QEMU daemonizes: its parent is tini, not libvirtd, and libvirtd leaves it running
             # when it exits. Kill whatever survived the destroy before libvirtd goes.
-            for pid in _descendants(self.tini_pid):
+            for pid in descendants(self.tini_pid):
                 if pid != daemon:
                     signal_pid(pid, signal.SIGKILL)
                     killed.add(pid)
             if daemon:
                 signal_pid(daemon, signal.SIGTERM)  # tini exits with its child
             if not self._wait_tini_exit(deadline):
-                for pid in [*_descendants(self.tini_pid), self.tini_pid]:
+                for pid in [*descendants(self.tini_pid), self.tini_pid]:
                     signal_pid(pid, signal.SIGKILL)
                     killed.add(pid)
                 self._wait_tini_exit(time.monotonic() + COMMAND_TIMEOUT)
@@ -403,7 +326,7 @@ class LibvirtdInstance:
         """Kill whatever is left in one of the instance's mount namespaces (QEMU orphaned by a
         libvirtd that died, re-parented to the machine's PID 1); return the pids killed."""
         killed: set[int] = set()
-        if not namespace or namespace == _mount_namespace(os.getpid()):
+        if not namespace or namespace == mount_namespace(os.getpid()):
             return killed  # never sweep our own namespace
         while True:
             left = processes_in_namespace(namespace)
@@ -530,60 +453,3 @@ def _child_env() -> dict[str, str]:
     package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     return env
-
-
-def _mount_namespace(pid: int) -> str:
-    if pid <= 0:
-        return ""
-    try:
-        return os.readlink(f"/proc/{pid}/ns/mnt")
-    except OSError:
-        return ""
-
-
-def processes_in_namespace(namespace: str) -> list[int]:
-    """Pids of the processes in a mount namespace (`mnt:[inode]`)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and _mount_namespace(int(entry)) == namespace:
-            pids.append(int(entry))
-    return pids
-
-
-def _command_name(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as handle:
-            return handle.read().strip()
-    except OSError:
-        return ""
-
-
-def _parents() -> dict[int, int]:
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                stat = handle.read()
-        except OSError:
-            continue
-        # the command name may contain spaces and parentheses: split after the last ')'
-        parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
-    return parents
-
-
-def _children(pid: int) -> list[int]:
-    return sorted(child for child, parent in _parents().items() if parent == pid)
-
-
-def _descendants(pid: int) -> list[int]:
-    parents = _parents()
-    found: list[int] = []
-    frontier = [pid]
-    while frontier:
-        current = frontier.pop()
-        kids = [child for child, parent in parents.items() if parent == current]
-        found += kids
-        frontier += kids
-    return found

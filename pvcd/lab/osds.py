@@ -20,18 +20,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from pvcd.config import Config
 from pvcd.domain.errors import BackendError, InvalidValue
 from pvcd.drivers.ceph.values import LAB_DEVICE
 from pvcd.lab.ceph import CephLabError, ThrowawayCeph
 
 log = logging.getLogger(__name__)
 
-
-def lab_osd_provisioner(config: Config) -> LabOsdProvisioner | None:
-    """The memstore OSD provisioner of a lab node (`drivers.ceph.lab_workdir` set), else None."""
-    workdir = config.drivers.ceph.lab_workdir
-    return LabOsdProvisioner(workdir, config.node.name) if workdir else None
 
 
 class LabOsdProvisioner:

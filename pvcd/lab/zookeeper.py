@@ -187,4 +187,12 @@ class ZooKeeperEnsemble:
                     pass
 
 
+def server_doc(server: ZooKeeperServer) -> dict[str, Any]:
+    return {"index": server.index, "pid": server.pid, "client_port": server.client_port,
+            "quorum_port": server.quorum_port, "election_port": server.election_port,
+            "folder": str(server.folder)}
 
+
+def server_from_doc(doc: dict[str, Any]) -> ZooKeeperServer:
+    return ZooKeeperServer(doc["index"], doc["client_port"], doc["quorum_port"],
+                           doc["election_port"], Path(doc["folder"]), pid=doc["pid"])

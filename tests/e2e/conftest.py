@@ -1,4 +1,4 @@
-"""A lab (real ZooKeeper + real `pvcd run` processes) per test."""
+"""A lab (real ZooKeeper + real node daemons, `python -m pvcd.lab.node`) per test."""
 
 from __future__ import annotations
 

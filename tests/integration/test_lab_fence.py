@@ -1,6 +1,7 @@
 """The lab fence on real processes: "power off" kills the node's daemon, "power on" starts the
 same command line again, in a mount namespace of its own when the node had one (a Ceph lab
-node's /etc/ceph and /var/lib/ceph)."""
+node's /etc/ceph and /var/lib/ceph). What it kills and starts comes from the node's launch
+record in the lab's folder, nothing from the node's ZooKeeper record."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from pvcd.drivers.fence import FenceTarget, LabFence
+from pvcd.domain.errors import BackendError
+from pvcd.drivers.fence import FenceTarget
 from pvcd.drivers.host import pid_alive, pids_where
+from pvcd.lab.fence import LabFence
+from pvcd.lab.launch import NodeLaunch, launch, load_launch, save_launch
 from tests.e2e.labclient import wait_until
 
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
@@ -33,15 +37,19 @@ def test_power_cycle_restarts_the_daemon_in_its_own_mount_namespace(tmp_path: Pa
     marker = f"fake-node-daemon-{uuid.uuid4().hex[:8]}"
     cmdline = [sys.executable, "-c", "import time; time.sleep(120)", marker]
     first = subprocess.Popen(cmdline)
+    folder = tmp_path / "nodes" / "node9"
+    folder.mkdir(parents=True)
     try:
-        params = {"pid": first.pid, "cmdline": cmdline, "cwd": str(tmp_path),
-                  "log": str(tmp_path / "node.log"),
-                  "env": {"PYTHONPATH": PACKAGE_PARENT, "PATH": os.environ["PATH"]},
-                  "binds": [[str(source), str(target)]]}
-        LabFence().fence(FenceTarget("node9", "lab", params), timeout=10)
+        save_launch(folder, NodeLaunch(
+            node="node9", command=cmdline, cwd=str(tmp_path), log=str(tmp_path / "node.log"),
+            env={"PYTHONPATH": PACKAGE_PARENT, "PATH": os.environ["PATH"]},
+            binds=[[str(source), str(target)]], pid=first.pid))
+        # the target publishes nothing but the driver's name
+        LabFence(tmp_path / "nodes").fence(FenceTarget("node9", "lab"), timeout=10)
         first.wait(timeout=5)
         assert first.returncode == -9  # powered off for real
         [again] = wait_until(lambda: find(marker), timeout=10)
+        assert load_launch(folder).pid == again  # the lab finds the node's new daemon
         try:
             # the same command line, now seeing the node's folder at the bind target; this
             # process (the host) still sees the empty folder
@@ -57,3 +65,24 @@ def test_power_cycle_restarts_the_daemon_in_its_own_mount_namespace(tmp_path: Pa
                 time.sleep(0.05)
     finally:
         first.kill()
+
+
+def test_a_pid_reused_by_another_process_is_not_killed(tmp_path: Path) -> None:
+    folder = tmp_path / "nodes" / "node9"
+    folder.mkdir(parents=True)
+    record = NodeLaunch(node="node9", command=[sys.executable, "-c", "import time; "
+                                               "time.sleep(120)", "the-node"],
+                        cwd=str(tmp_path), log=str(tmp_path / "node.log"),
+                        env={"PATH": os.environ["PATH"]})
+    launch(folder, record)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", "other"])
+    try:
+        os.kill(record.pid, 9)
+        os.waitpid(record.pid, 0)
+        save_launch(folder, NodeLaunch(**{**record.__dict__, "pid": other.pid}))
+        with pytest.raises(BackendError, match="another process"):
+            LabFence(tmp_path / "nodes").fence(FenceTarget("node9", "lab"), timeout=5)
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()

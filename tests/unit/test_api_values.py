@@ -11,8 +11,9 @@ import pytest
 import tornado.testing
 import tornado.web
 
+from pvcd.api.app import make_context
 from pvcd.api.auth import Tokens
-from pvcd.api.base import ApiContext, BaseHandler
+from pvcd.api.base import BaseHandler
 from pvcd.api.values import (
     RawValues,
     UndeclaredValue,
@@ -163,8 +164,8 @@ class Thing(BaseHandler):
 
 class TestServed(tornado.testing.AsyncHTTPTestCase):
     def get_app(self) -> tornado.web.Application:
-        ctx = ApiContext(view=mock.MagicMock(), store=mock.MagicMock(), node_name="node1",
-                         auth_enabled=False, tokens=Tokens.from_config([]))
+        ctx = make_context(view=mock.MagicMock(), store=mock.MagicMock(), node_name="node1",
+                           auth_enabled=False, tokens=Tokens.from_config([]))
         return tornado.web.Application([("/thing", Thing, {"ctx": ctx})])
 
     def test_declared_values_arrive_parsed_from_a_form_or_json(self) -> None:

@@ -22,7 +22,7 @@ import tornado.web
 from openapi_spec_validator import validate
 
 from pvcd.api import openapi
-from pvcd.api.app import ROUTES, make_app
+from pvcd.api.app import ROUTES, make_app, make_context
 from pvcd.api.auth import Tokens
 from pvcd.api.base import ApiContext, BaseHandler
 from pvcd.api.networks import parse_vni
@@ -42,8 +42,8 @@ def document() -> dict[str, Any]:
 
 
 def make_ctx(auth: bool = True) -> ApiContext:
-    return ApiContext(view=mock.MagicMock(), store=mock.MagicMock(), node_name="node1",
-                      auth_enabled=auth, tokens=Tokens.from_config(["secret"]))
+    return make_context(mock.MagicMock(), mock.MagicMock(), "node1", auth,
+                        Tokens.from_config(["secret"]))
 
 
 def implemented(handler: type) -> set[str]:

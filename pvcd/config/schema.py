@@ -1,0 +1,262 @@
+"""The configuration file's schema: one frozen dataclass per section, with defaults and checks.
+
+To add a config key, add a field with its default and, if the value needs checking, a
+`checks(...)` in the field's metadata; checks that relate several fields of one section go in
+that section's `cross_check()`. Then document the key in `docs/configuration.md` and
+`etc/pvcd.example.yaml`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+
+from pvcd.config.checks import (
+    Problem,
+    absolute_path,
+    address_with_prefix,
+    checks,
+    device_name,
+    host_port,
+    in_range,
+    ip_address,
+    ip_network,
+    netns_name,
+    node_name,
+    not_empty,
+    one_of,
+    token_value,
+    unix_user,
+    zookeeper_root,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NodeSection:
+    """This node's identity in the cluster."""
+
+    name: str = field(metadata=checks(node_name))
+    coordinator: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClusterSection:
+    """How to reach the cluster's state: the ZooKeeper ensemble and where pvcd's tree lives."""
+
+    coordinators: tuple[str, ...] = field(metadata=checks(not_empty, each=host_port))
+    zookeeper_root: str = field(default="/pvc", metadata=checks(zookeeper_root))
+    session_timeout: float = field(default=10.0, metadata=checks(in_range(0.5, 600)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetworkSection:
+    """One host network: the device it is on, its subnet and the primary's floating address."""
+
+    device: str | None = field(default=None, metadata=checks(device_name))
+    network: str | None = field(default=None, metadata=checks(ip_network))
+    floating_ip: str | None = field(default=None, metadata=checks(address_with_prefix))
+
+    def cross_check(self) -> Problem | None:
+        if self.floating_ip is None or self.network is None:
+            return None
+        address = ipaddress.ip_interface(self.floating_ip).ip
+        if address not in ipaddress.ip_network(self.network, strict=False):
+            return "floating_ip", f"{self.floating_ip!r} is not inside network {self.network!r}"
+        return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetworksSection:
+    """The host networks pvcd manages addresses on."""
+
+    cluster: NetworkSection = field(default_factory=NetworkSection)
+    upstream: NetworkSection | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenEntry:
+    """One API token; the description says whose it is, for the operator's records."""
+
+    token: str = field(metadata=checks(token_value))
+    description: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthSection:
+    """API authentication by static tokens."""
+
+    enabled: bool = False
+    secret_key: str = ""
+    tokens: tuple[TokenEntry, ...] = ()
+
+    def cross_check(self) -> Problem | None:
+        first_index: dict[str, int] = {}
+        for index, entry in enumerate(self.tokens):
+            if entry.token in first_index:
+                return (
+                    f"tokens[{index}].token",
+                    f"duplicate token (same as tokens[{first_index[entry.token]}])",
+                )
+            first_index[entry.token] = index
+        if not self.enabled:
+            return None
+        if len(self.secret_key) < 16:
+            return "secret_key", "must be at least 16 characters when auth is enabled"
+        if not self.tokens:
+            return "tokens", "at least one token is required when auth is enabled"
+        return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TlsSection:
+    """TLS for the API; the certificate and key are read from files on the node."""
+
+    enabled: bool = False
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    def cross_check(self) -> Problem | None:
+        if not self.enabled:
+            return None
+        for name in ("cert_file", "key_file"):
+            path = getattr(self, name)
+            if path is None:
+                return name, "required when tls is enabled"
+            if not os.path.isfile(path):
+                return name, f"no such file: {path!r}"
+        return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApiSection:
+    """The HTTP API, served by whichever node is primary coordinator."""
+
+    listen: str = field(default="0.0.0.0", metadata=checks(ip_address))
+    port: int = field(default=7370, metadata=checks(in_range(1, 65535)))
+    auth: AuthSection = field(default_factory=AuthSection)
+    tls: TlsSection = field(default_factory=TlsSection)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TimingSection:
+    """Intervals and timeouts, in seconds unless said otherwise."""
+
+    keepalive_interval: float = field(default=2.0, metadata=checks(in_range(0.05, 600)))
+    # Counted in missed keepalive intervals, so it scales with keepalive_interval.
+    dead_threshold: int = field(default=6, metadata=checks(in_range(1, 100)))
+    resync_interval: float = field(default=60.0, metadata=checks(in_range(1, 86400)))
+    handover_timeout: float = field(default=10.0, metadata=checks(in_range(0.5, 600)))
+    shutdown_timeout: float = field(default=90.0, metadata=checks(in_range(1, 3600)))
+    # One fence attempt (power off, confirm off, power on) may take this long.
+    fence_timeout: float = field(default=60.0, metadata=checks(in_range(1, 3600)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class FencingSection:
+    """How this node is fenced (published for the primary), and the cluster's fence policy."""
+
+    # none: this node cannot be fenced, its VMs are never recovered elsewhere;
+    # ipmi: power off/on through `ipmitool`; lab / lab-fail: the lab's process-killing driver
+    # (lab-fail always fails, to exercise the failed-fence path), which only lab node daemons
+    # have (`python -m pvcd.lab.node`): `pvcd run` refuses them.
+    driver: str = field(default="none", metadata=checks(one_of("none", "ipmi", "lab",
+                                                                "lab-fail")))
+    ipmi_host: str | None = field(default=None, metadata=checks(not_empty))
+    ipmi_user: str | None = field(default=None, metadata=checks(not_empty))
+    ipmi_password: str | None = field(default=None, metadata=checks(not_empty))
+    # Applied by the primary: after a failed fence, `none` leaves the VMs where they are (safe:
+    # they may still run); `recover` starts them elsewhere anyway.
+    on_fence_failure: str = field(default="none", metadata=checks(one_of("none", "recover")))
+    attempts: int = field(default=3, metadata=checks(in_range(1, 100)))
+
+    def cross_check(self) -> Problem | None:
+        if self.driver == "ipmi" and not (self.ipmi_host and self.ipmi_user and
+                                          self.ipmi_password):
+            return "ipmi_host", "the ipmi driver needs ipmi_host, ipmi_user and ipmi_password"
+        return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class LibvirtDriverSection:
+    """The connection to the node's libvirtd."""
+
+    uri: str = field(default="qemu:///system", metadata=checks(not_empty))
+    migration_uri: str | None = field(default=None, metadata=checks(not_empty))
+    # how the other nodes' libvirt reaches this one for live migration (e.g.
+    # qemu+tcp://10.0.0.2/system); null: the same as `uri`
+    peer_uri: str | None = field(default=None, metadata=checks(not_empty))
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetworkDriverSection:
+    """Client networks on this node: VXLAN underlay, vLAN uplink, gateway/DHCP state."""
+
+    # the device and address VXLAN tunnels use (the cluster network); both null: this node
+    # builds no managed networks
+    underlay_device: str | None = field(default=None, metadata=checks(device_name))
+    underlay_address: str | None = field(default=None, metadata=checks(ip_address))
+    # the parent device of bridged networks' vLAN interfaces; null: no bridged networks
+    uplink_device: str | None = field(default=None, metadata=checks(device_name))
+    # lab only: act inside this network namespace instead of the daemon's own
+    netns: str | None = field(default=None, metadata=checks(netns_name))
+    # where the primary keeps each network's dnsmasq files (hosts, lease journal, log)
+    state_dir: str = field(default="/var/lib/pvc/networks", metadata=checks(absolute_path))
+    dnsmasq_user: str = field(default="nobody", metadata=checks(unix_user))
+    # how often every network is re-checked (interfaces deleted by hand come back)
+    resync_interval: float = field(default=10.0, metadata=checks(in_range(0.5, 86400)))
+
+    def cross_check(self) -> Problem | None:
+        if (self.underlay_device is None) != (self.underlay_address is None):
+            return "underlay_address", "underlay_device and underlay_address go together"
+        return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CephDriverSection:
+    """The Ceph storage cluster (docs/storage.md): how this node reaches it as client.admin."""
+
+    enabled: bool = False
+    conf_file: str = field(default="/etc/ceph/ceph.conf", metadata=checks(absolute_path))
+    keyring: str = field(default="/etc/ceph/ceph.client.admin.keyring",
+                         metadata=checks(absolute_path))
+    # every `ceph`/`rbd`/`rados` call
+    command_timeout: float = field(default=30.0, metadata=checks(in_range(1, 600)))
+    # how long the API waits for a storage request before it answers that it is still running
+    request_timeout: float = field(default=120.0, metadata=checks(in_range(1, 3600)))
+    # an OSD removal gives up (leaving the OSD out, never purged) after this long without
+    # drain progress
+    osd_removal_timeout: float = field(default=300.0, metadata=checks(in_range(5, 86400)))
+    # how often the primary refreshes the OSD, pool and volume stats from Ceph
+    stats_interval: float = field(default=5.0, metadata=checks(in_range(0.5, 3600)))
+    # finished requests are kept (visible) this long
+    request_retention: float = field(default=3600.0, metadata=checks(in_range(10, 604800)))
+    # how this node starts the OSD daemons on its devices: `systemd` (ceph-osd@<id> units) or
+    # `process` (a `ceph-osd -f` of pvcd's, for machines without systemd; pid files in
+    # osd_run_dir)
+    osd_launcher: str = field(default="systemd", metadata=checks(one_of("systemd", "process")))
+    osd_run_dir: str = field(default="/run/pvcd/ceph-osd", metadata=checks(absolute_path))
+
+
+@dataclass(frozen=True, kw_only=True)
+class DriversSection:
+    """Settings of the adapters to the host."""
+
+    libvirt: LibvirtDriverSection = field(default_factory=LibvirtDriverSection)
+    network: NetworkDriverSection = field(default_factory=NetworkDriverSection)
+    ceph: CephDriverSection = field(default_factory=CephDriverSection)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """One node's whole configuration."""
+
+    node: NodeSection
+    cluster: ClusterSection
+    networks: NetworksSection = field(default_factory=NetworksSection)
+    api: ApiSection = field(default_factory=ApiSection)
+    timing: TimingSection = field(default_factory=TimingSection)
+    drivers: DriversSection = field(default_factory=DriversSection)
+    fencing: FencingSection = field(default_factory=FencingSection)
+    # The file this came from, for messages; not a YAML key.
+    path: str = field(default="", metadata={"yaml": False})

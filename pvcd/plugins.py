@@ -1,0 +1,38 @@
+"""What an embedding of the node daemon may plug into it beyond what its config selects.
+
+A production node runs what `pvcd run` builds from its config file alone: `Plugins()` is empty.
+The lab (`pvcd.lab.node`) starts its node daemons with its own fence drivers, the agent that
+lets tests look into a `test:///` libvirt, and the memstore OSD provisioner of its throwaway
+Ceph. They reach the daemon only through these typed slots, so no production module imports the
+lab, and a node's ZooKeeper record cannot make a production daemon use a lab driver: a fence
+driver name that no daemon was given is a fence that fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from pvcd.drivers.fence import FenceDriver
+
+if TYPE_CHECKING:
+    from pvcd.controllers.storage import OsdProvisioner
+
+
+class NodeService(Protocol):
+    """Something that runs alongside the daemon: started once the node is registered, stopped
+    before the daemon lets go of its drivers."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Plugins:
+    # fence drivers by the name a node publishes (`fencing.driver`), beside the production ones
+    fence_drivers: Mapping[str, FenceDriver] = field(default_factory=dict)
+    services: Sequence[NodeService] = ()
+    # OSDs this node makes beside those on block devices (the lab's memstore OSDs)
+    extra_osds: OsdProvisioner | None = None

@@ -1,0 +1,87 @@
+"""A production node daemon carries nothing of the lab: building it from a production config
+loads no `pvcd.lab` module, and it refuses a lab fence driver it was not given."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pvcd.config import parse_config
+from pvcd.daemon import NodeDaemon
+from pvcd.domain.errors import ConfigError, InvalidValue
+from pvcd.drivers.fence import FenceTarget, fence_driver
+from pvcd.plugins import Plugins
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "etc" / "pvcd.example.yaml"
+
+PROBE = """
+import json, sys, yaml
+from pvcd.config import parse_config
+from pvcd.main import main  # the `pvcd` command itself, as `pvcd run` imports it
+from pvcd.daemon import NodeDaemon
+
+NodeDaemon(parse_config(yaml.safe_load(sys.stdin.read()), "pvcd.yaml"))
+print(json.dumps(sorted(m for m in sys.modules if m == "pvcd.lab" or m.startswith("pvcd.lab."))))
+"""
+
+
+def production_config() -> dict[str, Any]:
+    """The example config with everything on: a coordinator with client networks, Ceph, IPMI
+    fencing; a libvirt that needs no daemon."""
+    config = yaml.safe_load(EXAMPLE.read_text())
+    config["node"]["coordinator"] = True
+    config["api"]["tls"] = {"enabled": False}
+    config["drivers"]["libvirt"]["uri"] = "test:///default"
+    config["drivers"]["ceph"]["enabled"] = True
+    config["fencing"].update(driver="ipmi", ipmi_host="bmc-hv1", ipmi_user="admin",
+                             ipmi_password="secret-password")
+    return config
+
+
+def lab_modules_loaded(config: dict[str, Any]) -> set[str]:
+    result = subprocess.run([sys.executable, "-c", PROBE], input=yaml.safe_dump(config),
+                            capture_output=True, text=True, timeout=60, cwd=ROOT, check=False)
+    assert result.returncode == 0, result.stderr
+    return set(json.loads(result.stdout))
+
+
+def test_a_production_daemon_loads_no_lab_module() -> None:
+    assert lab_modules_loaded(production_config()) == set()
+
+
+def test_a_lab_fence_driver_is_refused_without_the_labs_plugins() -> None:
+    config = production_config()
+    config["fencing"] = {"driver": "lab"}
+    with pytest.raises(ConfigError, match=re.escape(
+            "fencing.driver: 'lab' is not available to this daemon")):
+        NodeDaemon(parse_config(config, "pvcd.yaml"))
+
+
+class RecordingFence:
+    def __init__(self) -> None:
+        self.fenced: list[str] = []
+
+    def fence(self, target: FenceTarget, timeout: float) -> None:
+        self.fenced.append(target.node)
+
+
+def test_fence_drivers_are_the_production_ones_plus_those_given() -> None:
+    with pytest.raises(InvalidValue):
+        fence_driver("lab")
+    given = RecordingFence()
+    fence_driver("lab", {"lab": given}).fence(FenceTarget("hv2", "lab"), timeout=1)
+    assert given.fenced == ["hv2"]
+    config = production_config()
+    config["fencing"] = {"driver": "lab"}
+    daemon = NodeDaemon(parse_config(config, "pvcd.yaml"),
+                        plugins=Plugins(fence_drivers={"lab": given}))
+    assert daemon.fence_drivers("lab") is given
+    assert daemon.fence_drivers("ipmi") is not given
