@@ -243,6 +243,19 @@ _STORAGE = " Answers 510 when Ceph storage is not configured on the primary."
 _WAITS = (" Waits until Ceph carried it out (drivers.ceph.request_timeout); a request still "
           "running then answers 510 naming it (see /storage/ceph/request/{request_id}).")
 
+_WAIT = (
+    flag("wait", "Answer only once the change has settled (observed by the nodes), or 510 when "
+         "it fails (with the reason) or wait_timeout passes (saying what was awaited and last "
+         "seen; the request itself was accepted). The answer then has a `wait` object "
+         "{outcome, what, seen, seconds}; 503 with outcome `moved` means the API moved to "
+         "another node meanwhile (ask the new primary: a GET of the state with `wait`)."),
+    Value("wait_timeout", {"type": "number", "minimum": 0, "maximum": 3600},
+          "Seconds `wait` waits at most (default 120)."),
+)
+_WAIT_FAILURES = {503: "With `wait`: the API is moving to another node (a primary handover); "
+                      "the request was accepted."}
+_WAIT_GET = " With `wait`: answers once it has settled (as the write's `wait` does)."
+
 _SELECTOR = choice("selector", SELECTORS, "How to choose the node when `node` is not given or "
                    "not valid: mem (least allocated memory), vcpus (least allocated vCPUs), "
                    "load (least load), vms (fewest VMs).", required=False)
@@ -280,14 +293,21 @@ ENDPOINTS: dict[str, dict[str, Operation]] = {
     "/node": {"get": Operation("List nodes", (limit("node names"),), array_of("Node"))},
     "/node/<node>": {"get": Operation("One node (a one-element list)", answer=array_of("Node"))},
     "/node/<node>/coordinator-state": {
-        "get": Operation("A node's coordinator state", answer=ref("NodeCoordinatorState")),
+        "get": Operation("A node's coordinator state." + _WAIT_GET, (
+            choice("coordinator-state", COORDINATOR_STATE_REQUESTS,
+                   "With `wait`: the state to wait for (required then).", required=False),
+            *_WAIT), answer=ref("NodeCoordinatorState"), failures=_WAIT_FAILURES),
         "post": Operation("Make a coordinator primary or secondary (an orderly handover)", (
-            choice("coordinator-state", COORDINATOR_STATE_REQUESTS, "The wanted state."),)),
+            choice("coordinator-state", COORDINATOR_STATE_REQUESTS, "The wanted state."),
+            *_WAIT), failures=_WAIT_FAILURES),
     },
     "/node/<node>/domain-state": {
-        "get": Operation("A node's domain state", answer=ref("NodeDomainState")),
-        "post": Operation("Flush a node (move its VMs away) or make it ready again", (
-            choice("domain-state", DOMAIN_STATE_REQUESTS, "The wanted state."),)),
+        "get": Operation("A node's domain state." + _WAIT_GET, _WAIT,
+                         answer=ref("NodeDomainState"), failures=_WAIT_FAILURES),
+        "post": Operation("Flush a node (move its VMs away) or make it ready again; with "
+                          "`wait`, answers once the node reports flushed (ready)", (
+            choice("domain-state", DOMAIN_STATE_REQUESTS, "The wanted state."), *_WAIT),
+            failures=_WAIT_FAILURES),
     },
     "/node/<node>/daemon-state": {
         "get": Operation("A node's daemon state (pvcd addition)", answer=ref("NodeDaemonState")),
@@ -299,9 +319,11 @@ ENDPOINTS: dict[str, dict[str, Operation]] = {
             text("node", "Only VMs assigned to this node (pvcd addition)."),
             choice("state", VM_STATES, "Only VMs in this state (pvcd addition).",
                    required=False)), array_of("Vm")),
-        "post": Operation("Define (and start) a VM from libvirt XML", (
+        "post": Operation("Define (and start) a VM from libvirt XML; with `wait`, answers once "
+                          "it runs on its node", (
             text("xml", "The libvirt domain XML.", required=True),
-            text("node", "The node to run it on (default: chosen by selector)."), _SELECTOR)),
+            text("node", "The node to run it on (default: chosen by selector)."), _SELECTOR,
+            *_WAIT), failures=_WAIT_FAILURES),
     },
     "/vm/<vm>": {
         "get": Operation("One VM (a one-element list)", answer=array_of("Vm")),
@@ -312,17 +334,22 @@ ENDPOINTS: dict[str, dict[str, Operation]] = {
             flag("delete_disks", "Also remove the VM's RBD volumes."),)),
     },
     "/vm/<vm>/state": {
-        "get": Operation("A VM's state", answer=ref("VmState")),
-        "post": Operation("Start, shut down, stop or restart a VM", (
-            choice("state", VM_STATE_REQUESTS, "The wanted state."),)),
+        "get": Operation("A VM's state." + _WAIT_GET, _WAIT, answer=ref("VmState"),
+                         failures=_WAIT_FAILURES),
+        "post": Operation("Start, shut down, stop or restart a VM; with `wait`, answers once it "
+                          "runs on its node (start, restart) or is stopped (stop, shutdown)", (
+            choice("state", VM_STATE_REQUESTS, "The wanted state."), *_WAIT),
+            failures=_WAIT_FAILURES),
     },
     "/vm/<vm>/node": {
         "get": Operation("A VM's node and the node it was migrated from", answer=ref("VmNode")),
-        "post": Operation("Migrate, unmigrate or move a VM", (
+        "post": Operation("Migrate, unmigrate or move a VM; with `wait`, answers once the "
+                          "migration is done and the VM is seen on its new node", (
             choice("action", MIGRATE_ACTIONS, "migrate, or unmigrate (return to last_node)."),
             text("node", "The target node (default: chosen by selector)."), _SELECTOR,
             flag("permanent", "Do not remember the node it came from (a move)."),
-            flag("force", "Migrate again although the VM was migrated already."))),
+            flag("force", "Migrate again although the VM was migrated already."), *_WAIT),
+            failures=_WAIT_FAILURES),
     },
     "/vm/<vm>/dump": {
         "get": Operation("A VM's libvirt XML", answer={"type": "string"},

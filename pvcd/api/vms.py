@@ -13,6 +13,7 @@ from pvcd.api.base import BaseHandler
 from pvcd.api.render import FragmentRenderer
 from pvcd.api.routing import route
 from pvcd.api.storage import check_vm_volumes, delete_vm_volumes
+from pvcd.api.waiting import reply_when_settled, requested_wait, vm_settles
 from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound
 from pvcd.domain.records import Migration, VmSpec, from_dict
 from pvcd.domain.states import MIGRATE_ACTIONS, SELECTORS, VM_STATE_REQUESTS, VM_STATES
@@ -114,6 +115,7 @@ class VmListHandler(VmBaseHandler):
         view = self.ctx.view
         definition = parse_domain_xml(self.values.require("xml"))
         selector = self.selector()
+        wait = requested_wait(self.values)
         if view.resolve_vm(definition.name) is not None:
             raise Conflict(f"A VM named '{definition.name}' already exists")
         if view.cache.exists(view.paths.vm(definition.uuid)):
@@ -126,7 +128,8 @@ class VmListHandler(VmBaseHandler):
             Op.create(view.paths.vm(spec.uuid), spec.to_doc()),
             Op.create(view.paths.vm_name(spec.name), {"uuid": spec.uuid}),
         ])
-        self.message(f"Added VM '{spec.name}' ({spec.uuid}) on node {node}")
+        await reply_when_settled(self, wait, vm_settles(view, spec.uuid),
+                                 f"Added VM '{spec.name}' ({spec.uuid}) on node {node}")
 
 
 class VmHandler(VmBaseHandler):
@@ -184,14 +187,19 @@ class VmHandler(VmBaseHandler):
 
 
 class VmStateHandler(VmBaseHandler):
-    def get(self, vm: str) -> None:
-        obj = vm_object(self.ctx.view, self.vm_uuid(vm))
-        assert obj is not None
-        self.reply({"name": obj["name"], "state": obj["state"]})
+    async def get(self, vm: str) -> None:
+        uuid, wait = self.vm_uuid(vm), requested_wait(self.values)
+
+        def answer() -> dict[str, Any]:
+            obj = vm_object(self.ctx.view, uuid) or {"name": vm, "state": None}
+            return {"name": obj["name"], "state": obj["state"]}
+
+        await reply_when_settled(self, wait, vm_settles(self.ctx.view, uuid), answer)
 
     async def post(self, vm: str) -> None:
         spec, version = self.vm_spec(vm)
         wanted = self.values.choice("state", VM_STATE_REQUESTS)
+        wait = requested_wait(self.values)
         spec.state_request += 1
         if wanted == "restart":
             spec.restart_request += 1
@@ -199,7 +207,8 @@ class VmStateHandler(VmBaseHandler):
         else:
             spec.state = str(wanted)
         await self.commit([Op.set(self.ctx.view.paths.vm(spec.uuid), spec.to_doc(), version)])
-        self.message(f"Setting VM '{spec.name}' to state {wanted}")
+        await reply_when_settled(self, wait, vm_settles(self.ctx.view, spec.uuid),
+                                 f"Setting VM '{spec.name}' to state {wanted}")
 
 
 class VmNodeHandler(VmBaseHandler):
@@ -213,6 +222,7 @@ class VmNodeHandler(VmBaseHandler):
         action = self.values.choice("action", MIGRATE_ACTIONS)
         selector = self.selector()
         permanent, force = self.values.flag("permanent"), self.values.flag("force")
+        wait = requested_wait(self.values)
         source = spec.node
         if action == "unmigrate":
             if spec.last_node is None:
@@ -245,7 +255,8 @@ class VmNodeHandler(VmBaseHandler):
                                        action=str(action))
         await self.commit([Op.set(view.paths.vm(spec.uuid), spec.to_doc(), version)])
         verb = "Migrating" if running is not None else "Moving"
-        self.message(f"{verb} VM '{spec.name}' from {source} to {target}")
+        await reply_when_settled(self, wait, vm_settles(view, spec.uuid),
+                                 f"{verb} VM '{spec.name}' from {source} to {target}")
 
 
 class VmDumpHandler(VmBaseHandler):
