@@ -171,7 +171,7 @@ async def reply_when_settled(handler: BaseHandler, timeout: float | None, goal: 
                                             timeout)
     report = {"what": goal.what, "seen": verdict.seen,
               "seconds": round(asyncio.get_running_loop().time() - started, 3)}
-    accepted = f" The request was accepted: {answer}" if isinstance(answer, str) else ""
+    accepted = f" The request was accepted: {answer}." if isinstance(answer, str) else ""
     if verdict.settled:
         handler.reply({**_document(answer), WAIT: {"outcome": "settled", **report}})
     elif verdict.failed_reason is not None:
