@@ -151,7 +151,8 @@ async def reply_when_settled(handler: BaseHandler, timeout: float | None, goal: 
     """Reply `answer` (a message, or a function building the document) at once when `timeout`
     is None; else once `goal` has settled, with a `wait` report added. A failure ends the wait
     with 510 and its reason, the timeout with 510 saying what was awaited and last seen, a
-    primary handover with 503 (`wait.outcome` = failed | timeout | moved)."""
+    primary handover with 503 (`wait.outcome` = failed | timeout | moved; `wait.accepted` is
+    the write's message)."""
     if timeout is None:
         handler.reply(_document(answer))
         return
@@ -169,9 +170,12 @@ async def reply_when_settled(handler: BaseHandler, timeout: float | None, goal: 
     started = asyncio.get_running_loop().time()
     (verdict, moving), _ = await wait_until(view.cache, (*goal.paths, here), judge, over,
                                             timeout)
-    report = {"what": goal.what, "seen": verdict.seen,
-              "seconds": round(asyncio.get_running_loop().time() - started, 3)}
-    accepted = f" The request was accepted: {answer}." if isinstance(answer, str) else ""
+    report: dict[str, Any] = {"what": goal.what, "seen": verdict.seen,
+                              "seconds": round(asyncio.get_running_loop().time() - started, 3)}
+    accepted = ""
+    if isinstance(answer, str):
+        report["accepted"] = answer  # the write's own message, for a client that asks again
+        accepted = f" The request was accepted: {answer}."
     if verdict.settled:
         handler.reply({**_document(answer), WAIT: {"outcome": "settled", **report}})
     elif verdict.failed_reason is not None:

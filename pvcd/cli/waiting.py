@@ -51,12 +51,15 @@ class Waiter:
         start = self.clock()
         deadline = start + timeout
         request, note = change, ""
+        accepted: str | None = None  # the change's message, when a handover cut its answer
         while True:
-            seconds = min(max(0.0, deadline - self.clock()), MAX_WAIT)
+            # to a tenth: the API's messages name it ("timed out after 30 s")
+            seconds = round(min(max(0.0, deadline - self.clock()), MAX_WAIT), 1)
             try:
                 doc = self._open(what, request, seconds, start, note)
             except ApiFailure as exc:
                 outcome = (exc.detail.get("wait") or {}).get("outcome")
+                accepted = accepted or (exc.detail.get("wait") or {}).get("accepted")
                 if outcome == "moved" or (outcome == "timeout" and self.clock() < deadline):
                     request, note = reattach, "the API moved, asking again" \
                         if outcome == "moved" else "still waiting"
@@ -79,7 +82,7 @@ class Waiter:
                 continue
             report = doc.get("wait") or {}
             self._end(what, start, str(report.get("seen") or "done"))
-            return doc
+            return {**doc, "message": accepted} if accepted and request is reattach else doc
 
     def _open(self, what: str, request: Request, seconds: float, start: float,
               note: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import requests
 from pvcd.lab.guest import tiny_guest_xml
 from pvcd.lab.lab import Lab
 from tests.e2e.labclient import LabClient
+from tests.e2e.test_cli import pvc
 
 pytestmark = pytest.mark.slow
 
@@ -106,6 +107,8 @@ def test_a_node_that_cannot_act_makes_the_wait_time_out_with_what_it_saw(
     the_lab.signal_node(target, signal.SIGSTOP)  # its daemon hangs: nobody acts on the VM
     try:
         response = waiting(api, "/vm/t1/state", state="stop", wait_timeout="1")
+        # `pvc --wait` ends with exit code 5 and the API's message
+        cli = pvc(the_lab, "vm", "start", "t1", "--wait", "--timeout", "1")
     finally:
         the_lab.signal_node(target, signal.SIGCONT)
     assert response.status_code == 510
@@ -114,8 +117,13 @@ def test_a_node_that_cannot_act_makes_the_wait_time_out_with_what_it_saw(
         f"running on {target}, {target} has not handled the request yet. The request was "
         "accepted: Setting VM 't1' to state stop. It is still being carried out.")
     assert response.json()["wait"]["outcome"] == "timeout"
-    # the request goes on; asking again at the state (as `pvc` does after a handover) waits
+    assert cli.returncode == 5, (cli.stdout, cli.stderr)
+    assert f"Error: Timed out after 1 s waiting for VM 't1' to run on {target}; last seen: " \
+        in cli.stderr
+    assert "Setting VM 't1' to state start" in cli.stderr
+    # the requests go on; asking again at the state (as `pvc` does after a handover) waits
+    # until the latest one (start) has settled
     again = api.get("/vm/t1/state", params={"wait": "true", "wait_timeout": "30"}, timeout=60)
-    assert settled(again)["state"] == "stop"
-    assert the_lab.domains(target)[uuid]["state"] == "shutoff"
+    assert settled(again)["state"] == "start"
+    assert running_on(the_lab, uuid) == [target]
     assert api.call("DELETE", "/vm/t1").status_code == 200

@@ -32,9 +32,10 @@ def settled(seen: str, **doc: Any) -> dict[str, Any]:
     return {**doc, "wait": {"outcome": "settled", "seen": seen}}
 
 
-def wait_failure(outcome: str, message: str, status: int = 510) -> ApiFailure:
-    return ApiFailure(message, status, {"message": message,
-                                        "wait": {"outcome": outcome, "seen": "last words"}})
+def wait_failure(outcome: str, message: str, status: int = 510,
+                 accepted: str = "Setting it") -> ApiFailure:
+    return ApiFailure(message, status, {"message": message, "wait": {
+        "outcome": outcome, "seen": "last words", "accepted": accepted}})
 
 
 class Calls:
@@ -102,12 +103,15 @@ def test_an_unreachable_api_before_the_change_is_not_waited_out() -> None:
 def test_a_handover_is_survived_by_asking_again_at_the_state() -> None:
     """The API moves: a 503 `moved`, then the new primary is not up yet, then it answers."""
     stream, clock = io.StringIO(), FakeClock()
-    change = Calls(wait_failure("moved", "The API is moving to another node", 503))
+    change = Calls(wait_failure("moved", "The API is moving to another node", 503,
+                                accepted="Setting node 'node2' to primary"))
     reattach = Calls(ApiUnreachable("refused"), ApiConnectionLost("reset"),
-                     settled("coordinator state primary, primary node2", name="node2"))
+                     settled("coordinator state primary, primary node2", name="node2",
+                             message="Done"))
     doc = waiter(stream, clock).wait("node node2 to be primary", change, reattach, timeout=30)
     assert doc["name"] == "node2"
-    assert reattach.seconds == [30, 29.75, 29.5]  # the time left, after two retries
+    assert doc["message"] == "Setting node 'node2' to primary"  # the change's own answer
+    assert reattach.seconds == [30, 29.8, 29.5]  # the time left (to a tenth), after retries
     assert stream.getvalue().endswith(
         "Waiting for node node2 to be primary: coordinator state primary, primary node2 "
         "(0.5 s)\n")
