@@ -175,11 +175,8 @@ def _document(response: Response) -> dict[str, Any] | None:
 
 
 def _failure_message(response: Response) -> str:
-    try:
-        doc = json.loads(response.body)
-    except ValueError:
-        doc = None
-    if isinstance(doc, dict) and isinstance(doc.get("message"), str):
+    doc = _document(response)
+    if doc is not None and isinstance(doc.get("message"), str):
         return str(doc["message"])
     snippet = response.text().strip()[:200]
     return f"HTTP {response.status}" + (f": {snippet}" if snippet else "")
