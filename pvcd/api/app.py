@@ -52,13 +52,12 @@ def make_context(view: ClusterView, store: Store, node_name: str, auth_enabled: 
                  tokens: Tokens, storage_request_timeout: float | None = None,
                  clock: Callable[[], float] = time.time,
                  registry: metrics.Metrics | None = None) -> ApiContext:
-    """The API's context with its list renderers, its request waiter and its metrics
+    """The API's context with its list renderers and its metrics
     (`registry`: the daemon's own, which also tracks its controllers; else a new one)."""
     registry = registry or metrics.Metrics(view, node_name, clock)
     ctx = ApiContext(view=view, store=store, node_name=node_name, auth_enabled=auth_enabled,
                      tokens=tokens, vm_list=vms.vm_renderer(view),
                      node_list=nodes.node_renderer(view),
-                     request_waiter=storage.RequestWaiter(view.cache),
                      storage_request_timeout=storage_request_timeout, clock=clock,
                      metrics=registry)
     registry.in_flight = lambda: ctx.in_flight

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import tornado.web
 
@@ -23,9 +23,6 @@ from pvcd.api.values import RawValues, Values, declared
 from pvcd.domain.errors import BackendError, Conflict, PvcError
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
-
-if TYPE_CHECKING:
-    from pvcd.api.storage import RequestWaiter
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +45,6 @@ class ApiContext:
     tokens: Tokens
     vm_list: FragmentRenderer  # GET /vm: cached JSON fragments of the VMs
     node_list: FragmentRenderer  # GET /node
-    request_waiter: RequestWaiter  # wakes handlers waiting on a request object's result
     # how long a storage request is waited for; None: this node does not manage Ceph
     storage_request_timeout: float | None = None
     clock: Callable[[], float] = time.time

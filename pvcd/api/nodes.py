@@ -12,6 +12,13 @@ from pvcd.api.base import BaseHandler
 from pvcd.api.render import FragmentRenderer
 from pvcd.api.routing import route
 from pvcd.api.values import accepts, choice, limit
+from pvcd.api.waiting import (
+    WAIT_VALUES,
+    coordinator_settles,
+    node_domain_settles,
+    reply_when_settled,
+    requested_wait,
+)
 from pvcd.domain.errors import InvalidValue, NotFound
 from pvcd.domain.records import Handover
 from pvcd.domain.states import COORDINATOR_STATE_REQUESTS, DOMAIN_STATE_REQUESTS
@@ -107,14 +114,28 @@ COORDINATOR_STATE = choice("coordinator-state", COORDINATOR_STATE_REQUESTS, "The
                            required=True)
 
 
-class NodeCoordinatorStateHandler(NodeBaseHandler):
-    def get(self, name: str) -> None:
-        self.reply({"name": name, "coordinator_state": self.node(name)["coordinator_state"]})
+WAIT_FOR_COORDINATOR_STATE = choice("coordinator-state", COORDINATOR_STATE_REQUESTS,
+                                    "With `wait`: the state to wait for (required then).")
 
-    @accepts(COORDINATOR_STATE)
+
+class NodeCoordinatorStateHandler(NodeBaseHandler):
+    @accepts(WAIT_FOR_COORDINATOR_STATE, *WAIT_VALUES)
+    async def get(self, name: str) -> None:
+        self.node(name)
+        wait = requested_wait(self.values)
+        wanted = self.values[WAIT_FOR_COORDINATOR_STATE]
+        if wait is not None and wanted is None:
+            raise InvalidValue("missing mandatory value 'coordinator-state': with `wait`, the "
+                               "state to wait for (primary or secondary)")
+        await reply_when_settled(
+            self, wait, coordinator_settles(self.ctx.view, name, str(wanted)),
+            lambda: {"name": name, "coordinator_state": self.node(name)["coordinator_state"]})
+
+    @accepts(COORDINATOR_STATE, *WAIT_VALUES)
     async def post(self, name: str) -> None:
         node = self.node(name)
         wanted = self.values[COORDINATOR_STATE]
+        wait = requested_wait(self.values)
         view = self.ctx.view
         if not node["coordinator"]:
             raise InvalidValue(f"Node '{name}' is not a coordinator; only coordinators can "
@@ -125,11 +146,13 @@ class NodeCoordinatorStateHandler(NodeBaseHandler):
         primary = view.primary()
         if wanted == "primary":
             if primary == name:
-                return self.message(f"Node '{name}' is already primary")
+                return await reply_when_settled(self, wait, coordinator_settles(
+                    view, name, str(wanted)), f"Node '{name}' is already primary")
             request = Handover(from_node=primary or "", to_node=name, requested=self.ctx.clock())
         else:
             if primary != name:
-                return self.message(f"Node '{name}' is already secondary")
+                return await reply_when_settled(self, wait, coordinator_settles(
+                    view, name, str(wanted)), f"Node '{name}' is already secondary")
             others = [n for n in view.live_coordinators() if n != name]
             if not others:
                 raise InvalidValue(f"No other coordinator is running to take over from "
@@ -139,31 +162,40 @@ class NodeCoordinatorStateHandler(NodeBaseHandler):
         op = Op.create(view.paths.handover, request.to_doc()) if entry is None else \
             Op.set(view.paths.handover, request.to_doc(), entry.version)
         await self.commit([op])
-        self.message(f"Setting node '{name}' to {wanted}; the primary role is being handed over")
+        await reply_when_settled(
+            self, wait, coordinator_settles(view, name, str(wanted)),
+            f"Setting node '{name}' to {wanted}; the primary role is being handed over")
 
 
 DOMAIN_STATE = choice("domain-state", DOMAIN_STATE_REQUESTS, "The wanted state.", required=True)
 
 
 class NodeDomainStateHandler(NodeBaseHandler):
-    def get(self, name: str) -> None:
-        self.reply({"name": name, "domain_state": self.node(name)["domain_state"]})
+    @accepts(*WAIT_VALUES)
+    async def get(self, name: str) -> None:
+        self.node(name)
+        await reply_when_settled(
+            self, requested_wait(self.values), node_domain_settles(self.ctx.view, name),
+            lambda: {"name": name, "domain_state": self.node(name)["domain_state"]})
 
-    @accepts(DOMAIN_STATE)
+    @accepts(DOMAIN_STATE, *WAIT_VALUES)
     async def post(self, name: str) -> None:
         node = self.node(name)
         wanted = self.values[DOMAIN_STATE]
+        wait = requested_wait(self.values)
         view = self.ctx.view
         entry = view.node_spec_entry(name)
         assert entry is not None  # node() found it
         spec = dict(entry.doc)
         settled = {"flush": "flushed", "ready": "ready"}[str(wanted)]
         if spec.get("domain_state") == wanted and node["domain_state"] == settled:
-            return self.message(f"Node '{name}' is already in domain state {settled}")
+            return await reply_when_settled(self, wait, node_domain_settles(view, name),
+                                            f"Node '{name}' is already in domain state {settled}")
         spec["domain_state"] = wanted
         spec["domain_request"] = int(spec.get("domain_request", 0)) + 1
         await self.commit([Op.set(view.paths.node(name), spec, entry.version)])
-        self.message(f"Setting node '{name}' to domain state {wanted}")
+        await reply_when_settled(self, wait, node_domain_settles(view, name),
+                                 f"Setting node '{name}' to domain state {wanted}")
 
 
 ROUTES = [

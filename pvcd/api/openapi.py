@@ -62,6 +62,10 @@ _STORAGE = " Answers 510 when Ceph storage is not configured on the primary."
 _WAITS = (" Waits until Ceph carried it out (drivers.ceph.request_timeout); a request still "
           "running then answers 510 naming it (see /storage/ceph/request/{request_id}).")
 
+_WAIT_FAILURES = {503: "With `wait`: the API is moving to another node (a primary handover); "
+                      "the request was accepted."}
+_WAIT_GET = " With `wait`: answers once it has settled (as the write's `wait` does)."
+
 # route path → method → operation. Keep the order of the route table.
 ENDPOINTS: dict[str, dict[str, Operation]] = {
     # general
@@ -82,12 +86,17 @@ ENDPOINTS: dict[str, dict[str, Operation]] = {
     "/node": {"get": Operation("List nodes", array_of("Node"))},
     "/node/<node>": {"get": Operation("One node (a one-element list)", array_of("Node"))},
     "/node/<node>/coordinator-state": {
-        "get": Operation("A node's coordinator state", ref("NodeCoordinatorState")),
-        "post": Operation("Make a coordinator primary or secondary (an orderly handover)"),
+        "get": Operation("A node's coordinator state." + _WAIT_GET, ref("NodeCoordinatorState"),
+                         failures=_WAIT_FAILURES),
+        "post": Operation("Make a coordinator primary or secondary (an orderly handover)",
+                          failures=_WAIT_FAILURES),
     },
     "/node/<node>/domain-state": {
-        "get": Operation("A node's domain state", ref("NodeDomainState")),
-        "post": Operation("Flush a node (move its VMs away) or make it ready again"),
+        "get": Operation("A node's domain state." + _WAIT_GET, ref("NodeDomainState"),
+                         failures=_WAIT_FAILURES),
+        "post": Operation("Flush a node (move its VMs away) or make it ready again; with "
+                          "`wait`, answers once the node reports flushed (ready)",
+                          failures=_WAIT_FAILURES),
     },
     "/node/<node>/daemon-state": {
         "get": Operation("A node's daemon state (pvcd addition)", ref("NodeDaemonState")),
@@ -95,7 +104,8 @@ ENDPOINTS: dict[str, dict[str, Operation]] = {
     # VMs
     "/vm": {
         "get": Operation("List VMs", array_of("Vm")),
-        "post": Operation("Define (and start) a VM from libvirt XML"),
+        "post": Operation("Define (and start) a VM from libvirt XML; with `wait`, answers once "
+                          "it runs on its node", failures=_WAIT_FAILURES),
     },
     "/vm/<vm>": {
         "get": Operation("One VM (a one-element list)", array_of("Vm")),
@@ -103,12 +113,16 @@ ENDPOINTS: dict[str, dict[str, Operation]] = {
         "delete": Operation("Stop and undefine a VM"),
     },
     "/vm/<vm>/state": {
-        "get": Operation("A VM's state", ref("VmState")),
-        "post": Operation("Start, shut down, stop or restart a VM"),
+        "get": Operation("A VM's state." + _WAIT_GET, ref("VmState"), failures=_WAIT_FAILURES),
+        "post": Operation("Start, shut down, stop or restart a VM; with `wait`, answers once it "
+                          "runs on its node (start, restart) or is stopped (stop, shutdown)",
+                          failures=_WAIT_FAILURES),
     },
     "/vm/<vm>/node": {
         "get": Operation("A VM's node and the node it was migrated from", ref("VmNode")),
-        "post": Operation("Migrate, unmigrate or move a VM"),
+        "post": Operation("Migrate, unmigrate or move a VM; with `wait`, answers once the "
+                          "migration is done and the VM is seen on its new node",
+                          failures=_WAIT_FAILURES),
     },
     "/vm/<vm>/dump": {
         "get": Operation("A VM's libvirt XML", {"type": "string"}, media_type="application/xml"),

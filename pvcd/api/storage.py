@@ -4,7 +4,7 @@ Reads come from the cache: ZooKeeper's mirror of what Ceph confirmed, refreshed 
 (`pvcd.controllers.storage`). A write is validated completely first (names, sizes, PG counts,
 flags, weights, the objects it names, `yes_i_really_mean_it`): a bad value answers 510 and
 nothing reaches Ceph. Then the handler writes a storage request and waits for its result, as the
-manual requires, without blocking the event loop (`RequestWaiter` wakes it from the cache's
+manual requires, without blocking the event loop (`pvcd.api.waiting` wakes it from the cache's
 change notifications). If the request does not finish within `drivers.ceph.request_timeout` the
 answer is 510 saying so and naming the request, which keeps going and stays visible at
 `/storage/ceph/request/<id>` (a pvcd addition).
@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from pvcd.api.base import ApiContext, BaseHandler
 from pvcd.api.routing import route
 from pvcd.api.values import accepts, choice, flag, limit, text, value
+from pvcd.api.waiting import wait_for_request
 from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound, PvcError
 from pvcd.domain.records import StorageRequest, from_dict
 from pvcd.domain.states import PRIMARY_TARGET
@@ -35,7 +35,6 @@ from pvcd.drivers.ceph.values import (
     check_weight,
     parse_size,
 )
-from pvcd.state.cache import StateCache
 from pvcd.state.store import Op
 from pvcd.state.view import ClusterView
 
@@ -48,51 +47,6 @@ _ERRORS: dict[str, type[PvcError]] = {"InvalidValue": InvalidValue, "NotFound": 
 def new_request_id(clock: Callable[[], float]) -> str:
     """Sortable by creation time, unique without coordination."""
     return f"{int(clock() * 1000):013d}-{secrets.token_hex(4)}"
-
-
-class RequestWaiter:
-    """Wakes coroutines (on any event loop) when a cached path changes; one cache listener for
-    all of them."""
-
-    def __init__(self, cache: StateCache) -> None:
-        self._lock = threading.Lock()
-        self._waiting: dict[str, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
-        cache.subscribe(self._changed)
-
-    def _changed(self, path: str) -> None:
-        with self._lock:
-            waiters = list(self._waiting.get(path, ()))
-        for loop, event in waiters:
-            loop.call_soon_threadsafe(event.set)
-
-    async def wait(self, cache: StateCache, path: str, timeout: float) -> Any:
-        """The document at `path` once it is a finished request, or as it is at the timeout."""
-        loop = asyncio.get_running_loop()
-        event = asyncio.Event()
-        waiter = (loop, event)
-        with self._lock:
-            self._waiting.setdefault(path, []).append(waiter)
-        deadline = loop.time() + timeout
-        try:
-            while True:
-                event.clear()
-                doc = cache.get(path)
-                if isinstance(doc, dict) and doc.get("state") in ("done", "failed"):
-                    return doc
-                left = deadline - loop.time()
-                if left <= 0:
-                    return doc
-                try:
-                    await asyncio.wait_for(event.wait(), left)
-                except TimeoutError:
-                    pass
-        finally:
-            with self._lock:
-                waiters = self._waiting.get(path, [])
-                if waiter in waiters:
-                    waiters.remove(waiter)
-                if not waiters:
-                    self._waiting.pop(path, None)
 
 
 def storage_timeout(ctx: ApiContext) -> float:
@@ -110,12 +64,11 @@ async def run_request(handler: BaseHandler, op: str, args: dict[str, Any],
     still running at the timeout."""
     ctx = handler.ctx
     timeout = storage_timeout(ctx)
-    waiter = ctx.request_waiter
     request = StorageRequest(id=new_request_id(ctx.clock), op=op, args=args, target=target,
                              created=ctx.clock())
     path = ctx.view.paths.storage_request(request.id)
     await handler.commit([Op.create(path, request.to_doc())])
-    doc = await waiter.wait(ctx.view.cache, path, timeout)
+    doc = await wait_for_request(ctx.view.cache, path, timeout)
     result = from_dict(StorageRequest, doc) if isinstance(doc, dict) else request
     if result.state == "done":
         return result

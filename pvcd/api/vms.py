@@ -14,6 +14,7 @@ from pvcd.api.render import FragmentRenderer
 from pvcd.api.routing import route
 from pvcd.api.storage import check_vm_volumes, delete_vm_volumes
 from pvcd.api.values import accepts, choice, flag, limit, text
+from pvcd.api.waiting import WAIT_VALUES, reply_when_settled, requested_wait, vm_settles
 from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound
 from pvcd.domain.moves import Move, check_migrate, check_unmigrate, holder, reassign
 from pvcd.domain.placement import choose_node, require_node
@@ -129,11 +130,12 @@ class VmListHandler(VmBaseHandler):
             selected.append(uuid)
         self.reply_json(renderer.render(selected))
 
-    @accepts(XML, NODE, SELECTOR)
+    @accepts(XML, NODE, SELECTOR, *WAIT_VALUES)
     async def post(self) -> None:
         view = self.ctx.view
         definition = parse_domain_xml(self.values[XML])
         selector = self.selector()
+        wait = requested_wait(self.values)
         if view.resolve_vm(definition.name) is not None:
             raise Conflict(f"A VM named '{definition.name}' already exists")
         if view.cache.exists(view.paths.vm(definition.uuid)):
@@ -147,7 +149,8 @@ class VmListHandler(VmBaseHandler):
             Op.create(view.paths.vm(spec.uuid), spec.to_doc()),
             Op.create(view.paths.vm_name(spec.name), {"uuid": spec.uuid}),
         ])
-        self.message(f"Added VM '{spec.name}' ({spec.uuid}) on node {node}")
+        await reply_when_settled(self, wait, vm_settles(view, spec.uuid),
+                                 f"Added VM '{spec.name}' ({spec.uuid}) on node {node}")
 
 
 NEW_XML = text("xml", "The new libvirt domain XML (same UUID).", required=True)
@@ -215,15 +218,21 @@ STATE = choice("state", VM_STATE_REQUESTS, "The wanted state.", required=True)
 
 
 class VmStateHandler(VmBaseHandler):
-    def get(self, vm: str) -> None:
-        obj = vm_object(self.ctx.view, self.vm_uuid(vm))
-        assert obj is not None
-        self.reply({"name": obj["name"], "state": obj["state"]})
+    @accepts(*WAIT_VALUES)
+    async def get(self, vm: str) -> None:
+        uuid, wait = self.vm_uuid(vm), requested_wait(self.values)
 
-    @accepts(STATE)
+        def answer() -> dict[str, Any]:
+            obj = vm_object(self.ctx.view, uuid) or {"name": vm, "state": None}
+            return {"name": obj["name"], "state": obj["state"]}
+
+        await reply_when_settled(self, wait, vm_settles(self.ctx.view, uuid), answer)
+
+    @accepts(STATE, *WAIT_VALUES)
     async def post(self, vm: str) -> None:
         spec, version = self.vm_spec(vm)
         wanted = self.values[STATE]
+        wait = requested_wait(self.values)
         spec.state_request += 1
         spec.resume_on = None  # the operator decides now, not a node's `ready`
         if wanted == "restart":
@@ -232,7 +241,8 @@ class VmStateHandler(VmBaseHandler):
         else:
             spec.state = str(wanted)
         await self.commit([Op.set(self.ctx.view.paths.vm(spec.uuid), spec.to_doc(), version)])
-        self.message(f"Setting VM '{spec.name}' to state {wanted}")
+        await reply_when_settled(self, wait, vm_settles(self.ctx.view, spec.uuid),
+                                 f"Setting VM '{spec.name}' to state {wanted}")
 
 
 ACTION = choice("action", MIGRATE_ACTIONS, "migrate, or unmigrate (return to last_node).",
@@ -247,7 +257,7 @@ class VmNodeHandler(VmBaseHandler):
         spec, _ = self.vm_spec(vm)
         self.reply({"name": spec.name, "node": spec.node, "last_node": spec.last_node})
 
-    @accepts(ACTION, TARGET_NODE, SELECTOR, PERMANENT, FORCE)
+    @accepts(ACTION, TARGET_NODE, SELECTOR, PERMANENT, FORCE, *WAIT_VALUES)
     async def post(self, vm: str) -> None:
         view = self.ctx.view
         spec, version = self.vm_spec(vm)
@@ -255,6 +265,7 @@ class VmNodeHandler(VmBaseHandler):
         selector = self.selector()
         permanent, force = self.values[PERMANENT], self.values[FORCE]
         status = view.vm_status(spec.uuid)
+        wait = requested_wait(self.values)
         source = spec.node
         memory = spec.memory if spec.state not in STOPPED_VM_STATES else 0
         if action == "unmigrate":
@@ -270,7 +281,8 @@ class VmNodeHandler(VmBaseHandler):
         new = reassign(spec, status, target, why)
         await self.commit([Op.set(view.paths.vm(spec.uuid), new.to_doc(), version)])
         verb = "Migrating" if new.migration is not None else "Moving"
-        self.message(f"{verb} VM '{spec.name}' from {source} to {target}")
+        await reply_when_settled(self, wait, vm_settles(view, spec.uuid),
+                                 f"{verb} VM '{spec.name}' from {source} to {target}")
 
 
 class VmDumpHandler(VmBaseHandler):

@@ -19,7 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from pvcd.cli.connection import Connection
-from pvcd.cli.errors import ApiFailure, ApiUnreachable, AuthenticationFailed, ConfigProblem
+from pvcd.cli.errors import (
+    ApiConnectionLost,
+    ApiFailure,
+    ApiUnreachable,
+    AuthenticationFailed,
+    ConfigProblem,
+)
 
 Value = str | int | float | bool | None
 DEFAULT_TIMEOUT = 30.0
@@ -69,8 +75,9 @@ class ApiClient:
         self._ssl = _ssl_context(connection) if connection.url.startswith("https:") else None
 
     # the verbs, as the commands use them
-    def get(self, path: str, values: Mapping[str, Value] | None = None) -> Any:
-        return self.request("GET", path, values).json()
+    def get(self, path: str, values: Mapping[str, Value] | None = None,
+            timeout: float | None = None) -> Any:
+        return self.request("GET", path, values, timeout).json()
 
     def get_text(self, path: str, values: Mapping[str, Value] | None = None) -> str:
         return self.request("GET", path, values).text()
@@ -78,6 +85,11 @@ class ApiClient:
     def post(self, path: str, values: Mapping[str, Value] | None = None,
              timeout: float | None = None) -> str:
         return _message(self.request("POST", path, values, timeout))
+
+    def post_doc(self, path: str, values: Mapping[str, Value] | None = None,
+                 timeout: float | None = None) -> Any:
+        """POST, answering the whole JSON document (the message and e.g. a `wait` report)."""
+        return self.request("POST", path, values, timeout).json()
 
     def put(self, path: str, values: Mapping[str, Value] | None = None,
             timeout: float | None = None) -> str:
@@ -110,18 +122,19 @@ class ApiClient:
             response = Response(exc.code, exc.read(), exc.headers.get("Content-Type", ""))
         except urllib.error.URLError as exc:
             raise ApiUnreachable(self._unreachable(exc.reason)) from None
+        # past this point the request was sent (urllib wraps failures before that in URLError)
         except TimeoutError:
-            raise ApiUnreachable(f"the PVC API at {self.connection.url} did not answer within "
-                                 f"{timeout or self.timeout:g} s") from None
+            raise ApiConnectionLost(f"the PVC API at {self.connection.url} did not answer "
+                                    f"within {timeout or self.timeout:g} s") from None
         except (OSError, http.client.HTTPException) as exc:  # e.g. the connection was reset
-            raise ApiUnreachable(self._unreachable(exc)) from None
+            raise ApiConnectionLost(self._unreachable(exc)) from None
         if response.status == 401:
             raise AuthenticationFailed(self._auth_message())
         if response.status == 404:  # an unknown path: this API lacks the endpoint
             raise ApiFailure(f"the API at {self.connection.url} has no endpoint {method} "
                              f"{path} ({_failure_message(response)})", 404)
         if response.status not in (200, 209):  # 209: GET /api/v1, by the manual
-            raise ApiFailure(_failure_message(response), response.status)
+            raise ApiFailure(_failure_message(response), response.status, _document(response))
         return response
 
     def _unreachable(self, reason: object) -> str:
@@ -153,12 +166,17 @@ def _message(response: Response) -> str:
     return json.dumps(doc)
 
 
-def _failure_message(response: Response) -> str:
+def _document(response: Response) -> dict[str, Any] | None:
     try:
         doc = json.loads(response.body)
     except ValueError:
-        doc = None
-    if isinstance(doc, dict) and isinstance(doc.get("message"), str):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _failure_message(response: Response) -> str:
+    doc = _document(response)
+    if doc is not None and isinstance(doc.get("message"), str):
         return str(doc["message"])
     snippet = response.text().strip()[:200]
     return f"HTTP {response.status}" + (f": {snippet}" if snippet else "")

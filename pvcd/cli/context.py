@@ -14,10 +14,10 @@ from typing import Any, TypeVar
 
 import click
 
-from pvcd.cli.client import ApiClient
+from pvcd.cli.client import ApiClient, Value
 from pvcd.cli.connection import Connection, default_environment, resolve_connection
 from pvcd.cli.output import to_json
-from pvcd.cli.waiting import DEFAULT_TIMEOUT, Observation, Waiter
+from pvcd.cli.waiting import DEFAULT_TIMEOUT, HTTP_SLACK, Waiter
 
 FORMATS = ("table", "json")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -61,21 +61,32 @@ class CliContext:
         else:
             click.echo(text)
 
-    def follow(self, message: str, wait: bool, what: str, probe: Callable[[], Observation],
-               timeout: float) -> None:
-        """A state change's answer; with `wait`, then poll `probe` until done (progress on
-        stderr). In JSON, one document at the end, with the object as last seen."""
+    def change(self, path: str, values: Mapping[str, Value], wait: bool, timeout: float,
+               what: str, state: tuple[str, Mapping[str, Value]],
+               result: Callable[[], Any]) -> None:
+        """POST a state change. With `wait`, the API answers once it has settled (progress on
+        stderr meanwhile); `state` (a path and values) is where to ask again with `wait` after
+        a primary handover cut the request. In JSON, one document at the end, with the object
+        (`result()`) as it is then."""
         if not wait:
-            self.message(message)
+            self.message(self.client.post(path, values))
             return
-        if not self.json:
-            click.echo(message)
+        client = self.client
+
+        def send(seconds: float) -> dict[str, Any]:
+            return dict(client.post_doc(path, {**values, "wait": True, "wait_timeout": seconds},
+                                        timeout=seconds + HTTP_SLACK))
+
+        def ask_again(seconds: float) -> dict[str, Any]:
+            doc = client.get(state[0], {**state[1], "wait": True, "wait_timeout": seconds},
+                             timeout=seconds + HTTP_SLACK)
+            return {"message": f"Done: {what}", **doc}
+
         stream = sys.stderr
         waiter = Waiter(stream, interactive=stream.isatty() and
                         self.env.get("TERM", "") not in ("", "dumb"))
-        result = waiter.wait(what, probe, timeout)
-        if self.json:
-            self.message(message, result)
+        answer = waiter.wait(what, send, ask_again, timeout)
+        self.message(str(answer.get("message")), result() if self.json else None)
 
 
 pass_cli = click.make_pass_decorator(CliContext, ensure=True)

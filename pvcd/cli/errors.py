@@ -7,6 +7,8 @@ VM failed while waiting; 2 a usage or configuration problem (click uses 2 for us
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class CliError(Exception):
     exit_code = 1
@@ -15,9 +17,10 @@ class CliError(Exception):
 class ApiFailure(CliError):
     """The API answered with a failure (510, 404, ...): `message` is the API's own text."""
 
-    def __init__(self, message: str, status: int) -> None:
+    def __init__(self, message: str, status: int, detail: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.detail = detail or {}  # the answer's JSON document, e.g. its `wait` report
 
 
 class ConfigProblem(CliError):
@@ -28,6 +31,11 @@ class ConfigProblem(CliError):
 
 class ApiUnreachable(CliError):
     exit_code = 3
+
+
+class ApiConnectionLost(ApiUnreachable):
+    """The request was sent, but the connection failed before an answer came (the API may have
+    acted on it)."""
 
 
 class AuthenticationFailed(CliError):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import click
@@ -11,9 +10,6 @@ from pvcd.cli.client import api_path
 from pvcd.cli.completion import complete_nodes
 from pvcd.cli.context import CliContext, format_option, pass_cli, wait_options
 from pvcd.cli.output import Column, field, render_fields, render_table, show, size_mib
-from pvcd.cli.waiting import Observation
-
-Probe = Callable[[CliContext, str], Observation]
 
 NODE_COLUMNS = [
     Column("NAME", field("name")),
@@ -86,50 +82,22 @@ def node_info(cli: CliContext, name: str) -> None:
     cli.emit(cli.client.get(api_path("node", name)), node_details)
 
 
+GOALS = {"primary": "to be primary", "secondary": "to be secondary", "flush": "to be flushed",
+         "ready": "to be ready"}
+
+
 def _set_state(cli: CliContext, name: str, kind: str, value: str, wait: bool,
                timeout: float) -> None:
-    message = cli.client.post(api_path("node", name, kind), {kind: value})
-    probes: dict[tuple[str, str], tuple[Probe, str]] = {
-        ("coordinator-state", "primary"): (_primary_probe, "to be primary"),
-        ("coordinator-state", "secondary"): (_secondary_probe, "to be secondary"),
-        ("domain-state", "flush"): (_domain_probe("flushed"), "to be flushed"),
-        ("domain-state", "ready"): (_domain_probe("ready"), "to be ready"),
-    }
-    probe, goal = probes[(kind, value)]
-    cli.follow(message, wait, f"node {name} {goal}", lambda: probe(cli, name), timeout)
+    # after a handover cut the wait, ask again at the state (the coordinator state says which)
+    again = {kind: value} if kind == "coordinator-state" else {}
+    cli.change(api_path("node", name, kind), {kind: value}, wait, timeout,
+               f"node {name} {GOALS[value]}", (api_path("node", name, kind), again),
+               lambda: _node(cli, name))
 
 
 def _node(cli: CliContext, name: str) -> dict[str, Any]:
     nodes = cli.client.get(api_path("node", name))
     return dict(nodes[0])
-
-
-def _primary_probe(cli: CliContext, name: str) -> Observation:
-    node = _node(cli, name)
-    state = node["coordinator_state"]
-    return Observation(state == "primary", f"coordinator state {state}", node)
-
-
-def _secondary_probe(cli: CliContext, name: str) -> Observation:
-    nodes = cli.client.get("/node")
-    this = next((n for n in nodes if n["name"] == name), None)
-    primary = next((n["name"] for n in nodes if n["coordinator_state"] == "primary"), None)
-    if this is None:
-        return Observation(False, "node not listed")
-    state = this["coordinator_state"]
-    done = state == "secondary" and primary is not None and primary != name
-    return Observation(done, f"coordinator state {state}, primary {primary or 'none yet'}", this)
-
-
-def _domain_probe(settled: str) -> Probe:
-    def probe(cli: CliContext, name: str) -> Observation:
-        node = _node(cli, name)
-        state = node["domain_state"]
-        return Observation(state == settled,
-                           f"domain state {state}, {len(node.get('running_domains') or [])} "
-                           "VMs running there", node)
-
-    return probe
 
 
 def _state_command(name: str, kind: str, summary: str) -> None:

@@ -1,14 +1,15 @@
 """`pvc vm`: list and inspect VMs, define/modify/undefine them, change state and node.
 
-State and node changes are recorded by the API and carried out by a node; `--wait` follows
-the VM until it has settled: no migration or restart pending, and running on its node (state
-`start`) or running nowhere (state `stop`/`shutdown`/`disable`). A VM that fails meanwhile ends
-the wait with its failure reason.
+State and node changes are recorded by the API and carried out by a node; with `--wait` the API
+answers once the VM has settled (no migration or restart pending, running on its node or
+stopped, as `pvcd.domain.settled` decides); a VM that fails meanwhile ends the wait with its
+failure reason.
 """
 
 from __future__ import annotations
 
 import difflib
+import xml.etree.ElementTree as ElementTree
 from typing import Any, TextIO
 
 import click
@@ -24,13 +25,10 @@ from pvcd.cli.context import (
     yes_option,
 )
 from pvcd.cli.editor import edit_text
-from pvcd.cli.errors import CliError
 from pvcd.cli.output import Column, Row, field, render_fields, render_table, size_mib
-from pvcd.cli.waiting import Observation
 
 SELECTORS = ("mem", "vcpus", "load", "vms")
 STATES = ("start", "restart", "shutdown", "stop", "failed", "migrate", "unmigrate", "disable")
-PENDING = ("migrate", "unmigrate", "restart")
 
 
 def migrated(vm: Row) -> str:
@@ -96,29 +94,21 @@ def _vm(cli: CliContext, name: str) -> dict[str, Any]:
     return dict(cli.client.get(api_path("vm", name))[0])
 
 
-def settled(vm: dict[str, Any], nodes: list[dict[str, Any]]) -> Observation:
-    """Whether `vm` has reached its desired state, from the VM and the node list."""
-    state, node, running_on = vm["state"], vm.get("node"), vm.get("running_on")
-    if state == "failed":
-        raise CliError(f"VM {vm['name']} failed: {vm.get('failed_reason') or 'no reason given'}")
-    # a node lists a domain as running until libvirt has shut it off (also while shutting down)
-    active = [n["name"] for n in nodes if vm["uuid"] in (n.get("running_domains") or [])]
-    where = f"running on {running_on}" if running_on else \
-        f"active on {', '.join(active)}" if active else "not running"
-    status = f"state {state}, node {node}, {where}"
-    if state in PENDING:
-        return Observation(False, status, vm)
-    if state == "start":
-        return Observation(running_on == node, status, vm)
-    return Observation(running_on is None and not active, status, vm)
+def _change(cli: CliContext, name: str, uuid: str, what: str, path: str,
+            values: dict[str, Any], wait: bool, timeout: float) -> None:
+    """A state or node change of VM `uuid`; `--wait` asks again at its state after a
+    handover."""
+    cli.change(path, values, wait, timeout, f"VM {name} {what}",
+               (api_path("vm", uuid, "state"), {}), lambda: _vm(cli, uuid))
 
 
-def _follow(cli: CliContext, message: str, uuid: str, goal: str, wait: bool,
-            timeout: float) -> None:
-    def probe() -> Observation:
-        return settled(_vm(cli, uuid), cli.client.get("/node"))
-
-    cli.follow(message, wait, goal, probe, timeout)
+def _domain_name(xml: str) -> str | None:
+    """The VM's name in its XML, or None when the API will refuse the XML anyway."""
+    try:
+        name = ElementTree.fromstring(xml).findtext("name")
+    except ElementTree.ParseError:
+        return None
+    return name.strip() or None if name else None
 
 
 @click.group()
@@ -162,13 +152,18 @@ def vm_dump(cli: CliContext, name: str) -> None:
               shell_complete=complete_nodes)
 @click.option("--selector", type=click.Choice(SELECTORS),
               help="How to choose the node (default: the cluster's).")
+@wait_options
 @format_option
 @pass_cli
-def vm_define(cli: CliContext, xml_file: TextIO, node: str | None,
-              selector: str | None) -> None:
+def vm_define(cli: CliContext, xml_file: TextIO, node: str | None, selector: str | None,
+              wait: bool, timeout: float) -> None:
     """Define (and start) a VM from a libvirt XML FILE ("-" reads standard input)."""
     xml = xml_file.read()
-    cli.message(cli.client.post("/vm", {"xml": xml, "node": node, "selector": selector}))
+    name = _domain_name(xml)
+    # by name: the UUID may be chosen by the API; a re-attach after a handover asks by name
+    _change(cli, name or "", name or "", "to run", "/vm",
+            {"xml": xml, "node": node, "selector": selector}, wait and name is not None,
+            timeout)
 
 
 @vm.command("modify")
@@ -227,8 +222,8 @@ def _state_command(state: str, summary: str, goal: str) -> None:
     @pass_cli
     def command(cli: CliContext, name: str, wait: bool, timeout: float) -> None:
         uuid = _vm(cli, name)["uuid"]
-        message = cli.client.post(api_path("vm", uuid, "state"), {"state": state})
-        _follow(cli, message, uuid, f"VM {name} {goal}", wait, timeout)
+        _change(cli, name, uuid, goal, api_path("vm", uuid, "state"), {"state": state}, wait,
+                timeout)
 
     command.__doc__ = summary
     vm.command(state)(command)
@@ -244,8 +239,8 @@ _state_command("restart", "Restart a VM (also applies a modified definition).", 
 def _node_change(cli: CliContext, name: str, values: dict[str, Any], wait: bool,
                  timeout: float) -> None:
     uuid = _vm(cli, name)["uuid"]
-    message = cli.client.post(api_path("vm", uuid, "node"), values)
-    _follow(cli, message, uuid, f"VM {name} to settle on its new node", wait, timeout)
+    _change(cli, name, uuid, "to settle on its new node", api_path("vm", uuid, "node"), values,
+            wait, timeout)
 
 
 @vm.command("migrate")

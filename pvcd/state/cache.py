@@ -81,7 +81,13 @@ class StateCache:
 
     def subscribe(self, listener: Listener) -> None:
         """Call `listener(path)` after every change of a cached path (from any thread)."""
-        self._listeners.append(listener)
+        with self._lock:  # copy on write: a notification in progress keeps its own list
+            self._listeners = [*self._listeners, listener]
+
+    def unsubscribe(self, listener: Listener) -> None:
+        """Stop calling `listener`; a notification already in progress may still call it."""
+        with self._lock:
+            self._listeners = [other for other in self._listeners if other is not listener]
 
     # reads
     def get(self, path: str) -> Any:
@@ -198,7 +204,7 @@ class StateCache:
         self._client.get_async(path).rawlink(done)
 
     def _notify(self, path: str) -> None:
-        for listener in self._listeners:
+        for listener in self._listeners:  # the list is replaced, never changed in place
             try:
                 listener(path)
             except Exception:  # a listener must not break the cache

@@ -186,8 +186,10 @@ def test_vm_define_states_migrate_and_dump(lab: tuple[Lab, LabClient], tmp_path:
     assert obj["node"] == "node2" and obj["memory"] == 64
 
     # define from standard input, and a definition the API refuses
-    ok(pvc(the_lab, "vm", "define", "-", "--node", "node3", input=tiny_guest_xml("web2")))
+    ok(pvc(the_lab, "vm", "define", "-", "--node", "node3", "--wait",
+           input=tiny_guest_xml("web2")))
     assert vm(api, "web2")["node"] == "node3"
+    assert running_on(the_lab, vm(api, "web2")["uuid"]) == ["node3"]  # --wait: running now
     again = pvc(the_lab, "vm", "define", str(xml))
     assert again.returncode == 1
     assert again.stderr.strip() == "Error: A VM named 'web1' already exists"

@@ -16,7 +16,8 @@ from collections.abc import Iterator
 import pytest
 from kazoo.client import KazooClient
 
-from pvcd.api.storage import RequestWaiter, new_request_id
+from pvcd.api.storage import new_request_id
+from pvcd.api.waiting import wait_for_request
 from pvcd.config import CephDriverSection
 from pvcd.controllers.storage.primary import PrimaryStorage
 from pvcd.controllers.storage.requests import request_key
@@ -198,17 +199,16 @@ def test_concurrent_requests_each_get_their_own_result(primary: PrimaryStorage,
 
 def test_waiter_wakes_on_the_result_and_reports_a_timeout(primary: PrimaryStorage) -> None:
     cache = primary.view.cache
-    waiter = RequestWaiter(cache)
     request_id = submit(primary, "cluster-option", action="set", option="noscrub")
     path = primary.view.paths.storage_request(request_id)
 
     async def scenario() -> tuple[object, object, float]:
-        unfinished = await waiter.wait(cache, path, 0.2)  # nobody executes it yet
+        unfinished = await wait_for_request(cache, path, 0.2)  # nobody executes it yet
         loop = asyncio.get_running_loop()
         started = loop.time()
         loop.call_later(0.1, lambda: threading.Thread(
             target=primary.requests.reconcile, args=(request_key(request_id),)).start())
-        finished = await waiter.wait(cache, path, 30)
+        finished = await wait_for_request(cache, path, 30)
         return unfinished, finished, loop.time() - started
 
     unfinished, finished, seconds = asyncio.run(scenario())

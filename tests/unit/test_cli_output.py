@@ -7,7 +7,7 @@ from typing import Any
 from pvcd.cli.cluster import render_summary, storage_health, summarise
 from pvcd.cli.node import node_table
 from pvcd.cli.output import Column, field, render_fields, render_table, show, size_bytes, size_mib
-from pvcd.cli.vm import settled, vm_table
+from pvcd.cli.vm import vm_table
 
 
 def test_table_aligns_columns_and_right_aligns_numbers() -> None:
@@ -90,40 +90,6 @@ def test_vm_table_shows_migration_and_networks() -> None:
                                 "NETWORKS"]
     assert lines[1].split() == ["web1", "u-1", "start", "node2", "from", "node1", "2", "1",
                                 "GiB", "vmbr100"]
-
-
-def nodes(*running: tuple[str, list[str]]) -> list[dict[str, Any]]:
-    return [{"name": name, "running_domains": uuids} for name, uuids in running]
-
-
-def test_a_started_vm_has_settled_when_it_runs_on_its_node() -> None:
-    assert settled(vm_object(), nodes(("node2", ["u-1"]))).done
-    assert not settled(vm_object(running_on=None), nodes()).done
-    assert not settled(vm_object(running_on="node1"), nodes(("node1", ["u-1"]))).done
-
-
-def test_a_pending_migration_or_restart_has_not_settled() -> None:
-    for state in ("migrate", "unmigrate", "restart"):
-        observation = settled(vm_object(state=state), nodes(("node2", ["u-1"])))
-        assert not observation.done and f"state {state}" in observation.status
-
-
-def test_a_stopped_vm_has_settled_only_when_no_node_still_runs_it() -> None:
-    # shutting down: the status no longer says running, but libvirt still has it active
-    shutting = settled(vm_object(state="shutdown", running_on=None), nodes(("node2", ["u-1"])))
-    assert not shutting.done and "active on node2" in shutting.status
-    assert settled(vm_object(state="stop", running_on=None), nodes(("node2", []))).done
-
-
-def test_a_failed_vm_ends_the_wait_with_its_reason() -> None:
-    from pvcd.cli.errors import CliError
-
-    try:
-        settled(vm_object(state="failed", failed_reason="no such disk"), nodes())
-    except CliError as exc:
-        assert "no such disk" in str(exc)
-    else:
-        raise AssertionError("a failed VM must end the wait")
 
 
 def test_storage_health_from_the_field_or_the_raw_text() -> None:
