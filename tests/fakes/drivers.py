@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pvcd.domain.errors import BackendError, Conflict, NotFound
+from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound
+from pvcd.drivers.ceph import Volume
 from pvcd.drivers.dnsmasq import DnsmasqConfig, Lease, StaticLease
 from pvcd.drivers.fence import FenceTarget
 from pvcd.drivers.host import HostStats
@@ -212,3 +213,74 @@ class FakeDnsmasq:
 
     def leases(self) -> list[Lease]:
         return list(self.active)
+
+
+class FakeCeph:
+    """The pool, volume and snapshot calls of `CephDriver` that the primary's storage requests
+    make, over `pools` = {pool: {volume: {"size": bytes, "snapshots": set}}}, with the real
+    driver's refusals (Conflict, NotFound, InvalidValue for a shrink)."""
+
+    def __init__(self) -> None:
+        self.pools: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def _pool(self, pool: str) -> dict[str, dict[str, Any]]:
+        if pool not in self.pools:
+            raise NotFound(f"pool {pool} does not exist")
+        return self.pools[pool]
+
+    def _volume(self, pool: str, name: str) -> dict[str, Any]:
+        volumes = self._pool(pool)
+        if name not in volumes:
+            raise NotFound(f"volume {pool}/{name} does not exist")
+        return volumes[name]
+
+    def pool_create(self, name: str, pgs: int | str, replicas: int | str | None = None) -> None:
+        if name in self.pools:
+            raise Conflict(f"pool {name} already exists")
+        self.pools[name] = {}
+
+    def pool_delete(self, name: str) -> None:
+        self._pool(name)
+        del self.pools[name]
+
+    def volume_create(self, pool: str, name: str, size_bytes: int | str) -> None:
+        volumes = self._pool(pool)
+        if name in volumes:
+            raise Conflict(f"volume {pool}/{name} already exists")
+        volumes[name] = {"size": int(size_bytes), "snapshots": set()}
+
+    def volume_info(self, pool: str, name: str) -> Volume:
+        volume = self._volume(pool, name)
+        return Volume(pool, name, {"name": name, "size": volume["size"]})
+
+    def volume_resize(self, pool: str, name: str, size_bytes: int | str,
+                      allow_shrink: bool = False) -> None:
+        volume = self._volume(pool, name)
+        if int(size_bytes) < volume["size"] and not allow_shrink:
+            raise InvalidValue(f"volume {pool}/{name} is {volume['size']} bytes; shrinking it "
+                               "needs allow_shrink")
+        volume["size"] = int(size_bytes)
+
+    def volume_rename(self, pool: str, name: str, new_name: str) -> None:
+        volumes = self._pool(pool)
+        if new_name in volumes:
+            raise Conflict(f"volume {pool}/{new_name} already exists")
+        volumes[new_name] = volumes.pop(name) if name in volumes else self._volume(pool, name)
+
+    def volume_delete(self, pool: str, name: str, with_snapshots: bool = False) -> None:
+        volume = self._volume(pool, name)
+        if volume["snapshots"] and not with_snapshots:
+            raise Conflict(f"volume {pool}/{name} has snapshots")
+        del self.pools[pool][name]
+
+    def snapshot_create(self, pool: str, volume: str, snapshot: str) -> None:
+        snapshots = self._volume(pool, volume)["snapshots"]
+        if snapshot in snapshots:
+            raise Conflict(f"snapshot {pool}/{volume}@{snapshot} already exists")
+        snapshots.add(snapshot)
+
+    def snapshot_delete(self, pool: str, volume: str, snapshot: str) -> None:
+        snapshots = self._volume(pool, volume)["snapshots"]
+        if snapshot not in snapshots:
+            raise NotFound(f"snapshot {pool}/{volume}@{snapshot} does not exist")
+        snapshots.discard(snapshot)

@@ -18,7 +18,7 @@ from pvcd.drivers.host import pid_alive, pids_where
 from tests.e2e.labclient import wait_until
 
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mount namespaces need root")
+pytestmark = pytest.mark.needs_root
 
 
 def find(marker: str) -> list[int]:
