@@ -12,6 +12,7 @@ File format (YAML):
     settings: {on_fence_failure: none}
     vms:                     # defined and started before the timeline begins (t = 0)
       web: {node: node2, memory: 256}
+    invariants: [flushed-means-empty]   # optional, checked on every change (see below)
     timeline:                # `at`: simulated seconds after t = 0
       - {at: 1, do: hang node2}
       - at: 30
@@ -26,10 +27,14 @@ Events (`do`): `hang <node>` (keepalive and controllers stop, the session lives)
 `resume <node>`, `power-off <node>` (guests and session gone), `boot <node>` (registers again),
 `fence-fails <node>`, `flush <node>`, `ready <node>`, `migrate <vm> <node>`,
 `handover <node>`, `maintenance on|off`.
+
+Invariants: after every step, no VM runs on two nodes (always checked). `flushed-means-empty`:
+whenever a node's record says `flushed`, its `running_domains` in the same write is empty.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +53,8 @@ class Scenario:
     @classmethod
     def load(cls, path: Path) -> Scenario:
         doc = yaml.safe_load(path.read_text())
-        unknown = set(doc) - {"description", "xfail", "nodes", "settings", "vms", "timeline"}
+        unknown = set(doc) - {"description", "xfail", "nodes", "settings", "vms", "invariants",
+                              "timeline"}
         assert not unknown, f"{path.name}: unknown keys {sorted(unknown)}"
         return cls(path, doc)
 
@@ -77,14 +83,36 @@ def replay(scenario: Scenario, sim: SimCluster) -> None:
     sim.run_until(lambda: all(sim.where_running(uuids[n]) == [vm["node"]]
                               for n, vm in (scenario.doc.get("vms") or {}).items()),
                   seconds=10)
+    violations: list[str] = []
+    if "flushed-means-empty" in (scenario.doc.get("invariants") or []):
+        sim.state.cache.subscribe(_flushed_means_empty(sim, violations))
     start = sim.clock()
     for entry in sorted(scenario.doc.get("timeline") or [], key=lambda e: e["at"]):
         while sim.clock() - start < entry["at"]:
             sim.step()
+            violations += [f"VM {name} runs on {where}" for name, uuid in uuids.items()
+                           if len(where := sim.where_running(uuid)) > 1]
         if "do" in entry:
             _do(sim, entry["do"])
+        moment = f"{scenario.name} at t={entry['at']}"
+        assert not violations, f"{moment}: " + "; ".join(violations)
         if "expect" in entry:
-            _expect(sim, uuids, entry["expect"], f"{scenario.name} at t={entry['at']}")
+            _expect(sim, uuids, entry["expect"], moment)
+
+
+def _flushed_means_empty(sim: SimCluster, violations: list[str]) -> Callable[[str], None]:
+    """A cache listener: a node record that says `flushed` must show nothing running."""
+    paths = sim.state.paths
+
+    def check(path: str) -> None:
+        for name in sim.nodes:
+            if path == paths.node_status(name):
+                doc = sim.state.doc(path) or {}
+                running = (doc.get("stats") or {}).get("running_domains")
+                if doc.get("domain_state") == "flushed" and running:
+                    violations.append(f"node {name} said flushed with {running} running")
+
+    return check
 
 
 def _do(sim: SimCluster, event: str) -> None:
