@@ -12,8 +12,6 @@ import pytest
 from kazoo.client import KazooClient
 
 from pvcd.lab.zookeeper import ZooKeeperEnsemble
-from tests.fakes.nodes import SimCluster, sim_cluster
-from tests.fakes.state import ClusterState
 
 
 @pytest.fixture(scope="session")
@@ -70,18 +68,3 @@ def loop_devices(tmp_path: Path) -> Iterator[Callable[[int], str]]:
     yield make
     for device in made:
         subprocess.run(["losetup", "--detach", device], check=False, capture_output=True)
-
-
-@pytest.fixture
-def cluster_state(zk: KazooClient, zk_root: str) -> Iterator[ClusterState]:
-    """The real Store and StateCache on a root of this test's own (tests/fakes/state.py)."""
-    state = ClusterState.open(zk, zk_root)
-    yield state
-    state.close()
-
-
-@pytest.fixture
-def sim(cluster_state: ClusterState, tmp_path: Path) -> Iterator[SimCluster]:
-    """Simulated nodes over `cluster_state` (tests/fakes/nodes.py); add them with `add_node`."""
-    with sim_cluster(cluster_state, tmp_path) as cluster:
-        yield cluster

@@ -75,8 +75,9 @@ def make_node_controller(name: str, state: ClusterState, writer: NodeStatusWrite
 
 
 def make_coordinator(name: str, state: ClusterState, writer: NodeStatusWriter,
-                     session_id: Callable[[], int | None], clock: FakeClock) -> Coordinator:
-    return Coordinator(name, state.view, state.store, writer, PrimaryServices(), session_id,
+                     services: PrimaryServices, session_id: Callable[[], int | None],
+                     clock: FakeClock) -> Coordinator:
+    return Coordinator(name, state.view, state.store, writer, services, session_id,
                        handover_timeout=10.0, clock=clock)
 
 
@@ -111,11 +112,12 @@ class SimNode:
                                          self.libvirt, self.vm)
         self.node_worker = Controller(f"node-{name}", self.node.reconcile)
         self._worker_started = False
+        self.services = PrimaryServices()  # what runs only on the primary: tests add to it
         self.coordinator: Coordinator | None = None
         self.fencing: FencingController | None = None
         if coordinator:
-            self.coordinator = make_coordinator(name, state, self.writer, self._session_id,
-                                                clock)
+            self.coordinator = make_coordinator(name, state, self.writer, self.services,
+                                                self._session_id, clock)
             coordinator_ = self.coordinator
             self.fencing = make_fencing(
                 name, state, lambda: coordinator_.is_primary and coordinator_.services_up,
@@ -168,7 +170,9 @@ class SimNode:
         """The host is off: its guests stop (they stay defined, as on a real host), its
         session ends (`alive` and a primary lock it held disappear), its controllers stop."""
         self.powered = False
-        if self.coordinator is not None:
+        if self.coordinator is not None:  # its processes are gone, the primary's with them
+            if self.coordinator.services_up:
+                self.services.stop()
             self.coordinator.is_primary = self.coordinator.services_up = False
         for domain in self.libvirt.list_domains():
             if domain.active:

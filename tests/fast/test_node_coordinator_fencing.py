@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pvcd.controllers.coordinator import KEY as COORDINATOR_KEY
 from pvcd.domain.records import FenceRecord, from_dict
+from pvcd.state.store import Op
 from tests.fakes.nodes import DEAD_THRESHOLD, KEEPALIVE_INTERVAL, SimCluster
 
 DEAD_AFTER = KEEPALIVE_INTERVAL * DEAD_THRESHOLD
@@ -65,6 +66,41 @@ def test_a_handover_moves_the_role_to_the_named_node(sim: SimCluster) -> None:
     assert sim.state.doc(sim.state.paths.handover) is None  # the winner removed the request
 
 
+def test_the_primary_services_never_run_on_two_nodes_at_once(sim: SimCluster) -> None:
+    running: list[str] = []  # the nodes whose primary services run now
+    overlaps: list[list[str]] = []
+    for name in ("node1", "node2", "node3"):
+        node = sim.add_node(name)
+
+        def start(name: str = name) -> None:
+            if running:
+                overlaps.append([*running, name])
+            running.append(name)
+
+        node.services.add("api", start, lambda name=name: running.remove(name))
+    sim.step()
+    assert running == ["node1"]
+    sim.handover("node2")
+    sim.run_until(lambda: running == ["node2"], seconds=5)
+    sim.nodes["node2"].power_off()  # the primary's session is gone: another takes over
+    sim.run_until(lambda: running in (["node1"], ["node3"]), seconds=5)
+    assert overlaps == []
+
+
+def test_a_failing_service_start_is_retried_and_the_role_kept(sim: SimCluster) -> None:
+    node1 = sim.add_node("node1")
+    attempts: list[int] = []
+
+    def start() -> None:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise OSError("address in use")
+
+    node1.services.add("api", start, lambda: None)
+    sim.run_until(lambda: sim.node_status("node1").coordinator_state == "primary", seconds=10)
+    assert len(attempts) == 3 and sim.primary() == "node1"
+
+
 def test_a_handover_to_a_dead_node_goes_stale_and_another_takes_over(sim: SimCluster) -> None:
     for name in ("node1", "node2", "node3"):
         sim.add_node(name)
@@ -120,6 +156,20 @@ def test_a_failed_fence_never_starts_the_vms_elsewhere(sim: SimCluster) -> None:
     assert sim.state.vm_spec("web").node == "node2"
     assert sim.where_running(uuid) == ["node2"]  # still there: the fence could not say off
     assert sim.nodes["node1"].running() == []
+
+
+def test_no_fence_while_another_holds_the_fence_lock(sim: SimCluster) -> None:
+    sim.add_node("node1")
+    sim.add_node("node2")
+    sim.step()
+    # a fence started by the previous primary is still under way (its lock is held)
+    sim.state.store.commit([Op.create(sim.state.paths.fence_lock,
+                                      {"node": "node9", "target": "node2"}, ephemeral=True)])
+    sim.nodes["node2"].hung = True
+    sim.run(DEAD_AFTER * 3)
+    assert sim.fence.fenced == []
+    sim.state.store.commit([Op.delete(sim.state.paths.fence_lock)])
+    sim.run_until(lambda: sim.fence.fenced == ["node2"], seconds=3)
 
 
 def test_maintenance_mode_suspends_fencing(sim: SimCluster) -> None:

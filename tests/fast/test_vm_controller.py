@@ -5,6 +5,7 @@ document, never on which driver calls were made."""
 from __future__ import annotations
 
 from pvcd.controllers.vm import vm_key
+from pvcd.lab.guest import tiny_guest_xml
 from tests.fakes.nodes import SimCluster
 
 
@@ -37,6 +38,39 @@ def test_stop_and_shutdown_leave_the_guest_defined_but_off(sim: SimCluster) -> N
                       ("running" if s == "start" else "stopped"), seconds=10)
         assert node1.running() == ([uuid] if state == "start" else [])
     assert uuid in {d.uuid for d in node1.libvirt.list_domains()}
+
+
+def test_a_restart_request_restarts_a_running_guest_once(sim: SimCluster) -> None:
+    node1 = sim.add_node("node1")
+    uuid = sim.state.define_vm("web", "node1")
+    node1.vm.reconcile(vm_key(uuid))
+    sim.state.change(sim.state.paths.vm(uuid), restart_request=1)
+    sim.run_until(lambda: sim.state.vm_status("web").restart_done == 1, seconds=10)
+    assert node1.running() == [uuid]
+    assert sim.state.vm_status("web").state == "running"
+
+
+def test_a_changed_definition_is_defined_again(sim: SimCluster) -> None:
+    node1 = sim.add_node("node1")
+    uuid = sim.state.define_vm("web", "node1", memory=64)
+    node1.vm.reconcile(vm_key(uuid))
+    bigger = tiny_guest_xml("web", uuid, memory_mib=128)
+    sim.state.change(sim.state.paths.vm(uuid), xml=bigger, memory=128, restart_request=1)
+    sim.run_until(lambda: sim.state.vm_status("web").restart_done == 1, seconds=10)
+    assert "<memory unit='KiB'>131072</memory>" in node1.libvirt.xml(uuid)
+    assert node1.running() == [uuid]
+
+
+def test_a_guest_that_cannot_start_is_reported_failed(sim: SimCluster) -> None:
+    node1 = sim.add_node("node1")
+    uuid = sim.state.define_vm("web", "node1")
+    sim.state.change(sim.state.paths.vm(uuid), xml="<domain type='kvm'><name>web</name>"
+                     f"<uuid>{uuid}</uuid><memory>1</memory><os><type>hvm</type></os>"
+                     "<devices><disk type='nope'/></devices></domain>")
+    node1.vm.reconcile(vm_key(uuid))
+    status = sim.state.vm_status("web")
+    assert status.state == "failed" and "libvirt could not" in status.failed_reason
+    assert node1.running() == []
 
 
 def test_a_vm_assigned_elsewhere_is_removed_here_and_runs_once(sim: SimCluster) -> None:
