@@ -7,7 +7,6 @@ daemon's own libvirt connection), not only in the API.
 from __future__ import annotations
 
 import signal
-import time
 from typing import Any
 
 import pytest
@@ -178,7 +177,8 @@ def test_sigkill_during_flush_keeps_every_vm_exactly_once(lab3: tuple[Lab, LabCl
     uuids = [define(api, f"k{i}", node="node3") for i in range(6)]
     wait_until(lambda: all(running_on(lab, u) == ["node3"] for u in uuids), timeout=10)
     api.post("/node/node3/domain-state", data={"domain-state": "flush"})
-    time.sleep(0.05)
+    wait_until(lambda: api.get("/node/node3/domain-state").json()["domain_state"] != "ready",
+               timeout=5)  # the flush has begun
     lab.signal_node("node3", signal.SIGKILL)
     assert lab.wait_node_exit("node3")
     lab.start_node("node3")
