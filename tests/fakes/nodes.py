@@ -7,9 +7,9 @@ it here), its own libvirt connection on the real `test:///<file>` driver (one co
 node), a `FakeHost` and, for the cluster, a `FakeFence`. Tests drive the controllers by calling
 `reconcile(key)`; `SimCluster.step()` does that for every node in a fixed order.
 
-The node controller alone runs on a worker thread of the real `Controller` framework: today a
-flush waits inside its reconcile until the other nodes have moved the VMs (issue 11 asks for a
-level-based flush), which a single-threaded replay would deadlock on.
+The node controller alone runs on a worker thread of the real `Controller` framework: until issue
+11's level-based flush is merged, a flush waits inside its reconcile until the other nodes have
+moved the VMs, which a single-threaded replay would deadlock on.
 """
 
 from __future__ import annotations
