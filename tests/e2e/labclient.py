@@ -9,40 +9,15 @@ from typing import Any
 import requests
 
 from pvcd.lab.lab import Lab, LabInfo
+from tests.apiclient import ApiClient
 
 
-class LabClient:
-    """requests against the lab's API, with the token unless told otherwise."""
+class LabClient(ApiClient):
+    """requests against the lab's API, with the lab's token unless told otherwise."""
 
     def __init__(self, info: LabInfo, verify: str | bool = True) -> None:
+        super().__init__(info.api, info.token, verify)
         self.info = info
-        self.base = info.api
-        self.verify = verify
-        self.session = requests.Session()
-
-    def call(self, method: str, path: str, token: bool = True, **kwargs: Any) -> requests.Response:
-        headers = kwargs.pop("headers", {})
-        if token:
-            headers.setdefault("X-Api-Key", self.info.token)
-        kwargs.setdefault("timeout", 5)
-        return self.session.request(method, self.base + path, headers=headers,
-                                    verify=self.verify, **kwargs)
-
-    def get(self, path: str, **kwargs: Any) -> requests.Response:
-        return self.call("GET", path, **kwargs)
-
-    def post(self, path: str, **kwargs: Any) -> requests.Response:
-        return self.call("POST", path, **kwargs)
-
-    def nodes(self) -> dict[str, dict[str, Any]]:
-        response = self.get("/node")
-        assert response.status_code == 200, response.text
-        return {n["name"]: n for n in response.json()}
-
-    def primary(self) -> str | None:
-        primaries = [n for n, v in self.nodes().items() if v["coordinator_state"] == "primary"]
-        assert len(primaries) <= 1, primaries
-        return primaries[0] if primaries else None
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0.02) -> Any:

@@ -393,6 +393,7 @@ def cephlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, Lab
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.ceph
 def test_storage_pools_volumes_snapshots_and_osds(cephlab: tuple[Lab, LabClient]) -> None:
     the_lab, api = cephlab
     wait_until(lambda: api.get("/storage/ceph/status").status_code == 200, timeout=30)

@@ -17,7 +17,7 @@ from pvcd.lab.lab import Lab
 from pvcd.lab.netns import FLOATING_IP
 from tests.e2e.labclient import LabClient, LabFactory, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.needs_root]
 
 NODES = ("node1", "node2", "node3")
 

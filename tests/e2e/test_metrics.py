@@ -133,6 +133,7 @@ def test_metrics_show_nodes_vms_requests_reconciles_and_fences(make_lab: LabFact
     lab.refresh_pids()
 
 
+@pytest.mark.ceph
 def test_metrics_show_ceph_health_when_storage_is_configured(make_lab: LabFactory) -> None:
     _, api = make_lab(nodes=3, fencing="none", ceph=True)
     m = wait_until(lambda: (s := scrape(api)).total("pvc_ceph_health") == 1 and s, timeout=30)

@@ -21,7 +21,7 @@ from pvcd.lab import netns
 from pvcd.lab.lab import Lab
 from tests.e2e.labclient import LabClient, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.needs_root]
 
 NODES = ("node1", "node2", "node3")
 

@@ -43,7 +43,7 @@ from pvcd.lab.guest import tiny_guest_xml
 from pvcd.lab.lab import Lab
 from tests.e2e.labclient import LabClient, LabFactory
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.ceph, pytest.mark.timeout(900)]
 
 CONFIG = """\
 [checks.not_a_server_error]

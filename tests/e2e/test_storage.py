@@ -24,7 +24,7 @@ import pytest
 from pvcd.lab.lab import Lab
 from tests.e2e.labclient import LabClient, wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ceph]
 
 TIMEOUT = 60
 

@@ -29,7 +29,7 @@ from tests.e2e.labclient import LabClient, wait_until
 
 libvirt = pytest.importorskip("libvirt")
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.qemu, pytest.mark.needs_root]
 
 
 @pytest.fixture(scope="module", autouse=True)

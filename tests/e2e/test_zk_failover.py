@@ -50,13 +50,13 @@ def test_leader_loss_under_load_loses_no_acknowledged_write(make_lab: LabFactory
     writer = threading.Thread(target=load)
     writer.start()
     try:
-        time.sleep(1.0)
+        wait_until(lambda: len(acked) >= 20, timeout=20)  # the load is flowing
         leader = next(s for s in info.zookeeper_servers if zk_mode(s["client_port"]) == "leader")
         os.kill(leader["pid"], signal.SIGKILL)
         killed_at = len(acked)
         wait_until(lambda: any(zk_mode(s["client_port"]) == "leader"
                                for s in info.zookeeper_servers if s is not leader), timeout=20)
-        time.sleep(4.0)
+        time.sleep(4.0)  # keep writing for a while on the new leader (a duration, not a wait)
     finally:
         stop.set()
         writer.join(30)

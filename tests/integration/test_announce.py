@@ -17,6 +17,8 @@ import pytest
 
 from pvcd.drivers.announce import announce
 
+pytestmark = pytest.mark.needs_root
+
 
 def ip(*args: str) -> str:
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=True,

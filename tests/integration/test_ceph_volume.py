@@ -15,7 +15,7 @@ import pytest
 from pvcd.drivers.ceph.devices import device_problems, wipe
 from pvcd.drivers.ceph.launchers import ProcessOsdLauncher
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="loop devices need root")
+pytestmark = pytest.mark.needs_root
 
 
 def test_a_clean_large_disk_is_accepted(loop_devices: Callable[[int], str]) -> None:

@@ -44,10 +44,19 @@ def stop(process: subprocess.Popen[bytes], within: float) -> float:
     return time.monotonic() - started
 
 
+def started(folder: Path, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Wait until the daemon says it runs (it logs `daemon-start` just before connecting)."""
+    deadline = time.monotonic() + timeout
+    while "event=daemon-start" not in (folder / "pvcd.log").read_text():
+        assert process.poll() is None, (folder / "pvcd.log").read_text()[-2000:]
+        assert time.monotonic() < deadline, "the daemon did not start"
+        time.sleep(0.02)
+
+
 def test_sigterm_stops_a_daemon_that_never_reached_zookeeper(tmp_path: Path) -> None:
     process = start_daemon(tmp_path, free_port(), "/pvc")
     try:
-        time.sleep(2.0)  # importing, then retrying the connection
+        started(tmp_path, process)  # imported, now retrying the connection
         assert process.poll() is None
         assert stop(process, within=5) < 1.5
     finally:
@@ -61,7 +70,7 @@ def test_the_daemon_registers_once_zookeeper_comes_up(tmp_path: Path) -> None:
     ensemble.servers = [ZooKeeperServer(1, port, free_port(), free_port(), tmp_path / "zk" / "zk1")]
     process = start_daemon(tmp_path, port, "/late")
     try:
-        time.sleep(3.0)  # several failed attempts
+        started(tmp_path, process)  # connection attempts fail until ZooKeeper is started
         assert process.poll() is None
         ensemble.start()
         client = KazooClient(ensemble.connect_string, timeout=5)

@@ -22,7 +22,7 @@ from pvcd.lab.launch import NodeLaunch, launch, load_launch, save_launch
 from tests.e2e.labclient import wait_until
 
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mount namespaces need root")
+pytestmark = pytest.mark.needs_root
 
 
 def find(marker: str) -> list[int]:

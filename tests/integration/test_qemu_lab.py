@@ -38,7 +38,7 @@ from pvcd.lab.zookeeper import free_port
 
 libvirt = pytest.importorskip("libvirt")
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.qemu, pytest.mark.needs_root]
 
 MIGRATE_FLAGS = (
     libvirt.VIR_MIGRATE_LIVE

@@ -98,8 +98,11 @@ def test_read_your_writes_without_waiting(state) -> None:  # type: ignore[no-unt
         assert cache.get(paths.node(f"n{i}")) == {"i": -i}
         store.commit([Op.delete(paths.node(f"n{i}"))])
         assert not cache.exists(paths.node(f"n{i}"))
-    time.sleep(0.3)  # late watch events must not resurrect or roll back anything
-    assert cache.children(paths.nodes) == []
+    # late watch events must not resurrect or roll back anything: a marker written behind the
+    # cache's back arrives after every earlier event (one session's watches fire in order)
+    store.client.create(paths.node("marker"), b"{}")
+    assert wait_for(lambda: cache.exists(paths.node("marker")))
+    assert cache.children(paths.nodes) == ["marker"]
 
 
 def test_update_retries_lost_races(state) -> None:  # type: ignore[no-untyped-def]

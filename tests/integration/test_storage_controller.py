@@ -34,7 +34,7 @@ from tests.integration.ceph.conftest import CephTools, ceph_lab, pool_name, tool
 
 __all__ = ["ceph_lab", "pool_name", "tools"]  # fixtures shared with tests/integration/ceph
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ceph]
 
 
 @pytest.fixture

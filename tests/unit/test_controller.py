@@ -45,7 +45,7 @@ def test_a_key_is_never_reconciled_twice_at_once_and_no_event_is_lost() -> None:
         ctl.enqueue("a")  # while "a" runs: must run once more afterwards
         ctl.enqueue("b")
         assert wait_for(lambda: calls.count("a") == 2 and calls.count("b") == 1)
-        time.sleep(0.05)
+        assert wait_for(ctl.idle)  # nothing queued or running: no third run is coming
         assert calls.count("a") == 2
         assert overlaps == []
     finally:
@@ -56,7 +56,11 @@ def test_duplicate_enqueues_are_coalesced() -> None:
     gate = threading.Event()
     calls: list[str] = []
 
+    x_started = threading.Event()
+
     def reconcile(key: str) -> None:
+        if key == "x":
+            x_started.set()
         gate.wait(2)
         calls.append(key)
 
@@ -64,12 +68,12 @@ def test_duplicate_enqueues_are_coalesced() -> None:
     ctl.start()
     try:
         ctl.enqueue("x")
-        time.sleep(0.01)  # x is active and blocked
+        assert x_started.wait(5)  # x is active and blocked
         for _ in range(10):
             ctl.enqueue("y")
         gate.set()
         assert wait_for(lambda: calls.count("y") == 1)
-        time.sleep(0.05)
+        assert wait_for(ctl.idle)
         assert calls == ["x", "y"]
     finally:
         ctl.stop()

@@ -15,6 +15,8 @@ from pvcd.domain.errors import Conflict, NotFound
 from pvcd.drivers.ceph.driver import CephDriver
 from pvcd.lab.ceph import CephLabError, ThrowawayCeph
 
+pytestmark = pytest.mark.ceph
+
 OSD_STAT_FIELDS = {
     "uuid", "up", "in", "primary_affinity", "utilization", "var", "pgs", "kb", "weight",
     "reweight", "node", "used", "avail", "wr_ops", "wr_data", "rd_ops", "rd_data", "state",

@@ -11,6 +11,8 @@ from pvcd.domain.errors import Conflict, InvalidValue, NotFound
 from pvcd.drivers.ceph.driver import CephDriver
 from pvcd.lab.ceph import ThrowawayCeph
 
+pytestmark = pytest.mark.ceph
+
 MiB = 1 << 20
 
 

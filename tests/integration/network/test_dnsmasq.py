@@ -16,6 +16,8 @@ from pvcd.domain.errors import InvalidValue
 from pvcd.drivers.dnsmasq import DnsmasqConfig, DnsmasqInstance, Lease, StaticLease
 from pvcd.drivers.netlink import NetlinkDriver
 
+pytestmark = pytest.mark.needs_root
+
 CLIENT_MAC = "52:54:00:aa:00:01"
 
 

@@ -16,6 +16,8 @@ from pvcd.drivers.netlink import (
     vxlan_name,
 )
 
+pytestmark = pytest.mark.needs_root
+
 VNI = 4242
 
 

@@ -12,6 +12,8 @@ from pvcd.domain.errors import BackendError, InvalidValue
 from pvcd.drivers.netlink import NetlinkDriver
 from pvcd.drivers.nftables import NftablesDriver, check_rule_body, validate_rule
 
+pytestmark = pytest.mark.needs_root
+
 VALID = [
     "ip saddr 10.0.0.0/8 tcp dport { 22, 80 } ct state new counter accept",
     "ip protocol icmp drop",

@@ -1,0 +1,41 @@
+"""The real API (Tornado application and `ApiServer`) in process, over a `ClusterState`.
+
+`running_api` serves it on a free loopback port from its own thread, exactly as the primary's
+daemon does, with the context built by `make_api_context` (the ONE place that knows
+`ApiContext`'s fields). `ApiClient` (tests/apiclient.py, the labs' client too) speaks to it, so a
+test moved from a lab keeps its assertions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from pvcd.api.auth import Tokens
+from pvcd.api.base import ApiContext
+from pvcd.api.server import ApiServer
+from pvcd.lab.zookeeper import free_port
+from tests.apiclient import ApiClient
+from tests.fakes.state import ClusterState, FakeClock
+
+TOKEN = "fast-tier-token"
+
+
+def make_api_context(state: ClusterState, node_name: str, clock: FakeClock) -> ApiContext:
+    return ApiContext(view=state.view, store=state.store, node_name=node_name,
+                      auth_enabled=True, tokens=Tokens.from_config([TOKEN]), clock=clock)
+
+
+@contextlib.contextmanager
+def running_api(state: ClusterState, clock: FakeClock, node_name: str = "node1"
+                ) -> Iterator[ApiClient]:
+    port = free_port()
+    server = ApiServer(make_api_context(state, node_name, clock), "127.0.0.1", port,
+                       cookie_secret="fast-tier-secret", drain_timeout=0.1)
+    server.start()
+    client = ApiClient(f"http://127.0.0.1:{port}/api/v1", TOKEN)
+    try:
+        yield client
+    finally:
+        client.session.close()
+        server.stop()

@@ -1,0 +1,27 @@
+"""Fixtures of the fast tier: the cluster state and simulated nodes of tests/fakes/."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kazoo.client import KazooClient
+
+from tests.fakes.nodes import SimCluster, sim_cluster
+from tests.fakes.state import ClusterState
+
+
+@pytest.fixture
+def cluster_state(zk: KazooClient, zk_root: str) -> Iterator[ClusterState]:
+    """The real Store and StateCache on a root of this test's own (tests/fakes/state.py)."""
+    state = ClusterState.open(zk, zk_root)
+    yield state
+    state.close()
+
+
+@pytest.fixture
+def sim(cluster_state: ClusterState, tmp_path: Path) -> Iterator[SimCluster]:
+    """Simulated nodes over `cluster_state` (tests/fakes/nodes.py); add them with `add_node`."""
+    with sim_cluster(cluster_state, tmp_path) as cluster:
+        yield cluster
