@@ -306,10 +306,12 @@ ENDPOINTS: dict[str, dict[str, Operation]] = {
     "/vm/<vm>": {
         "get": Operation("One VM (a one-element list)", answer=array_of("Vm")),
         "put": Operation("Replace a VM's libvirt XML", (
-            text("xml", "The new libvirt domain XML (same UUID).", required=True),
+            text("xml", "The new libvirt domain XML (same UUID and name; a new name is "
+                 "refused: use /vm/{vm}/rename).", required=True),
             flag("restart", "Restart the VM to apply the change."))),
-        "delete": Operation("Stop and undefine a VM", (
-            flag("delete_disks", "Also remove the VM's RBD volumes."),)),
+        "delete": Operation("Stop and undefine a VM (its node does; the answer waits for it)", (
+            flag("delete_disks", "Also remove the VM's RBD volumes, after its node has "
+                 "undefined it (refused while that node is not running or fenced)."),)),
     },
     "/vm/<vm>/state": {
         "get": Operation("A VM's state", answer=ref("VmState")),
@@ -323,6 +325,12 @@ ENDPOINTS: dict[str, dict[str, Operation]] = {
             text("node", "The target node (default: chosen by selector)."), _SELECTOR,
             flag("permanent", "Do not remember the node it came from (a move)."),
             flag("force", "Migrate again although the VM was migrated already."))),
+    },
+    "/vm/<vm>/rename": {
+        "post": Operation("Rename a stopped VM and the RBD volumes named after it "
+                          "(extensions.md §11.1)", (
+                              text("new_name", "The new VM name: valid, unused, not reserved.",
+                                   required=True),)),
     },
     "/vm/<vm>/dump": {
         "get": Operation("A VM's libvirt XML", answer={"type": "string"},

@@ -22,7 +22,7 @@ from pvcd.api.base import ApiContext, BaseHandler
 from pvcd.api.routing import route
 from pvcd.controllers.storage_backend import check_device, check_weight
 from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound, PvcError
-from pvcd.domain.records import StorageRequest, from_dict
+from pvcd.domain.records import StorageRequest, VmRemoval, from_dict
 from pvcd.domain.states import PRIMARY_TARGET
 from pvcd.drivers.ceph import (
     check_osd_flag,
@@ -62,8 +62,12 @@ class RequestWaiter:
         for loop, event in waiters:
             loop.call_soon_threadsafe(event.set)
 
-    async def wait(self, cache: StateCache, path: str, timeout: float) -> Any:
-        """The document at `path` once it is a finished request, or as it is at the timeout."""
+    async def wait(self, cache: StateCache, path: str, timeout: float,
+                   settled: Callable[[Any], bool] | None = None) -> Any:
+        """The document at `path` (None: no such path) once `settled(doc)` holds (default: it
+        is a finished request), or as it is at the timeout."""
+        if settled is None:
+            settled = _finished_request
         loop = asyncio.get_running_loop()
         event = asyncio.Event()
         waiter = (loop, event)
@@ -74,7 +78,7 @@ class RequestWaiter:
             while True:
                 event.clear()
                 doc = cache.get(path)
-                if isinstance(doc, dict) and doc.get("state") in ("done", "failed"):
+                if settled(doc):
                     return doc
                 left = deadline - loop.time()
                 if left <= 0:
@@ -92,6 +96,18 @@ class RequestWaiter:
                     self._waiting.pop(path, None)
 
 
+def _finished_request(doc: Any) -> bool:
+    return isinstance(doc, dict) and doc.get("state") in ("done", "failed")
+
+
+def request_waiter(ctx: ApiContext) -> RequestWaiter:
+    """The API's one waiter (made on first use)."""
+    waiter = ctx.extras.get("storage_waiter")
+    if waiter is None:
+        waiter = ctx.extras["storage_waiter"] = RequestWaiter(ctx.view.cache)
+    return waiter  # type: ignore[no-any-return]
+
+
 def storage_timeout(ctx: ApiContext) -> float:
     """The request timeout, or InvalidValue when this primary does not manage Ceph."""
     timeout = ctx.extras.get("storage_request_timeout")
@@ -107,14 +123,19 @@ async def run_request(handler: BaseHandler, op: str, args: dict[str, Any],
     still running at the timeout."""
     ctx = handler.ctx
     timeout = storage_timeout(ctx)
-    waiter = ctx.extras.get("storage_waiter")
-    if waiter is None:
-        waiter = ctx.extras["storage_waiter"] = RequestWaiter(ctx.view.cache)
     request = StorageRequest(id=new_request_id(ctx.clock), op=op, args=args, target=target,
                              created=ctx.clock())
     path = ctx.view.paths.storage_request(request.id)
     await handler.commit([Op.create(path, request.to_doc())])
-    doc = await waiter.wait(ctx.view.cache, path, timeout)
+    return await request_outcome(ctx, request, timeout)
+
+
+async def request_outcome(ctx: ApiContext, request: StorageRequest,
+                          timeout: float) -> StorageRequest:
+    """Wait for a written storage request; return it when done, raise when failed or still
+    running at the timeout."""
+    path, op, target = ctx.view.paths.storage_request(request.id), request.op, request.target
+    doc = await request_waiter(ctx).wait(ctx.view.cache, path, timeout)
     result = from_dict(StorageRequest, doc) if isinstance(doc, dict) else request
     if result.state == "done":
         return result
@@ -424,16 +445,21 @@ class RequestHandler(StorageHandler):
         self.reply(request_object(doc))
 
 
-async def delete_vm_volumes(handler: BaseHandler, volumes: list[tuple[str, str]]) -> list[str]:
-    """Remove RBD volumes (with their snapshots) through storage requests, all at once; return
-    a line per volume that could not be removed."""
-    results = await asyncio.gather(
-        *(run_request(handler, "volume-remove", {"pool": pool, "volume": volume,
-                                                 "with_snapshots": True})
-          for pool, volume in volumes), return_exceptions=True)
+async def vm_volume_failures(ctx: ApiContext, removal: VmRemoval, timeout: float) -> list[str]:
+    """Wait (all at once) for the storage requests that remove a removed VM's disks; return a
+    line per volume that could not be removed."""
+    requests = removal.volume_requests(ctx.clock())
+    results = await asyncio.gather(*(request_outcome(ctx, request, timeout)
+                                     for request in requests), return_exceptions=True)
     return [f"{pool}/{volume}: {result}"
-            for (pool, volume), result in zip(volumes, results, strict=True)
+            for (pool, volume, _), result in zip(removal.disks, results, strict=True)
             if isinstance(result, BaseException)]
+
+
+def vm_removal(ctx: ApiContext, volumes: list[tuple[str, str]]) -> VmRemoval:
+    """The removal of a VM with these disks, each with the id of the request to remove it."""
+    return VmRemoval(disks=[[pool, volume, new_request_id(ctx.clock)]
+                            for pool, volume in volumes])
 
 
 def check_vm_volumes(ctx: ApiContext, volumes: list[tuple[str, str]]) -> None:
