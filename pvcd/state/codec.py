@@ -13,3 +13,7 @@ def encode(doc: Any) -> bytes:
 def decode(raw: bytes | None) -> Any:
     if not raw:
         return None
+    try:
+        return json.loads(raw.decode())
+    except ValueError:
+        return None
