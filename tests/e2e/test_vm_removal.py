@@ -25,6 +25,8 @@ from pvcd.lab.lab import Lab
 from pvcd.state.codec import decode
 from pvcd.state.schema import Paths
 from tests.e2e.labclient import LabClient, wait_until
+from tests.e2e.test_cli import ok as cli_ok
+from tests.e2e.test_cli import pvc as cli
 from tests.e2e.test_storage import Ceph, call, ok, refused
 
 pytestmark = pytest.mark.slow
@@ -224,3 +226,19 @@ def test_rename_moves_the_name_and_the_volumes_named_after_the_vm(
         ok(api.call("DELETE", f"/vm/{name}", params={"delete_disks": 1}, timeout=TIMEOUT))
     assert ceph.volumes(pool) == []
     assert not {uuid, other} & set(lab.domains(node))
+
+
+def test_pvc_vm_rename(ceph_lab: tuple[Lab, LabClient]) -> None:
+    lab, api = ceph_lab
+    node = secondary(api)
+    uuid = define_with_disks(api, "clivm", node, [])
+    running = cli(lab, "vm", "rename", "clivm", "clivm2")
+    assert running.returncode != 0 and "must be stopped" in running.stderr + running.stdout
+    ok(api.post("/vm/clivm/state", data={"state": "stop"}))
+    wait_until(lambda: ok(api.get("/vm/clivm"))[0]["running_on"] is None and
+               uuid not in api.nodes()[node]["running_domains"], timeout=10)
+    output = cli_ok(cli(lab, "vm", "rename", "clivm", "clivm2"))
+    assert "Renamed VM 'clivm' to 'clivm2'" in output, output
+    assert ok(api.get("/vm/clivm2"))[0]["uuid"] == uuid
+    wait_until(lambda: lab.domains(node).get(uuid, {}).get("name") == "clivm2", timeout=10)
+    ok(api.call("DELETE", "/vm/clivm2"))
