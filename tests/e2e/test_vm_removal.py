@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import secrets
 import signal
+import subprocess
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -242,3 +243,29 @@ def test_pvc_vm_rename(ceph_lab: tuple[Lab, LabClient]) -> None:
     assert ok(api.get("/vm/clivm2"))[0]["uuid"] == uuid
     wait_until(lambda: lab.domains(node).get(uuid, {}).get("name") == "clivm2", timeout=10)
     ok(api.call("DELETE", "/vm/clivm2"))
+
+
+def test_a_disk_held_open_elsewhere_is_named_in_a_510(
+        ceph_lab: tuple[Lab, LabClient], ceph: Ceph, pool: str) -> None:
+    lab, api = ceph_lab
+    node = secondary(api)
+    add_volumes(api, pool, "held-root", "held-data")
+    uuid = define_with_disks(api, "held", node, [f"{pool}/held-root", f"{pool}/held-data"])
+    wait_until(lambda: lab.domains(node).get(uuid, {}).get("state") == "running", timeout=10)
+    # another client keeps held-data open (`rbd watch` opens the image, as QEMU would)
+    # (it waits for a line on its standard input, kept open until the end)
+    watcher = subprocess.Popen(["rbd", *ceph.args, "watch", f"{pool}/held-data"],
+                               stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: ceph.json("rbd", "status", f"{pool}/held-data")["watchers"],
+                   timeout=10)
+        response = api.call("DELETE", "/vm/held", params={"delete_disks": 1}, timeout=TIMEOUT)
+        refused(response, "Removed VM 'held', but not all of its disks", f"{pool}/held-data")
+        assert f"{pool}/held-root" not in response.json()["message"]
+    finally:
+        watcher.kill()
+        watcher.wait()
+    refused(api.get("/vm/held"), "not found")
+    assert uuid not in lab.domains(node)
+    assert ceph.volumes(pool) == ["held-data"]  # only the one held open elsewhere stays
