@@ -10,8 +10,8 @@ the node that writes it also deletes it.
 Races named: (1) a migration in flight: the source removes its copy and records the migration
 done, and the VM's (target) node waits for that (or for the source to be dead) before it
 finishes; a node never starts a VM being removed (`VmController` checks before every start).
-(2) the final transaction is compare-and-set on the spec and fails if another node wrote the
-status meanwhile ("has children"); the reconcile is then retried on fresh state.
+(2) the final transaction is compare-and-set on the spec, and fails if the status appeared
+meanwhile (the spec then "has children"); the reconcile is then retried on fresh state.
 """
 
 from __future__ import annotations
