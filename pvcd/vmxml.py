@@ -30,6 +30,8 @@ from pvcd.domain.errors import InvalidValue
 MAX_XML_BYTES = 1024 * 1024
 MAX_DEPTH = 64
 MAX_NAME_LENGTH = 200
+# routes that come before /vm/<vm> (extensions.md §5.5): no VM may take these names
+RESERVED_VM_NAMES = ("autobackup", "automirror")
 
 _FORBIDDEN = re.compile(r"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
 _UUID = re.compile(r"[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}",
@@ -205,11 +207,32 @@ def _parse_safely(text: str) -> ET.Element:
     return builder.close()
 
 
+def renamed_domain_xml(text: str, new_name: str, volumes: dict[str, str]) -> str:
+    """The XML with `<name>` set to `new_name` and every RBD disk source named in `volumes`
+    ("pool/volume" → "pool/new volume") renamed; nothing else changes (extensions.md §11.1)."""
+    root = _parse_safely(text)
+    element = root.find("name")
+    if element is None:
+        raise InvalidValue("the VM XML has no <name>")
+    element.text = check_vm_name(new_name)
+    for source in root.findall("devices/disk/source"):
+        if source.get("protocol") == "rbd" and source.get("name") in volumes:
+            source.set("name", volumes[str(source.get("name"))])
+    return ET.tostring(root, encoding="unicode")
+
+
 def _name(root: ET.Element) -> str:
     element = root.find("name")
     name = "" if element is None else (element.text or "")
     if not name.strip():
         raise InvalidValue("the VM XML has no <name> (or an empty one)")
+    return check_vm_name(name)
+
+
+def check_vm_name(name: str) -> str:
+    """A VM name as libvirt takes it, or InvalidValue saying what is wrong."""
+    if not name.strip():
+        raise InvalidValue("a VM name must not be empty")
     # libvirt takes the text as written: " web1" would be a different domain from "web1".
     if name != name.strip():
         raise InvalidValue(f"invalid VM name {name!r}: no leading or trailing whitespace")

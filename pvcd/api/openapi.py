@@ -109,8 +109,9 @@ ENDPOINTS: dict[str, dict[str, Operation]] = {
     },
     "/vm/<vm>": {
         "get": Operation("One VM (a one-element list)", array_of("Vm")),
-        "put": Operation("Replace a VM's libvirt XML"),
-        "delete": Operation("Stop and undefine a VM"),
+        "put": Operation("Replace a VM's libvirt XML (same UUID and name; a new name is refused: "
+                         "use /vm/{vm}/rename)"),
+        "delete": Operation("Stop and undefine a VM (its node does; the answer waits for it)"),
     },
     "/vm/<vm>/state": {
         "get": Operation("A VM's state." + _WAIT_GET, ref("VmState"), failures=_WAIT_FAILURES),
@@ -123,6 +124,10 @@ ENDPOINTS: dict[str, dict[str, Operation]] = {
         "post": Operation("Migrate, unmigrate or move a VM; with `wait`, answers once the "
                           "migration is done and the VM is seen on its new node",
                           failures=_WAIT_FAILURES),
+    },
+    "/vm/<vm>/rename": {
+        "post": Operation("Rename a stopped VM and the RBD volumes named after it "
+                          "(extensions.md §11.1)"),
     },
     "/vm/<vm>/dump": {
         "get": Operation("A VM's libvirt XML", {"type": "string"}, media_type="application/xml"),

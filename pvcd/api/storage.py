@@ -22,7 +22,7 @@ from pvcd.api.routing import route
 from pvcd.api.values import accepts, choice, flag, limit, text, value
 from pvcd.api.waiting import wait_for_request
 from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound, PvcError
-from pvcd.domain.records import StorageRequest, from_dict
+from pvcd.domain.records import StorageRequest, VmRemoval, from_dict
 from pvcd.domain.states import PRIMARY_TARGET
 from pvcd.drivers.ceph.values import (
     check_device,
@@ -68,6 +68,14 @@ async def run_request(handler: BaseHandler, op: str, args: dict[str, Any],
                              created=ctx.clock())
     path = ctx.view.paths.storage_request(request.id)
     await handler.commit([Op.create(path, request.to_doc())])
+    return await request_outcome(ctx, request, timeout)
+
+
+async def request_outcome(ctx: ApiContext, request: StorageRequest,
+                          timeout: float) -> StorageRequest:
+    """Wait for a written storage request; return it when done, raise when failed or still
+    running at the timeout."""
+    path, op, target = ctx.view.paths.storage_request(request.id), request.op, request.target
     doc = await wait_for_request(ctx.view.cache, path, timeout)
     result = from_dict(StorageRequest, doc) if isinstance(doc, dict) else request
     if result.state == "done":
@@ -433,16 +441,21 @@ class RequestHandler(StorageHandler):
         self.reply(request_object(doc))
 
 
-async def delete_vm_volumes(handler: BaseHandler, volumes: list[tuple[str, str]]) -> list[str]:
-    """Remove RBD volumes (with their snapshots) through storage requests, all at once; return
-    a line per volume that could not be removed."""
-    results = await asyncio.gather(
-        *(run_request(handler, "volume-remove", {"pool": pool, "volume": volume,
-                                                 "with_snapshots": True})
-          for pool, volume in volumes), return_exceptions=True)
+async def vm_volume_failures(ctx: ApiContext, removal: VmRemoval, timeout: float) -> list[str]:
+    """Wait (all at once) for the storage requests that remove a removed VM's disks; return a
+    line per volume that could not be removed."""
+    requests = removal.volume_requests(ctx.clock())
+    results = await asyncio.gather(*(request_outcome(ctx, request, timeout)
+                                     for request in requests), return_exceptions=True)
     return [f"{pool}/{volume}: {result}"
-            for (pool, volume), result in zip(volumes, results, strict=True)
+            for (pool, volume, _), result in zip(removal.disks, results, strict=True)
             if isinstance(result, BaseException)]
+
+
+def vm_removal(ctx: ApiContext, volumes: list[tuple[str, str]]) -> VmRemoval:
+    """The removal of a VM with these disks, each with the id of the request to remove it."""
+    return VmRemoval(disks=[[pool, volume, new_request_id(ctx.clock)]
+                            for pool, volume in volumes])
 
 
 def check_vm_volumes(ctx: ApiContext, volumes: list[tuple[str, str]]) -> None:

@@ -9,12 +9,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from pvcd.api.base import BaseHandler
+from pvcd.api.base import ApiContext, BaseHandler
 from pvcd.api.render import FragmentRenderer
 from pvcd.api.routing import route
-from pvcd.api.storage import check_vm_volumes, delete_vm_volumes
+from pvcd.api.storage import check_vm_volumes, vm_removal, vm_volume_failures
 from pvcd.api.values import accepts, choice, flag, limit, text
-from pvcd.api.waiting import WAIT_VALUES, reply_when_settled, requested_wait, vm_settles
+from pvcd.api.vm_rename import rename_vm
+from pvcd.api.waiting import (
+    WAIT_VALUES,
+    reply_when_settled,
+    requested_wait,
+    vm_settles,
+    wait_until,
+)
 from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound
 from pvcd.domain.moves import Move, check_migrate, check_unmigrate, holder, reassign
 from pvcd.domain.placement import choose_node, require_node
@@ -28,7 +35,18 @@ from pvcd.domain.states import (
 )
 from pvcd.state.store import Op
 from pvcd.state.view import ClusterView
+from pvcd.state.vm_removal import forget_vm_ops
 from pvcd.vmxml import parse_domain_xml
+
+# a VM on a node in one of these daemon states is removed by that node (docs/vms.md)
+ACTING_DAEMON_STATES = ("init", "run")
+REMOVAL_WAIT = 60.0  # seconds, without Ceph (with it: drivers.ceph.request_timeout)
+
+
+def removal_timeout(ctx: ApiContext) -> float:
+    """How long DELETE /vm/<vm> waits for the node (and the disks' removal)."""
+    timeout = ctx.storage_request_timeout
+    return REMOVAL_WAIT if timeout is None else float(timeout)
 
 
 def vm_state(spec: dict[str, Any], status: dict[str, Any]) -> str:
@@ -93,6 +111,10 @@ class VmBaseHandler(BaseHandler):
         if entry is None:
             raise NotFound(f"VM '{name_or_uuid}' not found")
         return from_dict(VmSpec, entry.doc), entry.version
+
+    def refuse_if_removing(self, spec: VmSpec) -> None:
+        if spec.removing:
+            raise Conflict(f"VM '{spec.name}' is being removed")
 
     def selector(self) -> str | None:
         return self.values[SELECTOR]
@@ -174,19 +196,20 @@ class VmHandler(VmBaseHandler):
         if definition.uuid != spec.uuid:
             raise InvalidValue(f"the XML's UUID {definition.uuid} is not the VM's UUID "
                                f"{spec.uuid}; the UUID of a VM cannot change")
-        ops = []
+        self.refuse_if_removing(spec)
         if definition.name != spec.name:
-            if view.resolve_vm(definition.name) is not None:
-                raise Conflict(f"A VM named '{definition.name}' already exists")
-            ops += [Op.delete(view.paths.vm_name(spec.name)),
-                    Op.create(view.paths.vm_name(definition.name), {"uuid": spec.uuid})]
-        spec.name, spec.xml = definition.name, definition.xml
+            # libvirt keeps one name per UUID: a new name needs the domain redefined, which
+            # the rename does (with the disks named after the VM); nothing was changed here
+            raise InvalidValue(f"the XML names the VM '{definition.name}', not '{spec.name}': "
+                               f"rename the VM with POST /vm/{spec.name}/rename "
+                               f"(new_name={definition.name}) first")
+        spec.xml = definition.xml
         spec.memory, spec.vcpu, spec.info = definition.memory, definition.vcpu, \
             definition.to_api_fields()
         if restart:
             spec.restart_request += 1
             spec.state = "start"
-        await self.commit([Op.set(view.paths.vm(spec.uuid), spec.to_doc(), version), *ops])
+        await self.commit([Op.set(view.paths.vm(spec.uuid), spec.to_doc(), version)])
         self.message(f"Modified VM '{spec.name}'" + (" and restarting it" if restart else
                                                      "; restart it to apply the change"))
 
@@ -194,24 +217,43 @@ class VmHandler(VmBaseHandler):
     async def delete(self, vm: str) -> None:
         view = self.ctx.view
         spec, version = self.vm_spec(vm)
+        self.refuse_if_removing(spec)
         volumes: list[tuple[str, str]] = []
         if self.values[DELETE_DISKS]:
             volumes = parse_domain_xml(spec.xml, default_uuid=spec.uuid).rbd_volumes()
             if volumes:
                 check_vm_volumes(self.ctx, volumes)  # Ceph configured, every volume known
-        ops = [Op.delete(view.paths.vm_name(spec.name))]
-        status = view.cache.entry(view.paths.vm_status(spec.uuid))
-        if status is not None:
-            ops.append(Op.delete(view.paths.vm_status(spec.uuid)))
-        ops.append(Op.delete(view.paths.vm(spec.uuid), version))
-        await self.commit(ops)
-        failed = await delete_vm_volumes(self, volumes) if volumes else []
+        removal = vm_removal(self.ctx, volumes)
+        node_state = view.node_daemon_state(spec.node)
+        timeout = removal_timeout(self.ctx)
+        disks = f" and its disks {', '.join(f'{p}/{v}' for p, v in volumes)}" if volumes else ""
+        if node_state in ACTING_DAEMON_STATES:
+            spec.remove = removal  # its node takes the guest down, then forgets the VM
+            await self.commit([Op.set(view.paths.vm(spec.uuid), spec.to_doc(), version)])
+            path = view.paths.vm(spec.uuid)
+            _, gone = await wait_until(view.cache, (path,), lambda: view.cache.exists(path),
+                                       lambda exists: not exists, timeout)
+            if not gone:
+                raise BackendError(
+                    f"VM '{spec.name}' is being removed, but node {spec.node} has not stopped "
+                    f"and undefined it after {timeout:g} s; it keeps going there"
+                    + (" (its disks are removed after that)" if volumes else ""))
+            after = f"; node {spec.node} stopped and undefined it"
+        elif volumes and node_state != "fenced":
+            raise Conflict(
+                f"VM '{spec.name}' is on node {spec.node}, which is not running (daemon state "
+                f"{node_state}); its disks are removed only after its node has stopped and "
+                "undefined it, since a guest may still hold them open: start the node (or "
+                "fence it) first, or delete the VM without delete_disks; nothing was changed")
+        else:  # no node can hold the guest now: forgotten at once
+            await self.commit(forget_vm_ops(view, spec, version, removal, self.ctx.clock()))
+            after = f"; node {spec.node} is {node_state}" + \
+                ("" if node_state == "fenced" else " and undefines it when it runs again")
+        failed = await vm_volume_failures(self.ctx, removal, timeout) if volumes else []
         if failed:
             raise BackendError(f"Removed VM '{spec.name}', but not all of its disks: "
                                + "; ".join(failed))
-        disks = f" and its disks {', '.join(f'{p}/{v}' for p, v in volumes)}" if volumes else ""
-        self.message(f"Removed VM '{spec.name}'{disks}; it is being stopped and undefined on "
-                     f"node {spec.node}")
+        self.message(f"Removed VM '{spec.name}'{disks}{after}")
 
 
 STATE = choice("state", VM_STATE_REQUESTS, "The wanted state.", required=True)
@@ -231,6 +273,7 @@ class VmStateHandler(VmBaseHandler):
     @accepts(STATE, *WAIT_VALUES)
     async def post(self, vm: str) -> None:
         spec, version = self.vm_spec(vm)
+        self.refuse_if_removing(spec)
         wanted = self.values[STATE]
         wait = requested_wait(self.values)
         spec.state_request += 1
@@ -261,6 +304,7 @@ class VmNodeHandler(VmBaseHandler):
     async def post(self, vm: str) -> None:
         view = self.ctx.view
         spec, version = self.vm_spec(vm)
+        self.refuse_if_removing(spec)
         action = self.values[ACTION]
         selector = self.selector()
         permanent, force = self.values[PERMANENT], self.values[FORCE]
@@ -285,6 +329,16 @@ class VmNodeHandler(VmBaseHandler):
                                  f"{verb} VM '{spec.name}' from {source} to {target}")
 
 
+NEW_NAME = text("new_name", "The new VM name: valid, unused, not reserved.", required=True)
+
+
+class VmRenameHandler(VmBaseHandler):
+    @accepts(NEW_NAME)
+    async def post(self, vm: str) -> None:
+        spec, version = self.vm_spec(vm)
+        self.message(await rename_vm(self, spec, version, self.values[NEW_NAME]))
+
+
 class VmDumpHandler(VmBaseHandler):
     def get(self, vm: str) -> None:
         spec, _ = self.vm_spec(vm)
@@ -297,5 +351,6 @@ ROUTES = [
     route("/vm/<vm>", VmHandler),
     route("/vm/<vm>/state", VmStateHandler),
     route("/vm/<vm>/node", VmNodeHandler),
+    route("/vm/<vm>/rename", VmRenameHandler),
     route("/vm/<vm>/dump", VmDumpHandler),
 ]

@@ -193,6 +193,16 @@ def vm_modify(cli: CliContext, name: str, xml_file: TextIO | None, restart: bool
     cli.message(cli.client.put(api_path("vm", name), {"xml": xml, "restart": restart or None}))
 
 
+@vm.command("rename")
+@click.argument("name", shell_complete=complete_vms)
+@click.argument("new_name")
+@format_option
+@pass_cli
+def vm_rename(cli: CliContext, name: str, new_name: str) -> None:
+    """Rename a stopped VM to NEW_NAME, with its RBD volumes named after it."""
+    cli.message(cli.client.post(api_path("vm", name, "rename"), {"new_name": new_name}))
+
+
 @vm.command("undefine")
 @click.argument("name", shell_complete=complete_vms)
 @yes_option

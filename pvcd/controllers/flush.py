@@ -39,8 +39,8 @@ def flush_step(view: ClusterView, store: Store, node: str, running: Collection[s
     settled = True
     for uuid in view.vm_uuids():
         spec, status = view.vm_spec(uuid), view.vm_status(uuid)
-        if spec is None:
-            continue
+        if spec is None or spec.removing:
+            continue  # (one being removed is taken down where it is: `running` tells)
         if migration_pending(spec, status):
             assert spec.migration is not None
             if node in (spec.node, spec.migration.source):

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from pvcd.controllers.base import DONE, Result, TemporaryError
+from pvcd.controllers.vm_removal import VmRemover
 from pvcd.domain.errors import BackendError, Conflict, NotFound
 from pvcd.domain.records import Migration, VmSpec, VmStatus, from_dict
 from pvcd.domain.states import domain_active
@@ -39,6 +40,7 @@ POLL = 0.5  # requeue interval while a graceful shutdown or a peer is pending
 
 class DomainInfo(Protocol):
     uuid: str
+    name: str
     state: Any
     reason: str
 
@@ -73,6 +75,7 @@ class VmController:
         self.driver = driver
         self.shutdown_timeout = shutdown_timeout
         self.clock = clock
+        self.remover = VmRemover(name, view, store, driver, clock, domain_active)
 
     # keys
     def keys(self) -> list[str]:
@@ -97,6 +100,8 @@ class VmController:
             if domain is not None:
                 self._remove_here(uuid, domain, "VM no longer exists in the cluster")
             return DONE
+        if spec.removing:  # never started again: taken down, then forgotten (vm_removal)
+            return self.remover.reconcile(spec, domain)
         status = self.view.vm_status(uuid) or VmStatus()
         migration = spec.migration
         pending = migration is not None and status.migration_done < migration.request
@@ -120,6 +125,13 @@ class VmController:
     def _converge(self, spec: VmSpec, status: VmStatus, domain: Any) -> Result:
         uuid = spec.uuid
         try:
+            if domain is not None and domain.name != spec.name and not domain_active(domain):
+                # renamed (POST /vm/<vm>/rename, only while stopped): libvirt refuses a second
+                # name for one UUID, so the old definition goes first
+                self.driver.undefine(uuid)
+                log.info("event=vm-undefined-for-rename vm=%s old=%s name=%s node=%s", uuid,
+                         domain.name, spec.name, self.name)
+                domain = None
             if domain is None or self._xml_changed(spec):
                 self.driver.define(spec.xml)
                 log.info("event=vm-defined vm=%s name=%s node=%s", uuid, spec.name, self.name)
@@ -169,6 +181,8 @@ class VmController:
         if found is None:
             raise TemporaryError(f"VM {uuid} no longer exists")
         spec = from_dict(VmSpec, found[0])
+        if spec.removing:
+            raise TemporaryError(f"VM {uuid} is being removed")
         if spec.node != self.name:
             raise TemporaryError(f"VM {uuid} is assigned to {spec.node} now")
         status = self.store.read_optional(self.view.paths.vm_status(uuid))
@@ -244,13 +258,7 @@ class VmController:
         return DONE
 
     def _remove_here(self, uuid: str, domain: Any, why: str) -> None:
-        if domain_active(domain):
-            self.driver.destroy(uuid)
-        try:
-            self.driver.undefine(uuid)
-        except NotFound:
-            pass
-        log.info("event=vm-removed vm=%s node=%s reason=%s", uuid, self.name, why)
+        self.remover.take_down(uuid, domain, why)
 
     def _xml_changed(self, spec: VmSpec) -> bool:
         status = self.view.vm_status(spec.uuid)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, TypeVar
 
+from pvcd.domain.states import PRIMARY_TARGET
+
 T = TypeVar("T")
 
 
@@ -285,6 +287,22 @@ class Migration:
 
 
 @dataclasses.dataclass
+class VmRemoval:
+    """A requested removal of a VM, carried out by the VM's node (docs/vms.md): it destroys and
+    undefines the domain, then deletes the VM's records in one transaction that also creates
+    the storage requests removing `disks`. The API chose their ids, so it can wait on them."""
+
+    disks: list[list[str]] = dataclasses.field(default_factory=list)  # [pool, volume, id]
+
+    def volume_requests(self, created: float) -> list[StorageRequest]:
+        """The storage requests that remove the disks (each with its snapshots)."""
+        return [StorageRequest(id=request_id, op="volume-remove", target=PRIMARY_TARGET,
+                               args={"pool": pool, "volume": volume, "with_snapshots": True},
+                               created=created)
+                for pool, volume, request_id in self.disks]
+
+
+@dataclasses.dataclass
 class VmSpec:
     """Desired state of a VM, written by the API (and by recovery decisions)."""
 
@@ -303,6 +321,11 @@ class VmSpec:
     # the node whose flush shut this VM down for want of a target: its `ready` starts it again
     resume_on: str | None = None
     info: dict[str, Any] = dataclasses.field(default_factory=dict)  # objects.md fields of the XML
+    remove: VmRemoval | None = None  # set once by DELETE /vm/<vm>; never cleared
+
+    @property
+    def removing(self) -> bool:
+        return self.remove is not None
 
     def to_doc(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -342,4 +365,4 @@ class FenceRecord:
 
 
 _NESTED: dict[str, type] = {"NodeStats": NodeStats, "Migration": Migration,
-                            "Migration | None": Migration}
+                            "Migration | None": Migration, "VmRemoval | None": VmRemoval}
