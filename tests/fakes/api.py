@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
+from pvcd.api.app import make_context
 from pvcd.api.auth import Tokens
 from pvcd.api.base import ApiContext
 from pvcd.api.server import ApiServer
@@ -22,8 +23,8 @@ TOKEN = "fast-tier-token"
 
 
 def make_api_context(state: ClusterState, node_name: str, clock: FakeClock) -> ApiContext:
-    return ApiContext(view=state.view, store=state.store, node_name=node_name,
-                      auth_enabled=True, tokens=Tokens.from_config([TOKEN]), clock=clock)
+    return make_context(state.view, state.store, node_name, True, Tokens.from_config([TOKEN]),
+                        clock=clock)
 
 
 @contextlib.contextmanager

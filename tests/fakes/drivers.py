@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound
-from pvcd.drivers.ceph import Volume
+from pvcd.drivers.ceph.records import Volume
 from pvcd.drivers.dnsmasq import DnsmasqConfig, Lease, StaticLease
 from pvcd.drivers.fence import FenceTarget
 from pvcd.drivers.host import HostStats

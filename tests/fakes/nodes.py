@@ -15,13 +15,11 @@ moved the VMs, which a single-threaded replay would deadlock on.
 from __future__ import annotations
 
 import contextlib
-import inspect
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from pvcd.controllers.base import Controller, TemporaryError
+from pvcd.controllers.base import TemporaryError
 from pvcd.controllers.coordinator import KEY as COORDINATOR_KEY
 from pvcd.controllers.coordinator import Coordinator, PrimaryServices
 from pvcd.controllers.fencing import FencingController
@@ -58,20 +56,9 @@ def make_vm_controller(name: str, state: ClusterState, libvirt: LibvirtDriver,
 def make_node_controller(name: str, state: ClusterState, writer: NodeStatusWriter,
                          host: FakeHost, clock: FakeClock, libvirt: LibvirtDriver,
                          vm: VmController) -> NodeController:
-    if "domains" in inspect.signature(NodeController).parameters:
-        # issue 11: flush and ready are level-based and the controller reads libvirt itself
-        return NodeController(name, state.view, state.store, writer, host,  # type: ignore[arg-type]
-                              libvirt, clock)
-    # before issue 11's node controller (drop this branch once it is merged): hooks assigned
-    # after construction, as pvcd.daemon did
-    from pvcd.controllers import vm as vm_module
-
-    node = NodeController(name, state.view, state.store, writer, host, clock)  # type: ignore[arg-type,call-arg]
-    evacuate, restore = vm_module.evacuate_node, vm_module.restore_node  # type: ignore[attr-defined]
-    node.evacuate = lambda cancelled: evacuate(state.view, state.store, name, cancelled)  # type: ignore[attr-defined]
-    node.restore = lambda cancelled: restore(state.view, state.store, name, cancelled)  # type: ignore[attr-defined]
-    node.allocation = vm.allocation  # type: ignore[attr-defined]
-    return node
+    # flush and ready are level-based and the controller reads libvirt itself
+    return NodeController(name, state.view, state.store, writer, host,  # type: ignore[arg-type]
+                          libvirt, clock)
 
 
 def make_coordinator(name: str, state: ClusterState, writer: NodeStatusWriter,
@@ -110,8 +97,6 @@ class SimNode:
                                      can_act=lambda: self.powered)
         self.node = make_node_controller(name, state, self.writer, self.host, clock,
                                          self.libvirt, self.vm)
-        self.node_worker = Controller(f"node-{name}", self.node.reconcile)
-        self._worker_started = False
         self.services = PrimaryServices()  # what runs only on the primary: tests add to it
         self.coordinator: Coordinator | None = None
         self.fencing: FencingController | None = None
@@ -162,9 +147,6 @@ class SimNode:
         self.writer.mark_written(results[1].version if previous is not None else 0)
         self.powered, self.hung = True, False
         self.node.keepalive()
-        if not self._worker_started:
-            self.node_worker.start()
-            self._worker_started = True
 
     def power_off(self) -> None:
         """The host is off: its guests stop (they stay defined, as on a real host), its
@@ -183,7 +165,6 @@ class SimNode:
         self.state.drop_alive(self.name)
 
     def stop(self) -> None:
-        self.node_worker.stop(timeout=5.0)
         self.libvirt.close()
 
     # one round of this node's controllers
@@ -209,9 +190,12 @@ class SimNode:
             for key in keys:
                 self.fencing.reconcile(key)
 
-    def poke_node_controller(self) -> None:
+    def reconcile_node(self) -> None:
+        """One step of the node controller (flush and ready are level-based: no worker)."""
         if self.live:
-            self.node_worker.enqueue(self.node.key())
+            keys = self.node.keys()  # the controller's keys, not a dict's
+            for key in keys:
+                self.node.reconcile(key)
 
     # what runs here
     def running(self) -> list[str]:
@@ -251,13 +235,11 @@ class SimCluster:
         for node in nodes:
             node.reconcile_coordinator()
         for node in nodes:
-            node.poke_node_controller()
+            node.reconcile_node()
         for node in nodes:
             node.reconcile_vms()
         for node in nodes:
             node.reconcile_fencing()
-        for node in nodes:  # bounded: a flush blocked on other nodes' VMs stays busy today
-            wait_idle(node.node_worker, timeout=0.5)
         self.clock.advance(self.tick)
 
     def run(self, seconds: float) -> None:
@@ -325,20 +307,6 @@ class SimCluster:
 
     def where_running(self, uuid: str) -> list[str]:
         return [name for name, node in self.nodes.items() if uuid in node.running()]
-
-
-def wait_idle(controller: Controller, timeout: float) -> bool:
-    """Wait until `controller` has no key queued or in progress (at most `timeout`). Its
-    workers notify its condition after every reconcile (a reentrant lock: `idle()` may take
-    it again)."""
-    deadline = time.monotonic() + timeout
-    with controller._cond:
-        while not controller.idle():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            controller._cond.wait(left)
-    return True
 
 
 @contextlib.contextmanager

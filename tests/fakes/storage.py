@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 
 from pvcd.config import CephDriverSection
-from pvcd.controllers.storage import PrimaryStorage, request_key
+from pvcd.controllers.storage.primary import PrimaryStorage
+from pvcd.controllers.storage.requests import request_key
 from pvcd.domain.records import StorageRequest, from_dict
 from pvcd.domain.states import PRIMARY_TARGET
 from pvcd.state.store import Op

@@ -1,26 +1,25 @@
-"""Placement (pvcd/placement.py) against cluster documents in the real store: which nodes are
+"""Placement (pvcd/domain/placement.py) against cluster documents in the real store: which nodes are
 candidates, what each selector prefers, and memory capacity."""
 
 from __future__ import annotations
 
 import pytest
 
+from pvcd.domain import placement as rule
 from pvcd.domain.errors import InvalidValue
 from pvcd.state.view import ClusterView
 from tests.fakes.nodes import SimCluster
 
-try:  # issue 11: placement is pure, over what the view says of each node
-    from pvcd.domain import placement as rule
 
-    def select_target_node(view: ClusterView, selector: str | None = None,
-                           exclude: tuple[str, ...] | list[str] = (), memory: int = 0) -> str:
-        return rule.select_target_node(view.node_loads(), selector, exclude, memory)
+def select_target_node(view: ClusterView, selector: str | None = None,
+                       exclude: tuple[str, ...] | list[str] = (), memory: int = 0) -> str:
+    """Placement is pure (pvcd.domain.placement), over what the view says of each node."""
+    return rule.select_target_node(view.node_loads(), selector, exclude, memory)
 
-    def choose_node(view: ClusterView, node: str | None, selector: str | None,
-                    exclude: tuple[str, ...] | list[str] = ()) -> str:
-        return rule.choose_node(view.node_loads(), node, selector, exclude)
-except ImportError:  # before issue 11's placement is merged (drop this branch then)
-    from pvcd.placement import choose_node, select_target_node  # type: ignore[assignment]
+
+def choose_node(view: ClusterView, node: str | None, selector: str | None,
+                exclude: tuple[str, ...] | list[str] = ()) -> str:
+    return rule.choose_node(view.node_loads(), node, selector, exclude)
 
 
 @pytest.fixture

@@ -52,7 +52,7 @@ def test_a_refused_request_fails_and_mirrors_nothing(cluster_state: ClusterState
 
 def test_a_request_left_running_by_a_lost_executor_is_failed_not_repeated(
         cluster_state: ClusterState) -> None:
-    from pvcd.controllers.storage import request_key
+    from pvcd.controllers.storage.requests import request_key
     from pvcd.domain.records import StorageRequest
     from pvcd.domain.states import PRIMARY_TARGET
     from pvcd.state.store import Op
