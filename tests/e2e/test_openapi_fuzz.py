@@ -1,7 +1,7 @@
 """Fuzz a lab's API from its own OpenAPI document (schemathesis), bounded in examples and time.
 
 Two runs against one lab with a throwaway Ceph:
-1. the document as served (but with `wait_timeout` always given, at most 0.2 s): random path
+1. the document as served (but without the `wait` flag, see `_short_waits`): random path
    values (mostly objects that do not exist) and random values, valid and invalid;
 2. the same document with every path value narrowed to objects that exist (a node, a VM, a
    network with a static lease and an ACL, an OSD, a pool with a volume and a snapshot), so
@@ -139,23 +139,20 @@ def _focus(document: dict[str, Any], objects: dict[str, list[str]]) -> dict[str,
 
 
 def _short_waits(document: dict[str, Any]) -> dict[str, Any]:
-    """The document with `wait_timeout` always given and at most a fraction of a second: a
-    random `wait` for a state nobody brings about would otherwise hold a request for the
-    default 120 s, or up to the API's bound (3600 s)."""
+    """The document without the `wait` flag: a random `wait` for a state nobody brings about
+    holds a request for the default 120 s (or up to the API's bound, 3600 s), and the
+    coverage phase sends it without any `wait_timeout` however the document requires one.
+    `wait_timeout` itself stays and is fuzzed (its checks run without `wait`); what `wait`
+    does is proven by tests/e2e/test_waiting.py and tests/integration/test_api_waiting.py."""
     document = copy.deepcopy(document)
     for item in document["paths"].values():
         for operation in item.values():
             if not isinstance(operation, dict):
                 continue
-            for param in operation.get("parameters", []):
-                if param.get("name") == "wait_timeout":
-                    param["required"] = True
-                    param["schema"]["maximum"] = 0.2
+            operation["parameters"] = [p for p in operation.get("parameters", [])
+                                       if p.get("name") != "wait"]
             for media in operation.get("requestBody", {}).get("content", {}).values():
-                schema = media["schema"]
-                if "wait_timeout" in schema.get("properties", {}):
-                    schema["properties"]["wait_timeout"]["maximum"] = 0.2
-                    schema["required"] = [*schema.get("required", []), "wait_timeout"]
+                media["schema"].get("properties", {}).pop("wait", None)
     return document
 
 

@@ -28,6 +28,14 @@ def node(api: LabClient, name: str) -> dict[str, Any]:
     return dict(response.json()[0])
 
 
+def running_vm(lab: Lab, api: LabClient, name: str, node: str,
+               nodes: tuple[str, ...] = ("node1", "node2", "node3")) -> str:
+    """Define VM `name` on `node` and wait until that node's libvirt runs it."""
+    uuid = define(api, name, node=node)
+    wait_until(lambda: running_on(lab, uuid, nodes) == [node], timeout=10)
+    return uuid
+
+
 def set_domain_state(api: LabClient, name: str, state: str) -> None:
     response = api.post(f"/node/{name}/domain-state", data={"domain-state": state})
     assert response.status_code == 200, response.text
@@ -37,8 +45,7 @@ def test_node_record_follows_a_vm_start_and_stop_within_a_second(
         make_lab: LabFactory) -> None:
     # keepalive every 10 s: only the event-driven refresh can be this quick
     lab, api = make_lab(nodes=2, fencing="none", keepalive_interval=10.0)
-    uuid = define(api, "quick", node="node2")
-    wait_until(lambda: running_on(lab, uuid, ("node1", "node2")) == ["node2"], timeout=10)
+    uuid = running_vm(lab, api, "quick", "node2", ("node1", "node2"))
     started = time.monotonic()
     wait_until(lambda: uuid in node(api, "node2")["running_domains"], timeout=1.0,
                interval=0.02)
@@ -100,8 +107,7 @@ def test_forced_migration_never_picks_the_current_node_and_keeps_the_first_last_
         lab3: tuple[Lab, LabClient]) -> None:
     lab, api = lab3
     nodes = ("node1", "node2", "node3")
-    uuid = define(api, "wanderer", node="node1")
-    wait_until(lambda: running_on(lab, uuid, nodes) == ["node1"], timeout=10)
+    uuid = running_vm(lab, api, "wanderer", "node1")
     response = api.post("/vm/wanderer/node", data={"action": "migrate", "node": "node2"})
     assert response.status_code == 200, response.text
     wait_until(lambda: vm(api, "wanderer")["state"] == "start", timeout=15)
@@ -136,8 +142,7 @@ def test_a_second_move_during_a_migration_is_refused_not_stacked(
         lab3: tuple[Lab, LabClient]) -> None:
     lab, api = lab3
     nodes = ("node1", "node2", "node3")
-    uuid = define(api, "busy", node="node1")
-    wait_until(lambda: running_on(lab, uuid, nodes) == ["node1"], timeout=10)
+    uuid = running_vm(lab, api, "busy", "node1")
     first = api.post("/vm/busy/node", data={"action": "migrate", "node": "node2"})
     second = api.post("/vm/busy/node", data={"action": "migrate", "node": "node3",
                                              "force": "true"})
