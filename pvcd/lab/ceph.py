@@ -75,8 +75,6 @@ PORTS_PER_OSD = 8  # 4 messengers (public, cluster, heartbeat front/back) x (v2,
 PORTS_FOR_MGR = 2
 
 
-
-
 class ThrowawayCeph:
     """A Ceph cluster whose whole state lives in `workdir` (conf, keyrings, stores, logs)."""
 
