@@ -21,7 +21,7 @@ from typing import Any
 from pvcd.controllers.base import DONE, Controller, Result, Watch, Wiring
 from pvcd.controllers.network import vni_of_key, vni_of_path
 from pvcd.domain.records import AclSpec
-from pvcd.drivers.netlink import bridge_name
+from pvcd.drivers.ifnames import bridge_name
 from pvcd.drivers.nftables import NftablesDriver
 from pvcd.state.view import ClusterView
 

@@ -47,7 +47,8 @@ from pvcd.domain.errors import BackendError, Conflict
 from pvcd.domain.records import DhcpLease, NetworkSpec
 from pvcd.drivers.announce import announce
 from pvcd.drivers.dnsmasq import DnsmasqConfig, DnsmasqInstance, Lease, StaticLease
-from pvcd.drivers.netlink import NetlinkDriver, bridge_name
+from pvcd.drivers.ifnames import bridge_name
+from pvcd.drivers.netlink import NetlinkDriver
 from pvcd.drivers.netns import run_in_netns
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView

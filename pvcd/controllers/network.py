@@ -31,13 +31,8 @@ from pvcd.controllers.base import DONE, Controller, Result, TemporaryError, Watc
 from pvcd.controllers.node import NodeStatusWriter
 from pvcd.domain.errors import NotFound
 from pvcd.domain.records import NetworkSpec
-from pvcd.drivers.netlink import (
-    NetlinkDriver,
-    bridge_name,
-    vlan_name,
-    vxlan_mtu,
-    vxlan_name,
-)
+from pvcd.drivers.ifnames import bridge_name, vlan_name, vxlan_mtu, vxlan_name
+from pvcd.drivers.netlink import NetlinkDriver
 from pvcd.state.view import ClusterView
 
 log = logging.getLogger(__name__)

@@ -50,7 +50,7 @@ from pvcd.domain.errors import BackendError, InvalidValue
 from pvcd.drivers import dnsmasq_leasehook
 from pvcd.drivers.dnsmasq_leasehook import Lease
 from pvcd.drivers.host import pids_where
-from pvcd.drivers.netlink import check_ifname, check_netns
+from pvcd.drivers.ifnames import check_ifname, check_netns
 
 __all__ = ["DnsmasqConfig", "DnsmasqInstance", "Lease", "StaticLease"]
 

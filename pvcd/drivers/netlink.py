@@ -4,7 +4,8 @@ This driver owns the rtnetlink side of a client network; it knows nothing of Zoo
 `ensure_*` method is idempotent: it reads the kernel's current state and changes only what
 differs, so a controller can call it on every reconcile.
 
-Layout of a network (names from `bridge_name`, `vxlan_name`, `vlan_name`):
+Layout of a network (names from `pvcd.drivers.ifnames`: `bridge_name`, `vxlan_name`,
+`vlan_name`):
 
     managed (VXLAN)   vmbr<vni>  <- vxlan<vni> (VNI <vni>, local <node ip>, dev <underlay>)
                                  <- VM taps
@@ -41,79 +42,15 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound
+from pvcd.drivers.ifnames import check_ifname, check_netns, check_vni, vxlan_mtu
 
 log = logging.getLogger(__name__)
 
-IFNAMSIZ = 15  # longest interface name the kernel accepts
-VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 ZERO_MAC = "00:00:00:00:00:00"
-VNI_MAX = 2**24 - 1
 _ENODEV = 19
 _EOPNOTSUPP = 95
 _EEXIST = 17
 _EADDRNOTAVAIL = 99
-
-
-def bridge_name(vni: int) -> str:
-    """The bridge of network `vni` on every node: `vmbr<vni>`."""
-    return f"vmbr{_check_vni(vni)}"
-
-
-def vxlan_name(vni: int) -> str:
-    """The VXLAN tunnel device of managed network `vni`: `vxlan<vni>`."""
-    return f"vxlan{_check_vni(vni)}"
-
-
-def vlan_name(uplink: str, vni: int) -> str:
-    """The vLAN device of bridged network `vni` on `uplink`.
-
-    `<uplink>.<vni>` as Linux tools name it; when that exceeds the kernel's 15 characters (long
-    predictable NIC names), `vlan<vni>`.
-    """
-    check_ifname(uplink)
-    if not 1 <= vni <= 4094:
-        raise InvalidValue(f"vLAN id {vni} is out of range: allowed 1-4094")
-    name = f"{uplink}.{vni}"
-    return name if len(name) <= IFNAMSIZ else f"vlan{vni}"
-
-
-def vxlan_mtu(underlay_mtu: int) -> int:
-    """Largest frame a VXLAN device can carry over an underlay of `underlay_mtu`."""
-    return underlay_mtu - VXLAN_OVERHEAD
-
-
-def _check_vni(vni: int) -> int:
-    if isinstance(vni, bool) or not isinstance(vni, int) or not 1 <= vni <= VNI_MAX:
-        raise InvalidValue(f"VNI {vni!r} is out of range: allowed 1-{VNI_MAX}")
-    return vni
-
-
-def check_ifname(name: str) -> str:
-    if (
-        not isinstance(name, str)
-        or not 1 <= len(name) <= IFNAMSIZ
-        or name in (".", "..")
-        or any(c in name for c in "/:% ")
-        or not name.isprintable()
-    ):
-        raise InvalidValue(
-            f"interface name {name!r} is invalid: 1-{IFNAMSIZ} printable characters, "
-            "no '/', ':', '%' or spaces"
-        )
-    return name
-
-
-def check_netns(name: str) -> str:
-    """A network namespace name: a plain file name under /run/netns."""
-    if (
-        not isinstance(name, str)
-        or not 1 <= len(name) <= 255
-        or name in (".", "..")
-        or "/" in name
-        or not name.isprintable()
-    ):
-        raise InvalidValue(f"network namespace name {name!r} is invalid: a file name, no '/'")
-    return name
 
 
 def _ensure_not_in_event_loop() -> None:
@@ -275,7 +212,7 @@ class NetlinkDriver:
         reconcile does anyway.
         """
         check_ifname(name)
-        _check_vni(vni)
+        check_vni(vni)
         local = _parse_ip(local_ip, "VXLAN local address")
         if not 1 <= dstport <= 65535:
             raise InvalidValue(f"VXLAN port {dstport} is out of range: allowed 1-65535")

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from typing import Any, Self, TypeVar
 
 from pvcd.domain.errors import BackendError, InvalidValue, NotFound
-from pvcd.drivers.netlink import check_ifname, check_netns
+from pvcd.drivers.ifnames import check_ifname, check_netns
 
 log = logging.getLogger(__name__)
 

@@ -5,22 +5,11 @@ every daemon as our child in the foreground (`ceph-mon -f`, ...), and returns on
 HEALTH_OK with every PG active+clean. `stop()` stops them all (OSDs first, cleanly) and reaps
 them. Nothing is written outside `workdir`; no systemd, no /var/lib/ceph.
 
-Why the configuration looks the way it does (measured on Debian's 16.2.15; see the platform
-notes):
-  osd objectstore = memstore       no disk; memstore keeps its data across a clean stop only with
-  osd fast shutdown = false        a full shutdown (it dumps its store on umount); SIGKILL loses it
-  paxos propose interval = 0.05    ≈ 1 s per map change becomes 20-300 ms
-  osd pool default size = 1        one host: the data placement rule picks OSDs, not hosts
-  osd crush chooseleaf type = 0    (`pool_size` sets another default; the lab uses 2, see
-                                   `pvcd.lab.lab`: a PG with one copy can stay "laggy" forever)
-  mgr stats period = 1, mon mgr digest period = 1
-                                   usage numbers lag less (they still lag: poll in tests)
-  the mgr                          required: without it `rados df` lists no pools and
-                                   `ceph osd df` hangs
-  auth allow insecure global id reclaim = false, mon warn on pool no redundancy = false,
-  osd pool default pg autoscale mode = off
-                                   each would keep the cluster out of HEALTH_OK (or change
-                                   pg_num behind a test's back)
+The files it writes and why its configuration looks the way it does: `pvcd.lab.ceph_conf`;
+running the tools and stopping the daemons: `pvcd.lab.ceph_daemons`. This module owns the
+cluster's lifecycle (bootstrap, adding and stopping OSDs, readiness, the state file another
+process stops it from) and the `python -m pvcd.lab.ceph up|down` command.
+
 Ports: the mon listens on two fixed ports (v2 and v1, chosen free at random unless given); the
 mgr and OSDs take free ports in `port_range` (Ceph skips ports in use, so several clusters can
 share a range). A taken mon port, or a range without enough free ports, fails before anything
@@ -42,58 +31,48 @@ killed test run leaves nothing behind: start the lab and add OSDs from a long-li
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import logging
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from pvcd.drivers.host import pid_alive, signal_pid
+from pvcd.lab.ceph_conf import (
+    ADMIN_KEYRING_FILE,
+    CONF_FILE,
+    UNSAFE_PATH_CHARS,
+    CephPorts,
+    gen_key,
+    keyring_section,
+    write_conf,
+    write_keyrings,
+    write_secret,
+)
+from pvcd.lab.ceph_daemons import (
+    STOP_TIMEOUT,
+    TOOL_TIMEOUT,
+    CephLabError,
+    Daemon,
+    die_with_parent,
+    require_tools,
+    run_tool,
+    stop_all,
+)
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "ceph-lab.json"
 CREATED_DIRS = ("mon", "mgr", "osd", "run", "log", "crash")
-CREATED_FILES = ("ceph.conf", "ceph.client.admin.keyring", "mon.keyring", "monmap",
-                 STATE_FILE + ".tmp")
-TOOL_TIMEOUT = 30.0
-STOP_TIMEOUT = 30.0
+CREATED_FILES = (CONF_FILE, ADMIN_KEYRING_FILE, "mon.keyring", "monmap", STATE_FILE + ".tmp")
 PORTS_PER_OSD = 8  # 4 messengers (public, cluster, heartbeat front/back) x (v2, v1)
 PORTS_FOR_MGR = 2
-_PR_SET_PDEATHSIG = 1
-_UNSAFE_PATH_CHARS = set("\n\r#;$=[]")
-
-
-class CephLabError(RuntimeError):
-    """The throwaway cluster could not be started or stopped; the message says what and why."""
-
-
-@dataclass
-class Daemon:
-    """One daemon we started: `name` is Ceph's (`mon.a`, `mgr.x`, `osd.0`)."""
-
-    name: str
-    pid: int = 0
-    log: str = ""
-    process: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
-
-
-@dataclass
-class CephPorts:
-    mon_v2: int
-    mon_v1: int
-    range_min: int
-    range_max: int
 
 
 class ThrowawayCeph:
@@ -111,7 +90,7 @@ class ThrowawayCeph:
         pool_size: int = 1,
     ) -> None:
         self.workdir = Path(workdir).resolve()
-        if _UNSAFE_PATH_CHARS & set(str(self.workdir)):
+        if UNSAFE_PATH_CHARS & set(str(self.workdir)):
             raise CephLabError(f"workdir {self.workdir} contains a character ceph.conf cannot "
                                "hold (newline, #, ;, $, =, [ or ])")
         if osds < 1:
@@ -135,11 +114,11 @@ class ThrowawayCeph:
 
     @property
     def conf_path(self) -> Path:
-        return self.workdir / "ceph.conf"
+        return self.workdir / CONF_FILE
 
     @property
     def keyring_path(self) -> Path:
-        return self.workdir / "ceph.client.admin.keyring"
+        return self.workdir / ADMIN_KEYRING_FILE
 
     @property
     def cluster_args(self) -> list[str]:
@@ -165,15 +144,15 @@ class ThrowawayCeph:
         if self.conf_path.exists():
             raise CephLabError(f"{self.workdir} holds a stopped cluster (memstore data does not "
                                "survive a restart of the whole cluster): remove() it first")
-        _require_tools()
+        require_tools()
         self.ports = self._choose_ports()
         self.fsid = str(uuid.uuid4())
         for sub in CREATED_DIRS:
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         try:
-            self._write_conf()
-            self._write_keyrings()
+            write_conf(self.workdir, self.fsid, self.ports, self.pool_size, self.memstore_bytes)
+            write_keyrings(self.workdir)
             self._mkfs_mon()
             self.mon = self._spawn("mon.a", ["ceph-mon", "-f", "-i", "a"])
             self.mgr = self._spawn("mgr.x", ["ceph-mgr", "-f", "-i", "x"])
@@ -208,87 +187,14 @@ class ThrowawayCeph:
                                f"{self.initial_osds} OSDs need about {needed}: pass port_range=")
         return CephPorts(v2, v1, low, high)
 
-    def _write_conf(self) -> None:
-        assert self.ports is not None
-        wd = self.workdir
-        mon_addr = f"[v2:127.0.0.1:{self.ports.mon_v2},v1:127.0.0.1:{self.ports.mon_v1}]"
-        settings = {
-            "global": {
-                "fsid": self.fsid,
-                "mon host": mon_addr,
-                "mon initial members": "a",
-                "public addr": "127.0.0.1",
-                "public network": "127.0.0.0/8",
-                "auth cluster required": "cephx",
-                "auth service required": "cephx",
-                "auth client required": "cephx",
-                "auth allow insecure global id reclaim": "false",
-                "mon warn on insecure global id reclaim allowed": "false",
-                "mon warn on pool no redundancy": "false",
-                # the host's disk is not the cluster's: warn (HEALTH_WARN) only when it is
-                # nearly full, not below Ceph's default 30 % free (seen on CI-sized disks)
-                "mon data avail warn": "3",
-                "mon data avail crit": "1",
-                "ms bind port min": str(self.ports.range_min),
-                "ms bind port max": str(self.ports.range_max),
-                "run dir": f"{wd}/run",
-                "log file": f"{wd}/log/$name.log",
-                "mon cluster log file": f"{wd}/log/cluster.log",
-                "crash dir": f"{wd}/crash",
-                "paxos propose interval": "0.05",
-                "osd pool default size": str(self.pool_size),
-                "osd pool default min size": "1",
-                "osd pool default pg autoscale mode": "off",
-                "osd crush chooseleaf type": "0",
-                "mon allow pool delete": "true",
-                "mgr stats period": "1",
-                "mon mgr digest period": "1",
-                "mgr initial modules": "",
-            },
-            # daemons only: clients run concurrently and must not fight over one socket path
-            "mon": {"mon data": f"{wd}/mon/$id", "admin socket": f"{wd}/run/$name.asok"},
-            "mgr": {"mgr data": f"{wd}/mgr/$id", "keyring": f"{wd}/mgr/$id/keyring",
-                    "admin socket": f"{wd}/run/$name.asok"},
-            "osd": {
-                "admin socket": f"{wd}/run/$name.asok",
-                "osd data": f"{wd}/osd/$id",
-                "keyring": f"{wd}/osd/$id/keyring",
-                "osd objectstore": "memstore",
-                "memstore device bytes": str(self.memstore_bytes),
-                "osd fast shutdown": "false",
-                # memstore reports itself rotational: no sleeping between recovery ops
-                "osd recovery sleep hdd": "0",
-                "osd recovery sleep hybrid": "0",
-            },
-            "client.admin": {"keyring": str(self.keyring_path)},
-        }
-        lines = []
-        for section, values in settings.items():
-            lines.append(f"[{section}]")
-            lines += [f"    {key} = {value}" for key, value in values.items()]
-            lines.append("")
-        self.conf_path.write_text("\n".join(lines))
-
-    def _write_keyrings(self) -> None:
-        admin = _keyring_section("client.admin", _gen_key(), {
-            "mds": "allow *", "mgr": "allow *", "mon": "allow *", "osd": "allow *"})
-        mgr = _keyring_section("mgr.x", _gen_key(), {
-            "mds": "allow *", "mon": "allow profile mgr", "osd": "allow *"})
-        mon = _keyring_section("mon.", _gen_key(), {"mon": "allow *"})
-        _write_secret(self.keyring_path, admin)
-        (self.workdir / "mgr" / "x").mkdir(parents=True, exist_ok=True)
-        _write_secret(self.workdir / "mgr" / "x" / "keyring", mgr)
-        # the mon learns every key it must know from the keyring given to its mkfs
-        _write_secret(self.workdir / "mon.keyring", mon + admin + mgr)
-
     def _mkfs_mon(self) -> None:
         assert self.ports is not None
         monmap = self.workdir / "monmap"
         addrs = f"[v2:127.0.0.1:{self.ports.mon_v2},v1:127.0.0.1:{self.ports.mon_v1}]"
-        _tool(["monmaptool", "--create", "--clobber", "--fsid", self.fsid, "--addv", "a", addrs,
-               str(monmap)])
-        _tool(["ceph-mon", "--conf", str(self.conf_path), "--mkfs", "-i", "a",
-               "--monmap", str(monmap), "--keyring", str(self.workdir / "mon.keyring")])
+        run_tool(["monmaptool", "--create", "--clobber", "--fsid", self.fsid, "--addv", "a", addrs,
+                   str(monmap)])
+        run_tool(["ceph-mon", "--conf", str(self.conf_path), "--mkfs", "-i", "a",
+                   "--monmap", str(monmap), "--keyring", str(self.workdir / "mon.keyring")])
 
     def add_memstore_osd(self, wait: bool = True, timeout: float = 60.0) -> int:
         """Create, register and start one more memstore OSD; return its id.
@@ -297,9 +203,9 @@ class ThrowawayCeph:
         to the new OSD are backfilled first).
         """
         osd_uuid = str(uuid.uuid4())
-        key = _gen_key()
+        key = gen_key()
         secrets_file = self.workdir / "run" / f"osd-{osd_uuid}.json"
-        _write_secret(secrets_file, json.dumps({"cephx_secret": key}))
+        write_secret(secrets_file, json.dumps({"cephx_secret": key}))
         try:
             out = self.ceph(["osd", "new", osd_uuid, "-i", str(secrets_file)])
         finally:
@@ -307,9 +213,9 @@ class ThrowawayCeph:
         osd_id = int(out.strip())
         folder = self.workdir / "osd" / str(osd_id)
         folder.mkdir(parents=True, exist_ok=True)
-        _write_secret(folder / "keyring", _keyring_section(f"osd.{osd_id}", key, {}))
-        _tool(["ceph-osd", "--conf", str(self.conf_path), "-i", str(osd_id), "--mkfs",
-               "--osd-uuid", osd_uuid])
+        write_secret(folder / "keyring", keyring_section(f"osd.{osd_id}", key, {}))
+        run_tool(["ceph-osd", "--conf", str(self.conf_path), "-i", str(osd_id), "--mkfs",
+                   "--osd-uuid", osd_uuid])
         self.osds[osd_id] = self._spawn(f"osd.{osd_id}", ["ceph-osd", "-f", "-i", str(osd_id)])
         self._save()
         log.info("ceph lab osd added osd=%d uuid=%s", osd_id, osd_uuid)
@@ -319,7 +225,7 @@ class ThrowawayCeph:
 
     def _spawn(self, name: str, argv: list[str]) -> Daemon:
         out = self.workdir / "log" / f"{name}.out"
-        preexec = _die_with_parent if self.die_with_parent else None
+        preexec = die_with_parent if self.die_with_parent else None
         with open(out, "ab") as stream:
             process = subprocess.Popen(
                 [*argv, "--conf", str(self.conf_path)],
@@ -369,7 +275,7 @@ class ThrowawayCeph:
         daemon = self.osds.pop(osd_id, None)
         if daemon is None:
             raise CephLabError(f"osd.{osd_id} is not one of this lab's OSDs ({self.osd_ids})")
-        problems = _stop_all([daemon], timeout)
+        problems = stop_all([daemon], timeout)
         self._save()
         if problems:
             raise CephLabError("; ".join(problems))
@@ -378,8 +284,8 @@ class ThrowawayCeph:
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Stop every daemon we started (OSDs first, while the mon can still hear their
         shutdown), reap them and forget the state file. Raise if one needed SIGKILL."""
-        problems = _stop_all(list(self.osds.values()), timeout)
-        problems += _stop_all([d for d in (self.mgr, self.mon) if d is not None], timeout)
+        problems = stop_all(list(self.osds.values()), timeout)
+        problems += stop_all([d for d in (self.mgr, self.mon) if d is not None], timeout)
         self.osds.clear()
         self.mon = self.mgr = None
         (self.workdir / STATE_FILE).unlink(missing_ok=True)
@@ -441,8 +347,8 @@ class ThrowawayCeph:
     def ceph(self, args: Sequence[str], timeout: float = TOOL_TIMEOUT) -> str:
         """Run `ceph <args>` against this cluster; stdout, or CephLabError with stderr."""
         connect = str(max(1, int(timeout)))
-        return _tool(["ceph", *self.cluster_args, "--connect-timeout", connect, *args],
-                     timeout=timeout)
+        return run_tool(["ceph", *self.cluster_args, "--connect-timeout", connect, *args],
+                         timeout=timeout)
 
 
 def readiness_problems(status: dict[str, Any], expected_osds: int) -> list[str]:
@@ -469,77 +375,6 @@ def readiness_problems(status: dict[str, Any], expected_osds: int) -> list[str]:
     return problems
 
 
-def _stop_all(daemons: list[Daemon], timeout: float) -> list[str]:
-    """SIGTERM every daemon (a clean shutdown), wait, SIGKILL stragglers, reap our children;
-    return a line for each daemon that did not stop cleanly."""
-    for daemon in daemons:
-        signal_pid(daemon.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    problems = []
-    for daemon in daemons:
-        while _running(daemon) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        killed = _running(daemon)
-        if killed:
-            signal_pid(daemon.pid, signal.SIGKILL)
-            problems.append(f"{daemon.name} (pid {daemon.pid}) did not stop within "
-                            f"{timeout:.0f} s and was killed (a memstore OSD lost its data); "
-                            f"see {daemon.log}")
-        if daemon.process is None:
-            continue  # not our child (`load`ed from the state file): PID 1 reaps it
-        try:
-            code = daemon.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            problems.append(f"{daemon.name} (pid {daemon.pid}) could not be reaped")
-            continue
-        if not killed and code not in (0, -signal.SIGTERM):
-            problems.append(f"{daemon.name} exited with {code} on SIGTERM; see {daemon.log}")
-    return problems
-
-
-def _running(daemon: Daemon) -> bool:
-    if daemon.process is not None:
-        return daemon.process.poll() is None
-    return pid_alive(daemon.pid)
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the process that started us dies, so a
-    crashed test run leaves no daemons behind."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _tool(argv: list[str], timeout: float = TOOL_TIMEOUT) -> str:
-    try:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                                check=False, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as exc:
-        raise CephLabError(f"`{' '.join(argv)}` timed out after {timeout:.0f} s") from exc
-    except FileNotFoundError as exc:
-        raise CephLabError(f"{argv[0]} is not installed") from exc
-    if result.returncode != 0:
-        detail = (result.stderr.strip() or result.stdout.strip())[-2000:]
-        raise CephLabError(f"`{' '.join(argv)}` failed ({result.returncode}): {detail}")
-    return result.stdout
-
-
-def _gen_key() -> str:
-    return _tool(["ceph-authtool", "--gen-print-key"]).strip()
-
-
-def _keyring_section(entity: str, key: str, caps: dict[str, str]) -> str:
-    lines = [f"[{entity}]", f"    key = {key}"]
-    lines += [f'    caps {service} = "{cap}"' for service, cap in sorted(caps.items())]
-    return "\n".join(lines) + "\n"
-
-
-def _write_secret(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-
-
 def _port_free(port: int) -> bool:
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -557,14 +392,6 @@ def _free_port(avoid: set[int] | None = None) -> int:
             port = int(sock.getsockname()[1])
         if port not in (avoid or set()):
             return port
-
-
-def _require_tools() -> None:
-    missing = [tool for tool in ("ceph-mon", "ceph-mgr", "ceph-osd", "ceph", "monmaptool",
-                                 "ceph-authtool") if shutil.which(tool) is None]
-    if missing:
-        raise CephLabError(f"missing {', '.join(missing)}: apt-get install --no-install-recommends "
-                           "ceph-mon ceph-mgr ceph-osd ceph-common")
 
 
 def main(argv: list[str] | None = None) -> int:

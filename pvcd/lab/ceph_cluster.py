@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from pvcd.drivers.ceph.launchers import ProcessOsdLauncher
-from pvcd.lab.ceph import CephLabError, Daemon, ThrowawayCeph
+from pvcd.lab.ceph import ThrowawayCeph
+from pvcd.lab.ceph_daemons import CephLabError, Daemon
 
 
 def start_lab_ceph(workdir: Path, nodes: int) -> tuple[ThrowawayCeph, dict[str, Any]]:

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from pvcd.domain.errors import BackendError, InvalidValue
 from pvcd.drivers.ceph.values import LAB_DEVICE
-from pvcd.lab.ceph import CephLabError, ThrowawayCeph
+from pvcd.lab.ceph import ThrowawayCeph
+from pvcd.lab.ceph_daemons import CephLabError
 
 log = logging.getLogger(__name__)
 

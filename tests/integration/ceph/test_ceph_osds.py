@@ -13,7 +13,8 @@ import pytest
 
 from pvcd.domain.errors import Conflict, NotFound
 from pvcd.drivers.ceph.driver import CephDriver
-from pvcd.lab.ceph import CephLabError, ThrowawayCeph
+from pvcd.lab.ceph import ThrowawayCeph
+from pvcd.lab.ceph_daemons import CephLabError
 
 pytestmark = pytest.mark.ceph
 

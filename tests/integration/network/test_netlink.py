@@ -8,13 +8,8 @@ import time
 import pytest
 
 from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound
-from pvcd.drivers.netlink import (
-    NetlinkDriver,
-    bridge_name,
-    vlan_name,
-    vxlan_mtu,
-    vxlan_name,
-)
+from pvcd.drivers.ifnames import bridge_name, vlan_name, vxlan_mtu, vxlan_name
+from pvcd.drivers.netlink import NetlinkDriver
 
 pytestmark = pytest.mark.needs_root
 
