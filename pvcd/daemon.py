@@ -226,9 +226,9 @@ class NodeDaemon:
         ensure_schema(self.client, self.paths)
         self.cache.start()
         self.cache.subscribe(self._on_change)
+        for service in self.plugins.services:  # up before the node says it runs (the lab
+            service.start()                    # agent answers as soon as the node is seen)
         self._register()
-        for service in self.plugins.services:
-            service.start()
         for controller in self.controllers:
             controller.start()
         if self.coordinator_controller is not None:

@@ -21,8 +21,9 @@ if TYPE_CHECKING:
 
 
 class NodeService(Protocol):
-    """Something that runs alongside the daemon: started once the node is registered, stopped
-    before the daemon lets go of its drivers."""
+    """Something that runs alongside the daemon: started just before the node registers (so it
+    is up by the time others see the node run), stopped before the daemon lets go of its
+    drivers."""
 
     def start(self) -> None: ...
 

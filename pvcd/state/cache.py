@@ -17,7 +17,10 @@ an undefine 60 ms apart do this). Its late NODE_ADDED cannot be told from a new 
 same path by the event alone, so a delete of such an entry leaves an *unverified* tombstone:
 every later event for the path is checked against ZooKeeper itself (an async read) and
 applied only if the znode exists there — a ghost is never applied, a real re-create (by anyone)
-is. A delete is therefore final whatever order the events arrive in.
+is. A delete is therefore final whatever order the events arrive in. Likewise a NODE_REMOVED
+removes only the incarnation it names (its czxid): the late removal of an older incarnation
+never takes away a newer one (checked against ZooKeeper when ours is a create of our own whose
+stat we do not know yet).
 """
 
 from __future__ import annotations
@@ -138,7 +141,23 @@ class StateCache:
             self._apply(data.path, decode(data.data), stat.version, stat.mzxid, stat.czxid,
                         stat.ephemeralOwner)
         elif kind == TreeEvent.NODE_REMOVED:
-            self._remove(event.event_data.path)
+            data = event.event_data
+            stat = getattr(data, "stat", None)
+            self._removed(data.path, stat.czxid if stat is not None else None)
+
+    def _removed(self, path: str, czxid: int | None) -> None:
+        """A watch says the incarnation `czxid` of `path` was deleted: remove our entry only
+        if it is that incarnation (a path deleted and created again quickly may report the old
+        one's removal after the new one's creation)."""
+        with self._lock:
+            entry = self._entries.get(path)
+            if entry is not None and czxid is not None and entry.czxid != czxid:
+                if entry.czxid is not None:
+                    return  # the removal of an older incarnation: ours is newer
+                self._unverified.add(path)  # our own create, stat unknown: ask ZooKeeper
+                self._verify(path, missing=lambda: self._remove(path))
+                return
+        self._remove(path)
 
     def _apply(self, path: str, doc: Any, version: int, mzxid: int, czxid: int,
                owner: int) -> None:
@@ -183,14 +202,19 @@ class StateCache:
                 self._entries.pop(f"{path}/{child}", None)
         self._notify(path)
 
-    def _verify(self, path: str) -> None:
-        """Apply `path` as ZooKeeper has it now, if it exists there (see the module docstring)."""
+    def _verify(self, path: str, missing: Callable[[], None] | None = None) -> None:
+        """Apply `path` as ZooKeeper has it now, if it exists there (see the module docstring);
+        else call `missing`."""
 
         def done(result: Any) -> None:
             try:
                 raw, stat = result.get()
             except NoNodeError:
-                return  # the ghost of a deleted create: nothing to apply
+                if missing is not None:
+                    with self._lock:
+                        self._unverified.discard(path)
+                    missing()
+                return  # (without `missing`: the ghost of a deleted create, nothing to apply)
             except Exception as exc:  # connection trouble: the next event or resync retries
                 log.warning("event=cache-verify-failed path=%s error=%r", path, exc)
                 return

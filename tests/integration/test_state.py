@@ -183,3 +183,38 @@ def test_a_delete_is_final_whatever_order_the_events_arrive_in(
     zk.create(vm, encode({"name": "new"}))
     cache._on_tree_event(_event("NODE_ADDED", vm, zk))
     assert wait_for(lambda: cache.get(vm) == {"name": "new"})
+
+
+def test_a_late_removal_of_an_older_incarnation_keeps_the_newer_one(
+        zk: KazooClient, zk_root: str) -> None:
+    """A path deleted and created again quickly: the old incarnation's NODE_REMOVED arriving
+    after the new one is known (by its event, or by our own create) must not remove it."""
+    paths = Paths(zk_root)
+    ensure_schema(zk, paths)
+    cache = StateCache(zk, zk_root)  # not started: the only events are the replayed ones
+    store = Store(zk, cache)
+    name = paths.vm_name("db")
+    store.commit([Op.create(name, {"uuid": "old"})])
+    old_removed = _event("NODE_REMOVED", name, zk)  # carries the old incarnation's stat
+    store.commit([Op.delete(name)])
+    zk.create(name, encode({"uuid": "new"}))  # someone else creates it again
+    cache._on_tree_event(_event("NODE_ADDED", name, zk))
+    assert wait_for(lambda: cache.get(name) == {"uuid": "new"})  # (checked against ZooKeeper)
+    cache._on_tree_event(old_removed)
+    assert cache.get(name) == {"uuid": "new"}
+    # the same when the new incarnation is our own create, whose stat we do not know yet
+    other = paths.vm_name("web")
+    store.commit([Op.create(other, {"uuid": "old"})])
+    old_removed = _event("NODE_REMOVED", other, zk)
+    store.commit([Op.delete(other)])
+    store.commit([Op.create(other, {"uuid": "new"})])
+    cache._on_tree_event(old_removed)
+    marker = paths.vm("marker")  # checks against ZooKeeper are answered in order
+    zk.create(marker, encode({}))
+    getattr(cache, "_unverified", set()).add(marker)
+    cache._on_tree_event(_event("NODE_ADDED", marker, zk))
+    assert wait_for(lambda: cache.exists(marker))
+    assert cache.get(other) == {"uuid": "new"}
+    # and the removal of the incarnation we hold does remove it
+    cache._on_tree_event(_event("NODE_REMOVED", name, zk))
+    assert not cache.exists(name)
