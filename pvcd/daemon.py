@@ -117,7 +117,8 @@ class NodeDaemon:
                               (alive, self.coordinator_controller)]
             # the primary's services in this order: floating IPs, the API, then the subsystems'
             self._add(build_floating_ips(config.networks, config.drivers.network.netns))
-            self.metrics = Metrics(self.view, self.name, clock)
+            self.metrics = Metrics(self.view, self.name, clock, sources=self._metric_sources,
+                                   in_flight=lambda: self.api.ctx.in_flight)
             self.api = self._make_api(self.metrics)
             self.services.add("api", self.api.start, self.api.stop)
         self._add(build_networks(self.name, self.view, self.store, self.writer,
@@ -130,7 +131,6 @@ class NodeDaemon:
         self._add(self._build_vms())
         if self.coordinator is not None:
             self._add(self._build_fencing())
-            self._track_metrics()
         self.registered = False
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -184,13 +184,10 @@ class NodeDaemon:
                    Watch(nodes, lambda path: "node/" + path[len(nodes):].split("/", 1)[0]))
         return wiring
 
-    def _track_metrics(self) -> None:
-        """The primary's /metrics also shows this daemon's controllers and fences."""
-        assert self.coordinator_controller is not None
-        controllers = [*self.controllers, self.coordinator_controller]
-        self.metrics.track(controllers, self.fencing)
-        for controller in controllers:
-            controller.on_reconciled = self.metrics.observe_reconcile
+    def _metric_sources(self) -> tuple[list[Controller], FencingController | None]:
+        """What the primary's /metrics shows of this daemon: its controllers and fences."""
+        coordinator = [self.coordinator_controller] if self.coordinator_controller else []
+        return [*self.controllers, *coordinator], getattr(self, "fencing", None)
 
     def _build_vms(self) -> Wiring:
         timing = self.config.timing

@@ -52,15 +52,16 @@ def make_context(view: ClusterView, store: Store, node_name: str, auth_enabled: 
                  tokens: Tokens, storage_request_timeout: float | None = None,
                  clock: Callable[[], float] = time.time,
                  registry: metrics.Metrics | None = None) -> ApiContext:
-    """The API's context with its list renderers and its metrics
-    (`registry`: the daemon's own, which also tracks its controllers; else a new one)."""
-    registry = registry or metrics.Metrics(view, node_name, clock)
+    """The API's context with its list renderers and its metrics (`registry`: the daemon's
+    own, which also reads its controllers and this context's requests in flight; else a new
+    one of the API alone)."""
+    registry = registry or metrics.Metrics(view, node_name, clock,
+                                           in_flight=lambda: ctx.in_flight)
     ctx = ApiContext(view=view, store=store, node_name=node_name, auth_enabled=auth_enabled,
                      tokens=tokens, vm_list=vms.vm_renderer(view),
                      node_list=nodes.node_renderer(view),
                      storage_request_timeout=storage_request_timeout, clock=clock,
                      metrics=registry)
-    registry.in_flight = lambda: ctx.in_flight
     return ctx
 
 

@@ -6,7 +6,7 @@ Two sources, one registry per daemon (no prometheus_client global state):
   scrapes, and the same for whichever coordinator is primary;
 - this process's own activity: API request latency (`observe_request`, called from
   `BaseHandler.on_finish`), its controllers' reconcile counts, errors and durations, and the
-  fences it carried out (`track`, `observe_reconcile`, wired by the daemon). These carry a `node`
+  fences it carried out (the `sources` the daemon gives, read at scrape time). These carry a `node`
   label: after a handover the new primary's series continue under its name.
 
 Names follow Prometheus' rules: `pvc_` prefix, base units (`_bytes`, `_seconds`), `_total` for
@@ -48,8 +48,6 @@ CEPH_HEALTH = ("HEALTH_OK", "HEALTH_WARN", "HEALTH_ERR")
 # API answers are served from memory (≈ 1 ms); Ceph writes wait for Ceph (seconds)
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    10.0, 30.0, 60.0)
-RECONCILE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-                     2.5, 5.0, 10.0, 30.0, 120.0)
 
 
 class ReconcileCounters(Protocol):
@@ -58,6 +56,8 @@ class ReconcileCounters(Protocol):
     name: str
     reconciles: int
     errors: int
+
+    def durations(self) -> tuple[list[tuple[float, int]], float]: ...
 
 
 class FenceCounters(Protocol):
@@ -101,39 +101,31 @@ class LabelledHistogram(Collector):
         yield family
 
 
+# what a daemon's metrics read at every scrape: its controllers, and its fencing controller
+Sources = Callable[[], tuple[Sequence[ReconcileCounters], "FenceCounters | None"]]
+
+
 class Metrics:
-    """One daemon's metrics registry."""
+    """One daemon's metrics registry. `sources` and `in_flight` are read at every scrape."""
 
     def __init__(self, view: ClusterView, node_name: str,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 sources: Sources = lambda: ((), None),
+                 in_flight: Callable[[], int] = lambda: 0) -> None:
         self.node_name = node_name
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = CollectorRegistry()  # collectors are read at scrape time only
         self.request_seconds = LabelledHistogram(
             "pvc_api_request_duration_seconds",
             "API requests served by this node, by route, method and HTTP status",
             ["route", "method", "status"], REQUEST_BUCKETS)
-        self.reconcile_seconds = LabelledHistogram(
-            "pvc_reconcile_duration_seconds",
-            "Reconcile durations of this node's controllers",
-            ["node", "controller"], RECONCILE_BUCKETS)
-        self.controllers: Sequence[ReconcileCounters] = ()
-        self.fencing: FenceCounters | None = None
-        self.in_flight: Callable[[], int] = lambda: 0
-        for collector in (self.request_seconds, self.reconcile_seconds,
-                          ClusterCollector(view, clock), _ProcessCollector(self)):
+        self.sources = sources
+        self.in_flight = in_flight
+        for collector in (self.request_seconds, ClusterCollector(view, clock),
+                          _ProcessCollector(self)):
             self.registry.register(collector)
-
-    def track(self, controllers: Sequence[ReconcileCounters],
-              fencing: FenceCounters | None = None) -> None:
-        """Export these controllers' counters (the sequence is read at every scrape)."""
-        self.controllers = controllers
-        self.fencing = fencing
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.request_seconds.observe((route, method, str(status)), seconds)
-
-    def observe_reconcile(self, controller: str, seconds: float) -> None:
-        self.reconcile_seconds.observe((self.node_name, controller), seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -156,12 +148,21 @@ class _ProcessCollector(Collector):
         errors = CounterMetricFamily("pvc_reconcile_errors", "Reconciles that raised an "
                                      "unexpected error (each backs its key off)",
                                      labels=["node", "controller"])
-        for controller in self.metrics.controllers:
+        durations = HistogramMetricFamily("pvc_reconcile_duration_seconds",
+                                          "Reconcile durations of this node's controllers",
+                                          labels=["node", "controller"])
+        controllers, fencing = self.metrics.sources()
+        for controller in controllers:
             reconciles.add_metric([node, controller.name], controller.reconciles)
             errors.add_metric([node, controller.name], controller.errors)
+            buckets, total = controller.durations()
+            if buckets[-1][1]:  # a controller that has not reconciled yet has no series
+                durations.add_metric([node, controller.name], [
+                    ("+Inf" if bound == float("inf") else repr(bound), count)
+                    for bound, count in buckets], total)
         yield reconciles
         yield errors
-        fencing = self.metrics.fencing
+        yield durations
         if fencing is not None:
             fences = CounterMetricFamily("pvc_fences", "Fences confirmed by this node (as "
                                          "primary)", labels=["node"])

@@ -11,6 +11,7 @@ a missed event delays convergence but never prevents it.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import logging
 import threading
@@ -19,6 +20,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
+
+# upper bounds (seconds) of the reconcile-duration histogram each controller keeps
+RECONCILE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                     2.5, 5.0, 10.0, 30.0, 120.0)
 
 
 class TemporaryError(Exception):
@@ -61,8 +66,9 @@ class Controller:
         self._next_resync = 0.0
         self.reconciles = 0
         self.errors = 0
-        # called with (controller name, seconds) after every reconcile (metrics)
-        self.on_reconciled: Callable[[str, float], None] | None = None
+        # reconcile durations: a count per RECONCILE_BUCKETS bound (+Inf last) and their sum
+        self._duration_counts = [0] * (len(RECONCILE_BUCKETS) + 1)
+        self._duration_sum = 0.0
 
     # public
     def start(self) -> None:
@@ -174,11 +180,20 @@ class Controller:
                 self.enqueue_after(key, delay)
 
     def _report(self, seconds: float) -> None:
-        if self.on_reconciled is not None:
-            try:
-                self.on_reconciled(self.name, seconds)
-            except Exception:
-                log.exception("event=metrics-error controller=%s", self.name)
+        with self._cond:
+            self._duration_counts[bisect.bisect_left(RECONCILE_BUCKETS, seconds)] += 1
+            self._duration_sum += seconds
+
+    def durations(self) -> tuple[list[tuple[float, int]], float]:
+        """The reconcile-duration histogram: (upper bound, cumulative count) per bucket, the
+        last bound infinite, and the sum of all durations (read by the metrics at a scrape)."""
+        with self._cond:
+            counts, total = list(self._duration_counts), self._duration_sum
+        cumulative, buckets = 0, []
+        for bound, count in zip([*RECONCILE_BUCKETS, float("inf")], counts, strict=True):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        return buckets, total
 
     def _backoff(self, key: str) -> float:
         count = self._failures.get(key, 0) + 1
