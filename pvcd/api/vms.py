@@ -309,6 +309,8 @@ class VmNodeHandler(VmBaseHandler):
         selector = self.selector()
         permanent, force = self.values[PERMANENT], self.values[FORCE]
         status = view.vm_status(spec.uuid)
+        claim = view.cache.entry(view.paths.vm_owner(spec.uuid))
+        owner = view.vm_owner(spec.uuid)
         wait = requested_wait(self.values)
         source = spec.node
         memory = spec.memory if spec.state not in STOPPED_VM_STATES else 0
@@ -318,12 +320,16 @@ class VmNodeHandler(VmBaseHandler):
         else:
             check_migrate(spec, force, permanent)
             # never the node it is on, nor the one still handing it over
-            exclude = {source, holder(spec, status) or source}
+            exclude = {source, holder(spec, status, owner) or source}
             target = choose_node(view.node_loads(), self.values[TARGET_NODE], selector,
                                  exclude=exclude, memory=memory)
             why = Move.MOVE if permanent else Move.MIGRATE
-        new = reassign(spec, status, target, why)
-        await self.commit([Op.set(view.paths.vm(spec.uuid), new.to_doc(), version)])
+        new = reassign(spec, status, target, why, owner=owner)
+        # the hand-over source is the claim's holder as the nodes confirmed it: if the claim
+        # changed since it was read, the write fails instead of naming a stale source
+        check = [] if claim is None else [Op.check(view.paths.vm_owner(spec.uuid),
+                                                   claim.version)]
+        await self.commit([Op.set(view.paths.vm(spec.uuid), new.to_doc(), version), *check])
         verb = "Migrating" if new.migration is not None else "Moving"
         await reply_when_settled(self, wait, vm_settles(view, spec.uuid),
                                  f"{verb} VM '{spec.name}' from {source} to {target}")

@@ -156,7 +156,8 @@ class FencingController:
     def _reassign(self, uuid: str, dead: str, target: str) -> Callable[[Any], Any]:
         def change(doc: Any) -> Any:
             spec = from_dict(VmSpec, doc)
-            new = reassign(spec, self.view.vm_status(uuid), target, Move.RECOVER, dead=dead)
+            new = reassign(spec, self.view.vm_status(uuid), target, Move.RECOVER, dead=dead,
+                           owner=self.view.vm_owner(uuid))
             return None if new == spec else new.to_doc()
 
         return change

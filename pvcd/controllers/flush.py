@@ -94,7 +94,8 @@ def _move(view: ClusterView, store: Store, uuid: str, target: str, why: Move) ->
         spec = from_dict(VmSpec, doc)
         if spec.node == target:
             return None
-        return reassign(spec, view.vm_status(uuid), target, why).to_doc()
+        return reassign(spec, view.vm_status(uuid), target, why,
+                        owner=view.vm_owner(uuid)).to_doc()
 
     try:
         store.update(view.paths.vm(uuid), change)

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from pvcd.controllers.base import DONE, Result, TemporaryError
+from pvcd.controllers.vm_claim import VmClaims
 from pvcd.controllers.vm_removal import VmRemover
 from pvcd.domain.errors import BackendError, Conflict, NotFound
 from pvcd.domain.records import Migration, VmSpec, VmStatus, from_dict
@@ -75,7 +76,8 @@ class VmController:
         self.driver = driver
         self.shutdown_timeout = shutdown_timeout
         self.clock = clock
-        self.remover = VmRemover(name, view, store, driver, clock, domain_active)
+        self.claims = VmClaims(name, view, store, clock)
+        self.remover = VmRemover(name, view, store, driver, clock, domain_active, self.claims)
 
     # keys
     def keys(self) -> list[str]:
@@ -110,6 +112,8 @@ class VmController:
                 return self._migrate_out(spec, status, domain)
             if domain is not None:
                 self._remove_here(uuid, domain, f"VM is assigned to {spec.node}")
+            elif self.claims.holds(uuid):
+                self.claims.release(uuid)  # nothing of it here (e.g. back from a power-off)
             return DONE
         if pending and migration is not None and migration.source != self.name:
             # A live source records the end itself, once libvirt's migration job is over on
@@ -153,6 +157,8 @@ class VmController:
                 self.driver.start(uuid)
                 log.info("event=vm-started vm=%s name=%s node=%s", uuid, spec.name, self.name)
                 domain = self.driver.domain_state(uuid)
+            elif not self.claims.holds(uuid):
+                self.claims.claim(uuid)  # it runs here (an incoming migration): ours now
 
             def running(s: VmStatus) -> None:
                 _observed(s, self.name, "running", domain, spec)
@@ -174,9 +180,10 @@ class VmController:
             return DONE
 
     def _confirm_assignment(self, uuid: str) -> None:
-        """Before starting a VM, re-read its spec from ZooKeeper itself, not the cache: a node
+        """Before starting a VM, re-read its spec from ZooKeeper itself, not the cache (a node
         coming back from a partition or a fence must never start a VM that was moved away
-        while its cache was stale."""
+        while its cache was stale), and hold its claim (`pvcd.controllers.vm_claim`): no other
+        node may run it then."""
         found = self.store.read_optional(self.view.paths.vm(uuid))
         if found is None:
             raise TemporaryError(f"VM {uuid} no longer exists")
@@ -191,6 +198,7 @@ class VmController:
                 done < spec.migration.request:
             raise TemporaryError(f"VM {uuid} is still being handed over by "
                                  f"{spec.migration.source}")
+        self.claims.claim(uuid)  # and only the holder of its claim may start it
 
     def _stop(self, spec: VmSpec, status: VmStatus, domain: Any, force: bool,
               then: Callable[[], Result] | None = None) -> Result:
@@ -255,6 +263,7 @@ class VmController:
         if domain is not None:
             self._remove_here(uuid, domain, f"migrated to {spec.node}")
         self._write_status(spec, lambda s: _finish_migration(s, migration, spec.node))
+        self.claims.release(uuid)  # the guest is gone from here: the target may claim it
         return DONE
 
     def _remove_here(self, uuid: str, domain: Any, why: str) -> None:

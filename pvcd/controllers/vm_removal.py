@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from pvcd.controllers.base import DONE, Result, TemporaryError
+from pvcd.controllers.vm_claim import VmClaims
 from pvcd.domain.errors import Conflict, NotFound
 from pvcd.domain.records import VmSpec, VmStatus, from_dict
 from pvcd.state.store import Op, Store
@@ -43,13 +44,15 @@ class VmRemover:
     """Carries out `VmSpec.remove` on node `name` (called from `VmController.reconcile`)."""
 
     def __init__(self, name: str, view: ClusterView, store: Store, driver: DomainRemover,
-                 clock: Callable[[], float], active: Callable[[Any], bool]) -> None:
+                 clock: Callable[[], float], active: Callable[[Any], bool],
+                 claims: VmClaims) -> None:
         self.name = name
         self.view = view
         self.store = store
         self.driver = driver
         self.clock = clock
         self.active = active  # whether a libvirt domain state is a running guest
+        self.claims = claims
 
     def reconcile(self, spec: VmSpec, domain: Any) -> Result:
         status = self.view.vm_status(spec.uuid) or VmStatus()
@@ -72,7 +75,7 @@ class VmRemover:
         return DONE
 
     def take_down(self, uuid: str, domain: Any, why: str) -> None:
-        """Destroy (if it runs) and undefine a domain here."""
+        """Destroy (if it runs) and undefine a domain here, then give up its claim."""
         if self.active(domain):
             self.driver.destroy(uuid)
         try:
@@ -80,6 +83,8 @@ class VmRemover:
         except NotFound:
             pass
         log.info("event=vm-removed vm=%s node=%s reason=%s", uuid, self.name, why)
+        if self.view.cache.exists(self.view.paths.vm(uuid)):
+            self.claims.release(uuid)  # (a forgotten VM's claim went with it)
 
     def _record_migration_over(self, spec: VmSpec) -> None:
         assert spec.migration is not None

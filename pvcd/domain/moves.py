@@ -5,8 +5,9 @@ a fence — is `reassign(spec, status, target, why)`, a pure function from the c
 observed state to the new desired state. It decides three things:
 
 - **who hands the VM over** (`holder`): the source of a migration still in flight (it has not
-  confirmed the hand-over yet), else the node observed running it, else — for a VM that should
-  run — its assigned node, which may have just started it without having said so yet. The new
+  confirmed the hand-over yet), else the node holding the VM's claim (the one node allowed to
+  run it, `pvcd.controllers.vm_claim`), else the node observed running it, else — for a VM
+  that should run — its assigned node, which may be about to start it. The new
   node never starts the VM before that holder reports the migration done (see
   `pvcd.controllers.vm`), so a move never makes two copies.
 - **whether there is a migration at all**: none when nothing may run (a stopped VM just moves);
@@ -46,20 +47,24 @@ def migration_pending(spec: VmSpec, status: VmStatus | None) -> bool:
     return spec.migration is not None and done < spec.migration.request
 
 
-def holder(spec: VmSpec, status: VmStatus | None) -> str | None:
-    """The node that runs the VM or may be about to: the one a move hands it over from."""
+def holder(spec: VmSpec, status: VmStatus | None, owner: str | None = None) -> str | None:
+    """The node that runs the VM or may be about to: the one a move hands it over from. `owner`:
+    the node holding the VM's claim (`vms/<uuid>/owner`), which nodes confirm themselves."""
     if migration_pending(spec, status):
         assert spec.migration is not None
         return spec.migration.source
+    if owner:
+        return owner
     if status is not None and status.state in HOLDING_STATES and status.node:
         return status.node
     return spec.node if spec.state == "start" else None
 
 
 def reassign(spec: VmSpec, status: VmStatus | None, target: str, why: Move,
-             dead: str | None = None) -> VmSpec:
+             dead: str | None = None, owner: str | None = None) -> VmSpec:
     """The VM's new desired state once it is moved to `target` (a new record; `spec` is
-    untouched). `dead`: a fenced node, which hands nothing over (recovery)."""
+    untouched). `dead`: a fenced node, which hands nothing over (recovery); `owner`: the node
+    holding the VM's claim."""
     if not target:
         raise InvalidValue("a VM must be moved to a node")
     if dead is None and migration_pending(spec, status):
@@ -82,7 +87,7 @@ def reassign(spec: VmSpec, status: VmStatus | None, target: str, why: Move,
     if new.last_node == target:
         new.last_node = None  # back where it came from: nothing to return to
     new.node = target
-    from_node = holder(spec, status)
+    from_node = holder(spec, status, owner)
     if from_node is None or from_node in (dead, target):
         # nothing runs it, its node is off, or the node holding it keeps it: no hand-over
         new.migration = None

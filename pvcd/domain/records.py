@@ -351,6 +351,17 @@ class VmStatus:
 
 
 @dataclasses.dataclass
+class VmClaim:
+    """`vms/<uuid>/owner`: the one node that may run the VM (pvcd.controllers.vm_claim)."""
+
+    node: str
+    since: float = 0.0
+
+    def to_doc(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
 class FenceRecord:
     """The primary's record of fencing a node: `fencing` → `fenced` | `failed`."""
 

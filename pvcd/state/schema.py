@@ -76,6 +76,9 @@ class Paths:
     def vm_status(self, uuid: str) -> str:
         return f"{self._prefix}/vms/{uuid}/status"
 
+    def vm_owner(self, uuid: str) -> str:
+        return f"{self._prefix}/vms/{uuid}/owner"
+
     @property
     def vm_names(self) -> str:
         return self._join("vm-names")

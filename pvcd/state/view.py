@@ -114,6 +114,11 @@ class ClusterView:
         doc = self.cache.get(self.paths.vm_status(uuid))
         return None if doc is None else from_dict(VmStatus, doc)
 
+    def vm_owner(self, uuid: str) -> str | None:
+        """The node holding the VM's claim (the one that may run it), if any."""
+        doc = self.cache.get(self.paths.vm_owner(uuid))
+        return str(doc["node"]) if isinstance(doc, dict) and doc.get("node") else None
+
     def vm_uuid_by_name(self, name: str) -> str | None:
         doc = self.cache.get(self.paths.vm_name(name))
         return doc.get("uuid") if isinstance(doc, dict) else None

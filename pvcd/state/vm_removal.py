@@ -16,13 +16,14 @@ from pvcd.state.view import ClusterView
 
 def forget_vm_ops(view: ClusterView, spec: VmSpec, version: int, removal: VmRemoval,
                   now: float) -> list[Op]:
-    """Delete the VM's records (the spec compare-and-set at `version`) and create `removal`'s
-    volume requests. A status written meanwhile makes the spec's delete fail ("has children"),
-    and the writer retries on fresh state."""
+    """Delete the VM's records (its status and claim, the spec compare-and-set at `version`)
+    and create `removal`'s volume requests. A child written meanwhile makes the spec's delete
+    fail ("has children"), and the writer retries on fresh state."""
     paths = view.paths
     ops: list[Op] = []
-    if view.cache.exists(paths.vm_status(spec.uuid)):
-        ops.append(Op.delete(paths.vm_status(spec.uuid)))
+    for child in (paths.vm_status(spec.uuid), paths.vm_owner(spec.uuid)):
+        if view.cache.exists(child):
+            ops.append(Op.delete(child))
     if view.vm_uuid_by_name(spec.name) == spec.uuid:
         ops.append(Op.delete(paths.vm_name(spec.name)))
     ops.append(Op.delete(paths.vm(spec.uuid), version))

@@ -4,7 +4,11 @@ document, never on which driver calls were made."""
 
 from __future__ import annotations
 
+import pytest
+
+from pvcd.controllers.base import TemporaryError
 from pvcd.controllers.vm import vm_key
+from pvcd.domain.records import FenceRecord
 from pvcd.lab.guest import tiny_guest_xml
 from tests.fakes.nodes import SimCluster
 
@@ -90,7 +94,8 @@ def test_a_deleted_vm_is_removed_from_its_node(sim: SimCluster) -> None:
     uuid = sim.state.define_vm("web", "node1")
     node1.vm.reconcile(vm_key(uuid))
     paths = sim.state.paths
-    sim.state.store.commit([*_delete(sim, paths.vm_status(uuid)), *_delete(sim, paths.vm(uuid))])
+    sim.state.store.commit([*_delete(sim, paths.vm_status(uuid)),
+                            *_delete(sim, paths.vm_owner(uuid)), *_delete(sim, paths.vm(uuid))])
     node1.vm.reconcile(vm_key(uuid))
     assert node1.libvirt.list_domains() == []
 
@@ -123,3 +128,41 @@ def _delete(sim: SimCluster, path: str):  # type: ignore[no-untyped-def]
 
     entry = sim.state.cache.entry(path)
     return [Op.delete(path, entry.version)] if entry is not None else []
+
+
+def test_a_vm_reassigned_under_its_runner_starts_only_once_the_runner_let_go(
+        sim: SimCluster) -> None:
+    """Issue 12's double run: the VM is reassigned with no hand-over (the writer thought it
+    stopped) while node1 runs it; node2 must not start it until node1 has let go."""
+    node1, node2 = sim.add_node("node1"), sim.add_node("node2")
+    uuid = sim.state.define_vm("web", "node1")
+    node1.vm.reconcile(vm_key(uuid))
+    assert node1.running() == [uuid]
+    assert sim.state.doc(sim.state.paths.vm_owner(uuid))["node"] == "node1"
+    sim.state.change(sim.state.paths.vm(uuid), node="node2")  # no migration recorded
+    with pytest.raises(TemporaryError, match="still held by node1"):
+        node2.vm.reconcile(vm_key(uuid))
+    assert (node1.running(), node2.running()) == ([uuid], [])
+    node1.vm.reconcile(vm_key(uuid))  # not assigned here: its copy goes, then the claim
+    assert node1.libvirt.list_domains() == []
+    assert not sim.state.cache.exists(sim.state.paths.vm_owner(uuid))
+    node2.vm.reconcile(vm_key(uuid))
+    assert (node1.running(), node2.running()) == ([], [uuid])
+    assert sim.state.doc(sim.state.paths.vm_owner(uuid))["node"] == "node2"
+
+
+def test_the_claim_of_a_silent_node_passes_only_once_it_is_fenced(sim: SimCluster) -> None:
+    node1, node2 = sim.add_node("node1"), sim.add_node("node2")
+    uuid = sim.state.define_vm("web", "node1")
+    node1.vm.reconcile(vm_key(uuid))
+    node1.hung = True  # its guest may well run on: nothing may start it elsewhere
+    sim.state.change(sim.state.paths.vm(uuid), node="node2")
+    with pytest.raises(TemporaryError, match="still held by node1"):
+        node2.vm.reconcile(vm_key(uuid))
+    assert node2.running() == []
+    sim.state.put(sim.state.paths.fence_record("node1"),
+                  FenceRecord("fenced", 1, "fenced; VMs being recovered").to_doc())
+    node1.power_off()
+    node2.vm.reconcile(vm_key(uuid))
+    assert node2.running() == [uuid]
+    assert sim.state.doc(sim.state.paths.vm_owner(uuid))["node"] == "node2"
