@@ -133,6 +133,26 @@ class Store:
         raise Conflict(f"{path}: too many concurrent changes, gave up after {retries} tries")
 
     # reads that must be exact (a CAS base), not cached
+    def children_async(self, path: str) -> concurrent.futures.Future[list[str]]:
+        """The children of `path` as ZooKeeper has them now ([] when `path` is gone), without
+        blocking: what to delete under a parent whose children other nodes write, when the
+        cache's list has just proved stale."""
+        future: concurrent.futures.Future[list[str]] = concurrent.futures.Future()
+
+        def done(result: Any) -> None:
+            try:
+                future.set_result(sorted(result.get()))
+            except NoNodeError:
+                future.set_result([])
+            except Exception as exc:  # delivered to the awaiting handler
+                future.set_exception(BackendError(f"ZooKeeper read failed: {exc!r}"))
+
+        try:
+            self.client.get_children_async(path).rawlink(done)
+        except (KazooException, ConnectionClosedError) as exc:
+            future.set_exception(BackendError(f"ZooKeeper read failed: {exc!r}"))
+        return future
+
     def read(self, path: str) -> tuple[Any, int]:
         try:
             raw, stat = self._wait(self.client.get_async(path), "read")
