@@ -7,13 +7,16 @@ watches, primary services follow the coordinator. Nothing a subsystem builds kno
 What the config cannot select (the lab's fence drivers and agent) comes in as `Plugins`.
 
 Lifecycle: connect → ensure the schema → start the cache → register (node spec, status,
-ephemeral `alive`) → controllers and the keepalive loop → on SIGTERM: `shutdown`, hand the
-primary role over, `stop`, close the session.
+ephemeral `alive`) → controllers and the keepalive loop (the `session` thread; the main thread
+only waits for `stop()`) → on SIGTERM, within `timing.shutdown_budget` whatever ZooKeeper does:
+`shutdown`, hand the primary role over, stop the controllers, `stop`, close the session.
 
 Session handling: a SUSPENDED connection keeps everything as is (the session, the ephemeral
 znodes and the primary lock may well survive a ZooKeeper leader change). A LOST session
 (expired) means ZooKeeper already removed our ephemeral znodes: the coordinator drops the primary
-role at once, and the main loop re-registers on the new session without a restart.
+role at once, and the session thread re-registers on the new session without a restart.
+While the connection is down no call waits for ZooKeeper longer than the session timeout (the
+store's `timeout`), and the keepalive writes nothing (kazoo would only queue it).
 """
 
 from __future__ import annotations
@@ -84,7 +87,8 @@ class NodeDaemon:
                               "max_delay": 1.0, "max_jitter": 0.1},
         )
         self.cache = StateCache(self.client, self.paths.root)
-        self.store = Store(self.client, self.cache)
+        # no blocking call waits on a suspended connection longer than the session may live
+        self.store = Store(self.client, self.cache, timeout=config.cluster.session_timeout)
         self.view = ClusterView(self.cache, self.paths)
         self.writer = NodeStatusWriter(self.store, self.paths.node_status(self.name), clock)
         self.libvirt = libvirt or LibvirtDriver(config.drivers.libvirt.uri)
@@ -231,10 +235,14 @@ class NodeDaemon:
         if self.coordinator_controller is not None:
             self.coordinator_controller.start()
         notify(f"READY=1\nSTATUS=registered as node {self.name}")  # Type=notify units
+        # ZooKeeper work (keepalive, re-registration) runs on a thread of its own: this one
+        # only waits for `stop()`, so SIGTERM is acted on whatever ZooKeeper does
+        keeper = threading.Thread(target=self._keep_session, name="session", daemon=True)
+        keeper.start()
         try:
-            self._main_loop()
+            self._stop.wait()
         finally:
-            self._shutdown()
+            self._shutdown(keeper)
 
     def stop(self) -> None:
         self._stop.set()
@@ -262,7 +270,7 @@ class NodeDaemon:
         return False
 
     def _on_session_state(self, state: str) -> None:
-        # runs on kazoo's connection thread: only flip flags and wake the main loop
+        # runs on kazoo's connection thread: only flip flags and wake the session thread
         if state == KazooState.LOST:
             self.registered = False
             log.warning("event=session-lost node=%s", self.name)
@@ -368,7 +376,8 @@ class NodeDaemon:
             time.sleep(0.2)
 
     # loop
-    def _main_loop(self) -> None:
+    def _keep_session(self) -> None:
+        """Keepalive every interval; re-register after a LOST session (the `session` thread)."""
         interval = self.config.timing.keepalive_interval
         next_keepalive = time.monotonic() + interval
         while not self._stop.is_set():
@@ -379,7 +388,10 @@ class NodeDaemon:
             try:
                 if not self.registered and self.client.state == KazooState.CONNECTED:
                     self._register()
-                if self.registered and time.monotonic() >= next_keepalive:
+                # while the connection is down a write would only queue in kazoo (and hold
+                # the status writer): the first keepalive after it is back says it all
+                if self.registered and self.client.connected and \
+                        time.monotonic() >= next_keepalive:
                     self.node.keepalive()
             except Exception as exc:
                 log.warning("event=keepalive-failed node=%s error=%r", self.name, exc)
@@ -396,36 +408,88 @@ class NodeDaemon:
                 if key is not None:
                     controller.enqueue(key)
 
-    def _shutdown(self) -> None:
-        log.info("event=daemon-shutdown node=%s", self.name)
-        notify("STOPPING=1\nSTATUS=shutting down")
-        try:
-            if self.registered:
-                self.writer.update(lambda s: setattr(s, "daemon_state", "shutdown"))
-            if self.coordinator is not None:
-                self.coordinator.shutdown()
-            if self.coordinator_controller is not None:
-                self.coordinator_controller.stop()
-            for controller in reversed(self.controllers):
-                controller.stop()
-            if self.registered:
-                self.writer.update(lambda s: setattr(s, "daemon_state", "stop"))
-                self.store.commit([Op.delete(self.paths.node_alive(self.name))])
-        except Exception:
-            log.exception("event=shutdown-error node=%s", self.name)
-        finally:
-            self._release()
+    def _shutdown(self, keeper: threading.Thread) -> None:
+        """Stop within `timing.shutdown_budget`, ZooKeeper reachable or not.
 
-    def _release(self, detail: str = "") -> None:
+        Each step runs on a thread of its own and is waited for only as long as the budget
+        allows: a step stuck on ZooKeeper (a write kazoo holds while its connection is
+        suspended, a lock held by a controller inside such a write) is left behind, logged, and
+        the next runs. The writes only this shutdown makes (status, liveness) are skipped while
+        the connection is down: the session's expiry removes the liveness anyway.
+        """
+        budget = self.config.timing.shutdown_budget
+        deadline = time.monotonic() + budget
+        log.info("event=daemon-shutdown node=%s budget=%.1f", self.name, budget)
+        notify("STOPPING=1\nSTATUS=shutting down")
+
+        def left(share: float = 1.0) -> float:
+            return max(0.0, min(deadline - time.monotonic(), budget * share))
+
+        if self.client.connected:  # a keepalive under way: let it finish
+            keeper.join(left(0.1))
+        _bounded("status", lambda: self._write_state("shutdown"), left(0.25))
+        if self.coordinator is not None:
+            _bounded("primary", self.coordinator.shutdown, left(0.5))
+        stopped: list[bool] = []
+        _bounded("controllers", lambda: stopped.append(self._stop_controllers(left)), left())
+        if stopped == [True]:
+            log.info("event=controllers-stopped node=%s", self.name)
+        else:
+            log.warning("event=controllers-left-running node=%s", self.name)
+        _bounded("unregister", self._unregister, left())
+        self._release(deadline=deadline)
+
+    def _write_state(self, state: str) -> None:
+        if self.registered and self.client.connected:
+            self.writer.update(lambda s: setattr(s, "daemon_state", state))
+
+    def _stop_controllers(self, left: Callable[[], float]) -> bool:
+        """Stop the coordinator's controller, then the others; True when all have ended."""
+        first = [self.coordinator_controller] if self.coordinator_controller else []
+        ended = [controller.stop(timeout=left()) for controller in
+                 [*first, *reversed(self.controllers)]]
+        return all(ended)
+
+    def _unregister(self) -> None:
+        if self.registered and self.client.connected:
+            self._write_state("stop")
+            self.store.commit([Op.delete(self.paths.node_alive(self.name))])
+
+    def _release(self, detail: str = "", deadline: float | None = None) -> None:
         """Let go of the cache, the plugins' services, libvirt and ZooKeeper (each safe if
-        never started), then say the daemon has stopped."""
+        never started), then say the daemon has stopped. Closing the session waits for kazoo's
+        connection thread, which may sit in a connection attempt to an unanswering server: it
+        gets what is left of `deadline` (at least a second), then the process's exit closes
+        the socket."""
         self.registered = False
         self.cache.close()
         for service in reversed(self.plugins.services):
             service.stop()
         self.libvirt.close()
-        self.client.stop()
-        self.client.close()
+        left = 10.0 if deadline is None else max(1.0, deadline - time.monotonic())
+        if _bounded("session-close", self._close_session, left):
+            detail += " session=closed"
         self.stopped.set()
         log.info("event=daemon-stopped node=%s%s", self.name, detail)
 
+    def _close_session(self) -> None:
+        self.client.stop()
+        self.client.close()
+
+
+def _bounded(step: str, action: Callable[[], object], timeout: float) -> bool:
+    """Run `action` on a thread of its own, waiting at most `timeout` s for it: True when it
+    finished (an exception is logged), False when it is still running and left behind."""
+    def run() -> None:
+        try:
+            action()
+        except Exception:
+            log.exception("event=shutdown-error step=%s", step)
+
+    thread = threading.Thread(target=run, name=f"shutdown-{step}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        log.warning("event=shutdown-step-abandoned step=%s after=%.1f", step, timeout)
+        return False
+    return True

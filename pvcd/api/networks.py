@@ -29,6 +29,7 @@ from pvcd.state.view import ClusterView
 
 VNI_RANGES = {"managed": (1, 2**24 - 1), "bridged": (1, 4094)}  # VXLAN ids, vLAN ids
 NAME_RE = re.compile(r"^[A-Za-z0-9_.:@+-]{1,64}$")  # descriptions: also znode names
+DELETE_ATTEMPTS = 5  # a network delete that races the gateway's lease reports
 
 
 # --- validation ----------------------------------------------------------------------------
@@ -297,18 +298,38 @@ class NetworkHandler(NetworkBaseHandler):
         self.message(f"Network '{spec.description}' modified")
 
     async def delete(self, name: str) -> None:
-        view = self.ctx.view
+        """One transaction deletes the network with everything under it. The primary's gateway
+        writes `leases/<mac>` whenever dnsmasq hands one out, so the cache's list of them may
+        be stale by the time the transaction arrives ("has children"): then the children are
+        read again from ZooKeeper itself and the whole delete is retried. Once the network
+        document is gone no lease can be written under it (its parent is gone too)."""
         spec = self.network(name)
-        paths, cache = view.paths, view.cache
+        for attempt in range(DELETE_ATTEMPTS):
+            try:
+                await self.commit(await self._removal(spec, exact=attempt > 0))
+            except Conflict:
+                spec = self.network(name)  # NotFound if another delete won the race
+                continue
+            self.message(f"Network '{spec.description}' (vni {spec.vni}) removed")
+            return
+        raise Conflict(f"network '{spec.description}': its leases kept changing while it was "
+                       f"removed ({DELETE_ATTEMPTS} tries); try again")
+
+    async def _removal(self, spec: NetworkSpec, exact: bool) -> list[Op]:
+        """Deletes of the network's documents, leaves first; the children listed from the
+        cache, or from ZooKeeper when `exact`."""
+        paths, cache, store = self.ctx.view.paths, self.ctx.view.cache, self.ctx.store
+        acls = paths.network_acls(spec.vni)
         ops: list[Op] = []
         for container in reversed(paths.network_containers(spec.vni)):
-            ops += [Op.delete(f"{container}/{child}") for child in cache.children(container)
-                    if child not in ("in", "out") or container != paths.network_acls(spec.vni)]
+            children = (await asyncio.wrap_future(store.children_async(container)) if exact
+                        else cache.children(container))
+            ops += [Op.delete(f"{container}/{child}") for child in children
+                    if child not in ("in", "out") or container != acls]
             ops.append(Op.delete(container))
         ops.append(Op.delete(paths.network(spec.vni)))
         ops.append(Op.delete(paths.network_name(spec.description)))
-        await self.commit(ops)
-        self.message(f"Network '{spec.description}' (vni {spec.vni}) removed")
+        return ops
 
 
 LEASE_LIMIT = limit("MAC addresses")

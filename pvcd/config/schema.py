@@ -148,6 +148,9 @@ class TimingSection:
     resync_interval: float = field(default=60.0, metadata=checks(in_range(1, 86400)))
     handover_timeout: float = field(default=10.0, metadata=checks(in_range(0.5, 600)))
     shutdown_timeout: float = field(default=90.0, metadata=checks(in_range(1, 3600)))
+    # SIGTERM to exit at most (with ZooKeeper away too): the daemon's own shutdown writes are
+    # best effort within it; keep it below the unit's TimeoutStopSec.
+    shutdown_budget: float = field(default=30.0, metadata=checks(in_range(1, 3600)))
     # One fence attempt (power off, confirm off, power on) may take this long.
     fence_timeout: float = field(default=60.0, metadata=checks(in_range(1, 3600)))
 

@@ -79,13 +79,17 @@ class Controller:
             thread.start()
             self._threads.append(thread)
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Stop the workers, waiting up to `timeout` s for each; True when all have ended (a
+        worker still inside a reconcile ends after it)."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
         for thread in self._threads:
             thread.join(timeout)
+        ended = not any(thread.is_alive() for thread in self._threads)
         self._threads.clear()
+        return ended
 
     def enqueue(self, key: str) -> None:
         with self._cond:

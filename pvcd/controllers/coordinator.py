@@ -178,10 +178,9 @@ class Coordinator:
         self.services.stop()
         self.services_up = False
         self.is_primary = False
-        try:
-            self._set_state("secondary")
-        except Exception as exc:  # the status is rewritten on re-registration
-            log.info("event=status-write-deferred node=%s error=%r", self.name, exc)
+        # written by the next keepalive or re-registration: a write now would wait on the
+        # connection while holding the coordinator's lock (and the daemon's shutdown with it)
+        self.writer.note(lambda s: setattr(s, "coordinator_state", "secondary"))
 
     def _delete_stale_handover(self, handover: Handover) -> None:
         if handover.from_node != self.name:  # made for an earlier primary: done or moot

@@ -62,6 +62,12 @@ class NodeStatusWriter:
         with self._lock:
             self._version = version
 
+    def note(self, change: Callable[[NodeStatus], None]) -> None:
+        """Change the status in memory only, for the next `update` to write (no ZooKeeper:
+        for a caller that may not reach it)."""
+        with self._lock:
+            change(self.status)
+
     def update(self, change: Callable[[NodeStatus], None]) -> NodeStatus:
         with self._lock:
             for _ in range(10):

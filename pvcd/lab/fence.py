@@ -4,7 +4,8 @@
   test:/// libvirt its guests live inside it) and, with network namespaces, everything in its
   namespace: SIGKILL, confirm the process is gone, then start it again as the lab first did
   ("power on"). What to kill and how to start it comes from the node's launch record in the
-  lab's folder (`pvcd.lab.launch`), not from anything the node published in ZooKeeper.
+  lab's folder (`pvcd.lab.launch`), not from anything the node published in ZooKeeper. While
+  the lab is going down (`pvcd lab down`'s marker) the node is powered off and left off.
 - `FailingFence` ("lab-fail"): always fails, to exercise the failed-fence path.
 """
 
@@ -20,7 +21,7 @@ from pathlib import Path
 from pvcd.domain.errors import BackendError
 from pvcd.drivers.fence import FenceDriver, FenceTarget
 from pvcd.drivers.host import pid_alive, process_argv
-from pvcd.lab.launch import launch, load_launch
+from pvcd.lab.launch import going_down, launch, load_launch
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,9 @@ class LabFence:
         if record.netns:  # the node's network goes down with it: its processes, floating IPs
             _power_off_netns(record.netns, record.floating)
         log.info("event=fence-power-off node=%s pid=%d confirmed=true", target.node, pid)
+        if going_down(self.nodes_dir):  # `pvcd lab down`: the node stays off
+            log.info("event=fence-power-on-skipped node=%s reason=lab-going-down", target.node)
+            return
         new_pid = launch(folder, record)  # power on: the node boots, its daemon starts again
         log.info("event=fence-power-on node=%s pid=%d", target.node, new_pid)
 

@@ -30,12 +30,21 @@ from typing import Any, cast
 
 import yaml
 
-from pvcd.drivers.host import pid_alive, pids_where, signal_pid
+from pvcd.drivers.host import pid_alive, signal_pid
 from pvcd.lab import agent
 from pvcd.lab.ceph import ThrowawayCeph
 from pvcd.lab.ceph_cluster import node_ceph_root, start_lab_ceph, stop_device_osds, stop_lab_ceph
 from pvcd.lab.info import LAB_FILE, LabInfo, LabNode
-from pvcd.lab.launch import NodeLaunch, lab_environment, launch, load_launch
+from pvcd.lab.launch import (
+    NodeLaunch,
+    clear_going_down,
+    lab_environment,
+    launch,
+    load_launch,
+    mark_going_down,
+    reap,
+    stop_node_daemons,
+)
 from pvcd.lab.libvirtd import LibvirtdLab
 from pvcd.lab.netns import FLOATING_IP, SERVICE_IP, UNDERLAY_NET, LabNetwork, in_ns
 from pvcd.lab.qemu_guest import build_guest_kernel, qemu_guest_xml
@@ -92,6 +101,7 @@ class Lab:
             raise ValueError("the lab fence kills only the node daemon: with libvirt qemu the "
                              "node's guests would survive it; use fencing none or lab-fail")
         self.workdir.mkdir(parents=True, exist_ok=True)
+        clear_going_down(self.workdir / "nodes")  # left by a `down` that kept the folders
         coordinators = min(3, nodes) if coordinators is None else coordinators
         lab_net = LabNetwork(secrets.token_hex(3)) if network else None
         if lab_net is None:
@@ -389,7 +399,7 @@ class Lab:
         pid = self._info().node(name).pid
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            _reap(pid)
+            reap(pid)
             if not pid_alive(pid):
                 return True
             time.sleep(0.02)
@@ -413,27 +423,14 @@ class Lab:
     def down(self, timeout: float = 15.0) -> None:
         info = self.info or (self.load() if self.lab_file.exists() else None)
         if info is not None:
-            # a lab fence restarts a node's daemon under a new pid: find every daemon of this
-            # lab by its config file, not only the pids recorded at start
-            for node in info.nodes:
-                for pid in _pids_running(node.config):
-                    if pid != node.pid:
-                        signal_pid(pid, signal.SIGKILL)
-            for node in info.nodes:
-                if pid_alive(node.pid):
-                    signal_pid(node.pid, signal.SIGCONT)
-                    signal_pid(node.pid, signal.SIGTERM)
-            for node in info.nodes:
-                deadline = time.monotonic() + timeout
-                while pid_alive(node.pid) and time.monotonic() < deadline:
-                    _reap(node.pid)
-                    time.sleep(0.05)
-                if pid_alive(node.pid):
-                    signal_pid(node.pid, signal.SIGKILL)
-                _reap(node.pid)
+            # no lab fence starts a daemon again from now on; one that had already decided to
+            # is caught by the looks for daemons that go on until none is left
+            mark_going_down(self.workdir / "nodes")
+            stop_node_daemons([node.config for node in info.nodes],
+                              [node.pid for node in info.nodes], timeout)
         if info is not None and info.network:
             signal_pid(int(info.network.get("proxy_pid", 0)), signal.SIGKILL)
-            _reap(int(info.network.get("proxy_pid", 0)))
+            reap(int(info.network.get("proxy_pid", 0)))
             LabNetwork(info.network["id"]).down()
         if info is not None and info.ceph:
             for node in info.nodes:  # OSDs on devices, started by the node daemons
@@ -488,18 +485,6 @@ class Lab:
             self.load()
         assert self.info is not None
         return self.info
-
-
-def _pids_running(config_path: str) -> list[int]:
-    """Processes whose command line names `config_path` (the node daemons of one lab node)."""
-    return pids_where(lambda argv: config_path in argv and "pvcd.lab.node" in argv)
-
-
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def _remove_tree(path: Path) -> None:

@@ -10,19 +10,28 @@ cannot tell another what to kill or run.
 
 The pid written is the daemon's: `ip netns exec`, `unshare` and the mount helper all exec the
 next command in the same process.
+
+`pvcd lab down` first leaves a marker in the lab's `nodes/` folder (`mark_going_down`): a lab
+fence that finds it powers the node off and leaves it off. A fence that checked just before the
+marker appeared may still start one daemon; `down` sweeps for those after every daemon of the
+lab (the fences run inside them) has gone.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pvcd.drivers.host import pid_alive, pids_where, signal_pid
 from pvcd.lab import mountns
 
 LAUNCH_FILE = "launch.json"
+GOING_DOWN_FILE = "lab-going-down"
 
 
 @dataclass
@@ -86,3 +95,60 @@ def lab_environment(package_parent: str) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
     return env
+
+
+def mark_going_down(nodes_dir: Path | str) -> None:
+    """Say that the lab is going down: no fence starts a node daemon again."""
+    Path(nodes_dir).mkdir(parents=True, exist_ok=True)
+    (Path(nodes_dir) / GOING_DOWN_FILE).touch()
+
+
+def clear_going_down(nodes_dir: Path | str) -> None:
+    (Path(nodes_dir) / GOING_DOWN_FILE).unlink(missing_ok=True)
+
+
+def going_down(nodes_dir: Path | str) -> bool:
+    return (Path(nodes_dir) / GOING_DOWN_FILE).exists()
+
+
+def node_daemons(configs: list[str]) -> list[int]:
+    """The processes whose command line names one of `configs` and `pvcd.lab.node`: the lab's
+    node daemons, and a process a fence has forked to start one (its argv is its parent's
+    until it execs, then the daemon's, through `ip netns exec` and the mount helper)."""
+    return pids_where(lambda argv: "pvcd.lab.node" in argv and any(c in argv for c in configs))
+
+
+def stop_node_daemons(configs: list[str], children: list[int], timeout: float) -> list[int]:
+    """Stop every node daemon of a lab (found by `node_daemons`, not by the pids recorded at
+    start: a fence restarts a daemon under a new pid): SIGTERM, SIGKILL after `timeout`, and
+    look again until two looks in a row find none (a fence inside a daemon that is stopping may
+    start one more; only a live daemon can). `children`: pids of this process's to reap.
+    Returns every pid it stopped."""
+    deadline = time.monotonic() + timeout
+    stopped: list[int] = []
+    empty = 0
+    while empty < 2:
+        pids = node_daemons(configs)
+        empty = 0 if pids else empty + 1
+        for pid in pids:
+            if pid not in stopped:
+                stopped.append(pid)
+                signal_pid(pid, signal.SIGCONT)  # a stopped process dies only when it runs
+                signal_pid(pid, signal.SIGTERM)
+            elif time.monotonic() > deadline:
+                signal_pid(pid, signal.SIGKILL)
+        if time.monotonic() > deadline + 30:
+            raise RuntimeError(f"lab node daemons {pids} survived SIGKILL")
+        for pid in children:
+            reap(pid)
+        time.sleep(0.05)
+    return stopped
+
+
+def reap(pid: int) -> None:
+    """Collect child `pid`'s exit status once it has ended (no zombie left behind)."""
+    if pid > 0 and not pid_alive(pid):
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass

@@ -7,6 +7,13 @@ read-modify-write loop for controllers; the API uses `commit_async()` so the Tor
 blocks on ZooKeeper.
 
 After a successful commit the store applies the write to the local cache (read-your-writes).
+
+A store made with a `timeout` waits at most that long for ZooKeeper's answer to a blocking read
+or commit: kazoo queues a request while its connection is suspended and would hold the caller
+until ZooKeeper is back, however long that takes (hours, for a partitioned node). The caller gets
+`BackendError` instead, with the same meaning as a connection loss: the outcome is unknown (the
+queued request may still be sent once the connection is back), and the compare-and-set versions
+keep a late write from overwriting anything it did not see.
 """
 
 from __future__ import annotations
@@ -63,15 +70,18 @@ class Op:
 
 
 class Store:
-    def __init__(self, client: KazooClient, cache: StateCache | None = None) -> None:
+    def __init__(self, client: KazooClient, cache: StateCache | None = None,
+                 timeout: float | None = None) -> None:
+        """`timeout`: how long a blocking read or commit waits for ZooKeeper (None: forever)."""
         self.client = client
         self.cache = cache
+        self.timeout = timeout
 
     # writes
     def commit(self, ops: Sequence[Op]) -> list[Any]:
         """Commit `ops` atomically; raise Conflict (lost race) or BackendError (ZooKeeper)."""
         try:
-            results = self._transaction(ops).commit()
+            results = self._wait(self._transaction(ops).commit_async(), "write")
         except (KazooException, ConnectionClosedError) as exc:
             raise BackendError(f"ZooKeeper write failed: {exc!r}") from exc
         self._finish(ops, results)
@@ -123,9 +133,29 @@ class Store:
         raise Conflict(f"{path}: too many concurrent changes, gave up after {retries} tries")
 
     # reads that must be exact (a CAS base), not cached
+    def children_async(self, path: str) -> concurrent.futures.Future[list[str]]:
+        """The children of `path` as ZooKeeper has them now ([] when `path` is gone), without
+        blocking: what to delete under a parent whose children other nodes write, when the
+        cache's list has just proved stale."""
+        future: concurrent.futures.Future[list[str]] = concurrent.futures.Future()
+
+        def done(result: Any) -> None:
+            try:
+                future.set_result(sorted(result.get()))
+            except NoNodeError:
+                future.set_result([])
+            except Exception as exc:  # delivered to the awaiting handler
+                future.set_exception(BackendError(f"ZooKeeper read failed: {exc!r}"))
+
+        try:
+            self.client.get_children_async(path).rawlink(done)
+        except (KazooException, ConnectionClosedError) as exc:
+            future.set_exception(BackendError(f"ZooKeeper read failed: {exc!r}"))
+        return future
+
     def read(self, path: str) -> tuple[Any, int]:
         try:
-            raw, stat = self.client.get(path)
+            raw, stat = self._wait(self.client.get_async(path), "read")
         except NoNodeError as exc:
             raise Conflict(f"{path} does not exist") from exc
         except KazooException as exc:
@@ -134,7 +164,7 @@ class Store:
 
     def read_optional(self, path: str) -> tuple[Any, ZnodeStat] | None:
         try:
-            raw, stat = self.client.get(path)
+            raw, stat = self._wait(self.client.get_async(path), "read")
         except NoNodeError:
             return None
         except KazooException as exc:
@@ -142,6 +172,14 @@ class Store:
         return decode(raw), stat
 
     # internals
+    def _wait(self, result: Any, what: str) -> Any:
+        """The answer of a kazoo request, waited for at most `self.timeout`."""
+        try:
+            return result.get(timeout=self.timeout)
+        except self.client.handler.timeout_exception as exc:
+            raise BackendError(f"ZooKeeper {what}: no answer within {self.timeout} s "
+                               "(connection suspended)") from exc
+
     def _transaction(self, ops: Sequence[Op]) -> Any:
         txn = self.client.transaction()
         for op in ops:

@@ -117,6 +117,10 @@ def test_a_primary_without_a_session_drops_the_role(sim: SimCluster) -> None:
     node1.powered = False  # the session is gone
     node1.coordinator.reconcile(COORDINATOR_KEY)
     assert not node1.coordinator.is_primary
+    # without a session it writes nothing (a write would wait on the connection): the next
+    # keepalive carries the state
+    assert node1.writer.status.coordinator_state == "secondary"
+    node1.node.keepalive()
     assert sim.node_status("node1").coordinator_state == "secondary"
 
 

@@ -18,7 +18,7 @@ from pvcd.domain.errors import BackendError
 from pvcd.drivers.fence import FenceTarget
 from pvcd.drivers.host import pid_alive, pids_where
 from pvcd.lab.fence import LabFence
-from pvcd.lab.launch import NodeLaunch, launch, load_launch, save_launch
+from pvcd.lab.launch import NodeLaunch, launch, load_launch, mark_going_down, save_launch
 from tests.e2e.labclient import wait_until
 
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
@@ -86,3 +86,27 @@ def test_a_pid_reused_by_another_process_is_not_killed(tmp_path: Path) -> None:
     finally:
         other.kill()
         other.wait()
+
+
+def test_a_lab_going_down_keeps_the_fenced_node_off(tmp_path: Path) -> None:
+    marker = f"fake-node-daemon-{uuid.uuid4().hex[:8]}"
+    folder = tmp_path / "nodes" / "node9"
+    folder.mkdir(parents=True)
+    record = NodeLaunch(node="node9", command=[sys.executable, "-c", "import time; "
+                                               "time.sleep(120)", marker],
+                        cwd=str(tmp_path), log=str(tmp_path / "node.log"),
+                        env={"PATH": os.environ["PATH"]})
+    first = launch(folder, record)
+    try:
+        mark_going_down(tmp_path / "nodes")  # `pvcd lab down` has begun
+        LabFence(tmp_path / "nodes").fence(FenceTarget("node9", "lab"), timeout=10)
+        os.waitpid(first, 0)
+        assert not pid_alive(first)
+        assert find(marker) == []  # powered off, and left off
+        assert load_launch(folder).pid == first
+    finally:
+        for pid in [first, *find(marker)]:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
