@@ -21,12 +21,20 @@ is. A delete is therefore final whatever order the events arrive in. Likewise a 
 removes only the incarnation it names (its czxid): the late removal of an older incarnation
 never takes away a newer one (checked against ZooKeeper when ours is a create of our own whose
 stat we do not know yet).
+
+Last, the watch itself can stay silent: kazoo's TreeCache fetches a new child after it sees the
+parent's children change, and a znode created and deleted again before that fetch is reported
+neither as added nor as removed. What this process wrote itself would then stay here for good
+(the ghost VMs of issue 12: defined here, removed by its node at once). Every local write the
+watch has not reported within a second is therefore checked against ZooKeeper
+(`confirm_local_writes`) and removed if it is gone there.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +49,7 @@ from pvcd.state.codec import decode
 log = logging.getLogger(__name__)
 
 Listener = Callable[[str], None]
+CONFIRM_AFTER = 1.0  # seconds after which a local write the watch never reported is checked
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,10 @@ class StateCache:
         self._sorted: dict[str, list[str]] = {}  # memo of sorted children, dropped on change
         self._tombstones: dict[str, int] = {}
         self._unverified: set[str] = set()  # deleted here before we learned their czxid
+        # written here (created or set) and not reported by the watch since: path -> when
+        self._unconfirmed: dict[str, float] = {}
+        self._closing = threading.Event()
+        self._confirmer: threading.Thread | None = None
         self._listeners: list[Listener] = []
         self._ready = threading.Event()
         self._tree: TreeCache | None = None
@@ -76,8 +89,13 @@ class StateCache:
         self._tree.start()
         if not self._ready.wait(timeout):
             raise TimeoutError(f"state cache of {self._root} not initialised after {timeout}s")
+        self._closing.clear()
+        self._confirmer = threading.Thread(target=self._confirm_loop, daemon=True,
+                                           name="cache-confirm")
+        self._confirmer.start()
 
     def close(self) -> None:
+        self._closing.set()
         if self._tree is not None:
             self._tree.close()
             self._tree = None
@@ -115,6 +133,10 @@ class StateCache:
 
     # local applies from the store after a committed write
     def apply_set(self, path: str, doc: Any, stat: ZnodeStat) -> None:
+        with self._lock:
+            current = self._entries.get(path)
+            if current is None or current.mzxid is None or current.mzxid < stat.mzxid:
+                self._unconfirmed[path] = time.monotonic()  # (else the watch was faster)
         self._apply(path, doc, stat.version, stat.mzxid, stat.czxid, stat.ephemeralOwner)
 
     def apply_create(self, path: str, doc: Any, ephemeral_owner: int = 0) -> None:
@@ -123,10 +145,13 @@ class StateCache:
                 return  # the watch was faster and carries the exact stat
             self._tombstones.pop(path, None)
             self._unverified.discard(path)
+            self._unconfirmed[path] = time.monotonic()
             self._store(path, Entry(doc, 0, None, None, ephemeral_owner))
         self._notify(path)
 
     def apply_delete(self, path: str) -> None:
+        with self._lock:
+            self._unconfirmed.pop(path, None)
         self._remove(path)
 
     # watch side
@@ -135,6 +160,8 @@ class StateCache:
         if kind == TreeEvent.INITIALIZED:
             self._ready.set()
             return
+        with self._lock:  # the watch knows this path: it will report what happens to it
+            self._unconfirmed.pop(event.event_data.path, None)
         if kind in (TreeEvent.NODE_ADDED, TreeEvent.NODE_UPDATED):
             data = event.event_data
             stat = data.stat
@@ -222,6 +249,43 @@ class StateCache:
                 if path not in self._unverified:
                     return  # settled meanwhile (our own create, or an earlier verify)
                 self._unverified.discard(path)
+            self._apply(path, decode(raw), stat.version, stat.mzxid, stat.czxid,
+                        stat.ephemeralOwner)
+
+        self._client.get_async(path).rawlink(done)
+
+    def _confirm_loop(self) -> None:
+        while not self._closing.wait(CONFIRM_AFTER / 2):
+            self.confirm_local_writes()
+
+    def confirm_local_writes(self, older_than: float = CONFIRM_AFTER) -> None:
+        """Check against ZooKeeper the paths written here that the watch has not reported
+        since (older than `older_than` seconds): a znode created and deleted again before the
+        TreeCache fetched it is never reported at all, neither its creation nor its removal."""
+        now = time.monotonic()
+        with self._lock:
+            due = [(path, since) for path, since in self._unconfirmed.items()
+                   if now - since >= older_than]
+        for path, since in due:
+            self._confirm(path, since)
+
+    def _confirm(self, path: str, since: float) -> None:
+        def done(result: Any) -> None:
+            try:
+                raw, stat = result.get()
+            except NoNodeError:
+                with self._lock:
+                    if self._unconfirmed.get(path) != since:
+                        return  # written (or reported) again meanwhile
+                    del self._unconfirmed[path]
+                self._remove(path)  # deleted elsewhere, and the watch never said so
+                return
+            except Exception as exc:  # connection trouble: looked at again next round
+                log.warning("event=cache-confirm-failed path=%s error=%r", path, exc)
+                return
+            with self._lock:
+                if self._unconfirmed.get(path) == since:
+                    del self._unconfirmed[path]
             self._apply(path, decode(raw), stat.version, stat.mzxid, stat.czxid,
                         stat.ephemeralOwner)
 

@@ -218,3 +218,22 @@ def test_a_late_removal_of_an_older_incarnation_keeps_the_newer_one(
     # and the removal of the incarnation we hold does remove it
     cache._on_tree_event(_event("NODE_REMOVED", name, zk))
     assert not cache.exists(name)
+
+
+def test_a_local_write_the_watch_never_reports_is_checked_against_zookeeper(
+        zk: KazooClient, zk_root: str) -> None:
+    """The ghost VM of the chaos test: defined here and removed by its node before kazoo's
+    TreeCache fetched it, so no event ever reports either. The local write is checked."""
+    paths = Paths(zk_root)
+    ensure_schema(zk, paths)
+    cache = StateCache(zk, zk_root)  # not started: no watch event at all
+    store = Store(zk, cache)
+    ghost, kept = paths.vm("ghost"), paths.vm("kept")
+    store.commit([Op.create(ghost, {"name": "ghost"}), Op.create(kept, {"name": "kept"})])
+    store.commit([Op.set(ghost, {"name": "ghost", "remove": {}}, 0)])
+    zk.delete(ghost)  # by another node; the watch stays silent
+    cache.confirm_local_writes(older_than=0)
+    assert wait_for(lambda: not cache.exists(ghost))
+    assert cache.get(kept) == {"name": "kept"}
+    assert wait_for(lambda: cache.entry(kept).czxid is not None)  # now with its real stat
+    assert cache.children(paths.vms) == ["kept"]
