@@ -1,0 +1,155 @@
+"""The chaos test's faults, on a schedule: node daemons SIGKILLed, the primary killed once,
+ZooKeeper restarted once.
+
+A killed daemon comes back by the lab's fence (fencing "lab": the primary finds it dead, fences
+it, and the fence starts it again, recovering its VMs elsewhere meanwhile) or, with fencing
+"none", by the harness itself once the process is gone (`Lab.start_node`), like an operator
+restarting a crashed service. `wait_all_running` is how the end of a run waits for every node.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pvcd.drivers.host import pid_alive
+from pvcd.lab.info import LabInfo
+from pvcd.lab.lab import Lab
+from pvcd.lab.zookeeper import server_doc
+
+
+@dataclass
+class FaultPlan:
+    kill_every: float | None = None  # seconds between daemon SIGKILLs (None: none)
+    kill_primary: bool = False  # once, at half time
+    restart_zookeeper: bool = False  # once, at a third of the time
+    fencing: str = "lab"  # who brings a killed daemon back: the lab fence, or the harness
+
+
+@dataclass
+class Event:
+    at: float  # seconds since the load began
+    what: str
+    detail: str = ""
+
+
+@dataclass
+class Faults:
+    lab: Lab
+    nodes: list[str]
+    plan: FaultPlan
+    seconds: float
+    seed: int = 0
+    events: list[Event] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _began: float = 0.0
+
+    def schedule(self) -> list[tuple[float, str]]:
+        """(second, fault) pairs within the run; none in its last second."""
+        plan: list[tuple[float, str]] = []
+        if self.plan.kill_every:
+            t = self.plan.kill_every
+            while t < self.seconds - 1:
+                plan.append((t, "kill"))
+                t += self.plan.kill_every
+        if self.plan.restart_zookeeper:
+            plan.append((self.seconds / 3, "zookeeper"))
+        if self.plan.kill_primary:
+            plan.append((self.seconds / 2 + 0.5, "primary"))
+        return sorted(plan)
+
+    def start(self) -> None:
+        self._began = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="chaos-faults", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(120)
+
+    def _note(self, what: str, detail: str = "") -> None:
+        self.events.append(Event(round(time.monotonic() - self._began, 2), what, detail))
+
+    def _run(self) -> None:
+        rng = random.Random(self.seed)
+        for at, fault in self.schedule():
+            if self._stop.wait(max(0.0, self._began + at - time.monotonic())):
+                return
+            try:
+                if fault == "zookeeper":
+                    self.restart_zookeeper()
+                elif fault == "primary":
+                    primary = self.primary()
+                    if primary is None:
+                        self._note("primary-kill-skipped", "no primary known")
+                    else:
+                        self.kill(primary, "kill-primary")
+                else:
+                    live = [n for n in self.nodes if pid_alive(self.pid(n))]
+                    if live:
+                        self.kill(rng.choice(live), "kill")
+            except Exception as exc:  # a fault that could not be injected is reported
+                self._note(f"{fault}-error", repr(exc))
+
+    def pid(self, node: str) -> int:
+        self.lab.refresh_pids()  # a lab fence starts a node under a new pid
+        return _info(self.lab).node(node).pid
+
+    def primary(self) -> str | None:
+        try:
+            nodes: list[dict[str, Any]] = self.lab.api_get("/node", timeout=3)
+        except (OSError, ValueError):
+            return None
+        return next((n["name"] for n in nodes if n.get("coordinator_state") == "primary"),
+                    None)
+
+    def kill(self, node: str, what: str) -> None:
+        pid = self.pid(node)
+        self.lab.signal_node(node, signal.SIGKILL)
+        self._note(what, f"{node} pid {pid}")
+        if self.plan.fencing == "none":  # nobody else brings it back
+            self.lab.wait_node_exit(node)
+            self.lab.start_node(node)
+            self._note("restart", node)
+
+    def restart_zookeeper(self) -> None:
+        ensemble = self.lab.zookeeper
+        if ensemble is None:
+            raise RuntimeError("the lab's ZooKeeper was not started by this process")
+        server = ensemble.servers[0]
+        ensemble.kill(server)
+        self._note("zookeeper-kill", f"pid {server.pid}")
+        ensemble.start_server(server)
+        ensemble.wait_ready(60)
+        info = _info(self.lab)
+        info.zookeeper_servers = [server_doc(s) for s in ensemble.servers]
+        self.lab.save()
+        self._note("zookeeper-up", f"pid {server.pid}")
+
+
+def wait_all_running(lab: Lab, nodes: list[str], timeout: float) -> float | None:
+    """Seconds until every node's daemon runs and the API answers with a primary; None when
+    that did not happen within `timeout`."""
+    began = time.monotonic()
+    while time.monotonic() - began < timeout:
+        try:
+            lab.refresh_pids()
+            answer = {n["name"]: n for n in lab.api_get("/node", timeout=3)}
+            if all(pid_alive(_info(lab).node(n).pid) for n in nodes) and \
+                    all(answer.get(n, {}).get("daemon_state") == "run" for n in nodes) and \
+                    any(n.get("coordinator_state") == "primary" for n in answer.values()):
+                return time.monotonic() - began
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.2)
+    return None
+
+
+def _info(lab: Lab) -> LabInfo:
+    return lab.info or lab.load()
