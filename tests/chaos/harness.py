@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ class ChaosConfig:
     faults: FaultPlan = field(default_factory=FaultPlan)
     converge_timeout: float = 30.0
     nodes_timeout: float = 90.0  # for every daemon to run again after the faults
-    sample_interval: float = 0.2
+    sample_interval: float = 0.1  # a sweep begins every 100 ms, or when the last one ends
     seed: int = 0
 
 
@@ -84,6 +85,8 @@ class ChaosResult:
             "acked_writes": sum(1 for o in self.ledger.snapshot()
                                 if o.acked and o.kind not in ("list", "get")),
             "sweeps": self.sampler.sweeps,
+            "sweep_gap_p50_ms": round(self.sampler.gap_percentile(0.5) * 1000),
+            "sweep_gap_p99_ms": round(self.sampler.gap_percentile(0.99) * 1000),
             "max_sweep_gap_ms": round(self.sampler.max_gap * 1000),
             "suspects": self.sampler.suspects,
             "double_runs": len(self.double_runs),
@@ -102,6 +105,8 @@ class ChaosResult:
         figures = self.figures()
         lines = ["  ".join(f"{k}={v}" for k, v in figures.items())]
         lines += [f"  fault at {e.at:>6.2f} s: {e.what} {e.detail}" for e in self.events]
+        errors = Counter(o.message for o in self.ledger.snapshot() if o.status is None)
+        lines += [f"  no answer x{n}: {error}" for error, n in errors.most_common()]
         lines += [f"  510 x{n}: {gist}" for gist, n in self.ledger.refusals().most_common(8)]
         lines += [f"  PROBLEM {p}" for p in self.problems()]
         return "\n".join(lines)

@@ -1,17 +1,18 @@
 """The double-run sampler: asks every node's own libvirt (the lab agent), not ZooKeeper, what runs.
 
-A sweep asks each node twice in a row (pass 1: node1..nodeN, pass 2: the same again). The asks
-of one pass are sequential, so a VM that migrates from A to B between the ask of A and the ask
-of B shows on both in *one* pass without ever running twice; that is only a `suspect`. A VM seen
-running on the same two nodes in *both* passes ran on both at once (else it would have moved
-A→B→A→B within a few milliseconds): a double-run. Consecutive sweeps that see the same VM
-double-running are one episode, with its first and last sighting.
+A sweep asks each node twice in a row (pass 1: every node, in parallel; pass 2: the same
+again). The answers of one pass are not one instant, so a VM that migrates from A to B between
+the ask of A and the ask of B shows on both in *one* pass without ever running twice; that is
+only a `suspect`. A VM seen running on the same two nodes in *both* passes ran on both at once
+(else it would have moved A→B→A→B within a few milliseconds): a double-run. Consecutive
+sweeps that see the same VM double-running are one episode, with its first and last sighting.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from pvcd.lab.lab import Lab
@@ -42,8 +43,11 @@ class DoubleRunSampler:
     _open: dict[str, Episode] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    _pool: ThreadPoolExecutor = field(init=False)
+    _gaps: list[float] = field(default_factory=list)
 
     def start(self) -> None:
+        self._pool = ThreadPoolExecutor(len(self.nodes), thread_name_prefix="chaos-ask")
         self._thread = threading.Thread(target=self._run, name="chaos-sampler", daemon=True)
         self._thread.start()
 
@@ -51,12 +55,19 @@ class DoubleRunSampler:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
+        self._pool.shutdown()
+
+    def gap_percentile(self, fraction: float) -> float:
+        """The time between two sweep starts that `fraction` of the gaps do not exceed."""
+        gaps = sorted(self._gaps)
+        return gaps[min(len(gaps) - 1, int(len(gaps) * fraction))] if gaps else 0.0
 
     def _run(self) -> None:
         previous: float | None = None
         while not self._stop.is_set():
             began = time.monotonic()
             if previous is not None:
+                self._gaps.append(began - previous)
                 self.max_gap = max(self.max_gap, began - previous)
             previous = began
             self.sweep()
@@ -67,15 +78,18 @@ class DoubleRunSampler:
     def running(self) -> dict[str, set[str]]:
         """One pass: VM UUID → the nodes whose libvirt runs it (a dead node answers nothing)."""
         found: dict[str, set[str]] = {}
-        for node in self.nodes:
-            try:
-                domains = self.lab.domains(node)
-            except (OSError, RuntimeError, ValueError, KeyError):
-                continue
+        for node, domains in zip(self.nodes, self._pool.map(self._ask, self.nodes),
+                                 strict=True):
             for uuid, domain in domains.items():
                 if domain.get("state") == "running":
                     found.setdefault(uuid, set()).add(node)
         return found
+
+    def _ask(self, node: str) -> dict[str, dict[str, str]]:
+        try:
+            return self.lab.domains(node)
+        except (OSError, RuntimeError, ValueError, KeyError):
+            return {}
 
     def sweep(self) -> None:
         first, second = self.running(), self.running()
