@@ -25,10 +25,11 @@ from pvcd.lab.guest import tiny_guest_xml
 from pvcd.lab.lab import Lab
 from tests.chaos.checks import Cluster, Picture, Verdict, verdict
 from tests.chaos.faults import Event, FaultPlan, Faults, wait_all_running
-from tests.chaos.load import Client, Ledger
+from tests.chaos.load import UUID_IN_MESSAGE, Client, Ledger, Op
 from tests.chaos.sampler import DoubleRunSampler, Episode
 
 NODES = ["node1", "node2", "node3"]
+DEFAULT_MEMORY = 64  # MiB: tiny_guest_xml's
 # a session that outlives a ZooKeeper restart; a killed daemon is found dead after 3 x 1 s
 LAB_OPTIONS: dict[str, Any] = {"nodes": 3, "session_timeout": 10.0, "keepalive_interval": 1.0,
                                "dead_threshold": 3}
@@ -55,7 +56,8 @@ class ChaosResult:
     verdict: Verdict
     nodes_back: float | None  # seconds after the load until every daemon ran again
     converged: float | None  # seconds after that until the cluster was at rest
-    vm_count: int  # VMs in ZooKeeper at the end
+    vm_count: int | None  # VMs in ZooKeeper at the end (None: the cluster could not be read)
+    read_error: str = ""  # the last error reading the cluster at the end
 
     @property
     def double_runs(self) -> list[Episode]:
@@ -73,7 +75,10 @@ class ChaosResult:
         found += self.verdict.lines()
         if self.nodes_back is None:
             found.append(f"nodes: not every daemon ran within {self.config.nodes_timeout:g} s")
-        if self.converged is None:
+        if self.vm_count is None:
+            found.append(f"unreadable: the cluster could not be read at the end: "
+                         f"{self.read_error}")
+        elif self.converged is None:
             found.append(f"convergence: not at rest within {self.config.converge_timeout:g} s")
         return found
 
@@ -118,15 +123,21 @@ def chaos_lab(workdir: Path, fencing: str = "lab") -> Lab:
     return lab
 
 
-def define_pool(lab: Lab, names: list[str]) -> None:
+def define_pool(lab: Lab, names: list[str], ledger: Ledger) -> None:
+    """Define the pool's VMs before the load; their acknowledgements go to the ledger too."""
     info = lab.info or lab.load()
     session = requests.Session()
     session.headers["X-Api-Key"] = info.token
     for name in names:
+        sent = time.monotonic()
         response = session.post(f"{info.api}/vm", data={"xml": tiny_guest_xml(name)},
                                 timeout=10)
         if response.status_code != 200:
             raise RuntimeError(f"defining {name}: {response.status_code} {response.text}")
+        message = response.json()["message"]
+        found = UUID_IN_MESSAGE.search(message)
+        ledger.add(Op(-1, "define", name, sent, time.monotonic(), 200, message,
+                      found.group(1) if found else None, DEFAULT_MEMORY))
 
 
 def run_chaos(lab: Lab, config: ChaosConfig) -> ChaosResult:
@@ -134,8 +145,8 @@ def run_chaos(lab: Lab, config: ChaosConfig) -> ChaosResult:
     runs the load with faults, and judges the end."""
     info = lab.info or lab.load()
     names = [f"c{i:03d}" for i in range(config.vms)]
-    define_pool(lab, names)
     ledger = Ledger()
+    define_pool(lab, names, ledger)
     stop = threading.Event()
     sampler = DoubleRunSampler(lab, NODES, config.sample_interval)
     faults = Faults(lab, NODES, config.faults, config.seconds, config.seed)
@@ -153,32 +164,31 @@ def run_chaos(lab: Lab, config: ChaosConfig) -> ChaosResult:
     nodes_back = wait_all_running(lab, NODES, config.nodes_timeout)
     cluster = Cluster(lab, NODES)
     try:
-        converged, picture, judged = settle(cluster, ledger, config.converge_timeout)
+        converged, picture, judged, error = settle(cluster, ledger, config.converge_timeout)
     finally:
         cluster.close()
         sampler.stop()
     return ChaosResult(config, ledger, sampler, faults.events, judged, nodes_back, converged,
-                       len(picture.specs))
+                       len(picture.specs) if picture is not None else None, error)
 
 
 def settle(cluster: Cluster, ledger: Ledger, timeout: float
-           ) -> tuple[float | None, Picture, Verdict]:
+           ) -> tuple[float | None, Picture | None, Verdict, str]:
     """Poll until a picture passes every check (seconds taken), or `timeout`: (None, the last
-    picture and its verdict)."""
+    picture or None when none could be read, its verdict, the last read error)."""
     ops = ledger.snapshot()
     began = time.monotonic()
     picture: Picture | None = None
     judged = Verdict()
+    error = ""
     while True:
         try:
             picture = cluster.read()
             judged = verdict(picture, ops)
             if judged.clean:
-                return time.monotonic() - began, picture, judged
-        except (requests.RequestException, OSError, ValueError, RuntimeError):
-            pass
+                return time.monotonic() - began, picture, judged, ""
+        except (requests.RequestException, OSError, ValueError, RuntimeError) as exc:
+            error = repr(exc)
         if time.monotonic() - began > timeout:
-            if picture is None:
-                raise RuntimeError("the cluster could not be read after the run")
-            return None, picture, judged
+            return None, picture, judged, error
         time.sleep(0.2)
