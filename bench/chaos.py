@@ -33,7 +33,9 @@ def main() -> int:
     parser.add_argument("--kill-primary", action="store_true")
     parser.add_argument("--restart-zookeeper", action="store_true")
     parser.add_argument("--fencing", choices=("lab", "none"), default="lab",
-                        help="who brings a killed daemon back: the lab fence, or the harness")
+                        help="the lab's fence driver (lab: a dead node is power-cycled)")
+    parser.add_argument("--no-systemd", action="store_true",
+                        help="no restart of a killed daemon 2 s later (as systemd does)")
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
@@ -42,7 +44,8 @@ def main() -> int:
         config = ChaosConfig(
             clients=args.clients, seconds=args.seconds, vms=args.vms, seed=args.seed + run,
             faults=FaultPlan(kill_every=args.kill_every, kill_primary=args.kill_primary,
-                             restart_zookeeper=args.restart_zookeeper, fencing=args.fencing))
+                             restart_zookeeper=args.restart_zookeeper, fencing=args.fencing,
+                             restart_after=None if args.no_systemd else 2.0))
         lab = chaos_lab(Path(tempfile.mkdtemp(prefix="pvcd-chaos-")) / "lab", args.fencing)
         began = time.monotonic()
         try:

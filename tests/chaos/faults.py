@@ -1,10 +1,13 @@
 """The chaos test's faults, on a schedule: node daemons SIGKILLed, the primary killed once,
 ZooKeeper restarted once.
 
-A killed daemon comes back by the lab's fence (fencing "lab": the primary finds it dead, fences
-it, and the fence starts it again, recovering its VMs elsewhere meanwhile) or, with fencing
-"none", by the harness itself once the process is gone (`Lab.start_node`), like an operator
-restarting a crashed service. `wait_all_running` is how the end of a run waits for every node.
+A killed daemon comes back as on a real node: systemd restarts it (`systemd/pvcd.service`:
+Restart=on-failure, RestartSec=2s), which the harness plays (`Lab.start_node` 2 s after the
+process is gone), unless the lab's fence (fencing "lab": the primary finds it dead, fences it
+and powers it on again, recovering its VMs elsewhere meanwhile) has started it first. Without
+the restart three kills in a row leave no node to fence the others, and the cluster is gone for
+good (a lab artefact: no real cluster runs without systemd). `wait_all_running` is how the end
+of a run waits for every node.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pvcd.drivers.host import pid_alive
+from pvcd.drivers.host import pid_alive, pids_where
 from pvcd.lab.info import LabInfo
 from pvcd.lab.lab import Lab
 from pvcd.lab.zookeeper import server_doc
@@ -27,7 +30,8 @@ class FaultPlan:
     kill_every: float | None = None  # seconds between daemon SIGKILLs (None: none)
     kill_primary: bool = False  # once, at half time
     restart_zookeeper: bool = False  # once, at a third of the time
-    fencing: str = "lab"  # who brings a killed daemon back: the lab fence, or the harness
+    fencing: str = "lab"  # the lab's fence driver: "lab" (power cycle) or "none"
+    restart_after: float | None = 2.0  # systemd's RestartSec; None: no restart by "systemd"
 
 
 @dataclass
@@ -113,10 +117,12 @@ class Faults:
         pid = self.pid(node)
         self.lab.signal_node(node, signal.SIGKILL)
         self._note(what, f"{node} pid {pid}")
-        if self.plan.fencing == "none":  # nobody else brings it back
-            self.lab.wait_node_exit(node)
+        if self.plan.restart_after is None or not self.lab.wait_node_exit(node):
+            return
+        self._stop.wait(self.plan.restart_after)  # at the end of the run: at once
+        if self.pid(node) == pid:  # the fence has not powered it on meanwhile
             self.lab.start_node(node)
-            self._note("restart", node)
+            self._note("systemd-restart", f"{node} pid {self.pid(node)}")
 
     def restart_zookeeper(self) -> None:
         ensemble = self.lab.zookeeper
@@ -149,6 +155,17 @@ def wait_all_running(lab: Lab, nodes: list[str], timeout: float) -> float | None
             pass
         time.sleep(0.2)
     return None
+
+
+def duplicate_daemons(lab: Lab, nodes: list[str]) -> list[str]:
+    """Nodes with more than one daemon process (a fence and a restart that crossed)."""
+    found = []
+    for node in nodes:
+        config = _info(lab).node(node).config
+        pids = pids_where(lambda argv, c=config: c in argv and "pvcd.lab.node" in argv)
+        if len(pids) > 1:
+            found.append(f"{node}: daemons {sorted(pids)}")
+    return found
 
 
 def _info(lab: Lab) -> LabInfo:

@@ -24,7 +24,7 @@ import requests
 from pvcd.lab.guest import tiny_guest_xml
 from pvcd.lab.lab import Lab
 from tests.chaos.checks import Cluster, Picture, Verdict, verdict
-from tests.chaos.faults import Event, FaultPlan, Faults, wait_all_running
+from tests.chaos.faults import Event, FaultPlan, Faults, duplicate_daemons, wait_all_running
 from tests.chaos.load import UUID_IN_MESSAGE, Client, Ledger, Op
 from tests.chaos.sampler import DoubleRunSampler, Episode
 
@@ -58,6 +58,7 @@ class ChaosResult:
     converged: float | None  # seconds after that until the cluster was at rest
     vm_count: int | None  # VMs in ZooKeeper at the end (None: the cluster could not be read)
     read_error: str = ""  # the last error reading the cluster at the end
+    duplicates: list[str] = field(default_factory=list)  # nodes running two daemons
 
     @property
     def double_runs(self) -> list[Episode]:
@@ -73,6 +74,7 @@ class ChaosResult:
                  f"({e.sweeps} sweeps)" for e in self.double_runs]
         found += [f"5xx: {f}" for f in self.failures]
         found += self.verdict.lines()
+        found += [f"two daemons: {d}" for d in self.duplicates]
         if self.nodes_back is None:
             found.append(f"nodes: not every daemon ran within {self.config.nodes_timeout:g} s")
         if self.vm_count is None:
@@ -162,6 +164,7 @@ def run_chaos(lab: Lab, config: ChaosConfig) -> ChaosResult:
     for client in clients:
         client.join(60)
     nodes_back = wait_all_running(lab, NODES, config.nodes_timeout)
+    duplicates = duplicate_daemons(lab, NODES)
     cluster = Cluster(lab, NODES)
     try:
         converged, picture, judged, error = settle(cluster, ledger, config.converge_timeout)
@@ -169,7 +172,7 @@ def run_chaos(lab: Lab, config: ChaosConfig) -> ChaosResult:
         cluster.close()
         sampler.stop()
     return ChaosResult(config, ledger, sampler, faults.events, judged, nodes_back, converged,
-                       len(picture.specs) if picture is not None else None, error)
+                       len(picture.specs) if picture is not None else None, error, duplicates)
 
 
 def settle(cluster: Cluster, ledger: Ledger, timeout: float

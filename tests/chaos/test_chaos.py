@@ -1,7 +1,8 @@
 """The chaos test, short form (issue 12): 8 clients of mixed VM operations for 20 s on 20 VMs
-against a 3-node lab, one node daemon SIGKILLed (the lab fence brings it back), a sampler on
-every node's libvirt throughout. The long form, with repeated kills, a primary kill and a
-ZooKeeper restart, is `bench/chaos.py` (docs/testing.md)."""
+against a 3-node lab, one node daemon SIGKILLed (systemd, played by the harness, or the lab
+fence brings it back), a sampler on every node's libvirt throughout. The long form, with
+repeated kills, a primary kill and a ZooKeeper restart, is `bench/chaos.py` (docs/testing.md).
+"""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def test_concurrent_clients_and_a_killed_daemon_leave_no_trace(tmp_path: Path) -
         lab.down()
     print(result.summary())
     figures = result.figures()
-    assert [e.what for e in result.events] == ["kill"], result.events
+    assert [e.what for e in result.events if "kill" in e.what] == ["kill"], result.events
     assert figures["by_status"].get("200", 0) > 100, figures  # the load really ran
     assert result.sampler.sweeps > 50 and result.sampler.max_gap < 1.0, figures
     assert result.problems() == [], result.summary()
