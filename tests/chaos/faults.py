@@ -105,13 +105,20 @@ class Faults:
         self.lab.refresh_pids()  # a lab fence starts a node under a new pid
         return _info(self.lab).node(node).pid
 
-    def primary(self) -> str | None:
-        try:
-            nodes: list[dict[str, Any]] = self.lab.api_get("/node", timeout=3)
-        except (OSError, ValueError):
-            return None
-        return next((n["name"] for n in nodes if n.get("coordinator_state") == "primary"),
-                    None)
+    def primary(self, timeout: float = 20.0) -> str | None:
+        """The primary, once the API names one (a handover may be under way)."""
+        deadline = time.monotonic() + timeout
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                nodes: list[dict[str, Any]] = self.lab.api_get("/node", timeout=3)
+                primary = next((n["name"] for n in nodes
+                                if n.get("coordinator_state") == "primary"), None)
+                if primary is not None:
+                    return primary
+            except (OSError, ValueError):
+                pass
+            self._stop.wait(0.2)
+        return None
 
     def kill(self, node: str, what: str) -> None:
         pid = self.pid(node)

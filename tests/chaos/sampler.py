@@ -46,8 +46,10 @@ class DoubleRunSampler:
     _pool: ThreadPoolExecutor = field(init=False)
     _gaps: list[float] = field(default_factory=list)
 
-    def start(self) -> None:
+    def __post_init__(self) -> None:
         self._pool = ThreadPoolExecutor(len(self.nodes), thread_name_prefix="chaos-ask")
+
+    def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="chaos-sampler", daemon=True)
         self._thread.start()
 
@@ -72,6 +74,10 @@ class DoubleRunSampler:
             previous = began
             self.sweep()
             self._stop.wait(max(0.0, self.interval - (time.monotonic() - began)))
+        self.close_episodes()
+
+    def close_episodes(self) -> None:
+        """End the episodes still open (the last sweep saw them)."""
         self.episodes.extend(self._open.values())
         self._open.clear()
 
