@@ -25,6 +25,7 @@ from pvcd.lab.guest import tiny_guest_xml
 MIX: tuple[tuple[str, int], ...] = (
     ("list", 12), ("get", 10), ("start", 10), ("stop", 7), ("shutdown", 6), ("restart", 7),
     ("migrate", 8), ("migrate-to", 8), ("modify", 10), ("delete", 8), ("define", 14),
+    ("flash", 4),  # a define and, once acknowledged, at once a delete of that VM
 )
 MEMORIES = tuple(range(32, 96))  # MiB: a write's memory tells which write the VM kept
 REQUEST_TIMEOUT = 10.0
@@ -116,6 +117,10 @@ class Client(threading.Thread):
                 self.list_vms()
             elif kind == "define":
                 self.define()
+            elif kind == "flash":
+                uuid = self.define()
+                if uuid is not None:
+                    self.on_vm("delete", uuid)
             elif not self.known:
                 self.list_vms()
             else:
@@ -153,7 +158,8 @@ class Client(threading.Thread):
         if status is None:
             self.stop_event.wait(0.1)
 
-    def define(self) -> None:
+    def define(self) -> str | None:
+        """Define a VM of a free name; its UUID when acknowledged."""
         taken = set(self.known.values())
         free = [n for n in self.names if n not in taken]
         name = self.rng.choice(free or self.names)
@@ -167,6 +173,7 @@ class Client(threading.Thread):
             op.uuid = found.group(1) if found else None
             if op.uuid:
                 self.known[op.uuid] = name
+        return op.uuid
 
     def on_vm(self, kind: str, uuid: str) -> None:
         if kind == "get":
