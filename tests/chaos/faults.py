@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import requests
+
 from pvcd.drivers.host import pid_alive, pids_where
 from pvcd.lab.info import LabInfo
 from pvcd.lab.lab import Lab
@@ -85,6 +87,8 @@ class Faults:
         for at, fault in self.schedule():
             if self._stop.wait(max(0.0, self._began + at - time.monotonic())):
                 return
+            for node in ready_flushed(self.lab):
+                self._note("ready", node)
             try:
                 if fault == "zookeeper":
                     self.restart_zookeeper()
@@ -162,6 +166,25 @@ def wait_all_running(lab: Lab, nodes: list[str], timeout: float) -> float | None
             pass
         time.sleep(0.2)
     return None
+
+
+def ready_flushed(lab: Lab) -> list[str]:
+    """As an operator does once a fenced node is back (it rejoins flushed, docs/ha.md): `ready`
+    every running node that is flushed; the nodes readied. Without it a few kills leave every
+    node flushed and the cluster refuses every define and migration."""
+    readied = []
+    try:
+        for node in lab.api_get("/node", timeout=3):
+            if node.get("daemon_state") == "run" and node.get("domain_state") == "flushed":
+                info = _info(lab)
+                response = requests.post(f"{info.api}/node/{node['name']}/domain-state",
+                                         data={"domain-state": "ready"},
+                                         headers={"X-Api-Key": info.token}, timeout=5)
+                if response.status_code == 200:
+                    readied.append(str(node["name"]))
+    except (OSError, ValueError, requests.RequestException):
+        pass  # the API is moving: the next tick tries again
+    return readied
 
 
 def duplicate_daemons(lab: Lab, nodes: list[str]) -> list[str]:

@@ -24,7 +24,14 @@ import requests
 from pvcd.lab.guest import tiny_guest_xml
 from pvcd.lab.lab import Lab
 from tests.chaos.checks import Cluster, Picture, Verdict, verdict
-from tests.chaos.faults import Event, FaultPlan, Faults, duplicate_daemons, wait_all_running
+from tests.chaos.faults import (
+    Event,
+    FaultPlan,
+    Faults,
+    duplicate_daemons,
+    ready_flushed,
+    wait_all_running,
+)
 from tests.chaos.load import UUID_IN_MESSAGE, Client, Ledger, Op
 from tests.chaos.sampler import DoubleRunSampler, Episode
 
@@ -155,6 +162,7 @@ def run_chaos(lab: Lab, config: ChaosConfig) -> ChaosResult:
     clients = [Client(i, info.api, info.token, names, NODES, ledger, stop,
                       seed=config.seed * 1000 + i) for i in range(config.clients)]
     sampler.start()
+    began = time.monotonic()
     faults.start()
     for client in clients:
         client.start()
@@ -164,6 +172,8 @@ def run_chaos(lab: Lab, config: ChaosConfig) -> ChaosResult:
     for client in clients:
         client.join(60)
     nodes_back = wait_all_running(lab, NODES, config.nodes_timeout)
+    events = faults.events + [Event(round(time.monotonic() - began, 2), "ready", node)
+                              for node in ready_flushed(lab)]
     duplicates = duplicate_daemons(lab, NODES)
     cluster = Cluster(lab, NODES)
     try:
@@ -171,7 +181,7 @@ def run_chaos(lab: Lab, config: ChaosConfig) -> ChaosResult:
     finally:
         cluster.close()
         sampler.stop()
-    return ChaosResult(config, ledger, sampler, faults.events, judged, nodes_back, converged,
+    return ChaosResult(config, ledger, sampler, events, judged, nodes_back, converged,
                        len(picture.specs) if picture is not None else None, error, duplicates)
 
 
