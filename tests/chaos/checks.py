@@ -133,7 +133,8 @@ def verdict(picture: Picture, ops: list[Op]) -> Verdict:
                  *(f"libvirt:{n}" for n in picture.defined_on(uuid))]
         if where:
             name = (picture.api.get(uuid) or picture.specs.get(uuid) or {}).get("name")
-            result.ghosts.append(f"{uuid} ({name}) acknowledged deleted, still in {where}")
+            result.ghosts.append(f"{uuid} ({name}) acknowledged deleted, still in {where}; "
+                                 f"{history(ops, uuid)}")
     for node, domains in picture.domains.items():
         for uuid, domain in domains.items():
             if uuid not in picture.specs and uuid not in deleted:
@@ -141,12 +142,24 @@ def verdict(picture: Picture, ops: list[Op]) -> Verdict:
                                       f"{node}, not in ZooKeeper")
     for uuid in sorted(picture.api.keys() ^ picture.specs.keys()):
         result.mismatch.append(f"{uuid} in the API: {uuid in picture.api}, in ZooKeeper: "
-                               f"{uuid in picture.specs}")
+                               f"{uuid in picture.specs}; {history(ops, uuid)}")
     for uuid, spec in sorted(picture.specs.items()):
         problem = _not_settled(picture, uuid, spec)
         if problem:
             result.stuck.append(problem)
     return result
+
+
+def history(ops: list[Op], uuid: str, last: int = 4) -> str:
+    """The last requests about `uuid`: kind, status, send time and duration (ms, relative to
+    the first request of the run)."""
+    if not ops:
+        return "no requests"
+    zero = min(o.sent for o in ops)
+    about = sorted((o for o in ops if o.uuid == uuid), key=lambda o: o.sent)[-last:]
+    return "requests: " + ", ".join(
+        f"{o.kind} {o.status or 'no answer'} at {(o.sent - zero) * 1000:.0f}"
+        f"+{(o.answered - o.sent) * 1000:.0f} ms" for o in about) if about else "no requests"
 
 
 def _not_settled(picture: Picture, uuid: str, spec: dict[str, Any]) -> str | None:
