@@ -98,11 +98,15 @@ class VmRemover:
             status.migration_done, status.node, status.state = request, self.name, "stopped"
             return {**doc, **status.to_doc()}
 
-        if self.store.read_optional(path) is None:
-            self.store.commit([Op.create(path, {**VmStatus(node=self.name).to_doc(),
-                                                "migration_done": request})])
-        else:
-            self.store.update(path, change)
+        try:
+            if self.store.read_optional(path) is None:
+                self.store.commit([Op.create(path, {**VmStatus(node=self.name).to_doc(),
+                                                    "migration_done": request})])
+            else:
+                self.store.update(path, change)
+        except Conflict as exc:  # a normal race: the VM's node forgot it meanwhile, or wrote
+            raise TemporaryError(f"VM {spec.uuid}: migration end not recorded ({exc}); "
+                                 "looking again") from exc
 
     def _forget(self, spec: VmSpec) -> None:
         """Delete the VM's records and create its volume removals, in one transaction."""
