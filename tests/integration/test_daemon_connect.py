@@ -5,35 +5,14 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import yaml
 from kazoo.client import KazooClient
 
 from pvcd.lab.zookeeper import ZooKeeperEnsemble, ZooKeeperServer, free_port
 from pvcd.state.schema import Paths
-
-PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
-
-
-def start_daemon(folder: Path, zk_port: int, root: str) -> subprocess.Popen[bytes]:
-    state = folder / "libvirt.xml"
-    state.write_text("<node>\n</node>\n")
-    config = {
-        "node": {"name": "lonely", "coordinator": True},
-        "cluster": {"coordinators": [f"127.0.0.1:{zk_port}"], "zookeeper_root": root,
-                    "session_timeout": 3.0},
-        "api": {"listen": "127.0.0.1", "port": free_port(), "auth": {"enabled": False}},
-        "drivers": {"libvirt": {"uri": f"test://{state}"}},
-    }
-    path = folder / "pvcd.yaml"
-    path.write_text(yaml.safe_dump(config))
-    with open(folder / "pvcd.log", "ab") as log:  # the child keeps its own copy
-        return subprocess.Popen([sys.executable, "-m", "pvcd", "run", "--config", str(path)],
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env={"PYTHONPATH": PACKAGE_PARENT, "PATH": "/usr/bin:/bin"})
+from tests.integration.daemon_process import start_daemon
 
 
 def stop(process: subprocess.Popen[bytes], within: float) -> float:
@@ -54,7 +33,7 @@ def started(folder: Path, process: subprocess.Popen[bytes], timeout: float = 30.
 
 
 def test_sigterm_stops_a_daemon_that_never_reached_zookeeper(tmp_path: Path) -> None:
-    process = start_daemon(tmp_path, free_port(), "/pvc")
+    process = start_daemon(tmp_path, free_port(), "/pvc", "lonely", session_timeout=3.0)
     try:
         started(tmp_path, process)  # imported, now retrying the connection
         assert process.poll() is None
@@ -68,7 +47,7 @@ def test_the_daemon_registers_once_zookeeper_comes_up(tmp_path: Path) -> None:
     port = free_port()
     ensemble = ZooKeeperEnsemble(tmp_path / "zk", 1)
     ensemble.servers = [ZooKeeperServer(1, port, free_port(), free_port(), tmp_path / "zk" / "zk1")]
-    process = start_daemon(tmp_path, port, "/late")
+    process = start_daemon(tmp_path, port, "/late", "lonely", session_timeout=3.0)
     try:
         started(tmp_path, process)  # connection attempts fail until ZooKeeper is started
         assert process.poll() is None

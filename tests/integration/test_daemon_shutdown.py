@@ -12,40 +12,21 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import yaml
 from kazoo.client import KazooClient
 
 from pvcd.lab.zookeeper import ZooKeeperEnsemble, ZooKeeperServer, free_port
 from pvcd.state.schema import Paths
+from tests.integration.daemon_process import start_daemon
 
-PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
 SESSION_TIMEOUT = 2.0
 SHUTDOWN_BUDGET = 3.0  # timing.shutdown_budget in the daemon's config
 
 
-def start_daemon(folder: Path, zk_port: int, root: str) -> subprocess.Popen[bytes]:
-    state = folder / "libvirt.xml"
-    state.write_text("<node>\n</node>\n")
-    config = {
-        "node": {"name": "cut-off", "coordinator": True},
-        "cluster": {"coordinators": [f"127.0.0.1:{zk_port}"], "zookeeper_root": root,
-                    "session_timeout": SESSION_TIMEOUT},
-        "timing": {"keepalive_interval": 0.2, "shutdown_budget": SHUTDOWN_BUDGET},
-        "api": {"listen": "127.0.0.1", "port": free_port(), "auth": {"enabled": False}},
-        "drivers": {"libvirt": {"uri": f"test://{state}"}},
-    }
-    path = folder / "pvcd.yaml"
-    path.write_text(yaml.safe_dump(config))
-    with open(folder / "pvcd.log", "ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "pvcd", "run", "--config", str(path)],
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env={"PYTHONPATH": PACKAGE_PARENT, "PATH": "/usr/bin:/bin"})
 
 
 def wait_for(condition: Callable[[], object], what: str, timeout: float, log: Path) -> None:
@@ -64,7 +45,9 @@ def test_sigterm_stops_a_daemon_whose_zookeeper_went_away(tmp_path: Path,
         ZooKeeperServer(1, port, free_port(), free_port(), tmp_path / "zk" / "zk1")]
     ensemble.start()
     log = tmp_path / "pvcd.log"
-    process = start_daemon(tmp_path, port, "/cut")
+    process = start_daemon(tmp_path, port, "/cut", "cut-off", SESSION_TIMEOUT,
+                           timing={"keepalive_interval": 0.2,
+                                   "shutdown_budget": SHUTDOWN_BUDGET})
     try:
         client = KazooClient(ensemble.connect_string, timeout=5)
         client.start(timeout=10)
