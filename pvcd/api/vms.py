@@ -309,7 +309,6 @@ class VmNodeHandler(VmBaseHandler):
         selector = self.selector()
         permanent, force = self.values[PERMANENT], self.values[FORCE]
         status = view.vm_status(spec.uuid)
-        claim = view.cache.entry(view.paths.vm_owner(spec.uuid))
         owner = view.vm_owner(spec.uuid)
         wait = requested_wait(self.values)
         source = spec.node
@@ -325,11 +324,9 @@ class VmNodeHandler(VmBaseHandler):
                                  exclude=exclude, memory=memory)
             why = Move.MOVE if permanent else Move.MIGRATE
         new = reassign(spec, status, target, why, owner=owner)
-        # the hand-over source is the claim's holder as the nodes confirmed it: if the claim
-        # changed since it was read, the write fails instead of naming a stale source
-        check = [] if claim is None else [Op.check(view.paths.vm_owner(spec.uuid),
-                                                   claim.version)]
-        await self.commit([Op.set(view.paths.vm(spec.uuid), new.to_doc(), version), *check])
+        # the hand-over source is the claim's holder as the nodes confirmed it; a claim that
+        # changed meanwhile is harmless: the target starts the VM only once it holds the claim
+        await self.commit([Op.set(view.paths.vm(spec.uuid), new.to_doc(), version)])
         verb = "Migrating" if new.migration is not None else "Moving"
         await reply_when_settled(self, wait, vm_settles(view, spec.uuid),
                                  f"{verb} VM '{spec.name}' from {source} to {target}")
