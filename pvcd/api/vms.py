@@ -7,6 +7,7 @@ transaction; the VM controller of the named node carries it out.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from pvcd.api.base import ApiContext, BaseHandler
@@ -35,6 +36,7 @@ from pvcd.domain.states import (
 )
 from pvcd.state.store import Op
 from pvcd.state.view import ClusterView
+from pvcd.state.vm_move import MoveBasis, move_vm
 from pvcd.state.vm_removal import forget_vm_ops
 from pvcd.vmxml import parse_domain_xml
 
@@ -303,33 +305,37 @@ class VmNodeHandler(VmBaseHandler):
     @accepts(ACTION, TARGET_NODE, SELECTOR, PERMANENT, FORCE, *WAIT_VALUES)
     async def post(self, vm: str) -> None:
         view = self.ctx.view
-        spec, version = self.vm_spec(vm)
-        self.refuse_if_removing(spec)
+        uuid = self.vm_uuid(vm)
         action = self.values[ACTION]
         selector = self.selector()
         permanent, force = self.values[PERMANENT], self.values[FORCE]
-        status = view.vm_status(spec.uuid)
-        owner = view.vm_owner(spec.uuid)
         wait = requested_wait(self.values)
-        source = spec.node
-        memory = spec.memory if spec.state not in STOPPED_VM_STATES else 0
-        if action == "unmigrate":
-            target = require_node(view.node_loads(), check_unmigrate(spec), memory)
-            why = Move.UNMIGRATE
-        else:
-            check_migrate(spec, force, permanent)
-            # never the node it is on, nor the one still handing it over
-            exclude = {source, holder(spec, status, owner) or source}
-            target = choose_node(view.node_loads(), self.values[TARGET_NODE], selector,
-                                 exclude=exclude, memory=memory)
-            why = Move.MOVE if permanent else Move.MIGRATE
-        new = reassign(spec, status, target, why, owner=owner)
-        # the hand-over source is the claim's holder as the nodes confirmed it; a claim that
-        # changed meanwhile is harmless: the target starts the VM only once it holds the claim
-        await self.commit([Op.set(view.paths.vm(spec.uuid), new.to_doc(), version)])
+        chosen: dict[str, str] = {}
+
+        def decide(basis: MoveBasis) -> VmSpec:
+            """The move, on the spec, status and claim as ZooKeeper has them now."""
+            spec, status, owner = basis.spec, basis.status, basis.owner
+            self.refuse_if_removing(spec)
+            memory = spec.memory if spec.state not in STOPPED_VM_STATES else 0
+            if action == "unmigrate":
+                target = require_node(view.node_loads(), check_unmigrate(spec), memory)
+                why = Move.UNMIGRATE
+            else:
+                check_migrate(spec, force, permanent)
+                # never the node it is on, nor the one still handing it over
+                exclude = {spec.node, holder(spec, status, owner) or spec.node}
+                target = choose_node(view.node_loads(), self.values[TARGET_NODE], selector,
+                                     exclude=exclude, memory=memory)
+                why = Move.MOVE if permanent else Move.MIGRATE
+            chosen.update(name=spec.name, source=spec.node, target=target)
+            return reassign(spec, status, target, why, owner=owner)
+
+        new = await asyncio.to_thread(move_vm, self.ctx.store, view.paths, uuid, decide)
+        assert new is not None
         verb = "Migrating" if new.migration is not None else "Moving"
-        await reply_when_settled(self, wait, vm_settles(view, spec.uuid),
-                                 f"{verb} VM '{spec.name}' from {source} to {target}")
+        await reply_when_settled(self, wait, vm_settles(view, uuid),
+                                 f"{verb} VM '{chosen['name']}' from {chosen['source']} to "
+                                 f"{chosen['target']}")
 
 
 NEW_NAME = text("new_name", "The new VM name: valid, unused, not reserved.", required=True)

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pvcd.controllers.base import DONE, Result
-from pvcd.domain.errors import BackendError, Conflict, InvalidValue
+from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound
 from pvcd.domain.moves import Move, reassign
 from pvcd.domain.placement import select_target_node
 from pvcd.domain.records import FenceRecord, NodeSpec, NodeStatus, VmSpec, from_dict
@@ -34,6 +34,7 @@ from pvcd.domain.states import STOPPED_VM_STATES
 from pvcd.drivers.fence import FenceDriver, FenceTarget, fence_driver
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
+from pvcd.state.vm_move import MoveBasis, move_vm
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,10 @@ class FencingController:
                 log.error("event=recover-no-target vm=%s node=%s reason=%s", uuid, node, exc)
                 pending += 1
                 continue
-            self.store.update(self.view.paths.vm(uuid), self._reassign(uuid, node, target))
+            try:
+                move_vm(self.store, self.view.paths, uuid, _recovery(node, target))
+            except NotFound:
+                continue  # removed meanwhile: nothing to recover
             log.warning("event=vm-recovered vm=%s name=%s from=%s to=%s", uuid, spec.name,
                         node, target)
         if pending:
@@ -152,15 +156,6 @@ class FencingController:
         record.message = f"{record.message.split(';')[0]}; VMs recovered"
         self._write_record(node, record)
         return DONE
-
-    def _reassign(self, uuid: str, dead: str, target: str) -> Callable[[Any], Any]:
-        def change(doc: Any) -> Any:
-            spec = from_dict(VmSpec, doc)
-            new = reassign(spec, self.view.vm_status(uuid), target, Move.RECOVER, dead=dead,
-                           owner=self.view.vm_owner(uuid))
-            return None if new == spec else new.to_doc()
-
-        return change
 
     # records and status
     def _record(self, node: str) -> FenceRecord | None:
@@ -222,3 +217,13 @@ class FencingController:
             self.store.commit([Op.delete(self.view.paths.fence_lock)])
         except (Conflict, BackendError):
             pass
+
+
+def _recovery(dead: str, target: str) -> Callable[[MoveBasis], VmSpec | None]:
+    """The move of a VM off `dead` (fenced: it hands nothing over) to `target`."""
+    def decide(basis: MoveBasis) -> VmSpec | None:
+        new = reassign(basis.spec, basis.status, target, Move.RECOVER, dead=dead,
+                       owner=basis.owner)
+        return None if new == basis.spec else new
+
+    return decide

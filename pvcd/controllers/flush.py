@@ -22,13 +22,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection
 
-from pvcd.domain.errors import Conflict, InvalidValue
+from pvcd.domain.errors import Conflict, InvalidValue, NotFound
 from pvcd.domain.moves import Move, migration_pending, reassign
 from pvcd.domain.placement import select_target_node
 from pvcd.domain.records import VmSpec, from_dict
 from pvcd.domain.states import STOPPED_VM_STATES
 from pvcd.state.store import Store
 from pvcd.state.view import ClusterView
+from pvcd.state.vm_move import MoveBasis, move_vm
 
 log = logging.getLogger(__name__)
 
@@ -90,19 +91,18 @@ def ready_step(view: ClusterView, store: Store, node: str) -> bool:
 
 
 def _move(view: ClusterView, store: Store, uuid: str, target: str, why: Move) -> None:
-    def change(doc: object) -> object:
-        spec = from_dict(VmSpec, doc)
-        if spec.node == target:
+    def decide(basis: MoveBasis) -> VmSpec | None:
+        if basis.spec.node == target:
             return None
-        return reassign(spec, view.vm_status(uuid), target, why,
-                        owner=view.vm_owner(uuid)).to_doc()
+        return reassign(basis.spec, basis.status, target, why, owner=basis.owner)
 
     try:
-        store.update(view.paths.vm(uuid), change)
-    except Conflict as exc:  # a migration began meanwhile: the next step looks again
+        moved = move_vm(store, view.paths, uuid, decide)
+    except (Conflict, NotFound) as exc:  # a migration began meanwhile: the next step looks again
         log.info("event=flush-move-deferred vm=%s reason=%s", uuid, exc)
         return
-    log.info("event=vm-reassigned vm=%s to=%s why=%s", uuid, target, why.value)
+    if moved is not None:
+        log.info("event=vm-reassigned vm=%s to=%s why=%s", uuid, target, why.value)
 
 
 def _shut_down_for_flush(view: ClusterView, store: Store, spec: VmSpec, node: str,

@@ -261,9 +261,12 @@ class VmController:
                                   spec, self.view.vm_status(uuid) or status, None))
         domain = self.driver.domain_state(uuid)
         if domain is not None:
-            self._remove_here(uuid, domain, f"migrated to {spec.node}")
-        self._write_status(spec, lambda s: _finish_migration(s, migration, spec.node))
-        self.claims.release(uuid)  # the guest is gone from here: the target may claim it
+            self.remover.take_down(uuid, domain, f"migrated to {spec.node}", release=False)
+        # the guest is gone from here: the migration is done and the claim given up in one
+        # transaction, so no move ever sees it done while this node still holds the claim
+        self._write_status(spec, lambda s: _finish_migration(s, migration, spec.node),
+                           also=lambda: self.claims.release_ops(uuid))
+        self.claims.release(uuid)  # (if the status needed no write)
         return DONE
 
     def _remove_here(self, uuid: str, domain: Any, why: str) -> None:
@@ -274,7 +277,10 @@ class VmController:
         return status is not None and bool(status.defined_xml_hash) and \
             status.defined_xml_hash != _xml_hash(spec.xml)
 
-    def _write_status(self, spec: VmSpec, change: Callable[[VmStatus], None]) -> None:
+    def _write_status(self, spec: VmSpec, change: Callable[[VmStatus], None],
+                      also: Callable[[], list[Op]] | None = None) -> None:
+        """Write the VM's status changed by `change`, compare-and-set; `also`: ops committed in
+        the same transaction (made afresh for each try)."""
         path = self.view.paths.vm_status(spec.uuid)
         for _ in range(10):
             entry = self.view.cache.entry(path)
@@ -289,7 +295,7 @@ class VmController:
                 return  # deleted meanwhile: nothing to report on
             op = Op.create(path, doc) if entry is None else Op.set(path, doc, entry.version)
             try:
-                self.store.commit([op])
+                self.store.commit([op, *(also() if also is not None else [])])
                 return
             except Conflict:
                 time.sleep(0.005)  # the cache catches up with the other writer

@@ -74,8 +74,9 @@ class VmRemover:
         self._forget(spec)
         return DONE
 
-    def take_down(self, uuid: str, domain: Any, why: str) -> None:
-        """Destroy (if it runs) and undefine a domain here, then give up its claim."""
+    def take_down(self, uuid: str, domain: Any, why: str, release: bool = True) -> None:
+        """Destroy (if it runs) and undefine a domain here, then give up its claim (unless
+        `release` is False: the caller gives it up in a transaction of its own)."""
         if self.active(domain):
             self.driver.destroy(uuid)
         try:
@@ -83,7 +84,7 @@ class VmRemover:
         except NotFound:
             pass
         log.info("event=vm-removed vm=%s node=%s reason=%s", uuid, self.name, why)
-        if self.view.cache.exists(self.view.paths.vm(uuid)):
+        if release and self.view.cache.exists(self.view.paths.vm(uuid)):
             self.claims.release(uuid)  # (a forgotten VM's claim went with it)
 
     def _record_migration_over(self, spec: VmSpec) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 from pvcd.controllers.base import TemporaryError
 from pvcd.controllers.coordinator import KEY as COORDINATOR_KEY
@@ -25,18 +24,17 @@ from pvcd.controllers.coordinator import Coordinator, PrimaryServices
 from pvcd.controllers.fencing import FencingController
 from pvcd.controllers.node import NodeController, NodeStatusWriter
 from pvcd.controllers.vm import VmController
+from pvcd.domain.moves import Move, reassign
 from pvcd.domain.records import (
     Handover,
-    Migration,
     NodeSpec,
     NodeStatus,
-    VmSpec,
-    VmStatus,
     from_dict,
 )
 from pvcd.drivers.fence import FenceDriver
 from pvcd.drivers.libvirt import LibvirtDriver
 from pvcd.state.store import Op
+from pvcd.state.vm_move import move_vm
 from tests.fakes.drivers import FakeFence, FakeHost
 from tests.fakes.state import ClusterState, FakeClock
 
@@ -260,26 +258,11 @@ class SimCluster:
 
     # what an operator asks for, written as the API writes it
     def migrate(self, vm: str, target: str) -> None:
-        """`POST /vm/<vm>/node action=migrate node=<target>` (pvcd/api/vms.py)."""
-        view = self.state.view
-        uuid = self.state.vm_uuid(vm)
-
-        def change(doc: dict[str, Any]) -> dict[str, Any]:
-            spec = from_dict(VmSpec, doc)
-            status = view.vm_status(uuid) or VmStatus()
-            running = status.node if status.state in ("running", "migrating",
-                                                      "shutting-down") else None
-            source = running or (spec.node if spec.state == "start" else None)
-            if spec.last_node is None:
-                spec.last_node = spec.node
-            spec.node = target
-            if source:
-                previous = spec.migration.request if spec.migration else 0
-                spec.migration = Migration(source=source, action="migrate",
-                                           request=max(previous, status.migration_done) + 1)
-            return spec.to_doc()
-
-        self.state.store.update(self.state.paths.vm(uuid), change)
+        """`POST /vm/<vm>/node action=migrate node=<target> force` (pvcd/api/vms.py): the one
+        move rule, on what ZooKeeper has now."""
+        move_vm(self.state.store, self.state.paths, self.state.vm_uuid(vm),
+                lambda basis: reassign(basis.spec, basis.status, target, Move.MIGRATE,
+                                       owner=basis.owner))
 
     def domain_state(self, node: str, wanted: str) -> None:
         """`POST /node/<node>/domain-state state=flush|ready`."""
