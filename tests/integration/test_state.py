@@ -237,3 +237,55 @@ def test_a_local_write_the_watch_never_reports_is_checked_against_zookeeper(
     assert cache.get(kept) == {"name": "kept"}
     assert wait_for(lambda: cache.entry(kept).czxid is not None)  # now with its real stat
     assert cache.children(paths.vms) == ["kept"]
+
+
+@pytest.mark.parametrize("first", ["added", "updated", "added-here"])
+def test_a_znode_kazoo_reports_after_its_deletion_leaves_no_ghost(
+        state, zookeeper, monkeypatch: pytest.MonkeyPatch, first: str) -> None:  # type: ignore[no-untyped-def]
+    """The ghost VMs of issue 12, replayed in kazoo's TreeCache itself: a tree node's `get`
+    answer waits in the cache's background queue while the znode's DELETED watch runs on
+    kazoo's event thread (for a node not live yet it publishes nothing, for a live one
+    NODE_REMOVED); the late answer then publishes NODE_ADDED of a znode that is gone, and no
+    removal ever follows. `added-here`: created by this process (as the API defines a VM),
+    deleted by another (its node forgets it)."""
+    from kazoo.recipe import cache as kazoo_cache
+
+    paths, cache, store = state
+    target = paths.vm("ghost")
+    gate, held = threading.Event(), threading.Event()
+    original = kazoo_cache.TreeNode._process_result
+
+    def late(self, method_name, path, result):  # type: ignore[no-untyped-def]
+        if method_name == "get" and path == target and not gate.is_set() and \
+                (first != "updated" or held.is_set() or getattr(self, "_state", 0) == 1):
+            held.set()
+            gate.wait(10)
+        return original(self, method_name, path, result)
+
+    other = KazooClient(zookeeper.connect_string)
+    other.start()
+    try:
+        if first == "updated":  # live first, then changed: the refresh's answer comes late
+            other.create(target, encode({"v": 1}))
+            assert wait_for(lambda: cache.get(target) == {"v": 1})
+        monkeypatch.setattr(kazoo_cache.TreeNode, "_process_result", late)
+        if first == "added":
+            other.create(target, encode({"v": 1}))
+        elif first == "added-here":
+            store.commit([Op.create(target, {"v": 1})])
+        else:
+            other.set(target, encode({"v": 2}))
+        assert held.wait(5)
+        other.delete(target)
+        tree = cache._tree
+        assert wait_for(lambda: tree._find_node(target) is None)  # kazoo saw the deletion
+        gate.set()
+        marker = paths.vm("marker")  # events are handled in order: after the marker's, ours
+        other.create(marker, encode({}))
+        assert wait_for(lambda: cache.exists(marker))
+        assert wait_for(lambda: not cache.exists(target), timeout=2)
+        assert cache.children(paths.vms) == ["marker"]
+    finally:
+        gate.set()
+        other.stop()
+        other.close()
