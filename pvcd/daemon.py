@@ -42,6 +42,7 @@ from pvcd.controllers.coordinator import Coordinator, PrimaryServices
 from pvcd.controllers.fencing import FencingController
 from pvcd.controllers.floating import build_floating_ips
 from pvcd.controllers.node import NodeController, NodeStatusWriter
+from pvcd.controllers.self_fence import DeclaredDead, SelfFence
 from pvcd.controllers.storage import build_storage
 from pvcd.controllers.vm import VmController, vm_key
 from pvcd.domain.errors import ConfigError, Conflict, InvalidValue
@@ -50,6 +51,7 @@ from pvcd.drivers.fence import fence_driver
 from pvcd.drivers.host import HostDriver, pid_alive
 from pvcd.drivers.libvirt import LibvirtDriver
 from pvcd.drivers.systemd import notify
+from pvcd.drivers.watchdog import LinuxWatchdog, Watchdog
 from pvcd.plugins import Plugins
 from pvcd.state.cache import StateCache
 from pvcd.state.schema import Paths, ensure_schema
@@ -90,7 +92,9 @@ class NodeDaemon:
         # no blocking call waits on a suspended connection longer than the session may live
         self.store = Store(self.client, self.cache, timeout=config.cluster.session_timeout)
         self.view = ClusterView(self.cache, self.paths)
-        self.writer = NodeStatusWriter(self.store, self.paths.node_status(self.name), clock)
+        self.self_fence = self._make_self_fence()
+        self.writer = NodeStatusWriter(self.store, self.paths.node_status(self.name), clock,
+                                       yield_to_fence=self.self_fence.enabled)
         self.libvirt = libvirt or LibvirtDriver(config.drivers.libvirt.uri)
         self.node = NodeController(self.name, self.view, self.store, self.writer, self.host,
                                    self.libvirt, clock)
@@ -169,6 +173,19 @@ class NodeDaemon:
         return ApiServer(ctx, api.listen, api.port, api.auth.secret_key, ssl_context,
                          extra_listen=extra)
 
+    def _make_self_fence(self) -> SelfFence:
+        fencing, interval = self.config.fencing, self.config.timing.keepalive_interval
+        watchdog: Watchdog | None = None
+        if fencing.watchdog_device is not None:
+            if fencing.watchdog_timeout < 3 * interval:
+                raise ConfigError(
+                    f"{self.config.path}: fencing.watchdog_timeout: {fencing.watchdog_timeout} s "
+                    f"is less than 3 keepalive intervals ({3 * interval:g} s): a node would "
+                    "reset itself over one slow keepalive")
+            opener = self.plugins.watchdog or LinuxWatchdog
+            watchdog = opener(fencing.watchdog_device)
+        return SelfFence(self.name, watchdog, fencing.watchdog_timeout, interval)
+
     def _build_fencing(self) -> Wiring:
         timing, fencing = self.config.timing, self.config.fencing
         coordinator = self.coordinator
@@ -197,7 +214,8 @@ class NodeDaemon:
         timing = self.config.timing
         self.vm = VmController(self.name, self.view, self.store, self.libvirt,
                                timing.shutdown_timeout, self.clock,
-                               can_act=lambda: self.registered and self.client.connected)
+                               can_act=lambda: self.registered and self.client.connected
+                               and not self.self_fence.given_up)
         self.vm_controller = Controller("vm", self.vm.reconcile, self.vm.keys, workers=4,
                                         resync_interval=timing.resync_interval)
         vms = self.paths.vms + "/"
@@ -229,7 +247,9 @@ class NodeDaemon:
         self.cache.subscribe(self._on_change)
         for service in self.plugins.services:  # up before the node says it runs (the lab
             service.start()                    # agent answers as soon as the node is seen)
-        self._register()
+        if not self._register_first():  # stopped while the primary was fencing this node
+            self._release(" before=registered")
+            return
         for controller in self.controllers:
             controller.start()
         if self.coordinator_controller is not None:
@@ -286,12 +306,32 @@ class NodeDaemon:
         return int(self.client.client_id[0])
 
     # registration
+    def _register_first(self) -> bool:
+        """Register; while the primary is fencing this node (a daemon started again before
+        the fence is over), wait for it. False: stopped meanwhile."""
+        while not self._stop.is_set():
+            try:
+                self._register()
+                return True
+            except DeclaredDead as exc:
+                log.warning("event=register-deferred node=%s reason=%s", self.name, exc)
+                self._stop.wait(self.config.timing.keepalive_interval)
+        return False
+
     def _register(self) -> None:
         """Create or refresh this node's records; idempotent; run at start and after LOST."""
         self._claim_name()
         spec_path = self.paths.node(self.name)
         coordinator = self.config.node.coordinator
-
+        read_started = time.monotonic()
+        previous = self.store.read_optional(self.paths.node_status(self.name))
+        if self.self_fence.enabled and previous is not None and \
+                isinstance(previous[0], dict) and previous[0].get("daemon_state") == "dead":
+            # the primary is fencing this node: never arm (or pet) the watchdog over that
+            if self.self_fence.taken is not None:
+                self.self_fence.declared_dead("marked dead while the session was away")
+            raise DeclaredDead("the primary is fencing this node (marked dead)")
+        self.self_fence.arm(read_started)  # before the timeout it took is published
         fence = self._fence_params()
 
         def refresh_spec(doc: object) -> object:
@@ -308,7 +348,6 @@ class NodeDaemon:
             except Conflict:
                 pass
         self.store.update(spec_path, refresh_spec)
-        previous = self.store.read_optional(self.paths.node_status(self.name))
         status = from_dict(NodeStatus, previous[0] if previous else {})
         status.daemon_state = "run"
         status.coordinator_state = "secondary" if coordinator else "client"
@@ -344,6 +383,9 @@ class NodeDaemon:
         if fencing.driver == "ipmi":
             params.update(ipmi_host=fencing.ipmi_host, ipmi_user=fencing.ipmi_user,
                           ipmi_password=fencing.ipmi_password)
+        if self.self_fence.taken is not None:  # what the primary's WatchdogFence waits out
+            params.update(watchdog_timeout=self.self_fence.taken,
+                          keepalive_interval=self.config.timing.keepalive_interval)
         return params
 
     def _claim_name(self) -> None:
@@ -385,6 +427,9 @@ class NodeDaemon:
             self._wake.clear()
             if self._stop.is_set():
                 break
+            if self.self_fence.given_up:  # declared dead: wait for the watchdog's reset
+                self._stop.wait(interval)
+                continue
             try:
                 if not self.registered and self.client.state == KazooState.CONNECTED:
                     self._register()
@@ -392,7 +437,16 @@ class NodeDaemon:
                 # the status writer): the first keepalive after it is back says it all
                 if self.registered and self.client.connected and \
                         time.monotonic() >= next_keepalive:
+                    started = time.monotonic()
                     self.node.keepalive()
+                    self.self_fence.proven_alive(started)
+            except DeclaredDead as exc:
+                if self.self_fence.taken is not None:
+                    self.self_fence.declared_dead(str(exc))
+                else:
+                    log.warning("event=register-deferred node=%s reason=%s", self.name, exc)
+                    self._stop.wait(interval)
+                continue
             except Exception as exc:
                 log.warning("event=keepalive-failed node=%s error=%r", self.name, exc)
                 self._stop.wait(0.2)
@@ -436,7 +490,13 @@ class NodeDaemon:
             log.info("event=controllers-stopped node=%s", self.name)
         else:
             log.warning("event=controllers-left-running node=%s", self.name)
-        _bounded("unregister", self._unregister, left())
+        unregistered: list[bool] = []
+        _bounded("unregister", lambda: unregistered.append(self._unregister()), left())
+        if unregistered == [True]:  # the cluster knows the daemon stopped: it fences nothing
+            self.self_fence.stop()
+        elif self.self_fence.taken is not None:  # else the machine must reset, as if partitioned
+            log.critical("event=watchdog-left-armed node=%s reason=stop not recorded in the "
+                         "cluster", self.name)
         self._release(deadline=deadline)
 
     def _write_state(self, state: str) -> None:
@@ -450,10 +510,13 @@ class NodeDaemon:
                  [*first, *reversed(self.controllers)]]
         return all(ended)
 
-    def _unregister(self) -> None:
+    def _unregister(self) -> bool:
+        """Record the stop in the cluster; True once it is."""
         if self.registered and self.client.connected:
             self._write_state("stop")
             self.store.commit([Op.delete(self.paths.node_alive(self.name))])
+            return True
+        return False
 
     def _release(self, detail: str = "", deadline: float | None = None) -> None:
         """Let go of the cache, the plugins' services, libvirt and ZooKeeper (each safe if

@@ -10,11 +10,12 @@ driver name that no daemon was given is a fence that fails.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from pvcd.drivers.fence import FenceDriver
+from pvcd.drivers.watchdog import Watchdog
 
 if TYPE_CHECKING:
     from pvcd.controllers.storage import OsdProvisioner
@@ -37,3 +38,6 @@ class Plugins:
     services: Sequence[NodeService] = ()
     # OSDs this node makes beside those on block devices (the lab's memstore OSDs)
     extra_osds: OsdProvisioner | None = None
+    # how to open `fencing.watchdog_device` instead of the kernel's device API (the lab's
+    # fake watchdog, which a process of the lab watches like a board would)
+    watchdog: Callable[[str], Watchdog] | None = None

@@ -163,8 +163,10 @@ class FencingSection:
     # ipmi: power off/on through `ipmitool`; lab / lab-fail: the lab's process-killing driver
     # (lab-fail always fails, to exercise the failed-fence path), which only lab node daemons
     # have (`python -m pvcd.lab.node`): `pvcd run` refuses them.
-    driver: str = field(default="none", metadata=checks(one_of("none", "ipmi", "lab",
-                                                                "lab-fail")))
+    # watchdog: the node fences itself: it arms `watchdog_device` and, cut off from the
+    # cluster, resets itself; the primary recovers its VMs once that must have happened
+    driver: str = field(default="none", metadata=checks(one_of("none", "ipmi", "watchdog",
+                                                                "lab", "lab-fail")))
     ipmi_host: str | None = field(default=None, metadata=checks(not_empty))
     ipmi_user: str | None = field(default=None, metadata=checks(not_empty))
     ipmi_password: str | None = field(default=None, metadata=checks(not_empty))
@@ -172,11 +174,18 @@ class FencingSection:
     # they may still run); `recover` starts them elsewhere anyway.
     on_fence_failure: str = field(default="none", metadata=checks(one_of("none", "recover")))
     attempts: int = field(default=3, metadata=checks(in_range(1, 100)))
+    # A hardware watchdog or softdog device (e.g. /dev/watchdog) this node arms and pets while
+    # the cluster hears from it (any driver; `watchdog` needs it); null: none.
+    watchdog_device: str | None = field(default=None, metadata=checks(absolute_path))
+    # Seconds without a pet before the device resets the machine.
+    watchdog_timeout: int = field(default=60, metadata=checks(in_range(5, 3600)))
 
     def cross_check(self) -> Problem | None:
         if self.driver == "ipmi" and not (self.ipmi_host and self.ipmi_user and
                                           self.ipmi_password):
             return "ipmi_host", "the ipmi driver needs ipmi_host, ipmi_user and ipmi_password"
+        if self.driver == "watchdog" and self.watchdog_device is None:
+            return "watchdog_device", "the watchdog driver needs a watchdog_device"
         return None
 
 

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from pvcd.controllers.base import DONE, Result
 from pvcd.controllers.flush import flush_step, ready_step
+from pvcd.controllers.self_fence import DeclaredDead
 from pvcd.domain.errors import Conflict
 from pvcd.domain.records import NodeSpec, NodeStats, NodeStatus
 from pvcd.domain.states import STOPPED_VM_STATES, domain_active
@@ -41,10 +42,14 @@ STEP_INTERVAL = 0.25  # between the steps of a flush or ready while VMs are on t
 class NodeStatusWriter:
     """Serialises every write of one node's status document (compare-and-set)."""
 
-    def __init__(self, store: Store, path: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store, path: str, clock: Callable[[], float] = time.time,
+                 yield_to_fence: bool = False) -> None:
+        """`yield_to_fence`: never write over a `dead` or `fenced` state the primary wrote
+        (raise DeclaredDead instead): a self-fencing node (`pvcd.controllers.self_fence`)."""
         self._store = store
         self._path = path
         self._clock = clock
+        self._yield_to_fence = yield_to_fence
         self._lock = threading.Lock()
         self.status = NodeStatus()
         self._version: int | None = None  # None: not written by this process yet
@@ -74,6 +79,11 @@ class NodeStatusWriter:
                 change(self.status)
                 if self._version is None:
                     current = self._store.read_optional(self._path)
+                    if current is not None and self._yield_to_fence and \
+                            isinstance(current[0], dict) and \
+                            current[0].get("daemon_state") in ("dead", "fenced"):
+                        raise DeclaredDead(f"the primary marked this node "
+                                           f"{current[0]['daemon_state']}")
                     if current is None:
                         self._store.commit([Op.create(self._path, self.status.to_doc())])
                         self._version = 0

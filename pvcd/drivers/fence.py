@@ -3,7 +3,8 @@
 A fence is "power off, confirm off, power on". Success means the node is confirmed off (its
 guests with it); only then may the cluster recover its VMs. Any doubt is a failure.
 
-`IpmiFence` (`ipmitool -I lanplus` chassis power off / status / on) is the production driver.
+`IpmiFence` (`ipmitool -I lanplus` chassis power off / status / on) and `WatchdogFence` (a node
+that resets itself: wait that out) are the production drivers.
 Other drivers are given to a daemon by whoever builds it (`pvcd.plugins.Plugins`; the lab's are
 in `pvcd.lab.fence`); a node that publishes a driver the primary was not given cannot be fenced.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -67,10 +68,42 @@ class IpmiFence:
         return result.stdout
 
 
+class WatchdogFence:
+    """A node that fences itself (`fencing.driver: watchdog`): nothing to power off; wait until
+    its watchdog must have reset it. The node pets its watchdog only within one keepalive
+    interval after a keepalive it wrote with compare-and-set, and the fencing controller has
+    marked it dead (compare-and-set on the same document) before this runs, after which none
+    of its keepalives succeeds: its last pet was at most one interval after this fence began,
+    so `watchdog_timeout + keepalive_interval` after it began the machine has reset.
+    `MARGIN` covers clock drift and the reset itself (docs/architecture.md)."""
+
+    MARGIN = 5.0
+
+    def __init__(self, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.sleep = sleep
+
+    def fence(self, target: FenceTarget, timeout: float) -> None:
+        # re-validated: read from ZooKeeper, which anyone who can reach it could have written
+        watchdog, interval = (target.params.get(k) for k in ("watchdog_timeout",
+                                                             "keepalive_interval"))
+        if not _number_in(watchdog, 1, 3600) or not _number_in(interval, 0.05, 600):
+            raise BackendError(f"node {target.node} publishes no armed watchdog (timeout "
+                               f"{watchdog!r}, keepalive interval {interval!r}): it cannot "
+                               "fence itself")
+        assert isinstance(watchdog, (int, float)) and isinstance(interval, (int, float))
+        self.sleep(float(watchdog) + float(interval) + self.MARGIN)
+
+
+def _number_in(value: object, low: float, high: float) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        low <= value <= high
+
+
 def fence_driver(name: str, extra: Mapping[str, FenceDriver] | None = None) -> FenceDriver:
     """The driver called `name`: a production one, or one of `extra` (given by the daemon's
     builder); InvalidValue when there is none of that name."""
-    drivers: dict[str, FenceDriver] = {"ipmi": IpmiFence(), **(extra or {})}
+    drivers: dict[str, FenceDriver] = {"ipmi": IpmiFence(), "watchdog": WatchdogFence(),
+                                       **(extra or {})}
     if name not in drivers:
         raise InvalidValue(f"node cannot be fenced: fence driver {name!r}")
     return drivers[name]

@@ -31,32 +31,37 @@ class LabFence:
         self.nodes_dir = Path(nodes_dir)  # the lab's `nodes/`: one folder per node
 
     def fence(self, target: FenceTarget, timeout: float) -> None:
-        folder = self.nodes_dir / target.node
-        try:
-            record = load_launch(folder)
-        except (OSError, ValueError, TypeError) as exc:
-            raise BackendError(f"node {target.node}: no launch record in {folder}: {exc}") \
-                from exc
-        pid = record.pid
-        if pid > 0 and pid_alive(pid):
-            if process_argv(pid) != record.command:
-                raise BackendError(f"node {target.node}: pid {pid} is another process now; "
-                                   "refusing to kill it")
-            os.kill(pid, signal.SIGCONT)  # a stopped process dies only when it runs
-            os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + timeout
-        while pid > 0 and pid_alive(pid):
-            if time.monotonic() > deadline:
-                raise BackendError(f"node {target.node}: pid {pid} still alive after SIGKILL")
-            time.sleep(0.01)
-        if record.netns:  # the node's network goes down with it: its processes, floating IPs
-            _power_off_netns(record.netns, record.floating)
-        log.info("event=fence-power-off node=%s pid=%d confirmed=true", target.node, pid)
-        if going_down(self.nodes_dir):  # `pvcd lab down`: the node stays off
-            log.info("event=fence-power-on-skipped node=%s reason=lab-going-down", target.node)
-            return
-        new_pid = launch(folder, record)  # power on: the node boots, its daemon starts again
-        log.info("event=fence-power-on node=%s pid=%d", target.node, new_pid)
+        power_cycle(self.nodes_dir, target.node, timeout, "fence")
+
+
+def power_cycle(nodes_dir: Path, node: str, timeout: float, why: str) -> None:
+    """Power a lab node off (its daemon's process, and its namespace's), confirm it is off,
+    and power it on again (unless the lab is going down); BackendError if unsure."""
+    folder = nodes_dir / node
+    try:
+        record = load_launch(folder)
+    except (OSError, ValueError, TypeError) as exc:
+        raise BackendError(f"node {node}: no launch record in {folder}: {exc}") from exc
+    pid = record.pid
+    if pid > 0 and pid_alive(pid):
+        if process_argv(pid) != record.command:
+            raise BackendError(f"node {node}: pid {pid} is another process now; "
+                               "refusing to kill it")
+        os.kill(pid, signal.SIGCONT)  # a stopped process dies only when it runs
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while pid > 0 and pid_alive(pid):
+        if time.monotonic() > deadline:
+            raise BackendError(f"node {node}: pid {pid} still alive after SIGKILL")
+        time.sleep(0.01)
+    if record.netns:  # the node's network goes down with it: its processes, floating IPs
+        _power_off_netns(record.netns, record.floating)
+    log.info("event=%s-power-off node=%s pid=%d confirmed=true", why, node, pid)
+    if going_down(nodes_dir):  # `pvcd lab down`: the node stays off
+        log.info("event=%s-power-on-skipped node=%s reason=lab-going-down", why, node)
+        return
+    new_pid = launch(folder, record)  # power on: the node boots, its daemon starts again
+    log.info("event=%s-power-on node=%s pid=%d", why, node, new_pid)
 
 
 class FailingFence:

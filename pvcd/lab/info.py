@@ -41,6 +41,7 @@ class LabInfo:
     ceph: dict[str, Any] | None = None  # {"workdir", "conf", "keyring"} with a throwaway Ceph
     libvirt: str = "test"  # test: a test:/// file per node; qemu: a real libvirtd per node
     qemu: dict[str, Any] | None = None  # {"workdir", "kernel", "guest_xml"} with libvirt qemu
+    watchdog_pid: int = 0  # the lab's watchdog board (pvcd.lab.watchdog), when nodes arm one
 
     def node(self, name: str) -> LabNode:
         for node in self.nodes:

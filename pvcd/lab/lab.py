@@ -83,11 +83,13 @@ class Lab:
            network: bool = False, fencing: str | None = None,
            fence_overrides: dict[str, str] | None = None,
            dead_threshold: int = 3, libvirt: str = "test",
-           ceph_stats_interval: float = 2.0) -> LabInfo:
+           ceph_stats_interval: float = 2.0, watchdog_timeout: int | None = None) -> LabInfo:
         """`libvirt`: "test" (a `test:///` file per node, inside its daemon) or "qemu" (a real
         libvirtd per node, tiny QEMU guests that boot and live-migrate). `fencing` None: "lab"
         with the test driver, "none" with QEMU (the lab fence kills only the node's daemon;
-        its QEMU guests would survive and run twice once recovered elsewhere)."""
+        its QEMU guests would survive and run twice once recovered elsewhere).
+        `watchdog_timeout`: every node arms the lab's fake watchdog (`pvcd.lab.watchdog`) with
+        it, and a watchdog board process resets nodes that stop petting theirs."""
         if self.lab_file.exists():
             raise RuntimeError(f"a lab is already described in {self.lab_file}; "
                                "run `pvcd lab down` first")
@@ -179,7 +181,12 @@ class Lab:
                 # the daemon runs inside its node's namespace: its API answers on the floating
                 # IP only (lab.json's `api` is the lab proxy into the underlay)
                 cast(dict[str, Any], config["api"])["listen"] = FLOATING_IP
-            config["fencing"] = {"driver": (fence_overrides or {}).get(name, fencing)}
+            fencing_config: dict[str, Any] = {"driver": (fence_overrides or {}).get(name,
+                                                                                   fencing)}
+            if watchdog_timeout is not None:
+                fencing_config.update(watchdog_device=str(folder / "watchdog"),
+                                      watchdog_timeout=watchdog_timeout)
+            config["fencing"] = fencing_config
             binds: list[list[str]] = []
             if info.ceph is not None:  # OSD ownership: docs/storage.md
                 cast(dict[str, Any], config.setdefault("drivers", {}))["ceph"] = {
@@ -198,6 +205,8 @@ class Lab:
         try:
             if lab_net is not None:
                 info.network["proxy_pid"] = self._start_proxy(lab_net, api_port)  # type: ignore[index]
+            if watchdog_timeout is not None:
+                info.watchdog_pid = self._start_watchdog_board()
             for node in info.nodes:
                 self.start_node(node.name)
             self.save()
@@ -216,6 +225,15 @@ class Lab:
              "--netns", lab_net.underlay, "--target", f"{FLOATING_IP}:{api_port}"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             env=env, start_new_session=True)
+        return process.pid
+
+    def _start_watchdog_board(self) -> int:
+        with open(self.workdir / "watchdog-board.log", "ab") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "pvcd.lab.watchdog", "--nodes-dir",
+                 str(self.workdir / "nodes")], stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT, env=lab_environment(PACKAGE_PARENT),
+                start_new_session=True)
         return process.pid
 
     def _start_libvirtd(self, info: LabInfo, nodes: int) -> None:
@@ -428,6 +446,10 @@ class Lab:
             mark_going_down(self.workdir / "nodes")
             stop_node_daemons([node.config for node in info.nodes],
                               [node.pid for node in info.nodes], timeout)
+        if info is not None and info.watchdog_pid:  # after the daemons: no reset now
+            signal_pid(info.watchdog_pid, signal.SIGKILL)
+            reap(info.watchdog_pid)
+            (self.workdir / "watchdog-board.log").unlink(missing_ok=True)
         if info is not None and info.network:
             signal_pid(int(info.network.get("proxy_pid", 0)), signal.SIGKILL)
             reap(int(info.network.get("proxy_pid", 0)))

@@ -3,10 +3,15 @@ real store (tests/fakes/nodes.py). Time is a fake clock the test advances; nothi
 
 from __future__ import annotations
 
+import pytest
+
 from pvcd.controllers.coordinator import KEY as COORDINATOR_KEY
+from pvcd.controllers.node import NodeStatusWriter
+from pvcd.controllers.self_fence import DeclaredDead
 from pvcd.domain.records import FenceRecord, from_dict
 from pvcd.state.store import Op
 from tests.fakes.nodes import DEAD_THRESHOLD, KEEPALIVE_INTERVAL, SimCluster
+from tests.fakes.state import ClusterState
 
 DEAD_AFTER = KEEPALIVE_INTERVAL * DEAD_THRESHOLD
 
@@ -198,3 +203,23 @@ def test_a_node_that_reports_again_loses_its_suspicion(sim: SimCluster) -> None:
     sim.run(DEAD_AFTER * 3)
     assert sim.fence.fenced == []
     assert sim.node_status("node2").daemon_state == "run"
+
+
+def test_a_self_fencing_node_never_writes_over_the_primarys_dead_mark(
+        cluster_state: ClusterState) -> None:
+    """The primary marks a node dead with compare-and-set on its status; a node that fences
+    itself by watchdog then finds that mark instead of writing its keepalive over it (and so
+    pets its watchdog no more), while one that does not keeps today's behaviour."""
+    for name, yields in (("hv1", True), ("hv2", False)):
+        cluster_state.put(cluster_state.paths.node(name), {"name": name})
+        path = cluster_state.paths.node_status(name)
+        writer = NodeStatusWriter(cluster_state.store, path, yield_to_fence=yields)
+        writer.update(lambda s: setattr(s, "daemon_state", "run"))
+        cluster_state.change(path, daemon_state="dead")  # the primary's mark
+        if yields:
+            with pytest.raises(DeclaredDead, match="marked this node dead"):
+                writer.update(lambda s: setattr(s, "keepalive", 2.0))
+            assert cluster_state.doc(path)["daemon_state"] == "dead"
+        else:
+            writer.update(lambda s: setattr(s, "keepalive", 2.0))
+            assert cluster_state.doc(path)["daemon_state"] == "run"
