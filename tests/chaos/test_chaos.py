@@ -15,13 +15,6 @@ from tests.chaos.harness import ChaosConfig, chaos_lab, run_chaos
 
 pytestmark = pytest.mark.slow
 
-# Found by this test and still open in issue 12: the primary's cache can keep a VM that its node
-# has already forgotten (a define and a delete within tens of milliseconds), so the API lists it
-# and it never settles. Such a run is reported as an expected failure, with its evidence; every
-# other problem (a VM on two nodes, a 5xx, a lost write, a daemon that never came back) fails.
-KNOWN_OPEN = ("ghosts:", "mismatch:", "stuck:", "convergence:")
-
-
 @pytest.mark.timeout(240)
 def test_concurrent_clients_and_a_killed_daemon_leave_no_trace(tmp_path: Path) -> None:
     config = ChaosConfig(clients=8, seconds=20, vms=20, faults=FaultPlan(kill_every=12))
@@ -35,9 +28,7 @@ def test_concurrent_clients_and_a_killed_daemon_leave_no_trace(tmp_path: Path) -
     assert [e.what for e in result.events if "kill" in e.what] == ["kill"], result.events
     assert figures["by_status"].get("200", 0) > 100, figures  # the load really ran
     assert result.sampler.sweeps > 50 and result.sampler.max_gap < 1.0, figures
-    problems = result.problems()
-    assert [p for p in problems if not p.startswith(KNOWN_OPEN)] == [], result.summary()
-    if problems:
-        pytest.xfail("issue 12, still open (a VM kept by the primary's cache after its node "
-                     "forgot it):\n" + result.summary())
+    # a VM on two nodes, a ghost, a lost write, a 5xx, a stuck VM, a daemon that never came
+    # back: each is a problem (tests/chaos/checks.py)
+    assert result.problems() == [], result.summary()
     assert result.converged is not None and result.converged <= config.converge_timeout
