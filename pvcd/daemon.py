@@ -47,7 +47,7 @@ from pvcd.controllers.storage import build_storage
 from pvcd.controllers.vm import VmController, vm_key
 from pvcd.domain.errors import ConfigError, Conflict, InvalidValue
 from pvcd.domain.records import NodeSpec, NodeStatus, from_dict
-from pvcd.drivers.fence import fence_driver
+from pvcd.drivers.fence import FenceTarget, fence_driver
 from pvcd.drivers.host import HostDriver, pid_alive
 from pvcd.drivers.libvirt import LibvirtDriver
 from pvcd.drivers.systemd import notify
@@ -73,14 +73,7 @@ class NodeDaemon:
         self.host = host or HostDriver()
         self.plugins = plugins or Plugins()
         self.fence_drivers = functools.partial(fence_driver, extra=self.plugins.fence_drivers)
-        if config.fencing.driver != "none":
-            try:  # a driver this daemon lacks would make every fence of this node fail
-                self.fence_drivers(config.fencing.driver)
-            except InvalidValue:
-                raise ConfigError(
-                    f"{config.path}: fencing.driver: {config.fencing.driver!r} is not available "
-                    "to this daemon (the lab's fence drivers are only in lab node daemons, "
-                    "python -m pvcd.lab.node)") from None
+        self.fence_targets = self._fence_targets()
         self.paths = Paths(config.cluster.zookeeper_root)
         self.client = KazooClient(
             hosts=",".join(config.cluster.coordinators),
@@ -173,6 +166,25 @@ class NodeDaemon:
         return ApiServer(ctx, api.listen, api.port, api.auth.secret_key, ssl_context,
                          extra_listen=extra)
 
+    def _fence_targets(self) -> dict[str, FenceTarget]:
+        """How this coordinator fences each node: its own configuration, checked now (a driver
+        this daemon lacks would make every fence of that node fail)."""
+        config, targets = self.config, {}
+        for index, section in enumerate(config.fencing.targets):
+            try:
+                self.fence_drivers(section.driver)
+            except InvalidValue:
+                raise ConfigError(
+                    f"{config.path}: fencing.targets[{index}].driver: {section.driver!r} is not "
+                    "available to this daemon (the lab's fence drivers are only in lab node "
+                    "daemons, python -m pvcd.lab.node)") from None
+            params: dict[str, object] = {"keepalive_interval": config.timing.keepalive_interval}
+            for key in ("ipmi_host", "ipmi_user", "ipmi_password", "watchdog_timeout"):
+                if getattr(section, key) is not None:
+                    params[key] = getattr(section, key)
+            targets[section.node] = FenceTarget(section.node, section.driver, params)
+        return targets
+
     def _make_self_fence(self) -> SelfFence:
         fencing, interval = self.config.fencing, self.config.timing.keepalive_interval
         watchdog: Watchdog | None = None
@@ -196,7 +208,7 @@ class NodeDaemon:
             keepalive_interval=timing.keepalive_interval,
             dead_threshold=timing.dead_threshold, fence_timeout=timing.fence_timeout,
             attempts=fencing.attempts, on_failure=fencing.on_fence_failure,
-            drivers=self.fence_drivers, clock=self.clock)
+            drivers=self.fence_drivers, clock=self.clock, targets=self.fence_targets)
         controller = Controller("fencing", self.fencing.reconcile, self.fencing.keys,
                                 resync_interval=max(0.2, timing.keepalive_interval / 2))
         nodes = self.paths.nodes + "/"
@@ -331,15 +343,16 @@ class NodeDaemon:
             if self.self_fence.taken is not None:
                 self.self_fence.declared_dead("marked dead while the session was away")
             raise DeclaredDead("the primary is fencing this node (marked dead)")
-        self.self_fence.arm(read_started)  # before the timeout it took is published
-        fence = self._fence_params()
+        self.self_fence.arm(read_started)  # before this node says it runs
 
         def refresh_spec(doc: object) -> object:
             spec = from_dict(NodeSpec, doc)
+            # (`fence`: what nodes published before fencing became the coordinators' own
+            # configuration, IPMI passwords included: scrubbed)
             if spec.coordinator == coordinator and spec.name == self.name and \
-                    spec.fence == fence:
+                    not (isinstance(doc, dict) and "fence" in doc):
                 return None
-            spec.name, spec.coordinator, spec.fence = self.name, coordinator, fence
+            spec.name, spec.coordinator = self.name, coordinator
             return spec.to_doc()
 
         if self.store.read_optional(spec_path) is None:
@@ -375,18 +388,6 @@ class NodeDaemon:
             controller.resync()  # whatever backed off while we had no session: look again
         if self.coordinator_controller is not None:
             self.coordinator_controller.enqueue(COORDINATOR_KEY)
-
-    def _fence_params(self) -> dict[str, object]:
-        """How other nodes fence this one (published in the node spec)."""
-        fencing = self.config.fencing
-        params: dict[str, object] = {"driver": fencing.driver}
-        if fencing.driver == "ipmi":
-            params.update(ipmi_host=fencing.ipmi_host, ipmi_user=fencing.ipmi_user,
-                          ipmi_password=fencing.ipmi_password)
-        if self.self_fence.taken is not None:  # what the primary's WatchdogFence waits out
-            params.update(watchdog_timeout=self.self_fence.taken,
-                          keepalive_interval=self.config.timing.keepalive_interval)
-        return params
 
     def _claim_name(self) -> None:
         """Make sure no other live daemon uses our node name; clear our own stale liveness.

@@ -181,8 +181,17 @@ class Lab:
                 # the daemon runs inside its node's namespace: its API answers on the floating
                 # IP only (lab.json's `api` is the lab proxy into the underlay)
                 cast(dict[str, Any], config["api"])["listen"] = FLOATING_IP
-            fencing_config: dict[str, Any] = {"driver": (fence_overrides or {}).get(name,
-                                                                                   fencing)}
+            # every coordinator knows how to fence every node (its own authority)
+            targets = []
+            for other in range(1, nodes + 1):
+                driver = (fence_overrides or {}).get(f"node{other}", fencing)
+                if driver == "none":
+                    continue
+                target: dict[str, Any] = {"node": f"node{other}", "driver": driver}
+                if driver == "watchdog":
+                    target["watchdog_timeout"] = watchdog_timeout
+                targets.append(target)
+            fencing_config: dict[str, Any] = {"targets": targets}
             if watchdog_timeout is not None:
                 fencing_config.update(watchdog_device=str(folder / "watchdog"),
                                       watchdog_timeout=watchdog_timeout)
