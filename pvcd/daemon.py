@@ -34,7 +34,7 @@ from pvcd.api.app import make_context
 from pvcd.api.auth import Tokens
 from pvcd.api.metrics import Metrics
 from pvcd.api.server import ApiServer, make_ssl_context
-from pvcd.config import Config
+from pvcd.config import ClusterSection, Config
 from pvcd.controllers.base import Controller, Watch, Wiring
 from pvcd.controllers.client_networks import build_networks
 from pvcd.controllers.coordinator import KEY as COORDINATOR_KEY
@@ -54,6 +54,7 @@ from pvcd.drivers.systemd import notify
 from pvcd.drivers.watchdog import LinuxWatchdog, Watchdog
 from pvcd.plugins import Plugins
 from pvcd.state.cache import StateCache
+from pvcd.state.client import ZkCredentials, ZkTls, zookeeper_client
 from pvcd.state.schema import Paths, ensure_schema
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
@@ -75,12 +76,7 @@ class NodeDaemon:
         self.fence_drivers = functools.partial(fence_driver, extra=self.plugins.fence_drivers)
         self.fence_targets = self._fence_targets()
         self.paths = Paths(config.cluster.zookeeper_root)
-        self.client = KazooClient(
-            hosts=",".join(config.cluster.coordinators),
-            timeout=config.cluster.session_timeout,
-            connection_retry={"max_tries": -1, "delay": 0.05, "backoff": 1.5,
-                              "max_delay": 1.0, "max_jitter": 0.1},
-        )
+        self.client = cluster_client(config.cluster)
         self.cache = StateCache(self.client, self.paths.root)
         # no blocking call waits on a suspended connection longer than the session may live
         self.store = Store(self.client, self.cache, timeout=config.cluster.session_timeout)
@@ -539,6 +535,20 @@ class NodeDaemon:
     def _close_session(self) -> None:
         self.client.stop()
         self.client.close()
+
+
+def cluster_client(cluster: ClusterSection) -> KazooClient:
+    """The daemon's ZooKeeper client, as `cluster` says (credentials, TLS); not started."""
+    credentials = None
+    if cluster.zookeeper_user is not None and cluster.zookeeper_password is not None:
+        credentials = ZkCredentials(cluster.zookeeper_user, cluster.zookeeper_password)
+    else:
+        log.warning("event=zookeeper-unauthenticated reason=no cluster.zookeeper_user: anyone "
+                    "who reaches ZooKeeper can change this cluster (docs/security.md)")
+    tls = cluster.zookeeper_tls
+    return zookeeper_client(cluster.coordinators, cluster.session_timeout, credentials,
+                            ZkTls(tls.ca_file, tls.cert_file, tls.key_file, tls.verify)
+                            if tls.enabled else None)
 
 
 def _bounded(step: str, action: Callable[[], object], timeout: float) -> bool:

@@ -29,6 +29,7 @@ from pvcd.config.checks import (
     token_value,
     unix_user,
     zookeeper_root,
+    zookeeper_user,
 )
 
 
@@ -47,6 +48,36 @@ class ClusterSection:
     coordinators: tuple[str, ...] = field(metadata=checks(not_empty, each=host_port))
     zookeeper_root: str = field(default="/pvc", metadata=checks(zookeeper_root))
     session_timeout: float = field(default=10.0, metadata=checks(in_range(0.5, 600)))
+    # ZooKeeper digest credentials, the same on every node: every znode pvcd creates is then
+    # readable and writable by this user only (docs/security.md). Both null: no auth, no ACLs.
+    zookeeper_user: str | None = field(default=None, metadata=checks(zookeeper_user))
+    zookeeper_password: str | None = field(default=None, metadata=checks(token_value))
+    zookeeper_tls: ZookeeperTlsSection = field(default_factory=lambda: ZookeeperTlsSection())
+
+    def cross_check(self) -> Problem | None:
+        if (self.zookeeper_user is None) != (self.zookeeper_password is None):
+            return "zookeeper_password", "zookeeper_user and zookeeper_password go together"
+        return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ZookeeperTlsSection:
+    """TLS to ZooKeeper (its `secureClientPort`): `coordinators` then name that port."""
+
+    enabled: bool = False
+    ca_file: str | None = field(default=None, metadata=checks(absolute_path))
+    cert_file: str | None = field(default=None, metadata=checks(absolute_path))
+    key_file: str | None = field(default=None, metadata=checks(absolute_path))
+    verify: bool = True
+
+    def cross_check(self) -> Problem | None:
+        if (self.cert_file is None) != (self.key_file is None):
+            return "key_file", "cert_file and key_file go together"
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            if self.enabled and path is not None and not os.path.isfile(path):
+                return name, f"no such file: {path!r}"
+        return None
 
 
 @dataclass(frozen=True, kw_only=True)
