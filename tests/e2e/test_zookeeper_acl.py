@@ -8,6 +8,7 @@ import json
 import pytest
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
+from kazoo.security import OPEN_ACL_UNSAFE
 
 from pvcd.lab.guest import tiny_guest_xml
 from pvcd.lab.lab import Lab
@@ -48,7 +49,7 @@ def test_a_client_without_credentials_can_neither_read_nor_change_the_cluster(
             ("change a VM", lambda: stranger.set(vm, hostile)),
             ("add a node record", lambda: stranger.create(f"{root}/nodes/evil", b"{}")),
             ("delete a VM", lambda: stranger.delete(vm, recursive=True)),
-            ("open the tree", lambda: stranger.set_acls(root, [])),
+            ("open the tree", lambda: stranger.set_acls(root, [OPEN_ACL_UNSAFE[0]])),
         ]
         for what, attempt in attempts:
             with pytest.raises(NoAuthError):
