@@ -34,7 +34,7 @@ from pvcd.api.app import make_context
 from pvcd.api.auth import Tokens
 from pvcd.api.metrics import Metrics
 from pvcd.api.server import ApiServer, make_ssl_context
-from pvcd.config import Config
+from pvcd.config import ClusterSection, Config
 from pvcd.controllers.base import Controller, Watch, Wiring
 from pvcd.controllers.client_networks import build_networks
 from pvcd.controllers.coordinator import KEY as COORDINATOR_KEY
@@ -47,13 +47,14 @@ from pvcd.controllers.storage import build_storage
 from pvcd.controllers.vm import VmController, vm_key
 from pvcd.domain.errors import ConfigError, Conflict, InvalidValue
 from pvcd.domain.records import NodeSpec, NodeStatus, from_dict
-from pvcd.drivers.fence import fence_driver
+from pvcd.drivers.fence import FenceTarget, fence_driver
 from pvcd.drivers.host import HostDriver, pid_alive
 from pvcd.drivers.libvirt import LibvirtDriver
 from pvcd.drivers.systemd import notify
 from pvcd.drivers.watchdog import LinuxWatchdog, Watchdog
 from pvcd.plugins import Plugins
 from pvcd.state.cache import StateCache
+from pvcd.state.client import ZkCredentials, ZkTls, zookeeper_client
 from pvcd.state.schema import Paths, ensure_schema
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
@@ -73,21 +74,9 @@ class NodeDaemon:
         self.host = host or HostDriver()
         self.plugins = plugins or Plugins()
         self.fence_drivers = functools.partial(fence_driver, extra=self.plugins.fence_drivers)
-        if config.fencing.driver != "none":
-            try:  # a driver this daemon lacks would make every fence of this node fail
-                self.fence_drivers(config.fencing.driver)
-            except InvalidValue:
-                raise ConfigError(
-                    f"{config.path}: fencing.driver: {config.fencing.driver!r} is not available "
-                    "to this daemon (the lab's fence drivers are only in lab node daemons, "
-                    "python -m pvcd.lab.node)") from None
+        self.fence_targets = self._fence_targets()
         self.paths = Paths(config.cluster.zookeeper_root)
-        self.client = KazooClient(
-            hosts=",".join(config.cluster.coordinators),
-            timeout=config.cluster.session_timeout,
-            connection_retry={"max_tries": -1, "delay": 0.05, "backoff": 1.5,
-                              "max_delay": 1.0, "max_jitter": 0.1},
-        )
+        self.client = cluster_client(config.cluster)
         self.cache = StateCache(self.client, self.paths.root)
         # no blocking call waits on a suspended connection longer than the session may live
         self.store = Store(self.client, self.cache, timeout=config.cluster.session_timeout)
@@ -173,6 +162,25 @@ class NodeDaemon:
         return ApiServer(ctx, api.listen, api.port, api.auth.secret_key, ssl_context,
                          extra_listen=extra)
 
+    def _fence_targets(self) -> dict[str, FenceTarget]:
+        """How this coordinator fences each node: its own configuration, checked now (a driver
+        this daemon lacks would make every fence of that node fail)."""
+        config, targets = self.config, {}
+        for index, section in enumerate(config.fencing.targets):
+            try:
+                self.fence_drivers(section.driver)
+            except InvalidValue:
+                raise ConfigError(
+                    f"{config.path}: fencing.targets[{index}].driver: {section.driver!r} is not "
+                    "available to this daemon (the lab's fence drivers are only in lab node "
+                    "daemons, python -m pvcd.lab.node)") from None
+            params: dict[str, object] = {"keepalive_interval": config.timing.keepalive_interval}
+            for key in ("ipmi_host", "ipmi_user", "ipmi_password", "watchdog_timeout"):
+                if getattr(section, key) is not None:
+                    params[key] = getattr(section, key)
+            targets[section.node] = FenceTarget(section.node, section.driver, params)
+        return targets
+
     def _make_self_fence(self) -> SelfFence:
         fencing, interval = self.config.fencing, self.config.timing.keepalive_interval
         watchdog: Watchdog | None = None
@@ -196,7 +204,7 @@ class NodeDaemon:
             keepalive_interval=timing.keepalive_interval,
             dead_threshold=timing.dead_threshold, fence_timeout=timing.fence_timeout,
             attempts=fencing.attempts, on_failure=fencing.on_fence_failure,
-            drivers=self.fence_drivers, clock=self.clock)
+            drivers=self.fence_drivers, clock=self.clock, targets=self.fence_targets)
         controller = Controller("fencing", self.fencing.reconcile, self.fencing.keys,
                                 resync_interval=max(0.2, timing.keepalive_interval / 2))
         nodes = self.paths.nodes + "/"
@@ -331,15 +339,16 @@ class NodeDaemon:
             if self.self_fence.taken is not None:
                 self.self_fence.declared_dead("marked dead while the session was away")
             raise DeclaredDead("the primary is fencing this node (marked dead)")
-        self.self_fence.arm(read_started)  # before the timeout it took is published
-        fence = self._fence_params()
+        self.self_fence.arm(read_started)  # before this node says it runs
 
         def refresh_spec(doc: object) -> object:
             spec = from_dict(NodeSpec, doc)
+            # (`fence`: what nodes published before fencing became the coordinators' own
+            # configuration, IPMI passwords included: scrubbed)
             if spec.coordinator == coordinator and spec.name == self.name and \
-                    spec.fence == fence:
+                    not (isinstance(doc, dict) and "fence" in doc):
                 return None
-            spec.name, spec.coordinator, spec.fence = self.name, coordinator, fence
+            spec.name, spec.coordinator = self.name, coordinator
             return spec.to_doc()
 
         if self.store.read_optional(spec_path) is None:
@@ -375,18 +384,6 @@ class NodeDaemon:
             controller.resync()  # whatever backed off while we had no session: look again
         if self.coordinator_controller is not None:
             self.coordinator_controller.enqueue(COORDINATOR_KEY)
-
-    def _fence_params(self) -> dict[str, object]:
-        """How other nodes fence this one (published in the node spec)."""
-        fencing = self.config.fencing
-        params: dict[str, object] = {"driver": fencing.driver}
-        if fencing.driver == "ipmi":
-            params.update(ipmi_host=fencing.ipmi_host, ipmi_user=fencing.ipmi_user,
-                          ipmi_password=fencing.ipmi_password)
-        if self.self_fence.taken is not None:  # what the primary's WatchdogFence waits out
-            params.update(watchdog_timeout=self.self_fence.taken,
-                          keepalive_interval=self.config.timing.keepalive_interval)
-        return params
 
     def _claim_name(self) -> None:
         """Make sure no other live daemon uses our node name; clear our own stale liveness.
@@ -538,6 +535,20 @@ class NodeDaemon:
     def _close_session(self) -> None:
         self.client.stop()
         self.client.close()
+
+
+def cluster_client(cluster: ClusterSection) -> KazooClient:
+    """The daemon's ZooKeeper client, as `cluster` says (credentials, TLS); not started."""
+    credentials = None
+    if cluster.zookeeper_user is not None and cluster.zookeeper_password is not None:
+        credentials = ZkCredentials(cluster.zookeeper_user, cluster.zookeeper_password)
+    else:
+        log.warning("event=zookeeper-unauthenticated reason=no cluster.zookeeper_user: anyone "
+                    "who reaches ZooKeeper can change this cluster (docs/security.md)")
+    tls = cluster.zookeeper_tls
+    return zookeeper_client(cluster.coordinators, cluster.session_timeout, credentials,
+                            ZkTls(tls.ca_file, tls.cert_file, tls.key_file, tls.verify)
+                            if tls.enabled else None)
 
 
 def _bounded(step: str, action: Callable[[], object], timeout: float) -> bool:

@@ -171,3 +171,14 @@ def describe(value: object) -> str:
     if isinstance(value, list):
         return "a list"
     return repr(value)
+
+
+ZOOKEEPER_USER = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def zookeeper_user(value: str) -> str | None:
+    # a digest user name: the part before ':' in ZooKeeper's "user:password" auth data
+    if ZOOKEEPER_USER.fullmatch(value):
+        return None
+    return (f"{value!r} is not a valid ZooKeeper user name (1 to 64 letters, digits, '_', '.' "
+            "and '-')")

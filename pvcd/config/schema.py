@@ -29,6 +29,7 @@ from pvcd.config.checks import (
     token_value,
     unix_user,
     zookeeper_root,
+    zookeeper_user,
 )
 
 
@@ -47,6 +48,36 @@ class ClusterSection:
     coordinators: tuple[str, ...] = field(metadata=checks(not_empty, each=host_port))
     zookeeper_root: str = field(default="/pvc", metadata=checks(zookeeper_root))
     session_timeout: float = field(default=10.0, metadata=checks(in_range(0.5, 600)))
+    # ZooKeeper digest credentials, the same on every node: every znode pvcd creates is then
+    # readable and writable by this user only (docs/security.md). Both null: no auth, no ACLs.
+    zookeeper_user: str | None = field(default=None, metadata=checks(zookeeper_user))
+    zookeeper_password: str | None = field(default=None, metadata=checks(token_value))
+    zookeeper_tls: ZookeeperTlsSection = field(default_factory=lambda: ZookeeperTlsSection())
+
+    def cross_check(self) -> Problem | None:
+        if (self.zookeeper_user is None) != (self.zookeeper_password is None):
+            return "zookeeper_password", "zookeeper_user and zookeeper_password go together"
+        return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ZookeeperTlsSection:
+    """TLS to ZooKeeper (its `secureClientPort`): `coordinators` then name that port."""
+
+    enabled: bool = False
+    ca_file: str | None = field(default=None, metadata=checks(absolute_path))
+    cert_file: str | None = field(default=None, metadata=checks(absolute_path))
+    key_file: str | None = field(default=None, metadata=checks(absolute_path))
+    verify: bool = True
+
+    def cross_check(self) -> Problem | None:
+        if (self.cert_file is None) != (self.key_file is None):
+            return "key_file", "cert_file and key_file go together"
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            if self.enabled and path is not None and not os.path.isfile(path):
+                return name, f"no such file: {path!r}"
+        return None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,36 +187,55 @@ class TimingSection:
 
 
 @dataclass(frozen=True, kw_only=True)
-class FencingSection:
-    """How this node is fenced (published for the primary), and the cluster's fence policy."""
+class FenceTargetSection:
+    """How the primary fences one node. The primary's own authority: nothing of it is taken
+    from the node's record in ZooKeeper, which anyone who can reach ZooKeeper could write."""
 
-    # none: this node cannot be fenced, its VMs are never recovered elsewhere;
-    # ipmi: power off/on through `ipmitool`; lab / lab-fail: the lab's process-killing driver
-    # (lab-fail always fails, to exercise the failed-fence path), which only lab node daemons
+    node: str = field(metadata=checks(node_name))
+    # ipmi: power off/on through `ipmitool`; watchdog: the node resets itself by its watchdog
+    # (its own `watchdog_device`), the primary waits `watchdog_timeout` out; lab / lab-fail:
+    # the lab's process-killing driver (lab-fail always fails), which only lab node daemons
     # have (`python -m pvcd.lab.node`): `pvcd run` refuses them.
-    # watchdog: the node fences itself: it arms `watchdog_device` and, cut off from the
-    # cluster, resets itself; the primary recovers its VMs once that must have happened
-    driver: str = field(default="none", metadata=checks(one_of("none", "ipmi", "watchdog",
-                                                                "lab", "lab-fail")))
+    driver: str = field(metadata=checks(one_of("ipmi", "watchdog", "lab", "lab-fail")))
     ipmi_host: str | None = field(default=None, metadata=checks(not_empty))
     ipmi_user: str | None = field(default=None, metadata=checks(not_empty))
     ipmi_password: str | None = field(default=None, metadata=checks(not_empty))
-    # Applied by the primary: after a failed fence, `none` leaves the VMs where they are (safe:
-    # they may still run); `recover` starts them elsewhere anyway.
-    on_fence_failure: str = field(default="none", metadata=checks(one_of("none", "recover")))
-    attempts: int = field(default=3, metadata=checks(in_range(1, 100)))
-    # A hardware watchdog or softdog device (e.g. /dev/watchdog) this node arms and pets while
-    # the cluster hears from it (any driver; `watchdog` needs it); null: none.
-    watchdog_device: str | None = field(default=None, metadata=checks(absolute_path))
-    # Seconds without a pet before the device resets the machine.
-    watchdog_timeout: int = field(default=60, metadata=checks(in_range(5, 3600)))
+    # the node's watchdog timeout (at least the node's own `fencing.watchdog_timeout`)
+    watchdog_timeout: int | None = field(default=None, metadata=checks(in_range(5, 3600)))
 
     def cross_check(self) -> Problem | None:
         if self.driver == "ipmi" and not (self.ipmi_host and self.ipmi_user and
                                           self.ipmi_password):
             return "ipmi_host", "the ipmi driver needs ipmi_host, ipmi_user and ipmi_password"
-        if self.driver == "watchdog" and self.watchdog_device is None:
-            return "watchdog_device", "the watchdog driver needs a watchdog_device"
+        if self.driver == "watchdog" and self.watchdog_timeout is None:
+            return "watchdog_timeout", "the watchdog driver needs the node's watchdog_timeout"
+        return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class FencingSection:
+    """How the cluster fences its nodes (applied by whichever coordinator is primary), and this
+    node's own watchdog."""
+
+    # One entry per node this coordinator may have to fence; a node without one is never
+    # fenced, and its VMs are never recovered elsewhere. Give every coordinator the same list.
+    targets: tuple[FenceTargetSection, ...] = ()
+    # Applied by the primary: after a failed fence, `none` leaves the VMs where they are (safe:
+    # they may still run); `recover` starts them elsewhere anyway.
+    on_fence_failure: str = field(default="none", metadata=checks(one_of("none", "recover")))
+    attempts: int = field(default=3, metadata=checks(in_range(1, 100)))
+    # A hardware watchdog or softdog device (e.g. /dev/watchdog) this node arms and pets while
+    # the cluster hears from it; null: none. A `watchdog` target needs it on that node.
+    watchdog_device: str | None = field(default=None, metadata=checks(absolute_path))
+    # Seconds without a pet before the device resets the machine.
+    watchdog_timeout: int = field(default=60, metadata=checks(in_range(5, 3600)))
+
+    def cross_check(self) -> Problem | None:
+        seen: set[str] = set()
+        for index, target in enumerate(self.targets):
+            if target.node in seen:
+                return f"targets[{index}].node", f"node {target.node!r} is listed twice"
+            seen.add(target.node)
         return None
 
 

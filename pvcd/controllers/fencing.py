@@ -7,7 +7,8 @@ fence cannot start a second one).
 A node is *suspect* when its ephemeral `alive` znode is gone or its keepalive is late; it is
 *dead* when its keepalive is older than `keepalive_interval x dead_threshold` (a hung daemon
 keeps its session but stops its keepalive, so both failure kinds are caught). A dead node is
-fenced through the driver it published (IPMI, or the lab's process killer). Only after the
+fenced as this coordinator's configuration says (`fencing.targets`: IPMI, its own watchdog, or
+the lab's process killer), never as the node's record says. Only after the
 fence is **confirmed** are its VMs started elsewhere; a failed fence leaves them alone (policy
 `fencing.on_fence_failure: none`, the default) and is visible in the node's `fence_state`.
 Maintenance mode suspends all of this.
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pvcd.controllers.base import DONE, Result
@@ -44,8 +45,12 @@ class FencingController:
                  is_primary: Callable[[], bool], keepalive_interval: float,
                  dead_threshold: int, fence_timeout: float, attempts: int,
                  on_failure: str, drivers: Callable[[str], FenceDriver] = fence_driver,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 targets: Mapping[str, FenceTarget] | None = None) -> None:
+        """`targets`: how to fence each node, from this coordinator's own configuration (a
+        node without one cannot be fenced); never from the node's record in ZooKeeper."""
         self.name = name
+        self.targets: Mapping[str, FenceTarget] = targets if targets is not None else {}
         self.view = view
         self.store = store
         self.is_primary = is_primary
@@ -103,13 +108,14 @@ class FencingController:
             except Conflict as exc:
                 log.info("event=fence-deferred node=%s reason=%s", node, exc)
                 return Result(requeue_after=0.1)  # it reported meanwhile: look again
-            spec = self.view.node_spec(node)
-            params = dict(spec.fence) if spec is not None else {}
-            target = FenceTarget(node, str(params.get("driver", "none")), params)
-            log.warning("event=fence-start node=%s driver=%s attempt=%d", node, target.driver,
-                        attempts)
+            target = self.targets.get(node)
+            log.warning("event=fence-start node=%s driver=%s attempt=%d", node,
+                        target.driver if target else "none", attempts)
             started = time.monotonic()
             try:
+                if target is None:
+                    raise InvalidValue(f"node {node} has no fence target in this "
+                                       "coordinator's configuration (fencing.targets)")
                 self.drivers(target.driver).fence(target, self.fence_timeout)
             except (BackendError, InvalidValue) as exc:
                 log.error("event=fence-failed node=%s attempt=%d reason=%s", node, attempts, exc)

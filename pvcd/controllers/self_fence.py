@@ -2,8 +2,9 @@
 
 The rule (the argument is in docs/architecture.md, "Self-fencing by watchdog"):
 - the watchdog is armed only right after this node read its status document and found that
-  the primary has not declared it dead, and before it registers (publishing the timeout the
-  device took, which the primary's `WatchdogFence` waits out);
+  the primary has not declared it dead, and before it registers; the device's timeout is at
+  most `fencing.watchdog_timeout`, which the coordinators' `fencing.targets` entry for this
+  node repeats and the primary's `WatchdogFence` waits out;
 - afterwards it is petted only right after a keepalive written with compare-and-set on the
   status document succeeded, and only if that write was answered within one keepalive
   interval of being sent;
@@ -18,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 
+from pvcd.domain.errors import BackendError
 from pvcd.drivers.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,12 @@ class SelfFence:
         if time.monotonic() - read_started > self.interval:
             raise TimeoutError("the status read took longer than a keepalive interval: read "
                                "again before arming the watchdog")
-        self.taken = self.watchdog.arm(self.timeout)
+        taken = self.watchdog.arm(self.timeout)
+        if taken > self.timeout:  # the primary would recover its VMs before the reset
+            raise BackendError(f"watchdog: the device took a timeout of {taken} s, more than "
+                               f"fencing.watchdog_timeout ({self.timeout} s): configure "
+                               f"{taken} s here and in the coordinators' fencing.targets")
+        self.taken = taken
         log.warning("event=watchdog-armed node=%s timeout=%d", self.name, self.taken)
 
     def proven_alive(self, write_started: float) -> None:

@@ -50,8 +50,6 @@ class NodeSpec:
     # so re-requesting the same state after an incomplete change starts a fresh change.
     domain_state: str = "ready"
     domain_request: int = 0
-    # how to fence this node (driver and its parameters), published at registration
-    fence: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_doc(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

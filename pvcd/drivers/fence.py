@@ -23,7 +23,7 @@ from pvcd.domain.errors import BackendError, InvalidValue
 
 @dataclass(frozen=True)
 class FenceTarget:
-    """What a node publishes about itself so that others can fence it."""
+    """How to fence one node, from the primary's configuration (`fencing.targets`)."""
 
     node: str
     driver: str
@@ -31,6 +31,8 @@ class FenceTarget:
 
 
 class FenceDriver(Protocol):
+    # `target` comes from the primary's own configuration (`fencing.targets`), never from the
+    # node's record in ZooKeeper
     def fence(self, target: FenceTarget, timeout: float) -> None:
         """Power the node off, confirm it is off, power it on; raise BackendError if unsure."""
 
@@ -83,13 +85,13 @@ class WatchdogFence:
         self.sleep = sleep
 
     def fence(self, target: FenceTarget, timeout: float) -> None:
-        # re-validated: read from ZooKeeper, which anyone who can reach it could have written
+        # (from the primary's configuration: checked there, and again here)
         watchdog, interval = (target.params.get(k) for k in ("watchdog_timeout",
                                                              "keepalive_interval"))
         if not _number_in(watchdog, 1, 3600) or not _number_in(interval, 0.05, 600):
-            raise BackendError(f"node {target.node} publishes no armed watchdog (timeout "
-                               f"{watchdog!r}, keepalive interval {interval!r}): it cannot "
-                               "fence itself")
+            raise BackendError(f"node {target.node}: no watchdog timeout configured for it "
+                               f"(timeout {watchdog!r}, keepalive interval {interval!r}): it "
+                               "cannot fence itself")
         assert isinstance(watchdog, (int, float)) and isinstance(interval, (int, float))
         self.sleep(float(watchdog) + float(interval) + self.MARGIN)
 

@@ -11,6 +11,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from kazoo.client import KazooClient
+
+from pvcd.state.client import ZkCredentials, zookeeper_client
+
 LAB_FILE = "lab.json"
 
 
@@ -42,12 +46,22 @@ class LabInfo:
     libvirt: str = "test"  # test: a test:/// file per node; qemu: a real libvirtd per node
     qemu: dict[str, Any] | None = None  # {"workdir", "kernel", "guest_xml"} with libvirt qemu
     watchdog_pid: int = 0  # the lab's watchdog board (pvcd.lab.watchdog), when nodes arm one
+    # the digest credentials every node daemon uses (ZooKeeper ACLs: docs/security.md)
+    zookeeper_user: str | None = None
+    zookeeper_password: str | None = None
 
     def node(self, name: str) -> LabNode:
         for node in self.nodes:
             if node.name == name:
                 return node
         raise KeyError(name)
+
+    def zookeeper_client(self, timeout: float = 10.0) -> KazooClient:
+        """A client of the lab's ZooKeeper with the nodes' credentials (not started)."""
+        credentials = None
+        if self.zookeeper_user and self.zookeeper_password:
+            credentials = ZkCredentials(self.zookeeper_user, self.zookeeper_password)
+        return zookeeper_client([self.zookeeper], timeout, credentials, retry_forever=False)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

@@ -129,7 +129,7 @@ class Lab:
             token=str(uuid.uuid4()), zookeeper=self.zookeeper.connect_string, zk_root="/pvc",
             session_timeout=session_timeout, created=time.time(),
             zookeeper_servers=[server_doc(s) for s in self.zookeeper.servers],
-            libvirt=libvirt,
+            libvirt=libvirt, zookeeper_user="pvcd", zookeeper_password=secrets.token_hex(16),
         )
         if ceph:
             self.info = info
@@ -159,7 +159,9 @@ class Lab:
             config = {
                 "node": {"name": name, "coordinator": index <= coordinators},
                 "cluster": {"coordinators": self.zookeeper.hosts, "zookeeper_root": info.zk_root,
-                            "session_timeout": session_timeout},
+                            "session_timeout": session_timeout,
+                            "zookeeper_user": info.zookeeper_user,
+                            "zookeeper_password": info.zookeeper_password},
                 "api": {"listen": "127.0.0.1", "port": api_port,
                         "auth": {"enabled": auth, "secret_key": secret,
                                  "tokens": [{"token": info.token, "description": "lab"}]},
@@ -181,8 +183,17 @@ class Lab:
                 # the daemon runs inside its node's namespace: its API answers on the floating
                 # IP only (lab.json's `api` is the lab proxy into the underlay)
                 cast(dict[str, Any], config["api"])["listen"] = FLOATING_IP
-            fencing_config: dict[str, Any] = {"driver": (fence_overrides or {}).get(name,
-                                                                                   fencing)}
+            # every coordinator knows how to fence every node (its own authority)
+            targets = []
+            for other in range(1, nodes + 1):
+                driver = (fence_overrides or {}).get(f"node{other}", fencing)
+                if driver == "none":
+                    continue
+                target: dict[str, Any] = {"node": f"node{other}", "driver": driver}
+                if driver == "watchdog":
+                    target["watchdog_timeout"] = watchdog_timeout
+                targets.append(target)
+            fencing_config: dict[str, Any] = {"targets": targets}
             if watchdog_timeout is not None:
                 fencing_config.update(watchdog_device=str(folder / "watchdog"),
                                       watchdog_timeout=watchdog_timeout)
@@ -494,6 +505,7 @@ class Lab:
         info = self._info()
         tmp = self.lab_file.with_suffix(".tmp")
         tmp.write_text(info.to_json())
+        tmp.chmod(0o600)  # it holds the API token and the ZooKeeper credentials
         tmp.replace(self.lab_file)
 
     def load(self) -> LabInfo:

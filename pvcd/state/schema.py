@@ -18,6 +18,8 @@ from collections.abc import Callable
 from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, NodeExistsError
 
+from pvcd.state.client import secure_tree
+
 SCHEMA_VERSION = 1
 
 
@@ -239,6 +241,7 @@ MIGRATIONS: dict[int, Migration] = {}
 def ensure_schema(client: KazooClient, paths: Paths) -> int:
     """Create the base layout if missing and migrate it to SCHEMA_VERSION; return the version."""
     client.ensure_path(paths.root)
+    secure_tree(client, paths.root)  # a tree made before credentials were configured
     client.ensure_path(_parent(paths.schema_version))
     try:
         client.create(paths.schema_version, _version_doc(SCHEMA_VERSION))

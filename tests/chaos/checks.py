@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import requests
-from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 
 from pvcd.lab.lab import Lab
@@ -68,7 +67,7 @@ class Cluster:
         self.api = info.api
         self.session = requests.Session()
         self.session.headers["X-Api-Key"] = info.token
-        self.zk = KazooClient(info.zookeeper, timeout=10)
+        self.zk = info.zookeeper_client(timeout=10)
         self.zk.start(timeout=30)
 
     def close(self) -> None:

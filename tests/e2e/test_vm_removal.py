@@ -48,7 +48,7 @@ def ceph_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, La
 
 @pytest.fixture(scope="module")
 def zk(ceph_lab: tuple[Lab, LabClient]) -> Iterator[KazooClient]:
-    client = KazooClient(hosts=ceph_lab[0]._info().zookeeper)
+    client = ceph_lab[0]._info().zookeeper_client()
     client.start(timeout=10)
     try:
         yield client

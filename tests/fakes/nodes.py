@@ -15,7 +15,7 @@ moved the VMs, which a single-threaded replay would deadlock on.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from pvcd.controllers.base import TemporaryError
@@ -31,7 +31,7 @@ from pvcd.domain.records import (
     NodeStatus,
     from_dict,
 )
-from pvcd.drivers.fence import FenceDriver
+from pvcd.drivers.fence import FenceDriver, FenceTarget
 from pvcd.drivers.libvirt import LibvirtDriver
 from pvcd.state.store import Op
 from pvcd.state.vm_move import move_vm
@@ -72,7 +72,21 @@ def make_fencing(name: str, state: ClusterState, is_primary: Callable[[], bool],
     return FencingController(name, state.view, state.store, is_primary,
                              keepalive_interval=KEEPALIVE_INTERVAL,
                              dead_threshold=DEAD_THRESHOLD, fence_timeout=5.0, attempts=2,
-                             on_failure=on_failure, drivers=lambda driver: fence, clock=clock)
+                             on_failure=on_failure, drivers=lambda driver: fence, clock=clock,
+                             targets=EveryNode())
+
+
+class EveryNode(Mapping[str, FenceTarget]):
+    """The coordinators' fence targets in the sim: every node, by the fake driver."""
+
+    def __getitem__(self, node: str) -> FenceTarget:
+        return FenceTarget(node, FENCE_DRIVER)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
 
 
 class SimNode:
@@ -126,7 +140,7 @@ class SimNode:
         paths, store = self.state.paths, self.state.store
         if not self.state.cache.exists(paths.node(self.name)):
             store.commit([Op.create(paths.node(self.name), NodeSpec(
-                self.name, self.is_coordinator, fence={"driver": FENCE_DRIVER}).to_doc())])
+                self.name, self.is_coordinator).to_doc())])
         previous = store.read_optional(paths.node_status(self.name))
         status = from_dict(NodeStatus, previous[0] if previous else {})
         status.daemon_state = "run"

@@ -6,12 +6,14 @@ from __future__ import annotations
 import pytest
 
 from pvcd.controllers.coordinator import KEY as COORDINATOR_KEY
+from pvcd.controllers.fencing import FencingController
 from pvcd.controllers.node import NodeStatusWriter
 from pvcd.controllers.self_fence import DeclaredDead
 from pvcd.domain.records import FenceRecord, from_dict
+from pvcd.drivers.fence import FenceTarget
 from pvcd.state.store import Op
 from tests.fakes.nodes import DEAD_THRESHOLD, KEEPALIVE_INTERVAL, SimCluster
-from tests.fakes.state import ClusterState
+from tests.fakes.state import ClusterState, FakeClock
 
 DEAD_AFTER = KEEPALIVE_INTERVAL * DEAD_THRESHOLD
 
@@ -223,3 +225,45 @@ def test_a_self_fencing_node_never_writes_over_the_primarys_dead_mark(
         else:
             writer.update(lambda s: setattr(s, "keepalive", 2.0))
             assert cluster_state.doc(path)["daemon_state"] == "run"
+
+
+class RecordingFence:
+    """A fence driver that records the targets it was given (and powers nothing off)."""
+
+    def __init__(self) -> None:
+        self.targets: list[FenceTarget] = []
+
+    def fence(self, target: FenceTarget, timeout: float) -> None:
+        self.targets.append(target)
+
+
+def test_the_primary_fences_by_its_own_configuration_never_by_the_nodes_record(
+        cluster_state: ClusterState) -> None:
+    """Issue 13's takeover: a node record written by anyone who reaches ZooKeeper named the
+    driver and the command line the primary ran. Now the record's `fence` is ignored: the
+    primary fences hv2 with the target from its own configuration, and hv3, which it has no
+    target for, not at all (a failed fence, its VMs left alone)."""
+    state, clock = cluster_state, FakeClock()
+    forged = {"driver": "lab", "command": ["/bin/sh", "-c", "id"], "ipmi_host": "evil"}
+    for node in ("hv2", "hv3"):
+        state.put(state.paths.node(node), {"name": node, "coordinator": False, "fence": forged})
+        state.put(state.paths.node_status(node), {"daemon_state": "run", "keepalive": 1.0})
+    driver = RecordingFence()
+    configured = FenceTarget("hv2", "ipmi", {"ipmi_host": "bmc-hv2", "ipmi_user": "admin",
+                                             "ipmi_password": "local-secret"})
+    asked: list[str] = []
+
+    def drivers(name: str) -> RecordingFence:
+        asked.append(name)
+        return driver
+
+    fencing = FencingController("hv1", state.view, state.store, lambda: True,
+                                keepalive_interval=1.0, dead_threshold=3, fence_timeout=5.0,
+                                attempts=1, on_failure="none", drivers=drivers, clock=clock,
+                                targets={"hv2": configured})
+    fencing.reconcile("node/hv2")
+    fencing.reconcile("node/hv3")
+    assert driver.targets == [configured] and asked == ["ipmi"]
+    assert from_dict(FenceRecord, state.doc(state.paths.fence_record("hv2"))).state == "fenced"
+    record = from_dict(FenceRecord, state.doc(state.paths.fence_record("hv3")))
+    assert record.state == "failed" and "no fence target" in record.message

@@ -289,3 +289,35 @@ def test_a_znode_kazoo_reports_after_its_deletion_leaves_no_ghost(
         gate.set()
         other.stop()
         other.close()
+
+
+def test_a_tree_made_without_credentials_is_secured_by_the_first_daemon_with_them(
+        zookeeper, zk_root: str) -> None:  # type: ignore[no-untyped-def]
+    from kazoo.exceptions import NoAuthError
+
+    from pvcd.state.client import ZkCredentials, secure_tree, zookeeper_client
+
+    paths = Paths(zk_root)
+    open_client = zookeeper_client([zookeeper.connect_string], 5, retry_forever=False)
+    secured = zookeeper_client([zookeeper.connect_string], 5,
+                               ZkCredentials("pvcd", "a-long-secret"), retry_forever=False)
+    for client in (open_client, secured):
+        client.start(timeout=10)
+    try:
+        ensure_schema(open_client, paths)  # an older cluster: world:anyone everywhere
+        open_client.create(paths.vm("web"), encode({"name": "web"}))
+        assert ensure_schema(secured, paths) == SCHEMA_VERSION  # secures it on the way
+        with pytest.raises(NoAuthError):
+            open_client.get(paths.vm("web"))
+        with pytest.raises(NoAuthError):
+            open_client.get_children(paths.root)
+        assert decode(secured.get(paths.vm("web"))[0]) == {"name": "web"}
+        assert secure_tree(secured, paths.root) == 0  # done once: the root says so
+        secured.create(paths.vm("db"), encode({}))  # and what it creates is secured too
+        with pytest.raises(NoAuthError):
+            open_client.get(paths.vm("db"))
+    finally:
+        secured.delete(paths.root, recursive=True)
+        for client in (open_client, secured):
+            client.stop()
+            client.close()

@@ -41,8 +41,8 @@ def production_config() -> dict[str, Any]:
     config["api"]["tls"] = {"enabled": False}
     config["drivers"]["libvirt"]["uri"] = "test:///default"
     config["drivers"]["ceph"]["enabled"] = True
-    config["fencing"].update(driver="ipmi", ipmi_host="bmc-hv1", ipmi_user="admin",
-                             ipmi_password="secret-password")
+    config["fencing"]["targets"] = [{"node": "hv2", "driver": "ipmi", "ipmi_host": "bmc-hv2",
+                                     "ipmi_user": "admin", "ipmi_password": "secret-password"}]
     return config
 
 
@@ -59,9 +59,9 @@ def test_a_production_daemon_loads_no_lab_module() -> None:
 
 def test_a_lab_fence_driver_is_refused_without_the_labs_plugins() -> None:
     config = production_config()
-    config["fencing"] = {"driver": "lab"}
+    config["fencing"] = {"targets": [{"node": "hv2", "driver": "lab"}]}
     with pytest.raises(ConfigError, match=re.escape(
-            "fencing.driver: 'lab' is not available to this daemon")):
+            "fencing.targets[0].driver: 'lab' is not available to this daemon")):
         NodeDaemon(parse_config(config, "pvcd.yaml"))
 
 
@@ -80,7 +80,7 @@ def test_fence_drivers_are_the_production_ones_plus_those_given() -> None:
     fence_driver("lab", {"lab": given}).fence(FenceTarget("hv2", "lab"), timeout=1)
     assert given.fenced == ["hv2"]
     config = production_config()
-    config["fencing"] = {"driver": "lab"}
+    config["fencing"] = {"targets": [{"node": "hv2", "driver": "lab"}]}
     daemon = NodeDaemon(parse_config(config, "pvcd.yaml"),
                         plugins=Plugins(fence_drivers={"lab": given}))
     assert daemon.fence_drivers("lab") is given

@@ -28,9 +28,9 @@ def _ioc(direction: int, kind: str, number: int, size: int) -> int:
 
 def test_the_device_api_numbers_are_the_kernels() -> None:
     read, write = 2, 1
-    assert device_api.WDIOC_KEEPALIVE == _ioc(read, "W", 5, 4)
-    assert device_api.WDIOC_SETTIMEOUT == _ioc(read | write, "W", 6, 4)
-    assert device_api.WDIOC_GETTIMEOUT == _ioc(read, "W", 7, 4)
+    assert _ioc(read, "W", 5, 4) == device_api.WDIOC_KEEPALIVE
+    assert _ioc(read | write, "W", 6, 4) == device_api.WDIOC_SETTIMEOUT
+    assert _ioc(read, "W", 7, 4) == device_api.WDIOC_GETTIMEOUT
 
 
 def test_a_device_that_cannot_be_armed_says_so(tmp_path: Path) -> None:
@@ -94,7 +94,7 @@ def test_a_clean_stop_disarms_it(tmp_path: Path) -> None:
 def test_the_primary_waits_out_the_published_timeout_and_interval() -> None:
     waited: list[float] = []
     driver = WatchdogFence(sleep=waited.append)
-    driver.fence(FenceTarget("hv1", "watchdog", {"driver": "watchdog", "watchdog_timeout": 30,
+    driver.fence(FenceTarget("hv1", "watchdog", {"watchdog_timeout": 30,
                                                  "keepalive_interval": 2.0}), timeout=60)
     assert waited == [30 + 2.0 + WatchdogFence.MARGIN]
     assert isinstance(fence_driver("watchdog"), WatchdogFence)  # a production driver
@@ -110,14 +110,26 @@ def test_the_primary_waits_out_the_published_timeout_and_interval() -> None:
 def test_published_watchdog_settings_are_checked_before_any_wait(params: dict[str, object]
                                                                   ) -> None:
     waited: list[float] = []
-    with pytest.raises(BackendError, match="publishes no armed watchdog"):
+    with pytest.raises(BackendError, match="no watchdog timeout configured"):
         WatchdogFence(sleep=waited.append).fence(FenceTarget("hv1", "watchdog", params), 60)
     assert waited == []
 
 
-def test_the_watchdog_driver_needs_a_device() -> None:
-    assert "watchdog_device" in error_of(minimal_with("fencing.driver", "watchdog"))
+def test_a_watchdog_target_needs_its_timeout_and_a_device_an_absolute_path() -> None:
+    targets = [{"node": "hv2", "driver": "watchdog"}]
+    assert "targets[0].watchdog_timeout" in error_of(minimal_with("fencing.targets", targets))
     assert "watchdog_device" in error_of(minimal_with("fencing.watchdog_device", "dev/wd"))
+
+
+def test_a_device_that_takes_a_longer_timeout_is_refused(tmp_path: Path) -> None:
+    class Rounding(LabWatchdog):
+        def arm(self, timeout: int) -> int:
+            return super().arm(timeout + 1)  # as some devices round up
+
+    fence = SelfFence("hv1", Rounding(str(tmp_path / "watchdog")), timeout=10, interval=1.0)
+    with pytest.raises(BackendError, match="took a timeout of 11 s"):
+        fence.arm(time.monotonic())
+    assert fence.taken is None
 
 
 def test_a_watchdog_timeout_of_a_few_keepalives_is_refused(tmp_path: Path) -> None:
