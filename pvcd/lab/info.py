@@ -13,7 +13,7 @@ from typing import Any
 
 from kazoo.client import KazooClient
 
-from pvcd.state.client import ZkCredentials, zookeeper_client
+from pvcd.state.client import ZkCredentials, ZkTls, zookeeper_client
 
 LAB_FILE = "lab.json"
 
@@ -49,6 +49,7 @@ class LabInfo:
     # the digest credentials every node daemon uses (ZooKeeper ACLs: docs/security.md)
     zookeeper_user: str | None = None
     zookeeper_password: str | None = None
+    zookeeper_ca: str | None = None  # with TLS to ZooKeeper: the certificate to trust
 
     def node(self, name: str) -> LabNode:
         for node in self.nodes:
@@ -61,7 +62,8 @@ class LabInfo:
         credentials = None
         if self.zookeeper_user and self.zookeeper_password:
             credentials = ZkCredentials(self.zookeeper_user, self.zookeeper_password)
-        return zookeeper_client([self.zookeeper], timeout, credentials, retry_forever=False)
+        tls = ZkTls(ca_file=self.zookeeper_ca) if self.zookeeper_ca else None
+        return zookeeper_client([self.zookeeper], timeout, credentials, tls, retry_forever=False)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

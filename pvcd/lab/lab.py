@@ -83,13 +83,15 @@ class Lab:
            network: bool = False, fencing: str | None = None,
            fence_overrides: dict[str, str] | None = None,
            dead_threshold: int = 3, libvirt: str = "test",
-           ceph_stats_interval: float = 2.0, watchdog_timeout: int | None = None) -> LabInfo:
+           ceph_stats_interval: float = 2.0, watchdog_timeout: int | None = None,
+           zookeeper_tls: bool = False) -> LabInfo:
         """`libvirt`: "test" (a `test:///` file per node, inside its daemon) or "qemu" (a real
         libvirtd per node, tiny QEMU guests that boot and live-migrate). `fencing` None: "lab"
         with the test driver, "none" with QEMU (the lab fence kills only the node's daemon;
         its QEMU guests would survive and run twice once recovered elsewhere).
         `watchdog_timeout`: every node arms the lab's fake watchdog (`pvcd.lab.watchdog`) with
-        it, and a watchdog board process resets nodes that stop petting theirs."""
+        it, and a watchdog board process resets nodes that stop petting theirs.
+        `zookeeper_tls`: the nodes reach ZooKeeper over TLS only (its secureClientPort)."""
         if self.lab_file.exists():
             raise RuntimeError(f"a lab is already described in {self.lab_file}; "
                                "run `pvcd lab down` first")
@@ -107,11 +109,13 @@ class Lab:
         coordinators = min(3, nodes) if coordinators is None else coordinators
         lab_net = LabNetwork(secrets.token_hex(3)) if network else None
         if lab_net is None:
-            self.zookeeper = ZooKeeperEnsemble(self.workdir / "zookeeper", zk_ensemble)
+            self.zookeeper = ZooKeeperEnsemble(self.workdir / "zookeeper", zk_ensemble,
+                                               tls=zookeeper_tls)
         else:  # ZooKeeper on the cluster network: a partitioned node loses it for real
             lab_net.up([f"node{i}" for i in range(1, nodes + 1)])
             self.zookeeper = ZooKeeperEnsemble(self.workdir / "zookeeper", zk_ensemble,
-                                               address=SERVICE_IP, netns=lab_net.underlay)
+                                               address=SERVICE_IP, netns=lab_net.underlay,
+                                               tls=zookeeper_tls)
         try:
             self.zookeeper.start()
         except BaseException:
@@ -130,6 +134,7 @@ class Lab:
             session_timeout=session_timeout, created=time.time(),
             zookeeper_servers=[server_doc(s) for s in self.zookeeper.servers],
             libvirt=libvirt, zookeeper_user="pvcd", zookeeper_password=secrets.token_hex(16),
+            zookeeper_ca=str(self.zookeeper.ca_file) if zookeeper_tls else None,
         )
         if ceph:
             self.info = info
@@ -161,7 +166,9 @@ class Lab:
                 "cluster": {"coordinators": self.zookeeper.hosts, "zookeeper_root": info.zk_root,
                             "session_timeout": session_timeout,
                             "zookeeper_user": info.zookeeper_user,
-                            "zookeeper_password": info.zookeeper_password},
+                            "zookeeper_password": info.zookeeper_password,
+                            "zookeeper_tls": {"enabled": zookeeper_tls,
+                                              "ca_file": info.zookeeper_ca}},
                 "api": {"listen": "127.0.0.1", "port": api_port,
                         "auth": {"enabled": auth, "secret_key": secret,
                                  "tokens": [{"token": info.token, "description": "lab"}]},

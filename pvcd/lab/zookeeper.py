@@ -2,7 +2,9 @@
 
 The Debian package ships no running service; we start `QuorumPeerMain` directly with a config of
 our own in the lab's folder (see docs/lab.md). A short tickTime lets sessions time out in about a
-second, so failover tests are fast.
+second, so failover tests are fast. With `tls`, every server also serves TLS on a
+`secureClientPort` (a self-signed certificate for its address, as a PEM keystore), and `hosts`
+names those ports; the plain port stays for the four-letter commands the lab asks.
 """
 
 from __future__ import annotations
@@ -17,8 +19,13 @@ from typing import Any
 
 from pvcd.drivers.host import pid_alive, signal_pid
 from pvcd.drivers.netns import run_in_netns
+from pvcd.lab.tls import make_self_signed_cert
 
-ZK_CLASSPATH = "/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar"
+# netty: the server side of TLS (`NettyServerCnxnFactory`)
+ZK_CLASSPATH = ":".join(f"/usr/share/java/{jar}.jar" for jar in (
+    "zookeeper", "slf4j-simple", "netty-buffer", "netty-codec", "netty-common", "netty-handler",
+    "netty-resolver", "netty-transport", "netty-transport-native-unix-common",
+    "netty-transport-native-epoll"))
 ZK_MAIN = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
 
 
@@ -55,6 +62,7 @@ class ZooKeeperServer:
     pid: int = 0
     address: str = "127.0.0.1"
     netns: str | None = None
+    secure_port: int = 0  # TLS clients (0: none)
 
     def mode(self) -> str:
         """'standalone', 'leader', 'follower', or '' when not serving."""
@@ -78,10 +86,17 @@ class ZooKeeperEnsemble:
     servers: list[ZooKeeperServer] = field(default_factory=list)
     address: str = "127.0.0.1"
     netns: str | None = None
+    tls: bool = False
 
     @property
     def hosts(self) -> list[str]:
-        return [f"{self.address}:{s.client_port}" for s in self.servers]
+        return [f"{self.address}:{s.secure_port if self.tls else s.client_port}"
+                for s in self.servers]
+
+    @property
+    def ca_file(self) -> Path:
+        """The certificate TLS clients trust (self-signed: the servers' own)."""
+        return self.workdir / "tls" / "cert.pem"
 
     @property
     def connect_string(self) -> str:
@@ -93,9 +108,14 @@ class ZooKeeperEnsemble:
             self.servers = [
                 ZooKeeperServer(i + 1, free_port(), free_port(), free_port(),
                                 self.workdir / f"zk{i + 1}", address=self.address,
-                                netns=self.netns)
+                                netns=self.netns, secure_port=free_port() if self.tls else 0)
                 for i in range(self.size)
             ]
+        if self.tls and not self.ca_file.exists():
+            cert, key = make_self_signed_cert(self.workdir / "tls", self.address)
+            keystore = self.workdir / "tls" / "keystore.pem"
+            keystore.write_text(key.read_text() + cert.read_text())
+            keystore.chmod(0o600)
         for server in self.servers:
             self._write_config(server)
         for server in self.servers:
@@ -117,6 +137,16 @@ class ZooKeeperEnsemble:
             "maxClientCnxns=0",
             "autopurge.purgeInterval=0",
         ]
+        if server.secure_port:
+            tls = self.workdir / "tls"
+            lines += [
+                f"secureClientPort={server.secure_port}",
+                f"secureClientPortAddress={self.address}",
+                "serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory",
+                f"ssl.keyStore.location={tls / 'keystore.pem'}", "ssl.keyStore.type=PEM",
+                f"ssl.trustStore.location={tls / 'cert.pem'}", "ssl.trustStore.type=PEM",
+                "ssl.clientAuth=none",
+            ]
         if self.size > 1:
             (data / "myid").write_text(f"{server.index}\n")
             for peer in self.servers:
@@ -190,9 +220,10 @@ class ZooKeeperEnsemble:
 def server_doc(server: ZooKeeperServer) -> dict[str, Any]:
     return {"index": server.index, "pid": server.pid, "client_port": server.client_port,
             "quorum_port": server.quorum_port, "election_port": server.election_port,
-            "folder": str(server.folder)}
+            "folder": str(server.folder), "secure_port": server.secure_port}
 
 
 def server_from_doc(doc: dict[str, Any]) -> ZooKeeperServer:
     return ZooKeeperServer(doc["index"], doc["client_port"], doc["quorum_port"],
-                           doc["election_port"], Path(doc["folder"]), pid=doc["pid"])
+                           doc["election_port"], Path(doc["folder"]), pid=doc["pid"],
+                           secure_port=int(doc.get("secure_port", 0)))

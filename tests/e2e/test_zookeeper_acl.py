@@ -4,15 +4,19 @@ should), a ZooKeeper client without them can read nothing of pvcd's tree and cha
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
+from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.security import OPEN_ACL_UNSAFE
 
 from pvcd.lab.guest import tiny_guest_xml
 from pvcd.lab.lab import Lab
-from tests.e2e.labclient import LabClient, LabFactory
+from pvcd.lab.tls import make_self_signed_cert
+from pvcd.state.client import ZkTls, zookeeper_client
+from tests.e2e.labclient import LabClient, LabFactory, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -70,3 +74,32 @@ def test_a_client_without_credentials_can_neither_read_nor_change_the_cluster(
 def test_the_lab_file_with_the_credentials_is_for_its_owner_only(
         lab3: tuple[Lab, LabClient]) -> None:
     assert lab3[0].lab_file.stat().st_mode & 0o077 == 0
+
+
+def test_a_cluster_on_tls_zookeeper_works_and_a_client_without_tls_gets_nothing(
+        make_lab: LabFactory, tmp_path: Path) -> None:
+    lab, api = make_lab(nodes=2, zookeeper_tls=True)  # the daemons reach it over TLS only
+    response = api.post("/vm", data={"xml": tiny_guest_xml("web"), "node": "node2"})
+    assert response.status_code == 200, response.text
+    uuid = api.get("/vm/web").json()[0]["uuid"]
+    wait_until(lambda: lab.domains("node2").get(uuid, {}).get("state") == "running", timeout=10)
+    info = lab._info()
+    trusted = info.zookeeper_client()  # TLS, the lab's CA, the credentials
+    trusted.start(timeout=10)
+    try:
+        assert json.loads(trusted.get(f"{info.zk_root}/vms/{uuid}")[0])["name"] == "web"
+    finally:
+        trusted.stop()
+        trusted.close()
+    plain = KazooClient(hosts=info.zookeeper)  # the same port without TLS
+    with pytest.raises(KazooTimeoutError):
+        plain.start(timeout=3)
+    plain.stop()
+    plain.close()
+    other_ca, _ = make_self_signed_cert(tmp_path / "other")  # a server it does not trust
+    doubting = zookeeper_client([info.zookeeper], 3, tls=ZkTls(ca_file=str(other_ca)),
+                                retry_forever=False)
+    with pytest.raises(KazooTimeoutError):
+        doubting.start(timeout=3)
+    doubting.stop()
+    doubting.close()
