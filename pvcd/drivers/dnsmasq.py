@@ -48,7 +48,7 @@ from pathlib import Path
 import pvcd
 from pvcd.domain.errors import BackendError, InvalidValue
 from pvcd.drivers import dnsmasq_leasehook
-from pvcd.drivers.dnsmasq_leasehook import Lease
+from pvcd.drivers.dnsmasq_leasehook import Lease, guest_lease
 from pvcd.drivers.host import pids_where
 from pvcd.drivers.ifnames import check_ifname, check_netns
 
@@ -443,17 +443,18 @@ class DnsmasqInstance:
     def set_known_leases(self, leases: list[Lease]) -> None:
         """Replace the local lease store (e.g. with ZooKeeper's copy); used at the next start.
 
-        dnsmasq reads leases only at start (`init`), so call this before `start()`.
+        dnsmasq reads leases only at start (`init`), so call this before `start()`. The leases
+        are guest input: each is checked with `guest_lease` (a lease that cannot be kept is
+        left out, a host name dnsmasq would not serve is dropped), never refused as a whole.
         """
-        checked = [
-            Lease(
-                check_mac(le.mac),
-                str(_address(le.ip, 4, "lease address")),
-                check_hostname(le.hostname) if le.hostname else None,
-                int(le.expires),
-            )
-            for le in leases
-        ]
+        checked: list[Lease] = []
+        for le in leases:
+            lease = guest_lease(le.mac, le.ip, le.hostname, le.expires)
+            if lease is None:
+                log.warning("known lease dropped interface=%s mac=%r ip=%r",
+                            self.config.interface, le.mac, le.ip)
+            else:
+                checked.append(lease)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.state_dir.chmod(0o755)
         dnsmasq_leasehook.write_snapshot(str(self.state_dir), checked)
