@@ -216,13 +216,13 @@ def main(argv: Sequence[str], lease_dir: str, env: dict[str, str] | None = None)
         if ":" in ip:  # DHCPv6: argv[1] is a DUID; not served (IPv6 is RA/SLAAC only)
             return 0
         hostname = argv[3] if len(argv) > 3 else None
-        lease = guest_lease(mac, ip, hostname, _expiry_from_env(env, time.time()))
-        if lease is None:  # dnsmasq still serves it; the cluster does not keep it
+        reported = guest_lease(mac, ip, hostname, _expiry_from_env(env, time.time()))
+        if reported is None:  # dnsmasq still serves it; the cluster does not keep it
             sys.stderr.write(f"pvcd lease hook: {action} {mac!r} {ip!r} not kept: an Ethernet "
                              "MAC and an IPv4 address are needed\n")
             append_event(lease_dir, "del", Lease("", ip, None, 0))  # none we keep there now
         else:
-            append_event(lease_dir, action, lease)
+            append_event(lease_dir, action, reported)
     return 0
 
 
