@@ -67,14 +67,14 @@ SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 def check_mac(mac: str) -> str:
     """A MAC address in lower-case colon form, or InvalidValue."""
     normalized = mac.strip().lower() if isinstance(mac, str) else ""
-    if not MAC_RE.match(normalized):
+    if not MAC_RE.fullmatch(normalized):
         raise InvalidValue(f"MAC address {mac!r} is invalid: use the form 52:54:00:12:34:56")
     return normalized
 
 
 def check_hostname(name: str) -> str:
     """A single DNS label (letters, digits, '-'), as DHCP host names are."""
-    if not isinstance(name, str) or not HOSTNAME_RE.match(name):
+    if not isinstance(name, str) or not HOSTNAME_RE.fullmatch(name):
         raise InvalidValue(
             f"host name {name!r} is invalid: 1-63 letters, digits or '-', "
             "not starting or ending with '-'"
@@ -85,7 +85,7 @@ def check_hostname(name: str) -> str:
 def check_domain(domain: str) -> str:
     """A DNS domain name (lower-cased), e.g. `net100.example.org`."""
     name = domain.lower().rstrip(".") if isinstance(domain, str) else ""
-    if not name or len(name) > 253 or not all(LABEL_RE.match(lb) for lb in name.split(".")):
+    if not name or len(name) > 253 or not all(LABEL_RE.fullmatch(lb) for lb in name.split(".")):
         raise InvalidValue(
             f"domain {domain!r} is invalid: dot-separated labels of letters, "
             "digits and '-', at most 253 characters"
