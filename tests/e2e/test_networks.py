@@ -16,9 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kazoo.client import KazooClient
 
+from pvcd.drivers.dnsmasq_leasehook import guest_hostname
 from pvcd.lab import netns
 from pvcd.lab.lab import Lab
+from pvcd.state.codec import encode
+from pvcd.state.schema import Paths
 from tests.e2e.labclient import LabClient, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.needs_root]
@@ -79,10 +83,14 @@ def vm(lab: Lab, node: str, vni: int, name: str, address: str | None = None,
     return ns
 
 
-def dhcp(ns: str, hostname: str | None = None) -> str:
+def dhcp(ns: str, hostname: str | bytes | None = None) -> str:
+    """A lease for the VM in `ns`; a `hostname` given as bytes is sent as option 12 byte for
+    byte."""
     argv = ["busybox", "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "5", "-T", "1",
             "-s", "/bin/true"]
-    if hostname:
+    if isinstance(hostname, bytes):
+        argv += ["-x", f"0x0c:{hostname.hex()}"] if hostname else []
+    elif hostname:
         argv += ["-x", f"hostname:{hostname}"]
     out = netns.in_ns(ns, *argv, check=False, timeout=30)
     found = re.search(r"lease of (\S+) obtained", out.stdout + out.stderr)
@@ -489,3 +497,72 @@ def test_an_in_acl_stops_pings_into_the_network_but_not_out_of_it(netlab) -> Non
         lab.network().detach_vm(name)
     delete_network(api, 106)
     delete_network(api, 107)
+
+
+# --- guest input: DHCP host names (issue 13) -----------------------------------------------
+
+# option 12 as raw bytes: names dnsmasq serves (a stored `web_1` once kept the next primary's
+# dnsmasq from starting) and names it drops (too long, non-ASCII, empty, space, NUL, '-' first)
+ODD_HOSTNAMES = [b"web_1", b"host-", b"a" * 64, b"b" * 200, "héllo".encode(), "日本".encode(),
+                 b"", b"two words", b"nul\x00byte", b"-lead"]
+# what an older pvcd stored unchecked for guests long gone
+OLD_LEASES = {"52:54:00:31:01:01": {"ip": "10.131.0.30", "hostname": "x" * 70},
+              "52:54:00:31:01:02": {"ip": "10.131.0.31", "hostname": "héllo wörld"},
+              "52:54:00:31:01:03": {"ip": "10.131.0.32", "hostname": ""},
+              "06-52:54:00:31:01:04": {"ip": "10.131.0.33", "hostname": "ib"}}
+
+
+def store_unchecked_leases(lab: Lab, vni: int, leases: dict[str, dict[str, Any]]) -> None:
+    info = lab._info()
+    client = KazooClient(hosts=info.zookeeper)
+    client.start(timeout=10)
+    try:
+        for mac, doc in leases.items():
+            client.create(Paths(info.zk_root).network_lease(vni, mac),
+                          encode({"mac": mac, "expires": 0, **doc}))
+    finally:
+        client.stop()
+        client.close()
+
+
+def served_names(api: LabClient, vni: int) -> dict[str, Any]:
+    return {le["mac_address"]: le["hostname"] for le in ok(api.get(f"/network/{vni}/lease"))}
+
+
+def test_odd_guest_host_names_and_a_handover_leave_dhcp_serving(netlab) -> None:
+    lab, api = netlab
+    add_network(api, 131, lab, dhcp4="yes", dhcp4_start="10.131.0.50",
+                dhcp4_end="10.131.0.99")
+    primary = api.primary()
+    assert primary is not None
+    other = next(n for n in NODES if n != primary)
+    wait_until(lambda: dnsmasq_pids(lab, primary), timeout=5)
+    guests: dict[str, tuple[str, bytes, str]] = {}  # mac → (namespace, name sent, address)
+    for index, hostname in enumerate(ODD_HOSTNAMES):
+        mac = f"52:54:00:31:00:{index:02x}"
+        ns = vm(lab, other, 131, f"g131x{index}", mac=mac)
+        guests[mac] = (ns, hostname, dhcp(ns, hostname))
+    names = wait_until(lambda: (found := served_names(api, 131)).keys() >= guests.keys() and
+                       found, timeout=10)
+    assert names["52:54:00:31:00:00"] == "web_1" and names["52:54:00:31:00:01"] == "host-"
+    assert all(n is None or guest_hostname(n) == n for n in names.values()), names
+    assert {le["mac_address"]: le["ip4_address"] for le in ok(api.get("/network/131/lease"))} \
+        == {mac: address for mac, (_ns, _name, address) in guests.items()}
+
+    # the next primary gets these leases, and documents an older pvcd stored unchecked
+    store_unchecked_leases(lab, 131, OLD_LEASES)
+    started = time.monotonic()
+    ok(api.post(f"/node/{other}/coordinator-state", data={"coordinator-state": "primary"}))
+    wait_until(lambda: api.primary() == other, timeout=10)
+    wait_until(lambda: dnsmasq_pids(lab, other) and
+               "10.131.0.1/24" in addresses(lab, other, "vmbr131"), timeout=10)
+    print(f"handover → new primary's dnsmasq serving: {time.monotonic() - started:.2f} s")
+    assert dnsmasq_pids(lab, primary) == []
+    for ns, hostname, address in guests.values():  # every guest keeps its address
+        assert dhcp(ns, hostname) == address
+    # what was stored is reported again as kept: names cleaned, the `06-` lease gone
+    wait_until(lambda: "06-52:54:00:31:01:04" not in (found := served_names(api, 131)) and
+               all(n is None or guest_hostname(n) == n for n in found.values()), timeout=10)
+    for index in range(len(ODD_HOSTNAMES)):
+        lab.network().detach_vm(f"g131x{index}")
+    delete_network(api, 131)
