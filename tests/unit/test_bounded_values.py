@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pvcd.api.name_filter import MATCH_BUDGET, MAX_PATTERN_LENGTH, NameFilter
+from pvcd.api.values import RawValues, integer
 from pvcd.domain.errors import InvalidValue
 from pvcd.domain.znode_names import znode_name_problem
 from pvcd.state.request_size import MAX_REQUEST_BYTES, check_request_size, request_bytes
@@ -77,3 +78,12 @@ def test_a_write_is_measured_as_stored() -> None:
     with pytest.raises(InvalidValue, match=f"more than the {MAX_REQUEST_BYTES} bytes"):
         check_request_size([Op.create("/a", wide_doc),
                             Op.set("/b", {"xml": "é" * (MAX_REQUEST_BYTES // 6)}, 0)], "it")
+
+
+def test_ten_thousand_digits_anywhere_in_a_request_are_refused() -> None:
+    digits = "9" * 10_000
+    with pytest.raises(InvalidValue, match="not valid JSON"):  # json.loads refuses it itself
+        RawValues.from_request({}, {}, "application/json", f'{{"order": {digits}}}'.encode())
+    raw = RawValues.from_request({"order": [digits.encode()]}, {}, "", b"")
+    with pytest.raises(InvalidValue, match=r"order '9{40}\.\.\. \(10000 characters\)'"):
+        raw.parse([integer("order", "A position.", minimum=0)])
