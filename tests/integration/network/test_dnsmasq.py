@@ -267,11 +267,13 @@ def test_odd_guest_host_names_never_keep_the_next_dnsmasq_from_serving(
     instance.stop()
 
     # the next primary: the cluster's copy, plus documents an older pvcd stored unchecked
+    free = [f"10.100.0.{n}" for n in range(50, 100) if f"10.100.0.{n}" not in
+            addresses.values()]  # in the DHCP range, leased to none of the guests above
     stored = [*leases,
-              Lease("52:54:00:bb:01:01", "10.100.0.30", "x" * 70, 0),
-              Lease("52:54:00:bb:01:02", "10.100.0.31", "héllo wörld", 0),
-              Lease("52:54:00:bb:01:03", "10.100.0.32", "", 0),
-              Lease("06-52:54:00:bb:01:04", "10.100.0.33", "ib", 0)]
+              Lease("52:54:00:bb:01:01", free[0], "x" * 70, 0),
+              Lease("52:54:00:bb:01:02", free[1], "héllo wörld", 0),
+              Lease("52:54:00:bb:01:03", free[2], "", 0),
+              Lease("06-52:54:00:bb:01:04", free[3], "ib", 0)]
     successor = DnsmasqInstance(replace(instance.config, state_dir=state_root / "next"))
     successor.set_known_leases(stored)
     successor.start()
@@ -280,6 +282,6 @@ def test_odd_guest_host_names_never_keep_the_next_dnsmasq_from_serving(
         for index, hostname in enumerate(ODD_HOSTNAMES):
             mac = f"52:54:00:bb:00:{index:02x}"
             assert dhcp(net, client, mac, hostname) == addresses[mac]
-        assert dhcp(net, client, mac="52:54:00:bb:01:01") == "10.100.0.30"  # kept, unnamed
+        assert dhcp(net, client, mac="52:54:00:bb:01:01") == free[0]  # kept, without its name
     finally:
         successor.stop()
