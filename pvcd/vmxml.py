@@ -9,7 +9,9 @@ on whichever node runs the VM. So it is checked here, once, before anything is w
 - bounded work: at most `MAX_XML_BYTES` of text and `MAX_DEPTH` levels of nesting (the
   serializer is recursive; libvirt's XML is about ten levels deep);
 - what libvirt itself would refuse later, on some node, is refused now with a message: no
-  `<domain>` root, no `type`, a missing or invalid `<name>`, an invalid `<uuid>` or `<memory>`.
+  `<domain>` root, no `type`, a missing or invalid `<name>`, an invalid `<uuid>` or `<memory>`;
+  so is what ZooKeeper would refuse: a name it cannot store (`.`, `..`, some characters:
+  `pvcd.domain.znode_names`), a number of more than `MAX_DIGITS` digits.
 
 The XML is parsed without namespace processing, so the stored XML keeps the operator's prefixes
 (`qemu:commandline`, metadata) unchanged. The only change made to it is the `<uuid>`: normalised
@@ -26,8 +28,11 @@ from typing import Any, NoReturn
 from xml.parsers import expat
 
 from pvcd.domain.errors import InvalidValue
+from pvcd.domain.znode_names import REFUSED, znode_name_problem
 
-MAX_XML_BYTES = 1024 * 1024
+# a domain's XML is a few KiB; the VM's document stores it with a copy of its description, and
+# must fit one ZooKeeper request with room to spare (pvcd.state.request_size checks that too)
+MAX_XML_BYTES = 512 * 1024
 MAX_DEPTH = 64
 MAX_NAME_LENGTH = 200
 # routes that come before /vm/<vm> (extensions.md §5.5): no VM may take these names
@@ -36,7 +41,10 @@ RESERVED_VM_NAMES = ("autobackup", "automirror")
 _FORBIDDEN = re.compile(r"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
 _UUID = re.compile(r"[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}",
                    re.IGNORECASE)
-_INTEGER = re.compile(r"[0-9]+")
+# libvirt's numbers are unsigned long long (at most 20 digits); the bound also keeps a number
+# of thousands of digits from int(), which refuses more than 4,300 (a 500 once)
+MAX_DIGITS = 20
+_INTEGER = re.compile(f"[0-9]{{1,{MAX_DIGITS}}}")
 # libvirt's scaled integers (virScaleInteger): case-insensitive; "k" and "KiB" are powers of
 # 1024, "KB" powers of 1000; a bare number in <memory> is KiB.
 _UNIT_EXPONENTS = {"k": 1, "m": 2, "g": 3, "t": 4, "p": 5, "e": 6}
@@ -167,7 +175,8 @@ def _parse_safely(text: str) -> ET.Element:
     if not text.strip():
         raise InvalidValue("the VM XML is empty")
     if len(text) > MAX_XML_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_XML_BYTES:
-        raise InvalidValue(f"the VM XML is larger than {MAX_XML_BYTES} bytes")
+        raise InvalidValue(f"the VM XML is larger than {MAX_XML_BYTES} bytes "
+                           f"({MAX_XML_BYTES // 1024} KiB), the most a VM's XML may be")
     if _FORBIDDEN.search(text):
         raise InvalidValue("the VM XML must not contain DOCTYPE or ENTITY declarations")
     builder = ET.TreeBuilder()
@@ -241,6 +250,9 @@ def check_vm_name(name: str) -> str:
                            f"characters, not {len(name)}")
     if "/" in name or not name.isprintable():
         raise InvalidValue(f"invalid VM name {name!r}: no '/' and no control characters")
+    problem = znode_name_problem(name)  # the name index stores it as a znode name
+    if problem is not None:
+        raise InvalidValue(f"invalid VM name {name!r}: {problem} ({REFUSED})")
     return name
 
 
@@ -287,8 +299,9 @@ def _memory_mib(root: ET.Element) -> int:
         raise InvalidValue("the VM XML has no <memory>")
     text = (element.text or "").strip()
     if not _INTEGER.fullmatch(text):
-        raise InvalidValue(f"invalid <memory> {text!r} in the VM XML: "
-                           "expected a whole number (with a unit attribute, KiB by default)")
+        raise InvalidValue(f"invalid <memory> {_shown(text)} in the VM XML: expected a whole "
+                           f"number of at most {MAX_DIGITS} digits (with a unit attribute, KiB "
+                           "by default)")
     unit = element.get("unit") or "KiB"
     amount = int(text) * _unit_bytes(unit)
     if amount == 0:
@@ -315,8 +328,14 @@ def _unit_bytes(unit: str) -> int:
 def _positive_int(text: str, what: str) -> int:
     text = text.strip()
     if not _INTEGER.fullmatch(text) or int(text) < 1:
-        raise InvalidValue(f"invalid {what} {text!r} in the VM XML: expected a positive number")
+        raise InvalidValue(f"invalid {what} {_shown(text)} in the VM XML: expected a positive "
+                           f"number of at most {MAX_DIGITS} digits")
     return int(text)
+
+
+def _shown(text: str, length: int = 40) -> str:
+    """A value as a message quotes it: cut, so a huge one does not make a huge message."""
+    return repr(text) if len(text) <= length else f"{text[:length]!r}... ({len(text)} characters)"
 
 
 def _attribute(element: ET.Element, path: str, name: str) -> str | None:

@@ -36,7 +36,7 @@ DELETE_ATTEMPTS = 5  # a network delete that races the gateway's lease reports
 
 
 def check_name(value: str, what: str) -> str:
-    if not NAME_RE.match(value) or value in (".", ".."):
+    if not NAME_RE.fullmatch(value) or value in (".", ".."):
         raise InvalidValue(f"{what} '{value}' is invalid: 1-64 characters without whitespace "
                            "(letters, digits and _ . : @ + -)")
     return value
@@ -52,9 +52,12 @@ def check_description(value: str) -> str:
 
 def parse_vni(value: str, nettype: str) -> int:
     low, high = VNI_RANGES[nettype]
-    if not (value.isascii() and value.isdigit()) or not low <= int(value) <= high:
+    # (a length check first: int() of more than 4,300 digits raises, a 500 once)
+    if not (value.isascii() and value.isdigit() and len(value) <= 8) or \
+            not low <= int(value) <= high:
         kind = "VXLAN ID" if nettype == "managed" else "vLAN ID"
-        raise InvalidValue(f"vni '{value}' is invalid for a {nettype} network: a {kind} "
+        shown = value if len(value) <= 40 else f"{value[:40]}..."
+        raise InvalidValue(f"vni '{shown}' is invalid for a {nettype} network: a {kind} "
                            f"from {low} to {high}")
     return int(value)
 

@@ -21,7 +21,8 @@ the first test that runs the method.
 Rules every value follows: a text that is empty or only whitespace counts as not given (a
 mandatory value is then missing; an optional one has its default, usually None); a flag is set by
 its presence, with any text or none, and an explicit false/0/no/off unsets it; `limit` is a
-regular expression searched anywhere in a name (anchors `^`/`$` work as usual).
+regular expression searched anywhere in a name (anchors `^`/`$` work as usual), matched by RE2
+with bounded work (`pvcd.api.name_filter`).
 """
 
 from __future__ import annotations
@@ -32,13 +33,16 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar, cast, overload
 
+from pvcd.api.name_filter import MAX_PATTERN_LENGTH, NameFilter
 from pvcd.domain.errors import InvalidValue
 
 T = TypeVar("T")
 Method = TypeVar("Method", bound=Callable[..., Any])
 
 _FALSE = {"false", "0", "no", "off"}
-_INTEGER = re.compile(r"-?[0-9]+")  # ASCII digits only: '²'.isdigit() is true
+# ASCII digits only ('²'.isdigit() is true), and few of them: int() refuses more than 4,300
+# digits with a ValueError (a 500 once), and no value of ours needs more than 18
+_INTEGER = re.compile(r"-?[0-9]{1,18}")
 _DECLARED = "_pvc_values"  # the attribute `accepts` sets on a handler method
 
 
@@ -155,7 +159,8 @@ def integer(name: str, help: str, *, required: bool = False, minimum: int | None
         number = int(raw) if _INTEGER.fullmatch(raw) else None
         if number is None or (minimum is not None and number < minimum) or \
                 (maximum is not None and number > maximum):
-            raise InvalidValue(f"{name} '{raw}' is invalid: {allowed}")
+            shown = raw if len(raw) <= 40 else f"{raw[:40]}... ({len(raw)} characters)"
+            raise InvalidValue(f"{name} '{shown}' is invalid: {allowed}")
         return number
 
     return Value(name, help, schema, parse, required, default)
@@ -168,11 +173,14 @@ def flag(name: str, help: str) -> Value[bool]:
                  flag=True)
 
 
-def limit(what: str = "names") -> Value[re.Pattern[str] | None]:
-    """`limit`: a regular expression searched anywhere in the `what`."""
-    return Value("limit", f"A regular expression searched anywhere in the {what} (anchor it "
-                 "with ^ or $); an invalid expression is a failure (510).",
-                 {"type": "string", "format": "regex"}, compile_limit)
+def limit(what: str = "names") -> Value[NameFilter | None]:
+    """`limit`: a regular expression searched anywhere in the `what`, with bounded work
+    (`pvcd.api.name_filter`)."""
+    return Value("limit", f"A regular expression (RE2 syntax: no backreferences or lookaround; "
+                 f"at most {MAX_PATTERN_LENGTH} characters) searched anywhere in the {what} "
+                 "(anchor it with ^ or $); an invalid or too complex expression is a failure "
+                 "(510).", {"type": "string", "format": "regex", "maxLength": MAX_PATTERN_LENGTH},
+                 NameFilter)
 
 
 def accepts(*values: Value[Any]) -> Callable[[Method], Method]:
@@ -192,13 +200,6 @@ def accepts(*values: Value[Any]) -> Callable[[Method], Method]:
 def declared(method: Callable[..., Any] | None) -> tuple[Value[Any], ...]:
     """The values a handler method declares (none when it has no `accepts`)."""
     return cast(tuple[Value[Any], ...], getattr(method, _DECLARED, ()))
-
-
-def compile_limit(raw: str, name: str = "limit") -> re.Pattern[str]:
-    try:
-        return re.compile(raw)
-    except re.error as exc:
-        raise InvalidValue(f"{name} '{raw}' is not a valid regular expression: {exc}") from exc
 
 
 def _flag(raw: str) -> bool:

@@ -1,7 +1,8 @@
 """VM endpoints: list/define, element (GET/PUT/DELETE), state, node (migrate), dump.
 
 Every write is validated first (XML parsed safely, names and UUIDs unique, states, actions,
-selectors and nodes checked) and then recorded as desired state in one compare-and-set
+selectors and nodes checked, the stored document's size within what ZooKeeper takes in one
+request: `pvcd.state.request_size`) and then recorded as desired state in one compare-and-set
 transaction; the VM controller of the named node carries it out.
 """
 
@@ -34,6 +35,7 @@ from pvcd.domain.states import (
     VM_STATE_REQUESTS,
     VM_STATES,
 )
+from pvcd.state.request_size import check_request_size
 from pvcd.state.store import Op
 from pvcd.state.view import ClusterView
 from pvcd.state.vm_move import MoveBasis, move_vm
@@ -169,10 +171,10 @@ class VmListHandler(VmBaseHandler):
         spec = VmSpec(uuid=definition.uuid, name=definition.name, xml=definition.xml,
                       node=node, memory=definition.memory, vcpu=definition.vcpu,
                       state="start", selector=selector, info=definition.to_api_fields())
-        await self.commit([
-            Op.create(view.paths.vm(spec.uuid), spec.to_doc()),
-            Op.create(view.paths.vm_name(spec.name), {"uuid": spec.uuid}),
-        ])
+        ops = [Op.create(view.paths.vm(spec.uuid), spec.to_doc()),
+               Op.create(view.paths.vm_name(spec.name), {"uuid": spec.uuid})]
+        check_request_size(ops, f"VM '{spec.name}' (its XML and the fields taken from it)")
+        await self.commit(ops)
         await reply_when_settled(self, wait, vm_settles(view, spec.uuid),
                                  f"Added VM '{spec.name}' ({spec.uuid}) on node {node}")
 
@@ -211,7 +213,9 @@ class VmHandler(VmBaseHandler):
         if restart:
             spec.restart_request += 1
             spec.state = "start"
-        await self.commit([Op.set(view.paths.vm(spec.uuid), spec.to_doc(), version)])
+        ops = [Op.set(view.paths.vm(spec.uuid), spec.to_doc(), version)]
+        check_request_size(ops, f"VM '{spec.name}' (its XML and the fields taken from it)")
+        await self.commit(ops)
         self.message(f"Modified VM '{spec.name}'" + (" and restarting it" if restart else
                                                      "; restart it to apply the change"))
 

@@ -9,6 +9,10 @@ that the next primary knows them: before it starts a network's dnsmasq, it hands
 (`set_known_leases`), and clients keep their addresses. The key requeues itself every
 `POLL_INTERVAL` seconds: that polls the journal and restarts a dnsmasq that died.
 
+Leases are guest input (the host name is the guest's): they are checked where they enter
+(`dnsmasq_leasehook.guest_lease`: the hook, the journal, the cluster's copy), so no lease a
+guest can make stops a gateway or its dnsmasq.
+
 Handover: `stop()` runs when the role goes (the coordinator calls it before it deletes its lock,
 so the next primary starts only afterwards). It takes the same lock as the reconcile, so no
 reconcile is half-way when it tears down: last lease report, dnsmasq stopped and reaped, gateway
@@ -47,6 +51,7 @@ from pvcd.domain.errors import BackendError, Conflict
 from pvcd.domain.records import DhcpLease, NetworkSpec
 from pvcd.drivers.announce import announce
 from pvcd.drivers.dnsmasq import DnsmasqConfig, DnsmasqInstance, Lease, StaticLease
+from pvcd.drivers.dnsmasq_leasehook import guest_lease
 from pvcd.drivers.ifnames import bridge_name
 from pvcd.drivers.netlink import NetlinkDriver
 from pvcd.drivers.netns import run_in_netns
@@ -178,8 +183,7 @@ class GatewayService:
         statics = [StaticLease(s.mac, s.ip, s.hostname) for s in self.view.static_leases(spec.vni)]
         if running is None:
             instance = DnsmasqInstance(config)
-            known = [Lease(le.mac, le.ip, le.hostname, le.expires)
-                     for le in self.view.dhcp_leases(spec.vni)]
+            known = self._known_leases(spec.vni)
             instance.set_known_leases(known)
             instance.set_static_leases(statics)
             instance.start()
@@ -243,6 +247,23 @@ class GatewayService:
                     pass
 
     # leases
+    def _known_leases(self, vni: int) -> list[Lease]:
+        """The leases the cluster knows for `vni`, as the next dnsmasq gets them back. They
+        came from guests: each document is checked (`guest_lease`), one that cannot be kept
+        is left out, and none can keep dnsmasq from starting."""
+        path = self.view.paths.network_leases(vni)
+        known = []
+        for mac in self.view.cache.children(path):
+            doc = self.view.cache.get(f"{path}/{mac}")
+            lease = guest_lease(doc.get("mac"), doc.get("ip"), doc.get("hostname"),
+                                doc.get("expires", 0)) if isinstance(doc, dict) else None
+            if lease is None or lease.mac != mac:
+                log.warning("event=known-lease-dropped node=%s vni=%d mac=%r", self.name, vni,
+                            mac)
+            else:
+                known.append(lease)
+        return known
+
     def _report_leases(self, vni: int, instance: DnsmasqInstance) -> None:
         """Make `networks/<vni>/leases` hold exactly dnsmasq's current leases."""
         current = {le.mac: le for le in instance.leases()}

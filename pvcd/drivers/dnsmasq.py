@@ -48,7 +48,7 @@ from pathlib import Path
 import pvcd
 from pvcd.domain.errors import BackendError, InvalidValue
 from pvcd.drivers import dnsmasq_leasehook
-from pvcd.drivers.dnsmasq_leasehook import Lease
+from pvcd.drivers.dnsmasq_leasehook import Lease, guest_lease
 from pvcd.drivers.host import pids_where
 from pvcd.drivers.ifnames import check_ifname, check_netns
 
@@ -67,14 +67,14 @@ SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 def check_mac(mac: str) -> str:
     """A MAC address in lower-case colon form, or InvalidValue."""
     normalized = mac.strip().lower() if isinstance(mac, str) else ""
-    if not MAC_RE.match(normalized):
+    if not MAC_RE.fullmatch(normalized):
         raise InvalidValue(f"MAC address {mac!r} is invalid: use the form 52:54:00:12:34:56")
     return normalized
 
 
 def check_hostname(name: str) -> str:
     """A single DNS label (letters, digits, '-'), as DHCP host names are."""
-    if not isinstance(name, str) or not HOSTNAME_RE.match(name):
+    if not isinstance(name, str) or not HOSTNAME_RE.fullmatch(name):
         raise InvalidValue(
             f"host name {name!r} is invalid: 1-63 letters, digits or '-', "
             "not starting or ending with '-'"
@@ -85,7 +85,7 @@ def check_hostname(name: str) -> str:
 def check_domain(domain: str) -> str:
     """A DNS domain name (lower-cased), e.g. `net100.example.org`."""
     name = domain.lower().rstrip(".") if isinstance(domain, str) else ""
-    if not name or len(name) > 253 or not all(LABEL_RE.match(lb) for lb in name.split(".")):
+    if not name or len(name) > 253 or not all(LABEL_RE.fullmatch(lb) for lb in name.split(".")):
         raise InvalidValue(
             f"domain {domain!r} is invalid: dot-separated labels of letters, "
             "digits and '-', at most 253 characters"
@@ -443,17 +443,18 @@ class DnsmasqInstance:
     def set_known_leases(self, leases: list[Lease]) -> None:
         """Replace the local lease store (e.g. with ZooKeeper's copy); used at the next start.
 
-        dnsmasq reads leases only at start (`init`), so call this before `start()`.
+        dnsmasq reads leases only at start (`init`), so call this before `start()`. The leases
+        are guest input: each is checked with `guest_lease` (a lease that cannot be kept is
+        left out, a host name dnsmasq would not serve is dropped), never refused as a whole.
         """
-        checked = [
-            Lease(
-                check_mac(le.mac),
-                str(_address(le.ip, 4, "lease address")),
-                check_hostname(le.hostname) if le.hostname else None,
-                int(le.expires),
-            )
-            for le in leases
-        ]
+        checked: list[Lease] = []
+        for le in leases:
+            lease = guest_lease(le.mac, le.ip, le.hostname, le.expires)
+            if lease is None:
+                log.warning("known lease dropped interface=%s mac=%r ip=%r",
+                            self.config.interface, le.mac, le.ip)
+            else:
+                checked.append(lease)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.state_dir.chmod(0o755)
         dnsmasq_leasehook.write_snapshot(str(self.state_dir), checked)

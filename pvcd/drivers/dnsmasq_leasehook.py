@@ -17,6 +17,15 @@ for its log; stdout of `init` is its lease database. Writers and the compacting 
 exclusive flock on `<dir>/leases.lock`, so an append never lands in a file being replaced.
 Unknown actions (`tftp`, `arp-add`, ... ) are ignored, as the manual asks. Kept free of pvcd
 imports so that a hook run (one per lease event) starts quickly.
+
+Guest input: a lease's host name is whatever the guest sent in its DHCP request, and its MAC
+address is the guest's too (a non-Ethernet hardware type reaches us as `06-...`). `guest_lease`
+is the one rule for what of a reported lease is kept, applied where a lease enters: the hook's
+events, every journal line read back, and the cluster's copy handed to the next dnsmasq. An
+unusable MAC, address or expiry drops the lease; a host name dnsmasq would not serve drops
+only the name. Nothing here raises on a guest's value, so no guest can stop dnsmasq, the
+gateway or a reconcile with a name (it once could: `web_1` was stored, then refused when the
+next primary handed it back, and that network's dnsmasq did not start).
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import fcntl
 import ipaddress
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -34,6 +44,12 @@ from dataclasses import dataclass
 JOURNAL = "leases.jsonl"
 LOCK = "leases.lock"
 LEASE_EVENTS = ("add", "old", "del")
+# dnsmasq's own rule for a client's host name (legal_hostname() in its util.c): one label of
+# letters, digits, '-' and '_', not starting with '-' or '_', at most 63 characters (a DNS
+# label). dnsmasq serves `web_1` and `host-`, so they are kept.
+GUEST_HOSTNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
+ETHERNET_MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
+MAX_EXPIRES = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -47,6 +63,34 @@ class Lease:
 
     def expired(self, now: float) -> bool:
         return self.expires != 0 and self.expires <= now
+
+
+def guest_hostname(raw: object) -> str | None:
+    """The host name a guest reported, if dnsmasq would serve it under that name; else None
+    (the lease is kept without a name). Never raises."""
+    if isinstance(raw, str) and GUEST_HOSTNAME.fullmatch(raw):
+        return raw
+    return None
+
+
+def guest_lease(mac: object, ip: object, hostname: object, expires: object) -> Lease | None:
+    """A reported lease as we keep it, or None when it cannot be kept: a MAC that is not an
+    Ethernet address (it names the lease's znode), an address that is not IPv4, an expiry
+    that is not a whole number of seconds. A bad host name only drops the name. Never raises."""
+    if not isinstance(mac, str) or not ETHERNET_MAC.fullmatch(mac.lower()):
+        return None
+    if not isinstance(ip, str) or len(ip) > 15:
+        return None
+    try:
+        address = ipaddress.IPv4Address(ip)
+    except ValueError:
+        return None
+    if isinstance(expires, str) and expires.isascii() and expires.isdigit() and len(expires) < 20:
+        expires = int(expires)
+    if isinstance(expires, bool) or not isinstance(expires, int) or \
+            not 0 <= expires <= MAX_EXPIRES:
+        return None
+    return Lease(mac.lower(), str(address), guest_hostname(hostname), expires)
 
 
 @contextmanager
@@ -70,12 +114,12 @@ def _fold(lines: Iterator[str]) -> dict[str, Lease]:
         if action == "del":
             leases.pop(ip, None)
         elif action in ("add", "old"):
-            leases[ip] = Lease(
-                mac=event["mac"],
-                ip=ip,
-                hostname=event.get("hostname"),
-                expires=int(event.get("expires", 0)),
-            )
+            lease = guest_lease(event.get("mac"), ip, event.get("hostname"),
+                                event.get("expires", 0))
+            if lease is None:
+                leases.pop(ip, None)  # the address's last usable state is unknown
+            else:
+                leases[ip] = lease
     return leases
 
 
@@ -143,12 +187,16 @@ def append_event(lease_dir: str, action: str, lease: Lease) -> None:
 
 
 def _expiry_from_env(env: dict[str, str], now: float) -> int:
-    if env.get("DNSMASQ_LEASE_EXPIRES", "").isdigit():
+    if _digits(env.get("DNSMASQ_LEASE_EXPIRES", "")):
         return int(env["DNSMASQ_LEASE_EXPIRES"])
-    if env.get("DNSMASQ_LEASE_LENGTH", "").isdigit():  # dnsmasq built with HAVE_BROKEN_RTC
+    if _digits(env.get("DNSMASQ_LEASE_LENGTH", "")):  # dnsmasq built with HAVE_BROKEN_RTC
         length = int(env["DNSMASQ_LEASE_LENGTH"])
         return 0 if length == 0 else int(now) + length
     return 0
+
+
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit() and len(text) < 19
 
 
 def main(argv: Sequence[str], lease_dir: str, env: dict[str, str] | None = None) -> int:
@@ -167,11 +215,14 @@ def main(argv: Sequence[str], lease_dir: str, env: dict[str, str] | None = None)
         mac, ip = argv[1], argv[2]
         if ":" in ip:  # DHCPv6: argv[1] is a DUID; not served (IPv6 is RA/SLAAC only)
             return 0
-        hostname = argv[3] if len(argv) > 3 and argv[3] else None
-        lease = Lease(
-            mac=mac.lower(), ip=ip, hostname=hostname, expires=_expiry_from_env(env, time.time())
-        )
-        append_event(lease_dir, action, lease)
+        hostname = argv[3] if len(argv) > 3 else None
+        reported = guest_lease(mac, ip, hostname, _expiry_from_env(env, time.time()))
+        if reported is None:  # dnsmasq still serves it; the cluster does not keep it
+            sys.stderr.write(f"pvcd lease hook: {action} {mac!r} {ip!r} not kept: an Ethernet "
+                             "MAC and an IPv4 address are needed\n")
+            append_event(lease_dir, "del", Lease("", ip, None, 0))  # none we keep there now
+        else:
+            append_event(lease_dir, action, reported)
     return 0
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from pvcd.drivers.dnsmasq_leasehook import guest_hostname
 from pvcd.lab import netns
 from pvcd.lab.lab import Lab
 from tests.e2e.labclient import LabClient, wait_until
@@ -79,10 +80,14 @@ def vm(lab: Lab, node: str, vni: int, name: str, address: str | None = None,
     return ns
 
 
-def dhcp(ns: str, hostname: str | None = None) -> str:
+def dhcp(ns: str, hostname: str | bytes | None = None) -> str:
+    """A lease for the VM in `ns`; a `hostname` given as bytes is sent as option 12 byte for
+    byte."""
     argv = ["busybox", "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "5", "-T", "1",
             "-s", "/bin/true"]
-    if hostname:
+    if isinstance(hostname, bytes):
+        argv += ["-x", f"0x0c:{hostname.hex()}"] if hostname else []
+    elif hostname:
         argv += ["-x", f"hostname:{hostname}"]
     out = netns.in_ns(ns, *argv, check=False, timeout=30)
     found = re.search(r"lease of (\S+) obtained", out.stdout + out.stderr)
@@ -489,3 +494,52 @@ def test_an_in_acl_stops_pings_into_the_network_but_not_out_of_it(netlab) -> Non
         lab.network().detach_vm(name)
     delete_network(api, 106)
     delete_network(api, 107)
+
+
+# --- guest input: DHCP host names (issue 13) -----------------------------------------------
+
+# option 12 as raw bytes: names dnsmasq serves (a stored `web_1` once kept the next primary's
+# dnsmasq from starting) and names it drops (too long, non-ASCII, empty, space, NUL, '-' first)
+ODD_HOSTNAMES = [b"web_1", b"host-", b"a" * 64, b"b" * 200, "héllo".encode(), "日本".encode(),
+                 b"", b"two words", b"nul\x00byte", b"-lead"]
+
+
+def served_names(api: LabClient, vni: int) -> dict[str, Any]:
+    return {le["mac_address"]: le["hostname"] for le in ok(api.get(f"/network/{vni}/lease"))}
+
+
+def test_odd_guest_host_names_and_a_handover_leave_dhcp_serving(netlab) -> None:
+    lab, api = netlab
+    add_network(api, 131, lab, dhcp4="yes", dhcp4_start="10.131.0.50",
+                dhcp4_end="10.131.0.99")
+    primary = api.primary()
+    assert primary is not None
+    other = next(n for n in NODES if n != primary)
+    wait_until(lambda: dnsmasq_pids(lab, primary), timeout=5)
+    guests: dict[str, tuple[str, bytes, str]] = {}  # mac → (namespace, name sent, address)
+    for index, hostname in enumerate(ODD_HOSTNAMES):
+        mac = f"52:54:00:31:00:{index:02x}"
+        ns = vm(lab, other, 131, f"g131x{index}", mac=mac)
+        guests[mac] = (ns, hostname, dhcp(ns, hostname))
+    names = wait_until(lambda: (found := served_names(api, 131)).keys() >= guests.keys() and
+                       found, timeout=10)
+    assert names["52:54:00:31:00:00"] == "web_1" and names["52:54:00:31:00:01"] == "host-"
+    assert all(n is None or guest_hostname(n) == n for n in names.values()), names
+    assert {le["mac_address"]: le["ip4_address"] for le in ok(api.get("/network/131/lease"))} \
+        == {mac: address for mac, (_ns, _name, address) in guests.items()}
+
+    # the next primary gets these leases (stored documents an older pvcd left unchecked are
+    # tests/fast/test_gateway_guest_leases.py's)
+    started = time.monotonic()
+    ok(api.post(f"/node/{other}/coordinator-state", data={"coordinator-state": "primary"}))
+    wait_until(lambda: api.primary() == other, timeout=10)
+    wait_until(lambda: dnsmasq_pids(lab, other) and
+               "10.131.0.1/24" in addresses(lab, other, "vmbr131"), timeout=10)
+    print(f"handover → new primary's dnsmasq serving: {time.monotonic() - started:.2f} s")
+    assert dnsmasq_pids(lab, primary) == []
+    for ns, hostname, address in guests.values():  # every guest keeps its address
+        assert dhcp(ns, hostname) == address
+    assert served_names(api, 131) == names
+    for index in range(len(ODD_HOSTNAMES)):
+        lab.network().detach_vm(f"g131x{index}")
+    delete_network(api, 131)

@@ -153,7 +153,8 @@ def test_a_choice_lists_its_values_and_a_flag_is_a_boolean(document: dict[str, A
         "description": "Position in the chain, from 0 (default: the end)."}
     listing = document["paths"]["/api/v1/network/{network}/lease"]["get"]["parameters"]
     assert [(p["name"], p["schema"]) for p in listing] == [
-        ("limit", {"type": "string", "format": "regex"}), ("static", {"type": "boolean"})]
+        ("limit", {"type": "string", "format": "regex", "maxLength": 256}),
+        ("static", {"type": "boolean"})]
 
 
 def test_statuses_and_security(document: dict[str, Any]) -> None:

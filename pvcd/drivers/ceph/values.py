@@ -40,23 +40,25 @@ def parse_size(value: str | int) -> int:
         raise InvalidValue(f"size {value!r} is invalid")
     if isinstance(value, int):
         number, unit = value, ""
-    elif isinstance(value, str) and (match := re.fullmatch(r"(\d+)([KMGT]?)", value)):
+    elif isinstance(value, str) and (match := re.fullmatch(r"([0-9]{1,20})([KMGT]?)", value)):
         number, unit = int(match.group(1)), match.group(2)
     else:
         raise InvalidValue(
-            f"size {value!r} is invalid: bytes, or a number with one of the suffixes K, M, G, T "
+            f"size {str(value)[:40]!r} is invalid: bytes (at most 20 digits), or a number with "
+            "one of the suffixes K, M, G, T "
             "(binary multiples), e.g. 1073741824, 4096M or 20G"
         )
     size = number * SIZE_UNITS.get(unit, 1)
     if not 0 < size <= MAX_SIZE:
-        raise InvalidValue(f"size {value!r} is out of range: more than 0 bytes, less than 8 EiB")
+        shown = f"size {value!r}" if isinstance(value, str) else "the size"
+        raise InvalidValue(f"{shown} is out of range: more than 0 bytes, less than 8 EiB")
     return size
 
 
 def check_name(kind: str, name: str) -> str:
     """A pool, volume or snapshot name (`kind`), or InvalidValue saying what is allowed."""
     limit = NAME_LIMITS[kind]
-    if not isinstance(name, str) or not NAME_RE.match(name) or len(name) > limit:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or len(name) > limit:
         raise InvalidValue(
             f"{kind} name {name!r} is invalid: 1-{limit} letters, digits, '_', '.', '+' or '-', "
             "not starting with '.', '+' or '-' (no '/', '@', ':' or whitespace)"

@@ -14,6 +14,7 @@ import pytest
 
 from pvcd.domain.errors import InvalidValue
 from pvcd.drivers.dnsmasq import DnsmasqConfig, DnsmasqInstance, Lease, StaticLease
+from pvcd.drivers.dnsmasq_leasehook import guest_hostname
 from pvcd.drivers.netlink import NetlinkDriver
 
 pytestmark = pytest.mark.needs_root
@@ -52,8 +53,9 @@ def instance(gateway, state_root: Path):
     dnsmasq.stop()
 
 
-def dhcp(net, client: str, mac: str | None = None, hostname: str | None = None) -> str:
-    """Ask for a lease with busybox udhcpc (it only reports; `-s /bin/true` configures nothing)."""
+def dhcp(net, client: str, mac: str | None = None, hostname: str | bytes | None = None) -> str:
+    """Ask for a lease with busybox udhcpc (it only reports; `-s /bin/true` configures nothing).
+    A `hostname` given as bytes is sent as option 12 byte for byte."""
     if mac is not None:
         net.sh("ip", "-n", client, "link", "set", "eth0", "address", mac)
     argv = [
@@ -71,7 +73,9 @@ def dhcp(net, client: str, mac: str | None = None, hostname: str | None = None) 
         "-s",
         "/bin/true",
     ]
-    if hostname:
+    if isinstance(hostname, bytes):
+        argv += ["-x", f"0x0c:{hostname.hex()}"] if hostname else []
+    elif hostname:
         argv += ["-x", f"hostname:{hostname}"]
     output = net.in_ns(client, *argv, timeout=30)
     found = re.search(r"lease of (\S+) obtained", output.stdout + output.stderr)
@@ -234,3 +238,50 @@ def test_config_values_are_validated(state_root: Path) -> None:
     for change in bad:
         with pytest.raises(InvalidValue):
             DnsmasqInstance(replace(good, **change))
+
+
+# host names a guest may send in its DHCP request (option 12), as raw bytes: the ones dnsmasq
+# serves (`web_1`, `host-`: a stored one once kept the next primary's dnsmasq from starting)
+# and the ones it drops (too long, non-ASCII, empty, spaces, a NUL)
+ODD_HOSTNAMES = [b"web_1", b"host-", b"a" * 64, b"b" * 200, "héllo".encode(), "日本".encode(),
+                 b"", b"two words", b"nul\x00byte", b"-lead", b"dot.ted"]
+
+
+def test_odd_guest_host_names_never_keep_the_next_dnsmasq_from_serving(
+        net, gateway, instance, state_root: Path) -> None:
+    """Every odd name a guest can send is leased and recorded (without the name when dnsmasq
+    would not serve it); the next primary's dnsmasq, handed those leases and older stored ones
+    with worse names, starts and gives every client its address back."""
+    _node, client = gateway
+    instance.start()
+    addresses = {}
+    for index, hostname in enumerate(ODD_HOSTNAMES):
+        mac = f"52:54:00:bb:00:{index:02x}"
+        addresses[mac] = dhcp(net, client, mac, hostname)
+    wait_for(lambda: len(instance.leases()) == len(ODD_HOSTNAMES))
+    leases = instance.leases()
+    assert {le.mac: le.ip for le in leases} == addresses
+    names = {le.hostname for le in leases}
+    assert {"web_1", "host-"} <= names
+    assert all(name is None or guest_hostname(name) == name for name in names)
+    instance.stop()
+
+    # the next primary: the cluster's copy, plus documents an older pvcd stored unchecked
+    free = [f"10.100.0.{n}" for n in range(50, 100) if f"10.100.0.{n}" not in
+            addresses.values()]  # in the DHCP range, leased to none of the guests above
+    stored = [*leases,
+              Lease("52:54:00:bb:01:01", free[0], "x" * 70, 0),
+              Lease("52:54:00:bb:01:02", free[1], "héllo wörld", 0),
+              Lease("52:54:00:bb:01:03", free[2], "", 0),
+              Lease("06-52:54:00:bb:01:04", free[3], "ib", 0)]
+    successor = DnsmasqInstance(replace(instance.config, state_dir=state_root / "next"))
+    successor.set_known_leases(stored)
+    successor.start()
+    try:
+        assert successor.running()
+        for index, hostname in enumerate(ODD_HOSTNAMES):
+            mac = f"52:54:00:bb:00:{index:02x}"
+            assert dhcp(net, client, mac, hostname) == addresses[mac]
+        assert dhcp(net, client, mac="52:54:00:bb:01:01") == free[0]  # kept, without its name
+    finally:
+        successor.stop()
