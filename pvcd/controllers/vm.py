@@ -199,13 +199,16 @@ class VmController:
         VM's status says why (state `failed`). Acted on again once the document is valid."""
         log.warning("event=vm-refused vm=%s node=%s reason=%s", uuid, self.name, reason)
         why = f"refused by node {self.name}: invalid VM document: {reason}"
-        requested = spec.state_request if isinstance(spec.state_request, int) else 0
+        # its requests are answered (failed), as a failure to carry them out would be
+        requested, restart = (value if type(value) is int else 0
+                              for value in (spec.state_request, spec.restart_request))
         written = VmSpec(uuid=uuid, name=str(spec.name), node=self.name,
                          xml=spec.xml if isinstance(spec.xml, str) else "")
 
         def refused(s: VmStatus) -> None:
             s.node, s.state, s.failed_reason = self.name, "failed", why
             s.state_request_done = max(s.state_request_done, requested)
+            s.restart_done = max(s.restart_done, restart)
 
         self._write_status(written, refused)
         return DONE

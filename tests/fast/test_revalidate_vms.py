@@ -50,6 +50,7 @@ def test_a_running_vm_whose_document_names_another_uuid_is_left_as_it_was(
     assert "<memory unit='KiB'>65536</memory>" in node1.libvirt.xml(uuid)  # not redefined
     status = sim.state.vm_status("web")
     assert status.state == "failed" and f"is not the VM's UUID {uuid}" in status.failed_reason
+    assert status.restart_done == 1  # the restart it asked for is answered: failed
     write_past_the_api(sim.state, sim.state.paths.vm(uuid), doc)  # the API's document
     node1.vm.reconcile(vm_key(uuid))
     status = sim.state.vm_status("web")
