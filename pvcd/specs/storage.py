@@ -12,17 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from pvcd.domain.errors import InvalidValue
-from pvcd.drivers.ceph.values import (
-    check_device,
-    check_osd_flag,
-    check_osd_id,
-    check_pgs,
-    check_pool_name,
-    check_snapshot_name,
-    check_volume_name,
-    check_weight,
-    parse_size,
-)
+from pvcd.drivers.ceph import values
 
 Check = Callable[[Any], object]
 
@@ -44,25 +34,25 @@ def _flag(value: Any) -> object:
 def _osd(value: Any) -> object:
     if type(value) is not int:  # the API writes the number (a text would be a forgery)
         raise InvalidValue(f"OSD id {value!r} is not a number")
-    return check_osd_id(value)
+    return values.check_osd_id(value)
 
 
 def _size(value: Any) -> object:
     if type(value) is not int:
         raise InvalidValue(f"size {value!r} is not a number of bytes")
-    return parse_size(value)
+    return values.parse_size(value)
 
 
 def _pgs(value: Any) -> object:
     if type(value) is not int:
         raise InvalidValue(f"pgs {value!r} is not a number")
-    return check_pgs(value)
+    return values.check_pgs(value)
 
 
 def _weight(value: Any) -> object:
     if type(value) not in (int, float):
         raise InvalidValue(f"weight {value!r} is not a number")
-    return check_weight(value)
+    return values.check_weight(value)
 
 
 def _text(check: Callable[[str], object]) -> Check:
@@ -73,14 +63,14 @@ def _text(check: Callable[[str], object]) -> Check:
     return checked
 
 
-POOL, VOLUME = _text(check_pool_name), _text(check_volume_name)
-SNAPSHOT = _text(check_snapshot_name)
+POOL, VOLUME = _text(values.check_pool_name), _text(values.check_volume_name)
+SNAPSHOT = _text(values.check_snapshot_name)
 
 # operation → (required arguments, optional arguments), each with its check
 OPERATIONS: Mapping[str, tuple[Mapping[str, Check], Mapping[str, Check]]] = {
-    "cluster-option": ({"action": _one_of("set", "unset"), "option": _text(check_osd_flag)},
+    "cluster-option": ({"action": _one_of("set", "unset"), "option": _text(values.check_osd_flag)},
                        {}),
-    "osd-add": ({"device": _text(check_device), "weight": _weight}, {}),
+    "osd-add": ({"device": _text(values.check_device), "weight": _weight}, {}),
     "osd-remove": ({"osd": _osd}, {}),
     "osd-state": ({"osd": _osd, "state": _one_of("in", "out")}, {}),
     "pool-add": ({"pool": POOL, "pgs": _pgs}, {}),

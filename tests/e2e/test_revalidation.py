@@ -16,7 +16,7 @@ from kazoo.client import KazooClient
 from pvcd.domain.records import VmSpec
 from pvcd.lab.guest import tiny_guest_xml
 from pvcd.lab.lab import Lab
-from tests.e2e.labclient import LabClient, LabFactory, wait_until
+from tests.e2e.labclient import LabClient, LabFactory, wait_until, zookeeper_client
 from tests.e2e.test_vms import define, vm
 
 pytestmark = pytest.mark.slow
@@ -34,13 +34,8 @@ def lab1(make_lab: LabFactory) -> tuple[Lab, LabClient]:
 @pytest.fixture
 def zk(lab1: tuple[Lab, LabClient]) -> Iterator[KazooClient]:
     """A plain ZooKeeper client: what anything that reaches ZooKeeper can use."""
-    client = KazooClient(hosts=lab1[0]._info().zookeeper)
-    client.start(timeout=10)
-    try:
+    with zookeeper_client(lab1[0]) as client:
         yield client
-    finally:
-        client.stop()
-        client.close()
 
 
 def write(zk: KazooClient, lab: Lab, relative: str, doc: Any) -> None:
