@@ -57,8 +57,8 @@ def check_private(path: str, mode: int, data: object) -> None:
 
 # key names that hold a secret ('ipmi_password', 'secret_key', 'tokens', ...), but not a key
 # that names a file or a folder holding one ('password_file')
-SECRET_KEY_NAME = re.compile(r"(password|passwd|secret|token|credential)(?!.*_(file|path|dir)$)",
-                             re.IGNORECASE)
+SECRET_KEY_NAME = re.compile(
+    r"(password|passwd|secret|token|credential|digest)(?!.*_(file|path|dir)$)", re.IGNORECASE)
 
 
 def secret_keys(data: object, key: str = "") -> list[str]:
