@@ -25,6 +25,7 @@ from pvcd.domain.states import ACL_DIRECTIONS, NETWORK_TYPES
 from pvcd.drivers.dnsmasq import check_mac
 from pvcd.drivers.nftables import validate_rule
 from pvcd.specs.networks import (
+    check_acls_allowed,
     check_description,
     check_name,
     check_network,
@@ -294,8 +295,7 @@ class AclListHandler(NetworkBaseHandler):
     async def post(self, name: str) -> None:
         view = self.ctx.view
         spec = self.network(name)
-        if spec.type != "managed":
-            raise InvalidValue(f"network {spec.vni} is bridged: ACLs apply to managed networks")
+        check_acls_allowed(spec)
         description = check_name(self.values[ACL_DESCRIPTION], "description")
         direction = self.values[DIRECTION]
         rule = self.values[RULE]

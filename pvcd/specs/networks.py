@@ -193,12 +193,16 @@ def check_static_lease_document(spec: NetworkSpec, mac: str, doc: Any,
     return checked
 
 
+def check_acls_allowed(spec: NetworkSpec) -> None:
+    if spec.type != "managed":
+        raise InvalidValue(f"network {spec.vni} is bridged: ACLs apply to managed networks")
+
+
 def check_acl_document(spec: NetworkSpec, direction: str, description: str, doc: Any,
                        rule_body: Callable[[str], dict[str, Any]]) -> AclSpec:
     """The document at `networks/<vni>/acl/<direction>/<description>` by the API's rules, with
     the body `rule_body` (`validate_rule`) made of its rule text: the only form to apply."""
-    if spec.type != "managed":
-        raise InvalidValue(f"network {spec.vni} is bridged: ACLs apply to managed networks")
+    check_acls_allowed(spec)
     acl = _record(AclSpec, doc, f"ACL {description}", "ACL")
     if acl.direction != direction or direction not in ACL_DIRECTIONS:
         raise InvalidValue(f"the document of ACL {description} ({direction}) names the "
