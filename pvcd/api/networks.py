@@ -1,6 +1,7 @@
 """Network endpoints: networks, their DHCP leases and their ACLs.
 
-Every write is checked completely first (the manual's rules, listed in `check_network`), then
+Every write is checked completely first (the manual's rules, listed in
+`pvcd.specs.networks.check_network`: the daemons apply them again before they act), then
 recorded as desired state in one compare-and-set transaction; the network, gateway and firewall
 controllers carry it out. A refused value answers 510 with a message and writes nothing.
 
@@ -13,152 +14,28 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ipaddress
-import re
 from typing import Any
 
 from pvcd.api.base import BaseHandler
 from pvcd.api.routing import route
 from pvcd.api.values import Value, accepts, choice, flag, integer, limit, text, value
 from pvcd.domain.errors import Conflict, InvalidValue, NotFound
-from pvcd.domain.records import AclSpec, NetworkSpec, StaticLeaseSpec
+from pvcd.domain.records import AclSpec, NetworkSpec
 from pvcd.domain.states import ACL_DIRECTIONS, NETWORK_TYPES
-from pvcd.drivers.dnsmasq import check_domain, check_hostname, check_mac
+from pvcd.drivers.dnsmasq import check_mac
 from pvcd.drivers.nftables import validate_rule
+from pvcd.specs.networks import (
+    check_acls_allowed,
+    check_description,
+    check_name,
+    check_network,
+    check_static_lease,
+    parse_vni,
+)
 from pvcd.state.store import Op
 from pvcd.state.view import ClusterView
 
-VNI_RANGES = {"managed": (1, 2**24 - 1), "bridged": (1, 4094)}  # VXLAN ids, vLAN ids
-NAME_RE = re.compile(r"^[A-Za-z0-9_.:@+-]{1,64}$")  # descriptions: also znode names
 DELETE_ATTEMPTS = 5  # a network delete that races the gateway's lease reports
-
-
-# --- validation ----------------------------------------------------------------------------
-
-
-def check_name(value: str, what: str) -> str:
-    if not NAME_RE.fullmatch(value) or value in (".", ".."):
-        raise InvalidValue(f"{what} '{value}' is invalid: 1-64 characters without whitespace "
-                           "(letters, digits and _ . : @ + -)")
-    return value
-
-
-def check_description(value: str) -> str:
-    check_name(value, "description")
-    if value.isdigit():
-        raise InvalidValue(f"description '{value}' is invalid: it must not be a number "
-                           "(a network is named by its VNI or its description)")
-    return value
-
-
-def parse_vni(value: str, nettype: str) -> int:
-    low, high = VNI_RANGES[nettype]
-    # (a length check first: int() of more than 4,300 digits raises, a 500 once)
-    if not (value.isascii() and value.isdigit() and len(value) <= 8) or \
-            not low <= int(value) <= high:
-        kind = "VXLAN ID" if nettype == "managed" else "vLAN ID"
-        shown = value if len(value) <= 40 else f"{value[:40]}..."
-        raise InvalidValue(f"vni '{shown}' is invalid for a {nettype} network: a {kind} "
-                           f"from {low} to {high}")
-    return int(value)
-
-
-def _network(value: str, version: int, what: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    example = "10.0.0.0/24" if version == 4 else "fd00:100::/64"
-    try:
-        network = ipaddress.ip_network(value, strict=True)
-    except ValueError:
-        raise InvalidValue(f"{what} '{value}' is not an IPv{version} network in CIDR form "
-                           f"(e.g. {example}, host bits zero)") from None
-    if network.version != version:
-        raise InvalidValue(f"{what} '{value}' is not an IPv{version} network (e.g. {example})")
-    return network
-
-
-def _address_in(value: str | None, network: ipaddress.IPv4Network | ipaddress.IPv6Network,
-                what: str) -> str:
-    if value is None or value == "":
-        raise InvalidValue(f"{what} is required with {_net_name(network)} {network}")
-    try:
-        address = ipaddress.ip_address(value)
-    except ValueError:
-        raise InvalidValue(f"{what} '{value}' is not an IP address") from None
-    if address.version != network.version or address not in network:
-        raise InvalidValue(f"{what} {value} is not inside {_net_name(network)} {network}")
-    if network.num_addresses > 2 and address in (network.network_address,
-                                                 network.broadcast_address):
-        raise InvalidValue(f"{what} {value} is the network's "
-                           f"{'network' if address == network.network_address else 'broadcast'} "
-                           "address; use a host address")
-    return str(address)
-
-
-def _net_name(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
-    return "ip4_network" if network.version == 4 else "ip6_network"
-
-
-def check_network(spec: NetworkSpec) -> NetworkSpec:
-    """Apply every rule of the manual to a complete network; return it normalised.
-
-    - vni in range for its type; description whitespace-free (checked by the caller)
-    - bridged: every address value is ignored
-    - domain: a DNS name
-    - ip4_network: CIDR; ip4_gateway required with it and inside it (else failure)
-    - ip4_gateway, dhcp4 or a DHCP range without ip4_network: failure
-    - ip6_network: CIDR; ip6_gateway missing or invalid → <ip6_network>::1 (as the manual says)
-    - dhcp4: dhcp4_start and dhcp4_end required, inside ip4_network, start <= end
-    """
-    if spec.type == "bridged":
-        return NetworkSpec(spec.vni, spec.description, "bridged")
-    if spec.domain is not None:
-        spec.domain = check_domain(spec.domain)
-    if spec.ip4_network is not None:
-        net4 = _network(spec.ip4_network, 4, "ip4_network")
-        spec.ip4_network = str(net4)
-        spec.ip4_gateway = _address_in(spec.ip4_gateway, net4, "ip4_gateway")
-        for name in ("dhcp4_start", "dhcp4_end"):
-            value = getattr(spec, name)
-            if spec.dhcp4 or value is not None:
-                setattr(spec, name, _address_in(value, net4, name))
-        if spec.dhcp4_start and spec.dhcp4_end and \
-                ipaddress.IPv4Address(spec.dhcp4_start) > ipaddress.IPv4Address(spec.dhcp4_end):
-            raise InvalidValue(f"dhcp4_start {spec.dhcp4_start} is after dhcp4_end "
-                               f"{spec.dhcp4_end}")
-    else:
-        for name in ("ip4_gateway", "dhcp4_start", "dhcp4_end"):
-            if getattr(spec, name) is not None:
-                raise InvalidValue(f"{name} needs ip4_network")
-        if spec.dhcp4:
-            raise InvalidValue("dhcp4 needs ip4_network (and dhcp4_start, dhcp4_end)")
-    if spec.ip6_network is not None:
-        net6 = _network(spec.ip6_network, 6, "ip6_network")
-        spec.ip6_network = str(net6)
-        try:
-            spec.ip6_gateway = _address_in(spec.ip6_gateway, net6, "ip6_gateway")
-        except InvalidValue:
-            spec.ip6_gateway = str(net6.network_address + 1)  # the manual's default
-    else:
-        spec.ip6_gateway = None  # meaningless without ip6_network
-    return spec
-
-
-def check_static_lease(spec: NetworkSpec, mac: str, ip: str, hostname: str | None,
-                       others: list[StaticLeaseSpec]) -> StaticLeaseSpec:
-    if spec.type != "managed" or spec.ip4_network is None:
-        raise InvalidValue(f"network {spec.vni} has no IPv4 network: no DHCP leases there")
-    mac = check_mac(mac)
-    network = ipaddress.ip_network(spec.ip4_network)
-    address = _address_in(ip, network, "ipaddress")
-    if address == spec.ip4_gateway:
-        raise InvalidValue(f"ipaddress {address} is the network's gateway")
-    if hostname is not None:
-        check_hostname(hostname)
-    for other in others:
-        if other.mac == mac:
-            raise InvalidValue(f"a static lease for {mac} already exists in network {spec.vni}")
-        if other.ip == address:
-            raise InvalidValue(f"{address} is already reserved for {other.mac} in network "
-                               f"{spec.vni}")
-    return StaticLeaseSpec(mac, address, hostname)
 
 
 # --- objects (objects.md) ------------------------------------------------------------------
@@ -418,8 +295,7 @@ class AclListHandler(NetworkBaseHandler):
     async def post(self, name: str) -> None:
         view = self.ctx.view
         spec = self.network(name)
-        if spec.type != "managed":
-            raise InvalidValue(f"network {spec.vni} is bridged: ACLs apply to managed networks")
+        check_acls_allowed(spec)
         description = check_name(self.values[ACL_DESCRIPTION], "description")
         direction = self.values[DIRECTION]
         rule = self.values[RULE]

@@ -63,6 +63,8 @@ def node_object(view: ClusterView, name: str, primary: str | None = None) -> dic
         "pid": status.get("pid"),
         "fence_state": fence.get("state"),
         "fence_message": fence.get("message"),
+        # documents this node refuses to act on, and why (docs/security.md)
+        "refused": status.get("refused") or {},
     }
 
 

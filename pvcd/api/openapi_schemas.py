@@ -66,6 +66,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "vcpu": _VCPU, "memory": _MEMORY,
         "keepalive": nullable("number", description="Unix time of the last keepalive"),
         "pid": nullable("integer"), "fence_state": _NS, "fence_message": _NS,
+        "refused": {"type": "object", "additionalProperties": STR,
+                    "description": "Documents (networks, ACLs, static leases) this node "
+                                   "refuses to act on, each with the reason (pvcd addition)"},
     }, ["name", "daemon_state", "coordinator_state", "domain_state", "cpu_count", "kernel",
         "os", "arch", "load", "domains_count", "running_domains", "vcpu", "memory"]),
     "NodeCoordinatorState": obj({"name": STR, "coordinator_state": {

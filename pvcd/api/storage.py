@@ -35,6 +35,7 @@ from pvcd.drivers.ceph.values import (
     check_weight,
     parse_size,
 )
+from pvcd.specs.storage import check_storage_request
 from pvcd.state.store import Op
 from pvcd.state.view import ClusterView
 
@@ -64,6 +65,7 @@ async def run_request(handler: BaseHandler, op: str, args: dict[str, Any],
     still running at the timeout."""
     ctx = handler.ctx
     timeout = storage_timeout(ctx)
+    check_storage_request(op, args)  # the rules the executing node checks again
     request = StorageRequest(id=new_request_id(ctx.clock), op=op, args=args, target=target,
                              created=ctx.clock())
     path = ctx.view.paths.storage_request(request.id)

@@ -24,7 +24,7 @@ from pvcd.api.waiting import (
     vm_settles,
     wait_until,
 )
-from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound
+from pvcd.domain.errors import BackendError, Conflict, NotFound
 from pvcd.domain.moves import Move, check_migrate, check_unmigrate, holder, reassign
 from pvcd.domain.placement import choose_node, require_node
 from pvcd.domain.records import VmSpec, from_dict
@@ -35,6 +35,7 @@ from pvcd.domain.states import (
     VM_STATE_REQUESTS,
     VM_STATES,
 )
+from pvcd.specs.vms import check_name_kept, check_uuid_kept
 from pvcd.state.request_size import check_request_size
 from pvcd.state.store import Op
 from pvcd.state.view import ClusterView
@@ -197,16 +198,9 @@ class VmHandler(VmBaseHandler):
         spec, version = self.vm_spec(vm)
         definition = parse_domain_xml(self.values[NEW_XML], default_uuid=spec.uuid)
         restart = self.values[RESTART]
-        if definition.uuid != spec.uuid:
-            raise InvalidValue(f"the XML's UUID {definition.uuid} is not the VM's UUID "
-                               f"{spec.uuid}; the UUID of a VM cannot change")
+        check_uuid_kept(definition, spec.uuid)
         self.refuse_if_removing(spec)
-        if definition.name != spec.name:
-            # libvirt keeps one name per UUID: a new name needs the domain redefined, which
-            # the rename does (with the disks named after the VM); nothing was changed here
-            raise InvalidValue(f"the XML names the VM '{definition.name}', not '{spec.name}': "
-                               f"rename the VM with POST /vm/{spec.name}/rename "
-                               f"(new_name={definition.name}) first")
+        check_name_kept(definition, spec.name)  # nothing was changed
         spec.xml = definition.xml
         spec.memory, spec.vcpu, spec.info = definition.memory, definition.vcpu, \
             definition.to_api_fields()

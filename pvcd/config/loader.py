@@ -9,6 +9,9 @@ key. Duplicate keys are an error (plain YAML silently keeps the last).
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
+import stat
 import types
 import typing
 from collections.abc import Mapping
@@ -22,16 +25,56 @@ from pvcd.domain.errors import ConfigError
 
 
 def load_config(path: str) -> Config:
-    """Read and check the configuration file at `path`."""
+    """Read and check the configuration file at `path`; a file that holds secrets must not be
+    readable by every user of the machine (`check_private`)."""
     try:
         with open(path, "rb") as file:
+            mode = os.fstat(file.fileno()).st_mode  # of the file read, not of a path
             # Bytes, so that PyYAML detects the encoding and reports bad bytes as a YAML error.
             data = yaml.load(file.read(), Loader=_StrictLoader)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the file: {exc.strerror or exc}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML{_yaml_error_text(exc)}") from exc
-    return parse_config(data, path)
+    config = parse_config(data, path)
+    check_private(path, mode, data)
+    return config
+
+
+def check_private(path: str, mode: int, data: object) -> None:
+    """ConfigError if the file (permission bits `mode`) is readable by every user and holds a
+    secret: API tokens and secret_key, fence passwords, ZooKeeper credentials. They are keys
+    whose name says so (`SECRET_KEY_NAME`), so a secret key added later is covered too."""
+    if not mode & stat.S_IROTH:
+        return
+    secrets = secret_keys(data)
+    if secrets:
+        raise ConfigError(
+            f"{path}: the file holds secrets ({', '.join(secrets)}) and every user of this "
+            f"machine can read it (mode {stat.S_IMODE(mode):04o}): make it readable by root "
+            f"alone, `chmod 0600 {path}` (or 0640 with a group of its own)")
+
+
+# key names that hold a secret ('ipmi_password', 'secret_key', 'tokens', ...), but not a key
+# that names a file or a folder holding one ('password_file')
+SECRET_KEY_NAME = re.compile(
+    r"(password|passwd|secret|token|credential|digest)(?!.*_(file|path|dir)$)", re.IGNORECASE)
+
+
+def secret_keys(data: object, key: str = "") -> list[str]:
+    """The keys of the parsed YAML `data` that hold a secret with a value (not empty)."""
+    found: list[str] = []
+    if isinstance(data, Mapping):
+        for name, value in data.items():
+            child = _join(key, str(name))
+            if SECRET_KEY_NAME.search(str(name)) and value not in (None, "", [], {}):
+                found.append(child)
+            else:
+                found += secret_keys(value, child)
+    elif isinstance(data, list):
+        for index, item in enumerate(data):
+            found += secret_keys(item, f"{key}[{index}]")
+    return found
 
 
 def parse_config(data: object, source: str) -> Config:

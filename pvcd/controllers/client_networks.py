@@ -36,7 +36,7 @@ def build_networks(node: str, view: ClusterView, store: Store, writer: NodeStatu
     links = links or NetlinkDriver(config.netns)
     wiring = build_interfaces(node, view, links, config, writer)
     wiring.extend(build_firewall(node, view, nft or NftablesDriver(config.netns),
-                                 config.resync_interval))
+                                 config.resync_interval, writer))
     if coordinator:
-        wiring.extend(build_gateways(node, view, store, links, config))
+        wiring.extend(build_gateways(node, view, store, links, config, writer))
     return wiring

@@ -1,11 +1,16 @@
 """The firewall controller: on every node, each managed network's ACLs in nftables.
 
 Key `acl/<vni>`. A reconcile reads the network's `in` and `out` ACLs from the cache, in their
-`order`, and hands their stored, validated JSON bodies to `NftablesDriver.apply_network_rules`:
-one atomic nftables transaction, so packets see the old or the new rule list, never a mix. The
-operator's text is never parsed again here, let alone concatenated into a command. A network
-that is gone loses its chains. Every node carries the same chains because traffic of one
-network is filtered where it is bridged (see drivers/nftables.py for the semantics).
+`order`, checks each with the API's own rules (`pvcd.specs.networks.check_acl_document`: the
+rule text parsed by nft in a throw-away namespace, `validate_rule`, remembered per text) and
+hands the JSON bodies made *here* to `NftablesDriver.apply_network_rules`: one atomic nftables
+transaction, so packets see the old or the new rule list, never a mix. The stored body is never
+applied (anything that reaches ZooKeeper could have written it), and the text is never
+concatenated into a command. An ACL that breaks the rules is left out and reported in the
+node's status (`pvcd.controllers.refusals`); a network document that breaks them leaves its
+chains as they are. A network that is gone loses its chains. Every node carries the same
+chains because traffic of one network is filtered where it is bridged (see drivers/nftables.py
+for the semantics).
 
 The reconcile is idempotent (it rewrites the chains whole); the resync re-applies everything,
 so a ruleset flushed by hand comes back within one interval.
@@ -13,16 +18,21 @@ so a ruleset flushed by hand comes back within one interval.
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from pvcd.controllers.base import DONE, Controller, Result, Watch, Wiring
-from pvcd.controllers.network import vni_of_key, vni_of_path
-from pvcd.domain.records import AclSpec
+from pvcd.controllers.network import checked_network, vni_of_key, vni_of_path
+from pvcd.controllers.node import NodeStatusWriter
+from pvcd.controllers.refusals import Refusals
+from pvcd.domain.errors import InvalidValue
+from pvcd.domain.records import AclSpec, NetworkSpec
 from pvcd.drivers.ifnames import bridge_name
-from pvcd.drivers.nftables import NftablesDriver
+from pvcd.drivers.nftables import NftablesDriver, validate_rule
+from pvcd.specs.networks import check_acl_document
 from pvcd.state.view import ClusterView
 
 log = logging.getLogger(__name__)
@@ -39,11 +49,39 @@ def rule_body(acl: AclSpec) -> dict[str, Any]:
     return body
 
 
+class RuleBodies:
+    """The body `validate_rule` makes of each rule text, remembered (refusals too): it runs
+    nft twice in a throw-away namespace (≈ 10 ms), and every resync re-checks every ACL."""
+
+    def __init__(self, validate: Callable[[str], dict[str, Any]] = validate_rule,
+                 size: int = 4096) -> None:
+        self.validate = validate
+        self.size = size
+        self._known: dict[str, dict[str, Any] | InvalidValue] = {}
+
+    def body(self, rule: str) -> dict[str, Any]:
+        known = self._known.get(rule)
+        if known is None:
+            try:
+                known = self.validate(rule)
+            except InvalidValue as exc:  # (a BackendError, nft not running, is not kept)
+                known = exc
+            if len(self._known) >= self.size:
+                self._known.clear()
+            self._known[rule] = known
+        if isinstance(known, InvalidValue):
+            raise InvalidValue(str(known))
+        return copy.deepcopy(known)
+
+
 class FirewallController:
-    def __init__(self, name: str, view: ClusterView, nft: NftablesDriver) -> None:
+    def __init__(self, name: str, view: ClusterView, nft: NftablesDriver, refusals: Refusals,
+                 rules: RuleBodies | None = None) -> None:
         self.name = name
         self.view = view
         self.nft = nft
+        self.refusals = refusals
+        self.rules = rules or RuleBodies()
 
     def keys(self) -> Iterable[str]:
         vnis = set(self.view.network_vnis()) | set(self.nft.networks())
@@ -60,17 +98,41 @@ class FirewallController:
 
     def reconcile(self, key: str) -> Result:
         vni = vni_of_key(key)
-        spec = self.view.network(vni)
+        try:
+            spec = checked_network(self.view, vni)
+        except InvalidValue as exc:  # its chains stay as they are (the network controller
+            # reports the refusal)
+            log.warning("event=acls-not-applied node=%s vni=%d reason=%s", self.name, vni, exc)
+            return DONE
+        scope = f"acl/{vni}"
         if spec is None:
             self.nft.remove_network(vni)
+            self.refusals.report(scope, {})
             return DONE
-        in_rules = [rule_body(acl) for acl in self.view.acls(vni, "in")]
-        out_rules = [rule_body(acl) for acl in self.view.acls(vni, "out")]
+        refused: dict[str, str] = {}
+        in_rules = [rule_body(acl) for acl in self._acls(spec, "in", refused)]
+        out_rules = [rule_body(acl) for acl in self._acls(spec, "out", refused)]
+        self.refusals.report(scope, refused)
         if in_rules or out_rules:
             in_rules = [*direction_guards(spec, "daddr"), *in_rules]
             out_rules = [*direction_guards(spec, "saddr"), *out_rules]
         self.nft.apply_network_rules(vni, bridge_name(vni), in_rules, out_rules)
         return DONE
+
+
+    def _acls(self, spec: NetworkSpec, direction: str, refused: dict[str, str]) -> list[AclSpec]:
+        """The network's ACLs of one direction that the API's rules allow, in chain order, each
+        with the body made here of its rule text; the others go into `refused`."""
+        path = self.view.paths.network_acls(spec.vni, direction)
+        accepted = []
+        for name in self.view.cache.children(path):
+            try:
+                accepted.append(check_acl_document(spec, direction, name,
+                                                   self.view.cache.get(f"{path}/{name}"),
+                                                   self.rules.body))
+            except InvalidValue as exc:
+                refused[f"acl/{spec.vni}/{direction}/{name}"] = str(exc)
+        return sorted(accepted, key=lambda acl: (acl.order, acl.description))
 
 
 def direction_guards(spec: Any, field: str) -> list[dict[str, Any]]:
@@ -95,9 +157,9 @@ def direction_guards(spec: Any, field: str) -> list[dict[str, Any]]:
 
 
 def build_firewall(node: str, view: ClusterView, nft: NftablesDriver,
-                   resync_interval: float) -> Wiring:
+                   resync_interval: float, writer: NodeStatusWriter) -> Wiring:
     """Every network's ACL chains on this node, fed by the networks and their ACLs."""
-    firewall = FirewallController(node, view, nft)
+    firewall = FirewallController(node, view, nft, Refusals(node, writer))
     controller = Controller("firewall", firewall.reconcile, firewall.keys,
                             resync_interval=resync_interval)
     wiring = Wiring()

@@ -13,6 +13,10 @@ Leases are guest input (the host name is the guest's): they are checked where th
 (`dnsmasq_leasehook.guest_lease`: the hook, the journal, the cluster's copy), so no lease a
 guest can make stops a gateway or its dnsmasq.
 
+Every network and static lease document is checked with the API's rules first: a network that
+breaks them leaves its gateway as it is, a static lease that does is not handed to dnsmasq, and
+the node's status says why (`pvcd.controllers.refusals`).
+
 Handover: `stop()` runs when the role goes (the coordinator calls it before it deletes its lock,
 so the next primary starts only afterwards). It takes the same lock as the reconcile, so no
 reconcile is half-way when it tears down: last lease report, dnsmasq stopped and reaped, gateway
@@ -46,15 +50,18 @@ from pvcd.controllers.base import (
     Watch,
     Wiring,
 )
-from pvcd.controllers.network import vni_of_key, vni_of_path
-from pvcd.domain.errors import BackendError, Conflict
-from pvcd.domain.records import DhcpLease, NetworkSpec
+from pvcd.controllers.network import checked_network, vni_of_key, vni_of_path
+from pvcd.controllers.node import NodeStatusWriter
+from pvcd.controllers.refusals import Refusals
+from pvcd.domain.errors import BackendError, Conflict, InvalidValue, PvcError
+from pvcd.domain.records import DhcpLease, NetworkSpec, StaticLeaseSpec
 from pvcd.drivers.announce import announce
 from pvcd.drivers.dnsmasq import DnsmasqConfig, DnsmasqInstance, Lease, StaticLease
 from pvcd.drivers.dnsmasq_leasehook import guest_lease
 from pvcd.drivers.ifnames import bridge_name
 from pvcd.drivers.netlink import NetlinkDriver
 from pvcd.drivers.netns import run_in_netns
+from pvcd.specs.networks import check_static_lease_document
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
 
@@ -91,12 +98,13 @@ class GatewayService:
     """The primary's gateways and dnsmasq instances; `start`/`stop` follow the primary role."""
 
     def __init__(self, name: str, view: ClusterView, store: Store, links: NetlinkDriver,
-                 config: NetworkDriverSection) -> None:
+                 config: NetworkDriverSection, refusals: Refusals) -> None:
         self.name = name
         self.view = view
         self.store = store
         self.links = links
         self.config = config
+        self.refusals = refusals
         self.active = False
         # its own work queue: taking the primary role enqueues every network
         self.controller = Controller("gateway", self.reconcile, self.keys,
@@ -155,8 +163,17 @@ class GatewayService:
     def reconcile(self, key: str) -> Result:
         vni = vni_of_key(key)
         with self._lock:
-            spec = self.view.network(vni)
-            if not self.active or spec is None or spec.type != "managed":
+            if not self.active:
+                self._teardown(vni)
+                return DONE
+            try:
+                spec = checked_network(self.view, vni)
+            except InvalidValue as exc:  # its gateway stays as it is (the network controller
+                # reports the refusal)
+                log.warning("event=gateway-unchanged node=%s vni=%d reason=%s", self.name, vni,
+                            exc)
+                return DONE
+            if spec is None or spec.type != "managed":
                 self._teardown(vni)
                 return DONE
             return self._serve(spec)
@@ -180,7 +197,7 @@ class GatewayService:
             running = None
         if config is None:
             return DONE
-        statics = [StaticLease(s.mac, s.ip, s.hostname) for s in self.view.static_leases(spec.vni)]
+        statics = [StaticLease(s.mac, s.ip, s.hostname) for s in self._static_leases(spec)]
         if running is None:
             instance = DnsmasqInstance(config)
             known = self._known_leases(spec.vni)
@@ -199,6 +216,21 @@ class GatewayService:
             instance.supervise()
         self._report_leases(spec.vni, instance)
         return Result(requeue_after=POLL_INTERVAL)
+
+    def _static_leases(self, spec: NetworkSpec) -> list[StaticLeaseSpec]:
+        """The network's static leases that the API's rules allow (each against the network
+        and the ones before it, as the API adds them); the others are reported refused."""
+        path = self.view.paths.network_static_leases(spec.vni)
+        accepted: list[StaticLeaseSpec] = []
+        refused: dict[str, str] = {}
+        for mac in self.view.cache.children(path):
+            try:
+                accepted.append(check_static_lease_document(
+                    spec, mac, self.view.cache.get(f"{path}/{mac}"), accepted))
+            except InvalidValue as exc:
+                refused[f"static-lease/{spec.vni}/{mac}"] = str(exc)
+        self.refusals.report(f"static-lease/{spec.vni}", refused)
+        return accepted
 
     def _dnsmasq_config(self, spec: NetworkSpec) -> DnsmasqConfig | None:
         if not (spec.ip4_network or spec.ip6_network):
@@ -245,6 +277,10 @@ class GatewayService:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+        try:  # its static leases are the primary's to report
+            self.refusals.report(f"static-lease/{vni}", {})
+        except PvcError as exc:  # (no session: the next primary reports afresh)
+            log.info("event=refusals-not-cleared node=%s vni=%d error=%s", self.name, vni, exc)
 
     # leases
     def _known_leases(self, vni: int) -> list[Lease]:
@@ -291,10 +327,10 @@ class GatewayService:
 
 
 def build_gateways(node: str, view: ClusterView, store: Store, links: NetlinkDriver,
-                   config: NetworkDriverSection) -> Wiring:
+                   config: NetworkDriverSection, writer: NodeStatusWriter) -> Wiring:
     """Gateways and dnsmasq of the managed networks, acting while this node is primary (the
     "gateways" service)."""
-    service = GatewayService(node, view, store, links, config)
+    service = GatewayService(node, view, store, links, config, Refusals(node, writer))
     wiring = Wiring(services=[PrimaryService("gateways", service.start, service.stop)])
     wiring.add(service.controller, Watch(view.paths.networks + "/", service.key_of_path))
     return wiring

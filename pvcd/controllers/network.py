@@ -8,6 +8,9 @@ addresses of the other *live* nodes. For a `bridged` network (vLAN) it keeps the
 how kernels without 802.1Q are emulated; see drivers/netlink.py), MTU = the uplink's. A network
 that is gone from ZooKeeper loses its interfaces.
 
+Every network document is checked with the API's rules first (`checked_network`): one that
+breaks them changes nothing here, and the node's status says why (`pvcd.controllers.refusals`).
+
 Keys: `net/<vni>` (one network) and `peers` (the live nodes or their addresses changed; also
 publishes this node's own underlay address in its status, which is how peers find it). The
 watch only enqueues; `reconcile` re-reads the cache and the kernel every time, and the resync
@@ -29,10 +32,12 @@ from collections.abc import Iterable
 from pvcd.config import NetworkDriverSection
 from pvcd.controllers.base import DONE, Controller, Result, TemporaryError, Watch, Wiring
 from pvcd.controllers.node import NodeStatusWriter
-from pvcd.domain.errors import NotFound
+from pvcd.controllers.refusals import Refusals
+from pvcd.domain.errors import InvalidValue, NotFound
 from pvcd.domain.records import NetworkSpec
 from pvcd.drivers.ifnames import bridge_name, vlan_name, vxlan_mtu, vxlan_name
 from pvcd.drivers.netlink import NetlinkDriver
+from pvcd.specs.networks import check_network_document
 from pvcd.state.view import ClusterView
 
 log = logging.getLogger(__name__)
@@ -57,6 +62,21 @@ def vni_of_path(networks_path: str, path: str) -> int | None:
     return int(head) if head.isdigit() else None
 
 
+def checked_network(view: ClusterView, vni: int) -> NetworkSpec | None:
+    """Network `vni` as the API's rules allow it (normalised), None when it is gone;
+    InvalidValue when its document breaks them: then nothing of it may change on the host
+    (docs/security.md, "Daemons re-validate")."""
+    path = view.paths.network(vni)
+    if not view.cache.exists(path):
+        return None
+    return check_network_document(vni, view.cache.get(path))
+
+
+def refusal_key(vni: int) -> str:
+    """The key under which a node reports that it refuses network `vni`'s document."""
+    return f"network/{vni}"
+
+
 def live_peers(view: ClusterView, me: str) -> set[str]:
     """Underlay addresses of the other nodes whose daemon is alive."""
     peers = set()
@@ -77,6 +97,7 @@ class NetworkController:
         self.links = links
         self.config = config
         self.writer = writer
+        self.refusals = Refusals(name, writer)
         # its own work queue: a change of peers re-enqueues every network
         self.controller = Controller("network", self.reconcile, self.keys,
                                      resync_interval=config.resync_interval)
@@ -103,7 +124,12 @@ class NetworkController:
         if key == PEERS_KEY:
             return self._reconcile_peers()
         vni = vni_of_key(key)
-        spec = self.view.network(vni)
+        try:
+            spec = checked_network(self.view, vni)
+        except InvalidValue as exc:  # refused: its interfaces stay as they are
+            self.refusals.report(refusal_key(vni), {refusal_key(vni): str(exc)})
+            return DONE
+        self.refusals.report(refusal_key(vni), {})
         if spec is None:
             self._remove(vni)
         elif spec.type == "managed":

@@ -28,9 +28,10 @@ from typing import Any, Protocol
 from pvcd.controllers.base import DONE, Result, TemporaryError
 from pvcd.controllers.vm_claim import VmClaims
 from pvcd.controllers.vm_removal import VmRemover
-from pvcd.domain.errors import BackendError, Conflict, NotFound
+from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound
 from pvcd.domain.records import Migration, VmSpec, VmStatus, from_dict
 from pvcd.domain.states import domain_active
+from pvcd.specs.vms import check_vm_document
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
 
@@ -83,7 +84,11 @@ class VmController:
     def keys(self) -> list[str]:
         keys = set()
         for uuid in self.view.vm_uuids():
-            spec = self.view.vm_spec(uuid)
+            try:
+                spec = self.view.vm_spec(uuid)
+            except (TypeError, ValueError):  # not a VM document at all: its reconcile says so
+                keys.add(vm_key(uuid))
+                continue
             if spec is not None and self.name in (
                     spec.node, spec.migration.source if spec.migration else None):
                 keys.add(vm_key(uuid))
@@ -96,7 +101,10 @@ class VmController:
         if not self.can_act():
             raise TemporaryError("no ZooKeeper session: not acting on possibly stale state")
         uuid = key.split("/", 1)[1]
-        spec = self.view.vm_spec(uuid)
+        try:
+            spec = self.view.vm_spec(uuid)
+        except (TypeError, ValueError) as exc:  # a document without a VM's fields
+            return self._refuse_unreadable(uuid, exc)
         domain = self.driver.domain_state(uuid)
         if spec is None:
             if domain is not None:
@@ -104,17 +112,24 @@ class VmController:
             return DONE
         if spec.removing:  # never started again: taken down, then forgotten (vm_removal)
             return self.remover.reconcile(spec, domain)
+        # acted on only if valid by the API's own rules: anything that reaches ZooKeeper can
+        # write this document (docs/security.md, "Daemons re-validate")
+        invalid = _invalid(uuid, spec)
         status = self.view.vm_status(uuid) or VmStatus()
         migration = spec.migration
         pending = migration is not None and status.migration_done < migration.request
         if spec.node != self.name:
             if pending and migration is not None and migration.source == self.name:
+                if invalid is not None:
+                    return self._refuse(uuid, spec, invalid)
                 return self._migrate_out(spec, status, domain)
             if domain is not None:
                 self._remove_here(uuid, domain, f"VM is assigned to {spec.node}")
             elif self.claims.holds(uuid):
                 self.claims.release(uuid)  # nothing of it here (e.g. back from a power-off)
             return DONE
+        if invalid is not None:
+            return self._refuse(uuid, spec, invalid)
         if pending and migration is not None and migration.source != self.name:
             # A live source records the end itself, once libvirt's migration job is over on
             # both sides (here the guest runs before that, and a migration onward is refused
@@ -137,7 +152,7 @@ class VmController:
                          domain.name, spec.name, self.name)
                 domain = None
             if domain is None or self._xml_changed(spec):
-                self.driver.define(spec.xml)
+                self.driver.define(check_vm_document(uuid, spec).xml)  # only the checked form
                 log.info("event=vm-defined vm=%s name=%s node=%s", uuid, spec.name, self.name)
                 domain = self.driver.domain_state(uuid)
             active = domain is not None and domain_active(domain)
@@ -178,6 +193,35 @@ class VmController:
 
             self._write_status(spec, failed)
             return DONE
+
+    def _refuse(self, uuid: str, spec: VmSpec, reason: str) -> Result:
+        """An invalid document: nothing is defined, started, stopped or migrated here; the
+        VM's status says why (state `failed`). Acted on again once the document is valid."""
+        log.warning("event=vm-refused vm=%s node=%s reason=%s", uuid, self.name, reason)
+        why = f"refused by node {self.name}: invalid VM document: {reason}"
+        # its requests are answered (failed), as a failure to carry them out would be
+        requested, restart = (value if type(value) is int else 0
+                              for value in (spec.state_request, spec.restart_request))
+        written = VmSpec(uuid=uuid, name=str(spec.name), node=self.name,
+                         xml=spec.xml if isinstance(spec.xml, str) else "")
+
+        def refused(s: VmStatus) -> None:
+            s.node, s.state, s.failed_reason = self.name, "failed", why
+            s.state_request_done = max(s.state_request_done, requested)
+            s.restart_done = max(s.restart_done, restart)
+
+        self._write_status(written, refused)
+        return DONE
+
+    def _refuse_unreadable(self, uuid: str, error: Exception) -> Result:
+        """A document without a VM's fields: refused unless a node it names could run it
+        (reported by every node that holds a copy of it, or by none)."""
+        doc = self.view.cache.get(self.view.paths.vm(uuid))
+        if self.driver.domain_state(uuid) is None and \
+                not (isinstance(doc, dict) and doc.get("node") == self.name):
+            return DONE
+        spec = VmSpec(uuid=uuid, name="", xml="", node=self.name)
+        return self._refuse(uuid, spec, f"not a VM document ({error})")
 
     def _confirm_assignment(self, uuid: str) -> None:
         """Before starting a VM, re-read its spec from ZooKeeper itself, not the cache (a node
@@ -300,6 +344,15 @@ class VmController:
             except Conflict:
                 time.sleep(0.005)  # the cache catches up with the other writer
         raise Conflict(f"{path}: could not write the VM status")
+
+
+def _invalid(uuid: str, spec: VmSpec) -> str | None:
+    """Why the document at `vms/<uuid>` breaks the API's rules, or None."""
+    try:
+        check_vm_document(uuid, spec)
+    except InvalidValue as exc:
+        return str(exc)
+    return None
 
 
 def _running(domain: Any) -> bool:

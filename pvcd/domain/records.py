@@ -89,6 +89,8 @@ class NodeStatus:
     libvirt_uri: str = ""  # how peers reach this node's libvirt (live migration)
     migration_uri: str | None = None
     stats: NodeStats = dataclasses.field(default_factory=NodeStats)
+    # documents this node refuses to act on: key → reason (pvcd.controllers.refusals)
+    refused: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def to_doc(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

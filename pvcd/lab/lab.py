@@ -215,7 +215,7 @@ class Lab:
                     "osd_run_dir": str(folder / "osd-run")}
                 binds = node_ceph_root(folder, info.ceph)
             config_path = folder / "pvcd.yaml"
-            config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+            write_private(config_path, yaml.safe_dump(config, sort_keys=False))
             info.nodes.append(LabNode(name, index <= coordinators, str(config_path),
                                       str(folder / "pvcd.log"), binds=binds))
         self.info = info
@@ -305,7 +305,7 @@ class Lab:
             config["drivers"]["ceph"]["osd_run_dir"] = str(folder / "osd-run")
             binds = node_ceph_root(folder, info.ceph)
         config_path = folder / "pvcd.yaml"
-        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        write_private(config_path, yaml.safe_dump(config, sort_keys=False))
         info.nodes.append(LabNode(name, False, str(config_path), str(folder / "pvcd.log"),
                                   binds=binds))
         self.save()
@@ -537,3 +537,12 @@ def _remove_tree(path: Path) -> None:
         else:
             child.unlink()
     path.rmdir()
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` readable by its owner alone: a node's configuration holds the
+    API tokens, and pvcd refuses one that every user can read (`pvcd.config.loader`)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its old mode through os.open
+    with os.fdopen(fd, "w") as file:
+        file.write(text)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import requests
+from kazoo.client import KazooClient
 
 from pvcd.lab.lab import Lab, LabInfo
 from tests.apiclient import ApiClient
@@ -36,3 +38,16 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
 
 
 LabFactory = Callable[..., tuple[Lab, LabClient]]
+
+
+@contextmanager
+def zookeeper_client(lab: Lab) -> Iterator[KazooClient]:
+    """A kazoo client of the lab's ZooKeeper with the nodes' credentials (no Store, no cache),
+    started: what anyone who can reach ZooKeeper and holds them could write."""
+    client = lab._info().zookeeper_client()
+    client.start(timeout=10)
+    try:
+        yield client
+    finally:
+        client.stop()
+        client.close()

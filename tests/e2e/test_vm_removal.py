@@ -25,7 +25,7 @@ from kazoo.exceptions import NoNodeError
 from pvcd.lab.lab import Lab
 from pvcd.state.codec import decode
 from pvcd.state.schema import Paths
-from tests.e2e.labclient import LabClient, wait_until
+from tests.e2e.labclient import LabClient, wait_until, zookeeper_client
 from tests.e2e.test_cli import ok as cli_ok
 from tests.e2e.test_cli import pvc as cli
 from tests.e2e.test_storage import Ceph, call, ok, refused
@@ -48,13 +48,8 @@ def ceph_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, La
 
 @pytest.fixture(scope="module")
 def zk(ceph_lab: tuple[Lab, LabClient]) -> Iterator[KazooClient]:
-    client = ceph_lab[0]._info().zookeeper_client()
-    client.start(timeout=10)
-    try:
+    with zookeeper_client(ceph_lab[0]) as client:
         yield client
-    finally:
-        client.stop()
-        client.close()
 
 
 @pytest.fixture

@@ -19,6 +19,8 @@ from pvcd.controllers.firewall import FirewallController
 from pvcd.controllers.gateway import GatewayService
 from pvcd.controllers.network import NetworkController
 from pvcd.controllers.node import NodeStatusWriter
+from pvcd.controllers.refusals import Refusals
+from pvcd.domain.records import NodeSpec
 from pvcd.drivers.dnsmasq import DnsmasqConfig
 from tests.fakes.drivers import FakeDnsmasq, FakeNetlink, FakeNftables
 from tests.fakes.state import ClusterState
@@ -38,6 +40,14 @@ def host_links() -> FakeNetlink:
     return FakeNetlink({UNDERLAY: 9000, UPLINK: 1500})
 
 
+def status_writer(name: str, state: ClusterState) -> NodeStatusWriter:
+    """A node's status writer, for a controller built without a simulated node (its node
+    document is made here if missing: the status is its child)."""
+    if not state.cache.exists(state.paths.node(name)):
+        state.put(state.paths.node(name), NodeSpec(name).to_doc())
+    return NodeStatusWriter(state.store, state.paths.node_status(name))
+
+
 def make_network_controller(name: str, state: ClusterState, links: FakeNetlink,
                             config: NetworkDriverSection, writer: NodeStatusWriter
                             ) -> NetworkController:
@@ -45,7 +55,9 @@ def make_network_controller(name: str, state: ClusterState, links: FakeNetlink,
 
 
 def make_firewall(name: str, state: ClusterState, nft: FakeNftables) -> FirewallController:
-    return FirewallController(name, state.view, nft)  # type: ignore[arg-type]
+    """With the real ACL rule check (`validate_rule`: nft in a throw-away namespace)."""
+    return FirewallController(name, state.view, nft,  # type: ignore[arg-type]
+                              Refusals(name, status_writer(name, state)))
 
 
 @dataclass
@@ -75,5 +87,6 @@ def make_gateway(name: str, state: ClusterState, links: FakeNetlink,
                         lambda netns, bridge, address, router: host.announced.append(
                             (bridge, address)))
     monkeypatch.setattr(gateway_module, "run_in_netns", lambda netns, action: None)
-    service = GatewayService(name, state.view, state.store, links, config)  # type: ignore[arg-type]
+    service = GatewayService(name, state.view, state.store, links,  # type: ignore[arg-type]
+                             config, Refusals(name, status_writer(name, state)))
     return service, host

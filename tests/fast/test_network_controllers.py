@@ -13,6 +13,7 @@ from pvcd.controllers.gateway import gw_key
 from pvcd.controllers.network import PEERS_KEY, NetworkController, net_key
 from pvcd.domain.records import AclSpec, NetworkSpec, StaticLeaseSpec
 from pvcd.drivers.dnsmasq import Lease
+from pvcd.drivers.nftables import validate_rule
 from tests.fakes.drivers import FakeNftables
 from tests.fakes.networking import (
     UNDERLAY,
@@ -49,8 +50,9 @@ def delete_network(state: ClusterState, vni: int) -> None:
 
 
 def add_acl(state: ClusterState, vni: int, description: str, direction: str, order: int,
-            body: dict[str, object]) -> None:
-    acl = AclSpec(description, direction, order, f"rule {description}", dict(body))
+            rule: str) -> None:
+    """As `POST /network/<vni>/acl` writes it: the rule text and the body nft made of it."""
+    acl = AclSpec(description, direction, order, rule, validate_rule(rule))
     state.put(state.paths.network_acl(vni, direction, description), acl.to_doc())
 
 
@@ -115,8 +117,8 @@ def test_acls_are_applied_in_order_behind_the_direction_guards(cluster_state: Cl
     nft = FakeNftables()
     firewall = make_firewall("node1", cluster_state, nft)
     add_network(cluster_state, 100, ip4_network="10.1.0.0/24", ip4_gateway="10.1.0.1")
-    add_acl(cluster_state, 100, "second", "in", 1, {"expr": [{"drop": None}]})
-    add_acl(cluster_state, 100, "first", "in", 0, {"expr": [{"accept": None}]})
+    add_acl(cluster_state, 100, "second", "in", 1, "drop")
+    add_acl(cluster_state, 100, "first", "in", 0, "accept")
     firewall.reconcile(acl_key(100))
     chains = nft.chains[100]
     assert chains["bridge"] == "vmbr100"

@@ -5,9 +5,11 @@ result; there is no shared command slot, so any number of requests can be in fli
 is `primary` for pools, volumes, snapshots, cluster flags and OSD in/out (cluster-map changes,
 done by whichever node is primary: `primary`), or a node's name for OSD add and removal (the
 node that owns the device: `osds`). A `RequestExecutor` claims a pending request with a
-compare-and-set (`running`, `executor`), runs its handler, and then writes the result *and* the
-ZooKeeper objects Ceph confirmed in one transaction, so an object never appears before Ceph has
-it and a `done` request always has its objects. Requests on the same object are serialised
+compare-and-set (`running`, `executor`), checks it with the API's rules (`pvcd.specs.storage`:
+a request written past the API that breaks them fails with the reason, and nothing reaches Ceph
+or the node's devices), runs its handler, and then writes the result *and* the ZooKeeper objects
+Ceph confirmed in one transaction, so an object never appears before Ceph has it and a `done`
+request always has its objects. Requests on the same object are serialised
 (`KeyedLocks`); requests on different objects run in parallel (the controller's workers).
 
 Races named. (1) The primary changes while a request runs: the old primary's `stop()` waits for
@@ -32,6 +34,7 @@ from typing import Any
 from pvcd.controllers.base import DONE, Result
 from pvcd.domain.errors import Conflict, InvalidValue, PvcError
 from pvcd.domain.records import StorageRequest, from_dict
+from pvcd.specs.storage import check_storage_request
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
 
@@ -156,7 +159,12 @@ class RequestExecutor:
         entry = self.view.cache.entry(path)
         if not self.active or entry is None or not isinstance(entry.doc, dict):
             return DONE
-        request = from_dict(StorageRequest, entry.doc)
+        try:
+            request = from_dict(StorageRequest, entry.doc)
+        except TypeError:  # not a request (written past the API): nothing to carry out
+            log.warning("event=storage-request-refused node=%s request=%s reason=not-a-request",
+                        self.name, request_id)
+            return DONE
         if request.target != self.target or request_id in self._running:
             return DONE
         if request.state == "running":
@@ -199,6 +207,11 @@ class RequestExecutor:
                          exc)
 
         try:
+            try:  # with the API's rules: anything that reaches ZooKeeper can write a request
+                check_storage_request(request.op, request.args)
+            except InvalidValue as exc:
+                raise InvalidValue(f"refused by node {self.name}: invalid storage request: "
+                                   f"{exc}") from None
             if handler is None:
                 raise InvalidValue(f"unknown storage operation {request.op!r}")
             with self.locks.hold(self.lock_names(request)):
