@@ -41,7 +41,8 @@ from pvcd.state.view import ClusterView
 
 log = logging.getLogger(__name__)
 
-BLOCKED_RECHECK = 1.0  # seconds between looks at a task waiting behind an overlapping one
+BLOCKED_RECHECK = 1.0
+TAKEN_OVER = "taken-over"  # key prefix: a task running here changed under it  # seconds between looks at a task waiting behind an overlapping one
 
 
 def task_key(task_id: str) -> str:
@@ -79,8 +80,12 @@ class TaskRunner:
         prefix = self.view.paths.tasks + "/"
         task_id = path[len(prefix):] if path.startswith(prefix) else ""
         doc = self.view.cache.get(path)
-        if not task_id or "/" in task_id or not isinstance(doc, dict) or \
-                doc.get("state") != "pending":
+        if not task_id or "/" in task_id:
+            return None
+        with self._guard:
+            if task_id in self._running:  # running here: was it taken over?
+                return f"{TAKEN_OVER}/{task_id}"
+        if not isinstance(doc, dict) or doc.get("state") != "pending":
             return None
         return task_key(task_id) if self.eligible(TaskRecord.from_doc(doc)) else None
 
@@ -111,8 +116,11 @@ class TaskRunner:
 
     # reconcile
     def reconcile(self, key: str) -> Result:
-        task_id = key.split("/", 1)[1]
+        kind, _, task_id = key.partition("/")
         path = self.view.paths.task(task_id)
+        if kind == TAKEN_OVER:
+            self._stop_if_taken_over(task_id, path)
+            return DONE
         entry = self.view.cache.entry(path)
         if entry is None or not isinstance(entry.doc, dict):
             return DONE
@@ -144,6 +152,18 @@ class TaskRunner:
             with self._guard:
                 self._running.pop(task_id, None)
         return DONE
+
+    def _stop_if_taken_over(self, task_id: str, path: str) -> None:
+        """Stop a task running here that the primary declared interrupted (or that is gone)."""
+        with self._guard:
+            context = self._running.get(task_id)
+        doc = self.view.cache.get(path)
+        if context is None:
+            return
+        if not isinstance(doc, dict) or doc.get("state") != "running" or \
+                doc.get("executor") != self.executor:
+            context.taken_over = True
+            context.stop("the task was declared interrupted while it ran here")
 
     def _run(self, context: TaskContext) -> None:
         record = context.record
