@@ -41,8 +41,8 @@ from pvcd.state.view import ClusterView
 
 log = logging.getLogger(__name__)
 
-BLOCKED_RECHECK = 1.0
-TAKEN_OVER = "taken-over"  # key prefix: a task running here changed under it  # seconds between looks at a task waiting behind an overlapping one
+BLOCKED_RECHECK = 1.0  # seconds between looks at a task waiting behind an overlapping one
+TAKEN_OVER = "taken-over"  # key prefix: a task running here changed under it
 
 
 def task_key(task_id: str) -> str:
