@@ -2,9 +2,10 @@
 and log lines (`TaskContext`).
 
 Every report goes into the task's znode with a compare-and-set from the executor's thread.
-Progress and log lines are written at most once a second (`PROGRESS_INTERVAL`; the last one is
-always written with the next artifact or the result); an artifact is written at once, before
-the handler goes on, so a crash right after it still leaves it listed for the primary's cleanup.
+Progress and log lines are written at most once a second (`PROGRESS_INTERVAL`; one held back
+is written when the second is over, or with the next artifact or the result); an artifact is
+written at once, before the handler goes on, so a crash right after it still leaves it listed
+for the primary's cleanup.
 
 Races named. The primary may have declared the task interrupted meanwhile (this node's session
 expired, its `alive` went away): the next write finds the task no longer running under this
@@ -54,6 +55,7 @@ class TaskContext:
         self._lock = threading.Lock()
         self._written = monotonic()
         self._dirty = False
+        self._flusher: threading.Timer | None = None
 
     @property
     def task_id(self) -> str:
@@ -101,7 +103,8 @@ class TaskContext:
     def flush(self) -> None:
         """Write what the throttle held back."""
         with self._lock:
-            if self._dirty:
+            self._flusher = None
+            if self._dirty and self.record.state == "running":
                 self._write(force=True)
 
     def commit(self, extra: list[Op] | None = None) -> bool:
@@ -111,8 +114,13 @@ class TaskContext:
             return self._commit(extra or [])
 
     def _write(self, force: bool) -> None:
-        if not force and self.monotonic() - self._written < PROGRESS_INTERVAL:
+        waited = self.monotonic() - self._written
+        if not force and waited < PROGRESS_INTERVAL:
             self._dirty = True
+            if self._flusher is None:  # the last report is written even if none follows
+                self._flusher = threading.Timer(PROGRESS_INTERVAL - waited, self.flush)
+                self._flusher.daemon = True
+                self._flusher.start()
             return
         self._commit([])
 
@@ -132,6 +140,9 @@ class TaskContext:
             return False
         self._written = self.monotonic()
         self._dirty = False
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
         return True
 
     def _still_ours(self) -> bool:
