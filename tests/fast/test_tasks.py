@@ -203,7 +203,7 @@ def test_a_node_whose_task_was_taken_over_stops_it_and_leaves_cleanup_to_the_pri
     assert shop.holding.wait(5)
     janitor(cluster_state, shop).reconcile(task_key("0001-a"))  # no alive for node1
     # the change reaches node1's runner through its watch
-    node1.reconcile(str(node1.key_of_path(cluster_state.paths.task("0001-a"))))
+    node1.reconcile_running(str(node1.key_of_running_path(cluster_state.paths.task("0001-a"))))
     worker.join(5)
     assert not worker.is_alive()
     ended = task(cluster_state, "0001-a")

@@ -80,14 +80,17 @@ class TaskRunner:
         prefix = self.view.paths.tasks + "/"
         task_id = path[len(prefix):] if path.startswith(prefix) else ""
         doc = self.view.cache.get(path)
-        if not task_id or "/" in task_id:
-            return None
-        with self._guard:
-            if task_id in self._running:  # running here: was it taken over?
-                return f"{TAKEN_OVER}/{task_id}"
-        if not isinstance(doc, dict) or doc.get("state") != "pending":
+        if not task_id or "/" in task_id or not isinstance(doc, dict) or \
+                doc.get("state") != "pending":
             return None
         return task_key(task_id) if self.eligible(TaskRecord.from_doc(doc)) else None
+
+    def key_of_running_path(self, path: str) -> str | None:
+        """A change of a task running here (was it taken over?), for the `tasks-stop`
+        controller: its workers are never all busy running tasks."""
+        task_id = path[len(self.view.paths.tasks) + 1:]
+        with self._guard:
+            return f"{TAKEN_OVER}/{task_id}" if task_id in self._running else None
 
     def running(self) -> list[str]:
         with self._guard:
@@ -115,12 +118,21 @@ class TaskRunner:
         timer.start()
 
     # reconcile
+    def reconcile_running(self, key: str) -> Result:
+        """Stop a task running here that the primary declared interrupted (or that is gone)."""
+        task_id = key.partition("/")[2]
+        with self._guard:
+            context = self._running.get(task_id)
+        doc = self.view.cache.get(self.view.paths.task(task_id))
+        if context is not None and (not isinstance(doc, dict) or doc.get("state") != "running"
+                                    or doc.get("executor") != self.executor):
+            context.taken_over = True
+            context.stop("the task was declared interrupted while it ran here")
+        return DONE
+
     def reconcile(self, key: str) -> Result:
-        kind, _, task_id = key.partition("/")
+        task_id = key.partition("/")[2]
         path = self.view.paths.task(task_id)
-        if kind == TAKEN_OVER:
-            self._stop_if_taken_over(task_id, path)
-            return DONE
         entry = self.view.cache.entry(path)
         if entry is None or not isinstance(entry.doc, dict):
             return DONE
@@ -152,18 +164,6 @@ class TaskRunner:
             with self._guard:
                 self._running.pop(task_id, None)
         return DONE
-
-    def _stop_if_taken_over(self, task_id: str, path: str) -> None:
-        """Stop a task running here that the primary declared interrupted (or that is gone)."""
-        with self._guard:
-            context = self._running.get(task_id)
-        doc = self.view.cache.get(path)
-        if context is None:
-            return
-        if not isinstance(doc, dict) or doc.get("state") != "running" or \
-                doc.get("executor") != self.executor:
-            context.taken_over = True
-            context.stop("the task was declared interrupted while it ran here")
 
     def _run(self, context: TaskContext) -> None:
         record = context.record

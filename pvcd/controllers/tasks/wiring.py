@@ -1,6 +1,7 @@
 """`build_tasks`: the task runner of a node and, on coordinators, the primary's care of tasks.
 
-Every node runs the tasks addressed to it (`runner`, `tasks.workers` at once); a coordinator
+Every node runs the tasks addressed to it (`runner`, `tasks.workers` at once; `tasks-stop`
+stops one the primary declared interrupted, whatever those workers are doing); a coordinator
 also claims the tasks that follow the primary and, while it is primary, fails interrupted tasks,
 cleans up after them and expires old ones (`primary`). The primary service `tasks` switches
 both with the role: starting it claims the pending primary tasks at once; stopping it stops
@@ -53,6 +54,8 @@ def build_tasks(node: str, view: ClusterView, store: Store, config: TasksSection
         Controller("tasks", runner.reconcile, runner.keys, workers=config.workers,
                    resync_interval=resync_interval),
         Watch(tasks_prefix, runner.key_of_path))
+    wiring.add(Controller("tasks-stop", runner.reconcile_running, resync_interval=resync_interval),
+               Watch(tasks_prefix, runner.key_of_running_path))
     if not coordinator:
         return wiring
     janitor = TaskJanitor(node, view, store, registry, config, clock)
