@@ -241,3 +241,25 @@ def test_retention_keeps_recent_finished_tasks_up_to_keep(cluster_state: Cluster
     left = sorted(cluster_state.cache.children(cluster_state.paths.tasks))
     # 0000 too old; 0001 beyond the newest 3 finished; the one still cleaning up is kept
     assert left == ["0002-x", "0003-x", "0004-x", "0008-c", "0009-p"]
+
+
+def test_the_primary_releases_what_a_cancelled_task_had_reserved(
+        cluster_state: ClusterState) -> None:
+    shop = Workshop()
+    shop.made.append("name:web1")
+    # cancelled through the API while pending, holding a reservation made with it
+    add_task(cluster_state, "0001-a", state="failure", error="Cancelled", cleanup=True,
+             message="cancelled before it started",
+             artifacts=[{"kind": "thing", "ref": "name:web1"}])
+    keeper = janitor(cluster_state, shop)
+    keys = keeper.keys()  # the janitor's keys, not a dict's
+    assert task_key("0001-a") in keys
+    keeper.reconcile(task_key("0001-a"))
+    done = task(cluster_state, "0001-a")
+    assert (done.state, done.error, done.cleanup, done.artifacts) == \
+        ("failure", "Cancelled", False, [])
+    assert shop.made == [] and shop.undone == ["name:web1"]
+    keeper.active = False  # not primary: it does nothing
+    add_task(cluster_state, "0002-b", state="running", executor="node9/1")
+    keeper.reconcile(task_key("0002-b"))
+    assert task(cluster_state, "0002-b").state == "running"
