@@ -44,6 +44,7 @@ from pvcd.controllers.floating import build_floating_ips
 from pvcd.controllers.node import NodeController, NodeStatusWriter
 from pvcd.controllers.self_fence import DeclaredDead, SelfFence
 from pvcd.controllers.storage import build_storage
+from pvcd.controllers.tasks import TaskRegistry, build_tasks
 from pvcd.controllers.vm import VmController, vm_key
 from pvcd.domain.errors import ConfigError, Conflict, InvalidValue
 from pvcd.domain.records import NodeSpec, NodeStatus, from_dict
@@ -125,6 +126,11 @@ class NodeDaemon:
                                 timing.resync_interval, clock,
                                 coordinator=self.coordinator is not None,
                                 extra_osds=self.plugins.extra_osds))
+        # tasks: this node's, and on coordinators the primary's (docs/tasks.md)
+        self._add(build_tasks(self.name, self.view, self.store, config.tasks,
+                              TaskRegistry(self.plugins.task_kinds),
+                              coordinator=self.coordinator is not None,
+                              resync_interval=timing.resync_interval, clock=clock))
         self._add(self._build_vms())
         if self.coordinator is not None:
             self._add(self._build_fencing())

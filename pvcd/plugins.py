@@ -19,6 +19,7 @@ from pvcd.drivers.watchdog import Watchdog
 
 if TYPE_CHECKING:
     from pvcd.controllers.storage import OsdProvisioner
+    from pvcd.controllers.tasks import TaskKind
 
 
 class NodeService(Protocol):
@@ -41,3 +42,5 @@ class Plugins:
     # how to open `fencing.watchdog_device` instead of the kernel's device API (the lab's
     # fake watchdog, which a process of the lab watches like a board would)
     watchdog: Callable[[str], Watchdog] | None = None
+    # task kinds beside the production ones (the lab's test-only kinds, for its tests)
+    task_kinds: Sequence[TaskKind] = ()

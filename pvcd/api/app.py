@@ -14,7 +14,7 @@ from collections.abc import Callable
 import tornado.web
 from tornado.log import access_log
 
-from pvcd.api import cluster, general, metrics, networks, nodes, openapi, storage, vms
+from pvcd.api import cluster, general, metrics, networks, nodes, openapi, storage, tasks, vms
 from pvcd.api.auth import Tokens
 from pvcd.api.base import ApiContext, NotFoundHandler
 from pvcd.api.routing import Route
@@ -28,6 +28,7 @@ ROUTES: list[Route] = [
     *networks.ROUTES,
     *cluster.ROUTES,
     *storage.ROUTES,
+    *tasks.ROUTES,
     *openapi.ROUTES,
     *metrics.ROUTES,
 ]

@@ -60,7 +60,7 @@ class Operation:
 
 _STORAGE = " Answers 510 when Ceph storage is not configured on the primary."
 _WAITS = (" Waits until Ceph carried it out (drivers.ceph.request_timeout); a request still "
-          "running then answers 510 naming it (see /storage/ceph/request/{request_id}).")
+          "running then answers 510 naming it (see /tasks/{task_id}).")
 
 _WAIT_FAILURES = {503: "With `wait`: the API is moving to another node (a primary handover); "
                       "the request was accepted."}
@@ -220,6 +220,16 @@ ENDPOINTS: dict[str, dict[str, Operation]] = {
         "get": Operation("A storage request's state (pvcd addition)" + _STORAGE,
                          ref("StorageRequest")),
     },
+    # tasks (docs/tasks.md)
+    "/tasks": {
+        "get": Operation("List tasks and storage requests, newest first (a storage request "
+                         "is the task storage.<op>)", array_of("Task")),
+    },
+    "/tasks/<task_id>": {
+        "get": Operation("One task (the object itself, not a list)", ref("Task")),
+        "delete": Operation("Cancel a pending task, or remove a finished one's record; a "
+                            "running task cannot be cancelled (510)"),
+    },
     # monitoring
     "/metrics": {
         "get": Operation("Prometheus metrics (docs/operations.md lists them)",
@@ -298,7 +308,7 @@ def openapi_document(routes: Sequence[Route],
                 "backend error) is 510 with a message; without valid authentication, 401."),
         },
         "tags": [{"name": t} for t in ("general", "node", "vm", "network", "cluster",
-                                       "storage", "monitoring")],
+                                       "storage", "tasks", "monitoring")],
         "paths": paths,
         "components": {
             "schemas": copy.deepcopy(SCHEMAS),
@@ -374,7 +384,7 @@ def _tag(r: Route) -> str:
     first = r.path.split("/")[1] if r.path.count("/") else ""
     return {"": "general", "auth": "general", "openapi.json": "general", "node": "node",
             "vm": "vm", "network": "network", "maintenance": "cluster", "storage": "storage",
-            "metrics": "monitoring"}[first]
+            "tasks": "tasks", "metrics": "monitoring"}[first]
 
 
 class OpenApiHandler(BaseHandler):

@@ -15,6 +15,8 @@ from pvcd.domain.states import (
     DAEMON_STATES,
     DOMAIN_STATES,
     NETWORK_TYPES,
+    TASK_ERRORS,
+    TASK_STATES,
     VM_STATES,
 )
 
@@ -144,6 +146,22 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "message": _NS, "progress": _NS, "result": {}, "executor": _NS,
         "created": NUM, "started": nullable("number"), "finished": nullable("number"),
     }, ["id", "op", "state"]),
+    "Task": obj({
+        "id": STR, "name": STR,
+        "state": {"type": "string", "enum": list(TASK_STATES)},
+        "progress": obj({"current": INT, "total": INT, "message": STR}),
+        "current": INT, "total": INT, "status": STR, "message": STR,
+        "error": nullable("string", enum=[*TASK_ERRORS, None]),
+        "result": {"type": "object", "nullable": True}, "args": obj({}),
+        "objects": {"type": "array", "items": STR},
+        "artifacts": {"type": "array", "items": obj({"kind": STR, "ref": STR})},
+        "run_on": STR, "follows_primary": BOOL, "executor": _NS, "cleanup": BOOL,
+        "log": {"type": "array", "items": STR},
+        "created": NUM, "started": nullable("number"), "updated": nullable("number"),
+        "finished": nullable("number"),
+    }, ["id", "name", "state", "progress", "run_on"]),
+    "TaskStarted": obj({"task_id": STR, "task_name": STR, "run_on": STR, "message": STR},
+                       ["task_id", "task_name", "run_on", "message"]),
 }
 
 # path parameters, by the name used in the route path
@@ -158,4 +176,5 @@ PATH_VALUES: dict[str, str] = {
     "volume": "An RBD volume name.",
     "snapshot": "An RBD snapshot name.",
     "request_id": "A storage request id (as named in a timeout message).",
+    "task_id": "A task id (a storage request's id too).",
 }

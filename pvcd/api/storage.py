@@ -13,7 +13,6 @@ answer is 510 saying so and naming the request, which keeps going and stays visi
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -24,6 +23,7 @@ from pvcd.api.waiting import wait_for_request
 from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound, PvcError
 from pvcd.domain.records import StorageRequest, VmRemoval, from_dict
 from pvcd.domain.states import PRIMARY_TARGET
+from pvcd.domain.tasks import new_id
 from pvcd.drivers.ceph.values import (
     check_device,
     check_osd_flag,
@@ -46,8 +46,8 @@ _ERRORS: dict[str, type[PvcError]] = {"InvalidValue": InvalidValue, "NotFound": 
 
 
 def new_request_id(clock: Callable[[], float]) -> str:
-    """Sortable by creation time, unique without coordination."""
-    return f"{int(clock() * 1000):013d}-{secrets.token_hex(4)}"
+    """Sortable by creation time, unique without coordination (the form task ids have)."""
+    return new_id(clock())
 
 
 def storage_timeout(ctx: ApiContext) -> float:
@@ -89,7 +89,7 @@ async def request_outcome(ctx: ApiContext, request: StorageRequest,
         f"storage request {request.id} ({op}) has not finished after {timeout:g} s; it keeps "
         f"going on {where} (state {result.state}"
         + (f", {result.progress}" if result.progress else "")
-        + f"): GET /api/v1/storage/ceph/request/{request.id} shows it")
+        + f"): GET /api/v1/tasks/{request.id} shows it")
 
 
 def request_object(doc: dict[str, Any]) -> dict[str, Any]:

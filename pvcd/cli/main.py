@@ -2,7 +2,7 @@
 
     pvc [--lab DIR | --connection NAME] [--format table|json] GROUP COMMAND ...
 
-Groups: node, vm, network (lease, acl), storage (osd, pool, volume, snapshot), cluster,
+Groups: node, vm, network (lease, acl), storage (osd, pool, volume, snapshot), task, cluster,
 connection. `python -m pvcd.cli.main` runs it too. Exit codes: see `pvcd.cli.errors`.
 """
 
@@ -20,6 +20,7 @@ from pvcd.cli.network import network
 from pvcd.cli.node import node
 from pvcd.cli.output import Column, field, render_fields, render_table
 from pvcd.cli.storage import storage
+from pvcd.cli.task import task
 from pvcd.cli.vm import vm
 
 
@@ -89,7 +90,7 @@ def connection_show(cli: CliContext) -> None:
     cli.emit(doc, lambda d: render_fields([(labels[k], v) for k, v in d.items()]))
 
 
-for group in (node, vm, network, storage, cluster):
+for group in (node, vm, network, storage, task, cluster):
     cli.add_command(group)
 
 

@@ -310,6 +310,21 @@ class DriversSection:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TasksSection:
+    """Long jobs run as tasks (docs/tasks.md)."""
+
+    # tasks this node runs at once
+    workers: int = field(default=2, metadata=checks(in_range(1, 64)))
+    # seconds a finished task stays visible; then the primary deletes it
+    retention: float = field(default=86400.0, metadata=checks(in_range(60, 31536000)))
+    # at most this many finished tasks are kept (the oldest go first)
+    keep: int = field(default=1000, metadata=checks(in_range(1, 1000000)))
+    # seconds the primary's running tasks may go on after a handover before they are stopped
+    # (and end `Interrupted`)
+    handover_wait: float = field(default=30.0, metadata=checks(in_range(0, 3600)))
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """One node's whole configuration."""
 
@@ -320,5 +335,6 @@ class Config:
     timing: TimingSection = field(default_factory=TimingSection)
     drivers: DriversSection = field(default_factory=DriversSection)
     fencing: FencingSection = field(default_factory=FencingSection)
+    tasks: TasksSection = field(default_factory=TasksSection)
     # The file this came from, for messages; not a YAML key.
     path: str = field(default="", metadata={"yaml": False})

@@ -18,6 +18,10 @@ COORDINATOR_STATE_REQUESTS = ("primary", "secondary")
 NETWORK_TYPES = ("managed", "bridged")
 ACL_DIRECTIONS = ("in", "out")
 STORAGE_REQUEST_STATES = ("pending", "running", "done", "failed")
+# tasks (docs/tasks.md): their states, and the `error` of a failed one
+TASK_STATES = ("pending", "running", "success", "failure")
+TASK_FINISHED_STATES = ("success", "failure")
+TASK_ERRORS = ("InvalidValue", "NotFound", "Conflict", "BackendError", "Interrupted", "Cancelled")
 PRIMARY_TARGET = "primary"  # a storage request's target: the primary, or a node's name
 # libvirt domain states in which a guest exists on its node (it holds memory and disks)
 ACTIVE_DOMAIN_STATES = ("running", "paused", "shutdown", "pmsuspended", "blocked")

@@ -3,8 +3,9 @@
 The same `NodeDaemon` as `pvcd run`, built with the lab's plug-ins from the node's launch
 record (`launch.json` beside the config, written by the lab): the lab fence drivers (which read
 the other nodes' launch records in the same `nodes/` folder), the agent on the node's
-`test:///` libvirt connection, the memstore OSDs of the lab's throwaway Ceph, and the lab's
-fake watchdog (when the config names a watchdog device).
+`test:///` libvirt connection, the memstore OSDs of the lab's throwaway Ceph, the lab's
+fake watchdog (when the config names a watchdog device) and the lab's task kind `lab.files`
+(`pvcd.lab.tasks`, for end-to-end tests of tasks).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pvcd.lab.agent import LabAgent
 from pvcd.lab.fence import lab_fence_drivers
 from pvcd.lab.launch import NodeLaunch, load_launch
 from pvcd.lab.osds import LabOsdProvisioner
+from pvcd.lab.tasks import lab_task_kinds
 from pvcd.lab.watchdog import LabWatchdog
 from pvcd.main import run_node
 from pvcd.plugins import NodeService, Plugins
@@ -33,7 +35,8 @@ def lab_daemon(config: Config, record: NodeLaunch, nodes_dir: Path) -> NodeDaemo
     if record.ceph_workdir:
         extra_osds = LabOsdProvisioner(record.ceph_workdir, config.node.name)
     plugins = Plugins(fence_drivers=lab_fence_drivers(nodes_dir), services=services,
-                      extra_osds=extra_osds, watchdog=LabWatchdog)
+                      extra_osds=extra_osds, watchdog=LabWatchdog,
+                      task_kinds=lab_task_kinds())
     return NodeDaemon(config, plugins=plugins, libvirt=libvirt)
 
 

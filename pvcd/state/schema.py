@@ -220,6 +220,15 @@ class Paths:
     def storage_snapshot(self, pool: str, volume: str, snapshot: str) -> str:
         return f"{self._prefix}/storage/snapshots/{pool}/{volume}/{snapshot}"
 
+    # tasks (docs/tasks.md): tasks/<id> written by the API (create, cancel, remove), its
+    # executor (claim, progress, result) and the primary (interruption, cleanup, expiry)
+    @property
+    def tasks(self) -> str:
+        return self._join("tasks")
+
+    def task(self, task_id: str) -> str:
+        return f"{self._prefix}/tasks/{task_id}"
+
     def storage_base_paths(self) -> list[str]:
         return [self.storage, self.storage_requests, self.storage_osds, self.storage_pools,
                 self.storage_volumes, self.storage_snapshots]
@@ -228,7 +237,7 @@ class Paths:
         """Paths that must exist in every cluster of the current schema."""
         return [self.nodes, self.coordinator, self.sessions, self.vms, self.vm_names,
                 self.networks, self.network_names, self.fencing,
-                self.cluster, *self.storage_base_paths()]
+                self.cluster, self.tasks, *self.storage_base_paths()]
 
 
 Migration = Callable[[KazooClient, Paths], None]

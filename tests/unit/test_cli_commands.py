@@ -21,6 +21,7 @@ EXPECTED = {
     "storage pool": ["list", "info", "add", "remove"],
     "storage volume": ["list", "info", "add", "resize", "rename", "remove"],
     "storage snapshot": ["list", "info", "add", "remove"],
+    "task": ["list", "info", "wait"],
     "cluster": ["status"],
     "connection": ["list", "show"],
 }

@@ -133,9 +133,9 @@ def test_bad_file_names_the_file(tmp_path: Path, text: str, problem: str) -> Non
 @pytest.mark.parametrize(
     ("key", "allowed"),
     [
-        ("nodes", "node, cluster, networks, api, timing, drivers, fencing"),
+        ("nodes", "node, cluster, networks, api, timing, drivers, fencing, tasks"),
         # set by the loader only
-        ("path", "node, cluster, networks, api, timing, drivers, fencing"),
+        ("path", "node, cluster, networks, api, timing, drivers, fencing, tasks"),
         ("api.bogus", "listen, port, auth, tls"),
         ("networks.upstream.gateway", "device, network, floating_ip"),
     ],
