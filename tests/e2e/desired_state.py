@@ -1,0 +1,218 @@
+"""The oracle for "a refused request changes nothing": snapshots of the cluster's desired state.
+
+Desired state is what the API writes (docs/zookeeper-layout.md): node specs, VM specs and
+their name index, networks with their static leases, ACLs and description index, API
+sessions, the maintenance flag, a coordinator handover, and storage requests (the API's only
+way to reach Ceph). Everything the daemons write on their own is left out, or every snapshot
+would differ: `status`, `alive` and `owner` children, DHCP leases, fence records, the primary
+lock, and the storage mirrors (pools, volumes, snapshots, OSDs: what Ceph confirmed, refreshed
+by the primary). A storage request counts by its existence: its executor writes progress and
+result into it after the API answered.
+
+A snapshot is every desired-state document's path with its `mzxid` (ZooKeeper's own record of
+the last write, so rewriting identical bytes is a change too), read in three pipelined rounds
+of asynchronous reads (lists, then documents, then the networks' leases and ACLs): a few
+milliseconds for a lab.
+
+Concurrency, the reason for `RefusalGuard.before`: the daemons do change desired state on
+their own, but only to carry out an earlier request: a flush or ready moves VMs (their specs),
+a removed VM's node deletes its spec and name and creates the requests that remove its disks,
+the new primary deletes a handover. So before each call the guard waits until none of that is
+pending (every node's domain request settled, no VM being removed, no storage request pending
+or running, no handover): from then on nothing but the one request in flight (the fuzzer runs
+one worker) can write desired state, so any change seen across a refused call is that call's.
+If the cluster does not get quiet in time the call is still made, and a change across it is
+reported as `unattributable` instead of a violation (counted, never silently passed).
+Requests schemathesis sends around the hooks (the auth probes of its checks) are not watched.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kazoo.client import KazooClient
+from kazoo.exceptions import NoNodeError
+
+from pvcd.domain.records import NodeSpec, NodeStatus, StorageRequest, from_dict
+from pvcd.domain.settled import node_domain_settled
+from pvcd.state.schema import Paths
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    versions: dict[str, int]  # desired-state path → mzxid (storage requests: 0)
+    busy: tuple[str, ...] = ()  # background work pending that writes desired state
+
+
+def changes(before: Snapshot, after: Snapshot) -> list[str]:
+    """What differs, in words: `created <path>`, `changed <path>`, `deleted <path>`."""
+    found = [f"created {p}" for p in after.versions.keys() - before.versions.keys()]
+    found += [f"deleted {p}" for p in before.versions.keys() - after.versions.keys()]
+    found += [f"changed {p}" for p in before.versions.keys() & after.versions.keys()
+              if before.versions[p] != after.versions[p]]
+    return sorted(found)
+
+
+@dataclass
+class _Round:
+    """One round of pipelined reads: submit them all, then wait for each."""
+    client: KazooClient
+    pending: list[tuple[str, str, Any]] = field(default_factory=list)
+
+    def children(self, path: str) -> None:
+        self.pending.append(("children", path, self.client.get_children_async(
+            path, include_data=True)))
+
+    def get(self, path: str) -> None:
+        self.pending.append(("get", path, self.client.get_async(path)))
+
+    def results(self) -> Iterable[tuple[str, str, Any]]:
+        for kind, path, result in self.pending:
+            try:
+                yield kind, path, result.get()
+            except NoNodeError:
+                continue  # gone between the list and the read: absent
+
+
+class DesiredState:
+    """Reads snapshots of one cluster's desired state (`paths`) through `client` (a client
+    with the cluster's credentials: the tree is readable by nobody else)."""
+
+    def __init__(self, client: KazooClient, paths: Paths) -> None:
+        self.client, self.paths = client, paths
+        self._finished: set[str] = set()  # storage requests seen done or failed (final)
+
+    def read(self) -> Snapshot:
+        p = self.paths
+        versions: dict[str, int] = {}
+        busy: list[str] = []
+        lists, docs, leaves = _Round(self.client), _Round(self.client), _Round(self.client)
+        for path in (p.nodes, p.vms, p.vm_names, p.networks, p.network_names, p.sessions,
+                     p.cluster, p.storage_requests):
+            lists.children(path)
+        lists.get(p.schema_version)
+        lists.get(p.handover)
+        for kind, path, result in lists.results():  # round 1: the lists
+            if kind == "get":
+                versions[path] = result[1].mzxid
+                if path == p.handover:
+                    busy.append("a coordinator handover is pending")
+                continue
+            for name in result[0]:
+                child = f"{path}/{name}"
+                if path == p.storage_requests and name in self._finished:
+                    versions[child] = 0
+                    continue
+                docs.get(child)
+                if path == p.nodes:
+                    docs.get(p.node_status(name))
+                elif path == p.networks:
+                    for container in p.network_containers(name):
+                        if container != p.network_leases(name):
+                            docs.children(container)
+        nodes: dict[str, tuple[Any, Any]] = {}
+        for kind, path, result in docs.results():  # round 2: the documents
+            if kind == "children":
+                versions[path] = result[1].mzxid
+                if not path.endswith("/acl"):  # (its children are the two directions)
+                    for name in result[0]:
+                        leaves.get(f"{path}/{name}")
+                continue
+            raw, stat = result
+            doc = _json(raw)
+            parent, name = path.rsplit("/", 1)
+            if parent == p.storage_requests:
+                versions[path] = 0
+                busy += self._storage_request(name, doc)
+            elif name == "status" and parent.startswith(p.nodes + "/"):
+                node = parent.rsplit("/", 1)[1]
+                nodes[node] = (nodes.get(node, (None, None))[0], doc)
+            else:
+                versions[path] = stat.mzxid
+                if parent == p.nodes:
+                    nodes[name] = (doc, nodes.get(name, (None, None))[1])
+                elif parent == p.vms and isinstance(doc, dict) and doc.get("remove"):
+                    busy.append(f"VM {doc.get('name')} is being removed")
+        for _, path, (_, stat) in leaves.results():  # round 3: static leases and ACLs
+            versions[path] = stat.mzxid
+        busy += _unsettled_nodes(nodes)
+        return Snapshot(versions, tuple(busy))
+
+    def _storage_request(self, request_id: str, doc: Any) -> list[str]:
+        """A storage request counts by its existence (its executor writes into it later);
+        one that is not finished yet is background work."""
+        request = from_dict(StorageRequest, doc)
+        if request.finished_state:
+            self._finished.add(request_id)
+            return []
+        return [f"storage request {request_id} ({request.op}) is {request.state}"]
+
+
+def _unsettled_nodes(nodes: dict[str, tuple[Any, Any]]) -> list[str]:
+    """The nodes whose flush or ready is still moving VMs (spec, status documents)."""
+    busy = []
+    for name, (spec, status) in sorted(nodes.items()):
+        if spec is None or status is None:
+            continue  # (a node registering: its spec and status come together)
+        verdict = node_domain_settled(from_dict(NodeSpec, spec), from_dict(NodeStatus, status))
+        if not verdict.settled:
+            busy.append(f"node {name}: {verdict.seen}")
+    return busy
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw.decode()) if raw else None
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+def refused(status: int) -> bool:
+    """Any answer but success: a 4xx, the API's 510, or (a crash, failed on its own) a 5xx."""
+    return status >= 400
+
+
+@dataclass(frozen=True)
+class Verdict:
+    kind: str  # accepted | unchanged | violation | unattributable
+    changes: tuple[str, ...] = ()
+    busy: tuple[str, ...] = ()
+
+
+class RefusalGuard:
+    """Wraps one call at a time: `before()` right before it is sent, `after(status)` once its
+    answer is in."""
+
+    def __init__(self, state: DesiredState, quiet_timeout: float = 30.0,
+                 poll_interval: float = 0.05,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.state, self.quiet_timeout, self.poll_interval = state, quiet_timeout, poll_interval
+        self.clock, self.sleep = clock, sleep
+        self._before: Snapshot | None = None
+
+    def before(self) -> None:
+        """Wait until no background work can write desired state, then take the snapshot."""
+        deadline = self.clock() + self.quiet_timeout
+        snapshot = self.state.read()
+        while snapshot.busy and self.clock() < deadline:
+            self.sleep(self.poll_interval)
+            snapshot = self.state.read()
+        self._before = snapshot
+
+    def after(self, status: int) -> Verdict:
+        before, self._before = self._before, None
+        if not refused(status):
+            return Verdict("accepted")
+        if before is None:
+            raise RuntimeError("RefusalGuard.after without before")
+        found = tuple(changes(before, self.state.read()))
+        if not found:
+            return Verdict("unchanged")
+        if before.busy:
+            return Verdict("unattributable", found, before.busy)
+        return Verdict("violation", found)
