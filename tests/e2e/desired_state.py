@@ -29,6 +29,7 @@ Requests schemathesis sends around the hooks (the auth probes of its checks) are
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -36,10 +37,13 @@ from typing import Any
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
+from kazoo.protocol.states import Callback, WatchedEvent
 
-from pvcd.domain.records import NodeSpec, NodeStatus, StorageRequest, from_dict
+from pvcd.domain.records import NodeSpec, NodeStatus, from_dict
 from pvcd.domain.settled import node_domain_settled
 from pvcd.state.schema import Paths
+
+FINISHED_REQUEST_STATES = ("done", "failed")  # final: `StorageRequest.finished_state`
 
 
 @dataclass(frozen=True)
@@ -59,46 +63,90 @@ def changes(before: Snapshot, after: Snapshot) -> list[str]:
 
 @dataclass
 class _Round:
-    """One round of pipelined reads: submit them all, then wait for each."""
+    """One round of pipelined reads, each leaving a watch (`watch`): submit them all, then
+    wait for each."""
     client: KazooClient
+    watch: Callable[[WatchedEvent], None] | None
     pending: list[tuple[str, str, Any]] = field(default_factory=list)
 
     def children(self, path: str) -> None:
         self.pending.append(("children", path, self.client.get_children_async(
-            path, include_data=True)))
+            path, watch=self.watch, include_data=True)))
 
-    def get(self, path: str) -> None:
-        self.pending.append(("get", path, self.client.get_async(path)))
+    def get(self, path: str, watch: bool = True) -> None:
+        self.pending.append(("get", path, self.client.get_async(
+            path, watch=self.watch if watch else None)))
+
+    def exists(self, path: str) -> None:
+        self.pending.append(("exists", path, self.client.exists_async(path, watch=self.watch)))
 
     def results(self) -> Iterable[tuple[str, str, Any]]:
         for kind, path, result in self.pending:
             try:
-                yield kind, path, result.get()
+                found = result.get()
             except NoNodeError:
                 continue  # gone between the list and the read: absent
+            if found is not None:
+                yield kind, path, found
 
 
 class DesiredState:
-    """Reads snapshots of one cluster's desired state (`paths`) through `client` (a client
-    with the cluster's credentials: the tree is readable by nobody else)."""
+    """Snapshots of one cluster's desired state (`paths`) read through `client` (a client with
+    the cluster's credentials: the tree is readable by nobody else).
 
-    def __init__(self, client: KazooClient, paths: Paths) -> None:
-        self.client, self.paths = client, paths
+    `current()` reads ZooKeeper again only when something may have changed: every read leaves
+    a watch on each list and document it read (not on node status, which changes with every
+    keepalive and is only read to judge a flush), and `_barrier` makes sure every watch a change
+    made before the call would fire has fired. Between changes a snapshot costs one round trip.
+    """
+
+    def __init__(self, client: KazooClient, paths: Paths, barrier_timeout: float = 10.0
+                 ) -> None:
+        self.client, self.paths, self.barrier_timeout = client, paths, barrier_timeout
         self._finished: set[str] = set()  # storage requests seen done or failed (final)
+        self._dirty = True
+        self._last: Snapshot | None = None
+        client.add_listener(self._on_connection)
+
+    def current(self) -> Snapshot:
+        """Desired state as of now; read again only when a watch fired since the last read (or
+        the last one was busy: node status carries no watch)."""
+        self._barrier()
+        if self._dirty or self._last is None or self._last.busy:
+            self._dirty = False  # (before the read: a change during it fires a new watch)
+            self._last = self.read()
+        return self._last
+
+    def _changed(self, event: WatchedEvent | None = None) -> None:
+        self._dirty = True
+
+    def _on_connection(self, state: str) -> None:
+        self._dirty = True  # (a new session has none of our watches)
+
+    def _barrier(self) -> None:
+        """Once this returns, every change committed before it was called has run our watch
+        callback: `sync` has the server catch up with the leader, which sends the change's
+        notification before the sync's answer on this session's ordered stream; kazoo runs watch
+        callbacks in order on one thread, so a marker queued behind them runs after them."""
+        self.client.sync(self.paths.root)
+        ran = threading.Event()
+        self.client.handler.dispatch_callback(Callback("watch", ran.set, ()))
+        if not ran.wait(self.barrier_timeout):
+            raise TimeoutError("kazoo's callback thread did not run a marker")
 
     def read(self) -> Snapshot:
         p = self.paths
         versions: dict[str, int] = {}
         busy: list[str] = []
-        lists, docs, leaves = _Round(self.client), _Round(self.client), _Round(self.client)
+        lists, docs, leaves = (_Round(self.client, self._changed) for _ in range(3))
         for path in (p.nodes, p.vms, p.vm_names, p.networks, p.network_names, p.sessions,
                      p.cluster, p.storage_requests):
             lists.children(path)
-        lists.get(p.schema_version)
-        lists.get(p.handover)
+        lists.exists(p.schema_version)
+        lists.exists(p.handover)
         for kind, path, result in lists.results():  # round 1: the lists
-            if kind == "get":
-                versions[path] = result[1].mzxid
+            if kind == "exists":
+                versions[path] = result.mzxid
                 if path == p.handover:
                     busy.append("a coordinator handover is pending")
                 continue
@@ -109,7 +157,7 @@ class DesiredState:
                     continue
                 docs.get(child)
                 if path == p.nodes:
-                    docs.get(p.node_status(name))
+                    docs.get(p.node_status(name), watch=False)
                 elif path == p.networks:
                     for container in p.network_containers(name):
                         if container != p.network_leases(name):
@@ -145,11 +193,11 @@ class DesiredState:
     def _storage_request(self, request_id: str, doc: Any) -> list[str]:
         """A storage request counts by its existence (its executor writes into it later);
         one that is not finished yet is background work."""
-        request = from_dict(StorageRequest, doc)
-        if request.finished_state:
+        state = doc.get("state") if isinstance(doc, dict) else None
+        if state in FINISHED_REQUEST_STATES:
             self._finished.add(request_id)
             return []
-        return [f"storage request {request_id} ({request.op}) is {request.state}"]
+        return [f"storage request {request_id} is {state}"]
 
 
 def _unsettled_nodes(nodes: dict[str, tuple[Any, Any]]) -> list[str]:
@@ -198,10 +246,10 @@ class RefusalGuard:
     def before(self) -> None:
         """Wait until no background work can write desired state, then take the snapshot."""
         deadline = self.clock() + self.quiet_timeout
-        snapshot = self.state.read()
+        snapshot = self.state.current()
         while snapshot.busy and self.clock() < deadline:
             self.sleep(self.poll_interval)
-            snapshot = self.state.read()
+            snapshot = self.state.current()
         self._before = snapshot
 
     def after(self, status: int) -> Verdict:
@@ -210,7 +258,7 @@ class RefusalGuard:
             return Verdict("accepted")
         if before is None:
             raise RuntimeError("RefusalGuard.after without before")
-        found = tuple(changes(before, self.state.read()))
+        found = tuple(changes(before, self.state.current()))
         if not found:
             return Verdict("unchanged")
         if before.busy:
