@@ -23,6 +23,12 @@ or running, no handover): from then on nothing but the one request in flight (th
 one worker) can write desired state, so any change seen across a refused call is that call's.
 If the cluster does not get quiet in time the call is still made, and a change across it is
 reported as `unattributable` instead of a violation (counted, never silently passed).
+
+One change is not a violation: a storage request the call created and its executor then
+refused for the cluster's state or Ceph's (`BACKEND_REFUSALS`: "cannot remove osd.0: only 1
+other OSD is up"). The API validates everything it can before writing the request; what only
+the executor can judge is carried out and answered 510 with the executor's message, and the
+failed request stays as the record (`failed-in-backend`, counted and listed by the test).
 Requests schemathesis sends around the hooks (the auth probes of its checks) are not watched.
 """
 
@@ -44,6 +50,9 @@ from pvcd.domain.settled import node_domain_settled
 from pvcd.state.schema import Paths
 
 FINISHED_REQUEST_STATES = ("done", "failed")  # final: `StorageRequest.finished_state`
+# How an executor refuses a request the API had to pass on: the cluster's state (an OSD that
+# cannot go yet) or Ceph itself. InvalidValue and NotFound are the API's to find before writing.
+BACKEND_REFUSALS = ("Conflict", "BackendError")
 
 
 @dataclass(frozen=True)
@@ -190,6 +199,21 @@ class DesiredState:
         busy += _unsettled_nodes(nodes)
         return Snapshot(versions, tuple(busy))
 
+    def failed_in_backend(self, change: str) -> bool:
+        """`change` created a storage request that its executor then refused (a
+        `BACKEND_REFUSALS` error): the record of a request carried out, not the write of a
+        refused one (the API answers 510 with the executor's message and keeps the record at
+        /storage/ceph/request/<id>)."""
+        kind, _, path = change.partition(" ")
+        if kind != "created" or path.rsplit("/", 1)[0] != self.paths.storage_requests:
+            return False
+        try:
+            doc = _json(self.client.get(path)[0])
+        except NoNodeError:
+            return False
+        return isinstance(doc, dict) and doc.get("state") == "failed" and \
+            doc.get("error") in BACKEND_REFUSALS
+
     def _storage_request(self, request_id: str, doc: Any) -> list[str]:
         """A storage request counts by its existence (its executor writes into it later);
         one that is not finished yet is background work."""
@@ -226,7 +250,7 @@ def refused(status: int) -> bool:
 
 @dataclass(frozen=True)
 class Verdict:
-    kind: str  # accepted | unchanged | violation | unattributable
+    kind: str  # accepted | unchanged | violation | unattributable | failed-in-backend
     changes: tuple[str, ...] = ()
     busy: tuple[str, ...] = ()
 
@@ -263,4 +287,6 @@ class RefusalGuard:
             return Verdict("unchanged")
         if before.busy:
             return Verdict("unattributable", found, before.busy)
+        if all(self.state.failed_in_backend(change) for change in found):
+            return Verdict("failed-in-backend", found)
         return Verdict("violation", found)

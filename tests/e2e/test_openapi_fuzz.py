@@ -92,6 +92,9 @@ def _schemathesis(lab: Lab, tmp_path: Path, location: str, origin: str, client: 
     assert result.returncode == 0, f"{name} run:\n{output[-30000:]}"
     counts = verdict_counts(report)
     print(f"{name} run: desired-state verdicts {dict(counts)}")
+    for line in verdicts(report):
+        if line["verdict"] == "failed-in-backend":  # allowed: see tests/e2e/desired_state.py
+            print(f"  {line['status']} {line['operation']}: {line['changes']}")
     blamed = [v for v in verdicts(report) if v["verdict"] in ("violation", "unattributable")]
     assert not blamed, f"{name} run: refused calls that changed desired state: {blamed}"
     assert counts["unchanged"] >= MIN_REFUSALS_CHECKED, counts

@@ -70,6 +70,29 @@ def test_a_refused_request_that_wrote_is_a_violation(
     assert verdict.changes == (f"created {desired.paths.maintenance}",)
 
 
+@pytest.mark.parametrize("error,kind", [("Conflict", "failed-in-backend"),
+                                         ("BackendError", "failed-in-backend"),
+                                         ("InvalidValue", "violation"), ("NotFound", "violation")])
+def test_a_storage_request_refused_by_its_executor_is_not_a_violation(
+        api: ApiClient, desired: DesiredState, monkeypatch: pytest.MonkeyPatch, error: str,
+        kind: str) -> None:
+    """As `run_request` does when the executor refuses: the request was written and failed."""
+    path = desired.paths.storage_request("0000000000001-cafe")
+
+    @accepts(STATE)
+    async def post(self: MaintenanceHandler) -> None:
+        await self.commit([Op.create(path, {"id": "0000000000001-cafe", "op": "osd-remove",
+                                            "state": "failed", "error": error})])
+        raise InvalidValue("refused by the executor")
+
+    monkeypatch.setattr(MaintenanceHandler, "post", post)
+    guard = RefusalGuard(desired, quiet_timeout=1.0)
+    guard.before()
+    response = api.post("/maintenance", data={"state": "on"})
+    verdict = guard.after(response.status_code)
+    assert (verdict.kind, verdict.changes) == (kind, (f"created {path}",))
+
+
 def test_refusals_that_change_nothing_and_acceptances_pass(
         api: ApiClient, desired: DesiredState) -> None:
     guard = RefusalGuard(desired, quiet_timeout=1.0)
