@@ -25,7 +25,9 @@ What must hold for every request:
   before each call, once the cluster is quiet, and after the answer
   (tests/e2e/desired_state.py says what counts and why the wait makes the blame exact); every
   call's verdict is written to a report that the test reads, so a check that did nothing fails
-  too;
+  too. The one change allowed is a storage request its executor refused (the cluster's state,
+  Ceph): the API had to write it to have it judged, and it stays as the record (an OSD removal
+  that would leave too few copies, ≈ 16 per run, is listed in the test's output);
 - afterwards every daemon still runs, the API answers, and no handler logged a crash.
 
 Left out on purpose: `negative_data_rejection` (the manual's values are text: a JSON `false`
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +58,7 @@ MAX_EXAMPLES = 10  # per operation and phase: ≈ 2,000 requests, ≈ 20-40 s pe
 RUN_TIMEOUT = 400.0
 CEPH_TIMEOUT = 60.0  # a storage request waits for Ceph (drivers.ceph.request_timeout)
 NOT_FUZZED = ["post_api_v1_node_node_coordinator_state"]  # operation ids
-MIN_REFUSALS_CHECKED = 200  # per run: refused calls the desired-state snapshots compared
+MIN_REFUSALS_CHECKED = 1000  # per run (≈ 1,850 seen): refused calls the snapshots compared
 
 
 def test_fuzzing_the_api_finds_no_server_error(make_lab: LabFactory, tmp_path: Path) -> None:
@@ -91,10 +94,10 @@ def _schemathesis(lab: Lab, tmp_path: Path, location: str, origin: str, client: 
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"{name} run:\n{output[-30000:]}"
     counts = verdict_counts(report)
-    print(f"{name} run: desired-state verdicts {dict(counts)}")
-    for line in verdicts(report):
-        if line["verdict"] == "failed-in-backend":  # allowed: see tests/e2e/desired_state.py
-            print(f"  {line['status']} {line['operation']}: {line['changes']}")
+    backend = Counter(f"{v['status']} {v['operation']}" for v in verdicts(report)
+                      if v["verdict"] == "failed-in-backend")  # allowed: desired_state.py
+    print(f"{name} run: desired-state verdicts {dict(counts)}; refused by an executor after "
+          f"the API wrote the storage request: {dict(backend)}")
     blamed = [v for v in verdicts(report) if v["verdict"] in ("violation", "unattributable")]
     assert not blamed, f"{name} run: refused calls that changed desired state: {blamed}"
     assert counts["unchanged"] >= MIN_REFUSALS_CHECKED, counts
