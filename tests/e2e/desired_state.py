@@ -267,14 +267,16 @@ class RefusalGuard:
         self.clock, self.sleep = clock, sleep
         self._before: Snapshot | None = None
 
-    def before(self) -> None:
-        """Wait until no background work can write desired state, then take the snapshot."""
-        deadline = self.clock() + self.quiet_timeout
+    def before(self) -> float:
+        """Wait until no background work can write desired state, then take the snapshot;
+        return how long the wait took (s)."""
+        start = self.clock()
         snapshot = self.state.current()
-        while snapshot.busy and self.clock() < deadline:
+        while snapshot.busy and self.clock() < start + self.quiet_timeout:
             self.sleep(self.poll_interval)
             snapshot = self.state.current()
         self._before = snapshot
+        return self.clock() - start
 
     def after(self, status: int) -> Verdict:
         before, self._before = self._before, None

@@ -5,8 +5,9 @@ Loaded by the `st` process (`SCHEMATHESIS_HOOKS=tests.e2e.fuzz_hooks`, the repos
 - `PVCD_FUZZ_LAB_FILE`: a `lab.json` (`pvcd.lab.info.LabInfo`): the ZooKeeper servers, the
   cluster's root and the credentials the daemons use (the tree is readable by nobody else);
 - `PVCD_FUZZ_REPORT`: a file that gets one JSON line per call: operation, status, verdict
-  (`accepted`, `unchanged`, `violation`, `unattributable`), the changes and what kept the
-  cluster busy. The test reads it, so a check that silently did nothing would show.
+  (`accepted`, `unchanged`, `violation`, `unattributable`, `failed-in-backend`), the changes,
+  what kept the cluster busy, and how long the call waited for a quiet cluster. The test
+  reads it, so a check that silently did nothing would show.
 
 `before_call` waits for a quiet cluster and takes a snapshot, `after_call` compares
 (`tests.e2e.desired_state.RefusalGuard`); the check `refused_request_changes_nothing` turns a
@@ -41,15 +42,17 @@ class FuzzWatch:
         self.guard = RefusalGuard(DesiredState(self.client, Paths(info.zk_root)))
         self.report = report
         self.verdicts: dict[str, Verdict] = {}
+        self.waited = 0.0
 
     def before(self) -> None:
-        self.guard.before()
+        self.waited = self.guard.before()
 
     def after(self, case: Any, status: int) -> None:
         verdict = self.guard.after(status)
         self.verdicts[case.id] = verdict
         line = {"operation": case.operation.label, "status": status, "verdict": verdict.kind,
-                "changes": list(verdict.changes), "busy": list(verdict.busy)}
+                "changes": list(verdict.changes), "busy": list(verdict.busy),
+                "waited": round(self.waited, 3)}
         with self.report.open("a") as report:
             report.write(json.dumps(line) + "\n")
 

@@ -48,7 +48,8 @@ def run_schemathesis(location: str, origin: str, token: str, workdir: Path, lab_
 
 
 def verdicts(report: Path) -> list[dict[str, Any]]:
-    """The hooks' report: one dict per call (operation, status, verdict, changes, busy)."""
+    """The hooks' report: one dict per call (operation, status, verdict, changes, busy,
+    waited)."""
     if not report.exists():
         return []
     return [json.loads(line) for line in report.read_text().splitlines() if line]

@@ -96,8 +96,10 @@ def _schemathesis(lab: Lab, tmp_path: Path, location: str, origin: str, client: 
     counts = verdict_counts(report)
     backend = Counter(f"{v['status']} {v['operation']}" for v in verdicts(report)
                       if v["verdict"] == "failed-in-backend")  # allowed: desired_state.py
+    waits = [v["waited"] for v in verdicts(report) if v["waited"] > 0.01]
     print(f"{name} run: desired-state verdicts {dict(counts)}; refused by an executor after "
-          f"the API wrote the storage request: {dict(backend)}")
+          f"the API wrote the storage request: {dict(backend)}; calls that waited for a quiet "
+          f"cluster: {len(waits)}, longest {max(waits, default=0):.2f} s")
     blamed = [v for v in verdicts(report) if v["verdict"] in ("violation", "unattributable")]
     assert not blamed, f"{name} run: refused calls that changed desired state: {blamed}"
     assert counts["unchanged"] >= MIN_REFUSALS_CHECKED, counts
