@@ -267,16 +267,17 @@ class RefusalGuard:
         self.clock, self.sleep = clock, sleep
         self._before: Snapshot | None = None
 
-    def before(self) -> float:
+    def before(self) -> tuple[float, tuple[str, ...]]:
         """Wait until no background work can write desired state, then take the snapshot;
-        return how long the wait took (s)."""
+        return how long the wait took (s) and what the cluster was busy with at first."""
         start = self.clock()
         snapshot = self.state.current()
+        first = snapshot.busy
         while snapshot.busy and self.clock() < start + self.quiet_timeout:
             self.sleep(self.poll_interval)
             snapshot = self.state.current()
         self._before = snapshot
-        return self.clock() - start
+        return self.clock() - start, first
 
     def after(self, status: int) -> Verdict:
         before, self._before = self._before, None

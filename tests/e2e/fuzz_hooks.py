@@ -42,7 +42,7 @@ class FuzzWatch:
         self.guard = RefusalGuard(DesiredState(self.client, Paths(info.zk_root)))
         self.report = report
         self.verdicts: dict[str, Verdict] = {}
-        self.waited = 0.0
+        self.waited: tuple[float, tuple[str, ...]] = (0.0, ())
 
     def before(self) -> None:
         self.waited = self.guard.before()
@@ -52,7 +52,7 @@ class FuzzWatch:
         self.verdicts[case.id] = verdict
         line = {"operation": case.operation.label, "status": status, "verdict": verdict.kind,
                 "changes": list(verdict.changes), "busy": list(verdict.busy),
-                "waited": round(self.waited, 3)}
+                "waited": round(self.waited[0], 3), "waited_for": list(self.waited[1])}
         with self.report.open("a") as report:
             report.write(json.dumps(line) + "\n")
 

@@ -96,10 +96,11 @@ def _schemathesis(lab: Lab, tmp_path: Path, location: str, origin: str, client: 
     counts = verdict_counts(report)
     backend = Counter(f"{v['status']} {v['operation']}" for v in verdicts(report)
                       if v["verdict"] == "failed-in-backend")  # allowed: desired_state.py
-    waits = [v["waited"] for v in verdicts(report) if v["waited"] > 0.01]
+    waits = [v["waited"] for v in verdicts(report) if v["waited_for"]]
+    busy = Counter(" ".join(r.split()[:2]) for v in verdicts(report) for r in v["waited_for"])
     print(f"{name} run: desired-state verdicts {dict(counts)}; refused by an executor after "
           f"the API wrote the storage request: {dict(backend)}; calls that waited for a quiet "
-          f"cluster: {len(waits)}, longest {max(waits, default=0):.2f} s")
+          f"cluster: {len(waits)}, longest {max(waits, default=0):.2f} s, for {dict(busy)}")
     blamed = [v for v in verdicts(report) if v["verdict"] in ("violation", "unattributable")]
     assert not blamed, f"{name} run: refused calls that changed desired state: {blamed}"
     assert counts["unchanged"] >= MIN_REFUSALS_CHECKED, counts
