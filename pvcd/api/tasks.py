@@ -25,6 +25,7 @@ from pvcd.api.waiting import wait_until
 from pvcd.domain.errors import Conflict, NotFound
 from pvcd.domain.states import TASK_FINISHED_STATES, TASK_STATES
 from pvcd.domain.tasks import TaskRecord, busy_task, new_id, task_object
+from pvcd.state.request_size import check_request_size
 from pvcd.state.store import Op
 from pvcd.state.tasks import read_storage_tasks, read_task, read_tasks
 
@@ -69,7 +70,9 @@ async def start_task(handler: BaseHandler, name: str, args: dict[str, Any],
                         follows_primary=run_on is None, args=args, objects=list(objects),
                         created=now, updated=now)
     path = view.paths.task(record.id)
-    await handler.commit([*reserve_ops, Op.create(path, record.to_doc())])
+    ops = [*reserve_ops, Op.create(path, record.to_doc())]
+    check_request_size(ops, f"the {name} task")  # its args are as large as a client makes them
+    await handler.commit(ops)
     accepted = {"task_id": record.id, "task_name": name, "run_on": record.run_on,
                 "message": f"Task {record.id} ({name}) accepted; follow it at "
                            f"{task_location(record.id)}"}

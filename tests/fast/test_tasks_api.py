@@ -197,6 +197,14 @@ def test_start_task_answers_202_with_location_and_creates_the_task(
     assert sim.state.cache.children(sim.state.paths.tasks) == before
 
 
+def test_a_task_too_large_for_zookeeper_is_refused_before_anything_is_written(
+        starter: ApiClient, sim: SimCluster) -> None:
+    before = sim.state.cache.children(sim.state.paths.tasks)
+    response = starter.post("/start", data={"object": "vm:" + "x" * 1_100_000})
+    refused(response, "one ZooKeeper write may carry")
+    assert sim.state.cache.children(sim.state.paths.tasks) == before
+
+
 def test_start_task_with_wait_answers_200_or_510_once_the_task_ends(
         starter: ApiClient, sim: SimCluster) -> None:
     stop = run_tasks_in_background(sim.state, Workshop())
