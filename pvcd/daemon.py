@@ -28,13 +28,13 @@ import threading
 import time
 from collections.abc import Callable
 
-from kazoo.client import KazooClient, KazooState
+from kazoo.client import KazooState
 
 from pvcd.api.app import make_context
 from pvcd.api.auth import Tokens
 from pvcd.api.metrics import Metrics
 from pvcd.api.server import ApiServer, make_ssl_context
-from pvcd.config import ClusterSection, Config
+from pvcd.config import Config
 from pvcd.controllers.base import Controller, Watch, Wiring
 from pvcd.controllers.client_networks import build_networks
 from pvcd.controllers.coordinator import KEY as COORDINATOR_KEY
@@ -42,20 +42,19 @@ from pvcd.controllers.coordinator import Coordinator, PrimaryServices
 from pvcd.controllers.fencing import FencingController
 from pvcd.controllers.floating import build_floating_ips
 from pvcd.controllers.node import NodeController, NodeStatusWriter
-from pvcd.controllers.self_fence import DeclaredDead, SelfFence
+from pvcd.controllers.self_fence import DeclaredDead
 from pvcd.controllers.storage import build_storage
 from pvcd.controllers.tasks import TaskRegistry, build_tasks
 from pvcd.controllers.vm import VmController, vm_key
-from pvcd.domain.errors import ConfigError, Conflict, InvalidValue
+from pvcd.domain.errors import Conflict
 from pvcd.domain.records import NodeSpec, NodeStatus, from_dict
-from pvcd.drivers.fence import FenceTarget, fence_driver
+from pvcd.drivers.fence import fence_driver
 from pvcd.drivers.host import HostDriver, pid_alive
 from pvcd.drivers.libvirt import LibvirtDriver
 from pvcd.drivers.systemd import notify
-from pvcd.drivers.watchdog import LinuxWatchdog, Watchdog
 from pvcd.plugins import Plugins
+from pvcd.safety import cluster_client, fence_targets, self_fence
 from pvcd.state.cache import StateCache
-from pvcd.state.client import ZkCredentials, ZkTls, zookeeper_client
 from pvcd.state.schema import Paths, ensure_schema
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
@@ -75,14 +74,14 @@ class NodeDaemon:
         self.host = host or HostDriver()
         self.plugins = plugins or Plugins()
         self.fence_drivers = functools.partial(fence_driver, extra=self.plugins.fence_drivers)
-        self.fence_targets = self._fence_targets()
+        self.fence_targets = fence_targets(config, self.fence_drivers)
         self.paths = Paths(config.cluster.zookeeper_root)
         self.client = cluster_client(config.cluster)
         self.cache = StateCache(self.client, self.paths.root)
         # no blocking call waits on a suspended connection longer than the session may live
         self.store = Store(self.client, self.cache, timeout=config.cluster.session_timeout)
         self.view = ClusterView(self.cache, self.paths)
-        self.self_fence = self._make_self_fence()
+        self.self_fence = self_fence(config, self.plugins.watchdog)
         self.writer = NodeStatusWriter(self.store, self.paths.node_status(self.name), clock,
                                        yield_to_fence=self.self_fence.enabled)
         self.libvirt = libvirt or LibvirtDriver(config.drivers.libvirt.uri)
@@ -167,38 +166,6 @@ class NodeDaemon:
                 extra.append((address, self.config.drivers.network.netns))
         return ApiServer(ctx, api.listen, api.port, api.auth.secret_key, ssl_context,
                          extra_listen=extra)
-
-    def _fence_targets(self) -> dict[str, FenceTarget]:
-        """How this coordinator fences each node: its own configuration, checked now (a driver
-        this daemon lacks would make every fence of that node fail)."""
-        config, targets = self.config, {}
-        for index, section in enumerate(config.fencing.targets):
-            try:
-                self.fence_drivers(section.driver)
-            except InvalidValue:
-                raise ConfigError(
-                    f"{config.path}: fencing.targets[{index}].driver: {section.driver!r} is not "
-                    "available to this daemon (the lab's fence drivers are only in lab node "
-                    "daemons, python -m pvcd.lab.node)") from None
-            params: dict[str, object] = {"keepalive_interval": config.timing.keepalive_interval}
-            for key in ("ipmi_host", "ipmi_user", "ipmi_password", "watchdog_timeout"):
-                if getattr(section, key) is not None:
-                    params[key] = getattr(section, key)
-            targets[section.node] = FenceTarget(section.node, section.driver, params)
-        return targets
-
-    def _make_self_fence(self) -> SelfFence:
-        fencing, interval = self.config.fencing, self.config.timing.keepalive_interval
-        watchdog: Watchdog | None = None
-        if fencing.watchdog_device is not None:
-            if fencing.watchdog_timeout < 3 * interval:
-                raise ConfigError(
-                    f"{self.config.path}: fencing.watchdog_timeout: {fencing.watchdog_timeout} s "
-                    f"is less than 3 keepalive intervals ({3 * interval:g} s): a node would "
-                    "reset itself over one slow keepalive")
-            opener = self.plugins.watchdog or LinuxWatchdog
-            watchdog = opener(fencing.watchdog_device)
-        return SelfFence(self.name, watchdog, fencing.watchdog_timeout, interval)
 
     def _build_fencing(self) -> Wiring:
         timing, fencing = self.config.timing, self.config.fencing
@@ -541,20 +508,6 @@ class NodeDaemon:
     def _close_session(self) -> None:
         self.client.stop()
         self.client.close()
-
-
-def cluster_client(cluster: ClusterSection) -> KazooClient:
-    """The daemon's ZooKeeper client, as `cluster` says (credentials, TLS); not started."""
-    credentials = None
-    if cluster.zookeeper_user is not None and cluster.zookeeper_password is not None:
-        credentials = ZkCredentials(cluster.zookeeper_user, cluster.zookeeper_password)
-    else:
-        log.warning("event=zookeeper-unauthenticated reason=no cluster.zookeeper_user: anyone "
-                    "who reaches ZooKeeper can change this cluster (docs/security.md)")
-    tls = cluster.zookeeper_tls
-    return zookeeper_client(cluster.coordinators, cluster.session_timeout, credentials,
-                            ZkTls(tls.ca_file, tls.cert_file, tls.key_file, tls.verify)
-                            if tls.enabled else None)
 
 
 def _bounded(step: str, action: Callable[[], object], timeout: float) -> bool:
