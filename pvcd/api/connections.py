@@ -10,8 +10,10 @@ once, forever). `GuardedHTTPServer` adds:
 - timeouts: a client has `header_timeout` seconds to send a request's headers (which is also how
   long a kept-alive connection may stay idle) and `body_timeout` for its body;
 - a cap on open connections per client address: the next one is accepted and closed at once;
-- a cap on open connections in all: when reached, the server stops accepting until one closes,
-  and further clients wait in the listen backlog (their connections are not refused);
+- a cap on open connections in all (`max_connections`, lowered if need be so that the process's
+  open-file limit keeps `DESCRIPTOR_RESERVE` descriptors for the rest of the daemon): when
+  reached, the server stops accepting until one closes, and further clients wait in the listen
+  backlog (their connections are not refused);
 - an accept loop that backs off when `accept()` fails for lack of resources (EMFILE, ENFILE,
   ENOBUFS, ENOMEM): it stops watching the socket and tries again after a pause that doubles up to
   one second, instead of spinning. Connections freed in the meantime (timeouts, closes) let it
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import resource
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +46,15 @@ OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 ACCEPT_BATCH = 128  # accepts per readiness event, as Tornado's loop does
 FIRST_PAUSE, LONGEST_PAUSE = 0.05, 1.0
 MAX_HEADER_SIZE = 16 * 1024
+# file descriptors the API leaves to the rest of the daemon (ZooKeeper, libvirt, netlink,
+# dnsmasq, logs): `max_connections` is lowered to fit the process's limit with these spare
+DESCRIPTOR_RESERVE = 256
+
+
+def connection_budget() -> int:
+    """How many connections the process's open-file limit leaves room for."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(16, soft - DESCRIPTOR_RESERVE) if soft != resource.RLIM_INFINITY else soft
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,12 @@ class GuardedHTTPServer(tornado.httpserver.HTTPServer):
                            max_body_size=limits.max_body_size,
                            max_header_size=MAX_HEADER_SIZE, **kwargs)
         self.limits = limits
+        self.max_connections = min(limits.max_connections, connection_budget())
+        if self.max_connections < limits.max_connections:
+            log.warning("event=api-connections-capped max_connections=%d limit=%d: the "
+                        "process may open few files (raise LimitNOFILE); %d descriptors are "
+                        "kept for the rest of the daemon", limits.max_connections,
+                        self.max_connections, DESCRIPTOR_RESERVE)
         self._per_client: Counter[str] = Counter()
         self._client_of: dict[tornado.iostream.IOStream, str] = {}  # per open connection
         self._accepting: dict[int, bool] = {}  # listening fd: watched by the loop
@@ -108,7 +126,7 @@ class GuardedHTTPServer(tornado.httpserver.HTTPServer):
         if sock is None:
             return
         for _ in range(ACCEPT_BATCH):
-            if self.open_connections >= self.limits.max_connections:
+            if self.open_connections >= self.max_connections:
                 self._unwatch(fd)  # resumed by the next close (`on_close`)
                 return
             try:
@@ -153,5 +171,5 @@ class GuardedHTTPServer(tornado.httpserver.HTTPServer):
             if self._per_client[client] <= 0:
                 del self._per_client[client]
         for fd in list(self._accepting):
-            if self.open_connections < self.limits.max_connections:
+            if self.open_connections < self.max_connections:
                 self._watch(fd)

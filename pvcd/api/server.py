@@ -72,6 +72,16 @@ class ApiServer:
     def running(self) -> bool:
         return self._thread is not None
 
+    @property
+    def http_server(self) -> GuardedHTTPServer | None:
+        """The HTTP server while running (its connection counts)."""
+        return self._server
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        """The thread the API's event loop runs on, while running."""
+        return self._thread
+
     def start(self) -> None:
         if self._thread is not None:
             return

@@ -223,7 +223,7 @@ def test_no_unauthenticated_api_beyond_loopback_unless_allowed(
     ctx = make_ctx(auth=False)
     for address, extra in (("0.0.0.0", []), ("10.1.2.3", []), ("::", []),
                            ("127.0.0.1", [("10.0.0.254", None)])):
-        with pytest.raises(ConfigError, match="api.auth.allow_unauthenticated"):
+        with pytest.raises(ConfigError, match=r"api\.auth\.allow_unauthenticated"):
             ApiServer(ctx, address, 7370, "", extra_listen=extra)  # type: ignore[arg-type]
     ApiServer(ctx, "127.0.0.1", 7370, "")  # type: ignore[arg-type]
     ApiServer(make_ctx(auth=True), "0.0.0.0", 7370, "s" * 16)  # type: ignore[arg-type]
