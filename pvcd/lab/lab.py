@@ -181,6 +181,9 @@ class Lab:
                 # the daemon runs inside its node's namespace: its API answers on the floating
                 # IP only (lab.json's `api` is the lab proxy into the underlay)
                 cast(dict[str, Any], config["api"])["listen"] = FLOATING_IP
+                # the floating IP is on the lab's private underlay: a lab without auth may
+                # serve it (a production API without auth stays on loopback unless told)
+                cast(dict[str, Any], config["api"])["auth"]["allow_unauthenticated"] = not auth
             fencing_config: dict[str, Any] = {"driver": (fence_overrides or {}).get(name,
                                                                                    fencing)}
             if watchdog_timeout is not None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -48,7 +51,10 @@ def test_token_as_value_header_and_session(make_lab: LabFactory) -> None:
     login = browser.post(api.base + "/auth/login", data={"token": token}, timeout=5)
     assert login.status_code == 200, login.text
     assert browser.get(api.base + "/node", timeout=5).status_code == 200
-    logout = browser.post(api.base + "/auth/logout", timeout=5)
+    # a state change with a session cookie needs the API's own origin (CSRF)
+    assert browser.post(api.base + "/auth/logout", timeout=5).status_code == 403
+    origin = api.base.removesuffix("/api/v1")
+    logout = browser.post(api.base + "/auth/logout", headers={"Origin": origin}, timeout=5)
     assert logout.status_code == 200
     assert browser.get(api.base + "/node", timeout=5).status_code == 401
     # a replayed cookie of the ended session is refused too
@@ -112,3 +118,37 @@ def test_a_bad_config_fails_at_start_naming_file_and_key(tmp_path) -> None:  # t
                             capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 2
     assert str(config) in result.stderr and "api.port" in result.stderr
+
+
+def test_a_stranger_is_refused_before_the_body_and_nothing_logs_a_token(
+        make_lab: LabFactory) -> None:
+    lab, api = make_lab(nodes=1)
+    token = api.info.token
+    url = urlsplit(api.base)
+    assert url.hostname is not None and url.port is not None
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(f"POST {url.path}/vm HTTP/1.1\r\nHost: {url.netloc}\r\n"
+                     f"Content-Length: {90 * 1024 * 1024}\r\n\r\n".encode())
+        answer = sock.recv(4096).decode()  # not one byte of the body was sent
+    assert answer.startswith("HTTP/1.1 401"), answer
+    assert api.get("/node", token=False, params={"token": token}).status_code == 200
+    assert api.post("/node/node1/domain-state", data={"domain-state": "ready"}).status_code \
+        == 200
+    from tests.e2e.labclient import wait_until
+
+    audited = ("event=api-write who=lab via=token client=127.0.0.1 method=POST "
+               "path=/api/v1/node/node1/domain-state status=200")
+    path = Path(lab.info.node("node1").log)
+    log = wait_until(lambda: audited in (text := path.read_text(errors="replace")) and text,
+                     timeout=5)
+    assert "token=<redacted>" in log
+    assert token not in log
+
+
+def test_bad_tokens_are_rate_limited(make_lab: LabFactory) -> None:
+    _, api = make_lab(nodes=1)
+    statuses = [api.get("/node", token=False, headers={"X-Api-Key": f"wrong-token-{i}"})
+                for i in range(21)]
+    assert [r.status_code for r in statuses] == [401] * 20 + [429]
+    assert int(statuses[-1].headers["Retry-After"]) >= 1
+    assert api.get("/node").status_code == 429  # the right token too, until it is time
