@@ -7,7 +7,6 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-from collections.abc import Iterator
 from dataclasses import replace
 from unittest import mock
 
@@ -26,19 +25,6 @@ from tests.fakes.api import TOKEN, ApiClient, running_api, serving_api
 from tests.fakes.nodes import SimCluster
 
 WRONG = "not-the-token-0123"
-
-
-@pytest.fixture
-def node1(sim: SimCluster) -> SimCluster:
-    sim.add_node("node1")
-    sim.step()
-    return sim
-
-
-@pytest.fixture
-def api(node1: SimCluster) -> Iterator[ApiClient]:
-    with running_api(node1.state, node1.clock) as client:
-        yield client
 
 
 def origin(api: ApiClient) -> str:
@@ -64,26 +50,26 @@ def from_address(api: ApiClient, source: str, path: str,
     return response
 
 
-def test_a_token_in_the_body_of_a_small_request_authenticates(api: ApiClient) -> None:
-    response = api.post("/node/node1/domain-state", token=False,
-                        data={"token": TOKEN, "domain-state": "ready"})
+def test_a_token_in_the_body_of_a_small_request_authenticates(node1_api: ApiClient) -> None:
+    response = node1_api.post("/node/node1/domain-state", token=False,
+                              data={"token": TOKEN, "domain-state": "ready"})
     assert response.status_code == 200, response.text
-    wrong = api.post("/node/node1/domain-state", token=False,
-                     data={"token": WRONG, "domain-state": "ready"})
+    wrong = node1_api.post("/node/node1/domain-state", token=False,
+                           data={"token": WRONG, "domain-state": "ready"})
     assert wrong.status_code == 401
     assert wrong.json() == {"message": "Authentication required"}
     # JSON bodies too; a body that is not JSON is no token (401, not 510)
-    as_json = api.post("/node/node1/domain-state", token=False,
-                       json={"token": TOKEN, "domain-state": "ready"})
+    as_json = node1_api.post("/node/node1/domain-state", token=False,
+                             json={"token": TOKEN, "domain-state": "ready"})
     assert as_json.status_code == 200, as_json.text
-    broken = api.post("/node/node1/domain-state", token=False, data="{not json",
-                      headers={"Content-Type": "application/json"})
+    broken = node1_api.post("/node/node1/domain-state", token=False, data="{not json",
+                            headers={"Content-Type": "application/json"})
     assert broken.status_code == 401
 
 
-def test_no_log_line_holds_a_token(api: ApiClient, caplog: pytest.LogCaptureFixture) -> None:
+def test_no_log_line_holds_a_token(node1_api: ApiClient, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    base = api.base
+    base = node1_api.base
     for token in (TOKEN, WRONG):
         requests.get(base + "/node", params={"token": token}, timeout=5)
         requests.get(base + "/nonexistent", params={"token": token}, timeout=5)
@@ -108,9 +94,9 @@ def test_redact_uri() -> None:
     assert redact_uri("/a") == "/a"
 
 
-def test_failed_credentials_are_rate_limited_per_address(node1: SimCluster) -> None:
+def test_failed_credentials_are_rate_limited_per_address(sim_node1: SimCluster) -> None:
     section = ApiSection(auth=AuthSection(max_failures=3, failure_window=30.0))
-    with running_api(node1.state, node1.clock, api=section) as api:
+    with running_api(sim_node1.state, sim_node1.clock, api=section) as api:
         assert api.get("/node", token=False, headers={"X-Api-Key": WRONG}).status_code == 401
         assert api.get("/node", token=False, params={"token": WRONG}).status_code == 401
         assert api.post("/auth/login", token=False, data={"token": WRONG}).status_code == 401
@@ -125,25 +111,25 @@ def test_failed_credentials_are_rate_limited_per_address(node1: SimCluster) -> N
         assert api.post("/auth/login", token=False, data={"token": TOKEN}).status_code == 429
         # another client address is not limited
         assert from_address(api, "127.0.0.2", "/node", {"X-Api-Key": TOKEN}).status == 200
-        node1.clock.advance(10)
+        sim_node1.clock.advance(10)
         assert api.get("/node").status_code == 200
         assert api.get("/node", token=False, params={"token": WRONG}).status_code == 401
         assert api.get("/node").status_code == 429
 
 
 def test_every_write_is_audited_with_its_tokens_name(
-        api: ApiClient, caplog: pytest.LogCaptureFixture) -> None:
+        node1_api: ApiClient, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="pvcd.audit")
-    assert api.post("/node/node1/domain-state", data={"domain-state": "ready"}).status_code \
+    assert node1_api.post("/node/node1/domain-state", data={"domain-state": "ready"}).status_code \
         == 200
-    assert api.post("/node/node1/domain-state", data={"domain-state": "bogus"}).status_code \
+    assert node1_api.post("/node/node1/domain-state", data={"domain-state": "bogus"}).status_code \
         == 510
-    assert api.get("/node").status_code == 200  # a read: not audited
-    assert api.post("/node/node1/domain-state", token=False, params={"token": WRONG},
-                    data={"domain-state": "ready"}).status_code == 401
-    browser = login(api)
-    assert browser.post(api.base + "/node/node1/domain-state", data={"domain-state": "ready"},
-                        headers={"Origin": origin(api)}, timeout=5).status_code == 200
+    assert node1_api.get("/node").status_code == 200  # a read: not audited
+    assert node1_api.post("/node/node1/domain-state", token=False, params={"token": WRONG},
+                          data={"domain-state": "ready"}).status_code == 401
+    browser = login(node1_api)
+    assert browser.post(node1_api.base + "/node/node1/domain-state", data={"domain-state": "ready"},
+                        headers={"Origin": origin(node1_api)}, timeout=5).status_code == 200
     def audited() -> list[str]:  # written once the answer is sent: wait for the last one
         return [r.getMessage() for r in caplog.records if r.name == "pvcd.audit"]
 
@@ -158,14 +144,14 @@ def test_every_write_is_audited_with_its_tokens_name(
         f"path={path} status=401",
         'event=api-write who="fast tier" via=token client=127.0.0.1 method=POST '
         "path=/api/v1/auth/login status=200",
-        f'event=api-write who="fast tier" via=session client=127.0.0.1 method=POST path={path} '
-        "status=200",
+        'event=api-write who="fast tier" via=session client=127.0.0.1 method=POST '
+        f"path={path} status=200",
     ]
     assert all(TOKEN not in line for line in lines)
 
 
-def test_sessions_expire_and_are_removed(node1: SimCluster) -> None:
-    state, clock = node1.state, node1.clock
+def test_sessions_expire_and_are_removed(sim_node1: SimCluster) -> None:
+    state, clock = sim_node1.state, sim_node1.clock
     section = ApiSection(auth=AuthSection(session_lifetime=600.0))
     with running_api(state, clock, api=section) as api:
         browser = login(api)
@@ -180,8 +166,8 @@ def test_sessions_expire_and_are_removed(node1: SimCluster) -> None:
         wait_until(lambda: not state.client.exists(state.paths.session(sid)), timeout=5)
 
 
-def test_the_primary_sweeps_expired_sessions(node1: SimCluster) -> None:
-    state, clock = node1.state, node1.clock
+def test_the_primary_sweeps_expired_sessions(sim_node1: SimCluster) -> None:
+    state, clock = sim_node1.state, sim_node1.clock
     with serving_api(state, clock, session_sweep_interval=0.05) as (_, api):
         login(api)
         login(api)
@@ -190,26 +176,28 @@ def test_the_primary_sweeps_expired_sessions(node1: SimCluster) -> None:
         wait_until(lambda: state.client.get_children(state.paths.sessions) == [], timeout=5)
 
 
-def test_cookie_sessions_need_the_apis_own_origin_to_change_state(api: ApiClient) -> None:
-    browser = login(api)
-    path = api.base + "/node/node1/domain-state"
+def test_cookie_sessions_need_the_apis_own_origin_to_change_state(node1_api: ApiClient) -> None:
+    browser = login(node1_api)
+    path = node1_api.base + "/node/node1/domain-state"
     data = {"domain-state": "ready"}
     for headers in ({}, {"Origin": "http://evil.example"}, {"Origin": "null"},
                     {"Referer": "http://evil.example/page"}):
         refused = browser.post(path, data=data, headers=headers, timeout=5)
         assert refused.status_code == 403, (headers, refused.text)
         assert "Cross-site request refused" in refused.json()["message"]
-    assert browser.post(path, data=data, headers={"Origin": origin(api)},
+    assert browser.post(path, data=data, headers={"Origin": origin(node1_api)},
                         timeout=5).status_code == 200
-    assert browser.post(path, data=data, headers={"Referer": origin(api) + "/api/v1/auth/login"},
+    referer = origin(node1_api) + "/api/v1/auth/login"
+    assert browser.post(path, data=data, headers={"Referer": referer},
                         timeout=5).status_code == 200
-    assert browser.get(api.base + "/node", timeout=5).status_code == 200  # reads: no check
+    assert browser.get(node1_api.base + "/node", timeout=5).status_code == 200  # reads: no check
     # a token in a header is not what a browser sends by itself: no Origin needed, but a
     # browser page of another origin is refused anyway
-    assert api.post("/node/node1/domain-state", data=data).status_code == 200
-    assert api.post("/node/node1/domain-state", data=data,
-                    headers={"Origin": "http://evil.example"}).status_code == 403
-    logout = browser.post(api.base + "/auth/logout", headers={"Origin": origin(api)}, timeout=5)
+    assert node1_api.post("/node/node1/domain-state", data=data).status_code == 200
+    assert node1_api.post("/node/node1/domain-state", data=data,
+                          headers={"Origin": "http://evil.example"}).status_code == 403
+    logout = browser.post(node1_api.base + "/auth/logout",
+                          headers={"Origin": origin(node1_api)}, timeout=5)
     assert logout.json() == {"message": "Logout successful"}
 
 
@@ -257,7 +245,7 @@ def test_token_names_for_the_audit_log() -> None:
     assert tokens.match("first-toke") is None and tokens.match("") is None
 
 
-def test_a_session_cookie_that_is_not_ours_is_no_session(api: ApiClient) -> None:
-    forged = requests.get(api.base + "/node", cookies={"pvc_session": "x|y|z"}, timeout=5)
+def test_a_session_cookie_that_is_not_ours_is_no_session(node1_api: ApiClient) -> None:
+    forged = requests.get(node1_api.base + "/node", cookies={"pvc_session": "x|y|z"}, timeout=5)
     assert forged.status_code == 401
     assert json.loads(forged.text) == {"message": "Authentication required"}

@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Iterator
 
-import pytest
 import requests
 
 from pvcd.config.schema import ApiSection
@@ -23,19 +22,6 @@ from tests.fakes.api import TOKEN, ApiClient, running_api, serving_api
 from tests.fakes.nodes import SimCluster
 
 MIB = 1024 * 1024
-
-
-@pytest.fixture
-def node1(sim: SimCluster) -> SimCluster:
-    sim.add_node("node1")
-    sim.step()
-    return sim
-
-
-@pytest.fixture
-def api(node1: SimCluster) -> Iterator[ApiClient]:
-    with running_api(node1.state, node1.clock) as client:
-        yield client
 
 
 def port_of(api: ApiClient) -> int:
@@ -70,8 +56,8 @@ def request_head(method: str, path: str, length: int, token: str | None = None) 
             f"Content-Length: {length}\r\n\r\n").encode()
 
 
-def test_a_stranger_gets_401_before_sending_the_body(api: ApiClient) -> None:
-    port = port_of(api)
+def test_a_stranger_gets_401_before_sending_the_body(node1_api: ApiClient) -> None:
+    port = port_of(node1_api)
     for path in ("/node/node1/domain-state", "/vm", "/nonexistent"):
         with connect(port) as sock:
             sock.sendall(request_head("POST", path, 90 * MIB))  # and not one byte of body
@@ -85,9 +71,9 @@ def test_a_stranger_gets_401_before_sending_the_body(api: ApiClient) -> None:
         assert read_response(sock)[0] == 401
 
 
-def test_authenticated_bodies_have_a_limit(node1: SimCluster) -> None:
+def test_authenticated_bodies_have_a_limit(sim_node1: SimCluster) -> None:
     section = ApiSection(max_body_size=65536)
-    with running_api(node1.state, node1.clock, api=section) as api:
+    with running_api(sim_node1.state, sim_node1.clock, api=section) as api:
         with connect(port_of(api)) as sock:
             sock.sendall(request_head("POST", "/vm", 65537, token=TOKEN))
             status, _, body = read_response(sock)
@@ -124,7 +110,8 @@ def rss() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
-def test_ten_concurrent_90_mib_uploads_leave_the_memory_where_it_was(api: ApiClient) -> None:
+def test_ten_concurrent_90_mib_uploads_leave_the_memory_where_it_was(
+        node1_api: ApiClient) -> None:
     """The issue's reproduction: today 61 MB became 1.9 GB and the uploads got 510. The API
     runs in this process, so this process's peak resident size is the API's."""
     before = rss()
@@ -138,7 +125,7 @@ def test_ten_concurrent_90_mib_uploads_leave_the_memory_where_it_was(api: ApiCli
 
     def upload() -> int | str:
         try:
-            return requests.post(api.base + "/vm", data=Upload(90 * MIB), timeout=30,
+            return requests.post(node1_api.base + "/vm", data=Upload(90 * MIB), timeout=30,
                                  headers={"Content-Type": "application/octet-stream"}
                                  ).status_code
         except requests.ConnectionError:
@@ -154,7 +141,7 @@ def test_ten_concurrent_90_mib_uploads_leave_the_memory_where_it_was(api: ApiCli
         sampler.join()
     assert 401 in outcomes and set(outcomes) <= {401, "reset"}, outcomes
     assert peak[0] - before < 50 * MIB, (before, peak[0])
-    assert api.get("/node").status_code == 200
+    assert node1_api.get("/node").status_code == 200
 
 
 def closed_by_server(sock: socket.socket, within: float) -> bool:
@@ -175,8 +162,8 @@ def get_node(port: int, source: str, timeout: float = 10.0) -> int:
 
 
 def test_a_client_that_sends_no_request_is_dropped_after_the_header_timeout(
-        node1: SimCluster) -> None:
-    with running_api(node1.state, node1.clock, api=ApiSection(header_timeout=0.5)) as api:
+        sim_node1: SimCluster) -> None:
+    with running_api(sim_node1.state, sim_node1.clock, api=ApiSection(header_timeout=0.5)) as api:
         port = port_of(api)
         with connect(port) as idle, connect(port) as slow:
             slow.sendall(b"GET /api/v1/node HTTP/1.1\r\n")
@@ -186,9 +173,9 @@ def test_a_client_that_sends_no_request_is_dropped_after_the_header_timeout(
             assert time.monotonic() - started < 3
 
 
-def test_connections_per_client_address_are_capped(node1: SimCluster) -> None:
+def test_connections_per_client_address_are_capped(sim_node1: SimCluster) -> None:
     section = ApiSection(max_connections_per_client=3)
-    with serving_api(node1.state, node1.clock, api=section) as (server, api):
+    with serving_api(sim_node1.state, sim_node1.clock, api=section) as (server, api):
         port = port_of(api)
         held = [connect(port) for _ in range(3)]
         try:
@@ -204,9 +191,9 @@ def test_connections_per_client_address_are_capped(node1: SimCluster) -> None:
                 sock.close()
 
 
-def test_at_the_connection_cap_a_client_waits_for_a_free_slot(node1: SimCluster) -> None:
+def test_at_the_connection_cap_a_client_waits_for_a_free_slot(sim_node1: SimCluster) -> None:
     section = ApiSection(max_connections=3, header_timeout=1.0)
-    with serving_api(node1.state, node1.clock, api=section) as (server, api):
+    with serving_api(sim_node1.state, sim_node1.clock, api=section) as (server, api):
         port = port_of(api)
         held = [connect(port, f"127.0.0.{3 + i}") for i in range(3)]
         try:
@@ -238,11 +225,11 @@ def thread_cpu(thread: threading.Thread) -> float:
     return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
 
 
-def test_out_of_file_descriptors_the_accept_loop_rests_and_recovers(node1: SimCluster) -> None:
+def test_out_of_file_descriptors_the_accept_loop_rests_and_recovers(sim_node1: SimCluster) -> None:
     """Idle connections from many addresses until the process has no descriptor left: the
     API's thread must not spin (Tornado's own loop retries a failing accept() at once, at
     100 % CPU), and once descriptors are free again, the API serves."""
-    with serving_api(node1.state, node1.clock, api=ApiSection(header_timeout=1.0)) as (
+    with serving_api(sim_node1.state, sim_node1.clock, api=ApiSection(header_timeout=1.0)) as (
             server, api):
         port = port_of(api)
         http_server = server.http_server
