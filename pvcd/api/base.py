@@ -247,6 +247,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def on_connection_close(self) -> None:
         # the client left, perhaps in the middle of its body: no on_finish will come then
+        super().on_connection_close()  # ends the wait for the rest of the body
         if not self._finished:
             self._uncount()
 
@@ -329,15 +330,14 @@ class BaseHandler(tornado.web.RequestHandler):
     def _handle_request_exception(self, e: BaseException) -> None:
         if self._finished:
             return
+        if not self._body_read:
+            # answered before the body: Tornado discards what arrives of it until the answer
+            # is sent, then closes the connection (and adds no 400 for a body over the limit)
+            self.set_header("Connection", "close")
+            self._set_max_body_size(UNLIMITED)
         if isinstance(e, Refused):
             for name, value in e.headers.items():
                 self.set_header(name, value)
-            if not self._body_read:
-                # refused before the body: Tornado discards what arrives of it until the
-                # answer is sent, then closes the connection (no 400 for a body over the
-                # limit after this answer)
-                self.set_header("Connection", "close")
-                self._set_max_body_size(UNLIMITED)
             self.message(e.message, e.status)
         elif isinstance(e, PvcError):
             if isinstance(e, (BackendError, Conflict)):

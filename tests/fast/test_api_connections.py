@@ -256,3 +256,27 @@ def test_out_of_file_descriptors_the_accept_loop_rests_and_recovers(sim_node1: S
         finally:
             for sock in clients:
                 sock.close()
+
+
+def test_a_client_that_leaves_in_the_middle_of_its_body_is_no_request_in_flight(
+        sim_node1: SimCluster) -> None:
+    with serving_api(sim_node1.state, sim_node1.clock) as (server, api):
+        with connect(port_of(api)) as sock:
+            sock.sendall(request_head("POST", "/node/node1/domain-state", 1000, token=TOKEN)
+                         + b"domain-state=")
+            wait_until(lambda: server.ctx.in_flight == 1, timeout=5)
+        wait_until(lambda: server.ctx.in_flight == 0, timeout=5)
+        assert api.get("/node").status_code == 200
+
+
+def test_an_answer_before_the_body_is_the_only_answer(node1_api: ApiClient) -> None:
+    """A 405 or 404 decided from the headers, for a body over the limit: one answer, then the
+    connection closes (Tornado would append a 400 for the body it then refused to read)."""
+    for method, path, length, expected in (("PATCH", "/node", 90 * MIB, 405),
+                                           ("POST", "/nonexistent", MIB, 404)):
+        with connect(port_of(node1_api)) as sock:
+            sock.sendall(request_head(method, path, length, token=TOKEN))
+            status, headers, _ = read_response(sock)
+            assert status == expected and headers["connection"] == "close"
+            sock.settimeout(5)
+            assert sock.recv(65536) == b""  # nothing after it: closed
