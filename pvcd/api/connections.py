@@ -11,9 +11,12 @@ once, forever). `GuardedHTTPServer` adds:
   long a kept-alive connection may stay idle) and `body_timeout` for its body;
 - a cap on open connections per client address: the next one is accepted and closed at once;
 - a cap on open connections in all (`max_connections`, lowered if need be so that the process's
-  open-file limit keeps `DESCRIPTOR_RESERVE` descriptors for the rest of the daemon): when
-  reached, the server stops accepting until one closes, and further clients wait in the listen
-  backlog (their connections are not refused);
+  open-file limit keeps `DESCRIPTOR_RESERVE` descriptors for the rest of the daemon): at the
+  cap, a new connection takes the place of the one that has waited longest for a request (an
+  idle client: it sent nothing yet, or nothing since its last answer), so idle connections from
+  many addresses cannot keep a client that sends its request at once waiting; only when every
+  connection is in the middle of a request does the server stop accepting until one closes
+  (further clients wait in the listen backlog);
 - an accept loop that backs off when `accept()` fails for lack of resources (EMFILE, ENFILE,
   ENOBUFS, ENOMEM): it stops watching the socket and tries again after a pause that doubles up to
   one second, instead of spinning. Connections freed in the meantime (timeouts, closes) let it
@@ -30,11 +33,13 @@ import errno
 import logging
 import resource
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import tornado.httpserver
 import tornado.iostream
+from tornado import httputil
 from tornado.http1connection import HTTP1ServerConnection
 from tornado.ioloop import IOLoop
 
@@ -88,10 +93,13 @@ class GuardedHTTPServer(tornado.httpserver.HTTPServer):
                         self.max_connections, DESCRIPTOR_RESERVE)
         self._per_client: Counter[str] = Counter()
         self._client_of: dict[tornado.iostream.IOStream, str] = {}  # per open connection
+        # connections waiting for a request's headers, oldest first (dict order)
+        self._idle: dict[tornado.iostream.IOStream, None] = {}
         self._accepting: dict[int, bool] = {}  # listening fd: watched by the loop
         self._pause = FIRST_PAUSE
         self.refused_per_client = 0  # connections closed at once for the per-client cap
         self.accept_pauses = 0  # times accepting paused for lack of file descriptors
+        self.evicted_idle = 0  # idle connections closed to make room for a new one
 
     @property
     def open_connections(self) -> int:
@@ -126,8 +134,8 @@ class GuardedHTTPServer(tornado.httpserver.HTTPServer):
         if sock is None:
             return
         for _ in range(ACCEPT_BATCH):
-            if self.open_connections >= self.max_connections:
-                self._unwatch(fd)  # resumed by the next close (`on_close`)
+            if self.open_connections >= self.max_connections and not self._idle:
+                self._unwatch(fd)  # every connection is busy: resumed by the next close
                 return
             try:
                 connection, address = sock.accept()
@@ -141,6 +149,8 @@ class GuardedHTTPServer(tornado.httpserver.HTTPServer):
                     raise
                 self._back_off(fd, exc)
                 return
+            if self.open_connections >= self.max_connections:
+                self._evict_idle()
             self._handle_connection(connection, address)  # type: ignore[attr-defined]
 
     def _back_off(self, fd: int, exc: OSError) -> None:
@@ -152,6 +162,13 @@ class GuardedHTTPServer(tornado.httpserver.HTTPServer):
         IOLoop.current().call_later(self._pause, self._watch, fd)
         self._pause = min(self._pause * 2, LONGEST_PAUSE)
 
+    def _evict_idle(self) -> None:
+        """Close the connection that has waited longest for a request."""
+        stream = next(iter(self._idle))
+        self._forget(stream)
+        stream.close()
+        self.evicted_idle += 1
+
     def handle_stream(self, stream: tornado.iostream.IOStream, address: Any) -> None:
         client = address[0] if isinstance(address, tuple) and address else str(address)
         if self._per_client[client] >= self.limits.max_connections_per_client:
@@ -162,14 +179,52 @@ class GuardedHTTPServer(tornado.httpserver.HTTPServer):
         self._per_client[client] += 1
         super().handle_stream(stream, address)
 
+    def start_request(self, server_conn: object,
+                      request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
+        # called when a connection starts waiting for its next request (the first one too)
+        assert isinstance(server_conn, HTTP1ServerConnection)
+        stream = server_conn.stream
+        if stream in self._client_of:
+            self._idle.pop(stream, None)
+            self._idle[stream] = None  # the newest idle one
+        return _Busy(super().start_request(server_conn, request_conn),
+                     lambda: self._idle.pop(stream, None))
+
     def on_close(self, server_conn: object) -> None:
         super().on_close(server_conn)
         assert isinstance(server_conn, HTTP1ServerConnection)
-        client = self._client_of.pop(server_conn.stream, None)
+        self._forget(server_conn.stream)
+        for fd in list(self._accepting):
+            if self.open_connections < self.max_connections:
+                self._watch(fd)
+
+    def _forget(self, stream: tornado.iostream.IOStream) -> None:
+        self._idle.pop(stream, None)
+        client = self._client_of.pop(stream, None)  # None: forgotten already (evicted)
         if client is not None:
             self._per_client[client] -= 1
             if self._per_client[client] <= 0:
                 del self._per_client[client]
-        for fd in list(self._accepting):
-            if self.open_connections < self.max_connections:
-                self._watch(fd)
+
+
+class _Busy(httputil.HTTPMessageDelegate):
+    """A request's delegate that reports when its headers are in: the connection is no longer
+    idle (and may not be evicted) until it waits for its next request."""
+
+    def __init__(self, inner: httputil.HTTPMessageDelegate, busy: Callable[[], object]) -> None:
+        self.inner = inner
+        self.busy = busy
+
+    def headers_received(self, start_line: httputil.RequestStartLine | httputil.ResponseStartLine,
+                         headers: httputil.HTTPHeaders) -> Awaitable[None] | None:
+        self.busy()
+        return self.inner.headers_received(start_line, headers)
+
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        return self.inner.data_received(chunk)
+
+    def finish(self) -> None:
+        self.inner.finish()
+
+    def on_connection_close(self) -> None:
+        self.inner.on_connection_close()

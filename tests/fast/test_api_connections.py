@@ -191,18 +191,42 @@ def test_connections_per_client_address_are_capped(sim_node1: SimCluster) -> Non
                 sock.close()
 
 
-def test_at_the_connection_cap_a_client_waits_for_a_free_slot(sim_node1: SimCluster) -> None:
-    section = ApiSection(max_connections=3, header_timeout=1.0)
+def test_at_the_connection_cap_a_new_client_takes_the_place_of_the_longest_idle(
+        sim_node1: SimCluster) -> None:
+    section = ApiSection(max_connections=3)
+    with serving_api(sim_node1.state, sim_node1.clock, api=section) as (server, api):
+        port = port_of(api)
+        http_server = server.http_server
+        assert http_server is not None
+        held = []
+        try:
+            for i in range(3):
+                held.append(connect(port, f"127.0.0.{3 + i}"))
+                wait_until(lambda: http_server.open_connections == len(held), timeout=5)
+            started = time.monotonic()
+            assert get_node(port, "127.0.0.2") == 200
+            assert time.monotonic() - started < 1.0
+            assert closed_by_server(held[0], within=5)  # the one idle longest
+            assert not closed_by_server(held[2], within=0.2)
+        finally:
+            for sock in held:
+                sock.close()
+
+
+def test_at_the_connection_cap_with_every_connection_busy_a_client_waits(
+        sim_node1: SimCluster) -> None:
+    section = ApiSection(max_connections=3, body_timeout=1.0)
     with serving_api(sim_node1.state, sim_node1.clock, api=section) as (server, api):
         port = port_of(api)
         held = [connect(port, f"127.0.0.{3 + i}") for i in range(3)]
         try:
-            wait_until(lambda: server.http_server and server.http_server.open_connections == 3,
-                       timeout=5)
+            for sock in held:  # in the middle of a request: its body never comes
+                sock.sendall(request_head("POST", "/node/node1/domain-state", 100, TOKEN))
+            wait_until(lambda: server.ctx.in_flight == 3, timeout=5)
             started = time.monotonic()
             assert get_node(port, "127.0.0.2") == 200
             waited = time.monotonic() - started
-            assert 0.5 < waited < 5, waited  # served once the idle ones timed out
+            assert 0.5 < waited < 5, waited  # served once a body timeout freed a place
         finally:
             for sock in held:
                 sock.close()
