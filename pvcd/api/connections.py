@@ -68,7 +68,7 @@ class ConnectionLimits:
     body_timeout: float
     max_connections: int
     max_connections_per_client: int
-    max_body_size: int  # the largest body any endpoint reads (handlers lower it per request)
+    max_body_size: int  # until a handler sets its own limit for the request (`BaseHandler`)
 
     @classmethod
     def from_config(cls, api: ApiSection) -> ConnectionLimits:
