@@ -15,9 +15,10 @@ A session ends:
 
 A cookie session is what a browser sends by itself, so a request that changes state and rests on
 one must come from the API's own origin (`same_origin`): its `Origin` header (or, if a client
-sends none, its `Referer`) must name the host the request was sent to. Token requests are not
-checked: a browser never adds an `X-Api-Key` header by itself. The cookie is also `SameSite=Strict`
-and `HttpOnly`.
+sends none, its `Referer`) must name the host the request was sent to. A request with a token
+header needs no origin (a browser never adds `X-Api-Key` by itself), but one that has an `Origin`
+(a browser page sent it) must be of the same origin too (`BaseHandler`). The cookie is also
+`SameSite=Strict` and `HttpOnly`.
 """
 
 from __future__ import annotations

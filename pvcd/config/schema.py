@@ -152,7 +152,8 @@ class ApiSection:
     # stay idle), and then its body
     header_timeout: float = field(default=10.0, metadata=checks(in_range(0.1, 3600)))
     body_timeout: float = field(default=60.0, metadata=checks(in_range(0.1, 3600)))
-    # open connections: in all (more wait in the listen backlog), and per client address
+    # open connections: in all (at the cap a new one replaces the longest idle), and per
+    # client address
     max_connections: int = field(default=1000, metadata=checks(in_range(1, 1000000)))
     max_connections_per_client: int = field(default=64, metadata=checks(in_range(1, 1000000)))
 
