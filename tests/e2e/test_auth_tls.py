@@ -144,3 +144,17 @@ def test_a_stranger_is_refused_before_the_body_and_nothing_logs_a_token(
     assert "token=<redacted>" in log
     assert token not in log
 
+
+
+def test_ten_concurrent_90_mib_uploads_leave_the_primarys_memory_where_it_was(
+        make_lab: LabFactory) -> None:
+    """The issue's reproduction against a lab: the primary went from 61 MB to 1.9 GB and
+    answered 510; now 401 before the bodies, and its resident size stays where it was."""
+    from tests.uploads import MIB, upload_storm
+
+    lab, api = make_lab(nodes=1)
+    pid = lab.info.node("node1").pid
+    outcomes, growth = upload_storm(api.base + "/vm", pid)
+    assert 401 in outcomes and set(outcomes) <= {401, "reset"}, outcomes
+    assert growth < 50 * MIB, growth
+    assert api.get("/node").status_code == 200

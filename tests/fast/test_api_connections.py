@@ -4,7 +4,6 @@ without making the accept loop spin."""
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import json
 import os
@@ -14,14 +13,11 @@ import threading
 import time
 from collections.abc import Iterator
 
-import requests
-
 from pvcd.config.schema import ApiSection
 from tests.e2e.labclient import wait_until
 from tests.fakes.api import TOKEN, ApiClient, running_api, serving_api
 from tests.fakes.nodes import SimCluster
-
-MIB = 1024 * 1024
+from tests.uploads import MIB, upload_storm
 
 
 def port_of(api: ApiClient) -> int:
@@ -89,58 +85,13 @@ def test_authenticated_bodies_have_a_limit(sim_node1: SimCluster) -> None:
         assert big.status_code == 401
 
 
-class Upload:
-    """A body of `size` bytes from one reused chunk, with a length (so requests sends a
-    Content-Length rather than chunks)."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __iter__(self) -> Iterator[bytes]:
-        chunk = b"x" * MIB
-        for _ in range(self.size // MIB):
-            yield chunk
-
-
-def rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize()
-
-
 def test_ten_concurrent_90_mib_uploads_leave_the_memory_where_it_was(
         node1_api: ApiClient) -> None:
     """The issue's reproduction: today 61 MB became 1.9 GB and the uploads got 510. The API
-    runs in this process, so this process's peak resident size is the API's."""
-    before = rss()
-    peak = [before]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], rss())
-            time.sleep(0.01)
-
-    def upload() -> int | str:
-        try:
-            return requests.post(node1_api.base + "/vm", data=Upload(90 * MIB), timeout=30,
-                                 headers={"Content-Type": "application/octet-stream"}
-                                 ).status_code
-        except requests.ConnectionError:
-            return "reset"  # the API answered and closed while the client was still sending
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
-        with concurrent.futures.ThreadPoolExecutor(10) as pool:
-            outcomes = list(pool.map(lambda _: upload(), range(10)))
-    finally:
-        done.set()
-        sampler.join()
+    runs in this process, so this process's growth is the API's."""
+    outcomes, growth = upload_storm(node1_api.base + "/vm")
     assert 401 in outcomes and set(outcomes) <= {401, "reset"}, outcomes
-    assert peak[0] - before < 50 * MIB, (before, peak[0])
+    assert growth < 50 * MIB, growth
     assert node1_api.get("/node").status_code == 200
 
 
