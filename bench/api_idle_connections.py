@@ -21,29 +21,12 @@ Measured (2 cores, 2026-12-07), 20,000 idle connections:
 from __future__ import annotations
 
 import argparse
+import http.client
 import resource
-import subprocess
-import sys
 import time
 
 from bench.harness import TOKEN, api, print_row, summary, zookeeper
-
-# the idle clients: non-blocking connects (a full backlog must not stall the loop), then wait
-CHILD = r"""
-import resource, socket, sys
-port, count, addresses = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-resource.setrlimit(resource.RLIMIT_NOFILE, (resource.getrlimit(resource.RLIMIT_NOFILE)[1],) * 2)
-held = []
-for i in range(count):
-    sock = socket.socket()
-    sock.setblocking(False)
-    sock.bind((f"127.0.{10 + (i % addresses) // 250}.{i % addresses % 250 + 1}", 0))
-    sock.connect_ex(("127.0.0.1", port))
-    held.append(sock)
-print(len(held), flush=True)
-sys.stdin.read()
-"""
-PER_CHILD = 15000  # below this machine's hard limit of open files per process
+from tests.abusive_clients import idle_connections
 
 
 def thread_cpu(ident: int) -> float:
@@ -51,8 +34,6 @@ def thread_cpu(ident: int) -> float:
 
 
 def authenticated_get(port: int) -> float:
-    import http.client
-
     started = time.perf_counter()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30,
                                       source_address=("127.0.0.2", 0))
@@ -80,16 +61,7 @@ def main() -> None:
         idle_cpu = thread_cpu(ident)
         time.sleep(1)
         idle_cpu = thread_cpu(ident) - idle_cpu
-        children = []
-        remaining = args.connections
-        while remaining > 0:
-            count = min(PER_CHILD, remaining)
-            children.append(subprocess.Popen(
-                [sys.executable, "-c", CHILD, str(bench.port), str(count), str(args.addresses)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
-            remaining -= count
-        try:
-            opened = sum(int(child.stdout.readline()) for child in children)  # type: ignore[union-attr]
+        with idle_connections(bench.port, args.connections, args.addresses) as opened:
             cpu = thread_cpu(ident)
             started = time.monotonic()
             latencies = []
@@ -105,10 +77,6 @@ def main() -> None:
                 "evicted_idle": http_server.evicted_idle,
                 "api_thread_cpu": round(busy, 3), "api_thread_cpu_idle": round(idle_cpu, 3)})
             print_row("authenticated GET /api/v1/node meanwhile", summary(latencies))
-        finally:
-            for child in children:
-                child.kill()
-                child.wait()
 
 
 if __name__ == "__main__":

@@ -150,7 +150,7 @@ def test_ten_concurrent_90_mib_uploads_leave_the_primarys_memory_where_it_was(
         make_lab: LabFactory) -> None:
     """The issue's reproduction against a lab: the primary went from 61 MB to 1.9 GB and
     answered 510; now 401 before the bodies, and its resident size stays where it was."""
-    from tests.uploads import MIB, upload_storm
+    from tests.abusive_clients import MIB, upload_storm
 
     lab, api = make_lab(nodes=1)
     pid = lab.info.node("node1").pid
@@ -158,3 +158,34 @@ def test_ten_concurrent_90_mib_uploads_leave_the_primarys_memory_where_it_was(
     assert 401 in outcomes and set(outcomes) <= {401, "reset"}, outcomes
     assert growth < 50 * MIB, growth
     assert api.get("/node").status_code == 200
+
+
+def test_20000_idle_connections_neither_starve_a_client_nor_spin_the_primary(
+        make_lab: LabFactory) -> None:
+    """From 1,000 addresses (the per-address cap does not stop them): the primary keeps its
+    1,000 connections, a newcomer takes the place of the longest idle one, so a client with a
+    token is served at once; and the daemon does not spin (Tornado's own accept loop went to
+    100 % CPU at the file limit, and waited 3,600 s for headers)."""
+    import time
+
+    from tests.abusive_clients import cpu_seconds, idle_connections
+
+    lab, api = make_lab(nodes=1)
+    pid = lab.info.node("node1").pid
+    port = urlsplit(api.base).port
+    assert port is not None
+    with idle_connections(port, 20000, addresses=1000) as opened:
+        assert opened == 20000
+        cpu, started = cpu_seconds(pid), time.monotonic()
+        latencies = []
+        for _ in range(20):
+            before = time.monotonic()
+            assert requests.get(api.base + "/node", headers={"X-Api-Key": api.info.token},
+                                timeout=10).status_code == 200
+            latencies.append(time.monotonic() - before)
+            time.sleep(0.1)
+        busy = (cpu_seconds(pid) - cpu) / (time.monotonic() - started)
+    assert sorted(latencies)[10] < 0.5, latencies
+    # at worst a SYN dropped by the full listen backlog and sent again (after 1, 3, 7 s)
+    assert max(latencies) < 7.5, latencies
+    assert busy < 0.5, busy

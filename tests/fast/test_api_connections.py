@@ -14,10 +14,10 @@ import time
 from collections.abc import Iterator
 
 from pvcd.config.schema import ApiSection
+from tests.abusive_clients import MIB, upload_storm
 from tests.e2e.labclient import wait_until
 from tests.fakes.api import TOKEN, ApiClient, running_api, serving_api
 from tests.fakes.nodes import SimCluster
-from tests.uploads import MIB, upload_storm
 
 
 def port_of(api: ApiClient) -> int:
