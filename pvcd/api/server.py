@@ -8,8 +8,8 @@ to an old primary — and ends the thread. While it runs, the server removes exp
 sessions every `session_sweep_interval` seconds (`pvcd.api.sessions`).
 
 An API without authentication listens on loopback only: the server refuses to be built for any
-other address unless `api.auth.allow_unauthenticated` says so, and then logs a warning at each
-start.
+other address unless `api.auth.allow_unauthenticated` says so, and then logs a warning (when the
+daemon starts).
 """
 
 from __future__ import annotations
@@ -52,6 +52,10 @@ class ApiServer:
                 f"{', '.join(self.exposed)}, not only on loopback: enable authentication, "
                 "listen on 127.0.0.1, or set api.auth.allow_unauthenticated: true to serve "
                 "anyone who can reach it")
+        if self.exposed:
+            log.warning("event=api-unauthenticated addresses=%s: authentication is off "
+                        "(api.auth.allow_unauthenticated): anyone who reaches these addresses "
+                        "controls the cluster", ",".join(self.exposed))
         self.limits = limits or ConnectionLimits.from_config(ApiSection())
         self.session_sweep_interval = session_sweep_interval
         self.ctx = ctx
@@ -99,10 +103,6 @@ class ApiServer:
                                         name="api", daemon=True)
         self._thread.start()
         ready.wait(10)
-        if self.exposed:
-            log.warning("event=api-unauthenticated addresses=%s: authentication is off "
-                        "(api.auth.allow_unauthenticated): anyone who reaches these addresses "
-                        "controls the cluster", ",".join(self.exposed))
         log.info("event=api-listening address=%s port=%d tls=%s", self.address, self.port,
                  self.ssl_context is not None)
 
