@@ -43,6 +43,7 @@ class Bench:
     port: int
     zk_calls: list[int]
     zk_kinds: dict[str, int]
+    server: ApiServer | None = None  # the API under test (its connection counts, its thread)
 
     def connection(self) -> http.client.HTTPConnection:
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
@@ -127,7 +128,7 @@ def api(ensemble: ZooKeeperEnsemble, nodes: int, vms: int = 0) -> Iterator[Bench
     server = ApiServer(ctx, "127.0.0.1", port, "s" * 32)
     server.start()
     try:
-        yield Bench(client, paths, port, calls, kinds)
+        yield Bench(client, paths, port, calls, kinds, server)
     finally:
         server.stop()
         cache.close()

@@ -32,6 +32,7 @@ from kazoo.client import KazooState
 
 from pvcd.api.app import make_context
 from pvcd.api.auth import Tokens
+from pvcd.api.connections import ConnectionLimits
 from pvcd.api.metrics import Metrics
 from pvcd.api.server import ApiServer, make_ssl_context
 from pvcd.config import Config
@@ -46,7 +47,7 @@ from pvcd.controllers.self_fence import DeclaredDead
 from pvcd.controllers.storage import build_storage
 from pvcd.controllers.tasks import TaskRegistry, build_tasks
 from pvcd.controllers.vm import VmController, vm_key
-from pvcd.domain.errors import Conflict
+from pvcd.domain.errors import ConfigError, Conflict
 from pvcd.domain.records import NodeSpec, NodeStatus, from_dict
 from pvcd.drivers.fence import fence_driver
 from pvcd.drivers.host import HostDriver, pid_alive
@@ -150,9 +151,9 @@ class NodeDaemon:
         api, ceph = self.config.api, self.config.drivers.ceph
         ctx = make_context(
             self.view, self.store, self.name, api.auth.enabled,
-            Tokens.from_config([t.token for t in api.auth.tokens]),
+            Tokens.from_config([(t.token, t.description) for t in api.auth.tokens]),
             storage_request_timeout=ceph.request_timeout if ceph.enabled else None,
-            clock=self.clock, registry=metrics)
+            clock=self.clock, registry=metrics, api=api)
         ssl_context = None
         if api.tls.enabled and api.tls.cert_file and api.tls.key_file:
             ssl_context = make_ssl_context(api.tls.cert_file, api.tls.key_file)
@@ -164,8 +165,12 @@ class NodeDaemon:
             address = cluster.floating_ip.split("/")[0]
             if address != api.listen:
                 extra.append((address, self.config.drivers.network.netns))
-        return ApiServer(ctx, api.listen, api.port, api.auth.secret_key, ssl_context,
-                         extra_listen=extra)
+        try:
+            return ApiServer(ctx, api.listen, api.port, api.auth.secret_key, ssl_context,
+                             extra_listen=extra, limits=ConnectionLimits.from_config(api),
+                             allow_unauthenticated=api.auth.allow_unauthenticated)
+        except ConfigError as exc:
+            raise ConfigError(f"{self.config.path}: {exc}") from None
 
     def _build_fencing(self) -> Wiring:
         timing, fencing = self.config.timing, self.config.fencing

@@ -7,17 +7,19 @@ the OpenAPI document is generated from, so the two cannot drift.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 
 import tornado.web
-from tornado.log import access_log
 
 from pvcd.api import cluster, general, metrics, networks, nodes, openapi, storage, tasks, vms
 from pvcd.api.auth import Tokens
 from pvcd.api.base import ApiContext, NotFoundHandler
+from pvcd.api.ratelimit import FailureLimiter
+from pvcd.api.requestlog import log_request
 from pvcd.api.routing import Route
+from pvcd.api.sessions import Sessions
+from pvcd.config.schema import ApiSection
 from pvcd.state.store import Store
 from pvcd.state.view import ClusterView
 
@@ -34,33 +36,25 @@ ROUTES: list[Route] = [
 ]
 
 
-def log_request(handler: tornado.web.RequestHandler) -> None:
-    """The access log: 510 is the API's answer to a request it refuses (bad input, a backend
-    saying no), not a server fault, so it is a warning; 500 (a bug) stays an error."""
-    status = handler.get_status()
-    if status < 400:
-        level = logging.INFO
-    elif status < 500 or status == 510:
-        level = logging.WARNING
-    else:
-        level = logging.ERROR
-    request = handler.request
-    access_log.log(level, "%d %s %s (%s) %.1fms", status, request.method, request.uri,
-                   request.remote_ip, 1000.0 * request.request_time())
-
-
 def make_context(view: ClusterView, store: Store, node_name: str, auth_enabled: bool,
                  tokens: Tokens, storage_request_timeout: float | None = None,
                  clock: Callable[[], float] = time.time,
-                 registry: metrics.Metrics | None = None) -> ApiContext:
+                 registry: metrics.Metrics | None = None,
+                 api: ApiSection | None = None) -> ApiContext:
     """The API's context with its list renderers and its metrics (`registry`: the daemon's
     own, which also reads its controllers and this context's requests in flight; else a new
-    one of the API alone)."""
+    one of the API alone). `api`: the config section with the session lifetime, the body
+    limit and the failure budget (the defaults when not given)."""
+    api = api or ApiSection()
     registry = registry or metrics.Metrics(view, node_name, clock,
                                            in_flight=lambda: ctx.in_flight)
     ctx = ApiContext(view=view, store=store, node_name=node_name, auth_enabled=auth_enabled,
                      tokens=tokens, vm_list=vms.vm_renderer(view),
                      node_list=nodes.node_renderer(view),
+                     sessions=Sessions(view, store, tokens, api.auth.session_lifetime, clock),
+                     failures=FailureLimiter(api.auth.max_failures, api.auth.failure_window,
+                                             clock),
+                     max_body_size=api.max_body_size, task_wait=api.task_wait,
                      storage_request_timeout=storage_request_timeout, clock=clock,
                      metrics=registry)
     return ctx

@@ -1,14 +1,17 @@
-"""API authentication: static tokens from the config, and sessions that survive a handover.
+"""API authentication: static tokens from the config, and who a request acts as.
 
 A token matches only exactly: both sides are hashed to fixed-length digests and compared with
 `hmac.compare_digest` against *every* configured token, so neither the length nor the position
 of a mismatch leaks through timing, and a prefix or substring of a token never matches.
 
-A session is opened by `POST /api/v1/auth/login` with a valid token: a random session id is
-stored in ZooKeeper (`<root>/sessions/<sid>`, with the token's SHA-256 and an expiry) and sent to
-the client in a cookie signed with the configured secret key. Because the session lives in
-ZooKeeper, it stays valid when the API moves to another primary; logout deletes it. A session
-dies with its token: if the token is removed from the config, the session no longer validates.
+Each token has a name for the audit log (`pvcd.api.requestlog`): its `description` from the
+config, or its place there (`tokens[2]`) when it has none. The name is all that is ever logged
+of a token; not even a prefix of its digest is (a hash prefix of a short token can be checked
+against guesses offline).
+
+A request acts as an `Identity`: a token's name, reached by a token (`X-Api-Key` or the `token`
+value) or by a session opened with that token (`pvcd.api.sessions`); or nobody in particular
+when authentication is disabled.
 """
 
 from __future__ import annotations
@@ -16,12 +19,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 SESSION_COOKIE = "pvc_session"
-SESSION_LIFETIME = 12 * 3600.0
 
 
 def token_digest(token: str) -> str:
@@ -29,35 +30,54 @@ def token_digest(token: str) -> str:
 
 
 @dataclass(frozen=True)
+class Identity:
+    """Who a request acts as: `who` is a token's name; `via` says how the request proved it
+    ("token", "session"), or "none" when authentication is disabled."""
+
+    who: str
+    via: str
+
+
+ANONYMOUS = Identity("anonymous", "none")  # authentication disabled
+
+
+@dataclass(frozen=True)
 class Tokens:
     digests: tuple[str, ...]
+    names: tuple[str, ...] = ()
 
     @classmethod
-    def from_config(cls, tokens: Sequence[str]) -> Tokens:
-        return cls(tuple(token_digest(t) for t in tokens))
+    def from_config(cls, tokens: Sequence[str | tuple[str, str]]) -> Tokens:
+        """`tokens`: the token values, or (token, description) pairs as the config has them."""
+        pairs = [(t, "") if isinstance(t, str) else t for t in tokens]
+        return cls(tuple(token_digest(token) for token, _ in pairs),
+                   tuple(description or f"tokens[{index}]"
+                         for index, (_, description) in enumerate(pairs)))
+
+    def match(self, token: str | None) -> str | None:
+        """The name of the configured token equal to `token`, or None."""
+        if not token:
+            return None
+        return self.match_digest(token_digest(token))
+
+    def match_digest(self, digest: str) -> str | None:
+        """The name of the configured token with this SHA-256 digest, or None."""
+        candidate = digest.encode()
+        found: str | None = None
+        for index, known in enumerate(self.digests):  # no early exit: constant work
+            if hmac.compare_digest(candidate, known.encode()):
+                found = self._name(index)
+        return found
 
     def valid(self, token: str | None) -> bool:
-        if not token:
-            return False
-        candidate = token_digest(token).encode()
-        found = False
-        for digest in self.digests:  # no early exit: constant work per request
-            found |= hmac.compare_digest(candidate, digest.encode())
-        return found
+        return self.match(token) is not None
 
-    def knows_digest(self, digest: str) -> bool:
-        found = False
-        for known in self.digests:
-            found |= hmac.compare_digest(digest.encode(), known.encode())
-        return found
+    def _name(self, index: int) -> str:
+        return self.names[index] if index < len(self.names) else f"tokens[{index}]"
 
 
 def new_session_id() -> str:
     return secrets.token_urlsafe(32)
-
-
-def session_expired(expires: float, now: float | None = None) -> bool:
-    return (now if now is not None else time.time()) >= expires
 
 
 LOGIN_FORM = """<!doctype html>

@@ -1,30 +1,60 @@
 """The request pipeline shared by every handler.
 
-`prepare()` parses the values and authenticates; each handler method is a few lines that call
-into the domain; errors are mapped to HTTP in exactly one place (`_handle_request_exception`):
-`PvcError` → 510 with its message, `Unauthorized` → 401, anything else → 500 (logged).
+Handlers stream their bodies (`stream_request_body`), so Tornado calls `prepare()` as soon as a
+request's headers are in, before it reads a byte of the body. The order of work:
+
+1. `prepare()`, from the headers alone: who the client is (a session cookie; a token in
+   `X-Api-Key` or the query string). A client over its budget of failed credentials gets 429
+   (`pvcd.api.ratelimit`), a bad token 401, and a request that needs authentication and cannot
+   carry its token in a small body (`UNAUTHENTICATED_BODY_SIZE`) 401, all before its body is
+   read. Then the CSRF check of cookie sessions (`pvcd.api.sessions`), 405 for a method the
+   endpoint lacks, and the body limit: the endpoint's `max_body_size` for an authenticated
+   client, 64 KiB for another; a larger `Content-Length` is 413 at once, and Tornado enforces
+   the limit on the bytes as they come.
+2. The body arrives (`data_received`).
+3. `_after_body`, which `prepare()` puts in front of the handler method: the body is parsed and
+   a client not yet authenticated presents the `token` value it sent in the body.
+4. The handler method; `values` parses the values it declares on first use.
+
+Errors are mapped to HTTP in exactly one place (`_handle_request_exception`): `Refused` → its
+status and message, `PvcError` → 510 with its message, anything else → 500 (logged without the
+request's headers, `pvcd.api.requestlog`). Every request that may change state leaves one line
+in the audit log, naming the token it acted with.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, Protocol
 
+import tornado.httputil
 import tornado.web
+from tornado.http1connection import HTTP1Connection
 
-from pvcd.api.auth import SESSION_COOKIE, Tokens, session_expired
+from pvcd.api.auth import ANONYMOUS, SESSION_COOKIE, Identity, Tokens
+from pvcd.api.ratelimit import FailureLimiter, retry_after_header
 from pvcd.api.render import FragmentRenderer
+from pvcd.api.requestlog import WRITE_METHODS, audit, log_failure
+from pvcd.api.sessions import Sessions, same_origin
 from pvcd.api.values import RawValues, Values, declared
-from pvcd.domain.errors import BackendError, Conflict, PvcError
+from pvcd.domain.errors import BackendError, Conflict, InvalidValue, PvcError
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
 
 log = logging.getLogger(__name__)
+
+# what a client not authenticated by its headers may send: a login form, or a small request
+# with its token among the values
+UNAUTHENTICATED_BODY_SIZE = 64 * 1024
+UNLIMITED = 1 << 62
 
 
 class RequestObserver(Protocol):
@@ -45,6 +75,10 @@ class ApiContext:
     tokens: Tokens
     vm_list: FragmentRenderer  # GET /vm: cached JSON fragments of the VMs
     node_list: FragmentRenderer  # GET /node
+    sessions: Sessions
+    failures: FailureLimiter  # failed credentials per client address
+    max_body_size: int  # of a request to an endpoint that declares no limit of its own
+    task_wait: float = 120.0  # the longest a `wait` on a task waits (api.task_wait)
     # how long a storage request is waited for; None: this node does not manage Ceph
     storage_request_timeout: float | None = None
     clock: Callable[[], float] = time.time
@@ -52,35 +86,146 @@ class ApiContext:
     metrics: RequestObserver | None = None
 
 
-class Unauthorized(Exception):
-    pass
+class Refused(Exception):
+    """A request the pipeline refuses: the status, the message, extra response headers."""
+
+    def __init__(self, status: int, message: str,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
 
 
+class Unauthorized(Refused):
+    def __init__(self) -> None:
+        super().__init__(401, "Authentication required")
+
+
+@tornado.web.stream_request_body
 class BaseHandler(tornado.web.RequestHandler):
-    """Values, authentication and error rendering for every API endpoint."""
+    """Authentication, body limits, values and error rendering for every API endpoint."""
 
     ctx: ApiContext
     public = False  # True for /api/v1 and the auth endpoints
+    # the largest body this endpoint reads; None: the API's `api.max_body_size`. An upload
+    # endpoint raises it for itself
+    max_body_size: int | None = None
 
     def initialize(self, ctx: ApiContext,  # type: ignore[override]
                    route: str = "unmatched") -> None:
         self.ctx = ctx
         self.route_path = route  # the route's OpenAPI path: the metrics label
+        self.identity: Identity | None = None  # who the request acts as, once known
+        self._chunks: list[bytes] = []
+        self._raw_values: RawValues | None = None
+        self._values: Values | None = None
+        self._counted = False
+        self._body_read = False
 
     def prepare(self) -> None:
         self.ctx.in_flight += 1
         self._counted = True
         req = self.request
-        self._raw_values = RawValues.from_request(req.query_arguments, req.body_arguments,
-                                                  req.headers.get("Content-Type", ""), req.body)
-        self._values: Values | None = None
-        if not self.public and self.ctx.auth_enabled and not self.authenticated():
-            raise Unauthorized()
+        protected = not self.public and self.ctx.auth_enabled
+        self.identity = self._identity_from_headers(protected)
+        token_in_body = False
+        if protected and self.identity is None:
+            if not self._small_body():
+                raise Unauthorized()
+            token_in_body = True  # checked once the (small) body is in
+        self._refuse_cross_site()
         # a method the endpoint does not have is 405 before any handler-specific check runs
-        # (Tornado would only say so after the subclasses' prepare())
         allowed = self.allowed_methods()
         if allowed and req.method not in allowed:
             raise tornado.web.HTTPError(405)
+        self._limit_body(UNAUTHENTICATED_BODY_SIZE if (self.identity is None and self.public)
+                         or token_in_body else self.max_body_size or self.ctx.max_body_size)
+        self._run_after_body(token_in_body)
+
+    def _refuse_cross_site(self) -> None:
+        """CSRF: a request that may change state and comes from a browser page (it has an
+        `Origin`), or rests on a session cookie, must come from this API's own origin."""
+        req = self.request
+        if req.method not in WRITE_METHODS:
+            return
+        origin = req.headers.get("Origin")
+        by_session = self.identity is not None and self.identity.via == "session"
+        if (by_session or origin is not None) and not same_origin(
+                origin, req.headers.get("Referer"), req.host):
+            raise Refused(403, "Cross-site request refused: a request that changes state from "
+                               "a browser or with a session cookie must come from this API's "
+                               "own origin (an Origin or Referer header naming it); scripts "
+                               "can send the token in the X-Api-Key header instead")
+
+    # the body
+    def data_received(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+
+    def _small_body(self) -> bool:
+        """Whether the request declares a body small enough to read before authentication."""
+        length = self.request.headers.get("Content-Length", "")
+        return length.isdigit() and 0 < int(length) <= UNAUTHENTICATED_BODY_SIZE
+
+    def _limit_body(self, limit: int) -> None:
+        length = self.request.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > limit:
+            raise Refused(413, f"Request body too large: {int(length)} bytes; this endpoint "
+                               f"accepts at most {limit} bytes")
+        self._set_max_body_size(limit)
+
+    def _set_max_body_size(self, limit: int) -> None:
+        connection = self.request.connection
+        if isinstance(connection, HTTP1Connection):  # always, but for hand-made requests
+            connection.set_max_body_size(limit)
+
+    def _run_after_body(self, token_in_body: bool) -> None:
+        """Put `_after_body` in front of the handler method, which Tornado looks up and calls
+        once the whole body is in."""
+        name = (self.request.method or "").lower()
+        method = getattr(self, name)
+
+        @functools.wraps(method)
+        async def after_body(*args: Any, **kwargs: Any) -> None:
+            self._after_body(token_in_body)
+            result = method(*args, **kwargs)
+            if inspect.isawaitable(result):
+                await result
+
+        setattr(self, name, after_body)
+
+    def _after_body(self, token_in_body: bool) -> None:
+        self._body_read = True
+        req = self.request
+        req.body = b"".join(self._chunks)
+        self._chunks = []
+        if req.body:
+            try:
+                tornado.httputil.parse_body_arguments(
+                    req.headers.get("Content-Type", ""), req.body, req.body_arguments,
+                    req.files, req.headers)
+            except tornado.httputil.HTTPInputError as exc:
+                if token_in_body:
+                    raise Unauthorized() from None
+                raise InvalidValue(f"the request body cannot be read: {exc}") from None
+        if token_in_body:
+            try:
+                token = self.raw_values.get("token")
+            except InvalidValue:
+                raise Unauthorized() from None
+            self.identity = self._token_identity(token)
+            if self.identity is None:
+                raise Unauthorized()
+
+    @property
+    def raw_values(self) -> RawValues:
+        """The request's values as texts (query string and body), read once the body is in."""
+        if self._raw_values is None:
+            req = self.request
+            self._raw_values = RawValues.from_request(
+                req.query_arguments, req.body_arguments, req.headers.get("Content-Type", ""),
+                req.body)
+        return self._raw_values
 
     @property
     def values(self) -> Values:
@@ -89,40 +234,79 @@ class BaseHandler(tornado.web.RequestHandler):
         is configured) keep their answer."""
         if self._values is None:
             method = getattr(self, (self.request.method or "").lower(), None)
-            self._values = self._raw_values.parse(declared(method))
+            self._values = self.raw_values.parse(declared(method))
         return self._values
 
     def on_finish(self) -> None:
-        if getattr(self, "_counted", False):
-            self.ctx.in_flight -= 1
-            self._counted = False
+        self._uncount()
+        audit(self.identity, self.request, self.get_status())
         if self.ctx.metrics is not None:
             method = self.request.method or ""
             self.ctx.metrics.observe_request(
                 self.route_path, method if method in self.SUPPORTED_METHODS else "other",
                 self.get_status(), self.request.request_time())
 
+    def on_connection_close(self) -> None:
+        # the client left, perhaps in the middle of its body: no on_finish will come then
+        super().on_connection_close()  # ends the wait for the rest of the body
+        if not self._finished:
+            self._uncount()
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self.ctx.in_flight -= 1
+            self._counted = False
+
     # authentication
-    def authenticated(self) -> bool:
-        if self.session_id() is not None:
-            return True
-        token = self.request.headers.get("X-Api-Key") or self._raw_values.get("token")
-        return self.ctx.tokens.valid(token)
+    def _identity_from_headers(self, protected: bool) -> Identity | None:
+        """Who the headers (and the query string) say the client is: a session, else a token;
+        None if they name nobody. A bad token is 401; a client over its budget of failures
+        429, before its token is looked at."""
+        if not self.ctx.auth_enabled:
+            return ANONYMOUS
+        name = self._session_token_name()
+        if name is not None:
+            return Identity(name, "session")
+        if not protected:
+            return None  # a public endpoint: a token in it means nothing (login checks its own)
+        token = self.request.headers.get("X-Api-Key")
+        if token is None:
+            query = self.request.query_arguments.get("token")
+            token = query[-1].decode(errors="replace") if query else None
+        if not token:
+            return None
+        identity = self._token_identity(token)
+        if identity is None:
+            raise Unauthorized()
+        return identity
+
+    def _token_identity(self, token: str | None) -> Identity | None:
+        """The identity of `token`, or None (a failure, counted when a token was given)."""
+        self.refuse_if_over_failures()
+        name = self.ctx.tokens.match(token)
+        if name is None:
+            if token:
+                self.ctx.failures.record_failure(self.request.remote_ip or "")
+            return None
+        return Identity(name, "token")
+
+    def refuse_if_over_failures(self) -> None:
+        """429 with `Retry-After` if this client has failed too often (`pvcd.api.ratelimit`)."""
+        wait = self.ctx.failures.retry_after(self.request.remote_ip or "")
+        if wait is not None:
+            raise Refused(429, "Too many failed authentication attempts from this address; "
+                               f"try again in {retry_after_header(wait)} s",
+                          {"Retry-After": retry_after_header(wait)})
 
     def session_id(self) -> str | None:
-        """The id of a valid session named by the signed cookie, or None."""
-        raw = self.get_signed_cookie(SESSION_COOKIE, max_age_days=1)
-        if not raw:
-            return None
-        sid = raw.decode(errors="replace")
-        doc = self.ctx.view.cache.get(self.ctx.view.paths.session(sid))
-        if not isinstance(doc, dict):
-            return None
-        if session_expired(float(doc.get("expires", 0)), self.ctx.clock()):
-            return None
-        if not self.ctx.tokens.knows_digest(str(doc.get("token_sha256", ""))):
-            return None
-        return sid
+        """The session id named by a correctly signed, unexpired cookie, or None."""
+        days = self.ctx.sessions.lifetime / 86400
+        raw = self.get_signed_cookie(SESSION_COOKIE, max_age_days=days)
+        return raw.decode(errors="replace") if raw else None
+
+    def _session_token_name(self) -> str | None:
+        sid = self.session_id()
+        return None if sid is None else self.ctx.sessions.token_name(sid)
 
     # responses
     def reply(self, data: Any, status: int = 200) -> None:
@@ -147,8 +331,15 @@ class BaseHandler(tornado.web.RequestHandler):
     def _handle_request_exception(self, e: BaseException) -> None:
         if self._finished:
             return
-        if isinstance(e, Unauthorized):
-            self.message("Authentication required", 401)
+        if not self._body_read:
+            # answered before the body: Tornado discards what arrives of it until the answer
+            # is sent, then closes the connection (and adds no 400 for a body over the limit)
+            self.set_header("Connection", "close")
+            self._set_max_body_size(UNLIMITED)
+        if isinstance(e, Refused):
+            for name, value in e.headers.items():
+                self.set_header(name, value)
+            self.message(e.message, e.status)
         elif isinstance(e, PvcError):
             if isinstance(e, (BackendError, Conflict)):
                 log.warning("event=api-failure path=%s error=%s", self.request.path, e)
@@ -159,6 +350,11 @@ class BaseHandler(tornado.web.RequestHandler):
             self.message(_http_message(e.status_code), e.status_code)
         else:
             super()._handle_request_exception(e)  # type: ignore[misc]
+
+    def log_exception(self, typ: type[BaseException] | None, value: BaseException | None,
+                      tb: TracebackType | None) -> None:
+        if value is not None:
+            log_failure(self.request, value)
 
     @classmethod
     def allowed_methods(cls) -> list[str]:
@@ -176,6 +372,8 @@ class NotFoundHandler(BaseHandler):
 
     def prepare(self) -> None:
         super().prepare()
+        if self.identity is None and self.ctx.auth_enabled:
+            raise Unauthorized()  # not even a token in the body: the path is no one's business
         raise tornado.web.HTTPError(404)
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pvcd.api.auth import LOGIN_FORM, SESSION_COOKIE, SESSION_LIFETIME, new_session_id, token_digest
+from pvcd.api.auth import LOGIN_FORM, SESSION_COOKIE, Identity, token_digest
 from pvcd.api.base import BaseHandler
 from pvcd.api.routing import route
 from pvcd.api.values import accepts, text
-from pvcd.domain.records import ApiSession
 from pvcd.state.store import Op
 
 AUTH_DISABLED = "Authentication is disabled"
@@ -33,13 +32,15 @@ class LoginHandler(BaseHandler):
     async def post(self) -> None:
         if not self.ctx.auth_enabled:
             return self.message(AUTH_DISABLED)
+        self.refuse_if_over_failures()
         token = self.values[TOKEN]
-        if not self.ctx.tokens.valid(token):
+        name = self.ctx.tokens.match(token)
+        if name is None:
+            self.ctx.failures.record_failure(self.request.remote_ip or "")
             return self.message("Authentication failed: invalid token", 401)
-        sid = new_session_id()
-        now = self.ctx.clock()
-        session = ApiSession(token_digest(token), now, now + SESSION_LIFETIME)
-        await self.commit([Op.create(self.ctx.view.paths.session(sid), session.to_doc())])
+        self.identity = Identity(name, "token")
+        sid, ops = self.ctx.sessions.new(token_digest(token))
+        await self.commit(ops)
         self.set_signed_cookie(SESSION_COOKIE, sid, expires_days=None, httponly=True,
                                samesite="Strict", secure=self.request.protocol == "https")
         self.message("Login successful")
@@ -59,7 +60,7 @@ class LogoutHandler(BaseHandler):
             return self.message(AUTH_DISABLED)
         sid = self.session_id()
         self.clear_cookie(SESSION_COOKIE)
-        if sid is None:
+        if sid is None or self.identity is None:
             return self.message("No active session")
         await self.commit([Op.delete(self.ctx.view.paths.session(sid))])
         self.message("Logout successful")

@@ -75,7 +75,10 @@ ENDPOINTS: dict[str, dict[str, Operation]] = {
                          public=True, media_type="text/html",
                          answer={"type": "string"}, alternatives={JSON: ref("Message")}),
         "post": Operation("Open a session for a token (sets the signed session cookie)",
-                          public=True, failures={401: "The token is not valid."}),
+                          public=True, failures={
+                              401: "The token is not valid.",
+                              429: "Too many failed attempts from this address: wait "
+                                   "Retry-After seconds."}),
     },
     "/auth/logout": {
         "get": Operation("Close the current session", public=True),
@@ -338,6 +341,13 @@ def _operation(r: Route, method: str, op: Operation) -> dict[str, Any]:
     failures = dict(op.failures)
     if not op.public:
         failures[401] = "Authentication required: no valid session, token value or X-Api-Key."
+        failures[429] = ("Too many failed authentication attempts from this address: try again "
+                         "after the Retry-After header's seconds.")
+    if method in BODY_METHODS or method == "delete":
+        failures[403] = ("Cross-site request refused: with a session cookie, or from a browser "
+                         "page, a change must come from the API's own origin.")
+    if method in BODY_METHODS:
+        failures[413] = "Request body too large for this endpoint; `message` gives the limit."
     for status, description in sorted(failures.items()):
         responses[str(status)] = {"description": description,
                                   "content": {JSON: {"schema": ref("Message")}}}

@@ -5,7 +5,7 @@ Tasks are read from the cache like everything else; storage requests are listed 
 tasks named `storage.<op>`. `start_task` refuses a task on an object another unfinished task
 works on (510 naming that task: a client never waits behind work it cannot see), creates the
 task in one transaction with whatever must be reserved at once, and answers 202 with its id and
-`Location`; with the flag `wait` it first waits (up to `TASK_WAIT`) for the task to finish: 200
+`Location`; with the flag `wait` it first waits (up to `api.task_wait`) for the task to finish: 200
 with its result, 510 with its failure, still 202 while it runs.
 
 Race named: two requests on the same object within one event-loop turn may both pass the busy
@@ -29,12 +29,11 @@ from pvcd.state.request_size import check_request_size
 from pvcd.state.store import Op
 from pvcd.state.tasks import read_storage_tasks, read_task, read_tasks
 
-TASK_WAIT = 120.0  # seconds: the longest a `wait` on a task waits (the spec's api.task_wait)
 PREFIX = "/api/v1/tasks"
 
-WAIT_FOR_TASK = flag("wait", f"Answer once the task has finished, waiting at most "
-                     f"{TASK_WAIT:g} s: 200 with its result, 510 with why it failed, or still "
-                     "202 while it runs.")
+WAIT_FOR_TASK = flag("wait", "Answer once the task has finished, waiting at most "
+                     "api.task_wait (120 s by default): 200 with its result, 510 with why it "
+                     "failed, or still 202 while it runs.")
 # declared by every endpoint that starts a task: `@accepts(..., *TASK_VALUES)`
 TASK_VALUES = (WAIT_FOR_TASK,)
 
@@ -89,7 +88,8 @@ async def start_task(handler: BaseHandler, name: str, args: dict[str, Any],
             return moving or (isinstance(doc, dict) and doc.get("state") in
                               TASK_FINISHED_STATES)
 
-        (doc, _), _ = await wait_until(view.cache, (path, here), seen, over, TASK_WAIT)
+        (doc, _), _ = await wait_until(view.cache, (path, here), seen, over,
+                                       handler.ctx.task_wait)
         done = TaskRecord.from_doc(doc) if isinstance(doc, dict) else record
         if done.state == "success":
             handler.reply({"message": done.message, "task_id": done.id,

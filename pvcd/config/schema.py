@@ -120,6 +120,14 @@ class AuthSection:
     enabled: bool = False
     secret_key: str = ""
     tokens: tuple[TokenEntry, ...] = ()
+    # with auth off, the API refuses to listen on any address but loopback unless this is true
+    allow_unauthenticated: bool = False
+    # a login session ends this long after it was opened (removed from ZooKeeper then)
+    session_lifetime: float = field(default=43200.0, metadata=checks(in_range(60, 2592000)))
+    # bad tokens and failed logins per client address: a burst of `max_failures`, then one
+    # more attempt every failure_window / max_failures seconds; beyond that, 429
+    max_failures: int = field(default=20, metadata=checks(in_range(1, 10000)))
+    failure_window: float = field(default=60.0, metadata=checks(in_range(1, 86400)))
 
     def cross_check(self) -> Problem | None:
         first_index: dict[str, int] = {}
@@ -167,6 +175,20 @@ class ApiSection:
     port: int = field(default=7370, metadata=checks(in_range(1, 65535)))
     auth: AuthSection = field(default_factory=AuthSection)
     tls: TlsSection = field(default_factory=TlsSection)
+    # the largest request body an endpoint reads unless it declares more (an upload); a client
+    # not yet authenticated by its headers may send 64 KiB at most
+    max_body_size: int = field(default=4 * 1024 * 1024,
+                               metadata=checks(in_range(65536, 1024 * 1024 * 1024)))
+    # how long a client may take to send a request's headers (and a kept-alive connection may
+    # stay idle), and then its body
+    header_timeout: float = field(default=10.0, metadata=checks(in_range(0.1, 3600)))
+    body_timeout: float = field(default=60.0, metadata=checks(in_range(0.1, 3600)))
+    # open connections: in all (at the cap a new one replaces the longest idle), and per
+    # client address
+    max_connections: int = field(default=1000, metadata=checks(in_range(1, 1000000)))
+    max_connections_per_client: int = field(default=64, metadata=checks(in_range(1, 1000000)))
+    # how long a request with `wait` waits for its task before answering 202 (extensions §0.2)
+    task_wait: float = field(default=120.0, metadata=checks(in_range(1, 3600)))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -170,8 +170,12 @@ class Lab:
                             "zookeeper_tls": {"enabled": zookeeper_tls,
                                               "ca_file": info.zookeeper_ca}},
                 "api": {"listen": "127.0.0.1", "port": api_port,
+                        # every lab client comes from one address, and the API fuzzer
+                        # (tests/e2e/test_openapi_fuzz.py) sends bad tokens to every endpoint
+                        # on purpose: a failure budget that they do not exhaust
                         "auth": {"enabled": auth, "secret_key": secret,
-                                 "tokens": [{"token": info.token, "description": "lab"}]},
+                                 "tokens": [{"token": info.token, "description": "lab"}],
+                                 "max_failures": 10000},
                         "tls": tls_config},
                 "timing": {"keepalive_interval": keepalive_interval, "handover_timeout": 5.0,
                            "dead_threshold": dead_threshold},
@@ -190,6 +194,9 @@ class Lab:
                 # the daemon runs inside its node's namespace: its API answers on the floating
                 # IP only (lab.json's `api` is the lab proxy into the underlay)
                 cast(dict[str, Any], config["api"])["listen"] = FLOATING_IP
+                # the floating IP is on the lab's private underlay: a lab without auth may
+                # serve it (a production API without auth stays on loopback unless told)
+                cast(dict[str, Any], config["api"])["auth"]["allow_unauthenticated"] = not auth
             # every coordinator knows how to fence every node (its own authority)
             targets = []
             for other in range(1, nodes + 1):

@@ -14,7 +14,9 @@ from collections.abc import Iterator
 from pvcd.api.app import make_context
 from pvcd.api.auth import Tokens
 from pvcd.api.base import ApiContext
+from pvcd.api.connections import ConnectionLimits
 from pvcd.api.server import ApiServer
+from pvcd.config.schema import ApiSection
 from pvcd.lab.zookeeper import free_port
 from tests.apiclient import ApiClient
 from tests.fakes.state import ClusterState, FakeClock
@@ -22,21 +24,36 @@ from tests.fakes.state import ClusterState, FakeClock
 TOKEN = "fast-tier-token"
 
 
-def make_api_context(state: ClusterState, node_name: str, clock: FakeClock) -> ApiContext:
-    return make_context(state.view, state.store, node_name, True, Tokens.from_config([TOKEN]),
-                        clock=clock)
+def make_api_context(state: ClusterState, node_name: str, clock: FakeClock,
+                     api: ApiSection | None = None) -> ApiContext:
+    return make_context(state.view, state.store, node_name, True,
+                        Tokens.from_config([(TOKEN, "fast tier")]), clock=clock, api=api)
 
 
 @contextlib.contextmanager
-def running_api(state: ClusterState, clock: FakeClock, node_name: str = "node1"
-                ) -> Iterator[ApiClient]:
+def serving_api(state: ClusterState, clock: FakeClock, node_name: str = "node1",
+                api: ApiSection | None = None, session_sweep_interval: float = 60.0
+                ) -> Iterator[tuple[ApiServer, ApiClient]]:
+    """The server and a client of it. `api`: the config section with the limits (its listen
+    address and port are not used: the API listens on a free loopback port); the defaults when
+    not given."""
     port = free_port()
-    server = ApiServer(make_api_context(state, node_name, clock), "127.0.0.1", port,
-                       cookie_secret="fast-tier-secret", drain_timeout=0.1)
+    api = api or ApiSection()
+    server = ApiServer(make_api_context(state, node_name, clock, api), "127.0.0.1", port,
+                       cookie_secret="fast-tier-secret", drain_timeout=0.1,
+                       limits=ConnectionLimits.from_config(api),
+                       session_sweep_interval=session_sweep_interval)
     server.start()
     client = ApiClient(f"http://127.0.0.1:{port}/api/v1", TOKEN)
     try:
-        yield client
+        yield server, client
     finally:
         client.session.close()
         server.stop()
+
+
+@contextlib.contextmanager
+def running_api(state: ClusterState, clock: FakeClock, node_name: str = "node1",
+                api: ApiSection | None = None) -> Iterator[ApiClient]:
+    with serving_api(state, clock, node_name, api) as (_, client):
+        yield client

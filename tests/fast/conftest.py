@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from kazoo.client import KazooClient
 
+from tests.fakes.api import ApiClient, running_api
 from tests.fakes.nodes import SimCluster, sim_cluster
 from tests.fakes.state import ClusterState
 
@@ -25,3 +26,18 @@ def sim(cluster_state: ClusterState, tmp_path: Path) -> Iterator[SimCluster]:
     """Simulated nodes over `cluster_state` (tests/fakes/nodes.py); add them with `add_node`."""
     with sim_cluster(cluster_state, tmp_path) as cluster:
         yield cluster
+
+
+@pytest.fixture
+def sim_node1(sim: SimCluster) -> SimCluster:
+    """`sim` with one simulated node, node1, which holds the primary role."""
+    sim.add_node("node1")
+    sim.step()
+    return sim
+
+
+@pytest.fixture
+def node1_api(sim_node1: SimCluster) -> Iterator[ApiClient]:
+    """The real API over `sim_node1`, with the default limits (tests/fakes/api.py)."""
+    with running_api(sim_node1.state, sim_node1.clock) as client:
+        yield client

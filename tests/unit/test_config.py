@@ -136,7 +136,8 @@ def test_bad_file_names_the_file(tmp_path: Path, text: str, problem: str) -> Non
         ("nodes", "node, cluster, networks, api, timing, drivers, fencing, tasks"),
         # set by the loader only
         ("path", "node, cluster, networks, api, timing, drivers, fencing, tasks"),
-        ("api.bogus", "listen, port, auth, tls"),
+        ("api.bogus", "listen, port, auth, tls, max_body_size, header_timeout, body_timeout, "
+                      "max_connections, max_connections_per_client, task_wait"),
         ("networks.upstream.gateway", "device, network, floating_ip"),
     ],
 )

@@ -39,6 +39,8 @@ def production_config() -> dict[str, Any]:
     config = yaml.safe_load(EXAMPLE.read_text())
     config["node"]["coordinator"] = True
     config["api"]["tls"] = {"enabled": False}
+    config["api"]["auth"] = {"enabled": True, "secret_key": "s" * 32,
+                             "tokens": [{"token": "production-token", "description": "ops"}]}
     config["drivers"]["libvirt"]["uri"] = "test:///default"
     config["drivers"]["ceph"]["enabled"] = True
     config["fencing"]["targets"] = [{"node": "hv2", "driver": "ipmi", "ipmi_host": "bmc-hv2",
@@ -63,6 +65,19 @@ def test_a_lab_fence_driver_is_refused_without_the_labs_plugins() -> None:
     with pytest.raises(ConfigError, match=re.escape(
             "fencing.targets[0].driver: 'lab' is not available to this daemon")):
         NodeDaemon(parse_config(config, "pvcd.yaml"))
+
+
+def test_a_coordinator_without_auth_on_a_public_address_refuses_to_start() -> None:
+    config = production_config()
+    config["api"]["auth"] = {"enabled": False}
+    with pytest.raises(ConfigError, match=re.escape(
+            "pvcd.yaml: api.auth.enabled is false and the API would listen on 0.0.0.0")):
+        NodeDaemon(parse_config(config, "pvcd.yaml"))
+    config["api"]["auth"]["allow_unauthenticated"] = True
+    NodeDaemon(parse_config(config, "pvcd.yaml"))
+    config["node"]["coordinator"] = False  # no API on this node: nothing to refuse
+    config["api"]["auth"]["allow_unauthenticated"] = False
+    NodeDaemon(parse_config(config, "pvcd.yaml"))
 
 
 class RecordingFence:
