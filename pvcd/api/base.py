@@ -142,6 +142,8 @@ class BaseHandler(tornado.web.RequestHandler):
         self._limit_body(UNAUTHENTICATED_BODY_SIZE if (self.identity is None and self.public)
                          or token_in_body else self.max_body_size or self.ctx.max_body_size)
         self._run_after_body(token_in_body)
+        if not token_in_body and (self.identity is not None or not protected):
+            self.authenticated()
 
     def _refuse_cross_site(self) -> None:
         """CSRF: a request that may change state and comes from a browser page (it has an
@@ -216,6 +218,12 @@ class BaseHandler(tornado.web.RequestHandler):
             self.identity = self._token_identity(token)
             if self.identity is None:
                 raise Unauthorized()
+            self.authenticated()
+
+    def authenticated(self) -> None:
+        """Checks a handler makes only for a known client (a stranger learns nothing from
+        them): run in `prepare` once the headers say who it is, else once the token in the
+        body has been checked. Overridden where needed."""
 
     @property
     def raw_values(self) -> RawValues:

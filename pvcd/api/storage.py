@@ -132,9 +132,8 @@ def snapshot_object(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 class StorageHandler(BaseHandler):
-    def prepare(self) -> None:
-        super().prepare()
-        storage_timeout(self.ctx)
+    def authenticated(self) -> None:
+        storage_timeout(self.ctx)  # "storage is not configured": for known clients only
 
     @property
     def view(self) -> ClusterView:

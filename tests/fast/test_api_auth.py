@@ -66,6 +66,20 @@ def test_a_token_in_the_body_of_a_small_request_authenticates(node1_api: ApiClie
     assert broken.status_code == 401
 
 
+def test_a_stranger_learns_nothing_of_an_endpoint_before_its_token_is_checked(
+        node1_api: ApiClient) -> None:
+    """Storage is not configured on this API: a known client is told so (510), a stranger whose
+    small body carries a wrong token only hears 401."""
+    known = node1_api.get("/storage/ceph/pool")
+    assert known.status_code == 510 and "storage" in known.json()["message"].lower()
+    stranger = node1_api.post("/storage/ceph/pool", token=False,
+                              data={"token": WRONG, "pool": "p1", "pgs": "8"})
+    assert (stranger.status_code, stranger.json()) == (401, {"message": "Authentication required"})
+    by_body = node1_api.post("/storage/ceph/pool", token=False,
+                             data={"token": TOKEN, "pool": "p1", "pgs": "8"})
+    assert by_body.status_code == 510 and "storage" in by_body.json()["message"].lower()
+
+
 def test_no_log_line_holds_a_token(node1_api: ApiClient, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     base = node1_api.base
