@@ -99,6 +99,19 @@ def victim_of(api: LabClient) -> str:
     return next(n for n in NODES if n != primary)
 
 
+def vms_on_a_victim(lab: Lab, api: LabClient, count: int, prefix: str) -> tuple[str, list[str]]:
+    """A node other than the primary, running `count` new VMs: (its name, their UUIDs)."""
+    victim = victim_of(api)
+    uuids = define_on(api, victim, count, prefix)
+    wait_until(lambda: all_on(lab, uuids, victim), timeout=10)
+    return victim, uuids
+
+
+def cut_off(lab: Lab, node: str) -> None:
+    """Take `node`'s link to the underlay (ZooKeeper, the other nodes) down."""
+    in_ns(lab.network().node_ns(node), "ip", "link", "set", "eth0", "down")
+
+
 def test_a_hung_node_is_fenced_and_its_vms_recovered(ha_lab: tuple[Lab, LabClient]) -> None:
     lab, api = ha_lab
     victim = victim_of(api)
@@ -191,12 +204,9 @@ def test_killed_primary_is_fenced_by_the_new_one(ha_lab: tuple[Lab, LabClient]) 
 def test_a_partitioned_node_is_fenced_and_no_vm_ever_runs_twice(make_lab: LabFactory) -> None:
     # network lab: daemons in their node namespaces, ZooKeeper on the underlay
     lab, api = make_lab(**{**HA_LAB, "session_timeout": 3.0}, network=True)
-    victim = victim_of(api)
-    uuids = define_on(api, victim, 4, "x")
-    wait_until(lambda: all_on(lab, uuids, victim), timeout=10)
-    node_ns = lab.network().node_ns(victim)
+    victim, uuids = vms_on_a_victim(lab, api, 4, "x")
     with DoubleRunSampler(lab) as sampler:
-        in_ns(node_ns, "ip", "link", "set", "eth0", "down")  # cut from the underlay
+        cut_off(lab, victim)
         cut = time.monotonic()
         wait_until(lambda: all_elsewhere(lab, uuids, victim), timeout=30)
         recovered = time.monotonic() - cut

@@ -20,7 +20,13 @@ from pvcd.lab.lab import Lab
 from pvcd.lab.netns import in_ns
 from pvcd.lab.watchdog import read_state, resets
 from tests.e2e.labclient import LabClient, LabFactory, wait_until
-from tests.e2e.test_ha import HA_LAB, DoubleRunSampler, all_on, define_on, running, victim_of
+from tests.e2e.test_ha import (
+    HA_LAB,
+    DoubleRunSampler,
+    cut_off,
+    running,
+    vms_on_a_victim,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -68,12 +74,9 @@ def test_a_partitioned_node_resets_itself_before_its_vms_start_elsewhere(
         make_lab: LabFactory) -> None:
     # network lab: the daemons in their node namespaces, ZooKeeper on the underlay
     lab, api = watchdog_lab(make_lab, session_timeout=3.0, network=True)
-    victim = victim_of(api)
-    uuids = define_on(api, victim, 3, "w")
-    wait_until(lambda: all_on(lab, uuids, victim), timeout=10)
-    node_ns = lab.network().node_ns(victim)
+    victim, uuids = vms_on_a_victim(lab, api, 3, "w")
     with DoubleRunSampler(lab) as sampler:
-        in_ns(node_ns, "ip", "link", "set", "eth0", "down")  # cut from the cluster
+        cut_off(lab, victim)
         cut = time.time()
         moved = first_time_elsewhere(lab, uuids, victim, timeout=45)
         wait_until(lambda: all(len(running(lab).get(u, [])) == 1 for u in uuids), timeout=15)
@@ -82,7 +85,7 @@ def test_a_partitioned_node_resets_itself_before_its_vms_start_elsewhere(
         assert cut < reset[0]["at"] < moved, (cut, reset, moved)
         assert api.nodes()[victim]["fence_state"] == "fenced"
         # back on the network, the node (booted again) joins and runs none of them twice
-        in_ns(node_ns, "ip", "link", "set", "eth0", "up")
+        in_ns(lab.network().node_ns(victim), "ip", "link", "set", "eth0", "up")
         wait_until(lambda: api.nodes()[victim]["daemon_state"] == "run", timeout=30)
         time.sleep(1.0)
     assert sampler.samples > 10 and sampler.violations == []
@@ -94,9 +97,7 @@ def test_a_partitioned_node_resets_itself_before_its_vms_start_elsewhere(
 def test_a_hung_node_resets_itself_and_waits_for_the_fence_before_it_joins_again(
         make_lab: LabFactory) -> None:
     lab, api = watchdog_lab(make_lab)
-    victim = victim_of(api)
-    uuids = define_on(api, victim, 3, "h")
-    wait_until(lambda: all_on(lab, uuids, victim), timeout=10)
+    victim, uuids = vms_on_a_victim(lab, api, 3, "h")
     with DoubleRunSampler(lab) as sampler:
         lab.signal_node(victim, signal.SIGSTOP)  # hung: its session lives, it pets nothing
         stopped = time.time()
