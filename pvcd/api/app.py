@@ -12,7 +12,18 @@ from collections.abc import Callable
 
 import tornado.web
 
-from pvcd.api import cluster, general, metrics, networks, nodes, openapi, storage, tasks, vms
+from pvcd.api import (
+    cluster,
+    general,
+    metrics,
+    networks,
+    nodes,
+    openapi,
+    storage,
+    tasks,
+    vms,
+    volumes,
+)
 from pvcd.api.auth import Tokens
 from pvcd.api.base import ApiContext, NotFoundHandler
 from pvcd.api.ratelimit import FailureLimiter
@@ -30,6 +41,7 @@ ROUTES: list[Route] = [
     *networks.ROUTES,
     *cluster.ROUTES,
     *storage.ROUTES,
+    *volumes.ROUTES,
     *tasks.ROUTES,
     *openapi.ROUTES,
     *metrics.ROUTES,

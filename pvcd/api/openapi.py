@@ -66,6 +66,24 @@ _WAIT_FAILURES = {503: "With `wait`: the API is moving to another node (a primar
                       "the request was accepted."}
 _WAIT_GET = " With `wait`: answers once it has settled (as the write's `wait` does)."
 
+_LONG = (" Answers 200 once Ceph has done it within drivers.ceph.request_timeout (api.task_wait "
+         "with `wait`), else 202 naming the storage request, which /tasks/{task_id} shows as "
+         "the task storage.<op>.")
+_STILL_RUNNING = {202: "Still running after the timeout: {task_id, task_name, run_on, message} "
+                      "and a Location header; follow it at /tasks/{task_id}."}
+_SNAPSHOT = {
+    "get": Operation("One snapshot (a one-element list)" + _STORAGE, array_of("Snapshot")),
+    "post": Operation("Take this snapshot (PVC 1.0's element form)" + _WAITS),
+    "put": Operation("Rename a snapshot (rbd snap rename)" + _WAITS),
+    "delete": Operation("Remove a snapshot" + _WAITS),
+}
+_ROLLBACK = {
+    "post": Operation("Roll a volume back to this snapshot (rbd snap rollback). Refused while "
+                      "a VM whose XML names the volume is not stopped or still runs, while "
+                      "anyone has it open (they are listed), or while it is busy." + _LONG,
+                      failures=_STILL_RUNNING),
+}
+
 # route path → method → operation. Keep the order of the route table.
 ENDPOINTS: dict[str, dict[str, Operation]] = {
     # general
@@ -210,19 +228,32 @@ ENDPOINTS: dict[str, dict[str, Operation]] = {
         "get": Operation("List RBD snapshots" + _STORAGE, array_of("Snapshot")),
         "post": Operation("Take an RBD snapshot" + _WAITS),
     },
-    "/storage/ceph/volume/snapshot/<pool>/<volume>/<snapshot>": {
-        "get": Operation("One snapshot (a one-element list)" + _STORAGE, array_of("Snapshot")),
-        "delete": Operation("Remove a snapshot" + _WAITS),
-    },
-    "/storage/ceph/volume/<pool>/<volume>": {
-        "get": Operation("One volume (a one-element list)" + _STORAGE, array_of("Volume")),
-        "put": Operation("Rename and/or resize a volume" + _WAITS),
-        "delete": Operation("Remove a volume (it must have no snapshots)" + _WAITS),
-    },
     "/storage/ceph/request/<request_id>": {
         "get": Operation("A storage request's state (pvcd addition)" + _STORAGE,
                          ref("StorageRequest")),
     },
+    # volume clone, resize, rename; snapshot rename, rollback (pvcd.api.volumes)
+    "/storage/ceph/volume/snapshot/<pool>/<volume>/<snapshot>": _SNAPSHOT,
+    "/storage/ceph/volume/snapshot/<pool>/<volume>/<snapshot>/rollback": _ROLLBACK,
+    "/storage/ceph/volume/<pool>/<volume>": {
+        "get": Operation("One volume (a one-element list)" + _STORAGE, array_of("Volume")),
+        "put": Operation("Resize and/or rename a volume (resize first); PVC 1.0's new_size and "
+                         "new_name are accepted too. Refused: a rename while a VM's XML names "
+                         "it, a shrink while a running VM uses it, a volume busy with a task, "
+                         "no room in the pool (past 80 % of it without force)." + _WAITS),
+        "delete": Operation("Remove a volume (it must have no snapshots)" + _WAITS),
+    },
+    "/storage/ceph/volume/<pool>/<volume>/clone": {
+        "post": Operation("Copy a volume (or one of its snapshots) into a new, independent "
+                          "volume of the same pool (rbd copy)." + _LONG, failures=_STILL_RUNNING),
+    },
+    "/storage/ceph/snapshot": {
+        "get": Operation("List RBD snapshots (PVC 1.0's path)" + _STORAGE,
+                         array_of("Snapshot")),
+        "post": Operation("Take an RBD snapshot (PVC 1.0's path)" + _WAITS),
+    },
+    "/storage/ceph/snapshot/<pool>/<volume>/<snapshot>": _SNAPSHOT,
+    "/storage/ceph/snapshot/<pool>/<volume>/<snapshot>/rollback": _ROLLBACK,
     # tasks (docs/tasks.md)
     "/tasks": {
         "get": Operation("List tasks and storage requests, newest first (a storage request "

@@ -59,31 +59,52 @@ def storage_timeout(ctx: ApiContext) -> float:
     return float(timeout)
 
 
-async def run_request(handler: BaseHandler, op: str, args: dict[str, Any],
-                      target: str = PRIMARY_TARGET) -> StorageRequest:
-    """Write a storage request, wait for its result; return it when done, raise when failed or
-    still running at the timeout."""
+async def submit_request(handler: BaseHandler, op: str, args: dict[str, Any],
+                         target: str = PRIMARY_TARGET) -> tuple[StorageRequest, float]:
+    """Write a storage request (checked with the rules the executing node checks again); the
+    request and how long to wait for it."""
     ctx = handler.ctx
     timeout = storage_timeout(ctx)
-    check_storage_request(op, args)  # the rules the executing node checks again
+    check_storage_request(op, args)
     request = StorageRequest(id=new_request_id(ctx.clock), op=op, args=args, target=target,
                              created=ctx.clock())
     path = ctx.view.paths.storage_request(request.id)
     await handler.commit([Op.create(path, request.to_doc())])
-    return await request_outcome(ctx, request, timeout)
+    return request, timeout
+
+
+async def run_request(handler: BaseHandler, op: str, args: dict[str, Any],
+                      target: str = PRIMARY_TARGET) -> StorageRequest:
+    """Write a storage request, wait for its result; return it when done, raise when failed or
+    still running at the timeout."""
+    request, timeout = await submit_request(handler, op, args, target)
+    return await request_outcome(handler.ctx, request, timeout)
+
+
+async def request_state(ctx: ApiContext, request: StorageRequest,
+                        timeout: float) -> StorageRequest:
+    """A written storage request once it has finished (done or failed), or as it is at the
+    timeout."""
+    doc = await wait_for_request(ctx.view.cache, ctx.view.paths.storage_request(request.id),
+                                 timeout)
+    return from_dict(StorageRequest, doc) if isinstance(doc, dict) else request
+
+
+def request_failure(result: StorageRequest) -> PvcError:
+    """The error a failed request reports, of the class its executor raised."""
+    return _ERRORS.get(result.error or "", BackendError)(result.message)
 
 
 async def request_outcome(ctx: ApiContext, request: StorageRequest,
                           timeout: float) -> StorageRequest:
     """Wait for a written storage request; return it when done, raise when failed or still
     running at the timeout."""
-    path, op, target = ctx.view.paths.storage_request(request.id), request.op, request.target
-    doc = await wait_for_request(ctx.view.cache, path, timeout)
-    result = from_dict(StorageRequest, doc) if isinstance(doc, dict) else request
+    op, target = request.op, request.target
+    result = await request_state(ctx, request, timeout)
     if result.state == "done":
         return result
     if result.state == "failed":
-        raise _ERRORS.get(result.error or "", BackendError)(result.message)
+        raise request_failure(result)
     where = "the primary" if target == PRIMARY_TARGET else f"node {target}"
     raise BackendError(
         f"storage request {request.id} ({op}) has not finished after {timeout:g} s; it keeps "
@@ -341,36 +362,11 @@ class VolumeListHandler(StorageHandler):
         self.message(request.message)
 
 
-NEW_NAME = text("name", "A new name.")
-NEW_SIZE = value("size", "A new size (as for POST); shrinking needs allow_shrink.", parse_size)
-ALLOW_SHRINK = flag("allow_shrink", "Allow a size below the current one (destroys data).")
-
-
 class VolumeHandler(StorageHandler):
+    """GET and DELETE; `PUT` (resize, rename) is `pvcd.api.volumes.VolumeChangeHandler`'s."""
+
     def get(self, pool: str, volume: str) -> None:
         self.reply([volume_object(self.volume(pool, volume))])
-
-    @accepts(NEW_NAME, NEW_SIZE, ALLOW_SHRINK)
-    async def put(self, pool: str, volume: str) -> None:
-        doc = self.volume(pool, volume)
-        name, size = self.values[NEW_NAME], self.values[NEW_SIZE]
-        if name is None and size is None:
-            raise InvalidValue("give 'name' (to rename the volume) and/or 'size' (to resize it)")
-        args: dict[str, Any] = {"pool": pool, "volume": volume}
-        if name and name != volume:
-            args["name"] = check_volume_name(name)
-            if self.view.cache.exists(self.view.paths.storage_volume(pool, name)):
-                raise Conflict(f"RBD volume {pool}/{name} already exists")
-        if size is not None:
-            current = (doc.get("stats") or {}).get("size")
-            allow_shrink = self.values[ALLOW_SHRINK]
-            if isinstance(current, int) and size < current and not allow_shrink:
-                raise InvalidValue(f"RBD volume {pool}/{volume} is {current} bytes; shrinking "
-                                   f"it to {size} bytes would destroy the data beyond that size "
-                                   "(add 'allow_shrink' to do it anyway)")
-            args.update(size=size, allow_shrink=allow_shrink)
-        request = await run_request(self, "volume-modify", args)
-        self.message(request.message)
 
     async def delete(self, pool: str, volume: str) -> None:
         self.volume(pool, volume)
@@ -420,6 +416,8 @@ class SnapshotListHandler(StorageHandler):
 
 
 class SnapshotHandler(StorageHandler):
+    """GET and DELETE; `PUT` (rename) is `pvcd.api.volumes.SnapshotChangeHandler`'s."""
+
     def get(self, pool: str, volume: str, snapshot: str) -> None:
         self.reply([snapshot_object(self.snapshot(pool, volume, snapshot))])
 
@@ -482,7 +480,5 @@ ROUTES = [
     route("/storage/ceph/pool/<pool>", PoolHandler),
     route("/storage/ceph/volume", VolumeListHandler),
     route("/storage/ceph/volume/snapshot", SnapshotListHandler),
-    route("/storage/ceph/volume/snapshot/<pool>/<volume>/<snapshot>", SnapshotHandler),
-    route("/storage/ceph/volume/<pool>/<volume>", VolumeHandler),
     route("/storage/ceph/request/<request_id>", RequestHandler),
 ]

@@ -52,11 +52,11 @@ def check_rename(view: ClusterView, spec: VmSpec, new_name: str,
         raise Conflict(f"A VM named '{new_name}' already exists")
     if spec.removing:
         raise Conflict(f"VM '{spec.name}' is being removed")
-    where = _running_on(view, spec.uuid)
+    where = running_on(view, spec.uuid)
     if spec.state not in STOPPED_STATES or where is not None:
         raise Conflict(f"VM '{spec.name}' must be stopped to be renamed (state {spec.state}"
                        + (f", running on {where}" if where else "") + "); stop it first")
-    busy = _volumes_in_requests(view)
+    busy = volumes_in_requests(view)
     for pool, volume, new_volume in renames:
         check_volume_name(new_volume)
         if not view.cache.exists(view.paths.storage_volume(pool, volume)):
@@ -109,7 +109,7 @@ async def _rename_back(handler: BaseHandler, done: list[tuple[str, str, str]]) -
     return "the volumes renamed so far were renamed back; the VM keeps its name"
 
 
-def _running_on(view: ClusterView, uuid: str) -> str | None:
+def running_on(view: ClusterView, uuid: str) -> str | None:
     """Where the VM runs: its status, else a node whose libvirt listed it as running at its
     last keepalive."""
     status = view.vm_status(uuid)
@@ -122,7 +122,7 @@ def _running_on(view: ClusterView, uuid: str) -> str | None:
     return None
 
 
-def _volumes_in_requests(view: ClusterView) -> dict[tuple[str, str], str]:
+def volumes_in_requests(view: ClusterView) -> dict[tuple[str, str], str]:
     """(pool, volume) → id of each unfinished storage request that names a volume."""
     busy = {}
     for request_id in view.cache.children(view.paths.storage_requests):

@@ -77,10 +77,15 @@ OPERATIONS: Mapping[str, tuple[Mapping[str, Check], Mapping[str, Check]]] = {
     "pool-remove": ({"pool": POOL}, {}),
     "volume-add": ({"pool": POOL, "volume": VOLUME, "size": _size}, {}),
     "volume-modify": ({"pool": POOL, "volume": VOLUME},
-                      {"name": VOLUME, "size": _size, "allow_shrink": _flag}),
+                      {"name": VOLUME, "size": _size, "allow_shrink": _flag, "force": _flag}),
+    "volume-clone": ({"pool": POOL, "volume": VOLUME, "new_volume": VOLUME},
+                     {"snapshot": SNAPSHOT, "force": _flag}),
     "volume-remove": ({"pool": POOL, "volume": VOLUME}, {"with_snapshots": _flag}),
     "snapshot-add": ({"pool": POOL, "volume": VOLUME, "snapshot": SNAPSHOT}, {}),
     "snapshot-remove": ({"pool": POOL, "volume": VOLUME, "snapshot": SNAPSHOT}, {}),
+    "snapshot-rename": ({"pool": POOL, "volume": VOLUME, "snapshot": SNAPSHOT,
+                         "new_name": SNAPSHOT}, {}),
+    "snapshot-rollback": ({"pool": POOL, "volume": VOLUME, "snapshot": SNAPSHOT}, {}),
 }
 
 

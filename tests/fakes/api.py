@@ -25,21 +25,25 @@ TOKEN = "fast-tier-token"
 
 
 def make_api_context(state: ClusterState, node_name: str, clock: FakeClock,
-                     api: ApiSection | None = None) -> ApiContext:
+                     api: ApiSection | None = None,
+                     storage_request_timeout: float | None = None) -> ApiContext:
     return make_context(state.view, state.store, node_name, True,
-                        Tokens.from_config([(TOKEN, "fast tier")]), clock=clock, api=api)
+                        Tokens.from_config([(TOKEN, "fast tier")]),
+                        storage_request_timeout=storage_request_timeout, clock=clock, api=api)
 
 
 @contextlib.contextmanager
 def serving_api(state: ClusterState, clock: FakeClock, node_name: str = "node1",
-                api: ApiSection | None = None, session_sweep_interval: float = 60.0
+                api: ApiSection | None = None, session_sweep_interval: float = 60.0,
+                storage_request_timeout: float | None = None
                 ) -> Iterator[tuple[ApiServer, ApiClient]]:
     """The server and a client of it. `api`: the config section with the limits (its listen
     address and port are not used: the API listens on a free loopback port); the defaults when
     not given."""
     port = free_port()
     api = api or ApiSection()
-    server = ApiServer(make_api_context(state, node_name, clock, api), "127.0.0.1", port,
+    server = ApiServer(make_api_context(state, node_name, clock, api, storage_request_timeout),
+                       "127.0.0.1", port,
                        cookie_secret="fast-tier-secret", drain_timeout=0.1,
                        limits=ConnectionLimits.from_config(api),
                        session_sweep_interval=session_sweep_interval)
@@ -54,6 +58,9 @@ def serving_api(state: ClusterState, clock: FakeClock, node_name: str = "node1",
 
 @contextlib.contextmanager
 def running_api(state: ClusterState, clock: FakeClock, node_name: str = "node1",
-                api: ApiSection | None = None) -> Iterator[ApiClient]:
-    with serving_api(state, clock, node_name, api) as (_, client):
+                api: ApiSection | None = None,
+                storage_request_timeout: float | None = None) -> Iterator[ApiClient]:
+    """`storage_request_timeout`: Ceph is configured (the storage endpoints answer)."""
+    with serving_api(state, clock, node_name, api,
+                     storage_request_timeout=storage_request_timeout) as (_, client):
         yield client

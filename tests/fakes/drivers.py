@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound
-from pvcd.drivers.ceph.records import Volume
+from pvcd.domain.pool_space import PoolSpace
+from pvcd.drivers.ceph.records import Snapshot, Volume
 from pvcd.drivers.dnsmasq import DnsmasqConfig, Lease, StaticLease
 from pvcd.drivers.fence import FenceTarget
 from pvcd.drivers.host import HostStats
@@ -218,10 +219,17 @@ class FakeDnsmasq:
 class FakeCeph:
     """The pool, volume and snapshot calls of `CephDriver` that the primary's storage requests
     make, over `pools` = {pool: {volume: {"size": bytes, "snapshots": set}}}, with the real
-    driver's refusals (Conflict, NotFound, InvalidValue for a shrink)."""
+    driver's refusals (Conflict, NotFound, InvalidValue for a shrink).
+
+    Contents: a volume may hold `data` (bytes written from offset 0, the rest reads as zeros);
+    a snapshot keeps the volume's size and data of its moment (`snapshot_data`), so a copy and
+    a rollback can be checked by their bytes. `capacity` (bytes per pool, default 1 TiB) and
+    the data stored give `ceph df`'s numbers; `watchers` lists who has a volume open."""
 
     def __init__(self) -> None:
         self.pools: dict[str, dict[str, dict[str, Any]]] = {}
+        self.capacity: dict[str, int] = {}
+        self.watchers: dict[tuple[str, str], list[str]] = {}
 
     def _pool(self, pool: str) -> dict[str, dict[str, Any]]:
         if pool not in self.pools:
@@ -278,9 +286,71 @@ class FakeCeph:
         if snapshot in snapshots:
             raise Conflict(f"snapshot {pool}/{volume}@{snapshot} already exists")
         snapshots.add(snapshot)
+        volume_doc = self._volume(pool, volume)
+        volume_doc.setdefault("snapshot_data", {})[snapshot] = (volume_doc["size"],
+                                                                volume_doc.get("data", b""))
 
     def snapshot_delete(self, pool: str, volume: str, snapshot: str) -> None:
         snapshots = self._volume(pool, volume)["snapshots"]
         if snapshot not in snapshots:
             raise NotFound(f"snapshot {pool}/{volume}@{snapshot} does not exist")
         snapshots.discard(snapshot)
+        self._volume(pool, volume).get("snapshot_data", {}).pop(snapshot, None)
+
+    def write(self, pool: str, volume: str, data: bytes) -> None:
+        """Test helper: write `data` at offset 0 (as a guest or `rbd import` would)."""
+        doc = self._volume(pool, volume)
+        if len(data) > doc["size"]:
+            raise InvalidValue(f"{len(data)} bytes do not fit in {pool}/{volume}")
+        doc["data"] = data + doc.get("data", b"")[len(data):]
+
+    def read(self, pool: str, volume: str) -> bytes:
+        """Test helper: the volume's bytes, `rbd export` style (zeros where nothing was written)."""
+        doc = self._volume(pool, volume)
+        data = doc.get("data", b"")[:doc["size"]]
+        return data + bytes(doc["size"] - len(data))
+
+    def _snapshot_state(self, pool: str, volume: str, snapshot: str) -> tuple[int, bytes]:
+        states = self._volume(pool, volume).get("snapshot_data", {})
+        if snapshot not in states:
+            raise NotFound(f"snapshot {pool}/{volume}@{snapshot} does not exist")
+        return states[snapshot]  # type: ignore[no-any-return]
+
+    def snapshot_list(self, pool: str, volume: str) -> list[Snapshot]:
+        states = self._volume(pool, volume).get("snapshot_data", {})
+        return [Snapshot(pool, volume, name, index, size, False, "")
+                for index, (name, (size, _)) in enumerate(sorted(states.items()))]
+
+    def snapshot_rename(self, pool: str, volume: str, snapshot: str, new_name: str) -> None:
+        doc = self._volume(pool, volume)
+        state = self._snapshot_state(pool, volume, snapshot)
+        if new_name in doc["snapshots"]:
+            raise Conflict(f"snapshot {pool}/{volume}@{new_name} already exists")
+        doc["snapshots"].discard(snapshot)
+        doc["snapshots"].add(new_name)
+        del doc["snapshot_data"][snapshot]
+        doc["snapshot_data"][new_name] = state
+
+    def snapshot_rollback(self, pool: str, volume: str, snapshot: str,
+                          size_bytes: int = 0) -> None:
+        size, data = self._snapshot_state(pool, volume, snapshot)
+        doc = self._volume(pool, volume)
+        doc["size"], doc["data"] = size, data
+
+    def volume_copy(self, pool: str, name: str, new_name: str, snapshot: str | None = None,
+                    size_bytes: int = 0) -> None:
+        volumes = self._pool(pool)
+        source = self._volume(pool, name)
+        size, data = (source["size"], source.get("data", b"")) if snapshot is None else \
+            self._snapshot_state(pool, name, snapshot)
+        if new_name in volumes:
+            raise Conflict(f"volume {pool}/{new_name} already exists")
+        volumes[new_name] = {"size": size, "snapshots": set(), "data": data}
+
+    def volume_watchers(self, pool: str, name: str) -> list[str]:
+        self._volume(pool, name)
+        return list(self.watchers.get((pool, name), []))
+
+    def pool_space(self, pool: str) -> PoolSpace:
+        stored = sum(len(v.get("data", b"")) for v in self._pool(pool).values())
+        return PoolSpace(pool, stored, self.capacity.get(pool, 1 << 40) - stored)

@@ -23,7 +23,8 @@ from pvcd.controllers.base import DONE, Controller, Result
 from pvcd.controllers.storage.mirror import Mirror
 from pvcd.controllers.storage.requests import Outcome, RequestExecutor
 from pvcd.controllers.storage.sync import MirrorSync
-from pvcd.domain.errors import PvcError
+from pvcd.domain.errors import Conflict, NotFound, PvcError
+from pvcd.domain.pool_space import check_room
 from pvcd.domain.records import (
     OsdRecord,
     PoolRecord,
@@ -44,6 +45,10 @@ REQUEST_WORKERS = 4
 SYNC_KEY = "sync"
 AFTER_REQUEST_SYNC_DELAY = 0.5  # seconds
 SYNC_AFTER_OPS = ("cluster-option", "osd-state", "pool-add", "pool-remove")
+VOLUME_OPS = ("volume-add", "volume-modify", "volume-clone", "volume-remove", "snapshot-add",
+              "snapshot-remove", "snapshot-rename", "snapshot-rollback")
+# requests after which the volume in their result gets its full `rbd info` at once
+REFRESH_AFTER_OPS = ("volume-add", "volume-modify", "volume-clone", "snapshot-rollback")
 
 
 def primary_lock_names(request: StorageRequest) -> list[str]:
@@ -51,11 +56,12 @@ def primary_lock_names(request: StorageRequest) -> list[str]:
     args = request.args
     if request.op in ("pool-add", "pool-remove"):
         return [f"pool/{args['pool']}"]
-    if request.op in ("volume-add", "volume-modify", "volume-remove", "snapshot-add",
-                      "snapshot-remove"):
+    if request.op in VOLUME_OPS:
         names = [f"volume/{args['pool']}/{args['volume']}"]
         if args.get("name"):
             names.append(f"volume/{args['pool']}/{args['name']}")
+        if args.get("new_volume"):  # a clone's target
+            names.append(f"volume/{args['pool']}/{args['new_volume']}")
         return names
     if request.op == "osd-state":
         return [f"osd/{args['osd']}"]
@@ -82,7 +88,9 @@ class PrimaryStorage:
                 "pool-add": self._pool_add, "pool-remove": self._pool_remove,
                 "volume-add": self._volume_add, "volume-modify": self._volume_modify,
                 "volume-remove": self._volume_remove, "snapshot-add": self._snapshot_add,
-                "snapshot-remove": self._snapshot_remove,
+                "snapshot-remove": self._snapshot_remove, "volume-clone": self._volume_clone,
+                "snapshot-rename": self._snapshot_rename,
+                "snapshot-rollback": self._snapshot_rollback,
             }, primary_lock_names, clock, on_finished=self._after_request, active=False)
         self.request_controller = Controller(
             "storage", self.requests.reconcile, self.requests.keys, workers=REQUEST_WORKERS,
@@ -127,7 +135,7 @@ class PrimaryStorage:
         volume's `rbd info` at once."""
         if request.op in SYNC_AFTER_OPS:
             self.sync_controller.enqueue_after(SYNC_KEY, AFTER_REQUEST_SYNC_DELAY)
-        if request.op in ("volume-add", "volume-modify") and request.state == "done":
+        if request.op in REFRESH_AFTER_OPS and request.state == "done":
             self.sync_controller.enqueue(
                 f"vol/{request.result['pool']}/{request.result['volume']}")
 
@@ -187,6 +195,9 @@ class PrimaryStorage:
         size, new_name = args.get("size"), args.get("name")
         done = []
         if size is not None:
+            growth = int(size) - self.ceph.volume_info(pool, volume).size
+            check_room(self.ceph.pool_space(pool), growth, f"growing {pool}/{volume} to "
+                       f"{int(size)} bytes", bool(args.get("force")))
             self.ceph.volume_resize(pool, volume, int(size),
                                     allow_shrink=bool(args.get("allow_shrink")))
             done.append(f"resized to {int(size)} bytes")
@@ -233,3 +244,75 @@ class PrimaryStorage:
         return Outcome(f"Removed RBD snapshot {pool}/{volume}@{snapshot}",
                        {"pool": pool, "volume": volume, "snapshot": snapshot},
                        lambda: self.mirror.snapshot_gone(pool, volume, snapshot))
+
+    def _volume_clone(self, request: StorageRequest, progress: Callable[[str], None]
+                      ) -> Outcome:
+        """A full copy (extensions.md §2.2): the room for the source's size is checked against
+        `ceph df` right before; a copy that fails halfway is removed again."""
+        args = request.args
+        pool, volume, new, snapshot = args["pool"], args["volume"], args["new_volume"], \
+            args.get("snapshot")
+        size = self.ceph.volume_info(pool, volume).size
+        if snapshot is not None:
+            sizes = {s.snapshot: s.size for s in self.ceph.snapshot_list(pool, volume)}
+            if snapshot not in sizes:
+                raise NotFound(f"RBD snapshot {pool}/{volume}@{snapshot} not found")
+            size = sizes[snapshot]
+        source = f"{pool}/{volume}" + (f"@{snapshot}" if snapshot else "")
+        check_room(self.ceph.pool_space(pool), size, f"cloning {source} ({size} bytes)",
+                   bool(args.get("force")))
+        progress(f"copying {size} bytes from {source}")
+        try:
+            self.ceph.volume_copy(pool, volume, new, snapshot, size)
+        except PvcError as exc:
+            if not isinstance(exc, Conflict | NotFound):  # a partial copy of ours is left
+                self._remove_partial(pool, new)
+            raise
+        info = self.ceph.volume_info(pool, new)
+        record = VolumeRecord(new, pool, info.stats)
+        return Outcome(f"Cloned RBD volume {source} to {pool}/{new} ({info.size} bytes)",
+                       {"pool": pool, "volume": new, "source": source, "size": info.size},
+                       lambda: self.mirror.volume(record))
+
+    def _remove_partial(self, pool: str, volume: str) -> None:
+        try:
+            self.ceph.volume_delete(pool, volume)
+        except NotFound:
+            pass
+        except PvcError as exc:
+            log.warning("event=storage-partial-copy-left pool=%s volume=%s error=%s", pool,
+                        volume, exc)
+
+    def _snapshot_rename(self, request: StorageRequest, progress: Callable[[str], None]
+                         ) -> Outcome:
+        pool, volume, snapshot, new = (request.args[k] for k in
+                                       ("pool", "volume", "snapshot", "new_name"))
+        self.ceph.snapshot_rename(pool, volume, snapshot, new)
+
+        def ops() -> list[Op]:
+            old = next((r for r in self.mirror.snapshot_records(pool, volume)
+                        if r.snapshot == snapshot), SnapshotRecord(pool, volume, snapshot))
+            old.snapshot = new
+            return self.mirror.snapshot_gone(pool, volume, snapshot) + self.mirror.snapshot(old)
+
+        return Outcome(f"Renamed RBD snapshot {pool}/{volume}@{snapshot} to {new}",
+                       {"pool": pool, "volume": volume, "snapshot": new}, ops)
+
+    def _snapshot_rollback(self, request: StorageRequest, progress: Callable[[str], None]
+                           ) -> Outcome:
+        """Refused while anyone has the volume open: a guest or a mapping would see its disk
+        change underneath it."""
+        pool, volume, snapshot = (request.args[k] for k in ("pool", "volume", "snapshot"))
+        watchers = self.ceph.volume_watchers(pool, volume)
+        if watchers:
+            raise Conflict(f"RBD volume {pool}/{volume} is open ({', '.join(watchers)}); "
+                           "close it (stop the VM, unmap it) before a rollback; nothing was "
+                           "changed")
+        size = self.ceph.volume_info(pool, volume).size
+        progress(f"rolling {pool}/{volume} back to {snapshot}")
+        self.ceph.snapshot_rollback(pool, volume, snapshot, size)
+        info = self.ceph.volume_info(pool, volume)  # the snapshot's size now
+        record = VolumeRecord(volume, pool, info.stats)
+        return Outcome(f"Rolled RBD volume {pool}/{volume} back to snapshot {snapshot}",
+                       {"pool": pool, "volume": volume, "snapshot": snapshot},
+                       lambda: self.mirror.volume(record))

@@ -57,8 +57,9 @@ class CephClient:
                                f"{text[:200]!r}") from exc
 
     def run(self, tool: str, args: Sequence[str], want_stderr: bool = False,
-             accept_codes: Sequence[int] = (0,)) -> str:
-        """Run `tool` as client.admin; stdout (plus stderr with `want_stderr`)."""
+             accept_codes: Sequence[int] = (0,), timeout: float | None = None) -> str:
+        """Run `tool` as client.admin; stdout (plus stderr with `want_stderr`). `timeout`:
+        seconds for a command whose time grows with the data (a copy), else `self.timeout`."""
         if tool == "ceph" and not want_stderr:
             answer = self._fast_command(args)
             if answer is not None:
@@ -66,7 +67,8 @@ class CephClient:
         argv = [tool, "--conf", self.conf_path, "--keyring", self.keyring_path]
         if tool == "ceph":
             argv += ["--connect-timeout", str(max(1, int(self.timeout)))]
-        return self.run_tool([*argv, *args], want_stderr, accept_codes, shown=[tool, *args])
+        return self.run_tool([*argv, *args], want_stderr, accept_codes, shown=[tool, *args],
+                             timeout=timeout)
 
     def _fast_command(self, args: Sequence[str]) -> str | None:
         """A read-only `ceph` command answered through the persistent librados connection, or
@@ -126,13 +128,15 @@ class CephClient:
                 self._rados = None
 
     def run_tool(self, argv: list[str], want_stderr: bool = False,
-                  accept_codes: Sequence[int] = (0,), shown: list[str] | None = None) -> str:
+                  accept_codes: Sequence[int] = (0,), shown: list[str] | None = None,
+                  timeout: float | None = None) -> str:
         command = " ".join(shown or argv)
+        seconds = self.timeout if timeout is None else timeout
         try:
-            result = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout,
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=seconds,
                                     check=False, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired as exc:
-            raise BackendError(f"`{command}` timed out after {self.timeout:.0f} s "
+            raise BackendError(f"`{command}` timed out after {seconds:.0f} s "
                                "(is the Ceph cluster reachable, with a mgr?)") from exc
         except FileNotFoundError as exc:
             raise BackendError(f"{argv[0]} is not installed (package ceph-common)") from exc
@@ -146,6 +150,7 @@ class CephClient:
 # words -> (mon or mgr, the JSON command).
 _FAST_COMMANDS: dict[tuple[str, ...], tuple[str, dict[str, Any]]] = {
     ("status",): ("mon", {"prefix": "status"}),
+    ("df",): ("mon", {"prefix": "df"}),
     ("health",): ("mon", {"prefix": "health"}),
     ("osd", "dump"): ("mon", {"prefix": "osd dump"}),
     ("osd", "tree"): ("mon", {"prefix": "osd tree"}),

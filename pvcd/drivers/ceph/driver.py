@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound
+from pvcd.domain.pool_space import PoolSpace
 from pvcd.drivers.ceph.client import CephClient
 from pvcd.drivers.ceph.parsers import kib, osds_from_dump, parse_osd_status, parse_pg_map
 from pvcd.drivers.ceph.records import (
@@ -50,6 +51,10 @@ from pvcd.drivers.ceph.values import (
 )
 
 log = logging.getLogger(__name__)
+
+# a copy or a rollback moves the volume's data: its time limit grows with the size, allowing
+# at least this rate (bytes/s) on top of the usual command timeout
+MIN_DATA_RATE = 10 << 20
 
 
 class CephDriver(CephClient):
@@ -312,6 +317,43 @@ class CephDriver(CephClient):
         self.run("rbd", ["rm", "--pool", pool, "--image", name, "--no-progress"])
         log.info("ceph volume deleted pool=%s volume=%s", pool, name)
 
+    def volume_copy(self, pool: str, name: str, new_name: str, snapshot: str | None = None,
+                    size_bytes: int = 0) -> None:
+        """A full, independent copy of `pool/name` (as it was at `snapshot`, if given) into the
+        new volume `pool/new_name` (`rbd copy`, not a copy-on-write clone). `size_bytes` (the
+        source's size) stretches the time limit."""
+        check_pool_name(pool)
+        check_volume_name(name)
+        check_volume_name(new_name)
+        source = ["--pool", pool, "--image", name]
+        if snapshot is not None:
+            source += ["--snap", check_snapshot_name(snapshot)]
+        self.run("rbd", ["copy", *source, "--dest-pool", pool, "--dest", new_name,
+                         "--no-progress"], timeout=self._data_timeout(size_bytes))
+        log.info("ceph volume copied pool=%s volume=%s snapshot=%s new=%s", pool, name,
+                 snapshot or "-", new_name)
+
+    def volume_watchers(self, pool: str, name: str) -> list[str]:
+        """Who has the volume open (`rbd status`): one `client.<id> at <address>` each."""
+        check_pool_name(pool)
+        check_volume_name(name)
+        doc = self.run_json("rbd", ["status", "--pool", pool, "--image", name])
+        watchers = doc.get("watchers") if isinstance(doc, dict) else None
+        return [f"client.{w.get('client')} at {w.get('address')}" for w in watchers or []]
+
+    def pool_space(self, pool: str) -> PoolSpace:
+        """What `pool` stores and can still take, after replication (`ceph df`)."""
+        check_pool_name(pool)
+        for entry in self.run_json("ceph", ["df"]).get("pools", []):
+            if entry.get("name") == pool:
+                stats = entry.get("stats") or {}
+                return PoolSpace(pool, int(stats.get("stored") or 0),
+                                 int(stats.get("max_avail") or 0))
+        raise NotFound(f"pool {pool} does not exist")
+
+    def _data_timeout(self, size_bytes: int) -> float:
+        return self.timeout + max(0, size_bytes) / MIN_DATA_RATE
+
     # -- snapshots -----------------------------------------------------------------------------
 
     def snapshot_list(self, pool: str, volume: str) -> list[Snapshot]:
@@ -330,6 +372,29 @@ class CephDriver(CephClient):
     def snapshot_delete(self, pool: str, volume: str, snapshot: str) -> None:
         self._snapshot_command("rm", pool, volume, snapshot)
         log.info("ceph snapshot deleted pool=%s volume=%s snapshot=%s", pool, volume, snapshot)
+
+    def snapshot_rename(self, pool: str, volume: str, snapshot: str, new_name: str) -> None:
+        check_pool_name(pool)
+        check_volume_name(volume)
+        check_snapshot_name(snapshot)
+        check_snapshot_name(new_name)
+        self.run("rbd", ["snap", "rename", f"{pool}/{volume}@{snapshot}",
+                         f"{pool}/{volume}@{new_name}"])
+        log.info("ceph snapshot renamed pool=%s volume=%s snapshot=%s new=%s", pool, volume,
+                 snapshot, new_name)
+
+    def snapshot_rollback(self, pool: str, volume: str, snapshot: str,
+                          size_bytes: int = 0) -> None:
+        """Write the snapshot's contents back into the volume (`rbd snap rollback`: time
+        proportional to the volume's size, which stretches the time limit)."""
+        check_pool_name(pool)
+        check_volume_name(volume)
+        check_snapshot_name(snapshot)
+        self.run("rbd", ["snap", "rollback", "--pool", pool, "--image", volume,
+                         "--snap", snapshot, "--no-progress"],
+                 timeout=self._data_timeout(size_bytes))
+        log.info("ceph snapshot rolled back pool=%s volume=%s snapshot=%s", pool, volume,
+                 snapshot)
 
     def _snapshot_command(self, action: str, pool: str, volume: str, snapshot: str) -> None:
         check_pool_name(pool)
