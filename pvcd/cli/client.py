@@ -133,7 +133,9 @@ class ApiClient:
         if response.status == 404:  # an unknown path: this API lacks the endpoint
             raise ApiFailure(f"the API at {self.connection.url} has no endpoint {method} "
                              f"{path} ({_failure_message(response)})", 404)
-        if response.status not in (200, 209):  # 209: GET /api/v1, by the manual
+        # 209: GET /api/v1, by the manual; 202: a long job accepted and still running (its
+        # message names the task to follow)
+        if response.status not in (200, 202, 209):
             raise ApiFailure(_failure_message(response), response.status, _document(response))
         return response
 

@@ -270,6 +270,12 @@ def pool_remove(cli: CliContext, name: str, yes: bool) -> None:
 
 # --- volumes ----------------------------------------------------------------------------
 
+FORCE_OPTION = click.option("--force", is_flag=True,
+                            help="Allow the pool past 80 % of its capacity (the soft cap).")
+LONG_WAIT_OPTION = click.option("--wait", is_flag=True,
+                                help="Wait up to the API's api.task_wait (120 s) instead of "
+                                     "the storage request timeout before it goes on as a task.")
+
 
 @storage.group("volume")
 def volume() -> None:
@@ -317,14 +323,37 @@ def volume_add(cli: CliContext, pool_name: str, name: str, size: str) -> None:
 @click.argument("size")
 @click.option("--allow-shrink", is_flag=True,
               help="Allow a smaller SIZE (the data beyond it is destroyed).")
+@FORCE_OPTION
 @format_option
 @pass_cli
 def volume_resize(cli: CliContext, pool_name: str, name: str, size: str,
-                  allow_shrink: bool) -> None:
+                  allow_shrink: bool, force: bool) -> None:
     """Resize a volume to SIZE (bytes, or with a unit: 4096M, 20G)."""
     cli.message(cli.client.put(api_path(*CEPH, "volume", pool_name, name),
-                               {"size": size, "allow_shrink": allow_shrink or None},
+                               {"size": size, "allow_shrink": allow_shrink or None,
+                                "force": force or None},
                                timeout=STORAGE_TIMEOUT))
+
+
+@volume.command("clone")
+@click.argument("pool_name", metavar="POOL")
+@click.argument("name")
+@click.argument("new_name")
+@click.option("--snapshot", "-s", help="Copy the volume as it was at this snapshot.")
+@FORCE_OPTION
+@LONG_WAIT_OPTION
+@format_option
+@pass_cli
+def volume_clone(cli: CliContext, pool_name: str, name: str, new_name: str,
+                 snapshot: str | None, force: bool, wait: bool) -> None:
+    """Copy volume NAME (or its --snapshot) into the new, independent volume NEW_NAME.
+
+    A copy still running after the API's timeout goes on as a task (follow it with `pvc task
+    wait ID`). A volume a running VM uses is copied from a snapshot only."""
+    cli.message(cli.client.post(api_path(*CEPH, "volume", pool_name, name, "clone"),
+                                {"new_volume": new_name, "snapshot": snapshot,
+                                 "force": force or None, "wait": wait or None},
+                                timeout=STORAGE_TIMEOUT))
 
 
 @volume.command("rename")
@@ -413,3 +442,38 @@ def snapshot_remove(cli: CliContext, pool_name: str, volume_name: str, name: str
     cli.message(cli.client.delete(
         api_path(*CEPH, "volume", "snapshot", pool_name, volume_name, name),
         timeout=STORAGE_TIMEOUT))
+
+
+@snapshot.command("rename")
+@click.argument("pool_name", metavar="POOL")
+@click.argument("volume_name", metavar="VOLUME")
+@click.argument("name")
+@click.argument("new_name")
+@format_option
+@pass_cli
+def snapshot_rename(cli: CliContext, pool_name: str, volume_name: str, name: str,
+                    new_name: str) -> None:
+    """Rename snapshot NAME of VOLUME to NEW_NAME."""
+    cli.message(cli.client.put(
+        api_path(*CEPH, "volume", "snapshot", pool_name, volume_name, name),
+        {"new_name": new_name}, timeout=STORAGE_TIMEOUT))
+
+
+@snapshot.command("rollback")
+@click.argument("pool_name", metavar="POOL")
+@click.argument("volume_name", metavar="VOLUME")
+@click.argument("name")
+@LONG_WAIT_OPTION
+@yes_option
+@format_option
+@pass_cli
+def snapshot_rollback(cli: CliContext, pool_name: str, volume_name: str, name: str,
+                      wait: bool, yes: bool) -> None:
+    """Roll VOLUME back to snapshot NAME (what it holds now is LOST).
+
+    Refused while a VM using the volume is not stopped, or anyone has it open."""
+    confirm(yes, f"Roll '{pool_name}/{volume_name}' back to snapshot '{name}' and LOSE what "
+                 "it holds now?")
+    cli.message(cli.client.post(
+        api_path(*CEPH, "volume", "snapshot", pool_name, volume_name, name, "rollback"),
+        {"wait": wait or None}, timeout=STORAGE_TIMEOUT))

@@ -38,6 +38,13 @@ def outcome(state: ClusterState, request_id: str) -> StorageRequest:
     ("volume-add", {"pool": "p", "volume": "v", "size": "1G; rm -rf /"}, "not a number"),
     ("cluster-option", {"action": "set", "option": "pause --yes-i-really-mean-it"},
      "OSD flag"),
+    ("volume-clone", {"pool": "p", "volume": "v", "new_volume": "../x"},
+     "volume name '../x' is invalid"),
+    ("volume-clone", {"pool": "p", "volume": "v", "new_volume": "c", "force": "yes"},
+     "not true or false"),
+    ("snapshot-rename", {"pool": "p", "volume": "v", "snapshot": "s", "new_name": "a@b"},
+     "snapshot name 'a@b' is invalid"),
+    ("snapshot-rollback", {"pool": "p", "volume": "v"}, "needs snapshot"),
     ("shell", {"command": "id"}, "unknown storage operation 'shell'"),
     ("pool-remove", ["p"], "must be a mapping"),
 ])

@@ -327,3 +327,37 @@ def test_a_rollback_is_refused_while_someone_has_the_volume_open(api: ApiClient,
     add_task(storage.state, "0000000000001-aaaaaaaa", objects=("volume:p/v",), state="pending")
     refused(api.post("/storage/ceph/volume/snapshot/p/v/s/rollback"), "busy with task")
     assert ceph.read("p", "v").startswith(b"current")
+
+
+# --- the CLI ----------------------------------------------------------------------------------
+
+def test_the_cli_clones_renames_a_snapshot_and_rolls_back(api: ApiClient,
+                                                          storage: Storage) -> None:
+    from click.testing import CliRunner
+
+    from pvcd.cli.main import cli
+    from tests.fakes.api import TOKEN
+
+    env = {"PVC_URL": api.base, "PVC_TOKEN": TOKEN, "PVC_CONNECTION": "",
+           "PVC_CONFIG": "/nonexistent"}
+    ceph = storage.ceph
+
+    def pvc(*args: str) -> Any:
+        return CliRunner().invoke(cli, list(args), env=env)
+
+    assert pvc("storage", "snapshot", "add", "p", "v", "s").exit_code == 0
+    ceph.write("p", "v", b"after")
+    done = pvc("storage", "volume", "clone", "p", "v", "c", "--snapshot", "s", "--wait")
+    assert done.exit_code == 0 and "Cloned RBD volume p/v@s to p/c" in done.output, done.output
+    assert ceph.read("p", "c").startswith(SOURCE)
+    assert pvc("storage", "snapshot", "rename", "p", "v", "s", "golden").exit_code == 0
+    refused_rollback = pvc("storage", "snapshot", "rollback", "p", "v", "s", "--yes")
+    assert refused_rollback.exit_code != 0 and "p/v@s not found" in refused_rollback.output
+    rolled = pvc("storage", "snapshot", "rollback", "p", "v", "golden", "--yes")
+    assert rolled.exit_code == 0, rolled.output
+    assert ceph.read("p", "v") == ceph.read("p", "c")
+    storage.ceph.capacity["p"] = 5 * MIB // 4  # room for 1 MiB more, but past 80 %
+    capped = pvc("storage", "volume", "resize", "p", "v", "5M")
+    assert capped.exit_code != 0 and "soft cap" in capped.output
+    assert pvc("storage", "volume", "resize", "p", "v", "5M", "--force").exit_code == 0
+    assert ceph.pools["p"]["v"]["size"] == 5 * MIB

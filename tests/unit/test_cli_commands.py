@@ -19,8 +19,8 @@ EXPECTED = {
     "storage": ["status", "util", "request", "osd", "pool", "volume", "snapshot"],
     "storage osd": ["list", "info", "add", "remove", "in", "out", "set", "unset"],
     "storage pool": ["list", "info", "add", "remove"],
-    "storage volume": ["list", "info", "add", "resize", "rename", "remove"],
-    "storage snapshot": ["list", "info", "add", "remove"],
+    "storage volume": ["list", "info", "add", "resize", "rename", "remove", "clone"],
+    "storage snapshot": ["list", "info", "add", "remove", "rename", "rollback"],
     "task": ["list", "info", "wait"],
     "cluster": ["status"],
     "connection": ["list", "show"],
@@ -56,6 +56,7 @@ NO_API = {"PVC_URL": "http://127.0.0.1:9", "PVC_TOKEN": "x", "PVC_CONNECTION": "
     ["storage", "osd", "remove", "3"], ["storage", "pool", "remove", "vms"],
     ["storage", "volume", "remove", "vms", "disk"],
     ["storage", "snapshot", "remove", "vms", "disk", "snap"],
+    ["storage", "snapshot", "rollback", "vms", "disk", "snap"],
 ])
 def test_destructive_commands_ask_and_no_means_nothing_is_sent(args: list[str]) -> None:
     # the API address is a closed port: any request would fail with exit code 3, not 1
