@@ -101,7 +101,8 @@ def test_a_rollback_of_an_open_volume_is_refused_and_names_who_has_it(
     overwrite(tools, pool_name, "src")
     changed = export(tools, pool_name, "src")
     watcher = subprocess.Popen(["rbd", *ceph_lab.cluster_args, "watch", f"{pool_name}/src"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
         while not tools.json("rbd", "status", f"{pool_name}/src").get("watchers"):
@@ -112,8 +113,7 @@ def test_a_rollback_of_an_open_volume_is_refused_and_names_who_has_it(
         assert "is open (client." in refused.message
         assert export(tools, pool_name, "src") == changed
     finally:
-        watcher.terminate()
-        watcher.wait(10)
+        watcher.communicate(b"\n", timeout=10)  # `rbd watch` ends (and unwatches) on enter
 
 
 def test_a_grow_reads_the_pools_room_from_ceph(primary: PrimaryStorage, tools: CephTools,
