@@ -188,6 +188,16 @@ class StorageHandler(BaseHandler):
             raise NotFound(f"RBD volume {pool}/{volume} not found")
         return doc
 
+    async def take_snapshot(self, pool: str, volume: str, snapshot: str) -> None:
+        """Take a snapshot of an existing volume, and answer."""
+        self.volume(pool, volume)
+        check_snapshot_name(snapshot)
+        if self.view.cache.exists(self.view.paths.storage_snapshot(pool, volume, snapshot)):
+            raise Conflict(f"RBD snapshot {pool}/{volume}@{snapshot} already exists")
+        request = await run_request(self, "snapshot-add",
+                                    {"pool": pool, "volume": volume, "snapshot": snapshot})
+        self.message(request.message)
+
     def snapshot(self, pool: str, volume: str, snapshot: str) -> dict[str, Any]:
         self.volume(pool, volume)
         check_snapshot_name(snapshot)
@@ -407,12 +417,7 @@ class SnapshotListHandler(StorageHandler):
     async def post(self) -> None:
         snapshot = self.values[NEW_SNAPSHOT]
         volume, pool = self.values[SNAPSHOT_VOLUME], self.values[SNAPSHOT_POOL]
-        self.volume(pool, volume)
-        if self.view.cache.exists(self.view.paths.storage_snapshot(pool, volume, snapshot)):
-            raise Conflict(f"RBD snapshot {pool}/{volume}@{snapshot} already exists")
-        request = await run_request(self, "snapshot-add",
-                                    {"pool": pool, "volume": volume, "snapshot": snapshot})
-        self.message(request.message)
+        await self.take_snapshot(pool, volume, snapshot)
 
 
 class SnapshotHandler(StorageHandler):

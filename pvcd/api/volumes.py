@@ -221,13 +221,7 @@ class SnapshotChangeHandler(SnapshotHandler):
         self.message(request.message)
 
     async def post(self, pool: str, volume: str, snapshot: str) -> None:
-        self.volume(pool, volume)
-        check_snapshot_name(snapshot)
-        if self.view.cache.exists(self.view.paths.storage_snapshot(pool, volume, snapshot)):
-            raise Conflict(f"RBD snapshot {pool}/{volume}@{snapshot} already exists")
-        request = await run_request(self, "snapshot-add",
-                                    {"pool": pool, "volume": volume, "snapshot": snapshot})
-        self.message(request.message)
+        await self.take_snapshot(pool, volume, snapshot)
 
 
 class SnapshotRollbackHandler(StorageHandler):

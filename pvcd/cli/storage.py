@@ -7,7 +7,8 @@ are sent with a long HTTP timeout and need no `--wait`.
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -17,6 +18,7 @@ from pvcd.cli.context import CliContext, confirm, format_option, pass_cli, yes_o
 from pvcd.cli.output import Column, field, render_fields, size_bytes, table_of
 
 CEPH = ("storage", "ceph")
+Command = TypeVar("Command", bound=Callable[..., Any])
 
 
 def ceph_text(doc: Any) -> str:
@@ -384,6 +386,12 @@ def volume_remove(cli: CliContext, pool_name: str, name: str, yes: bool) -> None
 # --- snapshots --------------------------------------------------------------------------
 
 
+def snapshot_arguments(command: Command) -> Command:
+    """POOL VOLUME NAME: the snapshot a command works on."""
+    return click.argument("pool_name", metavar="POOL")(
+        click.argument("volume_name", metavar="VOLUME")(click.argument("name")(command)))
+
+
 @storage.group("snapshot")
 def snapshot() -> None:
     """RBD volume snapshots."""
@@ -404,9 +412,7 @@ def snapshot_list(cli: CliContext, limit: str | None, pool_name: str | None,
 
 
 @snapshot.command("info")
-@click.argument("pool_name", metavar="POOL")
-@click.argument("volume_name", metavar="VOLUME")
-@click.argument("name")
+@snapshot_arguments
 @format_option
 @pass_cli
 def snapshot_info(cli: CliContext, pool_name: str, volume_name: str, name: str) -> None:
@@ -416,9 +422,7 @@ def snapshot_info(cli: CliContext, pool_name: str, volume_name: str, name: str) 
 
 
 @snapshot.command("add")
-@click.argument("pool_name", metavar="POOL")
-@click.argument("volume_name", metavar="VOLUME")
-@click.argument("name")
+@snapshot_arguments
 @format_option
 @pass_cli
 def snapshot_add(cli: CliContext, pool_name: str, volume_name: str, name: str) -> None:
@@ -429,9 +433,7 @@ def snapshot_add(cli: CliContext, pool_name: str, volume_name: str, name: str) -
 
 
 @snapshot.command("remove")
-@click.argument("pool_name", metavar="POOL")
-@click.argument("volume_name", metavar="VOLUME")
-@click.argument("name")
+@snapshot_arguments
 @yes_option
 @format_option
 @pass_cli
@@ -445,9 +447,7 @@ def snapshot_remove(cli: CliContext, pool_name: str, volume_name: str, name: str
 
 
 @snapshot.command("rename")
-@click.argument("pool_name", metavar="POOL")
-@click.argument("volume_name", metavar="VOLUME")
-@click.argument("name")
+@snapshot_arguments
 @click.argument("new_name")
 @format_option
 @pass_cli
@@ -460,9 +460,7 @@ def snapshot_rename(cli: CliContext, pool_name: str, volume_name: str, name: str
 
 
 @snapshot.command("rollback")
-@click.argument("pool_name", metavar="POOL")
-@click.argument("volume_name", metavar="VOLUME")
-@click.argument("name")
+@snapshot_arguments
 @LONG_WAIT_OPTION
 @yes_option
 @format_option
