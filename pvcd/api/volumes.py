@@ -35,7 +35,7 @@ from pvcd.api.storage import (
 from pvcd.api.tasks import WAIT_FOR_TASK, task_location
 from pvcd.api.values import accepts, flag, text, value
 from pvcd.api.vm_rename import STOPPED_STATES, running_on, volumes_in_requests
-from pvcd.domain.errors import Conflict, InvalidValue
+from pvcd.domain.errors import Conflict, InvalidValue, PvcError
 from pvcd.domain.tasks import busy_task
 from pvcd.drivers.ceph.values import check_snapshot_name, check_volume_name, parse_size
 from pvcd.state.tasks import read_tasks
@@ -71,7 +71,10 @@ def volume_users(view: ClusterView, pool: str, volume: str) -> list[VolumeUser]:
         spec = view.vm_spec(uuid)
         if spec is None:
             continue
-        disks = parse_domain_xml(spec.xml, default_uuid=uuid).disks
+        try:
+            disks = parse_domain_xml(spec.xml, default_uuid=uuid).disks
+        except PvcError:  # written past the API: no node runs it (docs/security.md)
+            continue
         if any(d.protocol == "rbd" and (d.name or "").split("@", 1)[0] == wanted
                for d in disks):
             users.append(VolumeUser(spec.name, spec.state, running_on(view, uuid)))
