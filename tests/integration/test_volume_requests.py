@@ -33,13 +33,19 @@ def export(tools: CephTools, pool: str, volume: str, snapshot: str | None = None
 @pytest.fixture
 def source(primary: PrimaryStorage, tools: CephTools, pool_name: str,
            tmp_path: os.PathLike[str]) -> Iterator[bytes]:
-    """Pool `pool_name` with volume `src` holding known bytes (rbd import)."""
+    """Pool `pool_name` with volume `src` (made by a request) holding known bytes: imported
+    into a scratch volume, then written into `src` as a diff (rbd export-diff, import-diff)."""
     assert run(primary, "pool-add", pool=pool_name, pgs=8).state == "done"
     content = os.urandom(MIB) + b"pvcd" * (MIB // 4)  # 2 MiB
-    image = f"{tmp_path}/src.raw"
+    assert run(primary, "volume-add", pool=pool_name, volume="src",
+               size=len(content)).state == "done"
+    image, diff = f"{tmp_path}/src.raw", f"{tmp_path}/src.diff"
     with open(image, "wb") as handle:
         handle.write(content)
-    tools.run("rbd", "import", "--no-progress", image, f"{pool_name}/src")
+    tools.run("rbd", "import", "--no-progress", image, f"{pool_name}/scratch")
+    tools.run("rbd", "export-diff", "--no-progress", f"{pool_name}/scratch", diff)
+    tools.run("rbd", "import-diff", "--no-progress", diff, f"{pool_name}/src")
+    tools.run("rbd", "rm", "--no-progress", f"{pool_name}/scratch")
     assert export(tools, pool_name, "src") == content
     yield content
 

@@ -341,15 +341,23 @@ class CephDriver(CephClient):
         watchers = doc.get("watchers") if isinstance(doc, dict) else None
         return [f"client.{w.get('client')} at {w.get('address')}" for w in watchers or []]
 
-    def pool_space(self, pool: str) -> PoolSpace:
-        """What `pool` stores and can still take, after replication (`ceph df`)."""
+    def pool_space(self, pool: str, wait: float = 10.0) -> PoolSpace:
+        """What `pool` stores and can still take, after replication (`ceph df`). A pool made
+        moments ago shows there only once the mgr has reported it: waited for up to `wait` s."""
         check_pool_name(pool)
-        for entry in self.run_json("ceph", ["df"]).get("pools", []):
-            if entry.get("name") == pool:
-                stats = entry.get("stats") or {}
-                return PoolSpace(pool, int(stats.get("stored") or 0),
-                                 int(stats.get("max_avail") or 0))
-        raise NotFound(f"pool {pool} does not exist")
+        deadline = self.clock() + wait
+        while True:
+            for entry in self.run_json("ceph", ["df"]).get("pools", []):
+                if entry.get("name") == pool:
+                    stats = entry.get("stats") or {}
+                    return PoolSpace(pool, int(stats.get("stored") or 0),
+                                     int(stats.get("max_avail") or 0))
+            if all(known.name != pool for known in self.pool_list()):
+                raise NotFound(f"pool {pool} does not exist")
+            if self.clock() >= deadline:
+                raise BackendError(f"`ceph df` has no usage for pool {pool} yet (the mgr "
+                                   "reports a new pool within seconds); try again")
+            self.sleep(0.2)
 
     def _data_timeout(self, size_bytes: int) -> float:
         return self.timeout + max(0, size_bytes) / MIN_DATA_RATE
