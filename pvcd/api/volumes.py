@@ -199,8 +199,14 @@ class VolumeChangeHandler(VolumeHandler):
                                     "guest would cut off its disk:", "stop the VM first")
             args.update(size=size, allow_shrink=allow_shrink, force=self.values[FORCE])
         refuse_busy(self.view, pool, volume)
+        grown = size is not None and size > ((doc.get("stats") or {}).get("size") or 0)
+        running = [u.name for u in volume_users(self.view, pool, volume) if u.running_on] \
+            if grown else []
         request = await run_request(self, "volume-modify", args)
-        self.message(request.message)
+        self.message(request.message + (
+            f"; VM {', '.join(running)} runs with it and its guest was NOT told (pvcd does not "
+            "resize a running guest's disk yet): restart the VM, or rescan the disk in the "
+            "guest" if running else ""))
 
 
 SNAPSHOT_NEW_NAME = value("new_name", "The snapshot's new name.", check_snapshot_name,
