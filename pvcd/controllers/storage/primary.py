@@ -10,6 +10,10 @@ After a request that changes what `ceph status` / `rados df` show (flags, in/out
 follows soon; a burst makes one sync, since each costs ≈ 6 runs of the `ceph` tool (≈ 0.3 s of
 CPU each). The mirror of volumes and snapshots is exact already after their requests; their
 stats come from one `rbd info` of the volume changed.
+
+A clone or a grow first asks `ceph df` whether the pool has room (`pvcd.domain.pool_space`),
+and a rollback asks `rbd status` whether anyone has the volume open: what only Ceph knows is
+checked here, right before acting; the API checked the rest.
 """
 
 from __future__ import annotations
@@ -196,8 +200,9 @@ class PrimaryStorage:
         done = []
         if size is not None:
             growth = int(size) - self.ceph.volume_info(pool, volume).size
-            check_room(self.ceph.pool_space(pool), growth, f"growing {pool}/{volume} to "
-                       f"{int(size)} bytes", bool(args.get("force")))
+            if growth > 0:  # thin volumes are counted at their full size, as PVC does
+                check_room(self.ceph.pool_space(pool), growth, f"growing {pool}/{volume} to "
+                           f"{int(size)} bytes", bool(args.get("force")))
             self.ceph.volume_resize(pool, volume, int(size),
                                     allow_shrink=bool(args.get("allow_shrink")))
             done.append(f"resized to {int(size)} bytes")
