@@ -68,12 +68,12 @@ def volume_users(view: ClusterView, pool: str, volume: str) -> list[VolumeUser]:
     wanted = f"{pool}/{volume}"
     users = []
     for uuid in view.vm_uuids():
-        spec = view.vm_spec(uuid)
-        if spec is None:
-            continue
         try:
-            disks = parse_domain_xml(spec.xml, default_uuid=uuid).disks
-        except PvcError:  # written past the API: no node runs it (docs/security.md)
+            spec = view.vm_spec(uuid)
+            disks = parse_domain_xml(spec.xml, default_uuid=uuid).disks if spec else ()
+        except (PvcError, TypeError, ValueError):  # written past the API: no node runs it
+            continue
+        if spec is None:
             continue
         if any(d.protocol == "rbd" and (d.name or "").split("@", 1)[0] == wanted
                for d in disks):

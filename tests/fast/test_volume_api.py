@@ -362,3 +362,16 @@ def test_the_cli_clones_renames_a_snapshot_and_rolls_back(api: ApiClient,
     assert capped.exit_code != 0 and "soft cap" in capped.output
     assert pvc("storage", "volume", "resize", "p", "v", "5M", "--force").exit_code == 0
     assert ceph.pools["p"]["v"]["size"] == 5 * MIB
+
+
+def test_vm_documents_written_past_the_api_are_no_volume_users(api: ApiClient,
+                                                               storage: Storage) -> None:
+    from tests.fakes.attacker import write_past_the_api
+
+    paths = storage.state.paths
+    write_past_the_api(storage.state, paths.vm("junk"), {"junk": True})
+    write_past_the_api(storage.state, paths.vm("badxml"), {
+        "uuid": "badxml", "name": "bad", "xml": "<domain><disk", "node": "node1"})
+    answer = put(api, "/storage/ceph/volume/p/v", {"name": "w"})
+    assert answer.status_code == 200, answer.text
+    assert sorted(storage.ceph.pools["p"]) == ["w"]
