@@ -105,8 +105,9 @@ def refuse_busy(view: ClusterView, pool: str, volume: str) -> None:
 
 
 async def run_long_request(handler: StorageHandler, op: str, args: dict[str, Any]) -> None:
-    """Write a storage request that moves data; answer 200 when it is done within the
-    timeout (`api.task_wait` with `wait`), 510 when it failed, else 202 naming it."""
+    """Write a storage request that moves data; answer 200 `{message, task_id, result}` when it
+    is done within the timeout (`api.task_wait` with `wait`), 510 `{message, task_id}` when it
+    failed, else 202 naming it."""
     request, timeout = await submit_request(handler, op, args)
     if handler.values[WAIT_FOR_TASK]:
         timeout = handler.ctx.task_wait
@@ -115,8 +116,9 @@ async def run_long_request(handler: StorageHandler, op: str, args: dict[str, Any
         handler.reply({"message": result.message, "task_id": result.id,
                        "result": result.result})
         return
-    if result.state == "failed":
-        raise request_failure(result)
+    if result.state == "failed":  # as a failed task answers (spec §0.2), with its id
+        handler.reply({"message": str(request_failure(result)), "task_id": result.id}, 510)
+        return
     name = f"storage.{op}"
     handler.set_header("Location", task_location(request.id))
     handler.reply({"task_id": request.id, "task_name": name, "run_on": handler.ctx.node_name,

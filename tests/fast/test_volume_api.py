@@ -323,8 +323,10 @@ def test_a_rollback_is_refused_while_someone_has_the_volume_open(api: ApiClient,
     assert api.post("/storage/ceph/snapshot/p/v/s").status_code == 200
     ceph.write("p", "v", b"current")
     ceph.watchers[("p", "v")] = ["client.4242 at 10.0.0.9:0/123"]
-    refused(api.post("/storage/ceph/volume/snapshot/p/v/s/rollback"),
-            "is open (client.4242 at 10.0.0.9:0/123)")
+    answer = api.post("/storage/ceph/volume/snapshot/p/v/s/rollback")
+    refused(answer, "is open (client.4242 at 10.0.0.9:0/123)")
+    assert storage.state.doc(storage.state.paths.storage_request(answer.json()["task_id"]))[
+        "error"] == "Conflict"
     add_task(storage.state, "0000000000001-aaaaaaaa", objects=("volume:p/v",), state="pending")
     refused(api.post("/storage/ceph/volume/snapshot/p/v/s/rollback"), "busy with task")
     assert ceph.read("p", "v").startswith(b"current")
