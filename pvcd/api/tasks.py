@@ -55,7 +55,7 @@ async def start_task(handler: BaseHandler, name: str, args: dict[str, Any],
     ctx = handler.ctx
     view = ctx.view
     wait = handler.values[WAIT_FOR_TASK]
-    busy = busy_task(objects, read_tasks(view))
+    busy = busy_task(objects, [*read_tasks(view), *read_storage_tasks(view)])
     if busy is not None:
         shared = sorted(set(objects) & set(busy.objects))
         raise Conflict(f"{', '.join(shared)} is busy with task {busy.id} ({busy.name}, "

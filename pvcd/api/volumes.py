@@ -34,11 +34,11 @@ from pvcd.api.storage import (
 )
 from pvcd.api.tasks import WAIT_FOR_TASK, task_location
 from pvcd.api.values import accepts, flag, text, value
-from pvcd.api.vm_rename import STOPPED_STATES, running_on, volumes_in_requests
+from pvcd.api.vm_rename import STOPPED_STATES, running_on
 from pvcd.domain.errors import Conflict, InvalidValue, PvcError
 from pvcd.domain.tasks import busy_task
 from pvcd.drivers.ceph.values import check_snapshot_name, check_volume_name, parse_size
-from pvcd.state.tasks import read_tasks
+from pvcd.state.tasks import read_storage_tasks, read_tasks
 from pvcd.state.view import ClusterView
 from pvcd.vmxml import parse_domain_xml
 
@@ -92,16 +92,11 @@ def refuse_active_users(view: ClusterView, pool: str, volume: str, doing: str,
 
 def refuse_busy(view: ClusterView, pool: str, volume: str) -> None:
     """Conflict when a task or an unfinished storage request works on the volume."""
-    task = busy_task([f"volume:{pool}/{volume}"], read_tasks(view))
+    task = busy_task([f"volume:{pool}/{volume}"], [*read_tasks(view), *read_storage_tasks(view)])
     if task is not None:
         raise Conflict(f"RBD volume {pool}/{volume} is busy with task {task.id} ({task.name}, "
                        f"{task.state}); try again when it has finished "
                        f"(GET {task_location(task.id)}); nothing was changed")
-    request_id = volumes_in_requests(view).get((pool, volume))
-    if request_id is not None:
-        raise Conflict(f"RBD volume {pool}/{volume} is busy with storage request {request_id} "
-                       f"(GET {task_location(request_id)}); try again when it has finished; "
-                       "nothing was changed")
 
 
 async def run_long_request(handler: StorageHandler, op: str, args: dict[str, Any]) -> None:

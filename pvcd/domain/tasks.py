@@ -161,6 +161,15 @@ STORAGE_STATES = {"pending": "pending", "running": "running", "done": "success",
                   "failed": "failure"}
 
 
+def storage_objects(args: Mapping[str, Any]) -> list[str]:
+    """The volumes a storage request works on (`volume:<pool>/<volume>`, and the new volume
+    of a clone), so that tasks see them busy as they see each other's objects."""
+    pool, names = args.get("pool"), [args.get("volume"), args.get("new_volume")]
+    if not isinstance(pool, str) or not pool:
+        return []
+    return [f"volume:{pool}/{name}" for name in names if isinstance(name, str) and name]
+
+
 def storage_request_task(doc: Mapping[str, Any], primary: str | None) -> TaskRecord:
     """A storage request (`storage/requests/<id>`) as the task `storage.<op>` (§1.2): states
     `done` → `success`, `failed` → `failure`, its `progress` text as `progress.message`;
@@ -179,6 +188,7 @@ def storage_request_task(doc: Mapping[str, Any], primary: str | None) -> TaskRec
         message=str(doc.get("message") or ""),
         error=doc.get("error") if state == "failure" else None,
         result=doc.get("result") if state == "success" else None,
-        args=dict(doc.get("args") or {}), executor=executor,
+        args=dict(doc.get("args") or {}), objects=storage_objects(doc.get("args") or {}),
+        executor=executor,
         created=float(doc.get("created") or 0.0), started=doc.get("started"),
         updated=doc.get("finished") or doc.get("started"), finished=doc.get("finished"))

@@ -197,6 +197,23 @@ def test_start_task_answers_202_with_location_and_creates_the_task(
     assert sim.state.cache.children(sim.state.paths.tasks) == before
 
 
+def test_a_task_on_a_volume_a_storage_request_works_on_is_refused(
+        starter: ApiClient, sim: SimCluster) -> None:
+    """Storage requests are tasks too (§1.2): a client's task on a volume an unfinished
+    clone, rollback or snapshot works on is refused, naming it."""
+    request = StorageRequest(id="0000000000003-cccccccc", op="volume-clone",
+                             args={"pool": "p", "volume": "v", "new_volume": "w"},
+                             target="node9", created=1.0)  # no executor here takes it
+    sim.state.store.commit([Op.create(sim.state.paths.storage_request(request.id),
+                                      request.to_doc())])
+    before = sim.state.cache.children(sim.state.paths.tasks)
+    for busy in ("volume:p/v", "volume:p/w"):  # the source, and the copy being made
+        refused(starter.post("/start", data={"object": busy}),
+                f"{busy} is busy with task {request.id} (storage.volume-clone, pending)")
+    assert sim.state.cache.children(sim.state.paths.tasks) == before
+    assert starter.post("/start", data={"object": "volume:p/x"}).status_code == 202
+
+
 def test_a_task_too_large_for_zookeeper_is_refused_before_anything_is_written(
         starter: ApiClient, sim: SimCluster) -> None:
     before = sim.state.cache.children(sim.state.paths.tasks)

@@ -186,7 +186,7 @@ def test_a_clone_still_running_at_the_timeout_answers_202_and_finishes_as_a_task
         assert answer.headers["Location"] == f"/api/v1/tasks/{doc['task_id']}"
         assert short.get(f"/tasks/{doc['task_id']}").json()["state"] == "running"
         refused(short.post("/storage/ceph/volume/p/v/clone", params={"new_volume": "d"}),
-                f"busy with storage request {doc['task_id']}")
+                f"busy with task {doc['task_id']} (storage.volume-clone")
         release.set()
         storage.service.request_controller.stop()  # waits for the copy to end
         task = short.get(f"/tasks/{doc['task_id']}").json()
@@ -262,7 +262,7 @@ def test_a_change_of_a_busy_volume_is_refused(api: ApiClient, storage: Storage) 
     storage.state.store.commit([Op.create(storage.state.paths.storage_request(request.id),
                                           request.to_doc())])
     refused(put(api, "/storage/ceph/volume/p/v", {"size": "8M"}),
-            "busy with storage request 0000000000002-bbbbbbbb")
+            "busy with task 0000000000002-bbbbbbbb (storage.snapshot-add, pending)")
     assert storage.ceph.pools["p"]["v"]["size"] == 4 * MIB
 
 
