@@ -322,6 +322,7 @@ class VmSpec:
     resume_on: str | None = None
     info: dict[str, Any] = dataclasses.field(default_factory=dict)  # objects.md fields of the XML
     remove: VmRemoval | None = None  # set once by DELETE /vm/<vm>; never cleared
+    profile: str | None = None  # the provisioner profile it was made from (§3.9, §4 user-data)
 
     @property
     def removing(self) -> bool:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from kazoo.client import KazooClient
 from kazoo.exceptions import BadVersionError, NodeExistsError
 
+from pvcd.domain.provisioner import KINDS as PROVISIONER_KINDS
 from pvcd.state.client import secure_tree
 
 SCHEMA_VERSION = 1
@@ -229,6 +230,18 @@ class Paths:
     def task(self, task_id: str) -> str:
         return f"{self._prefix}/tasks/{task_id}"
 
+    # provisioner (extensions.md §3): provisioner/<kind>/<name>, written by the API and the
+    # ova.upload task; kinds in pvcd.domain.provisioner.KINDS
+    @property
+    def provisioner(self) -> str:
+        return self._join("provisioner")
+
+    def provisioner_kind(self, kind: str) -> str:
+        return f"{self._prefix}/provisioner/{kind}"
+
+    def provisioner_object(self, kind: str, name: str) -> str:
+        return f"{self._prefix}/provisioner/{kind}/{name}"
+
     def storage_base_paths(self) -> list[str]:
         return [self.storage, self.storage_requests, self.storage_osds, self.storage_pools,
                 self.storage_volumes, self.storage_snapshots]
@@ -237,7 +250,8 @@ class Paths:
         """Paths that must exist in every cluster of the current schema."""
         return [self.nodes, self.coordinator, self.sessions, self.vms, self.vm_names,
                 self.networks, self.network_names, self.fencing,
-                self.cluster, self.tasks, *self.storage_base_paths()]
+                self.cluster, self.tasks, *self.storage_base_paths(), self.provisioner,
+                *(self.provisioner_kind(kind) for kind in PROVISIONER_KINDS)]
 
 
 Migration = Callable[[KazooClient, Paths], None]
