@@ -42,6 +42,7 @@ from pvcd.controllers.coordinator import KEY as COORDINATOR_KEY
 from pvcd.controllers.coordinator import Coordinator, PrimaryServices
 from pvcd.controllers.fencing import FencingController
 from pvcd.controllers.floating import build_floating_ips
+from pvcd.controllers.metadata import build_metadata
 from pvcd.controllers.node import NodeController, NodeStatusWriter
 from pvcd.controllers.self_fence import DeclaredDead
 from pvcd.controllers.storage import build_storage
@@ -121,6 +122,10 @@ class NodeDaemon:
             self.services.add("api", self.api.start, self.api.stop)
         self._add(build_networks(self.name, self.view, self.store, self.writer,
                                  config.drivers.network, config.node.coordinator))
+        # the cloud-init metadata service (extensions.md §4): on the primary, when enabled
+        self._add(build_metadata(self.name, self.view, config.drivers.network,
+                                 coordinator=config.node.coordinator,
+                                 enabled=config.metadata.enabled))
         # Ceph: OSDs on their owner node; pools, volumes on the primary
         self._add(build_storage(self.name, self.view, self.store, config.drivers.ceph,
                                 timing.resync_interval, clock,

@@ -347,6 +347,14 @@ class TasksSection:
 
 
 @dataclass(frozen=True, kw_only=True)
+class MetadataSection:
+    """The cloud-init metadata service on 169.254.169.254:80 (docs/provisioning.md)."""
+
+    # the primary answers guests of managed networks; false: no listener, no address
+    enabled: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """One node's whole configuration."""
 
@@ -358,5 +366,6 @@ class Config:
     drivers: DriversSection = field(default_factory=DriversSection)
     fencing: FencingSection = field(default_factory=FencingSection)
     tasks: TasksSection = field(default_factory=TasksSection)
+    metadata: MetadataSection = field(default_factory=MetadataSection)
     # The file this came from, for messages; not a YAML key.
     path: str = field(default="", metadata={"yaml": False})

@@ -133,9 +133,9 @@ def test_bad_file_names_the_file(tmp_path: Path, text: str, problem: str) -> Non
 @pytest.mark.parametrize(
     ("key", "allowed"),
     [
-        ("nodes", "node, cluster, networks, api, timing, drivers, fencing, tasks"),
+        ("nodes", "node, cluster, networks, api, timing, drivers, fencing, tasks, metadata"),
         # set by the loader only
-        ("path", "node, cluster, networks, api, timing, drivers, fencing, tasks"),
+        ("path", "node, cluster, networks, api, timing, drivers, fencing, tasks, metadata"),
         ("api.bogus", "listen, port, auth, tls, max_body_size, header_timeout, body_timeout, "
                       "max_connections, max_connections_per_client, task_wait"),
         ("networks.upstream.gateway", "device, network, floating_ip"),
