@@ -29,6 +29,7 @@ from pvcd.controllers.network import checked_network, vni_of_key, vni_of_path
 from pvcd.controllers.node import NodeStatusWriter
 from pvcd.controllers.refusals import Refusals
 from pvcd.domain.errors import InvalidValue
+from pvcd.domain.metadata import METADATA_ADDRESS, METADATA_PORT
 from pvcd.domain.records import AclSpec, NetworkSpec
 from pvcd.drivers.ifnames import bridge_name
 from pvcd.drivers.nftables import NftablesDriver, validate_rule
@@ -114,8 +115,9 @@ class FirewallController:
         out_rules = [rule_body(acl) for acl in self._acls(spec, "out", refused)]
         self.refusals.report(scope, refused)
         if in_rules or out_rules:
-            in_rules = [*direction_guards(spec, "daddr"), *in_rules]
-            out_rules = [*direction_guards(spec, "saddr"), *out_rules]
+            metadata_in, metadata_out = metadata_rules(spec)
+            in_rules = [*metadata_in, *direction_guards(spec, "daddr"), *in_rules]
+            out_rules = [*metadata_out, *direction_guards(spec, "saddr"), *out_rules]
         self.nft.apply_network_rules(vni, bridge_name(vni), in_rules, out_rules)
         return DONE
 
@@ -154,6 +156,30 @@ def direction_guards(spec: Any, field: str) -> list[dict[str, Any]]:
             "comment": f"pvc: only traffic {'into' if field == 'daddr' else 'out of'} "
                        "the network"})
     return guards
+
+
+def metadata_rules(spec: NetworkSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(in, out) rules that let a managed network's guests reach the primary's metadata
+    service (`pvcd.controllers.metadata`) whatever the operator's ACLs say, as PVC's client
+    network firewall does: the request (TCP to 169.254.169.254:80) leaves the network, and
+    only replies of a connection this node saw a guest open come back (`ct state
+    established`), so a guest cannot pass ACLs by sending *from* that address."""
+    if spec.type != "managed" or not spec.ip4_network:
+        return [], []
+
+    def match(protocol: str, field: str, value: str | int) -> dict[str, Any]:
+        return {"match": {"op": "==", "left": {"payload": {"protocol": protocol,
+                                                           "field": field}}, "right": value}}
+
+    comment = "pvc: the metadata service"
+    request = {"expr": [match("ip", "daddr", METADATA_ADDRESS),
+                        match("tcp", "dport", METADATA_PORT), {"accept": None}],
+               "comment": comment}
+    reply = {"expr": [match("ip", "saddr", METADATA_ADDRESS), match("tcp", "sport", METADATA_PORT),
+                      {"match": {"op": "in", "left": {"ct": {"key": "state"}},
+                                 "right": "established"}}, {"accept": None}],
+             "comment": comment}
+    return [reply], [request]
 
 
 def build_firewall(node: str, view: ClusterView, nft: NftablesDriver,

@@ -155,10 +155,11 @@ class GuestIdentity:
 
 
 class MetadataService:
-    """The primary's metadata service; `start`/`stop` follow the primary role."""
+    """The primary's metadata service; `start`/`stop` follow the primary role.
+    `neighbour(bridge, address)`: the MAC the kernel resolved `address` to on `bridge`."""
 
     def __init__(self, name: str, view: ClusterView, links: NetlinkDriver,
-                 config: NetworkDriverSection, neighbours: NeighbourTable,
+                 config: NetworkDriverSection, neighbour: Callable[[str, str], str | None],
                  clock: Callable[[], float] = time.time, port: int = METADATA_PORT,
                  limits: Limits | None = None) -> None:
         self.name = name
@@ -166,7 +167,7 @@ class MetadataService:
         self.links = links
         self.netns = config.netns
         self.port = port
-        self.identity = GuestIdentity(view, neighbours.mac_of, clock)
+        self.identity = GuestIdentity(view, neighbour, clock)
         self.server = MetadataHttpServer(self.answer, limits)
         self.controller = Controller("metadata", self.reconcile, self.keys,
                                      resync_interval=config.resync_interval)
@@ -282,7 +283,7 @@ def build_metadata(node: str, view: ClusterView, config: NetworkDriverSection, c
     if not (enabled and coordinator) or config.underlay_device is None:
         return Wiring()  # (bridged networks only: no gateway of ours, nothing to serve)
     service = MetadataService(node, view, links or NetlinkDriver(config.netns), config,
-                              NeighbourTable(config.netns))
+                              NeighbourTable(config.netns).mac_of)
     wiring = Wiring(services=[PrimaryService("metadata", service.start, service.stop)])
     wiring.add(service.controller, Watch(view.paths.networks + "/", service.key_of_path))
     return wiring
