@@ -122,10 +122,11 @@ def test_acls_are_applied_in_order_behind_the_direction_guards(cluster_state: Cl
     firewall.reconcile(acl_key(100))
     chains = nft.chains[100]
     assert chains["bridge"] == "vmbr100"
+    # (the metadata service's rules first: docs/provisioning.md)
     assert [rule["comment"] for rule in chains["in"]] == [
-        "pvc: only traffic into the network", "first", "second"]
+        "pvc: the metadata service", "pvc: only traffic into the network", "first", "second"]
     assert [rule["comment"] for rule in chains["out"]] == [
-        "pvc: only traffic out of the network"]
+        "pvc: the metadata service", "pvc: only traffic out of the network"]
 
 
 def test_a_network_without_acls_has_empty_chains_and_a_deleted_one_none(
