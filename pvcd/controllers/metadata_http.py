@@ -159,9 +159,10 @@ class MetadataHttpServer:
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             return
-        for key in list(self._servers):
-            self.close(key)
-        loop.call_soon_threadsafe(loop.stop)
+        try:
+            self._call(self._shutdown())
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
         thread.join(CALL_TIMEOUT)
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
@@ -199,6 +200,17 @@ class MetadataHttpServer:
             server.close()
         for writer in self._open.pop(key, set()):
             writer.transport.abort()
+
+    async def _shutdown(self) -> None:
+        for key in list(self._servers):
+            await self._close(key)
+        current = asyncio.current_task()
+        handlers = [task for task in asyncio.all_tasks() if task is not current]
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        self._per_source.clear()
+        self._total = 0
 
     def _admit(self, key: int, source: str) -> str | None:
         """Why a new connection is refused, or None (then it is counted)."""

@@ -318,3 +318,16 @@ def test_a_closed_listener_hears_nothing(server: Any) -> None:
     assert http_server.listening() == []
     with pytest.raises(OSError):
         request(port)
+
+
+def test_the_server_serves_again_after_a_stop(server: Any) -> None:
+    """A node that is primary again (a handover back) starts the same server anew."""
+    http_server, port, _hang = server
+    slow = raw(port, b"GET / HTTP/1.1\r\n")  # a connection open at the stop is closed
+    http_server.stop()
+    assert closed_without_reply(slow)
+    http_server.start()
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    http_server.listen(9, listener)
+    assert request(listener.getsockname()[1]) == (200, "9 127.0.0.3 GET /x")
