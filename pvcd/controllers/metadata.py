@@ -215,7 +215,9 @@ class MetadataService:
 
     # keys
     def keys(self) -> Iterable[str]:
-        return [md_key(v) for v in sorted(set(self.view.network_vnis()) | set(self._bound))]
+        with self._lock:
+            bound = set(self._bound)
+        return [md_key(v) for v in sorted(set(self.view.network_vnis()) | bound)]
 
     def key_of_path(self, path: str) -> str | None:
         """Only the network's own document matters (its type; its removal)."""
