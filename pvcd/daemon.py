@@ -130,7 +130,7 @@ class NodeDaemon:
         self._add(build_storage(self.name, self.view, self.store, config.drivers.ceph,
                                 timing.resync_interval, clock,
                                 coordinator=self.coordinator is not None,
-                                extra_osds=self.plugins.extra_osds))
+                                extra_osds=self.plugins.extra_osds, guests=self.libvirt))
         # tasks: this node's, and on coordinators the primary's (docs/tasks.md)
         self._add(build_tasks(self.name, self.view, self.store, config.tasks,
                               TaskRegistry(self.plugins.task_kinds),

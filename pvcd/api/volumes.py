@@ -52,6 +52,7 @@ class VolumeUser:
     name: str
     state: str
     running_on: str | None
+    uuid: str = ""
 
     @property
     def active(self) -> bool:
@@ -77,7 +78,7 @@ def volume_users(view: ClusterView, pool: str, volume: str) -> list[VolumeUser]:
             continue
         if any(d.protocol == "rbd" and (d.name or "").split("@", 1)[0] == wanted
                for d in disks):
-            users.append(VolumeUser(spec.name, spec.state, running_on(view, uuid)))
+            users.append(VolumeUser(spec.name, spec.state, running_on(view, uuid), uuid))
     return sorted(users, key=lambda user: user.name)
 
 
@@ -197,13 +198,28 @@ class VolumeChangeHandler(VolumeHandler):
             args.update(size=size, allow_shrink=allow_shrink, force=self.values[FORCE])
         refuse_busy(self.view, pool, volume)
         grown = size is not None and size > ((doc.get("stats") or {}).get("size") or 0)
-        running = [u.name for u in volume_users(self.view, pool, volume) if u.running_on] \
+        running = [u for u in volume_users(self.view, pool, volume) if u.running_on] \
             if grown else []
         request = await run_request(self, "volume-modify", args)
-        self.message(request.message + (
-            f"; VM {', '.join(running)} runs with it and its guest was NOT told (pvcd does not "
-            "resize a running guest's disk yet): restart the VM, or rescan the disk in the "
-            "guest" if running else ""))
+        told = [await self.tell_guest(user, args.get("name", volume), pool, int(size or 0))
+                for user in running]
+        self.message(request.message + "".join(f"; {line}" for line in told))
+
+    async def tell_guest(self, user: VolumeUser, volume: str, pool: str, size: int) -> str:
+        """Have the node running `user` tell its guest the disk grew (spec §2.3): what
+        happened, for the answer's message (the resize itself is done either way)."""
+        if user.running_on not in self.view.node_names():
+            return (f"VM {user.name} runs with it, but on which node is not known, so its "
+                    "guest was NOT told: restart the VM, or rescan the disk in the guest")
+        assert user.running_on is not None
+        try:
+            await run_request(self, "vm-disk-resize", {
+                "vm": user.uuid, "pool": pool, "volume": volume, "size": size},
+                target=user.running_on)
+        except PvcError as exc:
+            return (f"VM {user.name} runs with it on {user.running_on} and its guest was NOT "
+                    f"told ({exc}): restart the VM, or rescan the disk in the guest")
+        return f"VM {user.name} runs with it on {user.running_on} and its guest was told"
 
 
 SNAPSHOT_NEW_NAME = value("new_name", "The snapshot's new name.", check_snapshot_name,

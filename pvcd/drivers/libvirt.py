@@ -28,6 +28,7 @@ import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+from xml.etree import ElementTree
 
 import libvirt
 
@@ -365,6 +366,24 @@ class LibvirtDriver:
         finally:
             finished.set()
 
+    def resize_rbd_disks(self, uuid: str, volume: str, size: int) -> list[str]:
+        """Tell the running domain `uuid` that its RBD disks on `volume` (`pool/volume`) now
+        have `size` bytes (libvirt block resize, which QEMU passes to the guest as a capacity
+        change); the targets it resized (none: no such disk). BackendError when libvirt
+        refuses, NotFound when the domain is not here."""
+        domain = self._domain(uuid)
+        try:
+            live = str(domain.XMLDesc(0))
+        except libvirt.libvirtError as exc:
+            raise _error(exc, f"read the XML of domain {uuid}") from exc
+        targets = rbd_disk_targets(live, volume)
+        for target in targets:
+            try:
+                domain.blockResize(target, size, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+            except libvirt.libvirtError as exc:
+                raise _error(exc, f"resize disk {target} of domain {uuid}") from exc
+        return targets
+
     def host_info(self) -> HostInfo:
         try:
             info = self._connection().getInfo()
@@ -420,3 +439,15 @@ def _error(exc: libvirt.libvirtError, what: str) -> BackendError | NotFound:
     if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
         return NotFound(message)
     return BackendError(message)
+
+
+def rbd_disk_targets(xml: str, volume: str) -> list[str]:
+    """The target devices (`vda`, `sdb`) of the RBD disks on `volume` in a domain's XML as
+    libvirt gives it (its own output, so it is read as is, not checked like a client's XML)."""
+    targets = []
+    for disk in ElementTree.fromstring(xml).iterfind("devices/disk"):
+        source, target = disk.find("source"), disk.find("target")
+        if source is not None and target is not None and source.get("protocol") == "rbd" \
+                and source.get("name") == volume and target.get("dev"):
+            targets.append(str(target.get("dev")))
+    return targets

@@ -8,6 +8,7 @@ operation takes exactly its arguments: a missing, unknown or invalid one refuses
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -15,6 +16,7 @@ from pvcd.domain.errors import InvalidValue
 from pvcd.drivers.ceph import values
 
 Check = Callable[[Any], object]
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def _one_of(*allowed: str) -> Check:
@@ -41,6 +43,12 @@ def _size(value: Any) -> object:
     if type(value) is not int:
         raise InvalidValue(f"size {value!r} is not a number of bytes")
     return values.parse_size(value)
+
+
+def _uuid(value: Any) -> object:
+    if not isinstance(value, str) or not _UUID.fullmatch(value):
+        raise InvalidValue(f"{value!r} is not a VM UUID")
+    return value
 
 
 def _pgs(value: Any) -> object:
@@ -81,6 +89,8 @@ OPERATIONS: Mapping[str, tuple[Mapping[str, Check], Mapping[str, Check]]] = {
     "volume-clone": ({"pool": POOL, "volume": VOLUME, "new_volume": VOLUME},
                      {"snapshot": SNAPSHOT, "force": _flag}),
     "volume-remove": ({"pool": POOL, "volume": VOLUME}, {"with_snapshots": _flag}),
+    # the node running a VM tells its guest that a grown volume is larger (libvirt block resize)
+    "vm-disk-resize": ({"vm": _uuid, "pool": POOL, "volume": VOLUME, "size": _size}, {}),
     "snapshot-add": ({"pool": POOL, "volume": VOLUME, "snapshot": SNAPSHOT}, {}),
     "snapshot-remove": ({"pool": POOL, "volume": VOLUME, "snapshot": SNAPSHOT}, {}),
     "snapshot-rename": ({"pool": POOL, "volume": VOLUME, "snapshot": SNAPSHOT,

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from pvcd.lab.guest import tiny_guest_xml
 from pvcd.lab.lab import Lab
 from tests.e2e.labclient import LabClient, wait_until
 
@@ -150,3 +151,30 @@ def test_resize_and_rename_in_one_request(api: LabClient, rbd: Rbd,
     assert ok(call(api, "GET", f"/storage/ceph/volume/{pool}/big"))[0]["stats"]["size"] == \
         4 * MIB
     refused(call(api, "GET", f"/storage/ceph/volume/{pool}/src"), "not found")
+
+
+def test_growing_a_running_guests_volume_says_whether_the_guest_was_told(
+        volume_lab: tuple[Lab, LabClient], api: LabClient, rbd: Rbd,
+        source: tuple[str, bytes]) -> None:
+    """The VM's node is asked to tell its guest (libvirt block resize, spec §2.3). libvirt's
+    test driver cannot resize a block device, so here the answer must say the guest was NOT
+    told and why, while the volume did grow. (The guest that is told: test_vms_qemu.py.)"""
+    pool, _ = source
+    xml = tiny_guest_xml(f"grow{secrets.token_hex(2)}", domain_type="test").replace(
+        "  <devices>\n",
+        "  <devices>\n    <disk type='network' device='disk'>"
+        f"<source protocol='rbd' name='{pool}/src'/><target dev='vda' bus='virtio'/></disk>\n")
+    name = xml.split("<name>")[1].split("</name>")[0]
+    ok(call(api, "POST", "/vm", xml=xml))
+    uuid = ok(call(api, "GET", f"/vm/{name}"))[0]["uuid"]
+    wait_until(lambda: volume_lab[0].domains("node1").get(uuid, {}).get("state") == "running"
+               and ok(call(api, "GET", f"/vm/{name}"))[0]["node"] == "node1",
+               timeout=TIMEOUT, interval=0.2)
+    try:
+        message = ok(call(api, "PUT", f"/storage/ceph/volume/{pool}/src", size="8M"))["message"]
+        assert f"VM {name} runs with it" in message and "was NOT told" in message, message
+        assert "not supported" in message, message
+        assert len(rbd.export(f"{pool}/src")) == 8 * MIB
+    finally:
+        ok(call(api, "POST", f"/vm/{name}/state", state="stop", wait=1))
+        ok(call(api, "DELETE", f"/vm/{name}"))

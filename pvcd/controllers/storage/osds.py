@@ -106,21 +106,31 @@ class NodeOsdProvisioner:
             else self.devices
 
 
+class GuestDisks(Protocol):
+    """The hypervisor of this node, as far as a grown volume concerns it."""
+
+    def resize_rbd_disks(self, uuid: str, volume: str, size: int) -> list[str]: ...
+
+
 class NodeStorage:
-    """This node's part: the OSDs whose devices it owns."""
+    """This node's part: the OSDs whose devices it owns, and telling its running guests that
+    a volume they use has grown (`vm-disk-resize`)."""
 
     def __init__(self, name: str, view: ClusterView, store: Store, ceph: CephDriver,
                  provisioner: OsdDaemons, config: CephDriverSection,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 guests: GuestDisks | None = None) -> None:
         self.name = name
         self.view = view
         self.ceph = ceph
         self.provisioner = provisioner
         self.config = config
         self.mirror = Mirror(view)
+        self.guests = guests
         self.requests = RequestExecutor(name, name, view, store, {
             "osd-add": self._osd_add, "osd-remove": self._osd_remove,
-        }, lambda request: [f"osd/{request.args.get('osd', 'new')}"], clock)
+            "vm-disk-resize": self._vm_disk_resize,
+        }, _request_locks, clock)
         self._removing: set[int] = set()
         self._removing_lock = threading.Lock()
 
@@ -165,6 +175,20 @@ class NodeStorage:
                        f"{weight:g})", {"osd": osd_id, "node": self.name},
                        lambda: self.mirror.osd(record))
 
+    def _vm_disk_resize(self, request: StorageRequest,
+                        progress: Callable[[str], None]) -> Outcome:
+        args = request.args
+        volume, uuid, size = f"{args['pool']}/{args['volume']}", args["vm"], int(args["size"])
+        if self.guests is None:
+            raise BackendError(f"node {self.name} has no hypervisor connection to tell VM "
+                               f"{uuid} that {volume} grew")
+        progress(f"telling VM {uuid} that {volume} now has {size} bytes")
+        targets = self.guests.resize_rbd_disks(uuid, volume, size)
+        if not targets:
+            raise InvalidValue(f"VM {uuid} on node {self.name} has no disk on {volume}")
+        return Outcome(f"VM {uuid} was told that disk {', '.join(targets)} ({volume}) has "
+                       f"{size} bytes", {"vm": uuid, "targets": targets})
+
     def _wait_up(self, osd_id: int, progress: Callable[[str], None]) -> dict[str, Any]:
         deadline = time.monotonic() + max(30.0, self.config.command_timeout)
         while time.monotonic() < deadline:
@@ -199,3 +223,9 @@ class NodeStorage:
                         "seconds": round(removal.total_seconds, 3)},
                        lambda: self.mirror.osd_gone(osd_id))
 
+
+def _request_locks(request: StorageRequest) -> list[str]:
+    """What a request of this node works on: one OSD, or one VM's disks."""
+    if request.op == "vm-disk-resize":
+        return [f"vm/{request.args.get('vm')}"]
+    return [f"osd/{request.args.get('osd', 'new')}"]

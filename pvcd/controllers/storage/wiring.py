@@ -13,7 +13,12 @@ from collections.abc import Callable
 
 from pvcd.config import CephDriverSection
 from pvcd.controllers.base import Controller, PrimaryService, Watch, Wiring
-from pvcd.controllers.storage.osds import NodeOsdProvisioner, NodeStorage, OsdProvisioner
+from pvcd.controllers.storage.osds import (
+    GuestDisks,
+    NodeOsdProvisioner,
+    NodeStorage,
+    OsdProvisioner,
+)
 from pvcd.controllers.storage.primary import PrimaryStorage
 from pvcd.drivers.ceph.bluestore import DeviceOsdProvisioner
 from pvcd.drivers.ceph.driver import CephDriver
@@ -24,8 +29,10 @@ from pvcd.state.view import ClusterView
 
 def build_storage(node: str, view: ClusterView, store: Store, config: CephDriverSection,
                   resync_interval: float, clock: Callable[[], float], coordinator: bool,
-                  extra_osds: OsdProvisioner | None = None) -> Wiring:
-    """The storage controllers of node `node` (none when `config.enabled` is off)."""
+                  extra_osds: OsdProvisioner | None = None,
+                  guests: GuestDisks | None = None) -> Wiring:
+    """The storage controllers of node `node` (none when `config.enabled` is off); `guests`:
+    this node's hypervisor, told when a volume its running VMs use grows."""
     wiring = Wiring()
     if not config.enabled:
         return wiring
@@ -34,7 +41,8 @@ def build_storage(node: str, view: ClusterView, store: Store, config: CephDriver
         node, make_launcher(config.osd_launcher, config.osd_run_dir),
         configure=ceph.osd_configure, unconfigure=ceph.osd_unconfigure, purge=ceph.osd_purge)
     node_storage = NodeStorage(node, view, store, ceph,
-                               NodeOsdProvisioner(node, devices, extra_osds), config, clock)
+                               NodeOsdProvisioner(node, devices, extra_osds), config, clock,
+                               guests)
     requests_prefix = view.paths.storage_requests + "/"
     wiring.add(Controller("storage-node", node_storage.requests.reconcile,
                           node_storage.requests.keys, workers=2,
