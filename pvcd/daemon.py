@@ -120,7 +120,8 @@ class NodeDaemon:
             self.api = self._make_api(self.metrics)
             self.services.add("api", self.api.start, self.api.stop)
         self._add(build_networks(self.name, self.view, self.store, self.writer,
-                                 config.drivers.network, config.node.coordinator))
+                                 config.drivers.network, config.node.coordinator,
+                                 networks=config.networks))
         # Ceph: OSDs on their owner node; pools, volumes on the primary
         self._add(build_storage(self.name, self.view, self.store, config.drivers.ceph,
                                 timing.resync_interval, clock,

@@ -9,6 +9,9 @@ that the next primary knows them: before it starts a network's dnsmasq, it hands
 (`set_known_leases`), and clients keep their addresses. The key requeues itself every
 `POLL_INTERVAL` seconds: that polls the journal and restarts a dnsmasq that died.
 
+Each network's dnsmasq also resolves the other managed networks' names (`pvcd.controllers.dns`,
+extensions.md §10.2): every reconcile brings its DNS files up to date.
+
 Leases are guest input (the host name is the guest's): they are checked where they enter
 (`dnsmasq_leasehook.guest_lease`: the hook, the journal, the cluster's copy), so no lease a
 guest can make stops a gateway or its dnsmasq.
@@ -50,6 +53,7 @@ from pvcd.controllers.base import (
     Watch,
     Wiring,
 )
+from pvcd.controllers.dns import NetworkDns
 from pvcd.controllers.network import checked_network, vni_of_key, vni_of_path
 from pvcd.controllers.node import NodeStatusWriter
 from pvcd.controllers.refusals import Refusals
@@ -98,8 +102,9 @@ class GatewayService:
     """The primary's gateways and dnsmasq instances; `start`/`stop` follow the primary role."""
 
     def __init__(self, name: str, view: ClusterView, store: Store, links: NetlinkDriver,
-                 config: NetworkDriverSection, refusals: Refusals) -> None:
+                 config: NetworkDriverSection, refusals: Refusals, dns: NetworkDns) -> None:
         self.name = name
+        self.dns = dns
         self.view = view
         self.store = store
         self.links = links
@@ -191,18 +196,20 @@ class GatewayService:
         config = self._dnsmasq_config(spec)
         running = self._running.get(spec.vni)
         if running is not None and running.config != config:
-            self._report_leases(spec.vni, running.instance)
+            self._report_leases(spec.vni, running.instance.leases())
             running.instance.stop()
             del self._running[spec.vni]
             running = None
         if config is None:
             return DONE
-        statics = [StaticLease(s.mac, s.ip, s.hostname) for s in self._static_leases(spec)]
+        accepted = self._static_leases(spec)
+        statics = [StaticLease(s.mac, s.ip, s.hostname) for s in accepted]
         if running is None:
             instance = DnsmasqInstance(config)
             known = self._known_leases(spec.vni)
             instance.set_known_leases(known)
             instance.set_static_leases(statics)
+            self.dns.publish(spec, instance, accepted)  # its DNS files before it starts
             instance.start()
             self._running[spec.vni] = _Running(instance, config)
             for gateway in (spec.ip4_gateway, spec.ip6_gateway):
@@ -214,7 +221,9 @@ class GatewayService:
             instance = running.instance
             instance.set_static_leases(statics)
             instance.supervise()
-        self._report_leases(spec.vni, instance)
+        leases = instance.leases()
+        self.dns.publish(spec, instance, accepted)
+        self._report_leases(spec.vni, leases)
         return Result(requeue_after=POLL_INTERVAL)
 
     def _static_leases(self, spec: NetworkSpec) -> list[StaticLeaseSpec]:
@@ -248,6 +257,7 @@ class GatewayService:
             ip6_network=spec.ip6_network,
             ip6_gateway=spec.ip6_gateway if spec.ip6_network else None,
             user=self.config.dnsmasq_user,
+            dns_files=True,
         )
 
     def _teardown(self, vni: int) -> None:
@@ -255,7 +265,7 @@ class GatewayService:
         running = self._running.pop(vni, None)
         if running is not None:
             try:
-                self._report_leases(vni, running.instance)
+                self._report_leases(vni, running.instance.leases())
             except Exception as exc:  # the next primary starts from the last report
                 log.warning("event=lease-report-failed node=%s vni=%d error=%r", self.name, vni,
                             exc)
@@ -300,9 +310,9 @@ class GatewayService:
                 known.append(lease)
         return known
 
-    def _report_leases(self, vni: int, instance: DnsmasqInstance) -> None:
+    def _report_leases(self, vni: int, leases: list[Lease]) -> None:
         """Make `networks/<vni>/leases` hold exactly dnsmasq's current leases."""
-        current = {le.mac: le for le in instance.leases()}
+        current = {le.mac: le for le in leases}
         paths = self.view.paths
         ops: list[Op] = []
         for mac, lease in sorted(current.items()):
@@ -327,10 +337,11 @@ class GatewayService:
 
 
 def build_gateways(node: str, view: ClusterView, store: Store, links: NetlinkDriver,
-                   config: NetworkDriverSection, writer: NodeStatusWriter) -> Wiring:
+                   config: NetworkDriverSection, writer: NodeStatusWriter,
+                   dns: NetworkDns) -> Wiring:
     """Gateways and dnsmasq of the managed networks, acting while this node is primary (the
     "gateways" service)."""
-    service = GatewayService(node, view, store, links, config, Refusals(node, writer))
+    service = GatewayService(node, view, store, links, config, Refusals(node, writer), dns)
     wiring = Wiring(services=[PrimaryService("gateways", service.start, service.stop)])
     wiring.add(service.controller, Watch(view.paths.networks + "/", service.key_of_path))
     return wiring
