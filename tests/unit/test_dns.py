@@ -3,6 +3,7 @@ they become (`pvcd.drivers.dnsmasq_dns`)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from pvcd.domain.dns import (
 )
 from pvcd.domain.errors import InvalidValue
 from pvcd.domain.records import NetworkSpec
+from pvcd.drivers.dnsmasq import DnsmasqConfig, DnsmasqInstance
 from pvcd.drivers.dnsmasq_dns import (
     DnsFiles,
     HostRecord,
@@ -155,3 +157,14 @@ def test_upstream_servers_default_to_resolv_conf(tmp_path: Path) -> None:
                     "nameserver fe80::1%eth0\nnameserver bogus\noptions edns0\n")
     assert resolv_conf_servers(conf) == ("192.0.2.53",)
     assert resolv_conf_servers(tmp_path / "missing") == ()
+
+
+def test_a_networks_dnsmasq_reads_the_files_instead_of_answering_its_domain_alone(
+        tmp_path: Path) -> None:
+    config = DnsmasqConfig(interface="vmbr10", state_dir=tmp_path, domain="a.test",
+                           ip4_network="10.10.0.0/24", ip4_gateway="10.10.0.1")
+    assert "--local=/a.test/" in DnsmasqInstance(config).argv()
+    argv = DnsmasqInstance(replace(config, dns_files=True)).argv()
+    assert "--local=/a.test/" not in argv and "--domain=a.test" in argv
+    assert f"--servers-file={tmp_path}/dns/servers" in argv
+    assert f"--hostsdir={tmp_path}/dns/names" in argv and "--no-negcache" in argv
