@@ -42,7 +42,7 @@ def test_another_networks_change_reaches_a_resolver_without_a_restart(
     gateway.start()
     for vni in (10, 20):
         gateway.reconcile(gw_key(vni))
-    a, b = host.running()
+    a, _b = host.running()
     assert servers(a) == [f"server=/a.test/{NAMES_SERVER}", "server=/b.test/10.20.0.1",
                           f"rev-server=10.10.0.0/24,{NAMES_SERVER}",
                           "rev-server=10.20.0.0/24,10.20.0.1"]
