@@ -21,10 +21,12 @@ breaks them leaves its gateway as it is, a static lease that does is not handed 
 the node's status says why (`pvcd.controllers.refusals`).
 
 Handover: `stop()` runs when the role goes (the coordinator calls it before it deletes its lock,
-so the next primary starts only afterwards). It takes the same lock as the reconcile, so no
-reconcile is half-way when it tears down: last lease report, dnsmasq stopped and reaped, gateway
-addresses removed. A reconcile while not primary does that teardown for its network too, which
-also cleans up after a crashed pvcd of this node (stray addresses, orphaned dnsmasq).
+so the next primary starts only afterwards). Networks are reconciled side by side (`WORKERS`),
+each under its own lock; `stop()` clears the role, then takes each network's lock in turn, so no
+reconcile of it is half-way when it tears it down: last lease report, dnsmasq stopped and
+reaped, gateway addresses removed. A reconcile while not primary does that teardown for its
+network too, which also cleans up after a crashed pvcd of this node (stray addresses, orphaned
+dnsmasq).
 
 Races named: (1) the bridge is made by the network controller; until it exists the reconcile
 retries (TemporaryError). (2) A lease report for a network deleted meanwhile fails (its parent
@@ -72,6 +74,9 @@ from pvcd.state.view import ClusterView
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.5  # seconds between lease reports / dnsmasq liveness checks
+# networks reconciled at once: after a handover every network's dnsmasq starts (≈ 0.1-0.5 s
+# each, its lease hook's `init` included), so they come up side by side, not one by one
+WORKERS = 4
 MAX_OPS = 500  # per ZooKeeper transaction (well under the 1 MiB request limit)
 
 
@@ -112,10 +117,11 @@ class GatewayService:
         self.refusals = refusals
         self.active = False
         # its own work queue: taking the primary role enqueues every network
-        self.controller = Controller("gateway", self.reconcile, self.keys,
+        self.controller = Controller("gateway", self.reconcile, self.keys, workers=WORKERS,
                                      resync_interval=config.resync_interval)
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()  # the role and the tables below; held only briefly
         self._running: dict[int, _Running] = {}
+        self._network_locks: dict[int, threading.Lock] = {}
 
     # the primary role
     def start(self) -> None:
@@ -129,12 +135,19 @@ class GatewayService:
     def stop(self) -> None:
         with self._lock:
             self.active = False
-            for vni in sorted(set(self._running) | set(self.view.network_vnis())):
+            vnis = sorted(set(self._running) | set(self.view.network_vnis()))
+        for vni in vnis:
+            with self._network_lock(vni):  # waits for a reconcile of it that is half-way
                 try:
                     self._teardown(vni)
                 except Exception:
                     log.exception("event=gateway-teardown-failed node=%s vni=%d", self.name, vni)
         log.info("event=gateways-stopped node=%s", self.name)
+
+    def _network_lock(self, vni: int) -> threading.Lock:
+        """One network's reconcile or teardown at a time (networks go side by side)."""
+        with self._lock:
+            return self._network_locks.setdefault(vni, threading.Lock())
 
     def _enable_routing(self) -> None:
         """The gateways route between the client networks (their ACL chains see the routed
@@ -153,7 +166,9 @@ class GatewayService:
 
     # keys
     def keys(self) -> Iterable[str]:
-        return [gw_key(v) for v in sorted(set(self.view.network_vnis()) | set(self._running))]
+        with self._lock:
+            running = set(self._running)
+        return [gw_key(v) for v in sorted(set(self.view.network_vnis()) | running)]
 
     def key_of_path(self, path: str) -> str | None:
         """The network's document and its static leases matter (not the leases we report)."""
@@ -167,8 +182,10 @@ class GatewayService:
     # reconcile
     def reconcile(self, key: str) -> Result:
         vni = vni_of_key(key)
-        with self._lock:
-            if not self.active:
+        with self._network_lock(vni):
+            with self._lock:  # `stop()` clears it first, then waits for this network's lock
+                active = self.active
+            if not active:
                 self._teardown(vni)
                 return DONE
             try:
@@ -198,7 +215,8 @@ class GatewayService:
         if running is not None and running.config != config:
             self._report_leases(spec.vni, running.instance.leases())
             running.instance.stop()
-            del self._running[spec.vni]
+            with self._lock:
+                del self._running[spec.vni]
             running = None
         if config is None:
             return DONE
@@ -211,7 +229,8 @@ class GatewayService:
             instance.set_static_leases(statics)
             self.dns.publish(spec, instance, accepted)  # its DNS files before it starts
             instance.start()
-            self._running[spec.vni] = _Running(instance, config)
+            with self._lock:
+                self._running[spec.vni] = _Running(instance, config)
             for gateway in (spec.ip4_gateway, spec.ip6_gateway):
                 if gateway:
                     announce(self.config.netns, bridge, gateway, router=True)
@@ -262,7 +281,8 @@ class GatewayService:
 
     def _teardown(self, vni: int) -> None:
         """No gateway and no dnsmasq of `vni` on this node (idempotent)."""
-        running = self._running.pop(vni, None)
+        with self._lock:
+            running = self._running.pop(vni, None)
         if running is not None:
             try:
                 self._report_leases(vni, running.instance.leases())
