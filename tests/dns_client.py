@@ -18,7 +18,7 @@ from pvcd.drivers.netns import run_in_netns
 
 @dataclass(frozen=True)
 class Answer:
-    rcode: str  # NOERROR, NXDOMAIN, REFUSED, ... or TIMEOUT
+    rcode: str  # NOERROR, NXDOMAIN, REFUSED, ... or TIMEOUT, UNREACHABLE
     values: tuple[str, ...]  # addresses (A/AAAA) or names (PTR), without the trailing dot
     ttls: tuple[int, ...]
 
@@ -34,6 +34,8 @@ def ask(netns: str | None, server: str, name: str, rdtype: str = "A",
             response = dns.query.udp(query, server, timeout=timeout)
         except dns.exception.Timeout:
             return Answer("TIMEOUT", (), ())
+        except OSError as exc:  # e.g. no route yet to a gateway that is coming up
+            return Answer(f"UNREACHABLE ({exc.strerror})", (), ())
         wanted = dns.rdatatype.from_text(rdtype)
         rrsets = [rrset for rrset in response.answer if rrset.rdtype == wanted]
         values = tuple(sorted(rdata.to_text().rstrip(".") for rrset in rrsets
