@@ -16,9 +16,9 @@ leases, as it always did. This module gives it the rest, through the files of
   give a lease a name its hosts files give another address).
 
 The names server (`pvcd.controllers.dns_service`) holds `vm_names`: `<vm name>.<domain>` for
-each lease (the cluster's copy in ZooKeeper) whose MAC is a VM's NIC, when the VM's name is a
-DNS label. They live apart from the network's dnsmasq because that one would make a hosts name
-of a leased address the lease's own name, replacing the name the guest sent.
+each lease (the cluster's copy in ZooKeeper) whose MAC is a VM's NIC on that network's bridge,
+when the VM's name is a DNS label. They live apart from the network's dnsmasq because that one
+would make a hosts name of a leased address the lease's own name, replacing the guest's.
 
 Guest input: a lease's host name is the guest's and never enters a file here; dnsmasq serves it
 under its own rule (`dnsmasq_leasehook.guest_hostname`). VM names and static host names are
@@ -41,6 +41,7 @@ from pvcd.domain.errors import InvalidValue
 from pvcd.domain.records import NetworkSpec, StaticLeaseSpec
 from pvcd.drivers.dnsmasq import DnsmasqInstance
 from pvcd.drivers.dnsmasq_dns import HostRecord, resolv_conf_servers
+from pvcd.drivers.ifnames import bridge_name
 from pvcd.state.view import ClusterView
 
 log = logging.getLogger(__name__)
@@ -91,22 +92,25 @@ class NetworkDns:
                 if static.hostname and dns_label(static.hostname)]
 
     def vm_names(self, zones: DnsZones) -> list[HostRecord]:
-        """`<vm name>.<domain>` for every lease of a publishing network whose MAC is a VM's."""
-        vm_names = self.vm_names_by_mac()
+        """`<vm name>.<domain>` for every lease of a publishing network whose MAC is a VM's NIC
+        on that network's bridge (a guest that copies the MAC of a VM on another network does
+        not get its name)."""
+        vm_names = self.vm_names_by_nic()
         names: dict[str, set[str]] = {}
         for zone in zones.zones:
             if zone.domain is None:
                 continue
+            bridge = bridge_name(zone.vni)
             for lease in self.view.dhcp_leases(zone.vni):
-                vm_name = vm_names.get(lease.mac)
+                vm_name = vm_names.get((lease.mac, bridge))
                 if vm_name is not None:
                     names.setdefault(lease.ip, set()).add(f"{vm_name}.{zone.domain}")
         return [HostRecord(ip, tuple(sorted(fqdns))) for ip, fqdns in sorted(names.items())]
 
-    def vm_names_by_mac(self) -> dict[str, str]:
-        """MAC → VM name for every VM NIC whose VM name is a DNS label (read from the cached
-        documents: this runs on every gateway poll)."""
-        result: dict[str, str] = {}
+    def vm_names_by_nic(self) -> dict[tuple[str, str], str]:
+        """(MAC, bridge) → VM name for every VM NIC whose VM name is a DNS label (read from the
+        cached documents: this runs on every lease report)."""
+        result: dict[tuple[str, str], str] = {}
         cache = self.view.cache
         for uuid in self.view.vm_uuids():
             doc = cache.get(self.view.paths.vm(uuid))
@@ -114,9 +118,9 @@ class NetworkDns:
             if name is None:
                 continue
             for nic in _nics(doc):
-                mac = nic.get("mac")
-                if isinstance(mac, str):
-                    result[mac.lower()] = name
+                mac, bridge = nic.get("mac"), nic.get("source")
+                if isinstance(mac, str) and isinstance(bridge, str):
+                    result[(mac.lower(), bridge)] = name
         return result
 
     def publish(self, spec: NetworkSpec, instance: DnsmasqInstance,

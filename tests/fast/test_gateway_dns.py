@@ -94,14 +94,17 @@ def test_vm_names_come_from_the_reported_leases_of_publishing_networks(
     network(cluster_state, 10, "a.test")
     network(cluster_state, 20, "x.a.test")  # written past the API: a conflict
     paths = cluster_state.paths
-    for uuid, name, mac in (("u1", "web1", "52:54:00:00:10:01"),
-                            ("u2", "bad_name", "52:54:00:00:10:02"),
-                            ("u3", "db", "52:54:00:00:20:01")):
+    network(cluster_state, 30, "c.test")
+    for uuid, name, mac, bridge in (("u1", "web1", "52:54:00:00:10:01", "vmbr10"),
+                                    ("u2", "bad_name", "52:54:00:00:10:02", "vmbr10"),
+                                    ("u3", "db", "52:54:00:00:20:01", "vmbr20"),
+                                    ("u4", "app", "52:54:00:00:30:01", "vmbr30")):
         cluster_state.put(paths.vm(uuid), {"uuid": uuid, "name": name, "info": {
-            "networks": [{"type": "bridge", "mac": mac.upper(), "source": "vmbr10"}]}})
+            "networks": [{"type": "bridge", "mac": mac.upper(), "source": bridge}]}})
     for vni, mac, ip in ((10, "52:54:00:00:10:01", "10.10.0.100"),
                          (10, "52:54:00:00:10:02", "10.10.0.101"),
                          (10, "52:54:00:00:10:09", "10.10.0.102"),  # no VM's
+                         (10, "52:54:00:00:30:01", "10.10.0.103"),  # a VM's MAC, copied
                          (20, "52:54:00:00:20:01", "10.20.0.100")):  # lost its domain
         cluster_state.put(paths.network_lease(vni, mac),
                           {"mac": mac, "ip": ip, "hostname": "guest", "expires": 0})
