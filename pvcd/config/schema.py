@@ -99,7 +99,7 @@ class NetworkSection:
 
 @dataclass(frozen=True, kw_only=True)
 class DnsSection:
-    """DNS across the managed networks (docs/networks.md, "DNS")."""
+    """DNS across the managed networks (docs/networking.md, "DNS")."""
 
     # where the gateways' resolvers send names outside the managed domains; null: the
     # nameservers of the primary's /etc/resolv.conf; []: none (such names are REFUSED)

@@ -1,4 +1,4 @@
-"""DNS across the managed networks (extensions.md §10.2, docs/networks.md "DNS"): what the
+"""DNS across the managed networks (extensions.md §10.2, docs/networking.md "DNS"): what the
 primary's resolvers know beyond their own leases, read from the cluster's state.
 
 Every managed network's dnsmasq (the gateway service runs it on the primary) answers its own

@@ -25,7 +25,7 @@ also writes it to the extra names (it does, with `dns_files`).
 State directory (`config.state_dir`, created 0755: dnsmasq drops to `config.user` and must reach
 the hosts directory, so every parent needs o+x):
   hosts/static    static leases, one `MAC,IP[,NAME]` per line
-  leasehook       the generated `--dhcp-script` wrapper (runs this Python, `-I`)
+  leasehook       the generated `--dhcp-script` wrapper (runs this Python, `-IS`)
   leases.jsonl    lease journal written by the hook;  leases.lock  its lock
   dnsmasq.log     dnsmasq's stderr (`--log-facility=-`)
   dns/            servers file and extra names (`dnsmasq_dns`), with `dns_files`
