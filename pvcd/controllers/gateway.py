@@ -196,7 +196,10 @@ class GatewayService:
                             exc)
                 return DONE
             if spec is None or spec.type != "managed":
+                served = vni in self._running
                 self._teardown(vni)
+                if served:
+                    self._requeue_others(vni)
                 return DONE
             return self._serve(spec)
 
@@ -236,6 +239,7 @@ class GatewayService:
                     announce(self.config.netns, bridge, gateway, router=True)
             log.info("event=gateway-up node=%s vni=%d addresses=%s known_leases=%d", self.name,
                      spec.vni, ",".join(wanted), len(known))
+            self._requeue_others(spec.vni)
         else:
             instance = running.instance
             instance.set_static_leases(statics)
@@ -244,6 +248,13 @@ class GatewayService:
         self.dns.publish(spec, instance, accepted)
         self._report_leases(spec.vni, leases)
         return Result(requeue_after=POLL_INTERVAL)
+
+    def _requeue_others(self, vni: int) -> None:
+        """A network's DNS zone came or went: the other networks' resolvers learn of it now,
+        not at their next poll (`pvcd.controllers.dns`)."""
+        for other in self.view.network_vnis():
+            if other != vni:
+                self.controller.enqueue(gw_key(other))
 
     def _static_leases(self, spec: NetworkSpec) -> list[StaticLeaseSpec]:
         """The network's static leases that the API's rules allow (each against the network
