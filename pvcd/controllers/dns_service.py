@@ -28,7 +28,7 @@ from pvcd.controllers.base import DONE, Controller, PrimaryService, Result, Watc
 from pvcd.controllers.dns import NetworkDns
 from pvcd.controllers.network import vni_of_path
 from pvcd.domain.dns import NAMES_SERVER, floating_forwarding, names_forwarding
-from pvcd.domain.errors import InvalidValue
+from pvcd.domain.errors import InvalidValue, PvcError
 from pvcd.drivers.dns_server import DnsServer, DnsServerConfig
 from pvcd.state.view import ClusterView
 
@@ -84,12 +84,22 @@ class DnsService:
                     server.stop()
                 return DONE
             zones = self.dns.zones()
-            try:
-                self.names.serve(names_forwarding(zones), self.dns.vm_names(zones))
-                if self.floating is not None:
-                    self.floating.serve(floating_forwarding(zones))
-            except InvalidValue as exc:  # (every value was checked on its way in)
-                log.error("event=dns-servers-unchanged reason=%s", exc)
+            work = [(self.names, names_forwarding(zones), self.dns.vm_names(zones))]
+            if self.floating is not None:
+                work.append((self.floating, floating_forwarding(zones), []))
+            failed: list[PvcError] = []
+            for server, forwarding, names in work:  # one failing does not hold the other up
+                try:
+                    server.serve(forwarding, names)
+                except InvalidValue as exc:  # (every value was checked on its way in)
+                    log.error("event=dns-server-unchanged server=%s reason=%s",
+                              server.config.name, exc)
+                except PvcError as exc:  # e.g. it cannot bind: backed off, tried again
+                    log.error("event=dns-server-failed server=%s reason=%s",
+                              server.config.name, exc)
+                    failed.append(exc)
+            if failed:
+                raise failed[0]
         return Result(requeue_after=SUPERVISE_INTERVAL)
 
 

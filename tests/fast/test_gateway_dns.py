@@ -10,9 +10,12 @@ from pathlib import Path
 import pytest
 
 from pvcd.controllers.dns import NetworkDns
+from pvcd.controllers.dns_service import KEY, SUPERVISE_INTERVAL, DnsService
 from pvcd.controllers.gateway import gw_key
-from pvcd.domain.dns import NAMES_SERVER
+from pvcd.domain.dns import NAMES_SERVER, Forwarding
+from pvcd.domain.errors import BackendError
 from pvcd.domain.records import NetworkSpec, StaticLeaseSpec
+from pvcd.drivers.dns_server import DnsServerConfig
 from pvcd.drivers.dnsmasq import Lease
 from pvcd.drivers.dnsmasq_dns import HostRecord
 from tests.fakes.networking import host_links, make_gateway, network_config
@@ -117,3 +120,45 @@ def test_vm_names_come_from_the_reported_leases_of_publishing_networks(
                  r.getMessage()]
     assert conflicts == ["event=dns-domain-conflict fault=DNS_DOMAIN_CONFLICT_20 vni=20 "
                          "kept_by=10"]  # once, not on every poll
+
+
+class FakeDnsServer:
+    """`DnsServer`: what it was told to serve, and whether it runs; `failing` makes `serve`
+    fail as a dnsmasq that cannot bind does."""
+
+    def __init__(self, name: str, failing: bool = False) -> None:
+        self.config = DnsServerConfig(name, ("127.0.0.153",), Path("/nonexistent"))
+        self.failing = failing
+        self.running = False
+        self.served: tuple[Forwarding, list[HostRecord]] | None = None
+
+    def serve(self, forwarding: Forwarding, names: list[HostRecord]) -> None:
+        if self.failing:
+            raise BackendError("dnsmasq for dns-names exited with 2 at start: address in use")
+        self.served, self.running = (forwarding, list(names)), True
+
+    def stop(self) -> None:
+        self.running = False
+
+
+def test_the_dns_service_serves_while_primary_and_one_failing_server_holds_no_other_up(
+        cluster_state: ClusterState) -> None:
+    network(cluster_state, 10, "a.test")
+    names, floating = FakeDnsServer("names", failing=True), FakeDnsServer("floating")
+    service = DnsService(cluster_state.view, NetworkDns(cluster_state.view, lambda: ()),
+                         names, floating, resync_interval=60)  # type: ignore[arg-type]
+    service.reconcile(KEY)
+    assert not floating.running  # not primary: nothing runs
+    service.start()
+    with pytest.raises(BackendError):  # backed off and tried again
+        service.reconcile(KEY)
+    assert floating.running and floating.served is not None
+    assert floating.served[0].domains == (("a.test", "10.10.0.1"),)
+    assert floating.served[0].upstream == ()  # never recursion on the floating IPs
+    names.failing = False
+    assert service.reconcile(KEY).requeue_after == SUPERVISE_INTERVAL
+    assert names.served is not None and names.served[0].local_domains == ("a.test",)
+    service.stop()
+    assert not names.running and not floating.running
+    service.reconcile(KEY)
+    assert not names.running and not floating.running
