@@ -13,7 +13,8 @@ A VM name follows its lease through ZooKeeper: the gateway reports a new lease w
 (0.5 s), and the watch brings it here at once. `stop()` (the role goes: before the floating
 addresses are removed, since services stop in reverse order) stops both servers under the
 reconcile's lock, so no reconcile starts them again; a reconcile while not primary stops them
-too.
+too, and the first one after pvcd starts also kills servers a crashed pvcd of this node left
+(a start kills them anyway: they would hold the addresses).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class DnsService:
         self.names = names
         self.floating = floating
         self.active = False
+        self._orphans_killed = False  # once per daemon: servers a crashed pvcd left
         self._lock = threading.Lock()
         self.controller = Controller("dns", self.reconcile, lambda: [KEY],
                                      resync_interval=resync_interval)
@@ -82,6 +84,9 @@ class DnsService:
             if not self.active:
                 for server in self.servers():
                     server.stop()
+                    if not self._orphans_killed:
+                        server.kill_orphans()
+                self._orphans_killed = True
                 return DONE
             zones = self.dns.zones()
             work = [(self.names, names_forwarding(zones), self.dns.vm_names(zones))]

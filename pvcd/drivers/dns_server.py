@@ -90,3 +90,7 @@ class DnsServer:
 
     def stop(self) -> None:
         self._process.stop()
+
+    def kill_orphans(self) -> None:
+        """Kill a server of this kind left running by a crashed pvcd of this node."""
+        self._process.kill_orphans()

@@ -55,15 +55,18 @@ class DnsmasqProcess:
         helper, or an orphan left by a previous pvcd."""
         return pids_where(lambda argv: self.marker in argv)
 
-    def _kill_orphans(self) -> None:
-        for pid in self.processes():
+    def kill_orphans(self) -> None:
+        """Kill every process with the marker that is not our running child (one left by a
+        crashed pvcd) and wait until they are gone."""
+        ours = self.pid
+        for pid in [p for p in self.processes() if p != ours]:
             log.warning("dnsmasq orphan killed interface=%s pid=%d", self.label, pid)
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + STOP_TIMEOUT
-        while self.processes() and time.monotonic() < deadline:
+        while [p for p in self.processes() if p != ours] and time.monotonic() < deadline:
             time.sleep(0.01)  # let the kernel release its sockets before we bind them again
 
     def start(self) -> None:
@@ -71,7 +74,7 @@ class DnsmasqProcess:
         An orphan of the same marker is killed first: it would hold the sockets."""
         if self.running():
             return
-        self._kill_orphans()
+        self.kill_orphans()
         started = time.monotonic()
         log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log_file:

@@ -130,6 +130,7 @@ class FakeDnsServer:
         self.config = DnsServerConfig(name, ("127.0.0.153",), Path("/nonexistent"))
         self.failing = failing
         self.running = False
+        self.orphans_killed = 0
         self.served: tuple[Forwarding, list[HostRecord]] | None = None
 
     def serve(self, forwarding: Forwarding, names: list[HostRecord]) -> None:
@@ -140,6 +141,9 @@ class FakeDnsServer:
     def stop(self) -> None:
         self.running = False
 
+    def kill_orphans(self) -> None:
+        self.orphans_killed += 1
+
 
 def test_the_dns_service_serves_while_primary_and_one_failing_server_holds_no_other_up(
         cluster_state: ClusterState) -> None:
@@ -148,7 +152,9 @@ def test_the_dns_service_serves_while_primary_and_one_failing_server_holds_no_ot
     service = DnsService(cluster_state.view, NetworkDns(cluster_state.view, lambda: ()),
                          names, floating, resync_interval=60)  # type: ignore[arg-type]
     service.reconcile(KEY)
+    service.reconcile(KEY)
     assert not floating.running  # not primary: nothing runs
+    assert floating.orphans_killed == names.orphans_killed == 1  # (once per daemon)
     service.start()
     with pytest.raises(BackendError):  # backed off and tried again
         service.reconcile(KEY)
