@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pvcd.domain.dns import Forwarding, dns_label
+from pvcd.domain.dns import RECORD_TTL, Forwarding, dns_label
 from pvcd.domain.errors import InvalidValue
 
 RESOLV_CONF = Path("/etc/resolv.conf")
@@ -110,9 +110,10 @@ class DnsFiles:
 
     def arguments(self) -> list[str]:
         # --no-negcache: a name asked for before its lease existed must resolve as soon as it
-        # does (another network's "no such name" is never kept)
+        # does (another network's "no such name" is never kept); --local-ttl: dnsmasq's own
+        # default, said here because the spec bounds it (≤ 60 s) and forwarders cache by it
         return [f"--servers-file={self.servers_path}", f"--hostsdir={self.names_dir}",
-                "--no-negcache"]
+                "--no-negcache", f"--local-ttl={RECORD_TTL}"]
 
     def prepare(self) -> None:
         """The directory and both files exist (dnsmasq refuses to start without them);

@@ -168,3 +168,4 @@ def test_a_networks_dnsmasq_reads_the_files_instead_of_answering_its_domain_alon
     assert "--local=/a.test/" not in argv and "--domain=a.test" in argv
     assert f"--servers-file={tmp_path}/dns/servers" in argv
     assert f"--hostsdir={tmp_path}/dns/names" in argv and "--no-negcache" in argv
+    assert "--local-ttl=0" in argv
