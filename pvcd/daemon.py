@@ -121,7 +121,8 @@ class NodeDaemon:
             self.api = self._make_api(self.metrics)
             self.services.add("api", self.api.start, self.api.stop)
         self._add(build_networks(self.name, self.view, self.store, self.writer,
-                                 config.drivers.network, config.node.coordinator))
+                                 config.drivers.network, config.node.coordinator,
+                                 networks=config.networks))
         # the cloud-init metadata service (extensions.md §4): on the primary, when enabled
         self._add(build_metadata(self.name, self.view, config.drivers.network,
                                  coordinator=config.node.coordinator,

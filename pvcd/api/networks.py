@@ -5,8 +5,13 @@ Every write is checked completely first (the manual's rules, listed in
 recorded as desired state in one compare-and-set transaction; the network, gateway and firewall
 controllers carry it out. A refused value answers 510 with a message and writes nothing.
 
-`<network>` is a VNI or a network's description. Lease elements are served under both
-`/network/<network>/lease/<mac>` and the manual's `/network/<network>/dhcp/<mac>`.
+`<network>` is a VNI or a network's description. Leases are served under both
+`/network/<network>/lease[/<mac>]` and the manual's `/network/<network>/dhcp[/<mac>]` (the same
+handlers, extensions.md §10.1).
+
+A managed network's domain may not equal, contain or lie inside another managed network's
+(`pvcd.domain.dns.check_unique_domain`, extensions.md §10.2.4): DNS across the networks could not
+tell them apart.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 from pvcd.api.base import BaseHandler
 from pvcd.api.routing import route
 from pvcd.api.values import Value, accepts, choice, flag, integer, limit, text, value
+from pvcd.domain.dns import check_unique_domain
 from pvcd.domain.errors import Conflict, InvalidValue, NotFound
 from pvcd.domain.records import AclSpec, NetworkSpec
 from pvcd.domain.states import ACL_DIRECTIONS, NETWORK_TYPES
@@ -67,6 +73,11 @@ def lease_objects(view: ClusterView, vni: int, static_only: bool) -> list[dict[s
                     "timestamp": le.expires} for le in view.dhcp_leases(vni)
                    if le.mac not in reserved]
     return sorted(result, key=lambda le: le["mac_address"])
+
+
+def other_networks(view: ClusterView, vni: int) -> list[NetworkSpec]:
+    return [spec for spec in (view.network(other) for other in view.network_vnis()
+                              if other != vni) if spec is not None]
 
 
 def acl_object(acl: AclSpec) -> dict[str, Any]:
@@ -140,6 +151,7 @@ class NetworkListHandler(NetworkBaseHandler):
         spec = check_network(NetworkSpec(
             vni=vni, description=description, type=nettype,
             **{address.name: self.values[address] for address in ADDRESS_VALUES}))
+        check_unique_domain(vni, spec.domain, other_networks(view, vni))
         paths = view.paths
         ops = [Op.create(paths.network(vni), spec.to_doc())]
         ops += [Op.create(path, {}) for path in paths.network_containers(vni)]
@@ -163,6 +175,7 @@ class NetworkHandler(NetworkBaseHandler):
         if self.values.given(IP6_NETWORK) and not self.values.given(IP6_GATEWAY):
             changed.ip6_gateway = None  # a new ip6 network gets the default gateway
         changed = check_network(changed)
+        check_unique_domain(spec.vni, changed.domain, other_networks(view, spec.vni))
         if changed.ip4_network is not None:
             network = ipaddress.ip_network(changed.ip4_network)
             for lease in view.static_leases(spec.vni):
@@ -365,6 +378,7 @@ ROUTES = [
     route("/network/<network>", NetworkHandler),
     route("/network/<network>/lease", LeaseListHandler),
     route("/network/<network>/lease/<lease>", LeaseHandler),
+    route("/network/<network>/dhcp", LeaseListHandler),  # extensions.md §10.1: an alias
     route("/network/<network>/dhcp/<lease>", LeaseHandler),
     route("/network/<network>/acl", AclListHandler),
     route("/network/<network>/acl/<acl>", AclHandler),

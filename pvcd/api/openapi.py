@@ -172,6 +172,11 @@ ENDPOINTS: dict[str, dict[str, Operation]] = {
         "get": Operation("One lease (a one-element list)", array_of("Lease")),
         "delete": Operation("Remove a static lease"),
     },
+    "/network/<network>/dhcp": {
+        "get": Operation("List a network's DHCP leases (extensions.md §10.1: the manual's "
+                         "path, an alias of /lease)", array_of("Lease")),
+        "post": Operation("Add a static DHCP lease (an alias of /lease)"),
+    },
     "/network/<network>/dhcp/<lease>": {
         "get": Operation("One lease (a one-element list; the manual's path)", array_of("Lease")),
         "delete": Operation("Remove a static lease (the manual's path)"),

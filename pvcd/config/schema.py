@@ -98,11 +98,22 @@ class NetworkSection:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DnsSection:
+    """DNS across the managed networks (docs/networking.md, "DNS")."""
+
+    # where the gateways' resolvers send names outside the managed domains; null: the
+    # nameservers of the primary's /etc/resolv.conf; []: none (such names are REFUSED)
+    upstream_servers: tuple[str, ...] | None = field(default=None,
+                                                     metadata=checks(each=ip_address))
+
+
+@dataclass(frozen=True, kw_only=True)
 class NetworksSection:
     """The host networks pvcd manages addresses on."""
 
     cluster: NetworkSection = field(default_factory=NetworkSection)
     upstream: NetworkSection | None = None
+    dns: DnsSection = field(default_factory=DnsSection)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,17 +1,19 @@
-"""The client-network subsystem of a node daemon: interfaces, ACLs, gateways and DHCP.
+"""The client-network subsystem of a node daemon: interfaces, ACLs, gateways, DHCP and DNS.
 
 One builder for the composition root (`pvcd.daemon`): the interfaces and the ACL chains of every
 client network on every node, and on a coordinator the gateways and dnsmasq that act while it is
-primary. A node with neither an underlay (VXLAN) nor an uplink (vLAN) configured carries no client
-networks at all.
+primary, and its DNS servers (`dns_service`). A node with neither an
+underlay (VXLAN) nor an uplink (vLAN) configured carries no client networks at all.
 """
 
 from __future__ import annotations
 
 import logging
 
-from pvcd.config import NetworkDriverSection
+from pvcd.config import NetworkDriverSection, NetworksSection
 from pvcd.controllers.base import Wiring
+from pvcd.controllers.dns import NetworkDns, upstream_source
+from pvcd.controllers.dns_service import build_dns_service
 from pvcd.controllers.firewall import build_firewall
 from pvcd.controllers.gateway import build_gateways
 from pvcd.controllers.network import build_interfaces
@@ -27,9 +29,11 @@ log = logging.getLogger(__name__)
 def build_networks(node: str, view: ClusterView, store: Store, writer: NodeStatusWriter,
                    config: NetworkDriverSection, coordinator: bool,
                    links: NetlinkDriver | None = None,
-                   nft: NftablesDriver | None = None) -> Wiring:
+                   nft: NftablesDriver | None = None,
+                   networks: NetworksSection | None = None) -> Wiring:
     """Everything client networks need on `node`; `links` and `nft` default to the host's
-    drivers in `config.netns`."""
+    drivers in `config.netns`; `networks` (the host networks: floating addresses, DNS
+    upstream servers) to none."""
     if config.underlay_device is None and config.uplink_device is None:
         log.info("event=networks-disabled node=%s reason=no-underlay-or-uplink", node)
         return Wiring()
@@ -38,5 +42,8 @@ def build_networks(node: str, view: ClusterView, store: Store, writer: NodeStatu
     wiring.extend(build_firewall(node, view, nft or NftablesDriver(config.netns),
                                  config.resync_interval, writer))
     if coordinator:
-        wiring.extend(build_gateways(node, view, store, links, config, writer))
+        networks = networks or NetworksSection()
+        dns = NetworkDns(view, upstream_source(networks.dns.upstream_servers))
+        wiring.extend(build_gateways(node, view, store, links, config, writer, dns))
+        wiring.extend(build_dns_service(view, dns, networks, config))
     return wiring

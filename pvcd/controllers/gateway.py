@@ -9,6 +9,9 @@ that the next primary knows them: before it starts a network's dnsmasq, it hands
 (`set_known_leases`), and clients keep their addresses. The key requeues itself every
 `POLL_INTERVAL` seconds: that polls the journal and restarts a dnsmasq that died.
 
+Each network's dnsmasq also resolves the other managed networks' names (`pvcd.controllers.dns`,
+extensions.md §10.2): every reconcile brings its DNS files up to date.
+
 Leases are guest input (the host name is the guest's): they are checked where they enter
 (`dnsmasq_leasehook.guest_lease`: the hook, the journal, the cluster's copy), so no lease a
 guest can make stops a gateway or its dnsmasq.
@@ -18,10 +21,12 @@ breaks them leaves its gateway as it is, a static lease that does is not handed 
 the node's status says why (`pvcd.controllers.refusals`).
 
 Handover: `stop()` runs when the role goes (the coordinator calls it before it deletes its lock,
-so the next primary starts only afterwards). It takes the same lock as the reconcile, so no
-reconcile is half-way when it tears down: last lease report, dnsmasq stopped and reaped, gateway
-addresses removed. A reconcile while not primary does that teardown for its network too, which
-also cleans up after a crashed pvcd of this node (stray addresses, orphaned dnsmasq).
+so the next primary starts only afterwards). Networks are reconciled side by side (`WORKERS`),
+each under its own lock; `stop()` clears the role, then takes each network's lock in turn, so no
+reconcile of it is half-way when it tears it down: last lease report, dnsmasq stopped and
+reaped, gateway addresses removed. A reconcile while not primary does that teardown for its
+network too, which also cleans up after a crashed pvcd of this node (stray addresses, orphaned
+dnsmasq).
 
 Races named: (1) the bridge is made by the network controller; until it exists the reconcile
 retries (TemporaryError). (2) A lease report for a network deleted meanwhile fails (its parent
@@ -50,6 +55,7 @@ from pvcd.controllers.base import (
     Watch,
     Wiring,
 )
+from pvcd.controllers.dns import NetworkDns
 from pvcd.controllers.network import checked_network, vni_of_key, vni_of_path
 from pvcd.controllers.node import NodeStatusWriter
 from pvcd.controllers.refusals import Refusals
@@ -68,6 +74,9 @@ from pvcd.state.view import ClusterView
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.5  # seconds between lease reports / dnsmasq liveness checks
+# networks reconciled at once: after a handover every network's dnsmasq starts (≈ 0.1-0.5 s
+# each, its lease hook's `init` included), so they come up side by side, not one by one
+WORKERS = 4
 MAX_OPS = 500  # per ZooKeeper transaction (well under the 1 MiB request limit)
 
 
@@ -98,8 +107,9 @@ class GatewayService:
     """The primary's gateways and dnsmasq instances; `start`/`stop` follow the primary role."""
 
     def __init__(self, name: str, view: ClusterView, store: Store, links: NetlinkDriver,
-                 config: NetworkDriverSection, refusals: Refusals) -> None:
+                 config: NetworkDriverSection, refusals: Refusals, dns: NetworkDns) -> None:
         self.name = name
+        self.dns = dns
         self.view = view
         self.store = store
         self.links = links
@@ -107,10 +117,11 @@ class GatewayService:
         self.refusals = refusals
         self.active = False
         # its own work queue: taking the primary role enqueues every network
-        self.controller = Controller("gateway", self.reconcile, self.keys,
+        self.controller = Controller("gateway", self.reconcile, self.keys, workers=WORKERS,
                                      resync_interval=config.resync_interval)
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()  # the role and the tables below; held only briefly
         self._running: dict[int, _Running] = {}
+        self._network_locks: dict[int, threading.Lock] = {}
 
     # the primary role
     def start(self) -> None:
@@ -124,12 +135,19 @@ class GatewayService:
     def stop(self) -> None:
         with self._lock:
             self.active = False
-            for vni in sorted(set(self._running) | set(self.view.network_vnis())):
+            vnis = sorted(set(self._running) | set(self.view.network_vnis()))
+        for vni in vnis:
+            with self._network_lock(vni):  # waits for a reconcile of it that is half-way
                 try:
                     self._teardown(vni)
                 except Exception:
                     log.exception("event=gateway-teardown-failed node=%s vni=%d", self.name, vni)
         log.info("event=gateways-stopped node=%s", self.name)
+
+    def _network_lock(self, vni: int) -> threading.Lock:
+        """One network's reconcile or teardown at a time (networks go side by side)."""
+        with self._lock:
+            return self._network_locks.setdefault(vni, threading.Lock())
 
     def _enable_routing(self) -> None:
         """The gateways route between the client networks (their ACL chains see the routed
@@ -148,7 +166,9 @@ class GatewayService:
 
     # keys
     def keys(self) -> Iterable[str]:
-        return [gw_key(v) for v in sorted(set(self.view.network_vnis()) | set(self._running))]
+        with self._lock:
+            running = set(self._running)
+        return [gw_key(v) for v in sorted(set(self.view.network_vnis()) | running)]
 
     def key_of_path(self, path: str) -> str | None:
         """The network's document and its static leases matter (not the leases we report)."""
@@ -162,8 +182,10 @@ class GatewayService:
     # reconcile
     def reconcile(self, key: str) -> Result:
         vni = vni_of_key(key)
-        with self._lock:
-            if not self.active:
+        with self._network_lock(vni):
+            with self._lock:  # `stop()` clears it first, then waits for this network's lock
+                active = self.active
+            if not active:
                 self._teardown(vni)
                 return DONE
             try:
@@ -174,7 +196,10 @@ class GatewayService:
                             exc)
                 return DONE
             if spec is None or spec.type != "managed":
+                served = vni in self._running
                 self._teardown(vni)
+                if served:
+                    self._requeue_others(vni)
                 return DONE
             return self._serve(spec)
 
@@ -191,31 +216,45 @@ class GatewayService:
         config = self._dnsmasq_config(spec)
         running = self._running.get(spec.vni)
         if running is not None and running.config != config:
-            self._report_leases(spec.vni, running.instance)
+            self._report_leases(spec.vni, running.instance.leases())
             running.instance.stop()
-            del self._running[spec.vni]
+            with self._lock:
+                del self._running[spec.vni]
             running = None
         if config is None:
             return DONE
-        statics = [StaticLease(s.mac, s.ip, s.hostname) for s in self._static_leases(spec)]
+        accepted = self._static_leases(spec)
+        statics = [StaticLease(s.mac, s.ip, s.hostname) for s in accepted]
         if running is None:
             instance = DnsmasqInstance(config)
             known = self._known_leases(spec.vni)
             instance.set_known_leases(known)
             instance.set_static_leases(statics)
+            self.dns.publish(spec, instance, accepted)  # its DNS files before it starts
             instance.start()
-            self._running[spec.vni] = _Running(instance, config)
+            with self._lock:
+                self._running[spec.vni] = _Running(instance, config)
             for gateway in (spec.ip4_gateway, spec.ip6_gateway):
                 if gateway:
                     announce(self.config.netns, bridge, gateway, router=True)
             log.info("event=gateway-up node=%s vni=%d addresses=%s known_leases=%d", self.name,
                      spec.vni, ",".join(wanted), len(known))
+            self._requeue_others(spec.vni)
         else:
             instance = running.instance
             instance.set_static_leases(statics)
             instance.supervise()
-        self._report_leases(spec.vni, instance)
+        leases = instance.leases()
+        self.dns.publish(spec, instance, accepted)
+        self._report_leases(spec.vni, leases)
         return Result(requeue_after=POLL_INTERVAL)
+
+    def _requeue_others(self, vni: int) -> None:
+        """A network's DNS zone came or went: the other networks' resolvers learn of it now,
+        not at their next poll (`pvcd.controllers.dns`)."""
+        for other in self.view.network_vnis():
+            if other != vni:
+                self.controller.enqueue(gw_key(other))
 
     def _static_leases(self, spec: NetworkSpec) -> list[StaticLeaseSpec]:
         """The network's static leases that the API's rules allow (each against the network
@@ -248,14 +287,16 @@ class GatewayService:
             ip6_network=spec.ip6_network,
             ip6_gateway=spec.ip6_gateway if spec.ip6_network else None,
             user=self.config.dnsmasq_user,
+            dns_files=True,
         )
 
     def _teardown(self, vni: int) -> None:
         """No gateway and no dnsmasq of `vni` on this node (idempotent)."""
-        running = self._running.pop(vni, None)
+        with self._lock:
+            running = self._running.pop(vni, None)
         if running is not None:
             try:
-                self._report_leases(vni, running.instance)
+                self._report_leases(vni, running.instance.leases())
             except Exception as exc:  # the next primary starts from the last report
                 log.warning("event=lease-report-failed node=%s vni=%d error=%r", self.name, vni,
                             exc)
@@ -300,9 +341,9 @@ class GatewayService:
                 known.append(lease)
         return known
 
-    def _report_leases(self, vni: int, instance: DnsmasqInstance) -> None:
+    def _report_leases(self, vni: int, leases: list[Lease]) -> None:
         """Make `networks/<vni>/leases` hold exactly dnsmasq's current leases."""
-        current = {le.mac: le for le in instance.leases()}
+        current = {le.mac: le for le in leases}
         paths = self.view.paths
         ops: list[Op] = []
         for mac, lease in sorted(current.items()):
@@ -327,10 +368,11 @@ class GatewayService:
 
 
 def build_gateways(node: str, view: ClusterView, store: Store, links: NetlinkDriver,
-                   config: NetworkDriverSection, writer: NodeStatusWriter) -> Wiring:
+                   config: NetworkDriverSection, writer: NodeStatusWriter,
+                   dns: NetworkDns) -> Wiring:
     """Gateways and dnsmasq of the managed networks, acting while this node is primary (the
     "gateways" service)."""
-    service = GatewayService(node, view, store, links, config, Refusals(node, writer))
+    service = GatewayService(node, view, store, links, config, Refusals(node, writer), dns)
     wiring = Wiring(services=[PrimaryService("gateways", service.start, service.stop)])
     wiring.add(service.controller, Watch(view.paths.networks + "/", service.key_of_path))
     return wiring

@@ -5,7 +5,8 @@ argument list (every operator-derived value validated first: addresses through `
 names and MACs by pattern; no shell anywhere) and runs dnsmasq as a child in the foreground.
 
 Why each fixed option (measured on dnsmasq 2.90, see docs/platform notes):
-  --conf-file=/dev/null --no-resolv --no-hosts   self-contained: no /etc files, no upstreams
+  --conf-file=/dev/null --no-resolv --no-hosts   self-contained: no /etc files; upstreams only
+                                    from the servers file
   --bind-interfaces --interface=X --except-interface=lo
                                     several instances per node (one per network) only work
                                     when each binds its own interface; lo would collide
@@ -16,15 +17,18 @@ Why each fixed option (measured on dnsmasq 2.90, see docs/platform notes):
   --dhcp-hostsdir=D                 static leases: new files are read by inotify, no restart
   --dhcp-authoritative              we are the network's only DHCP server: a client renewing
                                     a lease we lost (restart) gets an ACK, not a silent wait
+  --servers-file, --hostsdir        (with `dns_files`) DNS across networks: `dnsmasq_dns`
 The gateway address must be on the interface *before* start (dnsmasq derives the DHCP subnet
-from it). A static host name resolves in DNS only while its lease exists.
+from it). A static host name resolves in DNS only while its lease exists, unless the gateway
+also writes it to the extra names (it does, with `dns_files`).
 
 State directory (`config.state_dir`, created 0755: dnsmasq drops to `config.user` and must reach
 the hosts directory, so every parent needs o+x):
   hosts/static    static leases, one `MAC,IP[,NAME]` per line
-  leasehook       the generated `--dhcp-script` wrapper (runs this Python, `-I`)
+  leasehook       the generated `--dhcp-script` wrapper (runs this Python, `-IS`)
   leases.jsonl    lease journal written by the hook;  leases.lock  its lock
   dnsmasq.log     dnsmasq's stderr (`--log-facility=-`)
+  dns/            servers file and extra names (`dnsmasq_dns`), with `dns_files`
 
 Races: dnsmasq only *adds* hosts on inotify; a removed or changed static lease needs SIGHUP,
 which `set_static_leases` sends. `supervise()` restarts a dead child; a lease granted between the
@@ -35,21 +39,18 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import re
-import signal
 import stat
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pvcd
 from pvcd.domain.errors import BackendError, InvalidValue
 from pvcd.drivers import dnsmasq_leasehook
+from pvcd.drivers.dnsmasq_dns import DnsFiles, write_file
 from pvcd.drivers.dnsmasq_leasehook import Lease, guest_lease
-from pvcd.drivers.host import pids_where
+from pvcd.drivers.dnsmasq_process import DnsmasqProcess
 from pvcd.drivers.ifnames import check_ifname, check_netns
 
 __all__ = ["DnsmasqConfig", "DnsmasqInstance", "Lease", "StaticLease"]
@@ -59,9 +60,6 @@ log = logging.getLogger(__name__)
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 HOSTNAME_RE = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-START_TIMEOUT = 10.0
-STOP_TIMEOUT = 5.0
-SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def check_mac(mac: str) -> str:
@@ -118,6 +116,9 @@ class DnsmasqConfig:
     ip6_gateway: str | None = None
     lease_time: int = 3600  # seconds
     dns_port: int = 53  # 0 disables DNS
+    # DNS across networks: forwarding and extra names from files under state_dir/dns that
+    # change while dnsmasq runs (`dnsmasq_dns.DnsFiles`)
+    dns_files: bool = False
     user: str = "nobody"  # dnsmasq drops to this user after binding
     dnsmasq: str = "dnsmasq"
 
@@ -131,9 +132,10 @@ class DnsmasqInstance:
         self.hosts_dir = self.state_dir / "hosts"
         self.hook_path = self.state_dir / "leasehook"
         self.log_path = self.state_dir / "dnsmasq.log"
-        self.restarts = 0
         self._argv = self._build_argv()  # validates the whole config up front
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._process = DnsmasqProcess(self._argv, self.log_path,
+                                       f"--dhcp-hostsdir={self.hosts_dir}", config.interface,
+                                       config.netns)
 
     # -- building the command -------------------------------------------------------------
 
@@ -169,7 +171,11 @@ class DnsmasqInstance:
         ]
         if cfg.domain is not None:
             domain = check_domain(cfg.domain)
-            argv += [f"--domain={domain}", f"--local=/{domain}/"]
+            argv.append(f"--domain={domain}")
+            if not cfg.dns_files:  # (else the servers file says where the rest goes)
+                argv.append(f"--local=/{domain}/")
+        if cfg.dns_files:
+            argv += self.dns_files().arguments()
         argv += self._ip4_args()
         argv += self._ip6_args(iface)
         if cfg.netns is not None:
@@ -216,6 +222,10 @@ class DnsmasqInstance:
             args.append(f"--dhcp-option=option6:dns-server,[{gateway}]")
         return args
 
+    def dns_files(self) -> DnsFiles:
+        """The files of the forwarding and extra names (used when `config.dns_files`)."""
+        return DnsFiles(self.state_dir / "dns")
+
     def argv(self) -> list[str]:
         """The command `start()` runs."""
         return list(self._argv)
@@ -226,6 +236,8 @@ class DnsmasqInstance:
         for directory in (self.state_dir, self.hosts_dir):
             directory.mkdir(parents=True, exist_ok=True)
             directory.chmod(0o755)
+        if self.config.dns_files:
+            self.dns_files().prepare()
         if self.config.user != "root":
             for parent in self.state_dir.resolve().parents:
                 if not parent.stat().st_mode & stat.S_IXOTH:
@@ -237,40 +249,32 @@ class DnsmasqInstance:
             raise BackendError(f"cannot write a #! line for {sys.executable!r}")
         package_root = str(Path(pvcd.__file__).resolve().parent.parent)
         hook = (
-            f"#!{sys.executable} -I\n"
+            f"#!{sys.executable} -IS\n"  # -S: no site, ≈ 0.2 s less per run (stdlib only)
             "# generated by pvcd: dnsmasq's --dhcp-script for this network\n"
             "import sys\n"
             f"sys.path.insert(0, {package_root!r})\n"
             "from pvcd.drivers.dnsmasq_leasehook import main\n"
             f"sys.exit(main(sys.argv[1:], {str(self.state_dir)!r}))\n"
         )
-        _write_file(self.hook_path, hook, 0o755)
+        write_file(self.hook_path, hook, 0o755)
 
-    # -- process --------------------------------------------------------------------------
+    # -- process (pvcd.drivers.dnsmasq_process) -------------------------------------------
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None and self.running() else None
+        return self._process.pid
+
+    @property
+    def restarts(self) -> int:
+        return self._process.restarts
 
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._process.running()
 
     def processes(self) -> list[int]:
         """PIDs of every live dnsmasq process of this network (ours, its script helper, or an
         orphan left by a previous pvcd), found by the hosts directory in its command line."""
-        marker = f"--dhcp-hostsdir={self.hosts_dir}"
-        return pids_where(lambda argv: marker in argv)
-
-    def _kill_orphans(self) -> None:
-        for pid in self.processes():
-            log.warning("dnsmasq orphan killed interface=%s pid=%d", self.config.interface, pid)
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + STOP_TIMEOUT
-        while self.processes() and time.monotonic() < deadline:
-            time.sleep(0.01)  # let the kernel release its sockets before we bind them again
+        return self._process.processes()
 
     def start(self) -> None:
         """Start dnsmasq and wait until it serves; no-op if running. BackendError on failure.
@@ -281,66 +285,11 @@ class DnsmasqInstance:
         if self.running():
             return
         self._prepare_state_dir()
-        self._kill_orphans()
-        started = time.monotonic()
-        log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        with open(self.log_path, "ab") as log_file:
-            try:
-                self._proc = subprocess.Popen(
-                    self._argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=log_file,
-                    env={"PATH": SAFE_PATH, "LANG": "C"},
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                raise BackendError(
-                    f"cannot run dnsmasq for {self.config.interface}: {exc}"
-                ) from exc
-        deadline = started + START_TIMEOUT
-        while time.monotonic() < deadline:
-            output = self._log_since(log_offset)
-            if self._proc.poll() is not None:
-                code = self._proc.returncode
-                self._proc = None
-                raise BackendError(
-                    f"dnsmasq for {self.config.interface} exited with {code} "
-                    f"at start: {_last_lines(output)}"
-                )
-            if "started, version" in output:
-                log.info(
-                    "dnsmasq started interface=%s netns=%s pid=%d took_ms=%.0f",
-                    self.config.interface,
-                    self.config.netns or "-",
-                    self._proc.pid,
-                    (time.monotonic() - started) * 1000,
-                )
-                return
-            time.sleep(0.005)
-        self.stop()
-        raise BackendError(
-            f"dnsmasq for {self.config.interface} did not start within {START_TIMEOUT:.0f} s"
-        )
+        self._process.start()
 
     def stop(self) -> None:
         """Terminate dnsmasq (SIGTERM, then SIGKILL) and reap it; no-op if not running."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=STOP_TIMEOUT)
-        log.info(
-            "dnsmasq stopped interface=%s netns=%s exit=%s",
-            self.config.interface,
-            self.config.netns or "-",
-            proc.returncode,
-        )
+        self._process.stop()
 
     def supervise(self) -> bool:
         """Restart dnsmasq if it is not running (the controller calls this periodically).
@@ -349,26 +298,12 @@ class DnsmasqInstance:
         """
         if self.running():
             return False
-        if self._proc is not None:
-            code = self._proc.returncode
-            log.warning(
-                "dnsmasq died interface=%s netns=%s exit=%s restarting",
-                self.config.interface,
-                self.config.netns or "-",
-                code,
-            )
-            self._proc = None
-            self.restarts += 1
-        self.start()
-        return True
+        self._prepare_state_dir()
+        return self._process.supervise()
 
-    def _log_since(self, offset: int) -> str:
-        try:
-            with open(self.log_path, "rb") as log_file:
-                log_file.seek(offset)
-                return log_file.read().decode(errors="replace")
-        except FileNotFoundError:
-            return ""
+    def reload(self) -> None:
+        """SIGHUP: re-read the static hosts and the DNS files (`dnsmasq_dns`), leases kept."""
+        self._process.reload()
 
     # -- static leases --------------------------------------------------------------------
 
@@ -422,7 +357,7 @@ class DnsmasqInstance:
         lines = "".join(
             f"{le.mac},{le.ip}" + (f",{le.hostname}" if le.hostname else "") + "\n" for le in wanted
         )
-        _write_file(self.hosts_dir / "static", lines, 0o644)
+        write_file(self.hosts_dir / "static", lines, 0o644)
         dropped = current - set(wanted)
         log.info(
             "static leases set interface=%s count=%d dropped=%d",
@@ -430,8 +365,8 @@ class DnsmasqInstance:
             len(wanted),
             len(dropped),
         )
-        if dropped and self.running() and self._proc is not None:
-            self._proc.send_signal(signal.SIGHUP)
+        if dropped:
+            self.reload()
 
     # -- dynamic leases -------------------------------------------------------------------
 
@@ -490,21 +425,3 @@ def _address_in(
     if address not in network:
         raise InvalidValue(f"{what} {address} is not in network {network}")
     return address
-
-
-def _write_file(path: Path, content: str, mode: int) -> None:
-    """Write atomically: a dot-file (dnsmasq's inotify ignores those), then rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, content.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def _last_lines(text: str, count: int = 3) -> str:
-    lines = [line for line in text.strip().splitlines() if line]
-    return " | ".join(lines[-count:]) or "no output"

@@ -190,7 +190,10 @@ class Lab:
                 # answers on it (from inside the underlay: see LabNetwork.add_client)
                 config["networks"] = {"cluster": {
                     "device": "eth0", "network": f"{UNDERLAY_NET}.0/24",
-                    "floating_ip": f"{FLOATING_IP}/24"}}
+                    "floating_ip": f"{FLOATING_IP}/24"},
+                    # the lab's namespaces reach no resolver of the host: other names are
+                    # REFUSED at once instead of timing out
+                    "dns": {"upstream_servers": []}}
                 # the daemon runs inside its node's namespace: its API answers on the floating
                 # IP only (lab.json's `api` is the lab proxy into the underlay)
                 cast(dict[str, Any], config["api"])["listen"] = FLOATING_IP

@@ -96,13 +96,15 @@ def dhcp(ns: str, hostname: str | bytes | None = None) -> str:
 
 
 def dnsmasq_pids(lab: Lab, node: str) -> list[int]:
-    """dnsmasq processes in a node's namespace."""
+    """The networks' dnsmasq processes in a node's namespace (not the primary's DNS servers
+    without DHCP, tests/e2e/test_dns.py)."""
     ns = lab.network().node_ns(node)
     pids = netns.run("ip", "netns", "pids", ns, check=False).stdout.split()
     result = []
     for pid in pids:
         try:
-            if Path(f"/proc/{pid}/comm").read_text().strip() == "dnsmasq":
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "dnsmasq" and \
+                    b"--dhcp-hostsdir=" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 result.append(int(pid))
         except OSError:
             continue

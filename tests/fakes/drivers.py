@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound
 from pvcd.domain.pool_space import PoolSpace
 from pvcd.drivers.ceph.records import Snapshot, Volume
 from pvcd.drivers.dnsmasq import DnsmasqConfig, Lease, StaticLease
+from pvcd.drivers.dnsmasq_dns import DnsFiles
 from pvcd.drivers.fence import FenceTarget
 from pvcd.drivers.host import HostStats
 
@@ -184,6 +186,7 @@ class FakeDnsmasq:
         self.known: list[Lease] = []
         self.statics: list[StaticLease] = []
         self.active: list[Lease] = []  # what "clients" leased: the test sets it
+        self.reloads = 0  # SIGHUPs: the DNS forwarding changed
 
     def start(self) -> None:
         if self.is_running:
@@ -205,6 +208,12 @@ class FakeDnsmasq:
 
     def set_known_leases(self, leases: list[Lease]) -> None:
         self.known = list(leases)
+
+    def dns_files(self) -> DnsFiles:
+        return DnsFiles(Path(self.config.state_dir) / "dns")
+
+    def reload(self) -> None:
+        self.reloads += 1
 
     def set_static_leases(self, leases: list[StaticLease]) -> None:
         self.statics = list(leases)

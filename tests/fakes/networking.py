@@ -15,6 +15,7 @@ import pytest
 
 from pvcd.config import NetworkDriverSection
 from pvcd.controllers import gateway as gateway_module
+from pvcd.controllers.dns import NetworkDns
 from pvcd.controllers.firewall import FirewallController
 from pvcd.controllers.gateway import GatewayService
 from pvcd.controllers.network import NetworkController
@@ -88,5 +89,6 @@ def make_gateway(name: str, state: ClusterState, links: FakeNetlink,
                             (bridge, address)))
     monkeypatch.setattr(gateway_module, "run_in_netns", lambda netns, action: None)
     service = GatewayService(name, state.view, state.store, links,  # type: ignore[arg-type]
-                             config, Refusals(name, status_writer(name, state)))
+                             config, Refusals(name, status_writer(name, state)),
+                             NetworkDns(state.view, lambda: ()))
     return service, host

@@ -44,15 +44,20 @@ def test_every_node_builds_interfaces_and_acls_a_coordinator_also_gateways() -> 
     assert [c.name for c, _ in plain.controllers] == ["network", "firewall"]
     assert plain.services == []
     coordinator = networks(UNDERLAY, coordinator=True)
-    assert [c.name for c, _ in coordinator.controllers] == ["network", "firewall", "gateway"]
-    assert [s.name for s in coordinator.services] == ["gateways"]
+    assert [c.name for c, _ in coordinator.controllers] == ["network", "firewall", "gateway",
+                                                           "dns"]
+    assert [s.name for s in coordinator.services] == ["gateways", "dns"]
 
 
 def test_the_watches_route_each_change_to_the_controllers_that_care() -> None:
     wiring = networks(UNDERLAY, coordinator=True)
     assert keys_for(wiring, PATHS.network(100)) == {
-        "network": "net/100", "firewall": "acl/100", "gateway": "gw/100"}
+        "network": "net/100", "firewall": "acl/100", "gateway": "gw/100", "dns": "dns"}
     assert keys_for(wiring, PATHS.network_acls(100) + "/in-1") == {"firewall": "acl/100"}
+    # the primary's DNS servers: reported leases and VM documents (names, NICs)
+    assert keys_for(wiring, PATHS.network_lease(100, "52:54:00:00:00:01")) == {"dns": "dns"}
+    assert keys_for(wiring, PATHS.vm("3f2e")) == {"dns": "dns"}
+    assert keys_for(wiring, PATHS.vm("3f2e") + "/status") == {}
     assert keys_for(wiring, PATHS.network_static_leases(100) + "/52:54:00:00:00:01") == {
         "gateway": "gw/100"}
     assert keys_for(wiring, PATHS.node_alive("hv2")) == {"network": "peers"}
