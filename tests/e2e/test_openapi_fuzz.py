@@ -128,9 +128,26 @@ def _seed(client: LabClient) -> dict[str, list[str]]:
         ok(client.post("/storage/ceph" + path, data=values, timeout=CEPH_TIMEOUT))
     osds = [str(osd["id"]) for osd in client.get("/storage/ceph/osd").json()]
     assert osds
+    # the provisioner's objects: one template of each kind, all named fuzztpl (names are per
+    # kind), and a profile naming them
+    for path, values in (
+            ("/template/system", {"name": "fuzztpl", "vcpus": "1", "vram": "64"}),
+            ("/template/network", {"name": "fuzztpl"}),
+            ("/template/network/fuzztpl/net", {"vni": "4242"}),
+            ("/template/storage", {"name": "fuzztpl"}),
+            ("/template/storage/fuzztpl/disk", {"disk_id": "sda", "pool": "fuzzpool",
+                                               "disk_size": "1"}),
+            ("/userdata", {"name": "fuzzud", "data": "#cloud-config\nhostname: fuzz\n"}),
+            ("/profile", {"name": "fuzzprof", "profile_type": "provisioner",
+                          "system_template": "fuzztpl", "network_template": "fuzztpl",
+                          "storage_template": "fuzztpl", "userdata": "fuzzud"})):
+        ok(client.post("/provisioner" + path, data=values))
     return {"node": ["node1", "node3"], "vm": ["fuzzvm"], "network": ["fuzznet", "4242"],
             "lease": ["52:54:00:42:00:01"], "acl": ["fuzzacl"], "osd": osds,
-            "pool": ["fuzzpool"], "volume": ["fuzzvol"], "snapshot": ["fuzzsnap"]}
+            "pool": ["fuzzpool"], "volume": ["fuzzvol"], "snapshot": ["fuzzsnap"],
+            "template": ["fuzztpl"], "vni": ["4242"], "disk_id": ["sda"],
+            "userdata": ["fuzzud"], "script": ["clone", "blank", "ova"],
+            "profile": ["fuzzprof"]}
 
 
 def _focus(document: dict[str, Any], objects: dict[str, list[str]]) -> dict[str, Any]:
