@@ -5,9 +5,10 @@ their name index, networks with their static leases, ACLs and description index,
 sessions, the maintenance flag, a coordinator handover, the provisioner's objects (templates,
 userdata, OVAs, profiles), and storage requests (the API's only way to reach Ceph).
 Everything the daemons write on their own is left out, or every snapshot would differ:
-`status`, `alive` and `owner` children, DHCP leases, fence records, the primary lock, and the storage mirrors (pools, volumes, snapshots, OSDs: what Ceph confirmed, refreshed
-by the primary). A storage request counts by its existence: its executor writes progress and
-result into it after the API answered.
+`status`, `alive` and `owner` children, DHCP leases, fence records, the primary lock, and the
+storage mirrors (pools, volumes, snapshots, OSDs: what Ceph confirmed, refreshed by the
+primary). A storage request counts by its existence: its executor writes progress and result
+into it after the API answered.
 
 A snapshot is every desired-state document's path with its `mzxid` (ZooKeeper's own record of
 the last write, so rewriting identical bytes is a change too), read in three pipelined rounds
