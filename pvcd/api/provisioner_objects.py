@@ -17,7 +17,13 @@ from typing import Any
 from pvcd.api.base import BaseHandler
 from pvcd.api.values import limit
 from pvcd.domain.errors import Conflict, InvalidValue, NotFound
-from pvcd.state.provisioner import PROFILE_FIELDS, object_entry, profiles_naming, read_objects
+from pvcd.state.provisioner import (
+    PROFILE_FIELDS,
+    object_entry,
+    profiles_naming,
+    read_object,
+    read_objects,
+)
 from pvcd.state.store import Op
 from pvcd.state.view import ClusterView
 
@@ -45,8 +51,14 @@ class ProvisionerHandler(BaseHandler):
         """The cached version of an object; NotFound when it does not exist."""
         entry = object_entry(self.view, kind, name)
         if entry is None:
-            raise NotFound(f"{WHAT[kind]} '{name}' not found")
+            raise NotFound(f"{WHAT[kind]} '{name[:100]}' not found")
         return entry.version
+
+    def record(self, kind: str, name: str) -> tuple[Any, int]:
+        """The record (`pvcd.domain.provisioner.RECORDS[kind]`) of an object and the version
+        it was read at; NotFound when it does not exist."""
+        version = self.version(kind, name)
+        return read_object(self.view, kind, name), version
 
     def listed(self, kind: str) -> list[dict[str, Any]]:
         """The objects of a kind as GET answers them, filtered by `limit` (declared by the

@@ -43,12 +43,6 @@ DATA = value("data", "The user-data text (UTF-8, at most 256 KiB), served to gue
 
 
 class UserdataBase(ProvisionerHandler):
-    def userdata(self, name: str) -> Userdata:
-        found = read_object(self.view, "userdata", name)
-        if found is None:
-            raise NotFound(f"userdata '{name}' not found")
-        return found  # type: ignore[no-any-return]
-
     def data(self) -> str:
         """`data`, checked: its bytes as sent must be UTF-8 (the values are decoded leniently,
         which would hide that), and the text must pass `check_userdata`."""
@@ -79,7 +73,7 @@ class UserdataListHandler(UserdataBase):
 
 class UserdataHandler(UserdataBase):
     def get(self, name: str) -> None:
-        self.reply([self.userdata(name).to_doc()])
+        self.reply([self.record("userdata", name)[0].to_doc()])
 
     @accepts(DATA)
     async def post(self, name: str) -> None:
@@ -87,8 +81,7 @@ class UserdataHandler(UserdataBase):
 
     @accepts(DATA)
     async def put(self, name: str) -> None:
-        record = self.userdata(name)
-        version = self.version("userdata", name)
+        record, version = self.record("userdata", name)
         record.userdata = self.data()
         await self.replace("userdata", name, record.to_doc(), version)
         self.message(f"Modified userdata '{name}'")
@@ -165,12 +158,6 @@ PROFILE_CHANGES: dict[Value[Any], str] = {
 
 
 class ProfileBase(ProvisionerHandler):
-    def profile(self, name: str) -> Profile:
-        found = read_object(self.view, "profile", name)
-        if found is None:
-            raise NotFound(f"profile '{name}' not found")
-        return found  # type: ignore[no-any-return]
-
     def checked(self, profile: Profile) -> Profile:
         storage = None if profile.storage_template is None else \
             read_object(self.view, "storage", profile.storage_template)
@@ -200,7 +187,7 @@ class ProfileListHandler(ProfileBase):
 
 class ProfileHandler(ProfileBase):
     def get(self, name: str) -> None:
-        self.reply([self.profile(name).to_doc()])
+        self.reply([self.record("profile", name)[0].to_doc()])
 
     @accepts(*PROFILE_VALUES)
     async def post(self, name: str) -> None:
@@ -208,8 +195,7 @@ class ProfileHandler(ProfileBase):
 
     @accepts(*PROFILE_CHANGES)
     async def put(self, name: str) -> None:
-        profile = self.profile(name)
-        version = self.version("profile", name)
+        profile, version = self.record("profile", name)
         given = [v for v in PROFILE_CHANGES if self.values.given(v)]
         if not given:
             raise InvalidValue("nothing to change: give at least one of "
@@ -228,7 +214,7 @@ class ProfileHandler(ProfileBase):
 
     async def delete(self, name: str) -> None:
         """Allowed while VMs name the profile (they keep running; they get no user-data)."""
-        self.profile(name)
+        self.version("profile", name)  # NotFound first
         users = vms_naming_profile(self.view, name)
         await self.remove("profile", name)
         self.message(f"Removed profile '{name}'" + (

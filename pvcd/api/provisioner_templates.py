@@ -46,7 +46,7 @@ from pvcd.specs.provisioner import (
     parse_node_limit,
     parse_template_vni,
 )
-from pvcd.state.provisioner import profiles_naming, read_object, read_objects
+from pvcd.state.provisioner import profiles_naming, read_objects
 
 # --- system templates (§3.2) -------------------------------------------------------------
 
@@ -80,12 +80,6 @@ SYSTEM_FIELDS = {"vcpus": "vcpu_count", "vram": "vram_mb"}
 
 
 class SystemTemplateBase(ProvisionerHandler):
-    def system_template(self, name: str) -> SystemTemplate:
-        found = read_object(self.view, "system", name)
-        if found is None:
-            raise NotFound(f"system template '{name}' not found")
-        return found  # type: ignore[no-any-return]
-
     async def add(self, name: str) -> None:
         template = SystemTemplate(check_object_name(name, "system template"),
                                   self.values[VCPUS_NEW], self.values[VRAM_NEW])
@@ -109,7 +103,7 @@ class SystemTemplateListHandler(SystemTemplateBase):
 
 class SystemTemplateHandler(SystemTemplateBase):
     def get(self, name: str) -> None:
-        self.reply([self.system_template(name).to_doc()])
+        self.reply([self.record("system", name)[0].to_doc()])
 
     @accepts(VCPUS_NEW, VRAM_NEW, *SYSTEM_OPTIONS)
     async def post(self, name: str) -> None:
@@ -117,8 +111,7 @@ class SystemTemplateHandler(SystemTemplateBase):
 
     @accepts(VCPUS_CHANGE, VRAM_CHANGE, *SYSTEM_OPTIONS)
     async def put(self, name: str) -> None:
-        template = self.system_template(name)
-        version = self.version("system", name)
+        template, version = self.record("system", name)
         given = [v for v in (VCPUS_CHANGE, VRAM_CHANGE, *SYSTEM_OPTIONS) if self.values.given(v)]
         if not given:
             raise InvalidValue("nothing to change: give at least one of vcpus, vram, "
@@ -152,10 +145,7 @@ PERMIT_DUPLICATE = flag("permit_duplicate", "Allow a network the template alread
 
 class NetworkTemplateBase(ProvisionerHandler):
     def network_template(self, name: str) -> tuple[NetworkTemplate, int]:
-        found = read_object(self.view, "network", name)
-        if found is None:
-            raise NotFound(f"network template '{name}' not found")
-        return found, self.version("network", name)
+        return self.record("network", name)
 
     async def add(self, name: str) -> None:
         template = NetworkTemplate(check_object_name(name, "network template"),
@@ -264,10 +254,7 @@ DISK_VALUES: tuple[Value[Any], ...] = (POOL, SOURCE_VOLUME, DISK_SIZE, FILESYSTE
 
 class StorageTemplateBase(ProvisionerHandler):
     def storage_template(self, name: str) -> tuple[StorageTemplate, int]:
-        found = read_object(self.view, "storage", name)
-        if found is None:
-            raise NotFound(f"storage template '{name}' not found")
-        return found, self.version("storage", name)
+        return self.record("storage", name)
 
     async def add(self, name: str) -> None:
         template = StorageTemplate(check_object_name(name, "storage template"))
