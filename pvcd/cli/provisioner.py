@@ -14,7 +14,8 @@ import click
 
 from pvcd.cli.client import Value, api_path
 from pvcd.cli.context import CliContext, confirm, format_option, pass_cli, yes_option
-from pvcd.cli.output import Column, Row, field, render_fields, table_of
+from pvcd.cli.output import Column, Row, field, table_of
+from pvcd.cli.provisioner_objects import object_commands
 from pvcd.cli.provisioner_profiles import profile, script, userdata
 
 SELECTORS = ("mem", "memprov", "vcpus", "load", "vms", "none")
@@ -93,38 +94,6 @@ def template_list(cli: CliContext, limit: str | None) -> None:
     cli.emit(cli.client.get(T, {"limit": limit}), _sections)
 
 
-def _kind_commands(group: click.Group, kind: str, columns: list[Column]) -> None:
-    """`list`, `info` and `remove` of one kind of template."""
-    @group.command("list")
-    @click.argument("limit", required=False)
-    @format_option
-    @pass_cli
-    def kind_list(cli: CliContext, limit: str | None) -> None:
-        """List the templates (LIMIT: a regular expression matched in the names)."""
-        cli.emit(cli.client.get(f"{T}/{kind}", {"limit": limit}),
-                 table_of(columns, f"No {kind} templates found."))
-
-    @group.command("info")
-    @click.argument("name")
-    @format_option
-    @pass_cli
-    def kind_info(cli: CliContext, name: str) -> None:
-        """Show one template."""
-        found = cli.client.get(api_path("provisioner", "template", kind, name))
-        cli.emit(found, lambda rows: "\n\n".join(render_fields(
-            [(c.header.capitalize(), c.value(row)) for c in columns]) for row in rows))
-
-    @group.command("remove")
-    @click.argument("name")
-    @yes_option
-    @format_option
-    @pass_cli
-    def kind_remove(cli: CliContext, name: str, yes: bool) -> None:
-        """Remove a template (refused while a profile names it)."""
-        confirm(yes, f"Remove {kind} template '{name}'?")
-        cli.message(cli.client.delete(api_path("provisioner", "template", kind, name)))
-
-
 # --- system -------------------------------------------------------------------------------
 
 @template.group("system")
@@ -132,7 +101,8 @@ def system() -> None:
     """System templates: vCPUs, memory, consoles and placement of new VMs."""
 
 
-_kind_commands(system, "system", SYSTEM_COLUMNS)
+object_commands(system, ("template", "system"), "system templates", SYSTEM_COLUMNS,
+                remove_note=" (refused while a profile names it)")
 
 
 def system_options(required: bool) -> Any:
@@ -199,7 +169,8 @@ def network() -> None:
     """Network templates: the client networks of a new VM's NICs, and their MACs."""
 
 
-_kind_commands(network, "network", NETWORK_COLUMNS)
+object_commands(network, ("template", "network"), "network templates", NETWORK_COLUMNS,
+                remove_note=" (refused while a profile names it)")
 MAC_HELP = ("MAC template, e.g. '{prefix}:a0:0{vmid}:0{netid}' ({prefix} is 52:54:01; "
             "default: random MACs).")
 
@@ -263,7 +234,8 @@ def storage() -> None:
     """Storage templates: the disks of a new VM."""
 
 
-_kind_commands(storage, "storage", STORAGE_COLUMNS)
+object_commands(storage, ("template", "storage"), "storage templates", STORAGE_COLUMNS,
+                remove_note=" (refused while a profile names it)")
 
 
 @storage.command("add")

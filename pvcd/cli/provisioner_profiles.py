@@ -11,9 +11,10 @@ from typing import Any
 import click
 
 from pvcd.cli.client import Value, api_path
-from pvcd.cli.context import CliContext, confirm, format_option, pass_cli, yes_option
+from pvcd.cli.context import CliContext, format_option, pass_cli
 from pvcd.cli.errors import CliError
 from pvcd.cli.output import Column, Row, field, render_fields, table_of
+from pvcd.cli.provisioner_objects import object_commands
 
 P = "/provisioner"
 PROFILE_TYPES = ("provisioner", "ova")
@@ -41,24 +42,9 @@ def userdata() -> None:
     """User-data served to new VMs by the metadata service (cloud-init)."""
 
 
-@userdata.command("list")
-@click.argument("limit", required=False)
-@format_option
-@pass_cli
-def userdata_list(cli: CliContext, limit: str | None) -> None:
-    """List userdata (LIMIT: a regular expression matched in the names)."""
-    cli.emit(cli.client.get(f"{P}/userdata", {"limit": limit}),
-             table_of(USERDATA_COLUMNS, "No userdata found."))
-
-
-@userdata.command("info")
-@click.argument("name")
-@format_option
-@pass_cli
-def userdata_info(cli: CliContext, name: str) -> None:
-    """Show the text of userdata NAME."""
-    found = cli.client.get(api_path("provisioner", "userdata", name))
-    cli.emit(found, lambda rows: "\n".join(str(row.get("userdata", "")) for row in rows))
+object_commands(userdata, ("userdata",), "userdata", USERDATA_COLUMNS,
+                lambda rows: "\n".join(str(row.get("userdata", "")) for row in rows),
+                " (refused while a profile names it)")
 
 
 @userdata.command("add")
@@ -80,17 +66,6 @@ def userdata_modify(cli: CliContext, name: str, data_file: Any) -> None:
     """Replace the text of userdata NAME with FILE ("-" reads standard input)."""
     cli.message(cli.client.put(api_path("provisioner", "userdata", name),
                                {"data": _read_text(data_file)}))
-
-
-@userdata.command("remove")
-@click.argument("name")
-@yes_option
-@format_option
-@pass_cli
-def userdata_remove(cli: CliContext, name: str, yes: bool) -> None:
-    """Remove userdata NAME (refused while a profile names it)."""
-    confirm(yes, f"Remove userdata '{name}'?")
-    cli.message(cli.client.delete(api_path("provisioner", "userdata", name)))
 
 
 # --- scripts ------------------------------------------------------------------------------
@@ -147,26 +122,8 @@ def profile() -> None:
     """Profiles: the templates, userdata and method a VM is created from."""
 
 
-@profile.command("list")
-@click.argument("limit", required=False)
-@format_option
-@pass_cli
-def profile_list(cli: CliContext, limit: str | None) -> None:
-    """List profiles (LIMIT: a regular expression matched in the names)."""
-    cli.emit(cli.client.get(f"{P}/profile", {"limit": limit}),
-             table_of(PROFILE_COLUMNS, "No profiles found."))
-
-
-@profile.command("info")
-@click.argument("name")
-@format_option
-@pass_cli
-def profile_info(cli: CliContext, name: str) -> None:
-    """Show one profile."""
-    cli.emit(cli.client.get(api_path("provisioner", "profile", name)),
-             lambda rows: "\n\n".join(render_fields(
-                 [(c.header.capitalize(), c.value(row)) for c in PROFILE_COLUMNS])
-                 for row in rows))
+object_commands(profile, ("profile",), "profiles", PROFILE_COLUMNS,
+                remove_note=" (VMs made from it keep running, without user-data)")
 
 
 def profile_options(command: Any) -> Any:
@@ -222,14 +179,3 @@ def profile_modify(cli: CliContext, name: str, **options: Any) -> None:
     if all(v is None for v in values.values()):
         raise click.UsageError("nothing to change: give at least one option")
     cli.message(cli.client.put(api_path("provisioner", "profile", name), values))
-
-
-@profile.command("remove")
-@click.argument("name")
-@yes_option
-@format_option
-@pass_cli
-def profile_remove(cli: CliContext, name: str, yes: bool) -> None:
-    """Remove profile NAME (VMs made from it keep running, without user-data)."""
-    confirm(yes, f"Remove profile '{name}'?")
-    cli.message(cli.client.delete(api_path("provisioner", "profile", name)))
