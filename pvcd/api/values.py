@@ -22,7 +22,10 @@ Rules every value follows: a text that is empty or only whitespace counts as not
 mandatory value is then missing; an optional one has its default, usually None); a flag is set by
 its presence, with any text or none, and an explicit false/0/no/off unsets it; `limit` is a
 regular expression searched anywhere in a name (anchors `^`/`$` work as usual), matched by RE2
-with bounded work (`pvcd.api.name_filter`).
+with bounded work (`pvcd.api.name_filter`). Two kinds follow extensions.md §0.2: a `boolean`
+has a stated default and refuses anything but the true and false words; a list (`texts`, e.g.
+`arg`) takes every occurrence in the query string and form, or a JSON array, which any other
+value refuses.
 """
 
 from __future__ import annotations
