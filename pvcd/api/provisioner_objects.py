@@ -5,14 +5,23 @@ A create is `Op.create` (two clients creating the same name: one wins, the other
 "already exists"); a change is `Op.set` at the version the request was checked against; a delete
 is `Op.delete` at the version read. A profile write touches the objects it names and a delete
 checks no profile names the object, both in the same transaction, so neither can slip past the
-other (the race and its handling: `pvcd.state.provisioner`). A transaction that loses a race
-answers 510 saying so; nothing was changed.
+other (the race and its handling: `pvcd.state.provisioner`).
+
+The touches make writes collide that are both right: two profiles created at once naming one
+template, or a template changed while a profile naming it is written. A handler method that
+writes is therefore run again from the start when its transaction lost a race
+(`retry_lost_races`): it reads the cache again (which holds the winner's write already when
+the winner was this API, and a moment later otherwise), checks again, and writes again. Only
+after `WRITE_ATTEMPTS` lost races does the client get a 510 saying so; nothing was changed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import asyncio
+import functools
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from pvcd.api.base import BaseHandler
 from pvcd.api.values import limit
@@ -32,6 +41,27 @@ WHAT = {"system": "system template", "network": "network template",
         "storage": "storage template", "userdata": "userdata", "ova": "OVA",
         "profile": "profile"}
 NAME_LIMIT = limit("names")
+WRITE_ATTEMPTS = 4
+Method = TypeVar("Method", bound=Callable[..., Awaitable[None]])
+
+
+def retry_lost_races(method: Method) -> Method:
+    """Run a writing handler method again when its transaction lost a race (`Conflict`); see
+    the module docstring. Put it below `accepts`."""
+    @functools.wraps(method)
+    async def retried(*args: Any, **kwargs: Any) -> None:
+        for attempt in range(WRITE_ATTEMPTS):
+            try:
+                await method(*args, **kwargs)
+                return
+            except Conflict:
+                if attempt + 1 == WRITE_ATTEMPTS:
+                    raise
+                # the winner's write reaches the cache by its watch event when another
+                # process made it; spread the attempts of clients that collided
+                await asyncio.sleep(random.uniform(0.001, 0.005 * (attempt + 1)))
+
+    return retried  # type: ignore[return-value]
 
 
 class ProvisionerHandler(BaseHandler):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pvcd.api.provisioner_objects import NAME_LIMIT, ProvisionerHandler
+from pvcd.api.provisioner_objects import NAME_LIMIT, ProvisionerHandler, retry_lost_races
 from pvcd.api.routing import route
 from pvcd.api.values import Value, accepts, choice, texts, value
 from pvcd.domain.errors import InvalidValue, NotFound
@@ -67,6 +67,7 @@ class UserdataListHandler(UserdataBase):
         self.reply(self.listed("userdata"))
 
     @accepts(NAME, DATA)
+    @retry_lost_races
     async def post(self) -> None:
         await self.add(self.values[NAME])
 
@@ -76,16 +77,19 @@ class UserdataHandler(UserdataBase):
         self.reply([self.record("userdata", name)[0].to_doc()])
 
     @accepts(DATA)
+    @retry_lost_races
     async def post(self, name: str) -> None:
         await self.add(name)
 
     @accepts(DATA)
+    @retry_lost_races
     async def put(self, name: str) -> None:
         record, version = self.record("userdata", name)
         record.userdata = self.data()
         await self.replace("userdata", name, record.to_doc(), version)
         self.message(f"Modified userdata '{name}'")
 
+    @retry_lost_races
     async def delete(self, name: str) -> None:
         await self.remove("userdata", name)
         self.message(f"Removed userdata '{name}'")
@@ -181,6 +185,7 @@ class ProfileListHandler(ProfileBase):
         self.reply(self.listed("profile"))
 
     @accepts(NAME, *PROFILE_VALUES)
+    @retry_lost_races
     async def post(self) -> None:
         await self.add(self.values[NAME])
 
@@ -190,10 +195,12 @@ class ProfileHandler(ProfileBase):
         self.reply([self.record("profile", name)[0].to_doc()])
 
     @accepts(*PROFILE_VALUES)
+    @retry_lost_races
     async def post(self, name: str) -> None:
         await self.add(name)
 
     @accepts(*PROFILE_CHANGES)
+    @retry_lost_races
     async def put(self, name: str) -> None:
         profile, version = self.record("profile", name)
         given = [v for v in PROFILE_CHANGES if self.values.given(v)]
@@ -212,6 +219,7 @@ class ProfileHandler(ProfileBase):
                            touch_ops(self.view, profile_references(profile)))
         self.message(f"Modified profile '{name}'")
 
+    @retry_lost_races
     async def delete(self, name: str) -> None:
         """Allowed while VMs name the profile (they keep running; they get no user-data)."""
         self.version("profile", name)  # NotFound first

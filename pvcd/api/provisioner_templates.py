@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from pvcd.api.provisioner_objects import NAME_LIMIT, ProvisionerHandler
+from pvcd.api.provisioner_objects import NAME_LIMIT, ProvisionerHandler, retry_lost_races
 from pvcd.api.routing import route
 from pvcd.api.values import Value, accepts, boolean, choice, flag, integer, texts, value
 from pvcd.domain.errors import InvalidValue, NotFound
@@ -97,6 +97,7 @@ class SystemTemplateListHandler(SystemTemplateBase):
         self.reply(self.listed("system"))
 
     @accepts(NAME, VCPUS_NEW, VRAM_NEW, *SYSTEM_OPTIONS)
+    @retry_lost_races
     async def post(self) -> None:
         await self.add(self.values[NAME])
 
@@ -106,10 +107,12 @@ class SystemTemplateHandler(SystemTemplateBase):
         self.reply([self.record("system", name)[0].to_doc()])
 
     @accepts(VCPUS_NEW, VRAM_NEW, *SYSTEM_OPTIONS)
+    @retry_lost_races
     async def post(self, name: str) -> None:
         await self.add(name)
 
     @accepts(VCPUS_CHANGE, VRAM_CHANGE, *SYSTEM_OPTIONS)
+    @retry_lost_races
     async def put(self, name: str) -> None:
         template, version = self.record("system", name)
         given = [v for v in (VCPUS_CHANGE, VRAM_CHANGE, *SYSTEM_OPTIONS) if self.values.given(v)]
@@ -126,6 +129,7 @@ class SystemTemplateHandler(SystemTemplateBase):
         await self.replace("system", name, template.to_doc(), version)
         self.message(f"Modified system template '{name}'")
 
+    @retry_lost_races
     async def delete(self, name: str) -> None:
         await self.remove("system", name)
         self.message(f"Removed system template '{name}'")
@@ -169,6 +173,7 @@ class NetworkTemplateListHandler(NetworkTemplateBase):
         self.reply(self.listed("network"))
 
     @accepts(NAME, MAC_TEMPLATE)
+    @retry_lost_races
     async def post(self) -> None:
         await self.add(self.values[NAME])
 
@@ -178,10 +183,12 @@ class NetworkTemplateHandler(NetworkTemplateBase):
         self.reply([self.network_template(name)[0].to_doc()])
 
     @accepts(MAC_TEMPLATE)
+    @retry_lost_races
     async def post(self, name: str) -> None:
         await self.add(name)
 
     @accepts(MAC_TEMPLATE)
+    @retry_lost_races
     async def put(self, name: str) -> None:
         template, version = self.network_template(name)
         if not self.values.given(MAC_TEMPLATE):
@@ -190,6 +197,7 @@ class NetworkTemplateHandler(NetworkTemplateBase):
         await self.replace("network", name, template.to_doc(), version)
         self.message(f"Modified network template '{name}'")
 
+    @retry_lost_races
     async def delete(self, name: str) -> None:
         await self.remove("network", name)
         self.message(f"Removed network template '{name}'")
@@ -201,6 +209,7 @@ class TemplateNetworkListHandler(NetworkTemplateBase):
         self.reply([dataclasses.asdict(n) for n in template.networks])
 
     @accepts(VNI, PERMIT_DUPLICATE)
+    @retry_lost_races
     async def post(self, name: str) -> None:
         await self.add_network(name, self.values[VNI])
 
@@ -219,9 +228,11 @@ class TemplateNetworkHandler(NetworkTemplateBase):
         self.reply(found)
 
     @accepts(PERMIT_DUPLICATE)
+    @retry_lost_races
     async def post(self, name: str, vni_text: str) -> None:
         await self.add_network(name, parse_template_vni(vni_text))
 
+    @retry_lost_races
     async def delete(self, name: str, vni_text: str) -> None:
         template, version, vni = self.matching(name, vni_text)
         kept = [n for n in template.networks if n.vni != vni]
@@ -288,6 +299,7 @@ class StorageTemplateListHandler(StorageTemplateBase):
         self.reply(self.listed("storage"))
 
     @accepts(NAME)
+    @retry_lost_races
     async def post(self) -> None:
         await self.add(self.values[NAME])
 
@@ -296,9 +308,11 @@ class StorageTemplateHandler(StorageTemplateBase):
     def get(self, name: str) -> None:
         self.reply([self.storage_template(name)[0].to_doc()])
 
+    @retry_lost_races
     async def post(self, name: str) -> None:
         await self.add(name)
 
+    @retry_lost_races
     async def delete(self, name: str) -> None:
         await self.remove("storage", name)
         self.message(f"Removed storage template '{name}'")
@@ -309,6 +323,7 @@ class TemplateDiskListHandler(StorageTemplateBase):
         self.reply(self.storage_template(name)[0].to_doc()["disks"])
 
     @accepts(DISK_ID, *DISK_VALUES)
+    @retry_lost_races
     async def post(self, name: str) -> None:
         await self.add_disk(name, self.values[DISK_ID])
 
@@ -322,9 +337,11 @@ class TemplateDiskHandler(StorageTemplateBase):
         self.reply(found)
 
     @accepts(*DISK_VALUES)
+    @retry_lost_races
     async def post(self, name: str, disk_id: str) -> None:
         await self.add_disk(name, check_disk_id(disk_id))
 
+    @retry_lost_races
     async def delete(self, name: str, disk_id: str) -> None:
         template, version = self.storage_template(name)
         kept = [d for d in template.disks if d.disk_id != disk_id]
