@@ -156,9 +156,9 @@ PROFILE_VALUES = (PROFILE_TYPE, SYSTEM_TEMPLATE_NEW, NETWORK_TEMPLATE, STORAGE_T
                   USERDATA, SCRIPT, OVA, ARG)
 # PUT: value → profile field
 PROFILE_CHANGES: dict[Value[Any], str] = {
-                   SYSTEM_TEMPLATE: "system_template", NETWORK_TEMPLATE: "network_template",
-                   STORAGE_TEMPLATE: "storage_template", USERDATA: "userdata",
-                   SCRIPT: "script", ARG: "arguments"}
+    SYSTEM_TEMPLATE: "system_template", NETWORK_TEMPLATE: "network_template",
+    STORAGE_TEMPLATE: "storage_template", USERDATA: "userdata", SCRIPT: "script",
+    ARG: "arguments"}
 
 
 class ProfileBase(ProvisionerHandler):
