@@ -122,6 +122,8 @@ class SystemTemplateHandler(SystemTemplateBase):
         for option in given:
             field = SYSTEM_FIELDS.get(option.name, option.name)
             new = self.values[option]
+            if new is None and option in (VCPUS_CHANGE, VRAM_CHANGE):
+                raise InvalidValue(f"{option.name} cannot be empty: a system template needs it")
             if new is None:  # given empty: back to the default (node_limit: no limit)
                 new = getattr(SystemTemplate(name, 1, 64), field)
             setattr(template, field, new)

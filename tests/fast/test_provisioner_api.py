@@ -117,6 +117,7 @@ def test_system_templates(c: Cluster) -> None:
     ("POST", "/template/system/small", {"vcpus": 1, "vram": 64}, "already exists"),
     ("PUT", "/template/system/small", {}, "nothing to change"),
     ("PUT", "/template/system/small", {"vcpus": 300}, "up to 256"),
+    ("PUT", "/template/system/small", {"vram": ""}, "vram cannot be empty"),
     ("PUT", "/template/system/ghost", {"vcpus": 2}, "system template 'ghost' not found"),
     ("GET", "/template/system/ghost", {}, "not found"),
     ("DELETE", "/template/system/ghost", {}, "not found"),
