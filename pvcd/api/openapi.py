@@ -84,6 +84,23 @@ _ROLLBACK = {
                       failures=_STILL_RUNNING),
 }
 
+_IN_USE = (" Refused (510) while a profile names it.")
+
+
+def _list_and_add(what: str, schema: str) -> dict[str, Operation]:
+    return {"get": Operation(f"List {what}s", array_of(schema)),
+            "post": Operation(f"Add a {what}")}
+
+
+def _element(what: str, schema: str, put: bool = False) -> dict[str, Operation]:
+    ops = {"get": Operation(f"One {what} (a one-element list)", array_of(schema)),
+           "post": Operation(f"Add a {what} of this name"),
+           "delete": Operation(f"Remove a {what}." + ("" if what == "profile" else _IN_USE))}
+    if put:
+        ops["put"] = Operation(f"Change the values given of a {what}")
+    return ops
+
+
 # route path → method → operation. Keep the order of the route table.
 ENDPOINTS: dict[str, dict[str, Operation]] = {
     # general
@@ -259,6 +276,50 @@ ENDPOINTS: dict[str, dict[str, Operation]] = {
     },
     "/storage/ceph/snapshot/<pool>/<volume>/<snapshot>": _SNAPSHOT,
     "/storage/ceph/snapshot/<pool>/<volume>/<snapshot>/rollback": _ROLLBACK,
+    # provisioner objects (extensions.md §3.1-§3.6, §3.8; pvcd.api.provisioner_templates,
+    # pvcd.api.provisioner_profiles)
+    "/provisioner/template": {"get": Operation("All templates by kind", ref("Templates"))},
+    "/provisioner/template/system": _list_and_add("system template", "SystemTemplate"),
+    "/provisioner/template/system/<template>": _element("system template", "SystemTemplate",
+                                                        put=True),
+    "/provisioner/template/network": _list_and_add("network template", "NetworkTemplate"),
+    "/provisioner/template/network/<template>": _element("network template",
+                                                         "NetworkTemplate", put=True),
+    "/provisioner/template/network/<template>/net": {
+        "get": Operation("The template's networks, in NIC order", array_of("TemplateNetwork")),
+        "post": Operation("Add a network (the next NIC)"),
+    },
+    "/provisioner/template/network/<template>/net/<vni>": {
+        "get": Operation("A network of the template", array_of("TemplateNetwork")),
+        "post": Operation("Add this network (the next NIC)"),
+        "delete": Operation("Remove this network (every NIC on it)"),
+    },
+    "/provisioner/template/storage": _list_and_add("storage template", "StorageTemplate"),
+    "/provisioner/template/storage/<template>": _element("storage template",
+                                                         "StorageTemplate"),
+    "/provisioner/template/storage/<template>/disk": {
+        "get": Operation("The template's disks", array_of("TemplateDisk")),
+        "post": Operation("Add a disk"),
+    },
+    "/provisioner/template/storage/<template>/disk/<disk_id>": {
+        "get": Operation("A disk of the template (a one-element list)", array_of("TemplateDisk")),
+        "post": Operation("Add this disk"),
+        "delete": Operation("Remove this disk"),
+    },
+    "/provisioner/userdata": _list_and_add("userdata", "Userdata"),
+    "/provisioner/userdata/<userdata>": _element("userdata", "Userdata", put=True),
+    "/provisioner/script": {
+        "get": Operation("The built-in install methods", array_of("Script")),
+        "post": Operation("Refused (510): pvcd runs no uploaded provisioning scripts"),
+    },
+    "/provisioner/script/<script>": {
+        "get": Operation("One built-in install method (a one-element list)",
+                         array_of("Script")),
+        **{m: Operation("Refused (510): pvcd runs no uploaded provisioning scripts")
+           for m in ("post", "put", "delete")},
+    },
+    "/provisioner/profile": _list_and_add("profile", "Profile"),
+    "/provisioner/profile/<profile>": _element("profile", "Profile", put=True),
     # tasks (docs/tasks.md)
     "/tasks": {
         "get": Operation("List tasks and storage requests, newest first (a storage request "
@@ -347,7 +408,7 @@ def openapi_document(routes: Sequence[Route],
                 "backend error) is 510 with a message; without valid authentication, 401."),
         },
         "tags": [{"name": t} for t in ("general", "node", "vm", "network", "cluster",
-                                       "storage", "tasks", "monitoring")],
+                                       "storage", "provisioner", "tasks", "monitoring")],
         "paths": paths,
         "components": {
             "schemas": copy.deepcopy(SCHEMAS),
@@ -430,7 +491,7 @@ def _tag(r: Route) -> str:
     first = r.path.split("/")[1] if r.path.count("/") else ""
     return {"": "general", "auth": "general", "openapi.json": "general", "node": "node",
             "vm": "vm", "network": "network", "maintenance": "cluster", "storage": "storage",
-            "tasks": "tasks", "metrics": "monitoring"}[first]
+            "tasks": "tasks", "provisioner": "provisioner", "metrics": "monitoring"}[first]
 
 
 class OpenApiHandler(BaseHandler):

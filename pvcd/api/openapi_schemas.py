@@ -162,6 +162,33 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     }, ["id", "name", "state", "progress", "run_on"]),
     "TaskStarted": obj({"task_id": STR, "task_name": STR, "run_on": STR, "message": STR},
                        ["task_id", "task_name", "run_on", "message"]),
+    # the provisioner (extensions.md §3)
+    "SystemTemplate": obj({
+        "name": STR, "vcpu_count": INT, "vram_mb": INT, "serial": BOOL, "vnc": BOOL,
+        "vnc_bind": STR, "node_limit": {"type": "array", "items": STR}, "node_selector": STR,
+        "node_autostart": BOOL, "migration_method": STR, "migration_max_downtime": INT,
+        "ova": _NS}, ["name", "vcpu_count", "vram_mb"]),
+    "TemplateNetwork": obj({"vni": INT}, ["vni"]),
+    "NetworkTemplate": obj({"name": STR, "mac_template": _NS,
+                            "networks": array_of("TemplateNetwork")}, ["name", "networks"]),
+    "TemplateDisk": obj({
+        "disk_id": STR, "pool": STR, "source_volume": _NS, "disk_size_gb": nullable("integer"),
+        "filesystem": _NS, "filesystem_args": {"type": "array", "items": STR},
+        "mountpoint": _NS}, ["disk_id", "pool"]),
+    "StorageTemplate": obj({"name": STR, "disks": array_of("TemplateDisk")},
+                           ["name", "disks"]),
+    "Templates": obj({"system-templates": array_of("SystemTemplate"),
+                      "network-templates": array_of("NetworkTemplate"),
+                      "storage-templates": array_of("StorageTemplate")},
+                     ["system-templates", "network-templates", "storage-templates"]),
+    "Userdata": obj({"name": STR, "userdata": STR}, ["name", "userdata"]),
+    "Script": obj({"name": STR, "description": STR, "builtin": BOOL, "arguments": {
+        "type": "array", "items": obj({"name": STR, "description": STR, "default": _NS})}},
+        ["name", "description", "arguments", "builtin"]),
+    "Profile": obj({
+        "name": STR, "profile_type": STR, "system_template": STR, "network_template": _NS,
+        "storage_template": _NS, "userdata": _NS, "script": STR, "ova": _NS,
+        "arguments": {"type": "array", "items": STR}}, ["name", "profile_type", "script"]),
 }
 
 # path parameters, by the name used in the route path
@@ -177,4 +204,10 @@ PATH_VALUES: dict[str, str] = {
     "snapshot": "An RBD snapshot name.",
     "request_id": "A storage request id (as named in a timeout message).",
     "task_id": "A task id (a storage request's id too).",
+    "template": "A template name.",
+    "vni": "The VNI of a network in the template.",
+    "disk_id": "A disk of the template: sd[a-z] or vd[a-z].",
+    "userdata": "A userdata name.",
+    "script": "A built-in install method: clone, blank or ova.",
+    "profile": "A profile name.",
 }

@@ -22,7 +22,10 @@ Rules every value follows: a text that is empty or only whitespace counts as not
 mandatory value is then missing; an optional one has its default, usually None); a flag is set by
 its presence, with any text or none, and an explicit false/0/no/off unsets it; `limit` is a
 regular expression searched anywhere in a name (anchors `^`/`$` work as usual), matched by RE2
-with bounded work (`pvcd.api.name_filter`).
+with bounded work (`pvcd.api.name_filter`). Two kinds follow extensions.md §0.2: a `boolean`
+has a stated default and refuses anything but the true and false words; a list (`texts`, e.g.
+`arg`) takes every occurrence in the query string and form, or a JSON array, which any other
+value refuses.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class Value(Generic[T]):
     required: bool = False
     default: T | None = None
     flag: bool = False  # set by presence: an empty text counts as given
+    many: bool = False  # a list: every occurrence counts, or a JSON array (extensions.md §0.2)
 
     def read(self, raw: str | None) -> T:
         if raw is None or (not self.flag and raw.strip() == ""):
@@ -166,11 +170,38 @@ def integer(name: str, help: str, *, required: bool = False, minimum: int | None
     return Value(name, help, schema, parse, required, default)
 
 
+def texts(name: str, help: str, parse: Callable[[str], str] = str) -> Value[list[str]]:
+    """A list of texts (extensions.md §0.2): repeated in the query string or form (every
+    occurrence counts, in order) or a JSON array of strings; absent is the empty list, and
+    empty texts are dropped (so `name=` alone gives an empty list that was given, which
+    clears a list in PUT). `parse` checks each item."""
+    return Value(name, help + " A list: repeat the value, or give a JSON array of strings.",
+                 {"type": "array", "items": {"type": "string"}}, cast(Any, parse), False, None,
+                 many=True)
+
+
 def flag(name: str, help: str) -> Value[bool]:
     """Set by its presence (any text, or none); an explicit false, 0, no or off unsets it."""
     return Value(name, help + " A flag: set by its presence (any value, or none); an explicit "
                  "false, 0, no or off unsets it.", {"type": "boolean"}, _flag, False, False,
                  flag=True)
+
+
+def boolean(name: str, help: str, default: bool) -> Value[bool]:
+    """A bool (extensions.md §0.2): absent is `default`; present and empty, true, 1, yes or on
+    is true; false, 0, no or off is false; anything else is refused."""
+    def parse(raw: str) -> bool:
+        word = raw.strip().lower()
+        if word in ("", "true", "1", "yes", "on"):
+            return True
+        if word in _FALSE:
+            return False
+        shown = raw if len(raw) <= 40 else f"{raw[:40]}..."
+        raise InvalidValue(f"{name} '{shown}' is invalid: true, 1, yes, on (or empty) or false, "
+                           "0, no, off")
+
+    return Value(name, f"{help} A bool: true, 1, yes, on (or empty) or false, 0, no, off.",
+                 {"type": "boolean"}, parse, False, default, flag=True)
 
 
 def limit(what: str = "names") -> Value[NameFilter | None]:
@@ -234,18 +265,27 @@ class RawValues:
     """A request's values as texts, from the query string, a form body or a JSON object body
     (the last one given wins)."""
 
-    def __init__(self, values: Mapping[str, str]) -> None:
+    def __init__(self, values: Mapping[str, str],
+                 lists: Mapping[str, list[str]] | None = None,
+                 arrays: Iterable[str] = ()) -> None:
         self._values = dict(values)
+        # every occurrence of each name, in order: what a list value reads
+        self._lists = {name: list(items) for name, items in (lists or {}).items()}
+        self._arrays = frozenset(arrays)  # names given as a JSON array: only lists take them
 
     @classmethod
     def from_request(cls, query: Mapping[str, list[bytes]],
                      body_arguments: Mapping[str, list[bytes]],
                      content_type: str, body: bytes) -> RawValues:
         merged: dict[str, str] = {}
+        lists: dict[str, list[str]] = {}
+        arrays: set[str] = set()
         for source in (query, body_arguments):
             for name, items in source.items():
                 if items:
-                    merged[name] = items[-1].decode("utf-8", errors="replace")
+                    texts = [item.decode("utf-8", errors="replace") for item in items]
+                    merged[name] = texts[-1]
+                    lists.setdefault(name, []).extend(texts)
         if content_type.split(";")[0].strip().lower() == "application/json" and body.strip():
             try:
                 doc = json.loads(body)
@@ -254,19 +294,34 @@ class RawValues:
             if not isinstance(doc, dict):
                 raise InvalidValue("a JSON request body must be an object of values")
             for name, item in doc.items():
-                if item is not None:  # JSON null: as if the value were not given
+                if isinstance(item, list):
+                    arrays.add(str(name))
+                    lists[str(name)] = [_scalar(name, one) for one in item]
+                    merged[str(name)] = lists[str(name)][-1] if item else ""
+                elif item is not None:  # JSON null: as if the value were not given
                     merged[str(name)] = _scalar(name, item)
-        return cls(merged)
+                    lists[str(name)] = [merged[str(name)]]
+        return cls(merged, lists, arrays)
 
     def get(self, name: str) -> str | None:
-        """One value's text, for what is not a handler's value (the API token)."""
-        return self._values.get(name)
+        """One value's text, for what is not a handler's value (the API token); None for a
+        JSON array."""
+        return None if name in self._arrays else self._values.get(name)
 
     def parse(self, declarations: Iterable[Value[Any]]) -> Values:
         """The declared values, checked in the order declared; InvalidValue on the first that
         is missing or bad. Values not declared are ignored."""
-        parsed = {v.name: (v, v.read(self._values.get(v.name))) for v in declarations}
+        parsed = {v.name: (v, self._read(v)) for v in declarations}
         return Values(parsed, (name for name in parsed if name in self._values))
+
+    def _read(self, value: Value[Any]) -> Any:
+        if value.many:
+            return [value.parse(item) for item in self._lists.get(value.name, [])
+                    if item.strip() != ""]
+        if value.name in self._arrays:
+            raise InvalidValue(f"value '{value.name}' must be a string, number or boolean, "
+                               "not a list")
+        return value.read(self._values.get(value.name))
 
 
 def _scalar(name: Any, item: Any) -> str:

@@ -27,7 +27,8 @@ from pvcd.cli.errors import (
     ConfigProblem,
 )
 
-Value = str | int | float | bool | None
+# a list is a list value (extensions.md §0.2): sent once per item
+Value = str | int | float | bool | list[str] | None
 DEFAULT_TIMEOUT = 30.0
 # Ceph writes finish before the API answers; the manual warns they can take 30 s or more
 STORAGE_TIMEOUT = 300.0
@@ -39,10 +40,15 @@ def api_path(*segments: str | int) -> str:
 
 
 def encode_values(values: Mapping[str, Value] | None) -> str:
-    """Form encoding; None leaves a value out, booleans become true/false (flags)."""
-    pairs = []
+    """Form encoding; None leaves a value out, booleans become true/false (flags), a list is
+    one pair per item (an empty list one empty value: given, and empty, which clears a list in
+    PUT)."""
+    pairs: list[tuple[str, str]] = []
     for name, value in (values or {}).items():
         if value is None:
+            continue
+        if isinstance(value, list):
+            pairs.extend((name, item) for item in value or [""])
             continue
         if isinstance(value, bool):
             value = "true" if value else "false"

@@ -2,8 +2,9 @@
 
     pvc [--lab DIR | --connection NAME] [--format table|json] GROUP COMMAND ...
 
-Groups: node, vm, network (lease, acl), storage (osd, pool, volume, snapshot), task, cluster,
-connection. `python -m pvcd.cli.main` runs it too. Exit codes: see `pvcd.cli.errors`.
+Groups: node, vm, network (lease, acl), storage (osd, pool, volume, snapshot), provisioner
+(template, userdata, script, profile), task, cluster, connection. `python -m pvcd.cli.main`
+runs it too. Exit codes: see `pvcd.cli.errors`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pvcd.cli.errors import CliError
 from pvcd.cli.network import network
 from pvcd.cli.node import node
 from pvcd.cli.output import Column, field, render_fields, render_table
+from pvcd.cli.provisioner import provisioner
 from pvcd.cli.storage import storage
 from pvcd.cli.task import task
 from pvcd.cli.vm import vm
@@ -90,7 +92,7 @@ def connection_show(cli: CliContext) -> None:
     cli.emit(doc, lambda d: render_fields([(labels[k], v) for k, v in d.items()]))
 
 
-for group in (node, vm, network, storage, task, cluster):
+for group in (node, vm, network, storage, provisioner, task, cluster):
     cli.add_command(group)
 
 

@@ -2,12 +2,13 @@
 
 Desired state is what the API writes (docs/zookeeper-layout.md): node specs, VM specs and
 their name index, networks with their static leases, ACLs and description index, API
-sessions, the maintenance flag, a coordinator handover, and storage requests (the API's only
-way to reach Ceph). Everything the daemons write on their own is left out, or every snapshot
-would differ: `status`, `alive` and `owner` children, DHCP leases, fence records, the primary
-lock, and the storage mirrors (pools, volumes, snapshots, OSDs: what Ceph confirmed, refreshed
-by the primary). A storage request counts by its existence: its executor writes progress and
-result into it after the API answered.
+sessions, the maintenance flag, a coordinator handover, the provisioner's objects (templates,
+userdata, OVAs, profiles), and storage requests (the API's only way to reach Ceph).
+Everything the daemons write on their own is left out, or every snapshot would differ:
+`status`, `alive` and `owner` children, DHCP leases, fence records, the primary lock, and the
+storage mirrors (pools, volumes, snapshots, OSDs: what Ceph confirmed, refreshed by the
+primary). A storage request counts by its existence: its executor writes progress and result
+into it after the API answered.
 
 A snapshot is every desired-state document's path with its `mzxid` (ZooKeeper's own record of
 the last write, so rewriting identical bytes is a change too), read in three pipelined rounds
@@ -49,6 +50,7 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 from kazoo.protocol.states import Callback, WatchedEvent
 
+from pvcd.domain.provisioner import KINDS as PROVISIONER_KINDS
 from pvcd.domain.records import NodeSpec, NodeStatus, from_dict
 from pvcd.domain.settled import node_domain_settled
 from pvcd.state.schema import Paths
@@ -153,7 +155,8 @@ class DesiredState:
         busy: list[str] = []
         lists, docs, leaves = (_Round(self.client, self._changed) for _ in range(3))
         for path in (p.nodes, p.vms, p.vm_names, p.networks, p.network_names, p.sessions,
-                     p.cluster, p.storage_requests):
+                     p.cluster, p.storage_requests,
+                     *(p.provisioner_kind(kind) for kind in PROVISIONER_KINDS)):
             lists.children(path)
         lists.exists(p.schema_version)
         lists.exists(p.handover)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -51,11 +52,13 @@ from pvcd.lab.lab import Lab
 from tests.e2e.fuzz_run import run_schemathesis, verdict_counts, verdicts
 from tests.e2e.labclient import LabClient, LabFactory
 
-pytestmark = [pytest.mark.slow, pytest.mark.ceph, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.ceph, pytest.mark.timeout(1800)]
 
 EXCLUDED_CHECKS = ["negative_data_rejection", "positive_data_acceptance"]
-MAX_EXAMPLES = 10  # per operation and phase: ≈ 2,000 requests, ≈ 20-40 s per run
-RUN_TIMEOUT = 400.0
+# per operation and phase: ≈ 4,400 requests per run since the provisioner's 27 operations
+# (the coverage phase sends many per value, and a profile or system template has ten)
+MAX_EXAMPLES = 10
+RUN_TIMEOUT = 800.0
 CEPH_TIMEOUT = 60.0  # a storage request waits for Ceph (drivers.ceph.request_timeout)
 NOT_FUZZED = ["post_api_v1_node_node_coordinator_state"]  # operation ids
 MIN_REFUSALS_CHECKED = 1000  # per run (≈ 1,850 seen): refused calls the snapshots compared
@@ -83,6 +86,7 @@ def test_fuzzing_the_api_finds_no_server_error(make_lab: LabFactory, tmp_path: P
 def _schemathesis(lab: Lab, tmp_path: Path, location: str, origin: str, client: LabClient,
                   name: str) -> str:
     report = tmp_path / f"verdicts-{name}.jsonl"
+    started = time.monotonic()
     result = run_schemathesis(location, origin, client.info.token, tmp_path, lab.lab_file, report, [
         "--checks", "all", "--exclude-checks", ",".join(EXCLUDED_CHECKS),
         *[arg for op in NOT_FUZZED for arg in ("--exclude-operation-id", op)],
@@ -98,9 +102,10 @@ def _schemathesis(lab: Lab, tmp_path: Path, location: str, origin: str, client: 
                       if v["verdict"] == "failed-in-backend")  # allowed: desired_state.py
     waits = [v["waited"] for v in verdicts(report) if v["waited_for"]]
     busy = Counter(" ".join(r.split()[:2]) for v in verdicts(report) for r in v["waited_for"])
-    print(f"{name} run: desired-state verdicts {dict(counts)}; refused by an executor after "
-          f"the API wrote the storage request: {dict(backend)}; calls that waited for a quiet "
-          f"cluster: {len(waits)}, longest {max(waits, default=0):.2f} s, for {dict(busy)}")
+    print(f"{name} run ({time.monotonic() - started:.0f} s): desired-state verdicts "
+          f"{dict(counts)}; refused by an executor after the API wrote the storage request: "
+          f"{dict(backend)}; calls that waited for a quiet cluster: {len(waits)}, longest "
+          f"{max(waits, default=0):.2f} s, for {dict(busy)}")
     blamed = [v for v in verdicts(report) if v["verdict"] in ("violation", "unattributable")]
     assert not blamed, f"{name} run: refused calls that changed desired state: {blamed}"
     assert counts["unchanged"] >= MIN_REFUSALS_CHECKED, counts
@@ -128,9 +133,26 @@ def _seed(client: LabClient) -> dict[str, list[str]]:
         ok(client.post("/storage/ceph" + path, data=values, timeout=CEPH_TIMEOUT))
     osds = [str(osd["id"]) for osd in client.get("/storage/ceph/osd").json()]
     assert osds
+    # the provisioner's objects: one template of each kind, all named fuzztpl (names are per
+    # kind), and a profile naming them
+    for path, values in (
+            ("/template/system", {"name": "fuzztpl", "vcpus": "1", "vram": "64"}),
+            ("/template/network", {"name": "fuzztpl"}),
+            ("/template/network/fuzztpl/net", {"vni": "4242"}),
+            ("/template/storage", {"name": "fuzztpl"}),
+            ("/template/storage/fuzztpl/disk", {"disk_id": "sda", "pool": "fuzzpool",
+                                               "disk_size": "1"}),
+            ("/userdata", {"name": "fuzzud", "data": "#cloud-config\nhostname: fuzz\n"}),
+            ("/profile", {"name": "fuzzprof", "profile_type": "provisioner",
+                          "system_template": "fuzztpl", "network_template": "fuzztpl",
+                          "storage_template": "fuzztpl", "userdata": "fuzzud"})):
+        ok(client.post("/provisioner" + path, data=values))
     return {"node": ["node1", "node3"], "vm": ["fuzzvm"], "network": ["fuzznet", "4242"],
             "lease": ["52:54:00:42:00:01"], "acl": ["fuzzacl"], "osd": osds,
-            "pool": ["fuzzpool"], "volume": ["fuzzvol"], "snapshot": ["fuzzsnap"]}
+            "pool": ["fuzzpool"], "volume": ["fuzzvol"], "snapshot": ["fuzzsnap"],
+            "template": ["fuzztpl"], "vni": ["4242"], "disk_id": ["sda"],
+            "userdata": ["fuzzud"], "script": ["clone", "blank", "ova"],
+            "profile": ["fuzzprof"]}
 
 
 def _focus(document: dict[str, Any], objects: dict[str, list[str]]) -> dict[str, Any]:
