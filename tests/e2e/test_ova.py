@@ -1,0 +1,238 @@
+"""OVA upload and removal through the API of a lab with a throwaway Ceph (extensions.md §3.7).
+
+The OVAs are real: an .ovf written here, VMDK images made by `qemu-img` from known bytes, a
+SHA-256 manifest (tests/ova_files.py). A successful upload is judged by what Ceph holds (the
+volume's bytes, exported with `rbd`, equal the VMDK file) and what ZooKeeper holds (the OVA,
+its system template and profile with the OVF's numbers); every failure, by the absence of any
+`ova_<name>_*` volume and of any record. One lab serves the module; each test has its own
+pool and names.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from pvcd.lab.lab import Lab
+from pvcd.state.codec import decode, encode
+from pvcd.state.schema import Paths
+from tests.e2e.labclient import LabClient, wait_until, zookeeper_client
+from tests.e2e.test_volume_copies import Rbd
+from tests.ova_files import manifest, ovf_text, tar_of, vmdk_of
+
+pytestmark = [pytest.mark.slow, pytest.mark.ceph]
+
+TIMEOUT = 60
+MIB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def ova_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, LabClient]]:
+    lab = Lab(tmp_path_factory.mktemp("ova") / "lab")
+    info = lab.up(nodes=1, ceph=True)
+    try:
+        yield lab, LabClient(info)
+    finally:
+        lab.down()
+
+
+@pytest.fixture
+def api(ova_lab: tuple[Lab, LabClient]) -> LabClient:
+    return ova_lab[1]
+
+
+@pytest.fixture
+def rbd(ova_lab: tuple[Lab, LabClient]) -> Rbd:
+    return Rbd(ova_lab[0])
+
+
+@pytest.fixture
+def pool(api: LabClient) -> Iterator[str]:
+    name = f"p{secrets.token_hex(3)}"
+    response = api.call("POST", "/storage/ceph/pool", params={"pool": name, "pgs": 16},
+                        timeout=TIMEOUT)
+    assert response.status_code == 200, response.text
+    yield name
+    api.call("DELETE", f"/storage/ceph/pool/{name}", params={"yes_i_really_mean_it": 1},
+             timeout=TIMEOUT)
+
+
+@pytest.fixture
+def disks(tmp_path: Path) -> list[tuple[str, bytes, bytes]]:
+    """Two disk images: (file name, raw content, VMDK bytes)."""
+    out = []
+    for index in range(2):
+        raw = os.urandom(MIB) + bytes([index]) * MIB
+        out.append((f"disk{index}.vmdk", raw, vmdk_of(raw, tmp_path, f"disk{index}")))
+    return out
+
+
+def good_ova(disks: list[tuple[str, bytes, bytes]], **ovf: Any) -> bytes:
+    text = ovf_text([(name, 10 + i) for i, (name, _, _) in enumerate(disks)], **ovf).encode()
+    files = [("test.ovf", text), *[(name, vmdk) for name, _, vmdk in disks]]
+    return tar_of([files[0], ("test.mf", manifest(files)), *files[1:]])
+
+
+def upload(api: LabClient, body: bytes, **values: Any) -> Any:
+    params = {"wait": 1, "ova_size": len(body), **values}
+    return api.call("POST", "/provisioner/ova", params=params, data=body, timeout=TIMEOUT,
+                    headers={"Content-Type": "application/octet-stream"})
+
+
+def znode(lab: Lab, kind: str, name: str) -> Any:
+    paths = Paths(lab._info().zk_root)
+    with zookeeper_client(lab) as client:
+        path = paths.provisioner_object(kind, name)
+        return decode(client.get(path)[0]) if client.exists(path) else None
+
+
+def ova_volumes(rbd: Rbd, pool: str) -> list[str]:
+    return [v for v in rbd.run("ls", "--pool", pool).decode().split() if v.startswith("ova_")]
+
+
+def ova_tasks(api: LabClient) -> list[dict[str, Any]]:
+    return list(api.call("GET", "/tasks", params={"limit": "^ova\\.upload$"}).json())
+
+
+def nothing_left(lab: Lab, rbd: Rbd, pool: str, name: str) -> None:
+    assert ova_volumes(rbd, pool) == []
+    for kind in ("ova", "system", "profile"):
+        assert znode(lab, kind, name) is None, kind
+
+
+def test_upload_makes_volumes_template_and_profile_then_delete_removes_them(
+        ova_lab: tuple[Lab, LabClient], api: LabClient, rbd: Rbd, pool: str,
+        disks: list[tuple[str, bytes, bytes]]) -> None:
+    lab = ova_lab[0]
+    body = good_ova(disks, vcpus=3, memory_mb=768, graphics=True)
+    response = upload(api, body, name="appliance", pool=pool)
+    assert response.status_code == 200, response.text
+    result = response.json()["result"]
+    assert result["system_template"] == result["profile"] == "appliance"
+    assert [v["volume_name"] for v in result["volumes"]] == \
+        ["ova_appliance_sda", "ova_appliance_sdb"]
+    for (_, _, vmdk), volume in zip(disks, result["volumes"], strict=True):
+        assert volume["volume_format"] == "vmdk" and volume["pool"] == pool
+        assert rbd.run("export", "--no-progress", f"{pool}/{volume['volume_name']}", "-") == vmdk
+    assert [v["disk_size_gb"] for v in result["volumes"]] == [10, 11]
+
+    listed = api.call("GET", "/provisioner/ova/appliance").json()
+    assert listed[0]["volumes"] == result["volumes"] and listed[0]["pool"] == pool
+    template = znode(lab, "system", "appliance")
+    assert (template["vcpu_count"], template["vram_mb"], template["serial"], template["vnc"],
+            template["ova"]) == (3, 768, True, True, "appliance")
+    profile = znode(lab, "profile", "appliance")
+    assert (profile["profile_type"], profile["script"], profile["ova"],
+            profile["system_template"]) == ("ova", "ova", "appliance", "appliance")
+
+    # taken as an OVA (and so as a template and profile): refused before the body
+    again = upload(api, body, name="appliance", pool=pool)
+    assert again.status_code == 510 and "exists already" in again.json()["message"]
+
+    # another profile naming the OVA blocks the removal; the OVA's own profile does not
+    paths = Paths(lab._info().zk_root)
+    other = paths.provisioner_object("profile", "uses-it")
+    with zookeeper_client(lab) as client:
+        client.create(other, encode({"name": "uses-it", "profile_type": "ova",
+                                     "system_template": "appliance", "script": "ova",
+                                     "ova": "appliance"}))
+    refused = api.call("DELETE", "/provisioner/ova/appliance")
+    assert refused.status_code == 510 and "uses-it" in refused.json()["message"]
+    assert len(ova_volumes(rbd, pool)) == 2 and znode(lab, "ova", "appliance") is not None
+    with zookeeper_client(lab) as client:
+        client.delete(other)
+
+    removed = api.call("DELETE", "/provisioner/ova/appliance", timeout=TIMEOUT)
+    assert removed.status_code == 200, removed.text
+    nothing_left(lab, rbd, pool, "appliance")
+
+
+def _bad_archives(disks: list[tuple[str, bytes, bytes]]) -> dict[str, tuple[bytes, str]]:
+    ovf = ovf_text([(name, 10) for name, _, _ in disks]).encode()
+    files = [(name, vmdk) for name, _, vmdk in disks]
+    tampered = [(files[0][0], files[0][1][:-1] + b"\x01"), files[1]]
+    doctype = ovf_text([(name, 10) for name, _, _ in disks],
+                       prolog='<!DOCTYPE x [<!ENTITY a "aaaa">]>').encode()
+    return {
+        "ovf-not-first": (tar_of([*files, ("t.ovf", ovf)]), "the .ovf must come first"),
+        "digest-mismatch": (tar_of([("t.ovf", ovf), ("t.mf", manifest([("t.ovf", ovf), *files])),
+                                    *tampered]), "digest mismatch"),
+        "missing-disk": (tar_of([("t.ovf", ovf), files[0]]), "lacks the disk files"),
+        "doctype": (tar_of([("t.ovf", doctype), *files]), "without DTDs or entities"),
+    }
+
+
+@pytest.mark.parametrize("case", ["ovf-not-first", "digest-mismatch", "missing-disk",
+                                  "doctype"])
+def test_a_bad_archive_fails_and_leaves_nothing(
+        ova_lab: tuple[Lab, LabClient], api: LabClient, rbd: Rbd, pool: str,
+        disks: list[tuple[str, bytes, bytes]], case: str) -> None:
+    body, words = _bad_archives(disks)[case]
+    name = f"bad-{case}"
+    response = upload(api, body, name=name, pool=pool)
+    assert response.status_code == 510, response.text
+    assert words in response.json()["message"], response.json()
+    task = api.call("GET", f"/tasks/{response.json()['task_id']}").json()
+    assert task["state"] == "failure" and task["artifacts"] == [], task
+    nothing_left(ova_lab[0], rbd, pool, name)
+
+
+def test_a_client_that_leaves_mid_body_fails_the_task_and_leaves_nothing(
+        ova_lab: tuple[Lab, LabClient], api: LabClient, rbd: Rbd, pool: str,
+        disks: list[tuple[str, bytes, bytes]]) -> None:
+    body = good_ova(disks)
+    cut = len(body) - 200 * 1024  # the first disk is written, the second one is not complete
+    url = urlsplit(api.base)
+    path = f"{url.path}/provisioner/ova?name=gone&pool={pool}&ova_size={len(body)}"
+    before = {t["id"] for t in ova_tasks(api)}
+    with socket.create_connection((url.hostname, url.port), timeout=TIMEOUT) as sock:
+        sock.sendall((f"POST {path} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+                      f"X-Api-Key: {api.token}\r\nContent-Type: application/octet-stream\r\n"
+                      f"Content-Length: {len(body)}\r\n\r\n").encode() + body[:cut])
+        # the task has created a volume before the client goes away
+        wait_until(lambda: ova_volumes(rbd, pool), TIMEOUT, interval=0.2)
+    task = wait_until(lambda: [t for t in ova_tasks(api) if t["id"] not in before
+                               and t["state"] == "failure"], TIMEOUT, interval=0.2)[0]
+    assert "went away after" in task["message"] and task["artifacts"] == [], task
+    nothing_left(ova_lab[0], rbd, pool, "gone")
+
+
+def test_refusals_before_the_body_change_nothing(
+        ova_lab: tuple[Lab, LabClient], api: LabClient, rbd: Rbd, pool: str) -> None:
+    lab = ova_lab[0]
+    paths = Paths(lab._info().zk_root)
+    with zookeeper_client(lab) as client:
+        client.create(paths.provisioner_object("system", "taken"),
+                      encode({"name": "taken", "vcpu_count": 1, "vram_mb": 512}))
+    before = {t["id"] for t in ova_tasks(api)}
+    huge = 1 << 50  # 1 PiB: more than the lab's pool can take
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"name": "-bad", "pool": pool, "ova_size": 10}, "invalid"),
+        ({"name": "taken", "pool": pool, "ova_size": 10}, "system template named taken"),
+        ({"name": "x", "pool": "nopool", "ova_size": 10}, "pool nopool not found"),
+        ({"name": "x", "pool": pool, "ova_size": 0}, "ova_size"),
+        ({"name": "x", "pool": pool, "ova_size": "ten"}, "ova_size"),
+        ({"name": "x", "pool": pool, "ova_size": 100}, "more than ova_size 100"),
+        ({"name": "x", "pool": pool, "ova_size": huge}, "bytes free"),
+    ]
+    started = time.monotonic()
+    for values, words in cases:
+        # a large declared body: answered at once, before any of it is read
+        response = api.call("POST", "/provisioner/ova", params=values, data=b"x" * 4096,
+                            timeout=TIMEOUT)
+        assert response.status_code == 510, (values, response.text)
+        assert words in response.json()["message"], (values, response.json())
+    assert time.monotonic() - started < 30
+    assert {t["id"] for t in ova_tasks(api)} == before
+    assert ova_volumes(rbd, pool) == []
+    assert znode(lab, "ova", "x") is None and znode(lab, "ova", "taken") is None
+    with zookeeper_client(lab) as client:
+        client.delete(paths.provisioner_object("system", "taken"))
