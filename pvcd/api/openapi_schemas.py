@@ -162,6 +162,13 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     }, ["id", "name", "state", "progress", "run_on"]),
     "TaskStarted": obj({"task_id": STR, "task_name": STR, "run_on": STR, "message": STR},
                        ["task_id", "task_name", "run_on", "message"]),
+    "Ova": obj({
+        "name": STR, "pool": STR,
+        "volumes": {"type": "array", "items": obj({
+            "disk_id": STR, "disk_size_gb": INT, "pool": STR, "volume_name": STR,
+            "volume_format": STR})},
+        "system_template": _NS, "profile": _NS,
+    }, ["name", "pool", "volumes"]),
 }
 
 # path parameters, by the name used in the route path
@@ -177,4 +184,5 @@ PATH_VALUES: dict[str, str] = {
     "snapshot": "An RBD snapshot name.",
     "request_id": "A storage request id (as named in a timeout message).",
     "task_id": "A task id (a storage request's id too).",
+    "ova": "An OVA name.",
 }
