@@ -19,6 +19,7 @@ from pvcd.cli.errors import CliError
 from pvcd.cli.network import network
 from pvcd.cli.node import node
 from pvcd.cli.output import Column, field, render_fields, render_table
+from pvcd.cli.provisioner import provisioner
 from pvcd.cli.storage import storage
 from pvcd.cli.task import task
 from pvcd.cli.vm import vm
@@ -90,7 +91,7 @@ def connection_show(cli: CliContext) -> None:
     cli.emit(doc, lambda d: render_fields([(labels[k], v) for k, v in d.items()]))
 
 
-for group in (node, vm, network, storage, task, cluster):
+for group in (node, vm, network, storage, task, cluster, provisioner):
     cli.add_command(group)
 
 

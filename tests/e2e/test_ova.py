@@ -25,6 +25,7 @@ from pvcd.lab.lab import Lab
 from pvcd.state.codec import decode, encode
 from pvcd.state.schema import Paths
 from tests.e2e.labclient import LabClient, wait_until, zookeeper_client
+from tests.e2e.test_cli import pvc
 from tests.e2e.test_volume_copies import Rbd
 from tests.ova_files import manifest, ovf_text, tar_of, vmdk_of
 
@@ -236,3 +237,29 @@ def test_refusals_before_the_body_change_nothing(
     assert znode(lab, "ova", "x") is None and znode(lab, "ova", "taken") is None
     with zookeeper_client(lab) as client:
         client.delete(paths.provisioner_object("system", "taken"))
+
+
+def test_the_cli_uploads_lists_shows_and_removes_an_ova(
+        ova_lab: tuple[Lab, LabClient], rbd: Rbd, pool: str,
+        disks: list[tuple[str, bytes, bytes]], tmp_path: Path) -> None:
+    lab = ova_lab[0]
+    file = tmp_path / "cli.ova"
+    file.write_bytes(good_ova(disks[:1], vcpus=1, memory_mb=256, graphics=False))
+    uploaded = pvc(lab, "provisioner", "ova", "upload", "viacli", str(file),
+                   "--pool", pool)
+    assert uploaded.returncode == 0, uploaded.stderr
+    assert "Imported OVA viacli" in uploaded.stdout
+    assert "Uploaded cli.ova" in uploaded.stderr  # the progress went to stderr
+    assert rbd.run("export", "--no-progress", f"{pool}/ova_viacli_sda", "-") == disks[0][2]
+    listed = pvc(lab, "provisioner", "ova", "list")
+    assert "viacli" in listed.stdout and "ova_viacli_sda" in listed.stdout
+    info = pvc(lab, "provisioner", "ova", "info", "viacli")
+    assert "sda: " + f"{pool}/ova_viacli_sda (vmdk, 10 GiB)" in info.stdout, info.stdout
+    assert (znode(lab, "system", "viacli") or {}).get("vnc") is False
+
+    refused = pvc(lab, "provisioner", "ova", "upload", "viacli", str(file),
+                  "--pool", pool)
+    assert refused.returncode == 1 and "exists already" in refused.stderr
+    removed = pvc(lab, "provisioner", "ova", "remove", "viacli", "--yes")
+    assert removed.returncode == 0, removed.stderr
+    nothing_left(lab, rbd, pool, "viacli")
