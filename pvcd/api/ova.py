@@ -23,6 +23,8 @@ import asyncio
 import re
 from typing import Any
 
+from tornado.http1connection import HTTP1Connection
+
 from pvcd.api.base import UNLIMITED, BaseHandler, Unauthorized
 from pvcd.api.routing import route
 from pvcd.api.storage import run_request, storage_timeout
@@ -39,6 +41,7 @@ from pvcd.upload_pipe import UploadPipe
 OVA_UPLOAD = "ova.upload"  # the task kind (pvcd.controllers.ova_upload)
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
 NAME_LIMIT = 63
+UPLOAD_MIN_RATE = 1 << 20  # bytes/s: the slowest upload body the API waits for
 
 OVA_LIMIT = limit("OVA names")
 OVA_NAME = text("name", "The OVA's name: 1-63 letters, digits, '_', '.', '+', '-' (not "
@@ -127,6 +130,7 @@ class OvaUploadHandler(BaseHandler):
             raise InvalidValue(f"pool {pool} has {space.free} bytes free, less than ova_size "
                                f"{size}; nothing was changed")
         self._limit_body(size)
+        self._allow_time_for(size)
         pipe = UploadPipe(int(length) if length.isdigit() else None)
 
         def open_pipe(record: TaskRecord) -> None:
@@ -140,6 +144,14 @@ class OvaUploadHandler(BaseHandler):
             self._discard_pipe()
             raise
         self._pipe = pipe
+
+    def _allow_time_for(self, size: int) -> None:
+        """`api.body_timeout` is for small bodies: an upload of `size` bytes gets it plus the
+        time the body takes at UPLOAD_MIN_RATE (a client slower than that is cut off)."""
+        connection = self.request.connection
+        if isinstance(connection, HTTP1Connection):
+            base = connection.params.body_timeout or 0.0
+            connection.set_body_timeout(base + size / UPLOAD_MIN_RATE)
 
     def data_received(self, chunk: bytes) -> Any:
         if self._pipe is None:
@@ -168,7 +180,9 @@ class OvaUploadHandler(BaseHandler):
         super().on_connection_close()
 
     def on_finish(self) -> None:
-        self._discard_pipe()
+        if self._pipe is not None and not self._pipe.complete:
+            self._pipe.abort("the request ended before its body was in")
+            self._discard_pipe()  # else the task (perhaps still pending) takes it and drops it
         super().on_finish()
 
     def _discard_pipe(self) -> None:

@@ -114,6 +114,7 @@ class OvaImporter:
             raise
         finally:
             pipe.close_reader(ended)
+            self.pipes.discard(ctx.task_id)
 
     def _import(self, ctx: TaskContext, pipe: UploadPipe) -> TaskOutcome:
         name, pool, total = ctx.args["name"], ctx.args["pool"], int(ctx.args["ova_size"])

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from pvcd.domain.tasks import TaskRecord, new_id
 from pvcd.lab.lab import Lab
 from pvcd.state.codec import decode, encode
 from pvcd.state.schema import Paths
@@ -95,6 +96,29 @@ def znode(lab: Lab, kind: str, name: str) -> Any:
         return decode(client.get(path)[0]) if client.exists(path) else None
 
 
+def write_seen(lab: Lab, api: LabClient, kind: str, name: str,
+               doc: dict[str, Any] | None) -> None:
+    """Write (or with None delete) a provisioner object past the API (no endpoint of this
+    piece writes one) and wait until the API's cache has the change: a finished task created in
+    the same transaction comes after it in the watch's ordered notifications, so once the API
+    lists the task it has both."""
+    paths = Paths(lab._info().zk_root)
+    marker = TaskRecord(id=new_id(time.time()), name="test.marker", run_on="node1",
+                        state="success", created=time.time())
+    path = paths.provisioner_object(kind, name)
+    with zookeeper_client(lab) as client:
+        transaction = client.transaction()
+        if doc is None:
+            transaction.delete(path)
+        else:
+            transaction.create(path, encode(doc))
+        transaction.create(paths.task(marker.id), encode(marker.to_doc()))
+        assert all(r is not None and not isinstance(r, Exception)
+                   for r in transaction.commit())
+    wait_until(lambda: api.call("GET", f"/tasks/{marker.id}").status_code == 200, TIMEOUT)
+    api.call("DELETE", f"/tasks/{marker.id}")
+
+
 def ova_volumes(rbd: Rbd, pool: str) -> list[str]:
     return [v for v in rbd.run("ls", "--pool", pool).decode().split() if v.startswith("ova_")]
 
@@ -139,17 +163,13 @@ def test_upload_makes_volumes_template_and_profile_then_delete_removes_them(
     assert again.status_code == 510 and "exists already" in again.json()["message"]
 
     # another profile naming the OVA blocks the removal; the OVA's own profile does not
-    paths = Paths(lab._info().zk_root)
-    other = paths.provisioner_object("profile", "uses-it")
-    with zookeeper_client(lab) as client:
-        client.create(other, encode({"name": "uses-it", "profile_type": "ova",
-                                     "system_template": "appliance", "script": "ova",
-                                     "ova": "appliance"}))
+    write_seen(lab, api, "profile", "uses-it", {
+        "name": "uses-it", "profile_type": "ova", "system_template": "appliance",
+        "script": "ova", "ova": "appliance"})
     refused = api.call("DELETE", "/provisioner/ova/appliance")
     assert refused.status_code == 510 and "uses-it" in refused.json()["message"]
     assert len(ova_volumes(rbd, pool)) == 2 and znode(lab, "ova", "appliance") is not None
-    with zookeeper_client(lab) as client:
-        client.delete(other)
+    write_seen(lab, api, "profile", "uses-it", None)
 
     removed = api.call("DELETE", "/provisioner/ova/appliance", timeout=TIMEOUT)
     assert removed.status_code == 200, removed.text
@@ -209,10 +229,7 @@ def test_a_client_that_leaves_mid_body_fails_the_task_and_leaves_nothing(
 def test_refusals_before_the_body_change_nothing(
         ova_lab: tuple[Lab, LabClient], api: LabClient, rbd: Rbd, pool: str) -> None:
     lab = ova_lab[0]
-    paths = Paths(lab._info().zk_root)
-    with zookeeper_client(lab) as client:
-        client.create(paths.provisioner_object("system", "taken"),
-                      encode({"name": "taken", "vcpu_count": 1, "vram_mb": 512}))
+    write_seen(lab, api, "system", "taken", {"name": "taken", "vcpu_count": 1, "vram_mb": 512})
     before = {t["id"] for t in ova_tasks(api)}
     huge = 1 << 50  # 1 PiB: more than the lab's pool can take
     cases: list[tuple[dict[str, Any], str]] = [
@@ -235,8 +252,7 @@ def test_refusals_before_the_body_change_nothing(
     assert {t["id"] for t in ova_tasks(api)} == before
     assert ova_volumes(rbd, pool) == []
     assert znode(lab, "ova", "x") is None and znode(lab, "ova", "taken") is None
-    with zookeeper_client(lab) as client:
-        client.delete(paths.provisioner_object("system", "taken"))
+    write_seen(lab, api, "system", "taken", None)
 
 
 def test_the_cli_uploads_lists_shows_and_removes_an_ova(
