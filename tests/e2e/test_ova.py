@@ -25,7 +25,7 @@ from pvcd.domain.tasks import TaskRecord, new_id
 from pvcd.lab.lab import Lab
 from pvcd.state.codec import decode, encode
 from pvcd.state.schema import Paths
-from tests.e2e.labclient import LabClient, wait_until, zookeeper_client
+from tests.e2e.labclient import LabClient, running_lab, wait_until, zookeeper_client
 from tests.e2e.test_cli import pvc
 from tests.e2e.test_volume_copies import Rbd
 from tests.ova_files import manifest, ovf_text, tar_of, vmdk_of
@@ -37,23 +37,19 @@ MIB = 1 << 20
 
 
 @pytest.fixture(scope="module")
-def ova_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, LabClient]]:
-    lab = Lab(tmp_path_factory.mktemp("ova") / "lab")
-    info = lab.up(nodes=1, ceph=True)
-    try:
-        yield lab, LabClient(info)
-    finally:
-        lab.down()
+def ova_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, Rbd, LabClient]]:
+    with running_lab(tmp_path_factory.mktemp("ova") / "lab", nodes=1, ceph=True) as (lab, api):
+        yield lab, Rbd(lab), api
 
 
 @pytest.fixture
-def api(ova_lab: tuple[Lab, LabClient]) -> LabClient:
+def api(ova_lab: tuple[Lab, Rbd, LabClient]) -> LabClient:
+    return ova_lab[2]
+
+
+@pytest.fixture
+def rbd(ova_lab: tuple[Lab, Rbd, LabClient]) -> Rbd:
     return ova_lab[1]
-
-
-@pytest.fixture
-def rbd(ova_lab: tuple[Lab, LabClient]) -> Rbd:
-    return Rbd(ova_lab[0])
 
 
 @pytest.fixture
@@ -134,7 +130,7 @@ def nothing_left(lab: Lab, rbd: Rbd, pool: str, name: str) -> None:
 
 
 def test_upload_makes_volumes_template_and_profile_then_delete_removes_them(
-        ova_lab: tuple[Lab, LabClient], api: LabClient, rbd: Rbd, pool: str,
+        ova_lab: tuple[Lab, Rbd, LabClient], api: LabClient, rbd: Rbd, pool: str,
         disks: list[tuple[str, bytes, bytes]]) -> None:
     lab = ova_lab[0]
     body = good_ova(disks, vcpus=3, memory_mb=768, graphics=True)
@@ -194,7 +190,7 @@ def _bad_archives(disks: list[tuple[str, bytes, bytes]]) -> dict[str, tuple[byte
 @pytest.mark.parametrize("case", ["ovf-not-first", "digest-mismatch", "missing-disk",
                                   "doctype"])
 def test_a_bad_archive_fails_and_leaves_nothing(
-        ova_lab: tuple[Lab, LabClient], api: LabClient, rbd: Rbd, pool: str,
+        ova_lab: tuple[Lab, Rbd, LabClient], api: LabClient, rbd: Rbd, pool: str,
         disks: list[tuple[str, bytes, bytes]], case: str) -> None:
     body, words = _bad_archives(disks)[case]
     name = f"bad-{case}"
@@ -207,7 +203,7 @@ def test_a_bad_archive_fails_and_leaves_nothing(
 
 
 def test_a_client_that_leaves_mid_body_fails_the_task_and_leaves_nothing(
-        ova_lab: tuple[Lab, LabClient], api: LabClient, rbd: Rbd, pool: str,
+        ova_lab: tuple[Lab, Rbd, LabClient], api: LabClient, rbd: Rbd, pool: str,
         disks: list[tuple[str, bytes, bytes]]) -> None:
     body = good_ova(disks)
     cut = len(body) - 200 * 1024  # the first disk is written, the second one is not complete
@@ -227,7 +223,7 @@ def test_a_client_that_leaves_mid_body_fails_the_task_and_leaves_nothing(
 
 
 def test_refusals_before_the_body_change_nothing(
-        ova_lab: tuple[Lab, LabClient], api: LabClient, rbd: Rbd, pool: str) -> None:
+        ova_lab: tuple[Lab, Rbd, LabClient], api: LabClient, rbd: Rbd, pool: str) -> None:
     lab = ova_lab[0]
     write_seen(lab, api, "system", "taken", {"name": "taken", "vcpu_count": 1, "vram_mb": 512})
     before = {t["id"] for t in ova_tasks(api)}
@@ -256,7 +252,7 @@ def test_refusals_before_the_body_change_nothing(
 
 
 def test_the_cli_uploads_lists_shows_and_removes_an_ova(
-        ova_lab: tuple[Lab, LabClient], rbd: Rbd, pool: str,
+        ova_lab: tuple[Lab, Rbd, LabClient], rbd: Rbd, pool: str,
         disks: list[tuple[str, bytes, bytes]], tmp_path: Path) -> None:
     lab = ova_lab[0]
     file = tmp_path / "cli.ova"

@@ -163,15 +163,20 @@ _RADOS_MODULE = "/usr/lib/python3/dist-packages/rados.cpython-311-x86_64-linux-g
 
 
 def _load_rados() -> Any:
-    """Debian's python3-rados, loaded from its file (there is no PyPI package); importing the
-    whole dist-packages folder into our environment would shadow our pinned packages."""
-    if "rados" in sys.modules:
-        return sys.modules["rados"]
-    spec = importlib.util.spec_from_file_location("rados", _RADOS_MODULE)
+    return load_debian_binding("rados", _RADOS_MODULE)
+
+
+def load_debian_binding(name: str, path: str) -> Any:
+    """Debian's python3-rados or python3-rbd, loaded from its file (there is no PyPI package);
+    importing the whole dist-packages folder into our environment would shadow our pinned
+    packages."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
-        raise ImportError(f"no librados binding at {_RADOS_MODULE}")
+        raise ImportError(f"no {name} binding at {path}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    sys.modules["rados"] = module
+    sys.modules[name] = module
     return module
 

@@ -14,29 +14,23 @@ and putting all of dist-packages on our path would shadow our pinned packages.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import sys
 from types import TracebackType
 from typing import Any
 
 from pvcd.domain.errors import BackendError
-from pvcd.drivers.ceph.client import _load_rados
+from pvcd.drivers.ceph.client import _load_rados, load_debian_binding
 
 WRITE_SIZE = 4 << 20
 _RBD_MODULE = "/usr/lib/python3/dist-packages/rbd.cpython-311-x86_64-linux-gnu.so"
 
 
 def _load_rbd() -> Any:
-    if "rbd" in sys.modules:
-        return sys.modules["rbd"]
     _load_rados()  # the rbd binding imports rados
-    spec = importlib.util.spec_from_file_location("rbd", _RBD_MODULE)
-    if spec is None or spec.loader is None:
-        raise BackendError(f"no librbd binding at {_RBD_MODULE} (Debian package python3-rbd)")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    sys.modules["rbd"] = module
-    return module
+    try:
+        return load_debian_binding("rbd", _RBD_MODULE)
+    except (ImportError, OSError) as exc:
+        raise BackendError(f"no librbd binding at {_RBD_MODULE} (Debian package python3-rbd): "
+                           f"{exc}") from exc
 
 
 class RbdWriter:
