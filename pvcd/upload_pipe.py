@@ -86,8 +86,8 @@ class UploadPipe:
     def abort(self, reason: str) -> None:
         """The body will not be complete (the client left): the reader fails with `reason`."""
         with self._cond:
-            if self._eof and not self._chunks:
-                return
+            if (self._eof and not self._chunks) or self._broken is not None:
+                return  # complete already, or broken for a first reason
             self._broken = reason
             self._chunks.clear()
             self._buffered = 0

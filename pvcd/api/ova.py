@@ -4,7 +4,8 @@ An upload's body is the `.ova` file, streamed: everything is checked from the qu
 the headers before a byte of the body is read (`prepare`: the client is authenticated by its
 headers, the name, pool, `ova_size` and the pool's free space are checked, the task is
 created), so a refusal answers 510 at once and `Expect: 100-continue` clients send nothing.
-Then each chunk goes into the task's `UploadPipe` as Tornado reads it; a full pipe makes
+Then each chunk goes into the task's `UploadPipe` as Tornado reads it (the file part of a
+multipart body is decoded on the way, `pvcd.api.multipart`); a full pipe makes
 `data_received` return a future, and Tornado stops reading the socket until the task has taken
 bytes out. The task runs on this node (`run_on`), where the body is: it takes the pipe by its
 id. A client that goes away mid-body aborts the pipe, which fails the task; the task's runner
@@ -26,6 +27,7 @@ from typing import Any
 from tornado.http1connection import HTTP1Connection
 
 from pvcd.api.base import UNLIMITED, BaseHandler, Unauthorized
+from pvcd.api.multipart import OVERHEAD, SinglePartDecoder, multipart_boundary
 from pvcd.api.routing import route
 from pvcd.api.storage import run_request, storage_timeout
 from pvcd.api.tasks import TASK_VALUES, answer_task, create_task, task_location
@@ -87,6 +89,8 @@ class OvaUploadHandler(BaseHandler):
 
     _pipe: UploadPipe | None = None
     _task: TaskRecord | None = None
+    _decoder: SinglePartDecoder | None = None  # of a multipart body
+    _size = 0  # the file's size at most (ova_size)
 
     async def prepare(self) -> None:  # type: ignore[override]
         if self.request.method == "POST":
@@ -114,14 +118,12 @@ class OvaUploadHandler(BaseHandler):
             pools = sorted(view.cache.children(paths.storage_pools))
             raise NotFound(f"pool {pool} not found; valid pools are: "
                            f"{', '.join(pools) or 'none'}")
-        content_type = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if content_type == "multipart/form-data":
-            raise InvalidValue("send the .ova as the request body itself (Content-Type "
-                               "application/octet-stream); multipart uploads are not "
-                               "supported for OVAs yet")
+        boundary = multipart_boundary(self.request.headers.get("Content-Type", ""))
+        limit = size + OVERHEAD if boundary is not None else size
         length = self.request.headers.get("Content-Length", "")
-        if length.isdigit() and int(length) > size:
-            raise InvalidValue(f"the body is {int(length)} bytes, more than ova_size {size}")
+        if length.isdigit() and int(length) > limit:
+            raise InvalidValue(f"the body is {int(length)} bytes, more than ova_size {size}"
+                               + (" and a multipart body's headers" if boundary else ""))
         if ctx.pool_space is None:
             raise InvalidValue(f"the primary {ctx.node_name} cannot read Ceph's pool usage "
                                "(drivers.ceph.enabled)")
@@ -129,9 +131,11 @@ class OvaUploadHandler(BaseHandler):
         if space.free < size:
             raise InvalidValue(f"pool {pool} has {space.free} bytes free, less than ova_size "
                                f"{size}; nothing was changed")
-        self._limit_body(size)
-        self._allow_time_for(size)
+        self._limit_body(limit)
+        self._allow_time_for(limit)
         pipe = UploadPipe(int(length) if length.isdigit() else None)
+        self._size = size
+        self._decoder = SinglePartDecoder(boundary) if boundary is not None else None
 
         def open_pipe(record: TaskRecord) -> None:
             ctx.uploads.open(record.id, pipe)
@@ -154,14 +158,31 @@ class OvaUploadHandler(BaseHandler):
             connection.set_body_timeout(base + size / UPLOAD_MIN_RATE)
 
     def data_received(self, chunk: bytes) -> Any:
-        if self._pipe is None:
+        pipe, decoder = self._pipe, self._decoder
+        if pipe is None:
             return super().data_received(chunk)
-        return self._pipe.write(chunk)
+        if decoder is None:
+            return pipe.write(chunk)
+        try:
+            data = decoder.feed(chunk)
+        except InvalidValue as exc:
+            pipe.abort(str(exc))  # the rest of the body is dropped
+            return None
+        if decoder.file_bytes > self._size:
+            pipe.abort(f"the file is longer than ova_size {self._size}")
+            return None
+        return pipe.write(data) if data else None
 
     async def _finish_upload(self) -> None:
         pipe, record = self._pipe, self._task
         assert pipe is not None and record is not None
-        pipe.finish()
+        try:
+            if self._decoder is not None:
+                self._decoder.finish()
+        except InvalidValue as exc:
+            pipe.abort(str(exc))
+        else:
+            pipe.finish()
         doc = self.ctx.view.cache.get(self.ctx.view.paths.task(record.id))
         done = TaskRecord.from_doc(doc) if isinstance(doc, dict) else record
         if done.is_finished:

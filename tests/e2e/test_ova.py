@@ -275,3 +275,21 @@ def test_the_cli_uploads_lists_shows_and_removes_an_ova(
     removed = pvc(lab, "provisioner", "ova", "remove", "viacli", "--yes")
     assert removed.returncode == 0, removed.stderr
     nothing_left(lab, rbd, pool, "viacli")
+
+
+def test_a_multipart_body_as_pvc_1_sends_it_is_accepted(
+        ova_lab: tuple[Lab, Rbd, LabClient], api: LabClient, rbd: Rbd, pool: str,
+        disks: list[tuple[str, bytes, bytes]]) -> None:
+    body = good_ova(disks[1:])
+    response = api.call("POST", "/provisioner/ova/multi", timeout=TIMEOUT,
+                        params={"pool": pool, "ova_size": len(body), "wait": 1},
+                        files={"file": ("multi.ova", body, "application/octet-stream")})
+    assert response.status_code == 200, response.text
+    assert rbd.run("export", "--no-progress", f"{pool}/ova_multi_sda", "-") == disks[1][2]
+    two_parts = api.call("POST", "/provisioner/ova/twice", timeout=TIMEOUT,
+                         params={"pool": pool, "ova_size": 2 * len(body), "wait": 1},
+                         files={"file": ("a.ova", body), "other": ("b.ova", body)})
+    assert two_parts.status_code == 510 and "more than one part" in two_parts.json()["message"]
+    assert ova_volumes(rbd, pool) == ["ova_multi_sda"]
+    assert api.call("DELETE", "/provisioner/ova/multi", timeout=TIMEOUT).status_code == 200
+    nothing_left(ova_lab[0], rbd, pool, "twice")
