@@ -111,7 +111,7 @@ class CephClient:
         with self._rados_lock:
             if self._rados is None and not self._rados_failed:
                 try:
-                    module = _load_rados()
+                    module = load_rados()
                     cluster = module.Rados(conffile=self.conf_path,
                                            conf={"keyring": self.keyring_path})
                     cluster.connect(timeout=int(self.timeout))
@@ -162,7 +162,8 @@ _FAST_COMMANDS: dict[tuple[str, ...], tuple[str, dict[str, Any]]] = {
 _RADOS_MODULE = "/usr/lib/python3/dist-packages/rados.cpython-311-x86_64-linux-gnu.so"
 
 
-def _load_rados() -> Any:
+def load_rados() -> Any:
+    """Debian's python3-rados (librados)."""
     return load_debian_binding("rados", _RADOS_MODULE)
 
 

@@ -18,14 +18,14 @@ from types import TracebackType
 from typing import Any
 
 from pvcd.domain.errors import BackendError
-from pvcd.drivers.ceph.client import _load_rados, load_debian_binding
+from pvcd.drivers.ceph.client import load_debian_binding, load_rados
 
 WRITE_SIZE = 4 << 20
 _RBD_MODULE = "/usr/lib/python3/dist-packages/rbd.cpython-311-x86_64-linux-gnu.so"
 
 
 def _load_rbd() -> Any:
-    _load_rados()  # the rbd binding imports rados
+    load_rados()  # the rbd binding imports rados
     try:
         return load_debian_binding("rbd", _RBD_MODULE)
     except (ImportError, OSError) as exc:
@@ -43,7 +43,7 @@ class RbdWriter:
         self._pending: list[bytes] = []
         self._pending_size = 0
         try:
-            rados, rbd = _load_rados(), _load_rbd()
+            rados, rbd = load_rados(), _load_rbd()
             self._cluster = rados.Rados(conffile=conf_path, conf={"keyring": keyring_path})
             self._cluster.connect(timeout=int(timeout))
             self._ioctx = self._cluster.open_ioctx(pool)
