@@ -57,7 +57,21 @@ READ_BLOCK = 1 << 20
 CERT_LIMIT = 1 << 20
 PROGRESS_EVERY = 4 << 20  # bytes between two progress reports
 GIB = 1 << 30
+MAX_EXTENDED_HEADER = 64 << 10
+_EXTENDED_HEADERS = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
+                     tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
 VCPU_RANGE, VRAM_RANGE = (1, 256), (64, 4194304)  # §3.2
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """`tarfile` reads a pax or GNU long-name header's data whole into memory, whatever size
+    the header claims: refuse one larger than MAX_EXTENDED_HEADER before it does."""
+
+    def _proc_member(self, tarfile: tarfile.TarFile) -> tarfile.TarInfo:  # type: ignore[override]
+        if self.type in _EXTENDED_HEADERS and self.size > MAX_EXTENDED_HEADER:
+            raise InvalidValue(f"the archive has an extended tar header of {self.size} bytes; "
+                               f"at most {MAX_EXTENDED_HEADER} are accepted")
+        return super()._proc_member(tarfile)  # type: ignore[misc, no-any-return]
 
 
 def ova_volume_name(ova: str, index: int) -> str:
@@ -121,7 +135,8 @@ class OvaImporter:
         reader = PipeReader(pipe, ctx.stopped.is_set)
         ctx.progress(0, total, "receiving the .ovf")
         try:
-            with tarfile.open(fileobj=reader, mode="r|") as archive:  # type: ignore[call-overload]
+            with tarfile.open(fileobj=reader, mode="r|",  # type: ignore[call-overload]
+                              tarinfo=_BoundedTarInfo) as archive:
                 system, received = self._read_archive(ctx, archive, name, pool, pipe, total)
         except tarfile.TarError as exc:
             raise InvalidValue(f"the body is not a valid tar archive (an .ova): {exc}") from None
@@ -176,8 +191,9 @@ class OvaImporter:
 
     def _check_member(self, member: tarfile.TarInfo, received: _Received) -> str:
         file_name = check_member_name(member.name)
-        if not member.isreg():
-            raise InvalidValue(f"archive member '{file_name}' is not a regular file")
+        if not member.isreg() or member.issparse():
+            raise InvalidValue(f"archive member '{file_name}' is not a regular file (links, "
+                               "devices, directories and sparse files are refused)")
         if file_name in received.digests or file_name in received.volumes:
             raise InvalidValue(f"archive member '{file_name}' comes twice")
         return file_name
