@@ -293,3 +293,36 @@ def test_a_multipart_body_as_pvc_1_sends_it_is_accepted(
     assert ova_volumes(rbd, pool) == ["ova_multi_sda"]
     assert api.call("DELETE", "/provisioner/ova/multi", timeout=TIMEOUT).status_code == 200
     nothing_left(ova_lab[0], rbd, pool, "twice")
+
+
+def peak_rss(pid: int) -> int:
+    """The process's peak resident memory (VmHWM), bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM for pid {pid}")
+
+
+def test_a_large_body_streams_through_without_being_held(
+        ova_lab: tuple[Lab, Rbd, LabClient], api: LabClient, rbd: Rbd, pool: str,
+        tmp_path: Path) -> None:
+    """128 MiB go through the daemon's API into a volume while its peak memory grows by far
+    less: the body is never held whole (the pipe holds 8 MiB, librbd writes 4 MiB blocks)."""
+    lab = ova_lab[0]
+    disk = os.urandom(128 * MIB)
+    ovf = ovf_text([("big.vmdk", 1)]).encode()
+    file = tmp_path / "big.ova"
+    file.write_bytes(tar_of([("big.ovf", ovf), ("big.vmdk", disk)]))
+    del disk
+    pid = lab._info().nodes[0].pid
+    assert b"pvcd.lab.node" in Path(f"/proc/{pid}/cmdline").read_bytes()  # the daemon itself
+    before = peak_rss(pid)
+    with file.open("rb") as body:  # requests streams a file object
+        response = api.call("POST", "/provisioner/ova/big", data=body, timeout=TIMEOUT,
+                            params={"pool": pool, "ova_size": file.stat().st_size, "wait": 1},
+                            headers={"Content-Type": "application/octet-stream"})
+    assert response.status_code == 200, response.text
+    grown = peak_rss(pid) - before
+    assert grown < 64 * MIB, f"the daemon's peak memory grew by {grown // MIB} MiB"
+    assert rbd.run("info", f"{pool}/ova_big_sda").decode().count("128 MiB") == 1
+    assert api.call("DELETE", "/provisioner/ova/big", timeout=TIMEOUT).status_code == 200
