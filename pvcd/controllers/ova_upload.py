@@ -57,6 +57,8 @@ READ_BLOCK = 1 << 20
 CERT_LIMIT = 1 << 20
 PROGRESS_EVERY = 4 << 20  # bytes between two progress reports
 GIB = 1 << 30
+WATCHER_WAIT = 90.0  # seconds an undo waits for a dead writer's RBD watch to expire
+RETRY_PAUSE = 2.0
 MAX_EXTENDED_HEADER = 64 << 10
 _EXTENDED_HEADERS = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
                      tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
@@ -100,12 +102,16 @@ class OvaImporter:
     """The `ova.upload` task kind's work and undo (module docstring)."""
 
     def __init__(self, view: ClusterView, store: Store, pipes: UploadPipes, ceph: CephAccess,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.view = view
         self.store = store
         self.pipes = pipes
         self.ceph = ceph
         self.clock = clock
+        self.monotonic = monotonic
+        self.sleep = sleep  # between removals of a volume a dead writer still watches
 
     def kind(self) -> TaskKind:
         return TaskKind(OVA_UPLOAD, self.run, self.undo)
@@ -295,12 +301,24 @@ class OvaImporter:
 
     # undo
     def undo(self, artifact: Artifact) -> None:
+        """Remove a volume the task made. A daemon that died while writing leaves its librbd
+        watch on the image until Ceph expires it (`osd_client_watch_timeout`, 30 s), and
+        `rbd rm` refuses an image with watchers (a Conflict): tried again until
+        WATCHER_WAIT is over."""
         if artifact.kind != VOLUME_ARTIFACT or "/" not in artifact.ref:
             raise BackendError(f"unknown artifact {artifact.kind} {artifact.ref}")
         pool, volume = artifact.ref.split("/", 1)
-        try:
-            run_storage_request(self.view, self.store, "volume-remove",
-                                {"pool": pool, "volume": volume, "with_snapshots": True},
-                                self.ceph.request_timeout, self.clock)
-        except NotFound:
-            pass  # gone already
+        deadline = self.monotonic() + WATCHER_WAIT
+        while True:
+            try:
+                run_storage_request(self.view, self.store, "volume-remove",
+                                    {"pool": pool, "volume": volume, "with_snapshots": True},
+                                    self.ceph.request_timeout, self.clock)
+                return
+            except NotFound:
+                return  # gone already
+            except Conflict as exc:
+                if self.monotonic() >= deadline:
+                    raise
+                log.info("event=ova-volume-busy volume=%s/%s error=%s", pool, volume, exc)
+                self.sleep(RETRY_PAUSE)

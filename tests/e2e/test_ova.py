@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -25,7 +26,13 @@ from pvcd.domain.tasks import TaskRecord, new_id
 from pvcd.lab.lab import Lab
 from pvcd.state.codec import decode, encode
 from pvcd.state.schema import Paths
-from tests.e2e.labclient import LabClient, running_lab, wait_until, zookeeper_client
+from tests.e2e.labclient import (
+    LabClient,
+    LabFactory,
+    running_lab,
+    wait_until,
+    zookeeper_client,
+)
 from tests.e2e.test_cli import pvc
 from tests.e2e.test_volume_copies import Rbd
 from tests.ova_files import manifest, ovf_text, tar_of, vmdk_of
@@ -326,3 +333,32 @@ def test_a_large_body_streams_through_without_being_held(
     assert grown < 64 * MIB, f"the daemon's peak memory grew by {grown // MIB} MiB"
     assert rbd.run("info", f"{pool}/ova_big_sda").decode().count("128 MiB") == 1
     assert api.call("DELETE", "/provisioner/ova/big", timeout=TIMEOUT).status_code == 200
+
+
+def test_a_primary_killed_mid_upload_leaves_no_volume(make_lab: LabFactory) -> None:
+    """The daemon that received the body dies (SIGKILL) while a disk is being written: the new
+    primary declares the task interrupted and removes the volume it had made."""
+    lab, api = make_lab(nodes=3, ceph=True, fencing="none")
+    primary = wait_until(api.primary, 30)
+    rbd = Rbd(lab)
+    pool = f"p{secrets.token_hex(3)}"
+    created = api.call("POST", "/storage/ceph/pool", params={"pool": pool, "pgs": 8},
+                       timeout=120)
+    assert created.status_code == 200, created.text
+    ovf = ovf_text([("d.vmdk", 1)]).encode()
+    body = tar_of([("k.ovf", ovf), ("d.vmdk", os.urandom(16 * MIB))])
+    url = urlsplit(api.base)
+    path = f"{url.path}/provisioner/ova?name=killed&pool={pool}&ova_size={len(body)}"
+    with socket.create_connection((url.hostname, url.port), timeout=TIMEOUT) as sock:
+        sock.sendall((f"POST {path} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+                      f"X-Api-Key: {api.token}\r\nContent-Type: application/octet-stream\r\n"
+                      f"Content-Length: {len(body)}\r\n\r\n").encode() + body[:8 * MIB])
+        wait_until(lambda: ova_volumes(rbd, pool), TIMEOUT, interval=0.2)
+        task = ova_tasks(api)[0]
+        assert (task["state"], task["run_on"]) == ("running", primary), task
+        lab.signal_node(primary, signal.SIGKILL)
+    ended = wait_until(lambda: (doc := api.call("GET", f"/tasks/{task['id']}").json())
+                       ["state"] == "failure" and not doc["cleanup"] and doc, 90, interval=0.2)
+    assert ended["error"] == "Interrupted" and ended["artifacts"] == [], ended["message"]
+    assert ova_volumes(rbd, pool) == []
+    assert api.call("GET", "/provisioner/ova/killed").status_code == 510
