@@ -46,10 +46,12 @@ from pvcd.controllers.metadata import build_metadata
 from pvcd.controllers.node import NodeController, NodeStatusWriter
 from pvcd.controllers.self_fence import DeclaredDead
 from pvcd.controllers.storage import build_storage
+from pvcd.controllers.task_kinds import production_task_kinds
 from pvcd.controllers.tasks import TaskRegistry, build_tasks
 from pvcd.controllers.vm import VmController, vm_key
 from pvcd.domain.errors import ConfigError, Conflict
 from pvcd.domain.records import NodeSpec, NodeStatus, from_dict
+from pvcd.drivers.ceph.driver import CephDriver
 from pvcd.drivers.fence import fence_driver
 from pvcd.drivers.host import HostDriver, pid_alive
 from pvcd.drivers.libvirt import LibvirtDriver
@@ -60,6 +62,7 @@ from pvcd.state.cache import StateCache
 from pvcd.state.schema import Paths, ensure_schema
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
+from pvcd.upload_pipe import UploadPipes
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +102,7 @@ class NodeDaemon:
         self._add(Wiring([(self.node_controller, [
             Watch(spec_path, lambda path: self.node.key() if path == spec_path else None)])]))
         self.services = PrimaryServices()
+        self.uploads = UploadPipes()  # bodies the API receives, for this node's upload tasks
         self.coordinator: Coordinator | None = None
         self.coordinator_controller: Controller | None = None
         if config.node.coordinator:
@@ -134,7 +138,9 @@ class NodeDaemon:
                                 extra_osds=self.plugins.extra_osds, guests=self.libvirt))
         # tasks: this node's, and on coordinators the primary's (docs/tasks.md)
         self._add(build_tasks(self.name, self.view, self.store, config.tasks,
-                              TaskRegistry(self.plugins.task_kinds),
+                              TaskRegistry([*production_task_kinds(
+                                  self.view, self.store, config.drivers.ceph, self.uploads,
+                                  clock), *self.plugins.task_kinds]),
                               coordinator=self.coordinator is not None,
                               resync_interval=timing.resync_interval, clock=clock))
         self._add(self._build_vms())
@@ -159,7 +165,9 @@ class NodeDaemon:
             self.view, self.store, self.name, api.auth.enabled,
             Tokens.from_config([(t.token, t.description) for t in api.auth.tokens]),
             storage_request_timeout=ceph.request_timeout if ceph.enabled else None,
-            clock=self.clock, registry=metrics, api=api)
+            clock=self.clock, registry=metrics, api=api, uploads=self.uploads,
+            pool_space=CephDriver(ceph.conf_file, ceph.keyring, timeout=ceph.command_timeout
+                                  ).pool_space if ceph.enabled else None)
         ssl_context = None
         if api.tls.enabled and api.tls.cert_file and api.tls.key_file:
             ssl_context = make_ssl_context(api.tls.cert_file, api.tls.key_file)

@@ -19,6 +19,7 @@ from pvcd.api import (
     networks,
     nodes,
     openapi,
+    ova,
     provisioner_profiles,
     provisioner_templates,
     storage,
@@ -33,8 +34,10 @@ from pvcd.api.requestlog import log_request
 from pvcd.api.routing import Route
 from pvcd.api.sessions import Sessions
 from pvcd.config.schema import ApiSection
+from pvcd.domain.pool_space import PoolSpace
 from pvcd.state.store import Store
 from pvcd.state.view import ClusterView
+from pvcd.upload_pipe import UploadPipes
 
 ROUTES: list[Route] = [
     *general.ROUTES,
@@ -47,6 +50,7 @@ ROUTES: list[Route] = [
     *provisioner_templates.ROUTES,
     *provisioner_profiles.ROUTES,
     *tasks.ROUTES,
+    *ova.ROUTES,
     *openapi.ROUTES,
     *metrics.ROUTES,
 ]
@@ -56,11 +60,13 @@ def make_context(view: ClusterView, store: Store, node_name: str, auth_enabled: 
                  tokens: Tokens, storage_request_timeout: float | None = None,
                  clock: Callable[[], float] = time.time,
                  registry: metrics.Metrics | None = None,
-                 api: ApiSection | None = None) -> ApiContext:
+                 api: ApiSection | None = None, uploads: UploadPipes | None = None,
+                 pool_space: Callable[[str], PoolSpace] | None = None) -> ApiContext:
     """The API's context with its list renderers and its metrics (`registry`: the daemon's
     own, which also reads its controllers and this context's requests in flight; else a new
     one of the API alone). `api`: the config section with the session lifetime, the body
-    limit and the failure budget (the defaults when not given)."""
+    limit and the failure budget (the defaults when not given). `uploads`: the pipes shared
+    with this node's upload tasks; `pool_space`: a pool's usage from Ceph (uploads check it)."""
     api = api or ApiSection()
     registry = registry or metrics.Metrics(view, node_name, clock,
                                            in_flight=lambda: ctx.in_flight)
@@ -72,7 +78,8 @@ def make_context(view: ClusterView, store: Store, node_name: str, auth_enabled: 
                                              clock),
                      max_body_size=api.max_body_size, task_wait=api.task_wait,
                      storage_request_timeout=storage_request_timeout, clock=clock,
-                     metrics=registry)
+                     metrics=registry, uploads=uploads if uploads is not None else UploadPipes(),
+                     pool_space=pool_space)
     return ctx
 
 

@@ -31,7 +31,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -46,8 +46,10 @@ from pvcd.api.requestlog import WRITE_METHODS, audit, log_failure
 from pvcd.api.sessions import Sessions, same_origin
 from pvcd.api.values import RawValues, Values, declared
 from pvcd.domain.errors import BackendError, Conflict, InvalidValue, PvcError
+from pvcd.domain.pool_space import PoolSpace
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
+from pvcd.upload_pipe import UploadPipes
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,10 @@ class ApiContext:
     clock: Callable[[], float] = time.time
     in_flight: int = 0
     metrics: RequestObserver | None = None
+    # uploads in flight: their bodies, by task id, for the tasks that consume them on this node
+    uploads: UploadPipes = field(default_factory=UploadPipes)
+    # a pool's usage from Ceph (`CephDriver.pool_space`, blocking); None without Ceph
+    pool_space: Callable[[str], PoolSpace] | None = None
 
 
 class Refused(Exception):

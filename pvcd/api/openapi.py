@@ -56,6 +56,8 @@ class Operation:
     alternatives: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # more failure answers (status → description), each a Message
     failures: Mapping[int, str] = field(default_factory=dict)
+    # an upload: the body is the file (octet-stream), the values are in the query string only
+    upload: bool = False
 
 
 _STORAGE = " Answers 510 when Ceph storage is not configured on the primary."
@@ -100,6 +102,14 @@ def _element(what: str, schema: str, put: bool = False) -> dict[str, Operation]:
         ops["put"] = Operation(f"Change the values given of a {what}")
     return ops
 
+
+_OVA_UPLOAD = ("Upload an .ova (task ova.upload): the body is the file, read as a stream into "
+               "volumes ova_<name>_sd<x>; on success the OVA, system template <name> and "
+               "profile <name> are recorded. Refused before the body: an invalid or taken "
+               "name, an unknown pool, ova_size not a positive integer or above the pool's "
+               "free space." + _STORAGE)
+_OVA_UPLOAD_FAILURES = {200: "The task had ended when the body was in (or with `wait`): "
+                             "{message, task_id, result}."}
 
 # route path → method → operation. Keep the order of the route table.
 ENDPOINTS: dict[str, dict[str, Operation]] = {
@@ -330,6 +340,20 @@ ENDPOINTS: dict[str, dict[str, Operation]] = {
         "delete": Operation("Cancel a pending task, or remove a finished one's record; a "
                             "running task cannot be cancelled (510)"),
     },
+    # provisioner (extensions.md §3)
+    "/provisioner/ova": {
+        "get": Operation("List imported OVAs", array_of("Ova")),
+        "post": Operation(_OVA_UPLOAD, ref("TaskStarted"), status=202, upload=True,
+                          failures=_OVA_UPLOAD_FAILURES),
+    },
+    "/provisioner/ova/<ova>": {
+        "get": Operation("One OVA (a one-element list)", array_of("Ova")),
+        "post": Operation(_OVA_UPLOAD + " The name comes from the path.", ref("TaskStarted"),
+                          status=202, upload=True, failures=_OVA_UPLOAD_FAILURES),
+        "delete": Operation("Remove an OVA: its record, its own system template and profile, "
+                            "then its volumes. Refused while another profile names the OVA or "
+                            "its system template, or a task uses it." + _STORAGE),
+    },
     # monitoring
     "/metrics": {
         "get": Operation("Prometheus metrics (docs/operations.md lists them)",
@@ -459,7 +483,14 @@ def _operation(r: Route, method: str, op: Operation) -> dict[str, Any]:
     if op.public:
         result["security"] = []
     values = declared(getattr(r.handler, method))
-    if values and method in BODY_METHODS:
+    if op.upload:
+        result["parameters"] = [_query_parameter(v) for v in values]
+        result["requestBody"] = {
+            "required": True, "description": "The file itself, streamed; the values are "
+            "checked before any of it is read.",
+            "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                 "format": "binary"}}}}
+    elif values and method in BODY_METHODS:
         result["requestBody"] = _request_body(values)
     elif values:
         result["parameters"] = [_query_parameter(v) for v in values]

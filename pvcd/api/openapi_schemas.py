@@ -189,6 +189,13 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "name": STR, "profile_type": STR, "system_template": STR, "network_template": _NS,
         "storage_template": _NS, "userdata": _NS, "script": STR, "ova": _NS,
         "arguments": {"type": "array", "items": STR}}, ["name", "profile_type", "script"]),
+    "Ova": obj({
+        "name": STR, "pool": STR,
+        "volumes": {"type": "array", "items": obj({
+            "disk_id": STR, "disk_size_gb": INT, "pool": STR, "volume_name": STR,
+            "volume_format": STR})},
+        "system_template": _NS, "profile": _NS,
+    }, ["name", "pool", "volumes"]),
 }
 
 # path parameters, by the name used in the route path
@@ -210,4 +217,5 @@ PATH_VALUES: dict[str, str] = {
     "userdata": "A userdata name.",
     "script": "A built-in install method: clone, blank or ova.",
     "profile": "A profile name.",
+    "ova": "An OVA name.",
 }

@@ -15,7 +15,7 @@ they never overlap, but the second is queued instead of refused.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pvcd.api.base import BaseHandler
@@ -52,9 +52,20 @@ async def start_task(handler: BaseHandler, name: str, args: dict[str, Any],
     or None for the primary (a new primary runs it if this one hands over first).
     `reserve_ops`: written in the same transaction (a name index, a busy mark). The handler
     method declares `TASK_VALUES`."""
+    record = await create_task(handler, name, args, objects, run_on, reserve_ops)
+    await answer_task(handler, record)
+
+
+async def create_task(handler: BaseHandler, name: str, args: dict[str, Any],
+                      objects: Sequence[str], run_on: str | None = None,
+                      reserve_ops: Sequence[Op] = (),
+                      before_commit: Callable[[TaskRecord], None] | None = None
+                      ) -> TaskRecord:
+    """`start_task` without the answer: for an upload, which answers once its body is in.
+    `before_commit(record)`: called with the record (its id chosen) right before it is
+    written (an upload opens its body's pipe there, so the runner finds it)."""
     ctx = handler.ctx
     view = ctx.view
-    wait = handler.values[WAIT_FOR_TASK]
     busy = busy_task(objects, [*read_tasks(view), *read_storage_tasks(view)])
     if busy is not None:
         shared = sorted(set(objects) & set(busy.objects))
@@ -71,7 +82,18 @@ async def start_task(handler: BaseHandler, name: str, args: dict[str, Any],
     path = view.paths.task(record.id)
     ops = [*reserve_ops, Op.create(path, record.to_doc())]
     check_request_size(ops, f"the {name} task")  # its args are as large as a client makes them
+    if before_commit is not None:
+        before_commit(record)
     await handler.commit(ops)
+    return record
+
+
+async def answer_task(handler: BaseHandler, record: TaskRecord) -> None:
+    """Answer for a created task as spec §0.2 says: 202, or with `wait` its end."""
+    ctx = handler.ctx
+    view = ctx.view
+    name, wait = record.name, handler.values[WAIT_FOR_TASK]
+    path = view.paths.task(record.id)
     accepted = {"task_id": record.id, "task_name": name, "run_on": record.run_on,
                 "message": f"Task {record.id} ({name}) accepted; follow it at "
                            f"{task_location(record.id)}"}

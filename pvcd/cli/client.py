@@ -80,6 +80,11 @@ class ApiClient:
         self.timeout = timeout
         self._ssl = _ssl_context(connection) if connection.url.startswith("https:") else None
 
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS settings of the connection (None for plain HTTP)."""
+        return self._ssl
+
     # the verbs, as the commands use them
     def get(self, path: str, values: Mapping[str, Value] | None = None,
             timeout: float | None = None) -> Any:
@@ -134,6 +139,10 @@ class ApiClient:
                                     f"within {timeout or self.timeout:g} s") from None
         except (OSError, http.client.HTTPException) as exc:  # e.g. the connection was reset
             raise ApiConnectionLost(self._unreachable(exc)) from None
+        return self.checked(method, path, response)
+
+    def checked(self, method: str, path: str, response: Response) -> Response:
+        """`response` if it is a success; else the failure it says, as an exception."""
         if response.status == 401:
             raise AuthenticationFailed(self._auth_message())
         if response.status == 404:  # an unknown path: this API lacks the endpoint

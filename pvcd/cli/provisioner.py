@@ -15,6 +15,7 @@ import click
 from pvcd.cli.client import Value, api_path
 from pvcd.cli.context import CliContext, confirm, format_option, pass_cli, yes_option
 from pvcd.cli.output import Column, Row, field, table_of
+from pvcd.cli.ova import ova
 from pvcd.cli.provisioner_objects import object_commands
 from pvcd.cli.provisioner_profiles import profile, script, userdata
 
@@ -301,5 +302,5 @@ def disk_list(cli: CliContext, name: str) -> None:
              table_of(DISK_COLUMNS, "No disks."))
 
 
-for group in (userdata, script, profile):
+for group in (userdata, script, profile, ova):
     provisioner.add_command(group)

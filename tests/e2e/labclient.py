@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -38,6 +39,17 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
 
 
 LabFactory = Callable[..., tuple[Lab, LabClient]]
+
+
+@contextmanager
+def running_lab(workdir: Path, **up: Any) -> Iterator[tuple[Lab, LabClient]]:
+    """A lab started with `Lab.up(**up)` in `workdir` and its API client; down afterwards."""
+    lab = Lab(workdir)
+    info = lab.up(**up)
+    try:
+        yield lab, LabClient(info)
+    finally:
+        lab.down()
 
 
 @contextmanager

@@ -133,7 +133,8 @@ def test_every_declared_value_is_documented_as_declared(
     for method in openapi.handler_methods(r.handler):
         values = declared(getattr(r.handler, method))
         op = document["paths"][openapi.openapi_path(r)][method]
-        if method in openapi.BODY_METHODS and values:
+        upload = "application/octet-stream" in op.get("requestBody", {}).get("content", {})
+        if method in openapi.BODY_METHODS and values and not upload:
             schema = op["requestBody"]["content"]["application/json"]["schema"]
             assert list(schema["properties"]) == [v.name for v in values]
             assert schema.get("required", []) == [v.name for v in values if v.required]

@@ -111,7 +111,7 @@ class CephClient:
         with self._rados_lock:
             if self._rados is None and not self._rados_failed:
                 try:
-                    module = _load_rados()
+                    module = load_rados()
                     cluster = module.Rados(conffile=self.conf_path,
                                            conf={"keyring": self.keyring_path})
                     cluster.connect(timeout=int(self.timeout))
@@ -162,16 +162,22 @@ _FAST_COMMANDS: dict[tuple[str, ...], tuple[str, dict[str, Any]]] = {
 _RADOS_MODULE = "/usr/lib/python3/dist-packages/rados.cpython-311-x86_64-linux-gnu.so"
 
 
-def _load_rados() -> Any:
-    """Debian's python3-rados, loaded from its file (there is no PyPI package); importing the
-    whole dist-packages folder into our environment would shadow our pinned packages."""
-    if "rados" in sys.modules:
-        return sys.modules["rados"]
-    spec = importlib.util.spec_from_file_location("rados", _RADOS_MODULE)
+def load_rados() -> Any:
+    """Debian's python3-rados (librados)."""
+    return load_debian_binding("rados", _RADOS_MODULE)
+
+
+def load_debian_binding(name: str, path: str) -> Any:
+    """Debian's python3-rados or python3-rbd, loaded from its file (there is no PyPI package);
+    importing the whole dist-packages folder into our environment would shadow our pinned
+    packages."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
-        raise ImportError(f"no librados binding at {_RADOS_MODULE}")
+        raise ImportError(f"no {name} binding at {path}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    sys.modules["rados"] = module
+    sys.modules[name] = module
     return module
 

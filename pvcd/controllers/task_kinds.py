@@ -1,0 +1,27 @@
+"""The production task kinds of a node daemon: the one place a new kind is registered.
+
+Every node gets the same kinds (the primary undoes the artifacts of tasks any node ran);
+the lab adds its test-only kinds through `Plugins.task_kinds`. Each kind is built from explicit
+dependencies here, so `pvcd.daemon` only passes what it has.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from pvcd.config import CephDriverSection
+from pvcd.controllers.ova_upload import CephAccess, OvaImporter
+from pvcd.controllers.tasks import TaskKind
+from pvcd.state.store import Store
+from pvcd.state.view import ClusterView
+from pvcd.upload_pipe import UploadPipes
+
+
+def production_task_kinds(view: ClusterView, store: Store, ceph: CephDriverSection,
+                          uploads: UploadPipes, clock: Callable[[], float] = time.time
+                          ) -> list[TaskKind]:
+    """The task kinds every node can run (spec extensions.md §1.4)."""
+    access = CephAccess(str(ceph.conf_file), str(ceph.keyring), float(ceph.request_timeout),
+                        float(ceph.command_timeout))
+    return [OvaImporter(view, store, uploads, access, clock).kind()]
