@@ -21,6 +21,7 @@ from pvcd.api import (
     openapi,
     storage,
     tasks,
+    vm_meta,
     vms,
     volumes,
 )
@@ -38,6 +39,7 @@ ROUTES: list[Route] = [
     *general.ROUTES,
     *nodes.ROUTES,
     *vms.ROUTES,
+    *vm_meta.ROUTES,
     *networks.ROUTES,
     *cluster.ROUTES,
     *storage.ROUTES,

@@ -22,7 +22,11 @@ Rules every value follows: a text that is empty or only whitespace counts as not
 mandatory value is then missing; an optional one has its default, usually None); a flag is set by
 its presence, with any text or none, and an explicit false/0/no/off unsets it; `limit` is a
 regular expression searched anywhere in a name (anchors `^`/`$` work as usual), matched by RE2
-with bounded work (`pvcd.api.name_filter`).
+with bounded work (`pvcd.api.name_filter`); a `boolean` is true when present and empty or
+true/1/yes/on, false for false/0/no/off, and refused otherwise. A value declared with `texts`
+(extensions.md §0.2 list values, e.g. `user_tags`) takes every occurrence in the query string or
+form, or a JSON array of strings; every other value keeps the last occurrence and refuses an
+array.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ class Value(Generic[T]):
     required: bool = False
     default: T | None = None
     flag: bool = False  # set by presence: an empty text counts as given
+    many: Callable[[list[str]], T] | None = None  # a list value: parses every occurrence
 
     def read(self, raw: str | None) -> T:
         if raw is None or (not self.flag and raw.strip() == ""):
@@ -173,6 +178,37 @@ def flag(name: str, help: str) -> Value[bool]:
                  flag=True)
 
 
+_TRUE = {"", "true", "1", "yes", "on"}
+
+
+def boolean(name: str, help: str, default: bool = False) -> Value[bool]:
+    """A bool (extensions.md §0.2): present and empty, true/1/yes/on is true; false/0/no/off is
+    false; anything else is refused. Absent: `default` (`Values.given` tells which)."""
+
+    def parse(raw: str) -> bool:
+        word = raw.strip().lower()
+        if word in _TRUE or word in _FALSE:
+            return word in _TRUE
+        raise InvalidValue(f"invalid {name} '{raw[:40]}': true (or empty), 1, yes, on, or "
+                           "false, 0, no, off")
+
+    return Value(name, help + " A bool: present and empty, true, 1, yes or on sets it; false, "
+                 "0, no or off unsets it.", {"type": "boolean", "default": default}, parse,
+                 False, default, flag=True)
+
+
+def texts(name: str, help: str, check: Callable[[str], str] = str) -> Value[list[str]]:
+    """A list of texts: every occurrence in the query string or form, or a JSON array of
+    strings; each one checked by `check` (which raises InvalidValue). Absent: empty."""
+
+    def parse_all(raws: list[str]) -> list[str]:
+        return [check(raw) for raw in raws if raw.strip()]
+
+    return Value(name, help + " May be repeated, or given as a JSON array of strings.",
+                 {"type": "array", "items": {"type": "string"}},
+                 lambda raw: parse_all([raw]), False, [], many=parse_all)
+
+
 def limit(what: str = "names") -> Value[NameFilter | None]:
     """`limit`: a regular expression searched anywhere in the `what`, with bounded work
     (`pvcd.api.name_filter`)."""
@@ -234,18 +270,27 @@ class RawValues:
     """A request's values as texts, from the query string, a form body or a JSON object body
     (the last one given wins)."""
 
-    def __init__(self, values: Mapping[str, str]) -> None:
+    def __init__(self, values: Mapping[str, str],
+                 lists: Mapping[str, list[str]] | None = None,
+                 arrays: Iterable[str] = ()) -> None:
         self._values = dict(values)
+        # every occurrence (for `texts` values); names given as a JSON array
+        self._lists = dict(lists) if lists is not None else {k: [v] for k, v in values.items()}
+        self._arrays = frozenset(arrays)
 
     @classmethod
     def from_request(cls, query: Mapping[str, list[bytes]],
                      body_arguments: Mapping[str, list[bytes]],
                      content_type: str, body: bytes) -> RawValues:
         merged: dict[str, str] = {}
+        lists: dict[str, list[str]] = {}
+        arrays: set[str] = set()
         for source in (query, body_arguments):
             for name, items in source.items():
                 if items:
-                    merged[name] = items[-1].decode("utf-8", errors="replace")
+                    texts = [item.decode("utf-8", errors="replace") for item in items]
+                    merged[name] = texts[-1]
+                    lists.setdefault(name, []).extend(texts)
         if content_type.split(";")[0].strip().lower() == "application/json" and body.strip():
             try:
                 doc = json.loads(body)
@@ -254,9 +299,14 @@ class RawValues:
             if not isinstance(doc, dict):
                 raise InvalidValue("a JSON request body must be an object of values")
             for name, item in doc.items():
-                if item is not None:  # JSON null: as if the value were not given
+                if isinstance(item, list):
+                    arrays.add(str(name))
+                    lists[str(name)] = [_array_item(name, i) for i in item]
+                    merged.pop(str(name), None)
+                elif item is not None:  # JSON null: as if the value were not given
                     merged[str(name)] = _scalar(name, item)
-        return cls(merged)
+                    lists[str(name)] = [merged[str(name)]]
+        return cls(merged, lists, arrays)
 
     def get(self, name: str) -> str | None:
         """One value's text, for what is not a handler's value (the API token)."""
@@ -265,8 +315,23 @@ class RawValues:
     def parse(self, declarations: Iterable[Value[Any]]) -> Values:
         """The declared values, checked in the order declared; InvalidValue on the first that
         is missing or bad. Values not declared are ignored."""
-        parsed = {v.name: (v, v.read(self._values.get(v.name))) for v in declarations}
-        return Values(parsed, (name for name in parsed if name in self._values))
+        parsed = {v.name: (v, self._read(v)) for v in declarations}
+        return Values(parsed, (name for name in parsed
+                               if name in self._values or name in self._lists))
+
+    def _read(self, value: Value[Any]) -> Any:
+        if value.many is not None:
+            return value.many(self._lists.get(value.name, []))
+        if value.name in self._arrays:
+            raise InvalidValue(f"value '{value.name}' must be a string, number or boolean, "
+                               "not an array")
+        return value.read(self._values.get(value.name))
+
+
+def _array_item(name: Any, item: Any) -> str:
+    if not isinstance(item, str):
+        raise InvalidValue(f"value '{name}' must be an array of strings")
+    return item
 
 
 def _scalar(name: Any, item: Any) -> str:

@@ -182,7 +182,8 @@ def test_values_are_query_parameters_or_a_form_or_json_body(document: dict[str, 
     assert set(body) == {"application/x-www-form-urlencoded", "application/json"}
     assert body["application/json"]["schema"]["required"] == ["xml"]
     assert body["application/json"]["schema"]["properties"]["selector"]["enum"] == \
-        ["mem", "vcpus", "load", "vms"]
+        ["mem", "memprov", "vcpus", "load", "vms", "none"]
+    assert body["application/json"]["schema"]["properties"]["user_tags"]["type"] == "array"
     delete = document["paths"]["/api/v1/vm/{vm}"]["delete"]
     assert [(p["name"], p["in"], p["schema"]["type"]) for p in delete["parameters"]] == \
         [("delete_disks", "query", "boolean")]
