@@ -26,8 +26,9 @@ from pvcd.cli.context import (
 )
 from pvcd.cli.editor import edit_text
 from pvcd.cli.output import Column, Row, field, render_fields, render_table, size_mib
+from pvcd.cli.vm_meta import NODE_SELECTORS, vm_meta, vm_tag
 
-SELECTORS = ("mem", "vcpus", "load", "vms")
+SELECTORS = NODE_SELECTORS
 STATES = ("start", "restart", "shutdown", "stop", "failed", "migrate", "unmigrate", "disable")
 
 
@@ -67,6 +68,12 @@ def vm_details(vms: list[dict[str, Any]]) -> str:
             ("Running on", vm.get("running_on")),
             ("Migrated", migrated(vm)),
             ("Failed reason", vm.get("failed_reason")),
+            ("Node limit", ", ".join(vm.get("node_limit") or []) or None),
+            ("Node selector", vm.get("node_selector")),
+            ("Autostart", "yes" if vm.get("node_autostart") else None),
+            ("Migration method", vm.get("migration_method")),
+            ("Profile", vm.get("profile")),
+            ("Tags", [t.get("name") for t in vm.get("tags") or []] or None),
             ("vCPUs", vm.get("vcpu")),
             ("vCPU topology", vm.get("vcpu_topology")),
             ("Memory", size_mib(vm.get("memory"))),
@@ -121,11 +128,16 @@ def vm() -> None:
 @click.option("--node", "-n", help="Only VMs assigned to this node.",
               shell_complete=complete_nodes)
 @click.option("--state", "-s", type=click.Choice(STATES), help="Only VMs in this state.")
+@click.option("--tag", "-t", help="Only VMs with this tag.")
+@click.option("--negate", is_flag=True,
+              help="Invert --node, --state and --tag: VMs not matching them.")
 @format_option
 @pass_cli
-def vm_list(cli: CliContext, limit: str | None, node: str | None, state: str | None) -> None:
+def vm_list(cli: CliContext, limit: str | None, node: str | None, state: str | None,
+            tag: str | None, negate: bool) -> None:
     """List VMs (LIMIT: a regular expression matched in the names)."""
-    cli.emit(cli.client.get("/vm", {"limit": limit, "node": node, "state": state}), vm_table)
+    cli.emit(cli.client.get("/vm", {"limit": limit, "node": node, "state": state, "tag": tag,
+                                    "negate": negate or None}), vm_table)
 
 
 @vm.command("info")
@@ -294,3 +306,6 @@ def vm_move(cli: CliContext, name: str, node: str | None, selector: str | None, 
     _node_change(cli, name, {"action": "migrate", "node": node, "selector": selector,
                              "permanent": True}, wait, timeout)
 
+
+vm.add_command(vm_meta)
+vm.add_command(vm_tag)
