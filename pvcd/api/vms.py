@@ -36,7 +36,7 @@ from pvcd.domain.states import (
     VM_STATE_REQUESTS,
     VM_STATES,
 )
-from pvcd.domain.vm_meta import check_tag_name, user_tags
+from pvcd.domain.vm_meta import check_tag_name, node_limit_of, user_tags
 from pvcd.specs.vms import check_name_kept, check_uuid_kept
 from pvcd.state.request_size import check_request_size
 from pvcd.state.store import Op
@@ -358,7 +358,7 @@ class VmNodeHandler(VmBaseHandler):
                 selector = spec.node_selector if given_selector in (None, "none") else \
                     given_selector
                 target = choose_node(view.node_loads(), self.values[TARGET_NODE], selector,
-                                     exclude=exclude, memory=memory, limit=spec.node_limit)
+                                     exclude=exclude, memory=memory, limit=node_limit_of(spec))
                 why = Move.MOVE if permanent else Move.MIGRATE
             chosen.update(name=spec.name, source=spec.node, target=target)
             return reassign(spec, status, target, why, owner=owner)

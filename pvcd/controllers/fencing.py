@@ -34,6 +34,7 @@ from pvcd.domain.moves import Move, reassign
 from pvcd.domain.placement import select_target_node
 from pvcd.domain.records import FenceRecord, NodeSpec, NodeStatus, VmSpec, from_dict
 from pvcd.domain.states import STOPPED_VM_STATES
+from pvcd.domain.vm_meta import node_limit_of
 from pvcd.drivers.fence import FenceDriver, FenceTarget, fence_driver
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
@@ -150,7 +151,7 @@ class FencingController:
                 target = spec.node if spec.node != node else select_target_node(
                     self.view.node_loads(), spec.node_selector, exclude=[node],
                     memory=spec.memory if spec.state not in STOPPED_VM_STATES else 0,
-                    limit=spec.node_limit)
+                    limit=node_limit_of(spec))
             except InvalidValue as exc:
                 if spec.node == node and self._wait_for_node(uuid, node, str(exc)):
                     continue

@@ -29,6 +29,7 @@ from pvcd.domain.moves import Move, migration_pending, reassign
 from pvcd.domain.placement import select_target_node
 from pvcd.domain.records import VmSpec, from_dict
 from pvcd.domain.states import STOPPED_VM_STATES
+from pvcd.domain.vm_meta import node_limit_of
 from pvcd.state.store import Store
 from pvcd.state.view import ClusterView
 from pvcd.state.vm_move import MoveBasis, move_vm
@@ -55,7 +56,7 @@ def flush_step(view: ClusterView, store: Store, node: str, running: Collection[s
         try:
             target = select_target_node(view.node_loads(), spec.node_selector, exclude=[node],
                                         memory=spec.memory if should_run else 0,
-                                        limit=spec.node_limit)
+                                        limit=node_limit_of(spec))
         except InvalidValue as exc:
             if should_run:
                 _shut_down_for_flush(view, store, spec, node, str(exc))

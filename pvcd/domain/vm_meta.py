@@ -17,7 +17,8 @@ import re
 from collections.abc import Collection, Iterable
 
 from pvcd.domain.errors import InvalidValue
-from pvcd.domain.records import VmTag
+from pvcd.domain.records import VmSpec, VmTag
+from pvcd.domain.states import MIGRATION_METHODS, NODE_SELECTORS, VM_TAG_TYPES
 
 MAX_DOWNTIME_RANGE = (1, 60000)  # ms
 DEFAULT_MAX_DOWNTIME = 300
@@ -85,6 +86,46 @@ def remove_tag(tags: list[VmTag], name: str) -> list[VmTag]:
         raise InvalidValue(f"tag '{name}' is protected: add it again without protected first, "
                            "then remove it")
     return [t for t in tags if t.name != name]
+
+
+def check_vm_meta(spec: VmSpec) -> None:
+    """The metadata and tags of a stored VM document by the API's rules (a node re-validates
+    what it reads: docs/security.md, "Daemons re-validate"); InvalidValue says what is
+    wrong. Node names are not checked against the cluster: a node may have left since."""
+    limit = spec.node_limit
+    if not isinstance(limit, list) or not all(isinstance(n, str) and n for n in limit):
+        raise InvalidValue(f"node_limit {limit!r} is invalid: a list of node names")
+    if spec.node_selector not in NODE_SELECTORS:
+        raise InvalidValue(f"node_selector {spec.node_selector!r} is invalid; valid values "
+                           f"are: {', '.join(NODE_SELECTORS)}")
+    if not isinstance(spec.node_autostart, bool):
+        raise InvalidValue(f"node_autostart {spec.node_autostart!r} is invalid: true or false")
+    if spec.migration_method not in MIGRATION_METHODS:
+        raise InvalidValue(f"migration_method {spec.migration_method!r} is invalid; valid "
+                           f"values are: {', '.join(MIGRATION_METHODS)}")
+    low, high = MAX_DOWNTIME_RANGE
+    downtime = spec.migration_max_downtime
+    if type(downtime) is not int or not low <= downtime <= high:
+        raise InvalidValue(f"migration_max_downtime {downtime!r} is invalid: an integer from "
+                           f"{low} up to {high} (ms)")
+    if spec.profile is not None and not isinstance(spec.profile, str):
+        raise InvalidValue(f"profile {spec.profile!r} is invalid: a profile name or none")
+    if not isinstance(spec.tags, list):
+        raise InvalidValue(f"tags {spec.tags!r} are invalid: a list of tags")
+    for tag in spec.tags:
+        if not isinstance(tag, VmTag) or not isinstance(tag.name, str) or \
+                tag.type not in VM_TAG_TYPES or not isinstance(tag.protected, bool):
+            raise InvalidValue(f"tag {tag!r} is invalid: {{name, type (user|system), "
+                               "protected}")
+        check_tag_name(tag.name)
+
+
+def node_limit_of(spec: VmSpec) -> list[str]:
+    """The limit placement honours. One that breaks the rules (a document written past the
+    API, which the VM's node refuses to act on) limits nothing rather than stopping a flush or
+    a recovery of the other VMs."""
+    limit = spec.node_limit
+    return limit if isinstance(limit, list) and all(isinstance(n, str) for n in limit) else []
 
 
 def _find(tags: list[VmTag], name: str) -> VmTag | None:
