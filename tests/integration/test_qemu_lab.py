@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from pvcd.domain.errors import BackendError
+from pvcd.drivers.libvirt import LibvirtDriver
 from pvcd.lab.libvirtd import (
     LibvirtdError,
     LibvirtdInstance,
@@ -238,6 +240,35 @@ def test_failed_migration_leaves_guest_running_on_source(
         assert domain.state()[0] == libvirt.VIR_DOMAIN_RUNNING
         assert domain.isPersistent()
         assert read_boot_stamp(domain) == stamp
+        domain.destroy()
+        domain.undefine()
+    finally:
+        conn.close()
+
+
+def test_the_driver_hands_the_max_downtime_to_libvirt_before_migrating(
+    lab: LibvirtdLab, kernel: Path, guest_name: str
+) -> None:
+    """`LibvirtDriver.migrate(max_downtime=...)` (a VM's `migration_max_downtime`,
+    extensions.md §6.2) sets QEMU's downtime limit on the source before the migration starts:
+    a migration to a libvirtd that is gone fails, and the guest, still here, has the limit."""
+    ports = lab[1].migration_ports
+    gone = LibvirtdInstance("gone-downtime", lab.workdir, (ports[1] + 9, ports[1] + 16),
+                            tcp_port=free_port() if lab.transport == "tcp" else None)
+    gone.start()
+    gone.stop()
+    conn = lab[0].connect()
+    try:
+        domain = start_guest(conn, guest_name, kernel, lab.workdir / f"{guest_name}.serial")
+        assert wait_for(lambda: read_boot_stamp(domain) is not None)
+        assert domain.migrateGetMaxDowntime(0) != 1234
+        driver = LibvirtDriver(lab[0].uri)
+        with pytest.raises(BackendError):
+            driver.migrate(domain.UUIDString(), gone.peer_uri,
+                           gone.migration_params().get(libvirt.VIR_MIGRATE_PARAM_URI),
+                           timeout=30.0, max_downtime=1234)
+        assert domain.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+        assert domain.migrateGetMaxDowntime(0) == 1234
         domain.destroy()
         domain.undefine()
     finally:
