@@ -4,7 +4,6 @@ the API answers, what the store holds and where libvirt runs the guests."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -12,17 +11,8 @@ import pytest
 from pvcd.controllers.vm import vm_key
 from pvcd.domain.records import VmSpec, from_dict
 from pvcd.lab.guest import tiny_guest_xml
-from tests.fakes.api import ApiClient, running_api
+from tests.fakes.api import ApiClient
 from tests.fakes.nodes import SimCluster
-
-
-@pytest.fixture
-def api3(sim: SimCluster) -> Iterator[ApiClient]:
-    for name in ("node1", "node2", "node3"):
-        sim.add_node(name)
-    sim.step()  # node1 takes the primary role
-    with running_api(sim.state, sim.clock) as api:
-        yield api
 
 
 def define(api: ApiClient, name: str, data: Any = None, **values: Any) -> dict[str, Any]:

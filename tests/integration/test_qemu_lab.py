@@ -213,6 +213,17 @@ def test_live_migration_there_and_back(
         conn_b.close()
 
 
+def gone_instance(lab: LibvirtdLab, name: str, port_offset: int) -> LibvirtdInstance:
+    """A libvirtd that was started and stopped: migrations to it fail. Its 8 migration ports
+    start `port_offset` past the second instance's range."""
+    low = lab[1].migration_ports[1] + port_offset
+    gone = LibvirtdInstance(name, lab.workdir, (low, low + 7),
+                            tcp_port=free_port() if lab.transport == "tcp" else None)
+    gone.start()
+    gone.stop()
+    return gone
+
+
 @pytest.mark.parametrize("mode", ["p2p", "client"])
 def test_failed_migration_leaves_guest_running_on_source(
     lab: LibvirtdLab,
@@ -221,13 +232,7 @@ def test_failed_migration_leaves_guest_running_on_source(
     mode: str,
     report: Callable[[str, float], None],
 ) -> None:
-    ports = lab[1].migration_ports
-    gone = LibvirtdInstance(
-        f"gone-{mode}", lab.workdir, (ports[1] + 1, ports[1] + 8),
-        tcp_port=free_port() if lab.transport == "tcp" else None,
-    )
-    gone.start()
-    gone.stop()
+    gone = gone_instance(lab, f"gone-{mode}", 1)
     conn = lab[0].connect()
     try:
         domain = start_guest(conn, guest_name, kernel, lab.workdir / f"{guest_name}.serial")
@@ -252,11 +257,7 @@ def test_the_driver_hands_the_max_downtime_to_libvirt_before_migrating(
     """`LibvirtDriver.migrate(max_downtime=...)` (a VM's `migration_max_downtime`,
     extensions.md §6.2) sets QEMU's downtime limit on the source before the migration starts:
     a migration to a libvirtd that is gone fails, and the guest, still here, has the limit."""
-    ports = lab[1].migration_ports
-    gone = LibvirtdInstance("gone-downtime", lab.workdir, (ports[1] + 9, ports[1] + 16),
-                            tcp_port=free_port() if lab.transport == "tcp" else None)
-    gone.start()
-    gone.stop()
+    gone = gone_instance(lab, "gone-downtime", 9)
     conn = lab[0].connect()
     try:
         domain = start_guest(conn, guest_name, kernel, lab.workdir / f"{guest_name}.serial")
