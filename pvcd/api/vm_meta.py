@@ -72,6 +72,9 @@ class VmTagsHandler(VmBaseHandler):
         spec, version = self.vm_spec(vm)
         self.refuse_if_removing(spec)
         name, action = self.values[TAG], self.values[ACTION]
+        if not isinstance(spec.tags, list):  # (written past the API: the node refuses it)
+            raise InvalidValue(f"VM '{spec.name}' has a stored tag list that is not a list; "
+                               "its node refuses the document until it is repaired")
         if action == "add":
             spec.tags = add_tag(spec.tags, name, self.values[PROTECTED])
         else:

@@ -312,7 +312,7 @@ class VmRemoval:
 class VmTag:
     """A VM's tag (extensions.md §6.3): `type` user (the API) or system (pvcd itself)."""
 
-    name: str
+    name: str = ""  # (a junk entry reads as a nameless tag, which the rules refuse)
     type: str = "user"
     protected: bool = False
 

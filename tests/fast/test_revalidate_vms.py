@@ -92,7 +92,8 @@ def test_forged_metadata_is_refused_and_a_flush_still_completes(sim: SimCluster)
     for field, value, reason in [("migration_max_downtime", "300; rm", "migration_max_downtime"),
                                  ("node_limit", "node1", "node_limit"),
                                  ("migration_method", "teleport", "migration_method"),
-                                 ("tags", [{"name": "a b", "type": "user"}], "invalid tag")]:
+                                 ("tags", [{"name": "a b", "type": "user"}], "invalid tag"),
+                                 ("tags", [5], "invalid tag")]:
         write_past_the_api(sim.state, sim.state.paths.vm(uuid), {**doc, field: value})
         node1.vm.reconcile(vm_key(uuid))
         status = sim.state.vm_status("web")
