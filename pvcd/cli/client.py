@@ -27,7 +27,7 @@ from pvcd.cli.errors import (
     ConfigProblem,
 )
 
-Value = str | int | float | bool | None
+Value = str | int | float | bool | list[str] | None  # a list: the value repeated
 DEFAULT_TIMEOUT = 30.0
 # Ceph writes finish before the API answers; the manual warns they can take 30 s or more
 STORAGE_TIMEOUT = 300.0
@@ -40,12 +40,15 @@ def api_path(*segments: str | int) -> str:
 
 def encode_values(values: Mapping[str, Value] | None) -> str:
     """Form encoding; None leaves a value out, booleans become true/false (flags)."""
-    pairs = []
+    pairs: list[tuple[str, str]] = []
     for name, value in (values or {}).items():
         if value is None:
             continue
         if isinstance(value, bool):
             value = "true" if value else "false"
+        if isinstance(value, list):
+            pairs.extend((name, item) for item in value)
+            continue
         pairs.append((name, str(value)))
     return urllib.parse.urlencode(pairs)
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from pvcd.lab.guest import tiny_guest_xml
 from pvcd.lab.lab import Lab
 from tests.e2e.labclient import LabClient, LabFactory, wait_until
 from tests.e2e.test_cli import ok, pvc
@@ -53,8 +54,18 @@ def test_node_limit_and_autostart_in_define_migrate_flush_and_ready(
     assert meta(api, "roamer")["node_limit"] == ["node1", "node2"]
     shown = json.loads(ok(pvc(lab, "vm", "meta", "roamer", "--format", "json")))
     assert shown["migration_max_downtime"] == 500
+    ok(pvc(lab, "vm", "define", "-", "--limit", "node3", "--migration-method", "live",
+           "--tag", "web", "--tag", "extra", "--protected-tag", "keep",
+           input=tiny_guest_xml("cli")))
+    assert (vm(api, "cli")["node"], meta(api, "cli")["migration_method"]) == ("node3", "live")
+    tags = json.loads(ok(pvc(lab, "vm", "tag", "get", "cli", "--format", "json")))["tags"]
+    assert [(t["name"], t["protected"]) for t in tags] == \
+        [("web", False), ("extra", False), ("keep", True)]
     listed = json.loads(ok(pvc(lab, "vm", "list", "--tag", "web", "--format", "json")))
-    assert [v["name"] for v in listed] == ["roamer"]
+    assert sorted(v["name"] for v in listed) == ["cli", "roamer"]
+    listed = json.loads(ok(pvc(lab, "vm", "list", "--tag", "web", "--negate", "--format",
+                               "json")))
+    assert "cli" not in {v["name"] for v in listed} and "pinned" in {v["name"] for v in listed}
     refused = pvc(lab, "vm", "tag", "remove", "roamer", "web")
     assert refused.returncode != 0 and "protected" in refused.stdout + refused.stderr
     wait_until(lambda: all(hosts(lab, u) == ["node1"] for u in [*fillers, pinned, roamer]),
