@@ -24,6 +24,7 @@ from pvcd.api import (
     provisioner_templates,
     storage,
     tasks,
+    vm_meta,
     vms,
     volumes,
 )
@@ -43,6 +44,7 @@ ROUTES: list[Route] = [
     *general.ROUTES,
     *nodes.ROUTES,
     *vms.ROUTES,
+    *vm_meta.ROUTES,
     *networks.ROUTES,
     *cluster.ROUTES,
     *storage.ROUTES,

@@ -177,6 +177,15 @@ ENDPOINTS: dict[str, dict[str, Operation]] = {
         "post": Operation("Rename a stopped VM and the RBD volumes named after it "
                           "(extensions.md §11.1)"),
     },
+    "/vm/<vm>/meta": {
+        "get": Operation("A VM's metadata (extensions.md §6.1)", ref("VmMeta")),
+        "post": Operation("Change the metadata values given (none given: 510); a new node "
+                          "limit applies at the VM's next placement"),
+    },
+    "/vm/<vm>/tags": {
+        "get": Operation("A VM's tags (extensions.md §6.3)", ref("VmTags")),
+        "post": Operation("Add or remove a user tag; a protected tag cannot be removed"),
+    },
     "/vm/<vm>/dump": {
         "get": Operation("A VM's libvirt XML", {"type": "string"}, media_type="application/xml"),
     },

@@ -14,10 +14,13 @@ from pvcd.domain.states import (
     COORDINATOR_STATES,
     DAEMON_STATES,
     DOMAIN_STATES,
+    MIGRATION_METHODS,
     NETWORK_TYPES,
+    NODE_SELECTORS,
     TASK_ERRORS,
     TASK_STATES,
     VM_STATES,
+    VM_TAG_TYPES,
 )
 
 
@@ -53,6 +56,16 @@ _VCPU = obj({"total": INT, "allocated": INT}, ["total", "allocated"])
 _MEMORY = obj({"total": INT, "allocated": INT, "used": INT, "free": INT},
               ["total", "allocated", "used", "free"], "MiB")
 _NS = nullable("string")
+_VM_META = {  # extensions.md §6.1
+    "node_limit": {"type": "array", "items": STR, "description": "empty: any node"},
+    "node_selector": {"type": "string", "enum": list(NODE_SELECTORS)},
+    "node_autostart": BOOL,
+    "migration_method": {"type": "string", "enum": list(MIGRATION_METHODS)},
+    "migration_max_downtime": {"type": "integer", "description": "ms"},
+    "profile": _NS,
+}
+_VM_TAG = obj({"name": STR, "type": {"type": "string", "enum": list(VM_TAG_TYPES)},
+               "protected": BOOL}, ["name", "type", "protected"])
 
 SCHEMAS: dict[str, dict[str, Any]] = {
     "Message": obj({"message": STR}, ["message"], "A human-readable message."),
@@ -95,8 +108,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "disks": {"type": "array", "items": obj(
             {"type": _NS, "name": _NS, "dev": _NS, "bus": _NS})},
         "controllers": {"type": "array", "items": obj({"type": _NS, "model": _NS})},
+        **_VM_META, "tags": {"type": "array", "items": _VM_TAG},
         "xml": {"type": "string", "description": "the libvirt XML"},
     }, ["name", "uuid", "state", "node", "last_node", "migrated", "xml"]),
+    "VmMeta": obj({"name": STR, **_VM_META}, ["name", *_VM_META]),
+    "VmTags": obj({"name": STR, "tags": {"type": "array", "items": _VM_TAG}}, ["name", "tags"]),
     "VmState": obj({"name": STR, "state": {"type": "string", "enum": list(VM_STATES)}},
                    ["name", "state"]),
     "VmNode": obj({"name": STR, "node": STR, "last_node": _NS}, ["name", "node", "last_node"]),

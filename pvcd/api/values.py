@@ -187,7 +187,7 @@ def flag(name: str, help: str) -> Value[bool]:
                  flag=True)
 
 
-def boolean(name: str, help: str, default: bool) -> Value[bool]:
+def boolean(name: str, help: str, default: bool = False) -> Value[bool]:
     """A bool (extensions.md §0.2): absent is `default`; present and empty, true, 1, yes or on
     is true; false, 0, no or off is false; anything else is refused."""
     def parse(raw: str) -> bool:

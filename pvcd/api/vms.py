@@ -15,7 +15,8 @@ from pvcd.api.base import ApiContext, BaseHandler
 from pvcd.api.render import FragmentRenderer
 from pvcd.api.routing import route
 from pvcd.api.storage import check_vm_volumes, vm_removal, vm_volume_failures
-from pvcd.api.values import accepts, choice, flag, limit, text
+from pvcd.api.values import accepts, choice, flag, limit, text, texts
+from pvcd.api.vm_meta_values import META_VALUES, read_meta
 from pvcd.api.vm_rename import rename_vm
 from pvcd.api.waiting import (
     WAIT_VALUES,
@@ -30,11 +31,12 @@ from pvcd.domain.placement import choose_node, require_node
 from pvcd.domain.records import VmSpec, from_dict
 from pvcd.domain.states import (
     MIGRATE_ACTIONS,
-    SELECTORS,
+    NODE_SELECTORS,
     STOPPED_VM_STATES,
     VM_STATE_REQUESTS,
     VM_STATES,
 )
+from pvcd.domain.vm_meta import check_tag_name, node_limit_of, user_tags
 from pvcd.specs.vms import check_name_kept, check_uuid_kept
 from pvcd.state.request_size import check_request_size
 from pvcd.state.store import Op
@@ -85,8 +87,26 @@ def vm_object(view: ClusterView, uuid: str) -> dict[str, Any] | None:
         "running_on": status.get("node") if status.get("state") == "running" else None,
     }
     obj.update(info)
+    obj.update(_meta_fields(spec))
     obj["xml"] = spec.get("xml")
     return obj
+
+
+def _meta_fields(spec: dict[str, Any]) -> dict[str, Any]:
+    """The metadata and tags of a stored spec (extensions.md §6; `selector`: schema 1)."""
+    return {"node_limit": spec.get("node_limit") or [],
+            "node_selector": spec.get("node_selector") or spec.get("selector") or "none",
+            "node_autostart": bool(spec.get("node_autostart", False)),
+            "migration_method": spec.get("migration_method") or "none",
+            "migration_max_downtime": spec.get("migration_max_downtime", 300),
+            "profile": spec.get("profile"),
+            "tags": spec.get("tags") or []}
+
+
+def has_tag(spec: dict[str, Any], tag: str) -> bool:
+    tags = spec.get("tags")
+    return isinstance(tags, list) and any(
+        isinstance(t, dict) and t.get("name") == tag for t in tags)
 
 
 def vm_renderer(view: ClusterView) -> FragmentRenderer:
@@ -98,9 +118,10 @@ def vm_renderer(view: ClusterView) -> FragmentRenderer:
     return FragmentRenderer(basis, lambda uuid: vm_object(view, uuid))
 
 
-SELECTOR = choice("selector", SELECTORS, "How to choose the node when `node` is not given or not "
-                  "valid: mem (least allocated memory), vcpus (least allocated vCPUs), load "
-                  "(least load), vms (fewest VMs).")
+SELECTOR = choice("selector", NODE_SELECTORS, "How to choose the node when `node` is not given "
+                  "or not valid: mem (least allocated memory), vcpus (least allocated vCPUs), "
+                  "load (least load), vms (fewest VMs); memprov is mem; none (the default) is "
+                  "the VM's own node_selector.")
 
 
 class VmBaseHandler(BaseHandler):
@@ -128,17 +149,24 @@ class VmBaseHandler(BaseHandler):
 VM_LIMIT = limit("VM names")
 NODE_FILTER = text("node", "Only VMs assigned to this node (pvcd addition).")
 STATE_FILTER = choice("state", VM_STATES, "Only VMs in this state (pvcd addition).")
+USER_TAGS = texts("user_tags", "Tags of the new VM.", check_tag_name)
+PROTECTED_TAGS = texts("protected_tags", "Protected tags of the new VM.", check_tag_name)
+TAG_FILTER = text("tag", "Only VMs with this tag.")
+NEGATE = flag("negate", "Invert the node, state and tag filters: VMs not on that node, not in "
+              "that state, without that tag.")
 XML = text("xml", "The libvirt domain XML.", required=True)
 NODE = text("node", "The node to run it on (default: chosen by selector).")
 
 
 class VmListHandler(VmBaseHandler):
-    @accepts(VM_LIMIT, NODE_FILTER, STATE_FILTER)
+    @accepts(VM_LIMIT, NODE_FILTER, STATE_FILTER, TAG_FILTER, NEGATE)
     def get(self) -> None:
         view = self.ctx.view
         limit = self.values[VM_LIMIT]
         node = self.values[NODE_FILTER]
         state = self.values[STATE_FILTER]
+        tag = self.values[TAG_FILTER]
+        keep = not self.values[NEGATE]  # what a filter's match must be for a VM to be listed
         if node is not None and view.node_spec_entry(node) is None:
             raise NotFound(f"Node '{node}' not found")
         renderer = self.ctx.vm_list
@@ -149,29 +177,33 @@ class VmListHandler(VmBaseHandler):
                 continue
             if limit is not None and not limit.search(str(spec.get("name", ""))):
                 continue
-            if node is not None and spec.get("node") != node:
+            if node is not None and (spec.get("node") == node) != keep:
                 continue
-            if state is not None and vm_state(
-                    spec, view.cache.get(view.paths.vm_status(uuid)) or {}) != state:
+            if state is not None and (vm_state(
+                    spec, view.cache.get(view.paths.vm_status(uuid)) or {}) == state) != keep:
+                continue
+            if tag is not None and has_tag(spec, tag) != keep:
                 continue
             selected.append(uuid)
         self.reply_json(renderer.render(selected))
 
-    @accepts(XML, NODE, SELECTOR, *WAIT_VALUES)
+    @accepts(XML, NODE, *META_VALUES, USER_TAGS, PROTECTED_TAGS, *WAIT_VALUES)
     async def post(self) -> None:
         view = self.ctx.view
         definition = parse_domain_xml(self.values[XML])
-        selector = self.selector()
+        meta = read_meta(self.values, view)
+        tags = user_tags(self.values[USER_TAGS], self.values[PROTECTED_TAGS])
         wait = requested_wait(self.values)
         if view.resolve_vm(definition.name) is not None:
             raise Conflict(f"A VM named '{definition.name}' already exists")
         if view.cache.exists(view.paths.vm(definition.uuid)):
             raise Conflict(f"A VM with UUID {definition.uuid} already exists")
-        node = choose_node(view.node_loads(), self.values[NODE], selector,
-                           memory=definition.memory)
         spec = VmSpec(uuid=definition.uuid, name=definition.name, xml=definition.xml,
-                      node=node, memory=definition.memory, vcpu=definition.vcpu,
-                      state="start", selector=selector, info=definition.to_api_fields())
+                      node="", memory=definition.memory, vcpu=definition.vcpu,
+                      state="start", info=definition.to_api_fields(), tags=tags, **meta)
+        node = spec.node = choose_node(view.node_loads(), self.values[NODE],
+                                       spec.node_selector, memory=definition.memory,
+                                       limit=spec.node_limit)
         ops = [Op.create(view.paths.vm(spec.uuid), spec.to_doc()),
                Op.create(view.paths.vm_name(spec.name), {"uuid": spec.uuid})]
         check_request_size(ops, f"VM '{spec.name}' (its XML and the fields taken from it)")
@@ -277,7 +309,8 @@ class VmStateHandler(VmBaseHandler):
         wanted = self.values[STATE]
         wait = requested_wait(self.values)
         spec.state_request += 1
-        spec.resume_on = None  # the operator decides now, not a node's `ready`
+        if wanted in STOPPED_VM_STATES:
+            spec.node_autostart = False  # the operator wants it off: no `ready` starts it
         if wanted == "restart":
             spec.restart_request += 1
             spec.state = "start"
@@ -305,7 +338,7 @@ class VmNodeHandler(VmBaseHandler):
         view = self.ctx.view
         uuid = self.vm_uuid(vm)
         action = self.values[ACTION]
-        selector = self.selector()
+        given_selector = self.selector()
         permanent, force = self.values[PERMANENT], self.values[FORCE]
         wait = requested_wait(self.values)
         chosen: dict[str, str] = {}
@@ -322,8 +355,10 @@ class VmNodeHandler(VmBaseHandler):
                 check_migrate(spec, force, permanent)
                 # never the node it is on, nor the one still handing it over
                 exclude = {spec.node, holder(spec, status, owner) or spec.node}
+                selector = spec.node_selector if given_selector in (None, "none") else \
+                    given_selector
                 target = choose_node(view.node_loads(), self.values[TARGET_NODE], selector,
-                                     exclude=exclude, memory=memory)
+                                     exclude=exclude, memory=memory, limit=node_limit_of(spec))
                 why = Move.MOVE if permanent else Move.MIGRATE
             chosen.update(name=spec.name, source=spec.node, target=target)
             return reassign(spec, status, target, why, owner=owner)

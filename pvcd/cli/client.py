@@ -52,6 +52,9 @@ def encode_values(values: Mapping[str, Value] | None) -> str:
             continue
         if isinstance(value, bool):
             value = "true" if value else "false"
+        if isinstance(value, list):
+            pairs.extend((name, item) for item in value)
+            continue
         pairs.append((name, str(value)))
     return urllib.parse.urlencode(pairs)
 

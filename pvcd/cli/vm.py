@@ -26,8 +26,9 @@ from pvcd.cli.context import (
 )
 from pvcd.cli.editor import edit_text
 from pvcd.cli.output import Column, Row, field, render_fields, render_table, size_mib
+from pvcd.cli.vm_meta import MIGRATION_METHODS, NODE_SELECTORS, vm_meta, vm_tag
 
-SELECTORS = ("mem", "vcpus", "load", "vms")
+SELECTORS = NODE_SELECTORS
 STATES = ("start", "restart", "shutdown", "stop", "failed", "migrate", "unmigrate", "disable")
 
 
@@ -67,6 +68,12 @@ def vm_details(vms: list[dict[str, Any]]) -> str:
             ("Running on", vm.get("running_on")),
             ("Migrated", migrated(vm)),
             ("Failed reason", vm.get("failed_reason")),
+            ("Node limit", ", ".join(vm.get("node_limit") or []) or None),
+            ("Node selector", vm.get("node_selector")),
+            ("Autostart", "yes" if vm.get("node_autostart") else None),
+            ("Migration method", vm.get("migration_method")),
+            ("Profile", vm.get("profile")),
+            ("Tags", [t.get("name") for t in vm.get("tags") or []] or None),
             ("vCPUs", vm.get("vcpu")),
             ("vCPU topology", vm.get("vcpu_topology")),
             ("Memory", size_mib(vm.get("memory"))),
@@ -121,11 +128,16 @@ def vm() -> None:
 @click.option("--node", "-n", help="Only VMs assigned to this node.",
               shell_complete=complete_nodes)
 @click.option("--state", "-s", type=click.Choice(STATES), help="Only VMs in this state.")
+@click.option("--tag", "-t", help="Only VMs with this tag.")
+@click.option("--negate", is_flag=True,
+              help="Invert --node, --state and --tag: VMs not matching them.")
 @format_option
 @pass_cli
-def vm_list(cli: CliContext, limit: str | None, node: str | None, state: str | None) -> None:
+def vm_list(cli: CliContext, limit: str | None, node: str | None, state: str | None,
+            tag: str | None, negate: bool) -> None:
     """List VMs (LIMIT: a regular expression matched in the names)."""
-    cli.emit(cli.client.get("/vm", {"limit": limit, "node": node, "state": state}), vm_table)
+    cli.emit(cli.client.get("/vm", {"limit": limit, "node": node, "state": state, "tag": tag,
+                                    "negate": negate or None}), vm_table)
 
 
 @vm.command("info")
@@ -152,18 +164,31 @@ def vm_dump(cli: CliContext, name: str) -> None:
               shell_complete=complete_nodes)
 @click.option("--selector", type=click.Choice(SELECTORS),
               help="How to choose the node (default: the cluster's).")
+@click.option("--limit", "node_limit", metavar="NODES",
+              help="Nodes the VM may run on, comma-separated (its node_limit).")
+@click.option("--autostart", is_flag=True, help="Start it when its node becomes ready.")
+@click.option("--migration-method", type=click.Choice(MIGRATION_METHODS),
+              help="live, shutdown, or none (live, else shutdown).")
+@click.option("--tag", "tags", multiple=True, help="A tag (repeatable).")
+@click.option("--protected-tag", "protected_tags", multiple=True,
+              help="A protected tag (repeatable).")
 @wait_options
 @format_option
 @pass_cli
 def vm_define(cli: CliContext, xml_file: TextIO, node: str | None, selector: str | None,
-              wait: bool, timeout: float) -> None:
-    """Define (and start) a VM from a libvirt XML FILE ("-" reads standard input)."""
+              node_limit: str | None, autostart: bool, migration_method: str | None,
+              tags: tuple[str, ...], protected_tags: tuple[str, ...], wait: bool,
+              timeout: float) -> None:
+    """Define (and start) a VM from a libvirt XML FILE ("-" reads standard input), with its
+    metadata and tags (`pvc vm meta`, `pvc vm tag` change them later)."""
     xml = xml_file.read()
     name = _domain_name(xml)
     # by name: the UUID may be chosen by the API; a re-attach after a handover asks by name
     _change(cli, name or "", name or "", "to run", "/vm",
-            {"xml": xml, "node": node, "selector": selector}, wait and name is not None,
-            timeout)
+            {"xml": xml, "node": node, "selector": selector, "limit": node_limit,
+             "autostart": autostart or None, "migration_method": migration_method,
+             "user_tags": list(tags), "protected_tags": list(protected_tags)},
+            wait and name is not None, timeout)
 
 
 @vm.command("modify")
@@ -294,3 +319,6 @@ def vm_move(cli: CliContext, name: str, node: str | None, selector: str | None, 
     _node_change(cli, name, {"action": "migrate", "node": node, "selector": selector,
                              "permanent": True}, wait, timeout)
 
+
+vm.add_command(vm_meta)
+vm.add_command(vm_tag)

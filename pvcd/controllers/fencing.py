@@ -9,7 +9,9 @@ A node is *suspect* when its ephemeral `alive` znode is gone or its keepalive is
 keeps its session but stops its keepalive, so both failure kinds are caught). A dead node is
 fenced as this coordinator's configuration says (`fencing.targets`: IPMI, its own watchdog, or
 the lab's process killer), never as the node's record says. Only after the
-fence is **confirmed** are its VMs started elsewhere; a failed fence leaves them alone (policy
+fence is **confirmed** are its VMs started elsewhere, within their `node_limit`; one with
+nowhere to go stays there shut down with `node_autostart`, so the node's `ready` starts it
+(extensions.md §6.2); a failed fence leaves them alone (policy
 `fencing.on_fence_failure: none`, the default) and is visible in the node's `fence_state`.
 Maintenance mode suspends all of this.
 
@@ -32,6 +34,7 @@ from pvcd.domain.moves import Move, reassign
 from pvcd.domain.placement import select_target_node
 from pvcd.domain.records import FenceRecord, NodeSpec, NodeStatus, VmSpec, from_dict
 from pvcd.domain.states import STOPPED_VM_STATES
+from pvcd.domain.vm_meta import node_limit_of
 from pvcd.drivers.fence import FenceDriver, FenceTarget, fence_driver
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
@@ -142,11 +145,16 @@ class FencingController:
             migration_from_dead = spec.migration is not None and spec.migration.source == node
             if spec.node != node and not migration_from_dead:
                 continue
+            if spec.node == node and spec.node_autostart and spec.state in STOPPED_VM_STATES:
+                continue  # (shut down for want of a target: it waits for the node's `ready`)
             try:
                 target = spec.node if spec.node != node else select_target_node(
-                    self.view.node_loads(), spec.selector, exclude=[node],
-                    memory=spec.memory if spec.state not in STOPPED_VM_STATES else 0)
+                    self.view.node_loads(), spec.node_selector, exclude=[node],
+                    memory=spec.memory if spec.state not in STOPPED_VM_STATES else 0,
+                    limit=node_limit_of(spec))
             except InvalidValue as exc:
+                if spec.node == node and self._wait_for_node(uuid, node, str(exc)):
+                    continue
                 log.error("event=recover-no-target vm=%s node=%s reason=%s", uuid, node, exc)
                 pending += 1
                 continue
@@ -164,6 +172,27 @@ class FencingController:
         return DONE
 
     # records and status
+    def _wait_for_node(self, uuid: str, node: str, reason: str) -> bool:
+        """A VM of the fenced `node` with nowhere to go (extensions.md §6.2, as a flush does):
+        it stays there shut down, with `node_autostart`, so the node's `ready` starts it
+        again. False when it is not assigned there any more (decided again)."""
+        def change(doc: Any) -> Any:
+            spec = from_dict(VmSpec, doc)
+            if spec.node != node:
+                return None
+            if spec.state not in STOPPED_VM_STATES:
+                spec.state, spec.node_autostart = "shutdown", True
+                spec.state_request += 1
+            return spec.to_doc()
+
+        try:
+            self.store.update(self.view.paths.vm(uuid), change)
+        except Conflict:  # removed, or changing meanwhile: decided again on the next pass
+            return False
+        log.warning("event=recover-no-target vm=%s node=%s action=autostart-on-ready "
+                    "reason=%s", uuid, node, reason)
+        return True
+
     def _record(self, node: str) -> FenceRecord | None:
         doc = self.view.cache.get(self.view.paths.fence_record(node))
         return None if doc is None else from_dict(FenceRecord, doc)

@@ -6,15 +6,17 @@ missing (idempotently) and returns — no worker ever blocks waiting for a migra
 request (ready during a flush) simply changes what the next step does.
 
 Flush: every VM assigned to the node is reassigned by the move rule (`pvcd.domain.moves`) to
-the node its selector picks among those with room for it. A VM that should run but has nowhere
-to go (one node, or no node fits its selector or memory) is shut down cleanly where it is and
-marked `resume_on` the node, so that the node's `ready` starts it again (PVC's behaviour): a
-flush always completes, and a host's shutdown never waits for a target that cannot exist. The
-node is flushed only when libvirt itself runs none of the cluster's VMs there any more and no
-migration into or out of it is in flight.
+the node its `node_selector` picks among those within its `node_limit` with room for it. A VM
+that should run but has nowhere to go (one node, a limit that names only this node, or no node
+with the memory) is shut down cleanly where it is and gets `node_autostart`, so that the node's
+`ready` starts it again (PVC's behaviour, extensions.md §6.2): a flush always completes, and a
+host's shutdown never waits for a target that cannot exist. The node is flushed only when
+libvirt itself runs none of the cluster's VMs there any more and no migration into or out of it
+is in flight.
 
-Ready: every VM whose `last_node` is the node comes back (when it fits), and every VM the flush
-shut down for want of a target is started again.
+Ready: every VM whose `last_node` is the node comes back (when it fits), and every VM assigned
+to the node with `node_autostart` is started, its `node_autostart` reset in the same write (it
+acts once).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pvcd.domain.moves import Move, migration_pending, reassign
 from pvcd.domain.placement import select_target_node
 from pvcd.domain.records import VmSpec, from_dict
 from pvcd.domain.states import STOPPED_VM_STATES
+from pvcd.domain.vm_meta import node_limit_of
 from pvcd.state.store import Store
 from pvcd.state.view import ClusterView
 from pvcd.state.vm_move import MoveBasis, move_vm
@@ -47,12 +50,13 @@ def flush_step(view: ClusterView, store: Store, node: str, running: Collection[s
             if node in (spec.node, spec.migration.source):
                 settled = False  # on its way in or out: look again once it has arrived
             continue
-        if spec.node != node or spec.resume_on == node:
-            continue  # (shut down here for want of a target: it waits here for `ready`)
         should_run = spec.state not in STOPPED_VM_STATES
+        if spec.node != node or (spec.node_autostart and not should_run):
+            continue  # (shut down here for want of a target: it waits here for `ready`)
         try:
-            target = select_target_node(view.node_loads(), spec.selector, exclude=[node],
-                                        memory=spec.memory if should_run else 0)
+            target = select_target_node(view.node_loads(), spec.node_selector, exclude=[node],
+                                        memory=spec.memory if should_run else 0,
+                                        limit=node_limit_of(spec))
         except InvalidValue as exc:
             if should_run:
                 _shut_down_for_flush(view, store, spec, node, str(exc))
@@ -75,8 +79,8 @@ def ready_step(view: ClusterView, store: Store, node: str) -> bool:
             if node in (spec.node, spec.migration.source):
                 settled = False
             continue
-        if spec.resume_on == node:
-            _resume(view, store, uuid, node)
+        if spec.node == node and spec.node_autostart:
+            _autostart(view, store, uuid, node)
         if spec.last_node != node or spec.node == node:
             continue
         memory = spec.memory if spec.state not in STOPPED_VM_STATES else 0
@@ -111,7 +115,7 @@ def _shut_down_for_flush(view: ClusterView, store: Store, spec: VmSpec, node: st
         current = from_dict(VmSpec, doc)
         if current.node != node or current.state in STOPPED_VM_STATES:
             return None
-        current.state, current.resume_on = "shutdown", node
+        current.state, current.node_autostart = "shutdown", True
         current.state_request += 1
         return current.to_doc()
 
@@ -120,14 +124,16 @@ def _shut_down_for_flush(view: ClusterView, store: Store, spec: VmSpec, node: st
                 spec.uuid, spec.name, node, reason)
 
 
-def _resume(view: ClusterView, store: Store, uuid: str, node: str) -> None:
+def _autostart(view: ClusterView, store: Store, uuid: str, node: str) -> None:
     def change(doc: object) -> object:
         current = from_dict(VmSpec, doc)
-        if current.resume_on != node:
+        if current.node != node or not current.node_autostart:
             return None
-        current.state, current.resume_on = "start", None
-        current.state_request += 1
+        current.node_autostart = False
+        if current.state != "start":
+            current.state = "start"
+            current.state_request += 1
         return current.to_doc()
 
     store.update(view.paths.vm(uuid), change)
-    log.info("event=vm-resumed vm=%s node=%s", uuid, node)
+    log.info("event=vm-autostarted vm=%s node=%s", uuid, node)

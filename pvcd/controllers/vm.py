@@ -7,9 +7,13 @@ acts idempotently:
 - assigned here: define it (or redefine on a new XML), then drive it to the desired state —
   start (a VM that should run and does not, e.g. crashed or destroyed behind our back, is started
   again), shutdown (graceful, forced after `timing.shutdown_timeout`), stop (forced), restart;
-- assigned elsewhere with a migration *from here* in flight: live-migrate it to the target's
-  libvirt, else fall back to a graceful shutdown here (level-based, forced after the shutdown
-  timeout; no worker waits for it) and let the target start it.
+- assigned elsewhere with a migration *from here* in flight: as the VM's `migration_method`
+  says (extensions.md §6.2): `none` live-migrates it to the target's libvirt (with its
+  `migration_max_downtime`), else falls back to a graceful shutdown here (level-based, forced
+  after the shutdown timeout; no worker waits for it) and lets the target start it; `shutdown`
+  always does the latter; `live` never falls back: after a failed live migration the VM keeps
+  running here, assigned here again (`pvcd.domain.moves.keep_at_source`), and its status's
+  `failed_reason` says why.
 
 Races named: (1) the target never starts a VM while a migration from a live source is not
 reported done in the VM's status, and the source never starts a VM assigned elsewhere, so a
@@ -29,6 +33,7 @@ from pvcd.controllers.base import DONE, Result, TemporaryError
 from pvcd.controllers.vm_claim import VmClaims
 from pvcd.controllers.vm_removal import VmRemover
 from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound
+from pvcd.domain.moves import keep_at_source
 from pvcd.domain.records import Migration, VmSpec, VmStatus, from_dict
 from pvcd.domain.states import domain_active
 from pvcd.specs.vms import check_vm_document
@@ -59,7 +64,7 @@ class VmDriver(Protocol):
     def list_domains(self) -> list[Any]: ...
     def xml(self, uuid: str) -> str: ...
     def migrate(self, uuid: str, dest_uri: str, migration_uri: str | None,
-                timeout: float) -> None: ...
+                timeout: float, max_downtime: int | None = None) -> None: ...
 
 
 def vm_key(uuid: str) -> str:
@@ -281,6 +286,13 @@ class VmController:
         assert migration is not None
         uuid = spec.uuid
         falling_back = status.state == "shutting-down" and status.node == self.name
+        if domain is not None and domain_active(domain) and not falling_back and \
+                spec.migration_method == "shutdown":
+            log.info("event=vm-migration-by-shutdown vm=%s from=%s to=%s", uuid, self.name,
+                     spec.node)
+            return self._stop(spec, status, domain, force=False,
+                              then=lambda: self._migrate_out(
+                                  spec, self.view.vm_status(uuid) or status, None))
         if domain is not None and domain_active(domain) and not falling_back:
             self._write_status(spec, lambda s: _migrating(s, self.name))
             dest = self.view.node_libvirt_uri(spec.node)
@@ -289,10 +301,12 @@ class VmController:
                     raise BackendError(f"node {spec.node} publishes no libvirt URI")
                 started = time.monotonic()
                 self.driver.migrate(uuid, dest, self.view.node_migration_uri(spec.node),
-                                    timeout=60.0)
+                                    timeout=60.0, max_downtime=spec.migration_max_downtime)
                 log.info("event=vm-migrated vm=%s name=%s from=%s to=%s live=true seconds=%.3f",
                          uuid, spec.name, self.name, spec.node, time.monotonic() - started)
             except (BackendError, NotFound) as exc:
+                if spec.migration_method == "live":
+                    return self._keep_at_source(spec, migration, str(exc))
                 log.warning("event=vm-live-migration-failed vm=%s from=%s to=%s reason=%s "
                             "fallback=shutdown", uuid, self.name, spec.node, exc)
                 return self._stop(spec, status, self.driver.domain_state(uuid), force=False,
@@ -311,6 +325,31 @@ class VmController:
         self._write_status(spec, lambda s: _finish_migration(s, migration, spec.node),
                            also=lambda: self.claims.release_ops(uuid))
         self.claims.release(uuid)  # (if the status needed no write)
+        return DONE
+
+    def _keep_at_source(self, spec: VmSpec, migration: Migration, reason: str) -> Result:
+        """A live-only migration failed: the guest still runs here, so the VM is assigned here
+        again and its migration recorded as over, in one transaction with its status, whose
+        `failed_reason` says why. The target never started it (it waits for this node)."""
+        log.warning("event=vm-live-migration-failed vm=%s from=%s to=%s reason=%s "
+                    "fallback=none", spec.uuid, self.name, spec.node, reason)
+        path = self.view.paths.vm(spec.uuid)
+        entry = self.view.cache.entry(path)
+        if entry is None:
+            return DONE  # removed meanwhile
+        current = from_dict(VmSpec, entry.doc)
+        if current.migration != migration:
+            return Result(requeue_after=POLL)  # changed meanwhile: decided again on it
+        kept = keep_at_source(current)
+        why = (f"live migration to {spec.node} failed: {reason}; the VM keeps running on "
+               f"{self.name} (migration_method live never falls back to a shutdown)")
+
+        def failed(s: VmStatus) -> None:
+            s.node, s.state, s.failed_reason = self.name, "running", why
+            s.migration_done = max(s.migration_done, migration.request)
+
+        self._write_status(spec, failed,
+                           also=lambda: [Op.set(path, kept.to_doc(), entry.version)])
         return DONE
 
     def _remove_here(self, uuid: str, domain: Any, why: str) -> None:
@@ -367,7 +406,11 @@ def _xml_hash(xml: str) -> str:
 
 
 def _observed(status: VmStatus, node: str, state: str, domain: Any, spec: VmSpec) -> None:
-    status.node, status.state, status.failed_reason = node, state, ""
+    # a reason given while nothing changed since (a failed live migration) stays until the VM
+    # changes state or node, or a new state request comes
+    kept = status.failed_reason if (status.node, status.state, status.state_request_done) == \
+        (node, state, spec.state_request) else ""
+    status.node, status.state, status.failed_reason = node, state, kept
     status.libvirt_state = str(getattr(getattr(domain, "state", ""), "value",
                                        getattr(domain, "state", "")))
     status.libvirt_reason = str(getattr(domain, "reason", ""))
@@ -380,7 +423,7 @@ def _shutting_down(status: VmStatus, node: str, now: float, spec: VmSpec) -> Non
 
 
 def _migrating(status: VmStatus, node: str) -> None:
-    status.node, status.state = node, "migrating"
+    status.node, status.state, status.failed_reason = node, "migrating", ""
 
 
 def _finish_migration(status: VmStatus, migration: Migration, node: str) -> None:

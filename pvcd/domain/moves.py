@@ -15,6 +15,9 @@ observed state to the new desired state. It decides three things:
   never asked to migrate to itself: `Migration.source != spec.node` always holds after
   `reassign`). A VM whose migration is still in flight is not moved again (`Conflict`): its
   source may be migrating it right now, and only recovery from a fenced source may override.
+- **a failed live migration** (`migration_method: live`, which never falls back to a shutdown,
+  extensions.md §6.2) is undone by `keep_at_source`: the VM stays on the source that still
+  runs it, which becomes its node again.
 - **`last_node`**, the node an `unmigrate` or a `ready` brings the VM back to: a temporary
   migration remembers the first node it left (a forced second migration keeps it), a permanent
   move and a return forget it, a flush remembers the flushed node, a recovery remembers the dead
@@ -97,6 +100,18 @@ def reassign(spec: VmSpec, status: VmStatus | None, target: str, why: Move,
         action = "unmigrate" if why in (Move.UNMIGRATE, Move.RESTORE) else "migrate"
         new.migration = Migration(source=from_node, request=max(previous, done) + 1,
                                   action=action)
+    return new
+
+
+def keep_at_source(spec: VmSpec) -> VmSpec:
+    """The VM's desired state once its source gave up a live migration and keeps running it
+    (a new record): assigned to the source again, no migration in flight, and `last_node` as
+    if it had never left (a migration that named the source as `last_node` is forgotten)."""
+    if spec.migration is None:
+        raise InvalidValue(f"VM '{spec.name}' is not being migrated")
+    new = dataclasses.replace(spec, node=spec.migration.source, migration=None)
+    if new.last_node == new.node:
+        new.last_node = None
     return new
 
 

@@ -13,12 +13,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+# a system template's meta fields take a VM's words (extensions.md §6.1)
+from pvcd.domain.states import MIGRATION_METHODS as MIGRATION_METHODS
+from pvcd.domain.states import NODE_SELECTORS as NODE_SELECTORS
+
 KINDS = ("system", "network", "storage", "userdata", "ova", "profile")
 TEMPLATE_KINDS = ("system", "network", "storage")
 PROFILE_TYPES = ("provisioner", "ova")
 INSTALL_METHODS = ("clone", "blank", "ova")
-NODE_SELECTORS = ("mem", "memprov", "vcpus", "load", "vms", "none")
-MIGRATION_METHODS = ("live", "shutdown", "none")
 FILESYSTEMS = ("ext2", "ext3", "ext4", "xfs", "btrfs", "vfat", "swap")
 MAC_PREFIX = "52:54:01"  # the `{prefix}` of a MAC template (§3.3)
 

@@ -8,7 +8,7 @@ within one schema version.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from pvcd.domain.states import PRIMARY_TARGET
 
@@ -19,6 +19,10 @@ def from_dict(cls: type[T], doc: Any) -> T:
     """Build dataclass `cls` from a dict, ignoring unknown keys (nested dataclasses too)."""
     if not isinstance(doc, dict):
         doc = {}
+    renamed: dict[str, str] = getattr(cls, "RENAMED", {})
+    if renamed and any(old in doc for old in renamed):  # a record of an older schema
+        doc = {**{renamed[k]: v for k, v in doc.items() if k in renamed and v is not None},
+               **{k: v for k, v in doc.items() if k not in renamed}}
     kwargs: dict[str, Any] = {}
     hints = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     for name, fld in hints.items():
@@ -28,6 +32,8 @@ def from_dict(cls: type[T], doc: Any) -> T:
         sub = _dataclass_type(fld.type)
         if sub is not None and value is not None:
             value = from_dict(sub, value)
+        elif fld.type in _NESTED_LISTS and isinstance(value, list):
+            value = [from_dict(_NESTED_LISTS[str(fld.type)], item) for item in value]
         kwargs[name] = value
     return cls(**kwargs)
 
@@ -303,6 +309,15 @@ class VmRemoval:
 
 
 @dataclasses.dataclass
+class VmTag:
+    """A VM's tag (extensions.md §6.3): `type` user (the API) or system (pvcd itself)."""
+
+    name: str = ""  # (a junk entry reads as a nameless tag, which the rules refuse)
+    type: str = "user"
+    protected: bool = False
+
+
+@dataclasses.dataclass
 class VmSpec:
     """Desired state of a VM, written by the API (and by recovery decisions)."""
 
@@ -314,15 +329,23 @@ class VmSpec:
     vcpu: int = 0
     state: str = "start"  # start | shutdown | stop | disable
     last_node: str | None = None
-    selector: str | None = None
     restart_request: int = 0  # bumped by every restart request
     state_request: int = 0  # bumped by every state request: a fresh try after a failure
     migration: Migration | None = None
-    # the node whose flush shut this VM down for want of a target: its `ready` starts it again
-    resume_on: str | None = None
     info: dict[str, Any] = dataclasses.field(default_factory=dict)  # objects.md fields of the XML
     remove: VmRemoval | None = None  # set once by DELETE /vm/<vm>; never cleared
     profile: str | None = None  # the provisioner profile it was made from (§3.9, §4 user-data)
+    # metadata (extensions.md §6, pvcd.domain.vm_meta): where it may run and how it moves
+    node_limit: list[str] = dataclasses.field(default_factory=list)  # empty: any node
+    node_selector: str = "none"  # none: the cluster default
+    # started when its node becomes ready, then reset (a flush with no target sets it)
+    node_autostart: bool = False
+    migration_method: str = "none"  # live | shutdown | none (live, else shutdown)
+    migration_max_downtime: int = 300  # ms, handed to libvirt before a live migration
+    tags: list[VmTag] = dataclasses.field(default_factory=list)
+
+    # schema 1 called `node_selector` `selector` (a rolling upgrade may still meet one)
+    RENAMED: ClassVar[dict[str, str]] = {"selector": "node_selector"}
 
     @property
     def removing(self) -> bool:
@@ -378,3 +401,4 @@ class FenceRecord:
 
 _NESTED: dict[str, type] = {"NodeStats": NodeStats, "Migration": Migration,
                             "Migration | None": Migration, "VmRemoval | None": VmRemoval}
+_NESTED_LISTS: dict[str, type] = {"list[VmTag]": VmTag}

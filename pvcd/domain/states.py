@@ -12,6 +12,12 @@ VM_STATE_REQUESTS = ("start", "shutdown", "stop", "restart")
 STOPPED_VM_STATES = ("stop", "shutdown", "disable")
 VM_STATES = ("start", "restart", "shutdown", "stop", "failed", "migrate", "unmigrate", "disable")
 SELECTORS = ("mem", "vcpus", "load", "vms")
+# a VM's `node_selector` (extensions.md §6.1): PVC's words; `none` is the cluster default and
+# `memprov` is `mem` (pvcd's `mem` already counts the memory assigned to VMs)
+NODE_SELECTORS = ("mem", "memprov", "vcpus", "load", "vms", "none")
+MIGRATION_METHODS = ("live", "shutdown", "none")  # none: live, falling back to shutdown
+VM_TAG_TYPES = ("user", "system")  # user: set through the API; system: set by pvcd
+VM_TAG_ACTIONS = ("add", "remove")
 MIGRATE_ACTIONS = ("migrate", "unmigrate")
 DOMAIN_STATE_REQUESTS = ("flush", "ready")
 COORDINATOR_STATE_REQUESTS = ("primary", "secondary")

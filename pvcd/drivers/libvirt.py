@@ -325,7 +325,7 @@ class LibvirtDriver:
             raise _error(exc, f"read the XML of domain {uuid}") from exc
 
     def migrate(self, uuid: str, dest_uri: str, migration_uri: str | None,
-                timeout: float) -> None:
+                timeout: float, max_downtime: int | None = None) -> None:
         """Live-migrate a running domain to the libvirt at `dest_uri`, persistent there and
         undefined here. Peer-to-peer: this node's libvirtd connects to `dest_uri` itself, so
         it must be reachable from libvirtd (e.g. `qemu+tcp://host/system`). `migration_uri`
@@ -334,10 +334,20 @@ class LibvirtDriver:
         target's QEMU listen on that address only, not on every address, which is libvirt's
         default; qemu.conf cannot say so (libvirt rejects a local `migration_address`).
 
+        `max_downtime` (ms): the longest the guest may be paused at the end, handed to libvirt
+        before the migration starts (libvirt takes it at any time since 1.2.9); a hypervisor
+        that refuses it fails the migration before it starts.
+
         After `timeout` seconds the migration is aborted (the domain keeps running here) and
         BackendError says so; every failure is BackendError with libvirt's text."""
         domain = self._domain(uuid)
         params = _migration_params(migration_uri)
+        if max_downtime is not None:
+            try:
+                domain.migrateSetMaxDowntime(max_downtime, 0)
+            except libvirt.libvirtError as exc:
+                raise _error(exc, f"set the maximum migration downtime of domain {uuid} to "
+                             f"{max_downtime} ms") from exc
         finished, timed_out = threading.Event(), threading.Event()
 
         def watchdog() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pvcd.domain.errors import InvalidValue
 from pvcd.domain.records import VmSpec
+from pvcd.domain.vm_meta import check_vm_meta
 from pvcd.vmxml import DomainDefinition, parse_domain_xml
 
 # the desired states the API writes (a restart request is stored as `start` and a counter)
@@ -49,4 +50,5 @@ def check_vm_document(uuid: str, spec: VmSpec) -> DomainDefinition:
         value = getattr(spec, counter)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise InvalidValue(f"{counter} {value!r} is invalid: a whole number from 0")
+    check_vm_meta(spec)
     return definition

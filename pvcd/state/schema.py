@@ -16,12 +16,13 @@ import json
 from collections.abc import Callable
 
 from kazoo.client import KazooClient
-from kazoo.exceptions import BadVersionError, NodeExistsError
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 
 from pvcd.domain.provisioner import KINDS as PROVISIONER_KINDS
 from pvcd.state.client import secure_tree
+from pvcd.state.codec import decode, encode
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class Paths:
@@ -256,9 +257,55 @@ class Paths:
 
 Migration = Callable[[KazooClient, Paths], None]
 
+# the metadata fields schema 2 gives every VM (extensions.md Appendix A), with their defaults
+VM_META_DEFAULTS: dict[str, object] = {
+    "node_limit": [], "node_selector": "none", "node_autostart": False,
+    "migration_method": "none", "migration_max_downtime": 300, "profile": None, "tags": []}
+
+
+def upgrade_vm_doc(doc: dict[str, object]) -> dict[str, object]:
+    """A schema-1 VM document in schema 2: `selector` is `node_selector` (none: the default),
+    a VM a flush shut down for want of a target (`resume_on` its node) has `node_autostart`,
+    and every metadata field is there."""
+    new = dict(doc)
+    selector = new.pop("selector", None)
+    if selector and "node_selector" not in new:
+        new["node_selector"] = selector
+    resume_on = new.pop("resume_on", None)
+    if resume_on and resume_on == new.get("node"):
+        new["node_autostart"] = True
+    for name, default in VM_META_DEFAULTS.items():
+        new.setdefault(name, list(default) if isinstance(default, list) else default)
+    return new
+
+
+def _migrate_vm_meta(client: KazooClient, paths: Paths) -> None:
+    """Schema 2: every VM document upgraded (`upgrade_vm_doc`), each with compare-and-set (a
+    document changed meanwhile is read again). Idempotent: a second run changes nothing."""
+    for uuid in client.get_children(paths.vms):
+        while True:
+            try:
+                raw, stat = client.get(paths.vm(uuid))
+            except NoNodeError:
+                break
+            doc = decode(raw)
+            if not isinstance(doc, dict):
+                break  # not a document of ours: the daemons refuse it as it is
+            new = upgrade_vm_doc(doc)
+            if new == doc:
+                break
+            try:
+                client.set(paths.vm(uuid), encode(new), version=stat.version)
+                break
+            except BadVersionError:
+                continue
+            except NoNodeError:
+                break
+
+
 # MIGRATIONS[n] upgrades a cluster from version n-1 to n. Version 1 is the initial layout,
 # created by ensure_schema itself.
-MIGRATIONS: dict[int, Migration] = {}
+MIGRATIONS: dict[int, Migration] = {2: _migrate_vm_meta}
 
 
 def ensure_schema(client: KazooClient, paths: Paths) -> int:

@@ -346,3 +346,38 @@ def test_down_leaves_nothing_behind() -> None:
     assert all(processes_in_namespace(ns) == [] for ns in namespaces)
     assert str(lab.workdir) not in Path("/proc/self/mounts").read_text()
     shutil.rmtree(lab.workdir, ignore_errors=True)
+
+
+def test_migration_methods_live_only_and_shutdown(qlab2: QemuLab) -> None:
+    """extensions.md §6.2 on real guests: `live` never falls back (a failed live migration
+    leaves the guest running where it was, assigned there again, with the reason), and
+    `shutdown` always boots the guest afresh on the target, though a live migration would
+    work."""
+    lab = qlab2
+    live = lab.define("liveonly", node="node1", migration_method="live",
+                      migration_max_downtime="1000")
+    cold = lab.define("cold", node="node1", migration_method="shutdown")
+    live_stamp = wait_booted(lab, "liveonly", live, "node1")
+    cold_stamp = wait_booted(lab, "cold", cold, "node1")
+    with block_migration_ports(lab, "node2"):
+        lab.post_node("liveonly", action="migrate", node="node2")
+        wait_until(lambda: lab.vm("liveonly")["node"] == "node1" and
+                   lab.vm("liveonly")["state"] == "start", timeout=20)
+    assert lab.running(live) == {"node1": "booted"}
+    assert lab.boot_stamp("node1", live) == live_stamp and lab.boots("liveonly") == 1
+    assert "live migration to node2 failed" in (lab.vm("liveonly")["failed_reason"] or "")
+    assert lab.vm("liveonly")["last_node"] is None
+    # the path is open again: live, the same memory
+    lab.post_node("liveonly", action="migrate", node="node2")
+    wait_until(lambda: lab.running(live) == {"node2": "migrated"}, timeout=15)
+    assert lab.boot_stamp("node2", live) == live_stamp
+    wait_until(lambda: lab.vm("liveonly")["failed_reason"] is None, timeout=5)
+
+    lab.post_node("cold", action="migrate", node="node2")
+    wait_until(lambda: lab.running(cold) == {"node2": "booted"}, timeout=20)
+    new_stamp = wait_until(lambda: lab.boot_stamp("node2", cold), timeout=5)
+    assert new_stamp != cold_stamp
+    wait_until(lambda: lab.boots("cold") == 2, timeout=5)
+    log = Path(lab.info.node("node1").log).read_text()
+    assert f"event=vm-migration-by-shutdown vm={cold}" in log
+    assert f"event=vm-live-migration-failed vm={cold}" not in log

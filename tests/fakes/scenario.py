@@ -11,7 +11,7 @@ File format (YAML):
       node2: {memory: 1024}  # physical memory in MiB (placement capacity); default 16384
     settings: {on_fence_failure: none}
     vms:                     # defined and started before the timeline begins (t = 0)
-      web: {node: node2, memory: 256}
+      web: {node: node2, memory: 256}   # and any VmSpec field: {node_limit: [node2, node3]}
     invariants: [flushed-means-empty]   # optional, checked on every change (see below)
     timeline:                # `at`: simulated seconds after t = 0
       - {at: 1, do: hang node2}
@@ -79,7 +79,8 @@ def replay(scenario: Scenario, sim: SimCluster) -> None:
     sim.step()  # the first coordinator takes the primary role
     uuids = {}
     for name, vm in (scenario.doc.get("vms") or {}).items():
-        uuids[name] = sim.state.define_vm(name, vm["node"], memory=vm.get("memory", 64))
+        meta = {k: v for k, v in vm.items() if k not in ("node", "memory")}  # VmSpec fields
+        uuids[name] = sim.state.define_vm(name, vm["node"], memory=vm.get("memory", 64), **meta)
     sim.run_until(lambda: all(sim.where_running(uuids[n]) == [vm["node"]]
                               for n, vm in (scenario.doc.get("vms") or {}).items()),
                   seconds=10)

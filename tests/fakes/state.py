@@ -80,12 +80,13 @@ class ClusterState:
 
     # VMs, written as the API writes them
     def define_vm(self, name: str, node: str, memory: int = 64, state: str = "start",
-                  selector: str | None = None) -> str:
+                  **meta: Any) -> str:
+        """`meta`: VmSpec's metadata fields (node_limit, node_selector, node_autostart, ...)."""
         import uuid as uuidlib
 
         uuid = str(uuidlib.uuid5(uuidlib.NAMESPACE_DNS, f"{self.paths.root}/{name}"))
         spec = VmSpec(uuid=uuid, name=name, xml=tiny_guest_xml(name, uuid, memory_mib=memory),
-                      node=node, memory=memory, vcpu=1, state=state, selector=selector)
+                      node=node, memory=memory, vcpu=1, state=state, **meta)
         self.store.commit([Op.create(self.paths.vm(uuid), spec.to_doc()),
                            Op.create(self.paths.vm_name(name), {"uuid": uuid})])
         return uuid

@@ -41,3 +41,14 @@ def node1_api(sim_node1: SimCluster) -> Iterator[ApiClient]:
     """The real API over `sim_node1`, with the default limits (tests/fakes/api.py)."""
     with running_api(sim_node1.state, sim_node1.clock) as client:
         yield client
+
+
+@pytest.fixture
+def api3(sim: SimCluster) -> Iterator[ApiClient]:
+    """The real API over three simulated nodes (node1 the primary); no controller acts until
+    the test steps the cluster."""
+    for name in ("node1", "node2", "node3"):
+        sim.add_node(name)
+    sim.step()  # node1 takes the primary role
+    with running_api(sim.state, sim.clock) as api:
+        yield api

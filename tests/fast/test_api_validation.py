@@ -7,22 +7,12 @@ the cache it answers from before it replies, so a write that happened would alre
 from __future__ import annotations
 
 import uuid as uuidlib
-from collections.abc import Iterator
 
 import pytest
 
 from pvcd.lab.guest import tiny_guest_xml
 from tests.fakes.api import ApiClient, running_api
 from tests.fakes.nodes import SimCluster
-
-
-@pytest.fixture
-def api3(sim: SimCluster) -> Iterator[ApiClient]:
-    for name in ("node1", "node2", "node3"):
-        sim.add_node(name)
-    sim.step()  # node1 takes the primary role
-    with running_api(sim.state, sim.clock) as api:
-        yield api
 
 
 def define(api: ApiClient, name: str, **values: str) -> str:

@@ -78,3 +78,28 @@ def test_an_unknown_desired_state_is_refused(sim: SimCluster) -> None:
     node1.vm.reconcile(vm_key(uuid))
     assert defined_uuids(sim, "node1") == set()
     assert "invalid desired state" in sim.state.vm_status("web").failed_reason
+
+
+def test_forged_metadata_is_refused_and_a_flush_still_completes(sim: SimCluster) -> None:
+    """Metadata the API would refuse (extensions.md §6.1), written past it: the node does not
+    act on the VM by it, and placement still decides over it (a junk limit limits nothing)."""
+    node1 = sim.add_node("node1")
+    sim.add_node("node2")
+    sim.step()
+    uuid = sim.state.define_vm("web", "node1")
+    sim.run_until(lambda: node1.running() == [uuid], seconds=10)
+    doc = sim.state.doc(sim.state.paths.vm(uuid))
+    for field, value, reason in [("migration_max_downtime", "300; rm", "migration_max_downtime"),
+                                 ("node_limit", "node1", "node_limit"),
+                                 ("migration_method", "teleport", "migration_method"),
+                                 ("tags", [{"name": "a b", "type": "user"}], "invalid tag"),
+                                 ("tags", [5], "invalid tag")]:
+        write_past_the_api(sim.state, sim.state.paths.vm(uuid), {**doc, field: value})
+        node1.vm.reconcile(vm_key(uuid))
+        status = sim.state.vm_status("web")
+        assert status.state == "failed" and reason in status.failed_reason, field
+        assert node1.running() == [uuid]  # left as it was
+    write_past_the_api(sim.state, sim.state.paths.vm(uuid), {**doc, "node_limit": 7})
+    sim.domain_state("node1", "flush")
+    sim.run_until(lambda: sim.state.vm_spec("web").node == "node2", seconds=30)
+    assert node1.running() == [uuid]  # refused on both nodes: the guest stays as it was

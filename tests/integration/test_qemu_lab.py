@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from pvcd.domain.errors import BackendError
+from pvcd.drivers.libvirt import LibvirtDriver
 from pvcd.lab.libvirtd import (
     LibvirtdError,
     LibvirtdInstance,
@@ -211,6 +213,17 @@ def test_live_migration_there_and_back(
         conn_b.close()
 
 
+def gone_instance(lab: LibvirtdLab, name: str, port_offset: int) -> LibvirtdInstance:
+    """A libvirtd that was started and stopped: migrations to it fail. Its 8 migration ports
+    start `port_offset` past the second instance's range."""
+    low = lab[1].migration_ports[1] + port_offset
+    gone = LibvirtdInstance(name, lab.workdir, (low, low + 7),
+                            tcp_port=free_port() if lab.transport == "tcp" else None)
+    gone.start()
+    gone.stop()
+    return gone
+
+
 @pytest.mark.parametrize("mode", ["p2p", "client"])
 def test_failed_migration_leaves_guest_running_on_source(
     lab: LibvirtdLab,
@@ -219,13 +232,7 @@ def test_failed_migration_leaves_guest_running_on_source(
     mode: str,
     report: Callable[[str, float], None],
 ) -> None:
-    ports = lab[1].migration_ports
-    gone = LibvirtdInstance(
-        f"gone-{mode}", lab.workdir, (ports[1] + 1, ports[1] + 8),
-        tcp_port=free_port() if lab.transport == "tcp" else None,
-    )
-    gone.start()
-    gone.stop()
+    gone = gone_instance(lab, f"gone-{mode}", 1)
     conn = lab[0].connect()
     try:
         domain = start_guest(conn, guest_name, kernel, lab.workdir / f"{guest_name}.serial")
@@ -238,6 +245,31 @@ def test_failed_migration_leaves_guest_running_on_source(
         assert domain.state()[0] == libvirt.VIR_DOMAIN_RUNNING
         assert domain.isPersistent()
         assert read_boot_stamp(domain) == stamp
+        domain.destroy()
+        domain.undefine()
+    finally:
+        conn.close()
+
+
+def test_the_driver_hands_the_max_downtime_to_libvirt_before_migrating(
+    lab: LibvirtdLab, kernel: Path, guest_name: str
+) -> None:
+    """`LibvirtDriver.migrate(max_downtime=...)` (a VM's `migration_max_downtime`,
+    extensions.md §6.2) sets QEMU's downtime limit on the source before the migration starts:
+    a migration to a libvirtd that is gone fails, and the guest, still here, has the limit."""
+    gone = gone_instance(lab, "gone-downtime", 9)
+    conn = lab[0].connect()
+    try:
+        domain = start_guest(conn, guest_name, kernel, lab.workdir / f"{guest_name}.serial")
+        assert wait_for(lambda: read_boot_stamp(domain) is not None)
+        assert domain.migrateGetMaxDowntime(0) != 1234
+        driver = LibvirtDriver(lab[0].uri)
+        with pytest.raises(BackendError):
+            driver.migrate(domain.UUIDString(), gone.peer_uri,
+                           gone.migration_params().get(libvirt.VIR_MIGRATE_PARAM_URI),
+                           timeout=30.0, max_downtime=1234)
+        assert domain.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+        assert domain.migrateGetMaxDowntime(0) == 1234
         domain.destroy()
         domain.undefine()
     finally:

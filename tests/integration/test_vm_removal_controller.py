@@ -74,7 +74,7 @@ class RecordingLibvirt:
         raise NotImplementedError
 
     def migrate(self, uuid: str, dest_uri: str, migration_uri: str | None,
-                timeout: float) -> None:
+                timeout: float, max_downtime: int | None = None) -> None:
         raise NotImplementedError
 
 

@@ -20,12 +20,14 @@ from pvcd.api.values import (
     Value,
     Values,
     accepts,
+    boolean,
     choice,
     declared,
     flag,
     integer,
     limit,
     text,
+    texts,
     value,
 )
 from pvcd.domain.errors import InvalidValue
@@ -197,3 +199,32 @@ def test_tokens_match_exactly() -> None:
     for wrong in ("3f1c8a5e", "second-token-xy", "second-token-xyzz", "", None,
                   "SECOND-TOKEN-XYZ"):
         assert not tokens.valid(wrong)
+
+
+def test_a_boolean_is_strict_and_tells_whether_it_was_given() -> None:
+    auto = boolean("autostart", "Start it.")
+    for text_, expected in (("", True), ("yes", True), ("ON", True), ("1", True),
+                            ("false", False), ("0", False), ("off", False)):
+        v = parsed(auto, autostart=text_)
+        assert v[auto] is expected and v.given(auto), text_
+    v = parsed(auto)
+    assert v[auto] is False and not v.given(auto)
+    with pytest.raises(InvalidValue, match="autostart 'maybe' is invalid"):
+        parsed(auto, autostart="maybe")
+
+
+def test_list_values_take_every_occurrence_or_a_json_array() -> None:
+    tags = texts("user_tags", "Tags.")
+    query = {"user_tags": [b"a", b"b"]}
+    form = {"user_tags": [b"c"]}
+    assert RawValues.from_request(query, form, "", b"").parse([tags])[tags] == ["a", "b", "c"]
+    body = json.dumps({"user_tags": ["x", "y"]}).encode()
+    assert RawValues.from_request({}, {}, "application/json", body).parse([tags])[tags] == \
+        ["x", "y"]
+    assert raw().parse([tags])[tags] == []
+    # an array where one value is expected, or an array of non-scalars: refused
+    body = json.dumps({"node": ["a"]}).encode()
+    with pytest.raises(InvalidValue, match="not a list"):
+        RawValues.from_request({}, {}, "application/json", body).parse([NODE])
+    with pytest.raises(InvalidValue, match="must be a string, number or boolean"):
+        RawValues.from_request({}, {}, "application/json", b'{"user_tags": [{"a": 1}]}')

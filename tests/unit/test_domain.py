@@ -49,7 +49,8 @@ class TestPlacement:
             require_node([load("node1", state="dead")], "node1")
 
     def test_unknown_selector_and_unreported_memory(self) -> None:
-        with pytest.raises(InvalidValue, match="valid values are: mem, vcpus, load, vms"):
+        with pytest.raises(InvalidValue,
+                           match="valid values are: mem, memprov, vcpus, load, vms, none"):
             select_target_node(NODES, "fastest")
         assert select_target_node([load("node1", 0, total=0)], memory=10**6) == "node1"
 

@@ -183,7 +183,8 @@ def test_values_are_query_parameters_or_a_form_or_json_body(document: dict[str, 
     assert set(body) == {"application/x-www-form-urlencoded", "application/json"}
     assert body["application/json"]["schema"]["required"] == ["xml"]
     assert body["application/json"]["schema"]["properties"]["selector"]["enum"] == \
-        ["mem", "vcpus", "load", "vms"]
+        ["mem", "memprov", "vcpus", "load", "vms", "none"]
+    assert body["application/json"]["schema"]["properties"]["user_tags"]["type"] == "array"
     delete = document["paths"]["/api/v1/vm/{vm}"]["delete"]
     assert [(p["name"], p["in"], p["schema"]["type"]) for p in delete["parameters"]] == \
         [("delete_disks", "query", "boolean")]
@@ -225,6 +226,25 @@ class TestServed(tornado.testing.AsyncHTTPTestCase):
         record = logs.records[-1]
         assert record.levelno == logging.WARNING and "510 GET /api/v1/storage/ceph" in \
             record.getMessage()
+
+
+def test_vm_meta_and_tags_are_described(document: dict[str, Any]) -> None:
+    """extensions.md §6: the routes are in the document (so the fuzzer covers them), with
+    their answers and values."""
+    paths = document["paths"]
+    meta, tags = paths["/api/v1/vm/{vm}/meta"], paths["/api/v1/vm/{vm}/tags"]
+    assert set(meta) >= {"get", "post"} and set(tags) >= {"get", "post"}
+    answer = meta["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert answer == {"$ref": "#/components/schemas/VmMeta"}
+    assert set(document["components"]["schemas"]["VmMeta"]["required"]) == {
+        "name", "node_limit", "node_selector", "node_autostart", "migration_method",
+        "migration_max_downtime", "profile"}
+    values = meta["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    assert {"limit", "node_limit", "selector", "node_selector", "autostart", "node_autostart",
+            "migration_method", "migration_max_downtime", "profile"} <= set(values)
+    assert values["migration_max_downtime"]["maximum"] == 60000
+    listing = {p["name"] for p in paths["/api/v1/vm"]["get"]["parameters"]}
+    assert {"tag", "negate"} <= listing
 
 
 def test_non_ascii_digits_name_no_network() -> None:
