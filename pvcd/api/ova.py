@@ -21,7 +21,6 @@ while another profile names the OVA or its system template, or a task works on i
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import Any
 
 from tornado.http1connection import HTTP1Connection
@@ -33,16 +32,16 @@ from pvcd.api.storage import run_request, storage_timeout
 from pvcd.api.tasks import TASK_VALUES, answer_task, create_task, task_location
 from pvcd.api.values import accepts, integer, limit, text
 from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound, PvcError
-from pvcd.domain.provisioner import Ova, Profile
+from pvcd.domain.provisioner import Ova
 from pvcd.domain.tasks import TaskRecord, busy_task
+from pvcd.specs.provisioner import check_object_name
+from pvcd.state.provisioner import read_objects
 from pvcd.state.store import Op
 from pvcd.state.tasks import read_tasks
 from pvcd.state.view import ClusterView
 from pvcd.upload_pipe import UploadPipe
 
 OVA_UPLOAD = "ova.upload"  # the task kind (pvcd.controllers.ova_upload)
-NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
-NAME_LIMIT = 63
 UPLOAD_MIN_RATE = 1 << 20  # bytes/s: the slowest upload body the API waits for
 
 OVA_LIMIT = limit("OVA names")
@@ -61,22 +60,11 @@ def ova_key(name: str) -> str:
 
 
 def check_ova_name(name: str) -> str:
-    if not NAME_RE.fullmatch(name) or len(name) > NAME_LIMIT:
-        raise InvalidValue(f"OVA name '{name[:80]}' is invalid: 1-{NAME_LIMIT} letters, "
-                           "digits, '_', '.', '+' or '-', not starting with '.', '+' or '-'")
-    return name
+    return check_object_name(name, "OVA")
 
 
 def read_ovas(view: ClusterView) -> list[Ova]:
-    base = view.paths.provisioner_kind("ova")
-    docs = (view.cache.get(f"{base}/{name}") for name in sorted(view.cache.children(base)))
-    return [Ova.from_doc(doc) for doc in docs if isinstance(doc, dict)]
-
-
-def read_profiles(view: ClusterView) -> list[Profile]:
-    base = view.paths.provisioner_kind("profile")
-    docs = (view.cache.get(f"{base}/{name}") for name in sorted(view.cache.children(base)))
-    return [Profile.from_doc(doc) for doc in docs if isinstance(doc, dict)]
+    return list(read_objects(view, "ova"))
 
 
 def ova_object(ova: Ova) -> dict[str, Any]:
@@ -276,7 +264,7 @@ def refuse_ova_removal(view: ClusterView, ova: Ova) -> None:
     owned = own_objects(view, ova)
     own_profile = next((n for k, n in owned if k == "profile"), None)
     own_template = next((n for k, n in owned if k == "system"), None)
-    users = [p.name for p in read_profiles(view) if p.name != own_profile
+    users = [p.name for p in read_objects(view, "profile") if p.name != own_profile
              and (p.ova == ova.name or (own_template is not None
                                         and p.system_template == own_template))]
     if users:
