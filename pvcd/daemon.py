@@ -43,9 +43,10 @@ from pvcd.controllers.coordinator import Coordinator, PrimaryServices
 from pvcd.controllers.fencing import FencingController
 from pvcd.controllers.floating import build_floating_ips
 from pvcd.controllers.node import NodeController, NodeStatusWriter
+from pvcd.controllers.provisioner import provisioner_task_kinds
 from pvcd.controllers.self_fence import DeclaredDead
 from pvcd.controllers.storage import build_storage
-from pvcd.controllers.tasks import TaskRegistry, build_tasks
+from pvcd.controllers.tasks import TaskKind, TaskRegistry, build_tasks
 from pvcd.controllers.vm import VmController, vm_key
 from pvcd.domain.errors import ConfigError, Conflict
 from pvcd.domain.records import NodeSpec, NodeStatus, from_dict
@@ -128,7 +129,8 @@ class NodeDaemon:
                                 extra_osds=self.plugins.extra_osds))
         # tasks: this node's, and on coordinators the primary's (docs/tasks.md)
         self._add(build_tasks(self.name, self.view, self.store, config.tasks,
-                              TaskRegistry(self.plugins.task_kinds),
+                              TaskRegistry([*self._production_task_kinds(),
+                                            *self.plugins.task_kinds]),
                               coordinator=self.coordinator is not None,
                               resync_interval=timing.resync_interval, clock=clock))
         self._add(self._build_vms())
@@ -195,6 +197,10 @@ class NodeDaemon:
         """What the primary's /metrics shows of this daemon: its controllers and fences."""
         coordinator = [self.coordinator_controller] if self.coordinator_controller else []
         return [*self.controllers, *coordinator], getattr(self, "fencing", None)
+
+    def _production_task_kinds(self) -> list[TaskKind]:
+        """The task kinds every node can run (the primary undoes any node's artifacts)."""
+        return [*provisioner_task_kinds(self.view, self.store, self.config)]
 
     def _build_vms(self) -> Wiring:
         timing = self.config.timing

@@ -19,6 +19,7 @@ from pvcd.api import (
     networks,
     nodes,
     openapi,
+    provisioner_create,
     storage,
     tasks,
     vms,
@@ -43,6 +44,7 @@ ROUTES: list[Route] = [
     *storage.ROUTES,
     *volumes.ROUTES,
     *tasks.ROUTES,
+    *provisioner_create.ROUTES,
     *openapi.ROUTES,
     *metrics.ROUTES,
 ]

@@ -63,6 +63,7 @@ class Value(Generic[T]):
     required: bool = False
     default: T | None = None
     flag: bool = False  # set by presence: an empty text counts as given
+    many: bool = False  # a list value (`LIST_VALUES`): every occurrence counts
 
     def read(self, raw: str | None) -> T:
         if raw is None or (not self.flag and raw.strip() == ""):
@@ -173,6 +174,35 @@ def flag(name: str, help: str) -> Value[bool]:
                  flag=True)
 
 
+def boolean(name: str, help: str, default: bool | None) -> Value[Any]:
+    """A bool (spec §0.2): absent, the default; present and empty, true, 1, yes or on: true;
+    false, 0, no or off: false; anything else is refused."""
+
+    def parse(raw: str) -> bool:
+        word = raw.strip().lower()
+        if word in ("", "true", "1", "yes", "on"):
+            return True
+        if word in _FALSE:
+            return False
+        raise InvalidValue(f"{name} '{raw[:40]}' is invalid: true or false (also 1/0, yes/no, "
+                           "on/off; empty means true)")
+
+    return Value(name, help, {"type": "boolean"}, parse, False, default, flag=True)
+
+
+def text_list(name: str, help: str, check: Callable[[str], str] = str) -> Value[Any]:
+    """A list value (spec §0.2, `LIST_VALUES`): repeated in the query string or form, or a
+    JSON array of strings; each item passes `check`. Absent: an empty list."""
+    if name not in LIST_VALUES:
+        raise ValueError(f"{name} is not one of the list values {LIST_VALUES}")
+
+    def parse(raw: str) -> list[str]:  # one occurrence (RawValues.parse calls it per item)
+        return [check(raw)]
+
+    return Value(name, help, {"type": "array", "items": {"type": "string"}}, parse, False,
+                 [], many=True)
+
+
 def limit(what: str = "names") -> Value[NameFilter | None]:
     """`limit`: a regular expression searched anywhere in the `what`, with bounded work
     (`pvcd.api.name_filter`)."""
@@ -230,22 +260,32 @@ class Values:
         return value.name in self._given
 
 
+# values given as lists (spec §0.2): every occurrence counts, and a JSON array is accepted
+LIST_VALUES = ("arg", "filesystem_arg", "user_tags", "protected_tags", "backup_tags")
+
+
 class RawValues:
     """A request's values as texts, from the query string, a form body or a JSON object body
-    (the last one given wins)."""
+    (the last one given wins; every one for `LIST_VALUES`)."""
 
-    def __init__(self, values: Mapping[str, str]) -> None:
+    def __init__(self, values: Mapping[str, str],
+                 lists: Mapping[str, list[str]] | None = None) -> None:
         self._values = dict(values)
+        self._lists = {k: list(v) for k, v in (lists or {}).items()}
 
     @classmethod
     def from_request(cls, query: Mapping[str, list[bytes]],
                      body_arguments: Mapping[str, list[bytes]],
                      content_type: str, body: bytes) -> RawValues:
         merged: dict[str, str] = {}
+        lists: dict[str, list[str]] = {}
         for source in (query, body_arguments):
             for name, items in source.items():
                 if items:
                     merged[name] = items[-1].decode("utf-8", errors="replace")
+                if name in LIST_VALUES:
+                    lists.setdefault(name, []).extend(
+                        item.decode("utf-8", errors="replace") for item in items)
         if content_type.split(";")[0].strip().lower() == "application/json" and body.strip():
             try:
                 doc = json.loads(body)
@@ -254,9 +294,16 @@ class RawValues:
             if not isinstance(doc, dict):
                 raise InvalidValue("a JSON request body must be an object of values")
             for name, item in doc.items():
-                if item is not None:  # JSON null: as if the value were not given
+                if name in LIST_VALUES and isinstance(item, list):
+                    if not all(isinstance(one, str) for one in item):
+                        raise InvalidValue(f"value '{name}' must be an array of strings")
+                    lists[name] = list(item)
+                    merged[name] = item[-1] if item else ""
+                elif item is not None:  # JSON null: as if the value were not given
                     merged[str(name)] = _scalar(name, item)
-        return cls(merged)
+                    if name in LIST_VALUES:
+                        lists[name] = [merged[str(name)]]
+        return cls(merged, lists)
 
     def get(self, name: str) -> str | None:
         """One value's text, for what is not a handler's value (the API token)."""
@@ -265,8 +312,14 @@ class RawValues:
     def parse(self, declarations: Iterable[Value[Any]]) -> Values:
         """The declared values, checked in the order declared; InvalidValue on the first that
         is missing or bad. Values not declared are ignored."""
-        parsed = {v.name: (v, v.read(self._values.get(v.name))) for v in declarations}
+        parsed = {v.name: (v, self._read(v)) for v in declarations}
         return Values(parsed, (name for name in parsed if name in self._values))
+
+    def _read(self, declared: Value[Any]) -> Any:
+        if not declared.many:
+            return declared.read(self._values.get(declared.name))
+        return [item for raw in self._lists.get(declared.name, []) if raw.strip()
+                for item in declared.parse(raw)]
 
 
 def _scalar(name: Any, item: Any) -> str:
