@@ -27,7 +27,7 @@ from pvcd.cli.errors import (
     ConfigProblem,
 )
 
-Value = str | int | float | bool | None
+Value = str | int | float | bool | list[str] | None
 DEFAULT_TIMEOUT = 30.0
 # Ceph writes finish before the API answers; the manual warns they can take 30 s or more
 STORAGE_TIMEOUT = 300.0
@@ -39,10 +39,14 @@ def api_path(*segments: str | int) -> str:
 
 
 def encode_values(values: Mapping[str, Value] | None) -> str:
-    """Form encoding; None leaves a value out, booleans become true/false (flags)."""
+    """Form encoding; None leaves a value out, booleans become true/false (flags), a list is
+    the value repeated (the API's list values: `arg`, `filesystem_arg`, tags)."""
     pairs = []
     for name, value in (values or {}).items():
         if value is None:
+            continue
+        if isinstance(value, list):
+            pairs += [(name, item) for item in value]
             continue
         if isinstance(value, bool):
             value = "true" if value else "false"

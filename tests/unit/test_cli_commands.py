@@ -11,7 +11,7 @@ from pvcd.cli.main import cli
 
 EXPECTED = {
     "node": ["list", "info", "primary", "secondary", "flush", "ready"],
-    "vm": ["list", "info", "define", "modify", "undefine", "remove", "start", "shutdown",
+    "vm": ["list", "info", "create", "define", "modify", "undefine", "remove", "start", "shutdown",
            "stop", "restart", "migrate", "unmigrate", "move", "dump", "rename"],
     "network": ["list", "info", "add", "modify", "remove", "lease", "acl"],
     "network lease": ["list", "info", "add", "remove"],
