@@ -11,6 +11,7 @@ missing between the API's check and the task's copy."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +32,7 @@ from pvcd.domain.tasks import TaskRecord, new_id
 from pvcd.lab.lab import Lab
 from pvcd.state.codec import decode, encode
 from pvcd.state.schema import Paths
-from tests.e2e.labclient import LabClient, wait_until, zookeeper_client
+from tests.e2e.labclient import LabClient, LabFactory, wait_until, zookeeper_client
 
 pytestmark = [pytest.mark.slow, pytest.mark.ceph]
 
@@ -296,3 +297,39 @@ def test_a_vm_being_provisioned_takes_no_requests(cluster: Cluster) -> None:
     assert cluster.zk(cluster.paths.vm_status(uuid)) is None  # its node left it alone
     ok(api.call("DELETE", f"/tasks/{task.id}"))  # cancelled: the VM is the operator's to remove
     ok(api.call("DELETE", "/vm/prov1"))
+
+
+def test_a_create_cut_off_with_its_primary_is_cleaned_up_by_the_next(
+        make_lab: LabFactory, tmp_path: Path) -> None:
+    """The primary is SIGKILLed while the task copies its second disk: the next primary
+    declares the task interrupted and removes the VM record and both volumes."""
+    lab, api = make_lab(nodes=2, ceph=True, fencing="none", ceph_memstore_gib=2)
+    cluster = Cluster(lab, api)
+    first = wait_until(api.primary, 30)
+    ok(api.post("/storage/ceph/pool", data={"pool": POOL, "pgs": 16}, timeout=TIMEOUT))
+    for volume, size in (("small", "8M"), ("large", "384M")):
+        ok(api.post("/storage/ceph/volume", data={"pool": POOL, "volume": volume, "size": size},
+                    timeout=TIMEOUT))
+    data = tmp_path / "large.raw"
+    data.write_bytes(os.urandom(384 * MIB))  # real data: the copy takes a while
+    subprocess.run(["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", str(data),
+                    f"rbd:{POOL}/large:id=admin:conf={cluster.conf}:keyring={cluster.keyring}"],
+                   check=True, timeout=TIMEOUT)
+    data.unlink()
+    cluster.write("system", SystemTemplate("small", 1, 64))
+    cluster.write("storage", StorageTemplate("two", [
+        TemplateDisk("sda", POOL, source_volume="small"),
+        TemplateDisk("sdb", POOL, source_volume="large")]))
+    cluster.write("profile", Profile("two", system_template="small", storage_template="two"))
+    accepted = api.post("/provisioner/create", data={"name": "cut1", "profile": "two"})
+    assert accepted.status_code == 202, accepted.text
+    task_id = accepted.json()["task_id"]
+    running = wait_until(lambda: (doc := ok(api.get(f"/tasks/{task_id}")))["state"] == "running"
+                         and len(doc["artifacts"]) == 3 and doc, TIMEOUT, interval=0.005)
+    assert running["run_on"] == first
+    lab.signal_node(first, signal.SIGKILL)
+    ended = wait_until(lambda: (doc := ok(api.get(f"/tasks/{task_id}")))["state"] == "failure"
+                       and not doc["cleanup"] and doc, 240, interval=0.5)
+    assert ended["error"] == "Interrupted" and ended["artifacts"] == [], ended
+    assert wait_until(api.primary, 30) != first
+    assert_nothing_left(cluster, "cut1", ended)

@@ -62,6 +62,8 @@ from pvcd.vmxml import DomainDefinition, parse_domain_xml
 log = logging.getLogger(__name__)
 
 NAME = "provisioner.create"
+UNDO_PATIENCE = 120.0  # seconds an undo retries a volume that cannot be removed yet
+UNDO_RETRY = 1.0
 VOLUME, VM = "volume", "vm"  # artifact kinds
 
 
@@ -72,7 +74,8 @@ class ProvisionerCreate:
                  images: DiskImages, libvirt: LibvirtDriverSection, ceph: CephDriverSection,
                  monitors: Callable[[], tuple[tuple[str, int], ...]], arch: str,
                  clock: Callable[[], float] = time.time,
-                 octets: Callable[[int], bytes] = secrets.token_bytes) -> None:
+                 octets: Callable[[int], bytes] = secrets.token_bytes,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.view = view
         self.store = store
         self.pool_space = pool_space
@@ -83,6 +86,7 @@ class ProvisionerCreate:
         self.arch = arch
         self.clock = clock
         self.octets = octets
+        self.sleep = sleep
         self.steps = StorageSteps(view, store, clock)
 
     def kind(self) -> TaskKind:
@@ -233,12 +237,24 @@ class ProvisionerCreate:
         user = self._handed_over_user(pool, volume)
         if user is not None:
             raise Conflict(f"VM '{user}' uses it and was handed over to its node already")
-        try:
-            self.steps.run("volume-remove", {"pool": pool, "volume": volume,
-                                             "with_snapshots": True})
-        except NotFound:
-            return  # never made (or removed already)
-        log.info("event=provision-volume-removed volume=%s/%s", pool, volume)
+        deadline = time.monotonic() + UNDO_PATIENCE
+        while True:
+            try:
+                self.steps.run("volume-remove", {"pool": pool, "volume": volume,
+                                                 "with_snapshots": True})
+            except NotFound:
+                return  # never made (or removed already)
+            except (Conflict, BackendError) as exc:
+                # a copy cut off with its daemon (its `rbd` outlives a killed process) holds
+                # the image open until it ends: removed once it has
+                if time.monotonic() >= deadline:
+                    raise
+                log.info("event=provision-volume-remove-retry volume=%s/%s error=%s", pool,
+                         volume, exc)
+                self.sleep(UNDO_RETRY)
+                continue
+            log.info("event=provision-volume-removed volume=%s/%s", pool, volume)
+            return
 
     def _handed_over_user(self, pool: str, volume: str) -> str | None:
         for uuid in self.view.vm_uuids():
