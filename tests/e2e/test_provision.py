@@ -32,7 +32,14 @@ from pvcd.domain.tasks import TaskRecord, new_id
 from pvcd.lab.lab import Lab
 from pvcd.state.codec import decode, encode
 from pvcd.state.schema import Paths
-from tests.e2e.labclient import LabClient, LabFactory, wait_until, zookeeper_client
+from tests.e2e.labclient import (
+    LabClient,
+    LabFactory,
+    ok,
+    refused,
+    wait_until,
+    zookeeper_client,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.ceph]
 
@@ -115,17 +122,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield made
     finally:
         lab.down()
-
-
-def ok(response: Any) -> Any:
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def refused(response: Any, *words: str) -> None:
-    assert response.status_code == 510, response.text
-    for word in words:
-        assert word in response.json()["message"], response.json()
 
 
 def provision_tasks(api: LabClient) -> list[dict[str, Any]]:
