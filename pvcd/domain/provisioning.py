@@ -36,6 +36,7 @@ from pvcd.domain.provisioner import (
 GIB = 1 << 30
 VM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 RESERVED_NAMES = ("autobackup", "automirror")  # routes before /vm/<vm> (§5.5)
+MAX_DESCRIPTION = 4096  # characters of the domain's <description>
 # the arguments each built-in method knows (§3.6)
 METHOD_ARGUMENTS: Mapping[str, tuple[str, ...]] = {
     "clone": ("source_snapshot",), "blank": ("cdrom",), "ova": ()}
@@ -198,6 +199,9 @@ def plan_create(request: CreateRequest, objects: ProvisionerObjects, facts: Clus
     name = check_vm_name(request.name)
     if name in facts.vm_names:
         raise Conflict(f"a VM named '{name}' already exists; choose another name")
+    if request.description is not None and len(request.description) > MAX_DESCRIPTION:
+        raise InvalidValue(f"description is {len(request.description)} characters long; at "
+                           f"most {MAX_DESCRIPTION}")
     if request.start_vm and not request.define_vm:
         raise InvalidValue("start_vm cannot be true with define_vm false (a VM that is not "
                            "defined cannot start); leave start_vm out or set it false")

@@ -123,6 +123,8 @@ def test_blank_with_a_cdrom_argument() -> None:
     (CreateRequest("web1", "p", define_vm=False, start_vm=True), None, None, InvalidValue,
      "start_vm"),
     (CreateRequest("web1", "nope"), None, None, NotFound, "profile 'nope'"),
+    (CreateRequest("web1", "p", description="x" * 4097), None, None, InvalidValue,
+     "at most 4096"),
     (None, objects(system_template="gone"), None, NotFound, "system template 'gone'"),
     (None, objects(network_template="gone"), None, NotFound, "network template 'gone'"),
     (None, objects(storage_template="gone"), None, NotFound, "storage template 'gone'"),
