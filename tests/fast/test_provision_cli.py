@@ -1,6 +1,7 @@
 """`pvc vm create NAME --profile P --wait` against the API in process, with the primary's task
 runner carrying out the real `provisioner.create` kind (a profile without disks: no Ceph), and
-the VM record it leaves: defined from the generated XML, handed over to its node."""
+the VM record it leaves: defined from the generated XML, handed over to its node; and a create
+whose name is taken between the API's check and the task's first step."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from pvcd.drivers.disk_images import DiskImages
 from pvcd.state.store import Op
 from pvcd.state.tasks import read_tasks
 from pvcd.vmxml import parse_domain_xml
+from tests.apiclient import ApiClient
 from tests.fakes.api import TOKEN, running_api
 from tests.fakes.nodes import SimCluster
 
@@ -41,8 +43,7 @@ def env(sim: SimCluster) -> Iterator[dict[str, str]]:
                "PVC_CONFIG": "/nonexistent"}
 
 
-def runner_thread(sim: SimCluster, stop: threading.Event) -> threading.Thread:
-    """The primary's runner: runs every pending task as soon as it appears."""
+def primary_runner(sim: SimCluster) -> TaskRunner:
     def space(pool: str) -> PoolSpace:
         raise AssertionError("a profile without disks asks Ceph nothing")
 
@@ -53,6 +54,12 @@ def runner_thread(sim: SimCluster, stop: threading.Event) -> threading.Thread:
     runner = TaskRunner("node1", sim.state.view, sim.state.store, TaskRegistry([kind]),
                         executor="node1/1")
     runner.primary_active = True
+    return runner
+
+
+def runner_thread(sim: SimCluster, stop: threading.Event) -> threading.Thread:
+    """The primary's runner: runs every pending task as soon as it appears."""
+    runner = primary_runner(sim)
 
     def loop() -> None:
         while not stop.wait(0.05):
@@ -94,3 +101,18 @@ def test_vm_create_follows_the_task_and_the_vm_is_handed_over(env: dict[str, str
     assert definition.console == "pty"  # serial by default
     spec2 = view.vm_spec(view.vm_uuid_by_name("web2") or "")
     assert spec2 is not None and spec2.state == "stop"
+
+
+def test_a_name_taken_before_the_record_step_fails_the_task_and_leaves_nothing(
+        env: dict[str, str], sim: SimCluster) -> None:
+    api = ApiClient(env["PVC_URL"], TOKEN)
+    accepted = api.post("/provisioner/create", data={"name": "race", "profile": "empty"})
+    assert accepted.status_code == 202, accepted.text
+    task_id = accepted.json()["task_id"]
+    paths, store = sim.state.paths, sim.state.store
+    store.commit([Op.create(paths.vm_name("race"), {"uuid": "somebody-else"})])
+    primary_runner(sim).reconcile(task_key(task_id))
+    task = next(t for t in read_tasks(sim.state.view) if t.id == task_id)
+    assert (task.state, task.error, task.artifacts) == ("failure", "Conflict", [])
+    assert "a VM named 'race' already exists" in task.message  # judged again by the task
+    assert sim.state.view.vm_uuids() == []  # its record is not left behind
