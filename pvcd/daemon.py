@@ -139,8 +139,8 @@ class NodeDaemon:
         # tasks: this node's, and on coordinators the primary's (docs/tasks.md)
         self._add(build_tasks(self.name, self.view, self.store, config.tasks,
                               TaskRegistry([*production_task_kinds(
-                                  self.view, self.store, config.drivers.ceph, self.uploads,
-                                  clock), *self.plugins.task_kinds]),
+                                  self.view, self.store, config, self.uploads, clock),
+                                  *self.plugins.task_kinds]),
                               coordinator=self.coordinator is not None,
                               resync_interval=timing.resync_interval, clock=clock))
         self._add(self._build_vms())

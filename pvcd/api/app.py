@@ -20,6 +20,7 @@ from pvcd.api import (
     nodes,
     openapi,
     ova,
+    provisioner_create,
     provisioner_profiles,
     provisioner_templates,
     storage,
@@ -53,6 +54,7 @@ ROUTES: list[Route] = [
     *provisioner_profiles.ROUTES,
     *tasks.ROUTES,
     *ova.ROUTES,
+    *provisioner_create.ROUTES,
     *openapi.ROUTES,
     *metrics.ROUTES,
 ]

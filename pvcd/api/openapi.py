@@ -73,6 +73,8 @@ _LONG = (" Answers 200 once Ceph has done it within drivers.ceph.request_timeout
          "the task storage.<op>.")
 _STILL_RUNNING = {202: "Still running after the timeout: {task_id, task_name, run_on, message} "
                       "and a Location header; follow it at /tasks/{task_id}."}
+_TASK_STARTED = {202: "The task was started: {task_id, task_name, run_on, message} and a "
+                      "Location header; follow it at /tasks/{task_id}."}
 _SNAPSHOT = {
     "get": Operation("One snapshot (a one-element list)" + _STORAGE, array_of("Snapshot")),
     "post": Operation("Take this snapshot (PVC 1.0's element form)" + _WAITS),
@@ -160,6 +162,10 @@ ENDPOINTS: dict[str, dict[str, Operation]] = {
         "put": Operation("Replace a VM's libvirt XML (same UUID and name; a new name is refused: "
                          "use /vm/{vm}/rename)"),
         "delete": Operation("Stop and undefine a VM (its node does; the answer waits for it)"),
+        "post": Operation("Create the VM: from a provisioner profile (vm_template: as "
+                          "/provisioner/create with name=<vm>; a task, 202), or from libvirt "
+                          "XML naming <vm> (xml: as POST /vm). Exactly one of the two",
+                          failures=_TASK_STARTED),
     },
     "/vm/<vm>/state": {
         "get": Operation("A VM's state." + _WAIT_GET, ref("VmState"), failures=_WAIT_FAILURES),
@@ -362,6 +368,13 @@ ENDPOINTS: dict[str, dict[str, Operation]] = {
         "delete": Operation("Remove an OVA: its record, its own system template and profile, "
                             "then its volumes. Refused while another profile names the OVA or "
                             "its system template, or a task uses it." + _STORAGE),
+    },
+    "/provisioner/create": {
+        "post": Operation("Create a VM from a profile as the task provisioner.create: its "
+                          "disks, its definition (state provision until they are made), its "
+                          "start. 202 with the task; with `wait`, 200 with the result "
+                          "{name, uuid, node, volumes, macs, defined, started, xml}",
+                          failures=_TASK_STARTED),
     },
     # monitoring
     "/metrics": {

@@ -187,7 +187,7 @@ def flag(name: str, help: str) -> Value[bool]:
                  flag=True)
 
 
-def boolean(name: str, help: str, default: bool = False) -> Value[bool]:
+def boolean(name: str, help: str, default: bool | None = False) -> Value[Any]:
     """A bool (extensions.md §0.2): absent is `default`; present and empty, true, 1, yes or on
     is true; false, 0, no or off is false; anything else is refused."""
     def parse(raw: str) -> bool:
@@ -263,7 +263,7 @@ class Values:
 
 class RawValues:
     """A request's values as texts, from the query string, a form body or a JSON object body
-    (the last one given wins)."""
+    (the last one given wins; every one for a list value, `texts`)."""
 
     def __init__(self, values: Mapping[str, str],
                  lists: Mapping[str, list[str]] | None = None,

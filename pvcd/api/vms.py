@@ -12,34 +12,41 @@ import asyncio
 from typing import Any
 
 from pvcd.api.base import ApiContext, BaseHandler
+from pvcd.api.provisioner_create import CREATE_VALUES, start_create
 from pvcd.api.render import FragmentRenderer
 from pvcd.api.routing import route
 from pvcd.api.storage import check_vm_volumes, vm_removal, vm_volume_failures
+from pvcd.api.tasks import WAIT_FOR_TASK
 from pvcd.api.values import accepts, choice, flag, limit, text, texts
 from pvcd.api.vm_meta_values import META_VALUES, read_meta
 from pvcd.api.vm_rename import rename_vm
 from pvcd.api.waiting import (
+    DEFAULT_WAIT_TIMEOUT,
+    WAIT_TIMEOUT,
     WAIT_VALUES,
     reply_when_settled,
     requested_wait,
     vm_settles,
     wait_until,
 )
-from pvcd.domain.errors import BackendError, Conflict, NotFound
+from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound
 from pvcd.domain.moves import Move, check_migrate, check_unmigrate, holder, reassign
 from pvcd.domain.placement import choose_node, require_node
 from pvcd.domain.records import VmSpec, from_dict
 from pvcd.domain.states import (
     MIGRATE_ACTIONS,
     NODE_SELECTORS,
+    PROVISION_VM_STATE,
     STOPPED_VM_STATES,
     VM_STATE_REQUESTS,
     VM_STATES,
 )
+from pvcd.domain.tasks import busy_task
 from pvcd.domain.vm_meta import check_tag_name, node_limit_of, user_tags
 from pvcd.specs.vms import check_name_kept, check_uuid_kept
 from pvcd.state.request_size import check_request_size
 from pvcd.state.store import Op
+from pvcd.state.tasks import read_tasks
 from pvcd.state.view import ClusterView
 from pvcd.state.vm_move import MoveBasis, move_vm
 from pvcd.state.vm_removal import forget_vm_ops
@@ -142,8 +149,42 @@ class VmBaseHandler(BaseHandler):
         if spec.removing:
             raise Conflict(f"VM '{spec.name}' is being removed")
 
-    def selector(self) -> str | None:
-        return self.values[SELECTOR]
+    def refuse_if_provisioning(self, spec: VmSpec) -> None:
+        """A VM in state `provision` belongs to its `provisioner.create` task until the task
+        hands it over (extensions.md §3.9)."""
+        if spec.state == PROVISION_VM_STATE:
+            task = busy_task([f"vm:{spec.uuid}"], read_tasks(self.ctx.view))
+            by = f" by task {task.id} (GET /api/v1/tasks/{task.id})" if task else ""
+            raise Conflict(f"VM '{spec.name}' is being provisioned{by}; it takes state and node "
+                           "requests once its disks are made; nothing was changed")
+
+    async def define(self, xml: str, wanted_node: str | None, wait: float | None,
+                     path_name: str | None = None) -> None:
+        """Define a VM from `xml` with the metadata and tags of the request (`POST /vm`, and
+        PVC's alias `POST /vm/<vm>`, whose path must name the XML's VM: `path_name`); the
+        handler declares `META_VALUES`, `USER_TAGS` and `PROTECTED_TAGS`."""
+        view = self.ctx.view
+        definition = parse_domain_xml(xml)
+        if path_name is not None and definition.name != path_name:
+            raise InvalidValue(f"the XML names the VM '{definition.name}', not '{path_name}' "
+                               "as the path does; nothing was changed")
+        meta = read_meta(self.values, view)
+        tags = user_tags(self.values[USER_TAGS], self.values[PROTECTED_TAGS])
+        if view.resolve_vm(definition.name) is not None:
+            raise Conflict(f"A VM named '{definition.name}' already exists")
+        if view.cache.exists(view.paths.vm(definition.uuid)):
+            raise Conflict(f"A VM with UUID {definition.uuid} already exists")
+        spec = VmSpec(uuid=definition.uuid, name=definition.name, xml=definition.xml,
+                      node="", memory=definition.memory, vcpu=definition.vcpu,
+                      state="start", info=definition.to_api_fields(), tags=tags, **meta)
+        node = spec.node = choose_node(view.node_loads(), wanted_node, spec.node_selector,
+                                       memory=definition.memory, limit=spec.node_limit)
+        ops = [Op.create(view.paths.vm(spec.uuid), spec.to_doc()),
+               Op.create(view.paths.vm_name(spec.name), {"uuid": spec.uuid})]
+        check_request_size(ops, f"VM '{spec.name}' (its XML and the fields taken from it)")
+        await self.commit(ops)
+        await reply_when_settled(self, wait, vm_settles(view, spec.uuid),
+                                 f"Added VM '{spec.name}' ({spec.uuid}) on node {node}")
 
 
 VM_LIMIT = limit("VM names")
@@ -189,32 +230,18 @@ class VmListHandler(VmBaseHandler):
 
     @accepts(XML, NODE, *META_VALUES, USER_TAGS, PROTECTED_TAGS, *WAIT_VALUES)
     async def post(self) -> None:
-        view = self.ctx.view
-        definition = parse_domain_xml(self.values[XML])
-        meta = read_meta(self.values, view)
-        tags = user_tags(self.values[USER_TAGS], self.values[PROTECTED_TAGS])
-        wait = requested_wait(self.values)
-        if view.resolve_vm(definition.name) is not None:
-            raise Conflict(f"A VM named '{definition.name}' already exists")
-        if view.cache.exists(view.paths.vm(definition.uuid)):
-            raise Conflict(f"A VM with UUID {definition.uuid} already exists")
-        spec = VmSpec(uuid=definition.uuid, name=definition.name, xml=definition.xml,
-                      node="", memory=definition.memory, vcpu=definition.vcpu,
-                      state="start", info=definition.to_api_fields(), tags=tags, **meta)
-        node = spec.node = choose_node(view.node_loads(), self.values[NODE],
-                                       spec.node_selector, memory=definition.memory,
-                                       limit=spec.node_limit)
-        ops = [Op.create(view.paths.vm(spec.uuid), spec.to_doc()),
-               Op.create(view.paths.vm_name(spec.name), {"uuid": spec.uuid})]
-        check_request_size(ops, f"VM '{spec.name}' (its XML and the fields taken from it)")
-        await self.commit(ops)
-        await reply_when_settled(self, wait, vm_settles(view, spec.uuid),
-                                 f"Added VM '{spec.name}' ({spec.uuid}) on node {node}")
+        await self.define(self.values[XML], self.values[NODE], requested_wait(self.values))
 
 
 NEW_XML = text("xml", "The new libvirt domain XML (same UUID).", required=True)
 RESTART = flag("restart", "Restart the VM to apply the change.")
 DELETE_DISKS = flag("delete_disks", "Also remove the VM's RBD volumes.")
+
+
+VM_TEMPLATE = text("vm_template", "Create the VM from this provisioner profile "
+                   "(POST /provisioner/create with name=<vm>, profile=<vm_template>).")
+DEFINE_XML = text("xml", "Define the VM from this libvirt domain XML, whose <name> must be the "
+                  "path's <vm> (PVC 1.0's alias of POST /vm).")
 
 
 class VmHandler(VmBaseHandler):
@@ -224,6 +251,23 @@ class VmHandler(VmBaseHandler):
             raise NotFound(f"VM '{vm}' not found")
         self.reply([obj])
 
+    @accepts(VM_TEMPLATE, DEFINE_XML, NODE, *META_VALUES, USER_TAGS, PROTECTED_TAGS,
+             WAIT_TIMEOUT, *CREATE_VALUES)
+    async def post(self, vm: str) -> None:
+        """The manual's `POST /vm/<vm>` (extensions.md §3.9): `vm_template` or `xml`."""
+        template, xml = self.values[VM_TEMPLATE], self.values[DEFINE_XML]
+        if (template is None) == (xml is None):
+            raise InvalidValue("give exactly one of vm_template (a provisioner profile to "
+                               "create the VM from) and xml (a domain XML to define)")
+        if template is not None:
+            await start_create(self, vm, template)
+            return
+        assert xml is not None
+        timeout = self.values[WAIT_TIMEOUT]
+        wait = (DEFAULT_WAIT_TIMEOUT if timeout is None else timeout) \
+            if self.values[WAIT_FOR_TASK] else None
+        await self.define(xml, self.values[NODE], wait, path_name=vm)
+
     @accepts(NEW_XML, RESTART)
     async def put(self, vm: str) -> None:
         view = self.ctx.view
@@ -232,6 +276,7 @@ class VmHandler(VmBaseHandler):
         restart = self.values[RESTART]
         check_uuid_kept(definition, spec.uuid)
         self.refuse_if_removing(spec)
+        self.refuse_if_provisioning(spec)
         check_name_kept(definition, spec.name)  # nothing was changed
         spec.xml = definition.xml
         spec.memory, spec.vcpu, spec.info = definition.memory, definition.vcpu, \
@@ -250,6 +295,8 @@ class VmHandler(VmBaseHandler):
         view = self.ctx.view
         spec, version = self.vm_spec(vm)
         self.refuse_if_removing(spec)
+        if busy_task([f"vm:{spec.uuid}"], read_tasks(view)) is not None:
+            self.refuse_if_provisioning(spec)  # (its task removes it if it fails)
         volumes: list[tuple[str, str]] = []
         if self.values[DELETE_DISKS]:
             volumes = parse_domain_xml(spec.xml, default_uuid=spec.uuid).rbd_volumes()
@@ -306,6 +353,7 @@ class VmStateHandler(VmBaseHandler):
     async def post(self, vm: str) -> None:
         spec, version = self.vm_spec(vm)
         self.refuse_if_removing(spec)
+        self.refuse_if_provisioning(spec)
         wanted = self.values[STATE]
         wait = requested_wait(self.values)
         spec.state_request += 1
@@ -338,7 +386,7 @@ class VmNodeHandler(VmBaseHandler):
         view = self.ctx.view
         uuid = self.vm_uuid(vm)
         action = self.values[ACTION]
-        given_selector = self.selector()
+        given_selector = self.values[SELECTOR]
         permanent, force = self.values[PERMANENT], self.values[FORCE]
         wait = requested_wait(self.values)
         chosen: dict[str, str] = {}
@@ -347,6 +395,7 @@ class VmNodeHandler(VmBaseHandler):
             """The move, on the spec, status and claim as ZooKeeper has them now."""
             spec, status, owner = basis.spec, basis.status, basis.owner
             self.refuse_if_removing(spec)
+            self.refuse_if_provisioning(spec)
             memory = spec.memory if spec.state not in STOPPED_VM_STATES else 0
             if action == "unmigrate":
                 target = require_node(view.node_loads(), check_unmigrate(spec), memory)

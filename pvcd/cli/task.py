@@ -88,6 +88,12 @@ def task_info(cli: CliContext, task_id: str) -> None:
 @pass_cli
 def task_wait(cli: CliContext, task_id: str, timeout: float) -> None:
     """Follow a task until it ends, showing its progress."""
+    follow_task(cli, task_id, timeout)
+
+
+def follow_task(cli: CliContext, task_id: str, timeout: float) -> dict[str, Any]:
+    """Follow task `task_id` to its end with a progress display (the module docstring); the
+    finished task, or ApiFailure (it failed) or WaitTimedOut."""
     stream = sys.stderr
     interactive = stream.isatty() and cli.env.get("TERM", "") not in ("", "dumb")
     progress: ProgressBar | None = None
@@ -120,3 +126,4 @@ def task_wait(cli: CliContext, task_id: str, timeout: float) -> None:
         raise ApiFailure(str(doc.get("message") or "the task failed"), 510, doc)
     if not cli.json:
         cli.message(str(doc.get("message") or "done"))
+    return doc

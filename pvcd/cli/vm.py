@@ -26,10 +26,12 @@ from pvcd.cli.context import (
 )
 from pvcd.cli.editor import edit_text
 from pvcd.cli.output import Column, Row, field, render_fields, render_table, size_mib
+from pvcd.cli.task import follow_task
 from pvcd.cli.vm_meta import MIGRATION_METHODS, NODE_SELECTORS, vm_meta, vm_tag
 
 SELECTORS = NODE_SELECTORS
-STATES = ("start", "restart", "shutdown", "stop", "failed", "migrate", "unmigrate", "disable")
+STATES = ("start", "restart", "shutdown", "stop", "failed", "migrate", "unmigrate", "disable",
+          "provision")
 
 
 def migrated(vm: Row) -> str:
@@ -189,6 +191,38 @@ def vm_define(cli: CliContext, xml_file: TextIO, node: str | None, selector: str
              "autostart": autostart or None, "migration_method": migration_method,
              "user_tags": list(tags), "protected_tags": list(protected_tags)},
             wait and name is not None, timeout)
+
+
+@vm.command("create")
+@click.argument("name")
+@click.option("--profile", "-p", required=True, help="The provisioner profile to create it from.")
+@click.option("--arg", "-a", "args", multiple=True, metavar="NAME=VALUE",
+              help="An argument of the profile's install method (overrides the profile's); "
+                   "repeatable.")
+@click.option("--description", "-d", help="The domain's description.")
+@click.option("--no-define", is_flag=True,
+              help="Only make the disks; the task's result holds the XML (implies --no-start).")
+@click.option("--no-start", is_flag=True, help="Define the VM but leave it stopped.")
+@click.option("--wait", "-w", is_flag=True,
+              help="Follow the task to its end with a progress display.")
+@click.option("--timeout", type=click.FloatRange(min=0), default=3600.0, show_default=True,
+              metavar="SECONDS", help="How long --wait follows the task.")
+@format_option
+@pass_cli
+def vm_create(cli: CliContext, name: str, profile: str, args: tuple[str, ...],
+              description: str | None, no_define: bool, no_start: bool, wait: bool,
+              timeout: float) -> None:
+    """Create VM NAME from a provisioner profile (its disks, its definition, its start), as the
+    task provisioner.create."""
+    values: dict[str, Any] = {
+        "name": name, "profile": profile, "arg": list(args) or None,
+        "description": description, "define_vm": False if no_define else None,
+        "start_vm": False if no_start or no_define else None}
+    accepted = cli.client.post_doc(api_path("provisioner", "create"), values)
+    if not wait:
+        cli.message(str(accepted.get("message")), accepted if cli.json else None)
+        return
+    follow_task(cli, str(accepted["task_id"]), timeout)
 
 
 @vm.command("modify")

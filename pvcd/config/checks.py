@@ -154,6 +154,13 @@ def absolute_path(value: str) -> str | None:
     return None if value.startswith("/") else f"expected an absolute path, got {value!r}"
 
 
+def uuid_text(value: str) -> str | None:
+    """A UUID in its 8-4-4-4-12 hexadecimal form (a libvirt secret's)."""
+    if re.fullmatch(r"[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}", value):
+        return None
+    return f"must be a UUID like 8c5b4d9e-0f3a-4c1e-9a7b-2d6e5f4a3b21, got {describe(value)}"
+
+
 def unix_user(value: str) -> str | None:
     if re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", value):
         return None

@@ -28,6 +28,7 @@ from pvcd.config.checks import (
     one_of,
     token_value,
     unix_user,
+    uuid_text,
     zookeeper_root,
     zookeeper_user,
 )
@@ -281,6 +282,13 @@ class LibvirtDriverSection:
     # how the other nodes' libvirt reaches this one for live migration (e.g.
     # qemu+tcp://10.0.0.2/system); null: the same as `uri`
     peer_uri: str | None = field(default=None, metadata=checks(not_empty))
+    # the `type` of domains the provisioner generates: `kvm`, or `qemu` (TCG, no hardware
+    # virtualisation: nested or KVM-less hosts)
+    domain_type: str = field(default="kvm", metadata=checks(one_of("kvm", "qemu")))
+    # where generated domains log their serial console (`<name>.log`), which the VM's node
+    # follows for `GET /vm/<vm>/console`
+    console_log_directory: str = field(default="/var/log/libvirt/pvcd",
+                                       metadata=checks(absolute_path))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -331,6 +339,10 @@ class CephDriverSection:
     # osd_run_dir)
     osd_launcher: str = field(default="systemd", metadata=checks(one_of("systemd", "process")))
     osd_run_dir: str = field(default="/run/pvcd/ceph-osd", metadata=checks(absolute_path))
+    # how guests reach RBD in generated domain XML: the cephx user and the libvirt secret
+    # holding its key (null: no <auth>, for clusters without cephx for guests)
+    libvirt_user: str = field(default="libvirt", metadata=checks(not_empty))
+    libvirt_secret_uuid: str | None = field(default=None, metadata=checks(uuid_text))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -33,7 +33,7 @@ from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound
 from pvcd.domain.moves import Move, reassign
 from pvcd.domain.placement import select_target_node
 from pvcd.domain.records import FenceRecord, NodeSpec, NodeStatus, VmSpec, from_dict
-from pvcd.domain.states import STOPPED_VM_STATES
+from pvcd.domain.states import PROVISION_VM_STATE, STOPPED_VM_STATES
 from pvcd.domain.vm_meta import node_limit_of
 from pvcd.drivers.fence import FenceDriver, FenceTarget, fence_driver
 from pvcd.state.store import Op, Store
@@ -140,8 +140,8 @@ class FencingController:
         pending = 0
         for uuid in self.view.vm_uuids():
             spec = self.view.vm_spec(uuid)
-            if spec is None:
-                continue
+            if spec is None or spec.state == PROVISION_VM_STATE:
+                continue  # (a VM being provisioned is placed again by its task at the end)
             migration_from_dead = spec.migration is not None and spec.migration.source == node
             if spec.node != node and not migration_from_dead:
                 continue

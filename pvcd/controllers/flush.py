@@ -28,7 +28,7 @@ from pvcd.domain.errors import Conflict, InvalidValue, NotFound
 from pvcd.domain.moves import Move, migration_pending, reassign
 from pvcd.domain.placement import select_target_node
 from pvcd.domain.records import VmSpec, from_dict
-from pvcd.domain.states import STOPPED_VM_STATES
+from pvcd.domain.states import PROVISION_VM_STATE, STOPPED_VM_STATES
 from pvcd.domain.vm_meta import node_limit_of
 from pvcd.state.store import Store
 from pvcd.state.view import ClusterView
@@ -45,6 +45,8 @@ def flush_step(view: ClusterView, store: Store, node: str, running: Collection[s
         spec, status = view.vm_spec(uuid), view.vm_status(uuid)
         if spec is None or spec.removing:
             continue  # (one being removed is taken down where it is: `running` tells)
+        if spec.state == PROVISION_VM_STATE:
+            continue  # runs nowhere yet; its task places it again if its node is not ready
         if migration_pending(spec, status):
             assert spec.migration is not None
             if node in (spec.node, spec.migration.source):
@@ -72,7 +74,7 @@ def ready_step(view: ClusterView, store: Store, node: str) -> bool:
     settled = True
     for uuid in view.vm_uuids():
         spec, status = view.vm_spec(uuid), view.vm_status(uuid)
-        if spec is None:
+        if spec is None or spec.state == PROVISION_VM_STATE:
             continue
         if migration_pending(spec, status):
             assert spec.migration is not None

@@ -10,18 +10,21 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from pvcd.config import CephDriverSection
+from pvcd.config import Config
 from pvcd.controllers.ova_upload import CephAccess, OvaImporter
+from pvcd.controllers.provisioner import provisioner_task_kinds
 from pvcd.controllers.tasks import TaskKind
 from pvcd.state.store import Store
 from pvcd.state.view import ClusterView
 from pvcd.upload_pipe import UploadPipes
 
 
-def production_task_kinds(view: ClusterView, store: Store, ceph: CephDriverSection,
+def production_task_kinds(view: ClusterView, store: Store, config: Config,
                           uploads: UploadPipes, clock: Callable[[], float] = time.time
                           ) -> list[TaskKind]:
     """The task kinds every node can run (spec extensions.md §1.4)."""
+    ceph = config.drivers.ceph
     access = CephAccess(str(ceph.conf_file), str(ceph.keyring), float(ceph.request_timeout),
                         float(ceph.command_timeout))
-    return [OvaImporter(view, store, uploads, access, clock).kind()]
+    return [OvaImporter(view, store, uploads, access, clock).kind(),
+            *provisioner_task_kinds(view, store, config)]

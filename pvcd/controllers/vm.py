@@ -35,7 +35,7 @@ from pvcd.controllers.vm_removal import VmRemover
 from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound
 from pvcd.domain.moves import keep_at_source
 from pvcd.domain.records import Migration, VmSpec, VmStatus, from_dict
-from pvcd.domain.states import domain_active
+from pvcd.domain.states import PROVISION_VM_STATE, domain_active
 from pvcd.specs.vms import check_vm_document
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
@@ -117,6 +117,8 @@ class VmController:
             return DONE
         if spec.removing:  # never started again: taken down, then forgotten (vm_removal)
             return self.remover.reconcile(spec, domain)
+        if spec.state == PROVISION_VM_STATE:
+            return DONE  # its provisioner task still makes its disks; it hands it over after
         # acted on only if valid by the API's own rules: anything that reaches ZooKeeper can
         # write this document (docs/security.md, "Daemons re-validate")
         invalid = _invalid(uuid, spec)

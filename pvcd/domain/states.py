@@ -10,7 +10,11 @@ DOMAIN_STATES = ("ready", "flush", "flushed", "unflush")
 VM_STATE_REQUESTS = ("start", "shutdown", "stop", "restart")
 # desired VM states in which it should not run: its memory is not counted on its node
 STOPPED_VM_STATES = ("stop", "shutdown", "disable")
-VM_STATES = ("start", "restart", "shutdown", "stop", "failed", "migrate", "unmigrate", "disable")
+# a VM whose `provisioner.create` task is still making its disks (extensions.md §3.9): no node
+# acts on it, state and node requests are refused; its memory counts as assigned on its node
+PROVISION_VM_STATE = "provision"
+VM_STATES = ("start", "restart", "shutdown", "stop", "failed", "migrate", "unmigrate", "disable",
+             PROVISION_VM_STATE)
 SELECTORS = ("mem", "vcpus", "load", "vms")
 # a VM's `node_selector` (extensions.md §6.1): PVC's words; `none` is the cluster default and
 # `memprov` is `mem` (pvcd's `mem` already counts the memory assigned to VMs)

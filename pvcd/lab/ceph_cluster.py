@@ -19,7 +19,8 @@ from pvcd.lab.ceph import ThrowawayCeph
 from pvcd.lab.ceph_daemons import CephLabError, Daemon
 
 
-def start_lab_ceph(workdir: Path, nodes: int) -> tuple[ThrowawayCeph, dict[str, Any]]:
+def start_lab_ceph(workdir: Path, nodes: int,
+                   memstore_bytes: int = 1 << 30) -> tuple[ThrowawayCeph, dict[str, Any]]:
     """A throwaway Ceph in `workdir` (1 mon, 1 mgr, 2 memstore OSDs) whose OSDs belong to
     node1, node2, ...: each is placed under its node's CRUSH host, and OSDs no longer move
     themselves to the machine's host name when they start. Returns it and its lab.json entry."""
@@ -29,7 +30,8 @@ def start_lab_ceph(workdir: Path, nodes: int) -> tuple[ThrowawayCeph, dict[str, 
     # "laggy" for good: reads to it wait "for readable" forever, because only a replica's
     # lease ack makes the primary look at its lease again (seen here: `rbd create` hung
     # after an OSD add; with a replica the same op completes at once).
-    ceph = ThrowawayCeph(workdir, osds=2, die_with_parent=False, pool_size=2)
+    ceph = ThrowawayCeph(workdir, osds=2, die_with_parent=False, pool_size=2,
+                         memstore_bytes=memstore_bytes)
     ceph.start()
     ceph.ceph(["config", "set", "osd", "osd_crush_update_on_start", "false"])
     tree = json.loads(ceph.ceph(["osd", "tree", "--format", "json"]))

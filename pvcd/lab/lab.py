@@ -84,14 +84,16 @@ class Lab:
            fence_overrides: dict[str, str] | None = None,
            dead_threshold: int = 3, libvirt: str = "test",
            ceph_stats_interval: float = 2.0, watchdog_timeout: int | None = None,
-           zookeeper_tls: bool = False) -> LabInfo:
+           zookeeper_tls: bool = False, ceph_memstore_gib: int = 1) -> LabInfo:
         """`libvirt`: "test" (a `test:///` file per node, inside its daemon) or "qemu" (a real
         libvirtd per node, tiny QEMU guests that boot and live-migrate). `fencing` None: "lab"
         with the test driver, "none" with QEMU (the lab fence kills only the node's daemon;
         its QEMU guests would survive and run twice once recovered elsewhere).
         `watchdog_timeout`: every node arms the lab's fake watchdog (`pvcd.lab.watchdog`) with
         it, and a watchdog board process resets nodes that stop petting theirs.
-        `zookeeper_tls`: the nodes reach ZooKeeper over TLS only (its secureClientPort)."""
+        `zookeeper_tls`: the nodes reach ZooKeeper over TLS only (its secureClientPort).
+        `ceph_memstore_gib`: each memstore OSD's capacity (RAM, taken only as data is written;
+        the pools' free space follows it)."""
         if self.lab_file.exists():
             raise RuntimeError(f"a lab is already described in {self.lab_file}; "
                                "run `pvcd lab down` first")
@@ -139,7 +141,8 @@ class Lab:
         if ceph:
             self.info = info
             try:
-                self.ceph, info.ceph = start_lab_ceph(self.workdir / "ceph", nodes)
+                self.ceph, info.ceph = start_lab_ceph(self.workdir / "ceph", nodes,
+                                                      ceph_memstore_gib << 30)
             except BaseException:
                 self.down()
                 raise
@@ -282,8 +285,11 @@ class Lab:
         unix socket, the memory over loopback), or an empty `test:///` file."""
         if self.libvirtd is not None:
             instance = self.libvirtd[index - 1]
+            # TCG: KVM Linux guests hang on the machines the lab runs on (platform notes)
+            (folder / "consoles").mkdir(exist_ok=True)
             return {"uri": instance.uri, "peer_uri": instance.peer_uri,
-                    "migration_uri": QEMU_LAB_MIGRATION_URI}
+                    "migration_uri": QEMU_LAB_MIGRATION_URI, "domain_type": "qemu",
+                    "console_log_directory": str(folder / "consoles")}
         state = folder / "libvirt-test.xml"
         state.write_text("<node>\n</node>\n")  # an empty test:/// hypervisor
         return {"uri": f"test://{state}"}

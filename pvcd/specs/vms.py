@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from pvcd.domain.errors import InvalidValue
 from pvcd.domain.records import VmSpec
+from pvcd.domain.states import PROVISION_VM_STATE
 from pvcd.domain.vm_meta import check_vm_meta
 from pvcd.vmxml import DomainDefinition, parse_domain_xml
 
 # the desired states the API writes (a restart request is stored as `start` and a counter)
-STORED_VM_STATES = ("start", "shutdown", "stop", "disable")
+STORED_VM_STATES = ("start", "shutdown", "stop", "disable", PROVISION_VM_STATE)
 
 
 def check_uuid_kept(definition: DomainDefinition, uuid: str) -> None:

@@ -63,3 +63,16 @@ def zookeeper_client(lab: Lab) -> Iterator[KazooClient]:
     finally:
         client.stop()
         client.close()
+
+
+def ok(response: Any) -> Any:
+    """The JSON of a 200 answer (the assertion shows the body otherwise)."""
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def refused(response: Any, *words: str) -> None:
+    """A 510 whose message holds every one of `words`."""
+    assert response.status_code == 510, response.text
+    for word in words:
+        assert word in response.json()["message"], response.json()

@@ -18,7 +18,7 @@ import pytest
 
 from pvcd.lab.guest import tiny_guest_xml
 from pvcd.lab.lab import Lab
-from tests.e2e.labclient import LabClient, wait_until
+from tests.e2e.labclient import LabClient, ok, refused, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.ceph]
 
@@ -74,17 +74,6 @@ def rbd(volume_lab: tuple[Lab, LabClient]) -> Rbd:
 
 def call(api: LabClient, method: str, path: str, **values: Any) -> Any:
     return api.call(method, path, params=values, timeout=TIMEOUT)
-
-
-def ok(response: Any) -> Any:
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def refused(response: Any, *words: str) -> None:
-    assert response.status_code == 510, response.text
-    for word in words:
-        assert word in response.json()["message"], response.json()
 
 
 @pytest.fixture

@@ -11,8 +11,9 @@ from pvcd.cli.main import cli
 
 EXPECTED = {
     "node": ["list", "info", "primary", "secondary", "flush", "ready"],
-    "vm": ["list", "info", "define", "modify", "undefine", "remove", "start", "shutdown",
-           "stop", "restart", "migrate", "unmigrate", "move", "dump", "rename", "meta", "tag"],
+    "vm": ["list", "info", "create", "define", "modify", "undefine", "remove", "start",
+           "shutdown", "stop", "restart", "migrate", "unmigrate", "move", "dump", "rename",
+           "meta", "tag"],
     "vm tag": ["get", "add", "remove"],
     "network": ["list", "info", "add", "modify", "remove", "lease", "acl"],
     "network lease": ["list", "info", "add", "remove"],

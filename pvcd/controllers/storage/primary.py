@@ -273,10 +273,11 @@ class PrimaryStorage:
             if not isinstance(exc, Conflict | NotFound):  # a partial copy of ours is left
                 self._remove_partial(pool, new)
             raise
-        info = self.ceph.volume_info(pool, new)
-        record = VolumeRecord(new, pool, info.stats)
-        return Outcome(f"Cloned RBD volume {source} to {pool}/{new} ({info.size} bytes)",
-                       {"pool": pool, "volume": new, "source": source, "size": info.size},
+        # a copy has its source's size; the rest of `rbd info` follows from the volume refresh
+        # queued after the request (as after volume-add): one Ceph client start less
+        record = VolumeRecord(new, pool, {"name": new, "size": size})
+        return Outcome(f"Cloned RBD volume {source} to {pool}/{new} ({size} bytes)",
+                       {"pool": pool, "volume": new, "source": source, "size": size},
                        lambda: self.mirror.volume(record))
 
     def _remove_partial(self, pool: str, volume: str) -> None:

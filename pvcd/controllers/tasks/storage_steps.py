@@ -34,10 +34,13 @@ _ERRORS: dict[str, type[PvcError]] = {"InvalidValue": InvalidValue, "NotFound": 
 
 def run_storage_request(view: ClusterView, store: Store, op: str, args: dict[str, Any],
                         timeout: float, clock: Callable[[], float] = time.time,
-                        monotonic: Callable[[], float] = time.monotonic) -> StorageRequest:
+                        monotonic: Callable[[], float] = time.monotonic,
+                        check: Callable[[], None] = lambda: None) -> StorageRequest:
     """Write storage request `op` for the primary and wait up to `timeout` s for its end: the
     request when done; the executor's error (its class) when failed; BackendError at the
-    timeout (the request keeps going)."""
+    timeout (the request keeps going). `check` (a task's `TaskContext.check`) is called at
+    every look, so a stopped task stops waiting (the request goes on; an undo on the same
+    volume queues behind it on the primary)."""
     check_storage_request(op, args)
     request = StorageRequest(id=new_id(clock()), op=op, args=args, target=PRIMARY_TARGET,
                              created=clock())
@@ -59,6 +62,7 @@ def run_storage_request(view: ClusterView, store: Store, op: str, args: dict[str
                 return current
             if current.state == "failed":
                 raise _ERRORS.get(current.error or "", BackendError)(current.message)
+            check()
             left = deadline - monotonic()
             if left <= 0:
                 raise BackendError(f"storage request {request.id} ({op}) has not finished "
@@ -67,3 +71,18 @@ def run_storage_request(view: ClusterView, store: Store, op: str, args: dict[str
             wake.clear()
     finally:
         view.cache.unsubscribe(changed)
+
+
+class StorageSteps:
+    """`run_storage_request` bound to one view, store and clock (a task kind's steps)."""
+
+    def __init__(self, view: ClusterView, store: Store,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.view = view
+        self.store = store
+        self.clock = clock
+
+    def run(self, op: str, args: dict[str, Any], check: Callable[[], None] = lambda: None,
+            timeout: float = 3600.0) -> StorageRequest:
+        return run_storage_request(self.view, self.store, op, args, timeout, self.clock,
+                                   check=check)
