@@ -33,6 +33,7 @@ from pvcd.api.tasks import TASK_VALUES, answer_task, create_task, task_location
 from pvcd.api.values import accepts, integer, limit, text
 from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound, PvcError
 from pvcd.domain.provisioner import Ova
+from pvcd.domain.states import TASK_FINISHED_STATES
 from pvcd.domain.tasks import TaskRecord, busy_task
 from pvcd.specs.provisioner import check_object_name
 from pvcd.state.provisioner import read_objects
@@ -270,7 +271,11 @@ def refuse_ova_removal(view: ClusterView, ova: Ova) -> None:
     if users:
         raise Conflict(f"OVA {ova.name} (or its system template) is used by the profiles "
                        f"{', '.join(users)}; change or remove them first; nothing was changed")
-    busy = busy_task([ova_key(ova.name)], read_tasks(view))
+    tasks = read_tasks(view)
+    busy = busy_task([ova_key(ova.name)], tasks) or next(
+        (task for task in tasks if task.name == "provisioner.create"
+         and task.state not in TASK_FINISHED_STATES
+         and task.args.get("profile") == own_profile), None)
     if busy is not None:
         raise Conflict(f"OVA {ova.name} is in use by task {busy.id} ({busy.name}, {busy.state}); "
                        f"try again when it has finished (GET {task_location(busy.id)}); "

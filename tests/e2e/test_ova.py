@@ -45,7 +45,8 @@ MIB = 1 << 20
 
 @pytest.fixture(scope="module")
 def ova_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, Rbd, LabClient]]:
-    with running_lab(tmp_path_factory.mktemp("ova") / "lab", nodes=1, ceph=True) as (lab, api):
+    with running_lab(tmp_path_factory.mktemp("ova") / "lab", nodes=1, ceph=True,
+                     ceph_memstore_gib=3) as (lab, api):
         yield lab, Rbd(lab), api
 
 
@@ -362,3 +363,28 @@ def test_a_primary_killed_mid_upload_leaves_no_volume(make_lab: LabFactory) -> N
     assert ended["error"] == "Interrupted" and ended["artifacts"] == [], ended["message"]
     assert ova_volumes(rbd, pool) == []
     assert api.call("GET", "/provisioner/ova/killed").status_code == 510
+
+
+def test_a_vm_created_from_an_ova_profile_holds_the_converted_disk(
+        api: LabClient, rbd: Rbd, pool: str, disks: list[tuple[str, bytes, bytes]],
+        tmp_path: Path) -> None:
+    """The `ova` install method (§3.6): the OVA's stored VMDK converted by qemu-img into the
+    VM's disk, grown to the capacity the OVF declares."""
+    name, raw, vmdk = disks[0]
+    ovf = ovf_text([(name, 1)]).encode()
+    files = [("test.ovf", ovf), (name, vmdk)]
+    body = tar_of([files[0], ("test.mf", manifest(files)), *files[1:]])
+    assert upload(api, body, name="appl2", pool=pool).status_code == 200
+    created = api.call("POST", "/provisioner/create", timeout=TIMEOUT, params={
+        "name": "ovavm1", "profile": "appl2", "start_vm": "false", "wait": 1})
+    assert created.status_code == 200, created.text
+    result = created.json()["result"]
+    assert result["volumes"] == [f"{pool}/ovavm1_sda"] and result["defined"] is True
+    exported = tmp_path / "disk.raw"
+    rbd.run("export", "--no-progress", f"{pool}/ovavm1_sda", str(exported))
+    assert exported.stat().st_size == 1 << 30
+    with exported.open("rb") as disk:
+        assert disk.read(len(raw)) == raw
+    removed = api.call("DELETE", "/vm/ovavm1", params={"delete_disks": 1}, timeout=TIMEOUT)
+    assert removed.status_code == 200, removed.text
+    assert api.call("DELETE", "/provisioner/ova/appl2", timeout=TIMEOUT).status_code == 200
