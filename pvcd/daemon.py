@@ -45,10 +45,13 @@ from pvcd.controllers.floating import build_floating_ips
 from pvcd.controllers.node import NodeController, NodeStatusWriter
 from pvcd.controllers.self_fence import DeclaredDead
 from pvcd.controllers.storage import build_storage
-from pvcd.controllers.tasks import TaskRegistry, build_tasks
+from pvcd.controllers.tasks import TaskKind, TaskRegistry, build_tasks
+from pvcd.controllers.tasks.storage_calls import StorageCalls
+from pvcd.controllers.uploads import UploadService, upload_task_kind
 from pvcd.controllers.vm import VmController, vm_key
 from pvcd.domain.errors import ConfigError, Conflict
 from pvcd.domain.records import NodeSpec, NodeStatus, from_dict
+from pvcd.drivers.ceph.driver import CephDriver
 from pvcd.drivers.fence import fence_driver
 from pvcd.drivers.host import HostDriver, pid_alive
 from pvcd.drivers.libvirt import LibvirtDriver
@@ -128,7 +131,7 @@ class NodeDaemon:
                                 extra_osds=self.plugins.extra_osds))
         # tasks: this node's, and on coordinators the primary's (docs/tasks.md)
         self._add(build_tasks(self.name, self.view, self.store, config.tasks,
-                              TaskRegistry(self.plugins.task_kinds),
+                              TaskRegistry([*self._task_kinds(), *self.plugins.task_kinds]),
                               coordinator=self.coordinator is not None,
                               resync_interval=timing.resync_interval, clock=clock))
         self._add(self._build_vms())
@@ -147,13 +150,32 @@ class NodeDaemon:
         for service in wiring.services:
             self.services.add(service.name, service.start, service.stop)
 
+    def _task_kinds(self) -> list[TaskKind]:
+        """The production task kinds (spec §1.4), the same on every node: the primary undoes
+        the artifacts of an interrupted task whichever node ran it."""
+        ceph = self.config.drivers.ceph
+        calls = StorageCalls(self.view, self.store, self.clock)
+        return [
+            upload_task_kind(calls, ceph.request_timeout),
+        ]
+
+    def _upload_service(self) -> UploadService | None:
+        """Uploads are received by the API's process (a coordinator that manages Ceph)."""
+        ceph = self.config.drivers.ceph
+        if not ceph.enabled:
+            return None
+        return UploadService(self.name, self.view, self.store,
+                             CephDriver(ceph.conf_file, ceph.keyring,
+                                        timeout=ceph.command_timeout),
+                             ceph.request_timeout, self.config.tasks.workers, self.clock)
+
     def _make_api(self, metrics: Metrics) -> ApiServer:
         api, ceph = self.config.api, self.config.drivers.ceph
         ctx = make_context(
             self.view, self.store, self.name, api.auth.enabled,
             Tokens.from_config([(t.token, t.description) for t in api.auth.tokens]),
             storage_request_timeout=ceph.request_timeout if ceph.enabled else None,
-            clock=self.clock, registry=metrics, api=api)
+            clock=self.clock, registry=metrics, api=api, upload_service=self._upload_service())
         ssl_context = None
         if api.tls.enabled and api.tls.cert_file and api.tls.key_file:
             ssl_context = make_ssl_context(api.tls.cert_file, api.tls.key_file)

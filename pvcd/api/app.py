@@ -21,6 +21,7 @@ from pvcd.api import (
     openapi,
     storage,
     tasks,
+    uploads,
     vms,
     volumes,
 )
@@ -30,6 +31,7 @@ from pvcd.api.ratelimit import FailureLimiter
 from pvcd.api.requestlog import log_request
 from pvcd.api.routing import Route
 from pvcd.api.sessions import Sessions
+from pvcd.api.upload_port import Uploads
 from pvcd.config.schema import ApiSection
 from pvcd.state.store import Store
 from pvcd.state.view import ClusterView
@@ -42,6 +44,7 @@ ROUTES: list[Route] = [
     *cluster.ROUTES,
     *storage.ROUTES,
     *volumes.ROUTES,
+    *uploads.ROUTES,
     *tasks.ROUTES,
     *openapi.ROUTES,
     *metrics.ROUTES,
@@ -52,7 +55,8 @@ def make_context(view: ClusterView, store: Store, node_name: str, auth_enabled: 
                  tokens: Tokens, storage_request_timeout: float | None = None,
                  clock: Callable[[], float] = time.time,
                  registry: metrics.Metrics | None = None,
-                 api: ApiSection | None = None) -> ApiContext:
+                 api: ApiSection | None = None,
+                 upload_service: Uploads | None = None) -> ApiContext:
     """The API's context with its list renderers and its metrics (`registry`: the daemon's
     own, which also reads its controllers and this context's requests in flight; else a new
     one of the API alone). `api`: the config section with the session lifetime, the body
@@ -67,7 +71,8 @@ def make_context(view: ClusterView, store: Store, node_name: str, auth_enabled: 
                      failures=FailureLimiter(api.auth.max_failures, api.auth.failure_window,
                                              clock),
                      max_body_size=api.max_body_size, task_wait=api.task_wait,
-                     storage_request_timeout=storage_request_timeout, clock=clock,
+                     storage_request_timeout=storage_request_timeout,
+                     uploads=upload_service, clock=clock,
                      metrics=registry)
     return ctx
 

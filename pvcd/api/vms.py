@@ -17,6 +17,7 @@ from pvcd.api.routing import route
 from pvcd.api.storage import check_vm_volumes, vm_removal, vm_volume_failures
 from pvcd.api.values import accepts, choice, flag, limit, text
 from pvcd.api.vm_rename import rename_vm
+from pvcd.api.volumes import refuse_busy_disks
 from pvcd.api.waiting import (
     WAIT_VALUES,
     reply_when_settled,
@@ -167,6 +168,7 @@ class VmListHandler(VmBaseHandler):
             raise Conflict(f"A VM named '{definition.name}' already exists")
         if view.cache.exists(view.paths.vm(definition.uuid)):
             raise Conflict(f"A VM with UUID {definition.uuid} already exists")
+        refuse_busy_disks(view, definition.name, definition.disks)
         node = choose_node(view.node_loads(), self.values[NODE], selector,
                            memory=definition.memory)
         spec = VmSpec(uuid=definition.uuid, name=definition.name, xml=definition.xml,
@@ -205,6 +207,7 @@ class VmHandler(VmBaseHandler):
         spec.memory, spec.vcpu, spec.info = definition.memory, definition.vcpu, \
             definition.to_api_fields()
         if restart:
+            refuse_busy_disks(view, spec.name, definition.disks)
             spec.restart_request += 1
             spec.state = "start"
         ops = [Op.set(view.paths.vm(spec.uuid), spec.to_doc(), version)]
@@ -276,6 +279,9 @@ class VmStateHandler(VmBaseHandler):
         self.refuse_if_removing(spec)
         wanted = self.values[STATE]
         wait = requested_wait(self.values)
+        if wanted in ("start", "restart"):
+            refuse_busy_disks(self.ctx.view, spec.name,
+                              parse_domain_xml(spec.xml, default_uuid=spec.uuid).disks)
         spec.state_request += 1
         spec.resume_on = None  # the operator decides now, not a node's `ready`
         if wanted == "restart":

@@ -159,19 +159,26 @@ _FAST_COMMANDS: dict[tuple[str, ...], tuple[str, dict[str, Any]]] = {
     ("osd", "status"): ("mgr", {"prefix": "osd status"}),
     ("pg", "dump", "pgs"): ("mgr", {"prefix": "pg dump", "dumpcontents": ["pgs"]}),
 }
-_RADOS_MODULE = "/usr/lib/python3/dist-packages/rados.cpython-311-x86_64-linux-gnu.so"
+_BINDINGS = "/usr/lib/python3/dist-packages/{name}.cpython-311-x86_64-linux-gnu.so"
 
 
 def _load_rados() -> Any:
-    """Debian's python3-rados, loaded from its file (there is no PyPI package); importing the
-    whole dist-packages folder into our environment would shadow our pinned packages."""
-    if "rados" in sys.modules:
-        return sys.modules["rados"]
-    spec = importlib.util.spec_from_file_location("rados", _RADOS_MODULE)
+    return load_binding("rados")
+
+
+def load_binding(name: str) -> Any:
+    """Debian's python3-rados or python3-rbd (`name`), loaded from its file (there is no PyPI
+    package); importing the whole dist-packages folder into our environment would shadow our
+    pinned packages."""
+    if name in sys.modules:
+        return sys.modules[name]
+    if name != "rados":
+        load_binding("rados")  # the rbd binding imports it
+    path = _BINDINGS.format(name=name)
+    spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
-        raise ImportError(f"no librados binding at {_RADOS_MODULE}")
+        raise ImportError(f"no {name} binding at {path}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    sys.modules["rados"] = module
+    sys.modules[name] = module
     return module
-

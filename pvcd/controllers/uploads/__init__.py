@@ -1,0 +1,14 @@
+"""Disk image uploads into volumes (extensions.md §2.1; docs/storage.md "Uploading an image").
+
+Modules, one concept each:
+  session    the HTTP request's body handed to the job with backpressure (`UploadSession`)
+  job        the task's work: undo snapshot, receive, convert, clean up (`run_upload`)
+  service    where the API starts a job in this process (`UploadService`)
+"""
+
+from pvcd.controllers.uploads.job import FileChunks, UploadTools, run_upload, upload_task_kind
+from pvcd.controllers.uploads.service import UploadService
+from pvcd.controllers.uploads.session import UploadSession
+
+__all__ = ["FileChunks", "UploadService", "UploadSession", "UploadTools", "run_upload",
+           "upload_task_kind"]
