@@ -149,8 +149,8 @@ class VolumeUploadHandler(StorageHandler):
         record.progress.total = progress_total(plan)
         record.progress.message = "starting"
         path = self.view.paths.task(record.id)
-        stat = (await self.commit([Op.create(path, record.to_doc())]))[0]
-        self.sink = uploads.begin(record, stat.version, plan)
+        await self.commit([Op.create(path, record.to_doc())])
+        self.sink = uploads.begin(record, 0, plan)  # a new znode's version
         return record
 
     # after the body

@@ -28,6 +28,7 @@ from pvcd.api.storage import (
     SnapshotListHandler,
     StorageHandler,
     VolumeHandler,
+    refuse_busy,
     request_failure,
     request_state,
     run_request,
@@ -89,15 +90,6 @@ def refuse_active_users(view: ClusterView, pool: str, volume: str, doing: str,
     if active:
         raise Conflict(f"RBD volume {pool}/{volume} is used by VM {', '.join(active)}; "
                        f"{doing} {advice}; nothing was changed")
-
-
-def refuse_busy(view: ClusterView, pool: str, volume: str) -> None:
-    """Conflict when a task or an unfinished storage request works on the volume."""
-    task = busy_task([f"volume:{pool}/{volume}"], [*read_tasks(view), *read_storage_tasks(view)])
-    if task is not None:
-        raise Conflict(f"RBD volume {pool}/{volume} is busy with task {task.id} ({task.name}, "
-                       f"{task.state}); try again when it has finished "
-                       f"(GET {task_location(task.id)}); nothing was changed")
 
 
 def refuse_busy_disks(view: ClusterView, vm_name: str, disks: Iterable[Disk]) -> None:

@@ -128,6 +128,18 @@ class ApiClient:
                                     f"within {timeout or self.timeout:g} s") from None
         except (OSError, http.client.HTTPException) as exc:  # e.g. the connection was reset
             raise ApiConnectionLost(self._unreachable(exc)) from None
+        return self.checked(response, method, path)
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        return self._ssl
+
+    def unreachable(self, reason: object) -> str:
+        """Why the API could not be reached, in words."""
+        return self._unreachable(reason)
+
+    def checked(self, response: Response, method: str, path: str) -> Response:
+        """The response, or the error its status means."""
         if response.status == 401:
             raise AuthenticationFailed(self._auth_message())
         if response.status == 404:  # an unknown path: this API lacks the endpoint

@@ -88,9 +88,19 @@ def task_info(cli: CliContext, task_id: str) -> None:
 @pass_cli
 def task_wait(cli: CliContext, task_id: str, timeout: float) -> None:
     """Follow a task until it ends, showing its progress."""
+    follow_task(cli, task_id, timeout)
+
+
+def interactive(cli: CliContext, stream: Any) -> bool:
+    """Whether progress goes to a terminal (one line rewritten) or a log (plain lines)."""
+    return bool(stream.isatty()) and cli.env.get("TERM", "") not in ("", "dumb")
+
+
+def follow_task(cli: CliContext, task_id: str, timeout: float,
+                progress: ProgressBar | None = None) -> None:
+    """Show task `task_id`'s progress until it ends; print its message (exit 0), or raise its
+    failure (exit 1) or a timeout (exit 5). `progress`: a bar already on the screen."""
     stream = sys.stderr
-    interactive = stream.isatty() and cli.env.get("TERM", "") not in ("", "dumb")
-    progress: ProgressBar | None = None
     deadline = time.monotonic() + timeout
     doc: dict[str, Any] = {}
     while True:
@@ -103,7 +113,7 @@ def task_wait(cli: CliContext, task_id: str, timeout: float) -> None:
             if doc.get("state") in ("success", "failure"):
                 break
             if progress is None:  # uploads count bytes (spec §1.1): shown as sizes
-                progress = ProgressBar(stream, interactive, unit="bytes" if str(
+                progress = ProgressBar(stream, interactive(cli, stream), unit="bytes" if str(
                     doc.get("name", "")).endswith(".upload") else "steps")
             progress.update(int(doc.get("current") or 0), int(doc.get("total") or 0),
                             str(doc.get("status") or doc.get("state")))

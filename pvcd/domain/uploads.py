@@ -16,6 +16,7 @@ and that nothing outside the image is referenced.
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -169,9 +170,10 @@ def check_header(image_format: str, head: bytes) -> None:
 
 
 def check_image_info(image_format: str, info: Mapping[str, Any], volume_size: int,
-                     source: str) -> int:
-    """Judge `qemu-img info --output=json` of the uploaded image (`source`: the file name it
-    was opened as); return its virtual size, or InvalidValue saying what is wrong."""
+                     pool: str, volume: str) -> int:
+    """Judge `qemu-img info --output=json` of the uploaded image, opened from RBD volume
+    `pool/volume`; return its virtual size, or InvalidValue saying what is wrong. A VMDK's
+    extents must all be that volume."""
     found = info.get("format")
     if found != image_format:
         raise InvalidValue(f"qemu-img reads the body as {found!r}, not as {image_format!r}; "
@@ -186,7 +188,7 @@ def check_image_info(image_format: str, info: Mapping[str, Any], volume_size: in
                            f"({specific['data-file']!r}); convert it into a self-contained "
                            "image first")
     for extent in specific.get("extents") or []:
-        if extent.get("filename") not in (None, source):
+        if not _is_volume(extent.get("filename"), pool, volume):
             raise InvalidValue(f"the image has an extent in another file "
                                f"({extent.get('filename')!r}); convert it into one "
                                "self-contained file first")
@@ -197,3 +199,16 @@ def check_image_info(image_format: str, info: Mapping[str, Any], volume_size: in
         raise InvalidValue(f"the image's virtual size ({virtual} bytes) is larger than the "
                            f"volume ({volume_size} bytes); resize the volume first")
     return virtual
+
+
+def _is_volume(filename: Any, pool: str, volume: str) -> bool:
+    """Whether qemu's name of a file (`json:{"driver": "rbd", "pool": ..., "image": ...}` for
+    an RBD volume) is `pool/volume`."""
+    if not isinstance(filename, str) or not filename.startswith("json:"):
+        return False
+    try:
+        doc = json.loads(filename[len("json:"):])
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and doc.get("driver") == "rbd" and \
+        doc.get("pool") == pool and doc.get("image") == volume

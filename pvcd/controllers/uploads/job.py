@@ -177,7 +177,8 @@ class _Upload:
             ctx.check()
         try:
             info = tools.qemu_img.info(source, plan.image_format)
-            virtual = check_image_info(plan.image_format, info, plan.volume_size, source)
+            virtual = check_image_info(plan.image_format, info, plan.volume_size,
+                                       plan.pool, temporary)
             ctx.log(f"qemu-img info: {plan.image_format}, virtual size {virtual} bytes")
             ctx.progress(0, virtual, "converting")
             tools.qemu_img.convert(
