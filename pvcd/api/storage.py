@@ -392,12 +392,12 @@ class VolumeHandler(StorageHandler):
 
     async def delete(self, pool: str, volume: str) -> None:
         self.volume(pool, volume)
+        refuse_busy(self.view, pool, volume)  # an upload's undo snapshot is no reason to give
         snapshots = self.view.cache.children(self.view.paths.storage_volume_snapshots(pool,
                                                                                       volume))
         if snapshots:
             raise Conflict(f"RBD volume {pool}/{volume} has snapshots ({', '.join(snapshots)}); "
                            "remove them first")
-        refuse_busy(self.view, pool, volume)
         request = await run_request(self, "volume-remove", {"pool": pool, "volume": volume})
         self.message(request.message)
 
