@@ -6,9 +6,15 @@ Modules, one concept each:
   service    where the API starts a job in this process (`UploadService`)
 """
 
-from pvcd.controllers.uploads.job import FileChunks, UploadTools, run_upload, upload_task_kind
+from pvcd.controllers.uploads.job import (
+    FileChunks,
+    UploadTools,
+    remove_artifact,
+    run_upload,
+    upload_task_kind,
+)
 from pvcd.controllers.uploads.service import UploadService
 from pvcd.controllers.uploads.session import UploadSession
 
-__all__ = ["FileChunks", "UploadService", "UploadSession", "UploadTools", "run_upload",
-           "upload_task_kind"]
+__all__ = ["FileChunks", "UploadService", "UploadSession", "UploadTools", "remove_artifact",
+           "run_upload", "upload_task_kind"]

