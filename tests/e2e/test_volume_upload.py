@@ -26,36 +26,20 @@ import pytest
 import requests
 
 from pvcd.lab.lab import Lab
+from tests.e2e import test_volume_copies as copies
 from tests.e2e.labclient import LabClient, wait_until
 from tests.e2e.test_volume_copies import Rbd
 
 pytestmark = [pytest.mark.slow, pytest.mark.ceph]
+
+# the fixtures of the volume copy tests: a module-scoped lab with Ceph, its client, `rbd`
+volume_lab, api, rbd = copies.volume_lab, copies.api, copies.rbd
 
 TIMEOUT = 60
 MIB = 1 << 20
 VOLUME_SIZE = 8 * MIB
 ROOT = str(Path(__file__).resolve().parents[2])
 BEFORE = b"\xa5" * VOLUME_SIZE  # what the volume holds before each test
-
-
-@pytest.fixture(scope="module")
-def upload_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, LabClient]]:
-    lab = Lab(tmp_path_factory.mktemp("uploads") / "lab")
-    info = lab.up(nodes=1, ceph=True)
-    try:
-        yield lab, LabClient(info)
-    finally:
-        lab.down()
-
-
-@pytest.fixture
-def api(upload_lab: tuple[Lab, LabClient]) -> LabClient:
-    return upload_lab[1]
-
-
-@pytest.fixture
-def rbd(upload_lab: tuple[Lab, LabClient]) -> Rbd:
-    return Rbd(upload_lab[0])
 
 
 def call(api: LabClient, method: str, path: str, **kwargs: Any) -> requests.Response:
@@ -305,9 +289,9 @@ def test_a_qcow2_that_names_a_host_file_is_refused(api: LabClient, rbd: Rbd, poo
     assert leftovers(rbd, pool) == []
 
 
-def test_the_cli_uploads_a_file(upload_lab: tuple[Lab, LabClient], rbd: Rbd, pool: str,
+def test_the_cli_uploads_a_file(volume_lab: tuple[Lab, LabClient], rbd: Rbd, pool: str,
                                 tmp_path: Path) -> None:
-    lab, _ = upload_lab
+    lab, _ = volume_lab
     raw = content(4 * MIB)
     image = make_image(tmp_path, raw, "qcow2")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("PVC_")}

@@ -46,12 +46,14 @@ from pvcd.domain.uploads import (
     interrupted_message,
     progress_total,
 )
-from pvcd.drivers.ceph.rbd_stream import RbdStreamWriter
+from pvcd.drivers.ceph.rbd_stream import RbdConnection
+from pvcd.drivers.host import trim_heap
 from pvcd.drivers.qemu_img import QemuImg, RbdAccess
 
 log = logging.getLogger(__name__)
 
 READ_SIZE = 1 << 20  # bytes `FileChunks` reads at once
+PROGRESS_BYTES = 4 << 20  # the progress is updated every 4 MiB received
 ROLLBACK_WAIT = 3600.0  # seconds a rollback is waited for at least
 
 
@@ -78,10 +80,11 @@ class FileChunks:
 
 @dataclass(frozen=True)
 class UploadTools:
-    """What an upload needs: storage requests, Ceph access for librbd and qemu-img, and the
-    limit on conversions at once."""
+    """What an upload needs: storage requests, the process's librados connection, Ceph access
+    for qemu-img, and the limit on conversions at once."""
 
     calls: StorageCalls
+    rbd: RbdConnection
     access: RbdAccess
     qemu_img: QemuImg
     request_timeout: float
@@ -136,10 +139,9 @@ class _Upload:
     def receive(self, volume: str) -> None:
         plan, ctx = self.plan, self.ctx
         total, limit = progress_total(plan), plan.receive_limit
-        head, judged = b"", plan.image_format == "raw"
+        head, judged, reported = b"", plan.image_format == "raw", 0
         ctx.progress(0, total, "receiving")
-        with RbdStreamWriter(self.tools.access.conf_path, self.tools.access.keyring_path,
-                             plan.pool, volume) as writer:
+        with self.tools.rbd.writer(plan.pool, volume) as writer:
             while True:
                 chunk = self.source.take()
                 if chunk is None:
@@ -156,10 +158,13 @@ class _Upload:
                         judged = True
                 writer.write(chunk)
                 self.received += len(chunk)
-                ctx.progress(self.received, total, "receiving")
+                if self.received - reported >= PROGRESS_BYTES:
+                    ctx.progress(self.received, total, "receiving")
+                    reported = self.received
             if not judged:
                 check_header(plan.image_format, head)
             writer.finish()
+        ctx.progress(self.received, total, "received")
         ctx.log(f"received {self.received} bytes into {plan.pool}/{volume}")
 
     def too_long(self, limit: int) -> str:
@@ -285,6 +290,7 @@ class UploadJob:
         finally:
             self.source.drop()
             self.settle()
+            trim_heap()
 
     def fail(self, error: str, reason: str) -> None:
         ctx, record = self.ctx, self.ctx.record

@@ -24,6 +24,7 @@ from pvcd.domain.pool_space import check_room
 from pvcd.domain.tasks import TaskRecord
 from pvcd.domain.uploads import UploadPlan
 from pvcd.drivers.ceph.driver import CephDriver
+from pvcd.drivers.ceph.rbd_stream import RbdConnection
 from pvcd.drivers.qemu_img import QemuImg, RbdAccess
 from pvcd.state.store import Store
 from pvcd.state.view import ClusterView
@@ -44,7 +45,9 @@ class UploadService:
         self.executor = f"{node}/{os.getpid()}"  # as the task runner claims
         calls = StorageCalls(view, store, clock)
         self.kind = upload_task_kind(calls, request_timeout)
-        self.tools = UploadTools(calls, RbdAccess(ceph.conf_path, ceph.keyring_path),
+        self.tools = UploadTools(calls, RbdConnection(ceph.conf_path, ceph.keyring_path,
+                                                      ceph.timeout),
+                                 RbdAccess(ceph.conf_path, ceph.keyring_path),
                                  QemuImg(ceph.timeout), request_timeout,
                                  threading.Semaphore(workers))
 

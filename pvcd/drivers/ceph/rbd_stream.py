@@ -29,33 +29,63 @@ BLOCK = 1 << 20
 IN_FLIGHT = 16
 
 
-class RbdStreamWriter:
-    """Writes a stream into `pool/volume` from offset 0 (`write` in order, then `finish`);
-    a context manager that closes the image and the cluster connection."""
+class RbdConnection:
+    """One librados connection of the process, opened on first use and shared by its writers
+    (a connection per upload would start a messenger and its threads each time)."""
 
-    def __init__(self, conf_path: str, keyring_path: str, pool: str, volume: str,
-                 connect_timeout: float = 30.0) -> None:
+    def __init__(self, conf_path: str, keyring_path: str, timeout: float = 30.0) -> None:
+        self.conf_path = conf_path
+        self.keyring_path = keyring_path
+        self.timeout = timeout
+        self._cluster: Any = None
+        self._lock = threading.Lock()
+
+    def cluster(self) -> Any:
+        with self._lock:
+            if self._cluster is None:
+                try:
+                    rados = load_binding("rados")
+                    load_binding("rbd")
+                except ImportError as exc:
+                    raise BackendError(f"cannot write into RBD volumes: {exc} (package "
+                                       "python3-rbd)") from None
+                try:
+                    cluster = rados.Rados(conffile=self.conf_path,
+                                          conf={"keyring": self.keyring_path})
+                    cluster.connect(timeout=int(self.timeout))
+                except Exception as exc:  # librados' errors, in Ceph's words
+                    raise BackendError(f"cannot connect to Ceph: {exc}") from None
+                self._cluster = cluster
+            return self._cluster
+
+    def writer(self, pool: str, volume: str) -> RbdStreamWriter:
+        return RbdStreamWriter(self.cluster(), pool, volume)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._cluster is not None:
+                self._cluster.shutdown()
+                self._cluster = None
+
+
+class RbdStreamWriter:
+    """Writes a stream into `pool/volume` from offset 0 (`write` in order, then `finish`)
+    through a connected `rados.Rados`; a context manager that closes the image."""
+
+    def __init__(self, cluster: Any, pool: str, volume: str) -> None:
         check_pool_name(pool)
         check_volume_name(volume)
         self.name = f"{pool}/{volume}"
         self.offset = 0  # bytes handed to librbd so far
-        self._buffer = bytearray()
+        self._chunks: list[bytes] = []
+        self._buffered = 0
         self._slots = threading.BoundedSemaphore(IN_FLIGHT)
         self._errors: list[str] = []
-        self._cluster: Any = None
         self._ioctx: Any = None
         self._image: Any = None
         try:
-            rados = load_binding("rados")
-            rbd = load_binding("rbd")
-        except ImportError as exc:
-            raise BackendError(f"cannot write into RBD volumes: {exc} (package python3-rbd)"
-                               ) from None
-        try:
-            self._cluster = rados.Rados(conffile=conf_path, conf={"keyring": keyring_path})
-            self._cluster.connect(timeout=int(connect_timeout))
-            self._ioctx = self._cluster.open_ioctx(pool)
-            self._image = rbd.Image(self._ioctx, volume)
+            self._ioctx = cluster.open_ioctx(pool)
+            self._image = load_binding("rbd").Image(self._ioctx, volume)
             self.size = int(self._image.size())
         except Exception as exc:  # librados/librbd errors: in Ceph's words
             self.close()
@@ -71,13 +101,18 @@ class RbdStreamWriter:
 
     def write(self, data: bytes) -> None:
         """Append `data` to what was written; InvalidValue past the volume's end."""
-        if self.offset + len(self._buffer) + len(data) > self.size:
+        if self.offset + self._buffered + len(data) > self.size:
             raise InvalidValue(f"the data is longer than RBD volume {self.name} "
                                f"({self.size} bytes)")
-        self._buffer += data
-        while len(self._buffer) >= BLOCK:
-            self._submit(bytes(self._buffer[:BLOCK]))
-            del self._buffer[:BLOCK]
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered >= BLOCK:
+            joined = b"".join(self._chunks)
+            whole = len(joined) - len(joined) % BLOCK
+            for start in range(0, whole, BLOCK):
+                self._submit(joined[start:start + BLOCK])
+            rest = joined[whole:]
+            self._chunks, self._buffered = ([rest] if rest else []), len(rest)
 
     def write_all(self, chunks: Iterable[bytes]) -> int:
         """Write every chunk, then `finish`; the number of bytes written."""
@@ -89,9 +124,9 @@ class RbdStreamWriter:
     def finish(self) -> None:
         """Write what is buffered, wait for every write and flush; BackendError if one
         failed."""
-        if self._buffer:
-            self._submit(bytes(self._buffer))
-            self._buffer.clear()
+        if self._chunks:
+            self._submit(b"".join(self._chunks))
+            self._chunks, self._buffered = [], 0
         for _ in range(IN_FLIGHT):  # every slot back: every write completed
             self._slots.acquire()
         for _ in range(IN_FLIGHT):
@@ -103,7 +138,7 @@ class RbdStreamWriter:
             raise BackendError(f"flushing RBD volume {self.name} failed: {exc}") from None
 
     def close(self) -> None:
-        """Release the image and the connection (waits for writes in flight first)."""
+        """Release the image (waits for writes in flight first)."""
         if self._image is not None:
             for _ in range(IN_FLIGHT):
                 self._slots.acquire()
@@ -115,9 +150,6 @@ class RbdStreamWriter:
         if self._ioctx is not None:
             self._ioctx.close()
             self._ioctx = None
-        if self._cluster is not None:
-            self._cluster.shutdown()
-            self._cluster = None
 
     def _submit(self, block: bytes) -> None:
         self._raise_failure()
