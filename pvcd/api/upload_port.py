@@ -23,6 +23,9 @@ class BodySink(Protocol):
     def end(self, complete: bool) -> None:
         """The body is in (`complete`), or the client left before its end."""
 
+    def refuse(self, reason: str) -> None:
+        """The body cannot be used: the task fails with `reason`."""
+
 
 class Uploads(Protocol):
     """The upload service of the API's process."""

@@ -15,8 +15,10 @@ task has succeeded (raw), 510 if it failed (e.g. the body was too long), else 20
 conversion runs (with `wait`, after waiting for it). A client that leaves before the end of its
 body fails the task ("upload interrupted after N of M bytes"); the volume is rolled back.
 
-Only `application/octet-stream` bodies (or any type but multipart) are taken: a multipart body
-would need its part boundaries parsed as it streams, which is not done yet (510).
+The body is the image (`application/octet-stream`, or any type but multipart), or a
+`multipart/form-data` body with exactly one file part (PVC's CLI sends one named `file`),
+whose part is taken out as it streams (`pvcd.domain.multipart`); a malformed one fails the
+task.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pvcd.api.values import RawValues, accepts, choice, integer
 from pvcd.api.volumes import refuse_active_users, refuse_busy
 from pvcd.api.waiting import wait_until
 from pvcd.domain.errors import BackendError, InvalidValue
+from pvcd.domain.multipart import MultipartFile, multipart_boundary
 from pvcd.domain.states import TASK_FINISHED_STATES
 from pvcd.domain.tasks import TaskRecord, new_id
 from pvcd.domain.uploads import (
@@ -63,6 +66,7 @@ class VolumeUploadHandler(StorageHandler):
         super().initialize(**kwargs)
         self.sink: BodySink | None = None
         self.task: TaskRecord | None = None
+        self.multipart: MultipartFile | None = None  # a multipart body's file part
 
     def _small_body(self) -> bool:
         return False  # the body is the image: the token must come in a header
@@ -87,12 +91,25 @@ class VolumeUploadHandler(StorageHandler):
     async def post(self, pool: str, volume: str) -> None:
         sink, record = self.sink, self.task
         assert sink is not None and record is not None
-        sink.end(complete=True)
+        try:
+            if self.multipart is not None:
+                self.multipart.close()
+            sink.end(complete=True)
+        except InvalidValue as exc:
+            sink.refuse(str(exc))
         await sink.settled
         await self.answer(record)
 
     def data_received(self, chunk: bytes) -> Awaitable[None] | None:  # type: ignore[override]
-        return self.sink.put(chunk) if self.sink is not None else None
+        if self.sink is None:
+            return None
+        if self.multipart is not None:
+            try:
+                chunk = self.multipart.feed(chunk)
+            except InvalidValue as exc:
+                self.sink.refuse(str(exc))
+                return None
+        return self.sink.put(chunk)
 
     def on_connection_close(self) -> None:
         super().on_connection_close()
@@ -105,13 +122,11 @@ class VolumeUploadHandler(StorageHandler):
         uploads = self.uploads()
         doc = self.volume(pool, volume)
         image_format, file_size = self.values[IMAGE_FORMAT], self.values[FILE_SIZE]
-        if "multipart/" in self.request.headers.get("Content-Type", "").lower():
-            raise InvalidValue("multipart/form-data uploads are not supported yet; send the "
-                               "image as the whole body (Content-Type: "
-                               "application/octet-stream)")
+        boundary = multipart_boundary(self.request.headers.get("Content-Type", ""))
         length = self.request.headers.get("Content-Length")
-        size = upload_file_size(image_format, file_size,
-                                int(length) if length and length.isdigit() else None)
+        size = upload_file_size(image_format, file_size,  # a multipart body is more than its file
+                                int(length) if length and length.isdigit() and
+                                boundary is None else None)
         view = self.view
         volume_size = (doc.get("stats") or {}).get("size")
         if not isinstance(volume_size, int):
@@ -128,6 +143,7 @@ class VolumeUploadHandler(StorageHandler):
             await asyncio.get_running_loop().run_in_executor(
                 None, uploads.check_room, pool, plan.file_size)
             refuse_busy(view, pool, volume)  # the room check let the loop run
+        self.multipart = MultipartFile(boundary) if boundary is not None else None
         self.task = await self.create_task(plan, uploads)
         connection = self.request.connection
         if isinstance(connection, HTTP1Connection):  # the body may take as long as its size

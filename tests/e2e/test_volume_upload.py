@@ -173,6 +173,26 @@ def test_a_raw_image_is_written_as_it_arrives(api: LabClient, rbd: Rbd, pool: st
     assert leftovers(rbd, pool) == []
 
 
+def test_a_multipart_body_as_pvcs_cli_sends_it(api: LabClient, rbd: Rbd, pool: str,
+                                              tmp_path: Path) -> None:
+    raw = content(3 * MIB)
+    image = make_image(tmp_path, raw, "qcow2")
+    refused = call(api, "POST", upload_path(pool), files={"file": ("disk.qcow2", b"x")},
+                   params={"image_format": "qcow2"})  # no file_size: the body is not the file
+    assert refused.status_code == 510 and "file_size is required" in refused.json()["message"]
+    done = ok(call(api, "POST", upload_path(pool),
+                   files={"file": ("disk.qcow2", image.read_bytes())},
+                   params={"image_format": "qcow2", "file_size": image.stat().st_size,
+                           "wait": 1}))
+    assert done["result"]["bytes_received"] == image.stat().st_size
+    assert rbd.export(f"{pool}/disk")[:len(raw)] == raw
+    two = call(api, "POST", upload_path(pool), params={"image_format": "raw"},
+               files={"file": ("a.raw", b"a" * 100), "more": ("b.raw", b"b" * 100)})
+    assert two.status_code == 510 and "more than one part" in two.json()["message"]
+    assert rbd.export(f"{pool}/disk")[:len(raw)] == raw
+    assert leftovers(rbd, pool) == []
+
+
 def test_a_raw_body_longer_than_the_volume_fails_and_changes_nothing(
         api: LabClient, rbd: Rbd, pool: str) -> None:
     def chunks() -> Iterator[bytes]:  # chunked: the length is not known before the body

@@ -25,6 +25,8 @@ import threading
 from collections import deque
 from collections.abc import Awaitable
 
+from pvcd.domain.errors import InvalidValue
+
 CAPACITY = 16 << 20  # bytes of body waiting for the job at most
 TAKE_WAIT = 1.0  # seconds `take` waits before it lets the job look around (b"")
 
@@ -43,6 +45,7 @@ class UploadSession:
         self._chunks: deque[bytes] = deque()
         self._queued = 0
         self._ended: bool | None = None  # None: more to come; True: complete; False: cut
+        self._refusal: str | None = None  # why the body was refused (a malformed one)
         self._dropped = False
         self._room: asyncio.Future[None] | None = None
         self.settled: asyncio.Future[None] = loop.create_future()
@@ -69,10 +72,19 @@ class UploadSession:
                 self._ended = complete
             self._cond.notify()
 
+    def refuse(self, reason: str) -> None:
+        """The body cannot be used (e.g. a malformed multipart body): the job fails with
+        `reason` once it has taken what came before."""
+        with self._cond:
+            if self._ended is None:
+                self._ended, self._refusal = False, reason
+            self._cond.notify()
+
     # the job's side (its thread)
     def take(self, wait: float = TAKE_WAIT) -> bytes | None:
         """The next chunk; b"" when none came within `wait` s; None at the end of the body;
-        BodyCut when the connection was closed before its end."""
+        BodyCut when the connection was closed before its end; InvalidValue when the body was
+        refused."""
         with self._cond:
             if not self._chunks and self._ended is None:
                 self._cond.wait(wait)
@@ -86,6 +98,8 @@ class UploadSession:
                 return b""
             if self._ended:
                 return None
+            if self._refusal is not None:
+                raise InvalidValue(self._refusal)
             raise BodyCut()
 
     def drop(self) -> None:
