@@ -166,7 +166,14 @@ class VolumeUploadHandler(StorageHandler):
         record.progress.message = "starting"
         path = self.view.paths.task(record.id)
         await self.commit([Op.create(path, record.to_doc())])
-        self.sink = uploads.begin(record, 0, plan)  # a new znode's version
+        try:
+            self.sink = uploads.begin(record, 0, plan)  # a new znode's version
+        except Exception as exc:  # no job runs it: fail it here, or it stays `running`
+            record.state, record.error = "failure", "BackendError"
+            record.message = f"the upload could not start: {exc}"
+            record.finished = record.updated = self.ctx.clock()
+            await self.commit([Op.set(path, record.to_doc(), 0)])
+            raise BackendError(record.message) from None
         return record
 
     # after the body

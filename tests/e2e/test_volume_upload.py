@@ -14,6 +14,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -329,3 +330,25 @@ def test_the_cli_uploads_a_file(volume_lab: tuple[Lab, LabClient], rbd: Rbd, poo
                              capture_output=True, text=True, env=clean, timeout=120,
                              check=False)
     assert refused.returncode == 1 and f"RBD volume {pool}/nodisk not found" in refused.stderr
+
+
+def test_after_the_daemon_dies_midway_the_next_one_rolls_the_volume_back(
+        volume_lab: tuple[Lab, LabClient], api: LabClient, rbd: Rbd, pool: str) -> None:
+    lab, _ = volume_lab
+    upload = OpenUpload(api, upload_path(pool) + "?image_format=raw", VOLUME_SIZE)
+    try:
+        upload.send(os.urandom(5 * MIB))
+        running = wait_until(lambda: next(
+            (t for t in upload_tasks(api) if t["state"] == "running"
+             and t["args"]["pool"] == pool and t["progress"]["current"] > 0), None),
+            timeout=TIMEOUT)
+        lab.signal_node("node1", signal.SIGKILL)  # the API's process, with the upload's job
+        assert lab.wait_node_exit("node1")
+    finally:
+        upload.close()
+    lab.start_node("node1")  # as a restart of the daemon: it becomes primary again
+    failed = wait_until(lambda: (t := task(api, running["id"]))["state"] == "failure"
+                        and not t["cleanup"] and t, timeout=2 * TIMEOUT)
+    assert failed["error"] == "Interrupted" and failed["artifacts"] == [], failed
+    assert rbd.export(f"{pool}/disk") == BEFORE
+    assert leftovers(rbd, pool) == []

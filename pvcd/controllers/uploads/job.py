@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
@@ -33,7 +34,7 @@ from pvcd.controllers.tasks.context import TaskContext, TaskStopped
 from pvcd.controllers.tasks.registry import TaskKind, TaskOutcome
 from pvcd.controllers.tasks.storage_calls import StorageCalls
 from pvcd.controllers.uploads.session import BodyCut
-from pvcd.domain.errors import BackendError, InvalidValue, NotFound, PvcError
+from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound, PvcError
 from pvcd.domain.tasks import Artifact
 from pvcd.domain.uploads import (
     HEADER_BYTES,
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 READ_SIZE = 1 << 20  # bytes `FileChunks` reads at once
 PROGRESS_BYTES = 4 << 20  # the progress is updated every 4 MiB received
 ROLLBACK_WAIT = 3600.0  # seconds a rollback is waited for at least
+WATCH_EXPIRY = 45.0  # seconds a stale watch of a dead process may hold a rollback back
+WATCH_RETRY = 2.0  # seconds between two rollbacks refused by a watch
 
 
 class ChunkSource(Protocol):
@@ -230,12 +233,30 @@ def remove_artifact(calls: StorageCalls, artifact: Artifact, roll_back: bool,
         args = {"pool": pool, "volume": volume, "snapshot": snapshot}
         try:
             if roll_back:
-                calls.run("snapshot-rollback", args, max(timeout, ROLLBACK_WAIT))
+                _roll_back(calls, args, timeout)
             calls.run("snapshot-remove", args, timeout)
         except NotFound:
             pass
         return
     raise BackendError(f"an upload has no artifact of kind {artifact.kind!r}")
+
+
+def _roll_back(calls: StorageCalls, args: dict[str, str], timeout: float,
+               clock: Callable[[], float] = time.monotonic) -> None:
+    """Roll the volume back to the undo snapshot. The primary refuses while anyone has the
+    volume open: after a crash the dead process's librbd watch stays until Ceph expires it
+    (`osd_client_watch_timeout`, 30 s), so such a refusal is retried for `WATCH_EXPIRY` s."""
+    deadline = clock() + WATCH_EXPIRY
+    while True:
+        try:
+            calls.run("snapshot-rollback", args, max(timeout, ROLLBACK_WAIT))
+            return
+        except Conflict as exc:
+            if "is open" not in str(exc) or clock() >= deadline:
+                raise
+            log.info("event=upload-rollback-waits volume=%s/%s reason=%s", args["pool"],
+                     args["volume"], exc)
+            time.sleep(WATCH_RETRY)
 
 
 def upload_task_kind(calls: StorageCalls, timeout: float) -> TaskKind:
