@@ -74,6 +74,11 @@ class ApiClient:
         self.timeout = timeout
         self._ssl = _ssl_context(connection) if connection.url.startswith("https:") else None
 
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS settings of the connection (None for plain HTTP)."""
+        return self._ssl
+
     # the verbs, as the commands use them
     def get(self, path: str, values: Mapping[str, Value] | None = None,
             timeout: float | None = None) -> Any:
@@ -128,18 +133,10 @@ class ApiClient:
                                     f"within {timeout or self.timeout:g} s") from None
         except (OSError, http.client.HTTPException) as exc:  # e.g. the connection was reset
             raise ApiConnectionLost(self._unreachable(exc)) from None
-        return self.checked(response, method, path)
+        return self.checked(method, path, response)
 
-    @property
-    def ssl_context(self) -> ssl.SSLContext | None:
-        return self._ssl
-
-    def unreachable(self, reason: object) -> str:
-        """Why the API could not be reached, in words."""
-        return self._unreachable(reason)
-
-    def checked(self, response: Response, method: str, path: str) -> Response:
-        """The response, or the error its status means."""
+    def checked(self, method: str, path: str, response: Response) -> Response:
+        """`response` if it is a success; else the failure it says, as an exception."""
         if response.status == 401:
             raise AuthenticationFailed(self._auth_message())
         if response.status == 404:  # an unknown path: this API lacks the endpoint
@@ -162,6 +159,10 @@ class ApiClient:
             return f"the PVC API at {url} did not answer within {self.timeout:g} s"
         text = getattr(reason, "strerror", None) or str(reason)
         return f"cannot connect to the PVC API at {url}: {text} (from {self.connection.source})"
+
+    def unreachable(self, reason: object) -> str:
+        """Why the API could not be reached, in words (for requests sent without urllib)."""
+        return self._unreachable(reason)
 
     def _auth_message(self) -> str:
         url, connection = self.connection.url, self.connection

@@ -78,7 +78,7 @@ def upload_file(client: ApiClient, path: str, values: dict[str, Any], file: Bina
         try:
             early = _early_answer(connection)
             if early is not None:
-                return client.checked(early, "POST", path)
+                return client.checked("POST", path, early)
             for block in Sent(file, size, progress).blocks():
                 connection.send(block)
             reply = connection.getresponse()
@@ -86,7 +86,7 @@ def upload_file(client: ApiClient, path: str, values: dict[str, Any], file: Bina
                                 reply.headers.get("Content-Type", ""))
         except (OSError, http.client.HTTPException) as exc:
             raise ApiConnectionLost(client.unreachable(exc)) from None
-        return client.checked(response, "POST", path)
+        return client.checked("POST", path, response)
     finally:
         connection.close()
 

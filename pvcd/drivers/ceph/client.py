@@ -111,7 +111,7 @@ class CephClient:
         with self._rados_lock:
             if self._rados is None and not self._rados_failed:
                 try:
-                    module = _load_rados()
+                    module = load_rados()
                     cluster = module.Rados(conffile=self.conf_path,
                                            conf={"keyring": self.keyring_path})
                     cluster.connect(timeout=int(self.timeout))
@@ -159,22 +159,20 @@ _FAST_COMMANDS: dict[tuple[str, ...], tuple[str, dict[str, Any]]] = {
     ("osd", "status"): ("mgr", {"prefix": "osd status"}),
     ("pg", "dump", "pgs"): ("mgr", {"prefix": "pg dump", "dumpcontents": ["pgs"]}),
 }
-_BINDINGS = "/usr/lib/python3/dist-packages/{name}.cpython-311-x86_64-linux-gnu.so"
+_RADOS_MODULE = "/usr/lib/python3/dist-packages/rados.cpython-311-x86_64-linux-gnu.so"
 
 
-def _load_rados() -> Any:
-    return load_binding("rados")
+def load_rados() -> Any:
+    """Debian's python3-rados (librados)."""
+    return load_debian_binding("rados", _RADOS_MODULE)
 
 
-def load_binding(name: str) -> Any:
-    """Debian's python3-rados or python3-rbd (`name`), loaded from its file (there is no PyPI
-    package); importing the whole dist-packages folder into our environment would shadow our
-    pinned packages."""
+def load_debian_binding(name: str, path: str) -> Any:
+    """Debian's python3-rados or python3-rbd, loaded from its file (there is no PyPI package);
+    importing the whole dist-packages folder into our environment would shadow our pinned
+    packages."""
     if name in sys.modules:
         return sys.modules[name]
-    if name != "rados":
-        load_binding("rados")  # the rbd binding imports it
-    path = _BINDINGS.format(name=name)
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ImportError(f"no {name} binding at {path}")
@@ -182,3 +180,4 @@ def load_binding(name: str) -> Any:
     spec.loader.exec_module(module)
     sys.modules[name] = module
     return module
+

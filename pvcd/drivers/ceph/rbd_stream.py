@@ -20,13 +20,20 @@ from types import TracebackType
 from typing import Any
 
 from pvcd.domain.errors import BackendError, InvalidValue
-from pvcd.drivers.ceph.client import load_binding
+from pvcd.drivers.ceph.client import load_debian_binding, load_rados
 from pvcd.drivers.ceph.values import check_pool_name, check_volume_name
 
 log = logging.getLogger(__name__)
 
+_RBD_MODULE = "/usr/lib/python3/dist-packages/rbd.cpython-311-x86_64-linux-gnu.so"
 BLOCK = 1 << 20
 IN_FLIGHT = 16
+
+
+def load_rbd() -> Any:
+    """Debian's python3-rbd (librbd), which imports the rados binding."""
+    load_rados()
+    return load_debian_binding("rbd", _RBD_MODULE)
 
 
 class RbdConnection:
@@ -44,9 +51,9 @@ class RbdConnection:
         with self._lock:
             if self._cluster is None:
                 try:
-                    rados = load_binding("rados")
-                    load_binding("rbd")
-                except ImportError as exc:
+                    rados = load_rados()
+                    load_rbd()
+                except (ImportError, OSError) as exc:
                     raise BackendError(f"cannot write into RBD volumes: {exc} (package "
                                        "python3-rbd)") from None
                 try:
@@ -85,7 +92,7 @@ class RbdStreamWriter:
         self._image: Any = None
         try:
             self._ioctx = cluster.open_ioctx(pool)
-            self._image = load_binding("rbd").Image(self._ioctx, volume)
+            self._image = load_rbd().Image(self._ioctx, volume)
             self.size = int(self._image.size())
         except Exception as exc:  # librados/librbd errors: in Ceph's words
             self.close()
