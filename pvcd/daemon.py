@@ -46,7 +46,7 @@ from pvcd.controllers.node import NodeController, NodeStatusWriter
 from pvcd.controllers.self_fence import DeclaredDead
 from pvcd.controllers.storage import build_storage
 from pvcd.controllers.tasks import TaskKind, TaskRegistry, build_tasks
-from pvcd.controllers.tasks.storage_calls import StorageCalls
+from pvcd.controllers.tasks.storage_steps import run_storage_request
 from pvcd.controllers.uploads import UploadService, upload_task_kind
 from pvcd.controllers.vm import VmController, vm_key
 from pvcd.domain.errors import ConfigError, Conflict
@@ -154,7 +154,7 @@ class NodeDaemon:
         """The production task kinds (spec §1.4), the same on every node: the primary undoes
         the artifacts of an interrupted task whichever node ran it."""
         ceph = self.config.drivers.ceph
-        calls = StorageCalls(self.view, self.store, self.clock)
+        calls = functools.partial(run_storage_request, self.view, self.store, clock=self.clock)
         return [
             upload_task_kind(calls, ceph.request_timeout),
         ]

@@ -72,7 +72,7 @@ def make_context(view: ClusterView, store: Store, node_name: str, auth_enabled: 
                                              clock),
                      max_body_size=api.max_body_size, task_wait=api.task_wait,
                      storage_request_timeout=storage_request_timeout,
-                     uploads=upload_service, clock=clock,
+                     upload_service=upload_service, clock=clock,
                      metrics=registry)
     return ctx
 

@@ -82,7 +82,7 @@ class ApiContext:
     task_wait: float = 120.0  # the longest a `wait` on a task waits (api.task_wait)
     # how long a storage request is waited for; None: this node does not manage Ceph
     storage_request_timeout: float | None = None
-    uploads: Uploads | None = None  # the process's upload service; None: no Ceph here
+    upload_service: Uploads | None = None  # the process's upload service; None: no Ceph here
     clock: Callable[[], float] = time.time
     in_flight: int = 0
     metrics: RequestObserver | None = None

@@ -1,5 +1,5 @@
 """What the API needs from the process's upload service (`pvcd.controllers.uploads`), which the
-daemon passes in through `ApiContext.uploads`: the API does not import the controllers."""
+daemon passes in through `ApiContext.upload_service`: the API does not import the controllers."""
 
 from __future__ import annotations
 

@@ -6,9 +6,10 @@ Everything is judged from the headers and the query string, before a byte of the
 the client is authenticated by its headers (the body is the image, so no token can come in
 it), the values, the volume, whether a VM that is not stopped uses it, whether it is busy, the
 pool's room for a temporary volume. A refusal is a 510 with nothing changed. Then the task is
-created, already claimed by this process, and the job starts (`ApiContext.uploads`). Each chunk
-of the body goes to the job as it arrives; `data_received` waits while the job is behind, so
-Tornado reads no further from the socket (backpressure) and the body is never held in memory.
+created, already claimed by this process, and the job starts (`ApiContext.upload_service`).
+Each chunk of the body goes to the job as it arrives; `data_received` waits while the job is
+behind, so Tornado reads no further from the socket (backpressure) and the body is never held
+in memory.
 
 Once the body is in, the answer is that of a long job (spec §0.2): 200 with the result if the
 task has succeeded (raw), 510 if it failed (e.g. the body was too long), else 202 while the
@@ -151,10 +152,10 @@ class VolumeUploadHandler(StorageHandler):
                                         + plan.receive_limit / MIN_BODY_RATE)
 
     def uploads(self) -> Uploads:
-        if self.ctx.uploads is None:
+        if self.ctx.upload_service is None:
             raise InvalidValue(f"uploads are not available on the primary node "
                                f"{self.ctx.node_name} (Ceph storage is not configured there)")
-        return self.ctx.uploads
+        return self.ctx.upload_service
 
     async def create_task(self, plan: UploadPlan, uploads: Uploads) -> TaskRecord:
         now = self.ctx.clock()

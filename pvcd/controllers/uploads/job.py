@@ -3,7 +3,7 @@ removal of what it made, in the thread that `UploadService` started for it.
 
 1. Take the undo snapshot `<volume>@upload_<n>` (an artifact): a failure rolls the volume back
    to it. A non-raw image gets a temporary volume `<volume>_upload_<n>` of `file_size` bytes
-   (an artifact too). Both through storage requests (`StorageCalls`), like any Ceph change.
+   (an artifact too). Both through storage requests (`run_storage_request`), like any Ceph change.
 2. Receive: every chunk of the body is written (`RbdStreamWriter`) into the target (raw) or the
    temporary volume, counted against the announced size; a non-raw image's first bytes are
    judged before qemu-img ever opens it (`check_header`).
@@ -27,14 +27,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from pvcd.controllers.tasks.cleanup import failure_message, undo_artifacts
 from pvcd.controllers.tasks.context import TaskContext, TaskStopped
 from pvcd.controllers.tasks.registry import TaskKind, TaskOutcome
-from pvcd.controllers.tasks.storage_calls import StorageCalls
 from pvcd.controllers.uploads.session import BodyCut
 from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound, PvcError
+from pvcd.domain.records import StorageRequest
 from pvcd.domain.tasks import Artifact
 from pvcd.domain.uploads import (
     HEADER_BYTES,
@@ -81,12 +81,16 @@ class FileChunks:
         pass
 
 
+# `run_storage_request` bound to the view and store: (op, args, timeout) -> the done request
+StorageStep = Callable[[str, dict[str, Any], float], StorageRequest]
+
+
 @dataclass(frozen=True)
 class UploadTools:
     """What an upload needs: storage requests, the process's librados connection, Ceph access
     for qemu-img, and the limit on conversions at once."""
 
-    calls: StorageCalls
+    calls: StorageStep
     rbd: RbdConnection
     access: RbdAccess
     qemu_img: QemuImg
@@ -117,11 +121,11 @@ class _Upload:
             self.tools.request_timeout
         where = f"{plan.pool}/{plan.volume}"
         ctx.progress(0, progress_total(plan), f"taking the undo snapshot {plan.snapshot}")
-        calls.run("snapshot-add", {"pool": plan.pool, "volume": plan.volume,
+        calls("snapshot-add", {"pool": plan.pool, "volume": plan.volume,
                                    "snapshot": plan.snapshot}, timeout)
         ctx.artifact(UNDO_SNAPSHOT, f"{where}@{plan.snapshot}")
         if plan.temporary is not None:
-            calls.run("volume-add", {"pool": plan.pool, "volume": plan.temporary,
+            calls("volume-add", {"pool": plan.pool, "volume": plan.temporary,
                                      "size": plan.file_size}, timeout)
             ctx.artifact(TEMPORARY_VOLUME, f"{plan.pool}/{plan.temporary}")
         self.receive(plan.temporary or plan.volume)
@@ -215,7 +219,7 @@ class _Upload:
         return left
 
 
-def remove_artifact(calls: StorageCalls, artifact: Artifact, roll_back: bool,
+def remove_artifact(calls: StorageStep, artifact: Artifact, roll_back: bool,
                     timeout: float) -> None:
     """Remove one artifact of an upload, idempotently: the temporary volume; the undo snapshot
     (after rolling the volume back to it when `roll_back`: that copies the volume's changed
@@ -223,7 +227,7 @@ def remove_artifact(calls: StorageCalls, artifact: Artifact, roll_back: bool,
     if artifact.kind == TEMPORARY_VOLUME:
         pool, _, volume = artifact.ref.partition("/")
         try:
-            calls.run("volume-remove", {"pool": pool, "volume": volume}, timeout)
+            calls("volume-remove", {"pool": pool, "volume": volume}, timeout)
         except NotFound:
             pass
         return
@@ -234,14 +238,14 @@ def remove_artifact(calls: StorageCalls, artifact: Artifact, roll_back: bool,
         try:
             if roll_back:
                 _roll_back(calls, args, timeout)
-            calls.run("snapshot-remove", args, timeout)
+            calls("snapshot-remove", args, timeout)
         except NotFound:
             pass
         return
     raise BackendError(f"an upload has no artifact of kind {artifact.kind!r}")
 
 
-def _roll_back(calls: StorageCalls, args: dict[str, str], timeout: float,
+def _roll_back(calls: StorageStep, args: dict[str, str], timeout: float,
                clock: Callable[[], float] = time.monotonic) -> None:
     """Roll the volume back to the undo snapshot. The primary refuses while anyone has the
     volume open: after a crash the dead process's librbd watch stays until Ceph expires it
@@ -249,7 +253,7 @@ def _roll_back(calls: StorageCalls, args: dict[str, str], timeout: float,
     deadline = clock() + WATCH_EXPIRY
     while True:
         try:
-            calls.run("snapshot-rollback", args, max(timeout, ROLLBACK_WAIT))
+            calls("snapshot-rollback", args, max(timeout, ROLLBACK_WAIT))
             return
         except Conflict as exc:
             if "is open" not in str(exc) or clock() >= deadline:
@@ -259,7 +263,7 @@ def _roll_back(calls: StorageCalls, args: dict[str, str], timeout: float,
             time.sleep(WATCH_RETRY)
 
 
-def upload_task_kind(calls: StorageCalls, timeout: float) -> TaskKind:
+def upload_task_kind(calls: StorageStep, timeout: float) -> TaskKind:
     """`volume.upload` for the task registry: its body comes with its HTTP request, so no
     runner runs it (`run` refuses); the primary's janitor uses `undo` after an interruption."""
 

@@ -11,13 +11,14 @@ primary's janitor declares it interrupted and removes its artifacts with the kin
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import threading
 import time
 from collections.abc import Callable
 
 from pvcd.controllers.tasks.context import TaskContext
-from pvcd.controllers.tasks.storage_calls import StorageCalls
+from pvcd.controllers.tasks.storage_steps import run_storage_request
 from pvcd.controllers.uploads.job import UploadJob, UploadTools, upload_task_kind
 from pvcd.controllers.uploads.session import UploadSession
 from pvcd.domain.pool_space import check_room
@@ -43,7 +44,7 @@ class UploadService:
         self.clock = clock
         self.monotonic = monotonic
         self.executor = f"{node}/{os.getpid()}"  # as the task runner claims
-        calls = StorageCalls(view, store, clock)
+        calls = functools.partial(run_storage_request, view, store, clock=clock)
         self.kind = upload_task_kind(calls, request_timeout)
         self.tools = UploadTools(calls, RbdConnection(ceph.conf_path, ceph.keyring_path,
                                                       ceph.timeout),
