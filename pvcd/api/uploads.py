@@ -18,7 +18,7 @@ body fails the task ("upload interrupted after N of M bytes"); the volume is rol
 
 The body is the image (`application/octet-stream`, or any type but multipart), or a
 `multipart/form-data` body with exactly one file part (PVC's CLI sends one named `file`),
-whose part is taken out as it streams (`pvcd.domain.multipart`); a malformed one fails the
+whose part is taken out as it streams (`pvcd.api.multipart`); a malformed one fails the
 task.
 """
 
@@ -31,6 +31,7 @@ from typing import Any
 from tornado.http1connection import HTTP1Connection
 
 from pvcd.api.base import UNLIMITED
+from pvcd.api.multipart import SinglePartDecoder, multipart_boundary
 from pvcd.api.routing import route
 from pvcd.api.storage import StorageHandler
 from pvcd.api.tasks import WAIT_FOR_TASK, task_location
@@ -39,7 +40,6 @@ from pvcd.api.values import RawValues, accepts, choice, integer
 from pvcd.api.volumes import refuse_active_users, refuse_busy
 from pvcd.api.waiting import wait_until
 from pvcd.domain.errors import BackendError, InvalidValue
-from pvcd.domain.multipart import MultipartFile, multipart_boundary
 from pvcd.domain.states import TASK_FINISHED_STATES
 from pvcd.domain.tasks import TaskRecord, new_id
 from pvcd.domain.uploads import (
@@ -67,7 +67,7 @@ class VolumeUploadHandler(StorageHandler):
         super().initialize(**kwargs)
         self.sink: BodySink | None = None
         self.task: TaskRecord | None = None
-        self.multipart: MultipartFile | None = None  # a multipart body's file part
+        self.multipart: SinglePartDecoder | None = None  # a multipart body's file part
 
     def _small_body(self) -> bool:
         return False  # the body is the image: the token must come in a header
@@ -94,7 +94,7 @@ class VolumeUploadHandler(StorageHandler):
         assert sink is not None and record is not None
         try:
             if self.multipart is not None:
-                self.multipart.close()
+                self.multipart.finish()
             sink.end(complete=True)
         except InvalidValue as exc:
             sink.refuse(str(exc))
@@ -144,7 +144,7 @@ class VolumeUploadHandler(StorageHandler):
             await asyncio.get_running_loop().run_in_executor(
                 None, uploads.check_room, pool, plan.file_size)
             refuse_busy(view, pool, volume)  # the room check let the loop run
-        self.multipart = MultipartFile(boundary) if boundary is not None else None
+        self.multipart = SinglePartDecoder(boundary) if boundary is not None else None
         self.task = await self.create_task(plan, uploads)
         connection = self.request.connection
         if isinstance(connection, HTTP1Connection):  # the body may take as long as its size

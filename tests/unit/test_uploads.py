@@ -1,7 +1,7 @@
 """The pure parts of image uploads (extensions.md §2.1): what is judged before the body, what an
 image's header and `qemu-img info` may say, the names of what an upload makes, the qemu-img
-file name of a volume, the session that hands the body to the job with backpressure, and the
-file part of a multipart body.
+file name of a volume, and the session that hands the body to the job with backpressure.
+(The multipart decoder: tests/unit/test_multipart_stream.py.)
 (On real Ceph, through the API: tests/e2e/test_volume_upload.py.)"""
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import pytest
 
 from pvcd.controllers.uploads.session import BodyCut, UploadSession
 from pvcd.domain.errors import InvalidValue
-from pvcd.domain.multipart import MultipartFile, multipart_boundary
 from pvcd.domain.uploads import (
     HEADER_BYTES,
     check_header,
@@ -183,44 +182,3 @@ def test_a_cut_body_reaches_the_job_after_its_chunks_and_a_dropped_one_is_discar
         await asyncio.wait_for(dropped.settled, 5)
 
     asyncio.run(scenario())
-
-
-# --- a multipart body's file part, taken out as it streams ---------------------------------
-
-def form(boundary: bytes, *parts: tuple[str, bytes]) -> bytes:
-    body = b"preamble\r\n"
-    for disposition, data in parts:
-        body += (b"--" + boundary + b"\r\nContent-Disposition: form-data; " +
-                 disposition.encode() + b"\r\nContent-Type: application/octet-stream\r\n\r\n" +
-                 data + b"\r\n")
-    return body + b"--" + boundary + b"--\r\nepilogue"
-
-
-def stream(body: bytes, boundary: bytes, step: int) -> bytes:
-    part = MultipartFile(boundary)
-    out = b"".join(part.feed(body[i:i + step]) for i in range(0, len(body), step))
-    part.close()
-    return out
-
-
-@pytest.mark.parametrize("step", [1, 7, 4096, 1 << 20])
-def test_the_file_part_comes_out_whole_however_the_body_is_cut(step: int) -> None:
-    data = bytes(range(256)) * 64 + b"\r\n--almost the boundary\r\n--"
-    boundary = b"----pvcd0123"
-    body = form(boundary, ('name="file"; filename="disk.qcow2"', data))
-    assert stream(body, boundary, step) == data
-    assert multipart_boundary('multipart/form-data; boundary="----pvcd0123"') == boundary
-    assert multipart_boundary("application/octet-stream") is None
-
-
-def test_a_multipart_body_must_hold_exactly_one_file() -> None:
-    boundary = b"b0"
-    with pytest.raises(InvalidValue, match="more than one part"):
-        stream(form(boundary, ('name="file"; filename="a"', b"x"),
-                    ('name="other"; filename="b"', b"y")), boundary, 5)
-    with pytest.raises(InvalidValue, match="not a file"):
-        stream(form(boundary, ('name="image_format"', b"raw")), boundary, 5)
-    with pytest.raises(InvalidValue, match="ended before"):
-        stream(form(boundary, ('name="file"; filename="a"', b"x"))[:-20], boundary, 5)
-    with pytest.raises(InvalidValue, match="boundary"):
-        multipart_boundary("multipart/form-data")
