@@ -11,8 +11,8 @@ value before the first upload.
 
 Why the file is small: the lab's memstore OSDs keep every byte in RAM (1 GiB each, 2 copies),
 on a machine shared with other work, so a 10 GiB upload cannot be stored here. What bounds the
-API's memory does not depend on the length: the body is queued to the job at most 16 MiB ahead
-(`pvcd.controllers.uploads.session.CAPACITY`; Tornado reads no further meanwhile), and the
+API's memory does not depend on the length: the body is queued to the job at most 8 MiB ahead
+(`pvcd.upload_pipe.DEFAULT_CAPACITY`; Tornado reads no further meanwhile), and the
 writer holds at most 17 MiB (`pvcd.drivers.ceph.rbd_stream`: 16 writes of 1 MiB in flight plus
 one being filled). `--rounds` streams the total through one process, so a leak per byte would
 show as growth from round to round. Run as:

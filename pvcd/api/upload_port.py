@@ -8,20 +8,19 @@ from typing import Protocol
 
 from pvcd.domain.tasks import TaskRecord
 from pvcd.domain.uploads import UploadPlan
+from pvcd.upload_pipe import UploadPipe
 
 
 class BodySink(Protocol):
     """Where an upload request's body goes (`UploadSession`)."""
 
     @property
+    def pipe(self) -> UploadPipe:
+        """The body's way to the job: `write` each chunk, `finish`, or `abort` if cut short."""
+
+    @property
     def settled(self) -> Awaitable[None]:
         """Done once the task has finished, or has the body and converts it."""
-
-    def put(self, chunk: bytes) -> Awaitable[None] | None:
-        """Take a chunk; an awaitable to wait on before the next one while the job is behind."""
-
-    def end(self, complete: bool) -> None:
-        """The body is in (`complete`), or the client left before its end."""
 
     def refuse(self, reason: str) -> None:
         """The body cannot be used: the task fails with `reason`."""

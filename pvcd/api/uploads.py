@@ -95,7 +95,7 @@ class VolumeUploadHandler(StorageHandler):
         try:
             if self.multipart is not None:
                 self.multipart.finish()
-            sink.end(complete=True)
+            sink.pipe.finish()
         except InvalidValue as exc:
             sink.refuse(str(exc))
         await sink.settled
@@ -110,12 +110,12 @@ class VolumeUploadHandler(StorageHandler):
             except InvalidValue as exc:
                 self.sink.refuse(str(exc))
                 return None
-        return self.sink.put(chunk)
+        return self.sink.pipe.write(chunk)
 
     def on_connection_close(self) -> None:
         super().on_connection_close()
         if self.sink is not None:
-            self.sink.end(complete=False)
+            self.sink.pipe.abort("the client closed the connection")
 
     # before the body
     async def accept(self, pool: str, volume: str) -> None:

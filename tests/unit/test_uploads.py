@@ -1,7 +1,8 @@
 """The pure parts of image uploads (extensions.md §2.1): what is judged before the body, what an
 image's header and `qemu-img info` may say, the names of what an upload makes, the qemu-img
-file name of a volume, and the session that hands the body to the job with backpressure.
-(The multipart decoder: tests/unit/test_multipart_stream.py.)
+file name of a volume, and the session's refusal and answer. (The body's pipe and its
+backpressure: tests/unit/test_upload_pipe.py; the multipart decoder:
+tests/unit/test_multipart_stream.py.)
 (On real Ceph, through the API: tests/e2e/test_volume_upload.py.)"""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from pvcd.controllers.uploads.session import BodyCut, UploadSession
+from pvcd.controllers.uploads.session import UploadSession
 from pvcd.domain.errors import InvalidValue
 from pvcd.domain.uploads import (
     HEADER_BYTES,
@@ -27,6 +28,7 @@ from pvcd.domain.uploads import (
     upload_file_size,
 )
 from pvcd.drivers.qemu_img import RbdAccess
+from pvcd.upload_pipe import UploadBroken, UploadPipe
 
 MIB = 1 << 20
 
@@ -139,46 +141,17 @@ def test_the_rbd_file_name_for_qemu_img_cannot_carry_extra_options() -> None:
         access.filename("p", "v:conf=/tmp/x")
 
 
-# --- the session: the body handed over with backpressure -----------------------------------
+# --- the session: when to answer, and a refused body ---------------------------------------
 
-def test_the_session_holds_back_the_body_while_the_job_is_behind() -> None:
-    async def scenario() -> tuple[list[bytes], int]:
-        session = UploadSession(asyncio.get_running_loop(), capacity=4)
-        taken: list[bytes] = []
-        assert session.put(b"ab") is None  # room left
-        room = session.put(b"cd")  # full: the handler waits on this before the next chunk
-        assert room is not None and not room.done()  # type: ignore[attr-defined]
-
-        def job() -> None:
-            while (chunk := session.take(wait=0.05)) is not None:
-                if chunk:
-                    taken.append(chunk)
-
-        thread = threading.Thread(target=job)
-        thread.start()
-        await asyncio.wait_for(room, 5)  # the job took enough: the handler goes on
-        assert session.put(b"ef") is None
-        session.end(complete=True)
-        await asyncio.get_running_loop().run_in_executor(None, thread.join)
-        return taken, session._queued
-
-    taken, queued = asyncio.run(scenario())
-    assert b"".join(taken) == b"abcdef" and queued == 0
-
-
-def test_a_cut_body_reaches_the_job_after_its_chunks_and_a_dropped_one_is_discarded() -> None:
+def test_a_refused_body_fails_the_reader_and_settling_wakes_the_handler() -> None:
     async def scenario() -> None:
-        session = UploadSession(asyncio.get_running_loop(), capacity=4)
-        session.put(b"ab")
-        session.end(complete=False)
-        assert session.take() == b"ab"
-        with pytest.raises(BodyCut):
-            session.take()
-        dropped = UploadSession(asyncio.get_running_loop(), capacity=4)
-        assert dropped.put(b"abcd") is not None
-        dropped.drop()  # the job failed: what comes is discarded, the handler reads on
-        assert dropped.put(b"x" * 100) is None and dropped._queued == 0
-        dropped.settle()
-        await asyncio.wait_for(dropped.settled, 5)
+        session = UploadSession(asyncio.get_running_loop(), UploadPipe(capacity=4))
+        assert session.pipe.write(b"ab") is None
+        session.refuse("the multipart body has more than one part")
+        with pytest.raises(UploadBroken, match="more than one part"):
+            session.pipe.read()
+        assert session.refusal == "the multipart body has more than one part"
+        threading.Thread(target=session.settle).start()  # as the job's thread does
+        await asyncio.wait_for(session.settled, 5)
 
     asyncio.run(scenario())

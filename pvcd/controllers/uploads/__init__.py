@@ -1,7 +1,7 @@
 """Disk image uploads into volumes (extensions.md §2.1; docs/storage.md "Uploading an image").
 
 Modules, one concept each:
-  session    the HTTP request's body handed to the job with backpressure (`UploadSession`)
+  session    an upload request's link to its job: the body's pipe, when to answer
   job        the task's work: undo snapshot, receive, convert, clean up (`run_upload`)
   service    where the API starts a job in this process (`UploadService`)
 """

@@ -15,8 +15,9 @@ removal of what it made, in the thread that `UploadService` started for it.
    snapshot and its removal) and the task fails with the reason. If the process dies, the
    primary's janitor does that (`upload_task_kind`'s `undo`).
 
-The body's source is anything with `take()`/`drop()` (`ChunkSource`): the HTTP request's
-`UploadSession`, or `FileChunks` over a file-like object, for other code that streams an image
+The body's source is anything with `read(size, stopped)`/`close_reader(reason)` (`BodySource`):
+the HTTP request's `UploadPipe`, or `FileChunks` over a file-like object, for other code that
+streams an image
 into a volume within a task of its own (`run_upload`).
 """
 
@@ -32,7 +33,7 @@ from typing import Any, BinaryIO, Protocol
 from pvcd.controllers.tasks.cleanup import failure_message, undo_artifacts
 from pvcd.controllers.tasks.context import TaskContext, TaskStopped
 from pvcd.controllers.tasks.registry import TaskKind, TaskOutcome
-from pvcd.controllers.uploads.session import BodyCut
+from pvcd.controllers.uploads.session import UploadSession
 from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound, PvcError
 from pvcd.domain.records import StorageRequest
 from pvcd.domain.tasks import Artifact
@@ -50,34 +51,35 @@ from pvcd.domain.uploads import (
 from pvcd.drivers.ceph.rbd_stream import RbdConnection
 from pvcd.drivers.host import trim_heap
 from pvcd.drivers.qemu_img import QemuImg, RbdAccess
+from pvcd.upload_pipe import UploadBroken
 
 log = logging.getLogger(__name__)
 
-READ_SIZE = 1 << 20  # bytes `FileChunks` reads at once
+READ_SIZE = 4 << 20  # bytes read from the body at once (at most)
 PROGRESS_BYTES = 4 << 20  # the progress is updated every 4 MiB received
 ROLLBACK_WAIT = 3600.0  # seconds a rollback is waited for at least
 WATCH_EXPIRY = 45.0  # seconds a stale watch of a dead process may hold a rollback back
 WATCH_RETRY = 2.0  # seconds between two rollbacks refused by a watch
 
 
-class ChunkSource(Protocol):
-    def take(self) -> bytes | None:
-        """The next bytes; b"" for none yet; None at the end (BodyCut if cut short)."""
+class BodySource(Protocol):
+    def read(self, size: int = -1, stopped: Callable[[], bool] = lambda: False) -> bytes:
+        """Up to `size` bytes; b"" at the end (UploadBroken if it will not come whole)."""
 
-    def drop(self) -> None:
-        """No more will be taken."""
+    def close_reader(self, reason: str) -> None:
+        """No more will be read."""
 
 
 class FileChunks:
-    """A `ChunkSource` over a file-like object (read to its end)."""
+    """A `BodySource` over a file-like object (read to its end)."""
 
     def __init__(self, file: BinaryIO) -> None:
         self.file = file
 
-    def take(self) -> bytes | None:
-        return self.file.read(READ_SIZE) or None
+    def read(self, size: int = -1, stopped: Callable[[], bool] = lambda: False) -> bytes:
+        return self.file.read(size)
 
-    def drop(self) -> None:
+    def close_reader(self, reason: str) -> None:
         pass
 
 
@@ -98,17 +100,17 @@ class UploadTools:
     conversions: threading.Semaphore
 
 
-def run_upload(plan: UploadPlan, ctx: TaskContext, source: ChunkSource, tools: UploadTools,
+def run_upload(plan: UploadPlan, ctx: TaskContext, source: BodySource, tools: UploadTools,
                on_received: Callable[[], None] = lambda: None) -> TaskOutcome:
     """Write the image `source` delivers into `plan`'s volume within the running task `ctx`
     (its artifacts recorded there, removed by the caller's failure path): the task's outcome,
-    or a PvcError / BodyCut / TaskStopped. `on_received`: the body is in and a conversion
+    or a PvcError / UploadBroken / TaskStopped. `on_received`: the body is in and a conversion
     follows."""
     return _Upload(plan, ctx, source, tools).run(on_received)
 
 
 class _Upload:
-    def __init__(self, plan: UploadPlan, ctx: TaskContext, source: ChunkSource,
+    def __init__(self, plan: UploadPlan, ctx: TaskContext, source: BodySource,
                  tools: UploadTools) -> None:
         self.plan = plan
         self.ctx = ctx
@@ -150,12 +152,9 @@ class _Upload:
         ctx.progress(0, total, "receiving")
         with self.tools.rbd.writer(plan.pool, volume) as writer:
             while True:
-                chunk = self.source.take()
-                if chunk is None:
-                    break
+                chunk = self.source.read(READ_SIZE, ctx.stopped.is_set)
                 if not chunk:
-                    ctx.check()
-                    continue
+                    break
                 if self.received + len(chunk) > limit:
                     raise InvalidValue(self.too_long(limit))
                 if not judged:
@@ -280,23 +279,28 @@ def upload_task_kind(calls: StorageStep, timeout: float) -> TaskKind:
 class UploadJob:
     """One upload task carried to its end in its own thread (module docstring)."""
 
-    def __init__(self, plan: UploadPlan, ctx: TaskContext, source: ChunkSource,
-                 tools: UploadTools, kind: TaskKind, settle: Callable[[], None]) -> None:
+    def __init__(self, plan: UploadPlan, ctx: TaskContext, session: UploadSession,
+                 tools: UploadTools, kind: TaskKind) -> None:
         self.plan = plan
         self.ctx = ctx
-        self.source = source
+        self.session = session
         self.tools = tools
         self.kind = kind
-        self.settle = settle
 
     def run(self) -> None:
-        ctx, record = self.ctx, self.ctx.record
-        upload = _Upload(self.plan, ctx, self.source, self.tools)
+        ctx, record, pipe = self.ctx, self.ctx.record, self.session.pipe
+        upload = _Upload(self.plan, ctx, pipe, self.tools)
         try:
-            outcome = upload.run(self.settle)
+            outcome = upload.run(self.session.settle)
             ctx.check()
-        except BodyCut:
-            self.fail("Interrupted", interrupted_message(upload.received, self.plan.file_size))
+        except UploadBroken as exc:
+            if self.session.refusal is not None:
+                self.fail("InvalidValue", self.session.refusal)
+            elif ctx.stopped.is_set():
+                self.fail("Interrupted", f"interrupted: {ctx.stop_reason or exc}")
+            else:
+                self.fail("Interrupted", interrupted_message(upload.received,
+                                                             self.plan.file_size))
         except TaskStopped as exc:
             if not ctx.taken_over:
                 self.fail("Interrupted", f"interrupted: {exc}")
@@ -313,13 +317,14 @@ class UploadJob:
             log.info("event=task-success task=%s name=%s bytes=%d", record.id, record.name,
                      upload.received)
         finally:
-            self.source.drop()
-            self.settle()
+            pipe.close_reader("the upload's task has ended")
+            self.session.settle()
             trim_heap()
 
     def fail(self, error: str, reason: str) -> None:
         ctx, record = self.ctx, self.ctx.record
-        self.source.drop()  # the handler reads the rest of the body while this cleans up
+        # the handler reads the rest of the body while this cleans up
+        self.session.pipe.close_reader(reason)
         log.info("event=task-failure task=%s name=%s error=%s message=%s", record.id,
                  record.name, error, reason)
         ctx.flush()

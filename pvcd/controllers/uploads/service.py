@@ -29,6 +29,7 @@ from pvcd.drivers.ceph.rbd_stream import RbdConnection
 from pvcd.drivers.qemu_img import QemuImg, RbdAccess
 from pvcd.state.store import Store
 from pvcd.state.view import ClusterView
+from pvcd.upload_pipe import UploadPipe
 
 
 class UploadService:
@@ -61,9 +62,10 @@ class UploadService:
     def begin(self, record: TaskRecord, version: int, plan: UploadPlan) -> UploadSession:
         """Start the job of the task `record` (created `running` under `self.executor`, at
         `version`); the session its request feeds. Called on the API's event loop."""
-        session = UploadSession(asyncio.get_running_loop())
+        session = UploadSession(asyncio.get_running_loop(),
+                                UploadPipe(expected=plan.file_size or None))
         ctx = TaskContext(record, self.view.paths.task(record.id), version, self.store,
                           self.executor, self.clock, self.monotonic)
-        job = UploadJob(plan, ctx, session, self.tools, self.kind, session.settle)
+        job = UploadJob(plan, ctx, session, self.tools, self.kind)
         threading.Thread(target=job.run, name=f"upload-{record.id}", daemon=True).start()
         return session
