@@ -33,9 +33,11 @@ class UploadSession:
         self.settled: asyncio.Future[None] = loop.create_future()
 
     def refuse(self, reason: str) -> None:
-        """The body cannot be used: the job fails with `reason` (InvalidValue)."""
-        self.refusal = reason
-        self.pipe.abort(reason)
+        """The body cannot be used: the job fails with `reason` (InvalidValue). The first
+        reason stands (a malformed body usually has more than one thing wrong)."""
+        if self.refusal is None:
+            self.refusal = reason
+            self.pipe.abort(reason)
 
     def settle(self) -> None:
         """The handler may answer now (called from the job's thread)."""
