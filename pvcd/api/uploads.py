@@ -114,7 +114,7 @@ class VolumeUploadHandler(StorageHandler):
 
     def on_connection_close(self) -> None:
         super().on_connection_close()
-        if self.sink is not None:
+        if self.sink is not None and not self._body_read:  # a body that is in still counts
             self.sink.pipe.abort("the client closed the connection")
 
     # before the body
