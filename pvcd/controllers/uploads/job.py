@@ -124,11 +124,11 @@ class _Upload:
         where = f"{plan.pool}/{plan.volume}"
         ctx.progress(0, progress_total(plan), f"taking the undo snapshot {plan.snapshot}")
         calls("snapshot-add", {"pool": plan.pool, "volume": plan.volume,
-                                   "snapshot": plan.snapshot}, timeout)
+                               "snapshot": plan.snapshot}, timeout)
         ctx.artifact(UNDO_SNAPSHOT, f"{where}@{plan.snapshot}")
         if plan.temporary is not None:
             calls("volume-add", {"pool": plan.pool, "volume": plan.temporary,
-                                     "size": plan.file_size}, timeout)
+                                 "size": plan.file_size}, timeout)
             ctx.artifact(TEMPORARY_VOLUME, f"{plan.pool}/{plan.temporary}")
         self.receive(plan.temporary or plan.volume)
         if plan.file_size and self.received != plan.file_size:
