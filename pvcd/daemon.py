@@ -48,6 +48,7 @@ from pvcd.controllers.self_fence import DeclaredDead
 from pvcd.controllers.storage import build_storage
 from pvcd.controllers.task_kinds import production_task_kinds
 from pvcd.controllers.tasks import TaskRegistry, build_tasks
+from pvcd.controllers.uploads import UploadService
 from pvcd.controllers.vm import VmController, vm_key
 from pvcd.domain.errors import ConfigError, Conflict
 from pvcd.domain.records import NodeSpec, NodeStatus, from_dict
@@ -159,6 +160,16 @@ class NodeDaemon:
         for service in wiring.services:
             self.services.add(service.name, service.start, service.stop)
 
+    def _upload_service(self) -> UploadService | None:
+        """Uploads are received by the API's process (a coordinator that manages Ceph)."""
+        ceph = self.config.drivers.ceph
+        if not ceph.enabled:
+            return None
+        return UploadService(self.name, self.view, self.store,
+                             CephDriver(ceph.conf_file, ceph.keyring,
+                                        timeout=ceph.command_timeout),
+                             ceph.request_timeout, self.config.tasks.workers, self.clock)
+
     def _make_api(self, metrics: Metrics) -> ApiServer:
         api, ceph = self.config.api, self.config.drivers.ceph
         ctx = make_context(
@@ -167,7 +178,8 @@ class NodeDaemon:
             storage_request_timeout=ceph.request_timeout if ceph.enabled else None,
             clock=self.clock, registry=metrics, api=api, uploads=self.uploads,
             pool_space=CephDriver(ceph.conf_file, ceph.keyring, timeout=ceph.command_timeout
-                                  ).pool_space if ceph.enabled else None)
+                                  ).pool_space if ceph.enabled else None,
+            upload_service=self._upload_service())
         ssl_context = None
         if api.tls.enabled and api.tls.cert_file and api.tls.key_file:
             ssl_context = make_ssl_context(api.tls.cert_file, api.tls.key_file)

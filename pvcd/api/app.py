@@ -25,6 +25,7 @@ from pvcd.api import (
     provisioner_templates,
     storage,
     tasks,
+    uploads,
     vm_meta,
     vms,
     volumes,
@@ -35,6 +36,7 @@ from pvcd.api.ratelimit import FailureLimiter
 from pvcd.api.requestlog import log_request
 from pvcd.api.routing import Route
 from pvcd.api.sessions import Sessions
+from pvcd.api.upload_port import Uploads
 from pvcd.config.schema import ApiSection
 from pvcd.domain.pool_space import PoolSpace
 from pvcd.state.store import Store
@@ -52,6 +54,7 @@ ROUTES: list[Route] = [
     *volumes.ROUTES,
     *provisioner_templates.ROUTES,
     *provisioner_profiles.ROUTES,
+    *uploads.ROUTES,
     *tasks.ROUTES,
     *ova.ROUTES,
     *provisioner_create.ROUTES,
@@ -65,7 +68,8 @@ def make_context(view: ClusterView, store: Store, node_name: str, auth_enabled: 
                  clock: Callable[[], float] = time.time,
                  registry: metrics.Metrics | None = None,
                  api: ApiSection | None = None, uploads: UploadPipes | None = None,
-                 pool_space: Callable[[str], PoolSpace] | None = None) -> ApiContext:
+                 pool_space: Callable[[str], PoolSpace] | None = None,
+                 upload_service: Uploads | None = None) -> ApiContext:
     """The API's context with its list renderers and its metrics (`registry`: the daemon's
     own, which also reads its controllers and this context's requests in flight; else a new
     one of the API alone). `api`: the config section with the session lifetime, the body
@@ -83,7 +87,7 @@ def make_context(view: ClusterView, store: Store, node_name: str, auth_enabled: 
                      max_body_size=api.max_body_size, task_wait=api.task_wait,
                      storage_request_timeout=storage_request_timeout, clock=clock,
                      metrics=registry, uploads=uploads if uploads is not None else UploadPipes(),
-                     pool_space=pool_space)
+                     pool_space=pool_space, upload_service=upload_service)
     return ctx
 
 

@@ -44,6 +44,7 @@ from pvcd.api.ratelimit import FailureLimiter, retry_after_header
 from pvcd.api.render import FragmentRenderer
 from pvcd.api.requestlog import WRITE_METHODS, audit, log_failure
 from pvcd.api.sessions import Sessions, same_origin
+from pvcd.api.upload_port import Uploads
 from pvcd.api.values import RawValues, Values, declared
 from pvcd.domain.errors import BackendError, Conflict, InvalidValue, PvcError
 from pvcd.domain.pool_space import PoolSpace
@@ -83,6 +84,7 @@ class ApiContext:
     task_wait: float = 120.0  # the longest a `wait` on a task waits (api.task_wait)
     # how long a storage request is waited for; None: this node does not manage Ceph
     storage_request_timeout: float | None = None
+    upload_service: Uploads | None = None  # the process's upload service; None: no Ceph here
     clock: Callable[[], float] = time.time
     in_flight: int = 0
     metrics: RequestObserver | None = None

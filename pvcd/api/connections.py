@@ -76,6 +76,11 @@ class ConnectionLimits:
                    api.max_connections_per_client, api.max_body_size)
 
 
+# bytes read from a socket at once and handed to a streaming handler: 1 MiB chunks cost an
+# upload (pvcd.api.uploads) 16 x fewer trips through the event loop than Tornado's 64 KiB
+READ_CHUNK = 1 << 20
+
+
 class GuardedHTTPServer(tornado.httpserver.HTTPServer):
     # `HTTPServer` is a Tornado `Configurable`: construction calls `initialize`
     def initialize(self, request_callback: Any,  # type: ignore[override]
@@ -83,7 +88,7 @@ class GuardedHTTPServer(tornado.httpserver.HTTPServer):
         super().initialize(request_callback, idle_connection_timeout=limits.header_timeout,
                            body_timeout=limits.body_timeout,
                            max_body_size=limits.max_body_size,
-                           max_header_size=MAX_HEADER_SIZE, **kwargs)
+                           max_header_size=MAX_HEADER_SIZE, chunk_size=READ_CHUNK, **kwargs)
         self.limits = limits
         self.max_connections = min(limits.max_connections, connection_budget())
         if self.max_connections < limits.max_connections:

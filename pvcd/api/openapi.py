@@ -345,6 +345,18 @@ ENDPOINTS: dict[str, dict[str, Operation]] = {
     },
     "/provisioner/profile": _list_and_add("profile", "Profile"),
     "/provisioner/profile/<profile>": _element("profile", "Profile", put=True),
+    # image upload (pvcd.api.uploads)
+    "/storage/ceph/volume/<pool>/<volume>/upload": {
+        "post": Operation(
+            "Write a disk image into an existing volume (the task volume.upload)." + _STORAGE,
+            description="The body is the image file itself (application/octet-stream, "
+                        "streamed); the values come from the query string only, and the token "
+                        "from a header. Refusals (510) come before the body is read "
+                        "(Expect: 100-continue is honoured). Answers once the body is in: 200 "
+                        "{message, task_id, result} when done (raw), 510 {message, task_id} "
+                        "when the task failed, else 202 while the image is converted.",
+            failures=_STILL_RUNNING),
+    },
     # tasks (docs/tasks.md)
     "/tasks": {
         "get": Operation("List tasks and storage requests, newest first (a storage request "

@@ -18,12 +18,13 @@ from typing import Any
 
 from pvcd.api.base import ApiContext, BaseHandler
 from pvcd.api.routing import route
+from pvcd.api.tasks import task_location
 from pvcd.api.values import accepts, choice, flag, limit, text, value
 from pvcd.api.waiting import wait_for_request
 from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound, PvcError
 from pvcd.domain.records import StorageRequest, VmRemoval, from_dict
 from pvcd.domain.states import PRIMARY_TARGET
-from pvcd.domain.tasks import new_id
+from pvcd.domain.tasks import busy_task, new_id
 from pvcd.drivers.ceph.values import (
     check_device,
     check_osd_flag,
@@ -37,6 +38,7 @@ from pvcd.drivers.ceph.values import (
 )
 from pvcd.specs.storage import check_storage_request
 from pvcd.state.store import Op
+from pvcd.state.tasks import read_storage_tasks, read_tasks
 from pvcd.state.view import ClusterView
 
 DANGER_FLAG = "yes_i_really_mean_it"
@@ -152,6 +154,15 @@ def snapshot_object(doc: dict[str, Any]) -> dict[str, Any]:
             "snapshot": doc.get("snapshot")}
 
 
+def refuse_busy(view: ClusterView, pool: str, volume: str) -> None:
+    """Conflict when a task or an unfinished storage request works on the volume."""
+    task = busy_task([f"volume:{pool}/{volume}"], [*read_tasks(view), *read_storage_tasks(view)])
+    if task is not None:
+        raise Conflict(f"RBD volume {pool}/{volume} is busy with task {task.id} ({task.name}, "
+                       f"{task.state}); try again when it has finished "
+                       f"(GET {task_location(task.id)}); nothing was changed")
+
+
 class StorageHandler(BaseHandler):
     def authenticated(self) -> None:
         storage_timeout(self.ctx)  # "storage is not configured": for known clients only
@@ -194,6 +205,7 @@ class StorageHandler(BaseHandler):
         check_snapshot_name(snapshot)
         if self.view.cache.exists(self.view.paths.storage_snapshot(pool, volume, snapshot)):
             raise Conflict(f"RBD snapshot {pool}/{volume}@{snapshot} already exists")
+        refuse_busy(self.view, pool, volume)
         request = await run_request(self, "snapshot-add",
                                     {"pool": pool, "volume": volume, "snapshot": snapshot})
         self.message(request.message)
@@ -380,6 +392,7 @@ class VolumeHandler(StorageHandler):
 
     async def delete(self, pool: str, volume: str) -> None:
         self.volume(pool, volume)
+        refuse_busy(self.view, pool, volume)  # an upload's undo snapshot is no reason to give
         snapshots = self.view.cache.children(self.view.paths.storage_volume_snapshots(pool,
                                                                                       volume))
         if snapshots:

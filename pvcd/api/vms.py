@@ -20,6 +20,7 @@ from pvcd.api.tasks import WAIT_FOR_TASK
 from pvcd.api.values import accepts, choice, flag, limit, text, texts
 from pvcd.api.vm_meta_values import META_VALUES, read_meta
 from pvcd.api.vm_rename import rename_vm
+from pvcd.api.volumes import refuse_busy_disks
 from pvcd.api.waiting import (
     DEFAULT_WAIT_TIMEOUT,
     WAIT_TIMEOUT,
@@ -174,6 +175,7 @@ class VmBaseHandler(BaseHandler):
             raise Conflict(f"A VM named '{definition.name}' already exists")
         if view.cache.exists(view.paths.vm(definition.uuid)):
             raise Conflict(f"A VM with UUID {definition.uuid} already exists")
+        refuse_busy_disks(view, definition.name, definition.disks)
         spec = VmSpec(uuid=definition.uuid, name=definition.name, xml=definition.xml,
                       node="", memory=definition.memory, vcpu=definition.vcpu,
                       state="start", info=definition.to_api_fields(), tags=tags, **meta)
@@ -282,6 +284,7 @@ class VmHandler(VmBaseHandler):
         spec.memory, spec.vcpu, spec.info = definition.memory, definition.vcpu, \
             definition.to_api_fields()
         if restart:
+            refuse_busy_disks(view, spec.name, definition.disks)
             spec.restart_request += 1
             spec.state = "start"
         ops = [Op.set(view.paths.vm(spec.uuid), spec.to_doc(), version)]
@@ -356,6 +359,9 @@ class VmStateHandler(VmBaseHandler):
         self.refuse_if_provisioning(spec)
         wanted = self.values[STATE]
         wait = requested_wait(self.values)
+        if wanted in ("start", "restart"):
+            refuse_busy_disks(self.ctx.view, spec.name,
+                              parse_domain_xml(spec.xml, default_uuid=spec.uuid).disks)
         spec.state_request += 1
         if wanted in STOPPED_VM_STATES:
             spec.node_autostart = False  # the operator wants it off: no `ready` starts it

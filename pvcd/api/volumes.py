@@ -18,6 +18,7 @@ watcher check on the primary still refuses it if the guest has opened the volume
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,7 @@ from pvcd.api.storage import (
     SnapshotListHandler,
     StorageHandler,
     VolumeHandler,
+    refuse_busy,
     request_failure,
     request_state,
     run_request,
@@ -40,7 +42,7 @@ from pvcd.domain.tasks import busy_task
 from pvcd.drivers.ceph.values import check_snapshot_name, check_volume_name, parse_size
 from pvcd.state.tasks import read_storage_tasks, read_tasks
 from pvcd.state.view import ClusterView
-from pvcd.vmxml import parse_domain_xml
+from pvcd.vmxml import Disk, parse_domain_xml
 
 FORCE = flag("force", "Pass the soft cap: allow the pool past 80 % of its capacity.")
 
@@ -91,12 +93,16 @@ def refuse_active_users(view: ClusterView, pool: str, volume: str, doing: str,
                        f"{doing} {advice}; nothing was changed")
 
 
-def refuse_busy(view: ClusterView, pool: str, volume: str) -> None:
-    """Conflict when a task or an unfinished storage request works on the volume."""
-    task = busy_task([f"volume:{pool}/{volume}"], [*read_tasks(view), *read_storage_tasks(view)])
+def refuse_busy_disks(view: ClusterView, vm_name: str, disks: Iterable[Disk]) -> None:
+    """Conflict when an RBD volume among a VM's disks is busy with a task (an upload writes
+    it): starting the VM now would give the guest a disk that is being written."""
+    volumes = [f"volume:{(d.name or '').split('@', 1)[0]}" for d in disks
+               if d.protocol == "rbd" and d.name]
+    task = busy_task(volumes, [*read_tasks(view), *read_storage_tasks(view)])
     if task is not None:
-        raise Conflict(f"RBD volume {pool}/{volume} is busy with task {task.id} ({task.name}, "
-                       f"{task.state}); try again when it has finished "
+        shared = ", ".join(sorted(set(volumes) & set(task.objects)))
+        raise Conflict(f"VM '{vm_name}' cannot start now: its disk {shared} is busy with task "
+                       f"{task.id} ({task.name}, {task.state}); try again when it has finished "
                        f"(GET {task_location(task.id)}); nothing was changed")
 
 

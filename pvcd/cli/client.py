@@ -169,6 +169,10 @@ class ApiClient:
         text = getattr(reason, "strerror", None) or str(reason)
         return f"cannot connect to the PVC API at {url}: {text} (from {self.connection.source})"
 
+    def unreachable(self, reason: object) -> str:
+        """Why the API could not be reached, in words (for requests sent without urllib)."""
+        return self._unreachable(reason)
+
     def _auth_message(self) -> str:
         url, connection = self.connection.url, self.connection
         if not connection.token:

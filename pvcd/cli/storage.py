@@ -16,6 +16,7 @@ from pvcd.cli.client import STORAGE_TIMEOUT, api_path
 from pvcd.cli.completion import complete_nodes
 from pvcd.cli.context import CliContext, confirm, format_option, pass_cli, yes_option
 from pvcd.cli.output import Column, field, render_fields, size_bytes, table_of
+from pvcd.cli.upload import volume_upload
 
 CEPH = ("storage", "ceph")
 Command = TypeVar("Command", bound=Callable[..., Any])
@@ -282,6 +283,9 @@ LONG_WAIT_OPTION = click.option("--wait", is_flag=True,
 @storage.group("volume")
 def volume() -> None:
     """RBD volumes (VM disks)."""
+
+
+volume.add_command(volume_upload)
 
 
 @volume.command("list")

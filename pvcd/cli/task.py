@@ -91,12 +91,17 @@ def task_wait(cli: CliContext, task_id: str, timeout: float) -> None:
     follow_task(cli, task_id, timeout)
 
 
-def follow_task(cli: CliContext, task_id: str, timeout: float) -> dict[str, Any]:
+def interactive(cli: CliContext, stream: Any) -> bool:
+    """Whether progress goes to a terminal (one line rewritten) or a log (plain lines)."""
+    return bool(stream.isatty()) and cli.env.get("TERM", "") not in ("", "dumb")
+
+
+def follow_task(cli: CliContext, task_id: str, timeout: float,
+                progress: ProgressBar | None = None) -> dict[str, Any]:
     """Follow task `task_id` to its end with a progress display (the module docstring); the
-    finished task, or ApiFailure (it failed) or WaitTimedOut."""
+    finished task, or ApiFailure (it failed) or WaitTimedOut. `progress`: a bar already on
+    the screen (an upload's, continued by its conversion)."""
     stream = sys.stderr
-    interactive = stream.isatty() and cli.env.get("TERM", "") not in ("", "dumb")
-    progress: ProgressBar | None = None
     deadline = time.monotonic() + timeout
     doc: dict[str, Any] = {}
     while True:
@@ -109,7 +114,7 @@ def follow_task(cli: CliContext, task_id: str, timeout: float) -> dict[str, Any]
             if doc.get("state") in ("success", "failure"):
                 break
             if progress is None:  # uploads count bytes (spec §1.1): shown as sizes
-                progress = ProgressBar(stream, interactive, unit="bytes" if str(
+                progress = ProgressBar(stream, interactive(cli, stream), unit="bytes" if str(
                     doc.get("name", "")).endswith(".upload") else "steps")
             progress.update(int(doc.get("current") or 0), int(doc.get("total") or 0),
                             str(doc.get("status") or doc.get("state")))

@@ -13,16 +13,24 @@ from __future__ import annotations
 
 import http.client
 import select
+import sys
 import urllib.parse
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
-from pvcd.cli.client import ApiClient, Response, Value, encode_values
+import click
+
+from pvcd.cli.client import ApiClient, Response, Value, api_path, encode_values
+from pvcd.cli.context import CliContext, pass_cli
 from pvcd.cli.errors import ApiConnectionLost, ApiUnreachable
+from pvcd.cli.progress import ProgressBar
+from pvcd.cli.task import follow_task, interactive
+from pvcd.domain.uploads import IMAGE_FORMATS
 
 CHUNK = 1 << 20  # bytes per send
 CONTINUE_WAIT = 30.0  # seconds to wait for `100 Continue` (or a refusal) before sending anyway
+ANSWER_TIMEOUT = 300.0  # seconds for the answer after the body (with --wait: the API's 120 s)
 
 
 def upload_file(client: ApiClient, path: str, values: Mapping[str, Value], file: Path,
@@ -97,3 +105,39 @@ def _send(connection: http.client.HTTPConnection, handle: BinaryIO, size: int,
         connection.send(chunk)
         sent += len(chunk)
         progress(sent, size)
+
+
+@click.command("upload")
+@click.argument("pool_name", metavar="POOL")
+@click.argument("name")
+@click.argument("image", metavar="FILE",
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--format", "--image-format", "-i", "image_format", required=True,
+              type=click.Choice(IMAGE_FORMATS), help="The image file's format.")
+@click.option("--wait", "-w", is_flag=True,
+              help="Follow a conversion (non-raw formats) to its end.")
+@click.option("--timeout", type=click.FloatRange(min=0), default=3600.0, show_default=True,
+              metavar="SECONDS", help="How long --wait follows the conversion.")
+@pass_cli
+def volume_upload(cli: CliContext, pool_name: str, name: str, image: Path, image_format: str,
+                  wait: bool, timeout: float) -> None:
+    """Write the disk image FILE into the existing volume NAME (at least as large as the
+    image's disk). Other formats than raw are converted to raw by the cluster; the volume is
+    left as it was if anything fails (extensions.md §2.1)."""
+    stream = sys.stderr
+    size = image.stat().st_size
+    bar = ProgressBar(stream, interactive(cli, stream), unit="bytes")
+
+    def progress(sent: int, total: int) -> None:
+        bar.update(sent, total, "uploading")
+
+    response = upload_file(cli.client, api_path("storage", "ceph", "volume", pool_name, name,
+                                                "upload"),
+                           {"image_format": image_format, "file_size": size}, image, progress,
+                           ANSWER_TIMEOUT)
+    doc = response.json()
+    if response.status == 202 and wait:
+        follow_task(cli, str(doc["task_id"]), timeout, bar)
+        return
+    bar.finish(f"Sent {size} bytes")
+    cli.message(str(doc.get("message")), doc.get("result"))

@@ -7,6 +7,7 @@ dependencies here, so `pvcd.daemon` only passes what it has.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 
@@ -14,6 +15,8 @@ from pvcd.config import Config
 from pvcd.controllers.ova_upload import CephAccess, OvaImporter
 from pvcd.controllers.provisioner import provisioner_task_kinds
 from pvcd.controllers.tasks import TaskKind
+from pvcd.controllers.tasks.storage_steps import run_storage_request
+from pvcd.controllers.uploads import upload_task_kind
 from pvcd.state.store import Store
 from pvcd.state.view import ClusterView
 from pvcd.upload_pipe import UploadPipes
@@ -26,5 +29,7 @@ def production_task_kinds(view: ClusterView, store: Store, config: Config,
     ceph = config.drivers.ceph
     access = CephAccess(str(ceph.conf_file), str(ceph.keyring), float(ceph.request_timeout),
                         float(ceph.command_timeout))
+    calls = functools.partial(run_storage_request, view, store, clock=clock)
     return [OvaImporter(view, store, uploads, access, clock).kind(),
+            upload_task_kind(calls, ceph.request_timeout),
             *provisioner_task_kinds(view, store, config)]
