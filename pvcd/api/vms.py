@@ -30,7 +30,7 @@ from pvcd.api.waiting import (
     vm_settles,
     wait_until,
 )
-from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound
+from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound, PvcError
 from pvcd.domain.moves import Move, check_migrate, check_unmigrate, holder, reassign
 from pvcd.domain.placement import choose_node, require_node
 from pvcd.domain.records import VmSpec, from_dict
@@ -51,7 +51,7 @@ from pvcd.state.tasks import read_tasks
 from pvcd.state.view import ClusterView
 from pvcd.state.vm_move import MoveBasis, move_vm
 from pvcd.state.vm_removal import forget_vm_ops
-from pvcd.vmxml import parse_domain_xml
+from pvcd.vmxml import Disk, parse_domain_xml
 
 # a VM on a node in one of these daemon states is removed by that node (docs/vms.md)
 ACTING_DAEMON_STATES = ("init", "run")
@@ -187,6 +187,15 @@ class VmBaseHandler(BaseHandler):
         await self.commit(ops)
         await reply_when_settled(self, wait, vm_settles(view, spec.uuid),
                                  f"Added VM '{spec.name}' ({spec.uuid}) on node {node}")
+
+
+def stored_disks(spec: VmSpec) -> tuple[Disk, ...]:
+    """The disks of a VM's stored XML; none when it does not parse (written past the API: no
+    node runs it, pvcd.specs.vms)."""
+    try:
+        return tuple(parse_domain_xml(spec.xml, default_uuid=spec.uuid).disks)
+    except (PvcError, TypeError, ValueError):
+        return ()
 
 
 VM_LIMIT = limit("VM names")
@@ -360,8 +369,7 @@ class VmStateHandler(VmBaseHandler):
         wanted = self.values[STATE]
         wait = requested_wait(self.values)
         if wanted in ("start", "restart"):
-            refuse_busy_disks(self.ctx.view, spec.name,
-                              parse_domain_xml(spec.xml, default_uuid=spec.uuid).disks)
+            refuse_busy_disks(self.ctx.view, spec.name, stored_disks(spec))
         spec.state_request += 1
         if wanted in STOPPED_VM_STATES:
             spec.node_autostart = False  # the operator wants it off: no `ready` starts it
