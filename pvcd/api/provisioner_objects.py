@@ -41,7 +41,7 @@ WHAT = {"system": "system template", "network": "network template",
         "storage": "storage template", "userdata": "userdata", "ova": "OVA",
         "profile": "profile"}
 NAME_LIMIT = limit("names")
-WRITE_ATTEMPTS = 4
+WRITE_ATTEMPTS = 8  # each lost race means another write won: n writers colliding need n tries
 Method = TypeVar("Method", bound=Callable[..., Awaitable[None]])
 
 
@@ -59,7 +59,7 @@ def retry_lost_races(method: Method) -> Method:
                     raise
                 # the winner's write reaches the cache by its watch event when another
                 # process made it; spread the attempts of clients that collided
-                await asyncio.sleep(random.uniform(0.001, 0.005 * (attempt + 1)))
+                await asyncio.sleep(random.uniform(0.001, 0.005 * 2 ** attempt))
 
     return retried  # type: ignore[return-value]
 
