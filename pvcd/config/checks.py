@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -152,6 +153,14 @@ def netns_name(value: str) -> str | None:
 
 def absolute_path(value: str) -> str | None:
     return None if value.startswith("/") else f"expected an absolute path, got {value!r}"
+
+
+def uuid_text(value: str) -> str | None:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return f"expected a UUID (e.g. 0f6c3a52-...-4c1d), got {value!r}"
+    return None
 
 
 def unix_user(value: str) -> str | None:

@@ -28,6 +28,7 @@ from pvcd.config.checks import (
     one_of,
     token_value,
     unix_user,
+    uuid_text,
     zookeeper_root,
     zookeeper_user,
 )
@@ -270,6 +271,9 @@ class LibvirtDriverSection:
     # how the other nodes' libvirt reaches this one for live migration (e.g.
     # qemu+tcp://10.0.0.2/system); null: the same as `uri`
     peer_uri: str | None = field(default=None, metadata=checks(not_empty))
+    # the domain type of the VMs the provisioner defines: `kvm`, or `qemu` (TCG emulation: a
+    # host without usable KVM, e.g. the lab)
+    domain_type: str = field(default="kvm", metadata=checks(one_of("kvm", "qemu")))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -320,6 +324,10 @@ class CephDriverSection:
     # osd_run_dir)
     osd_launcher: str = field(default="systemd", metadata=checks(one_of("systemd", "process")))
     osd_run_dir: str = field(default="/run/pvcd/ceph-osd", metadata=checks(absolute_path))
+    # the cephx user VMs' RBD disks authenticate as, and the libvirt secret (type ceph, on
+    # every node) that holds its key: `<auth>` of the disks the provisioner generates
+    libvirt_user: str = field(default="libvirt", metadata=checks(not_empty))
+    libvirt_secret_uuid: str | None = field(default=None, metadata=checks(uuid_text))
 
 
 @dataclass(frozen=True, kw_only=True)

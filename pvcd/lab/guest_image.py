@@ -50,7 +50,7 @@ from pvcd.lab.guest_disk import DISK_TOOLS, BootFiles, DiskLayout, GuestDiskErro
 
 DEFAULT_CACHE_DIR = Path("/var/cache/pvcd-lab/guest-image")
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
-RECIPE_VERSION = 1  # bump when the build steps change what the image holds
+RECIPE_VERSION = 2  # bump when the build steps change what the image holds
 BUILD_TIMEOUT = 900.0
 GUEST_PACKAGES = (
     "linux-image-cloud-amd64", "systemd-sysv", "udev", "cloud-init", "ifupdown",
@@ -75,6 +75,13 @@ datasource:
 network: {{config: disabled}}
 """
 INTERFACES = "auto eth0\niface eth0 inet dhcp\n"
+# TCG on a busy machine is slow: with the default 90 s, udev may not have announced ttyS0 in
+# time, and the serial getty (the login prompt) is given up
+SYSTEMD_TIMEOUTS = """\
+[Manager]
+DefaultTimeoutStartSec=600s
+DefaultDeviceTimeoutSec=600s
+"""
 DHCP_HOSTNAME_UNIT = """\
 [Unit]
 Description=Tell the DHCP server the host name cloud-init set (pvcd guest image)
@@ -115,7 +122,9 @@ class GuestRecipe:
             "etc/hostname": IMAGE_HOSTNAME + "\n",
             "etc/hosts": f"127.0.0.1 localhost\n127.0.1.1 {IMAGE_HOSTNAME}\n"
                          "::1 localhost ip6-localhost ip6-loopback\n",
-            "etc/fstab": f"UUID={root_uuid} / ext4 errors=remount-ro 0 1\n",
+            # no fsck at boot: every boot of a fresh clone would check a clean filesystem
+            "etc/fstab": f"UUID={root_uuid} / ext4 errors=remount-ro 0 0\n",
+            "etc/systemd/system.conf.d/90_pvcd.conf": SYSTEMD_TIMEOUTS,
             "etc/machine-id": "",
             "etc/resolv.conf": "",
             f"etc/systemd/system/{DHCP_HOSTNAME_UNIT_NAME}": DHCP_HOSTNAME_UNIT,

@@ -1,0 +1,156 @@
+"""The lab's Linux guest image boots in a `--netns --ceph --libvirt qemu` lab, from a file and
+from an RBD volume, and gets a DHCP lease on a managed network.
+
+What this proves, piece by piece, for the end-to-end provisioning test (test_guest_provision):
+the image built from Debian packages (`pvcd.lab.guest_image`) boots under TCG through SeaBIOS,
+syslinux and its virtio disk; each node's libvirtd runs in the node's network namespace, so the
+guest's NIC joins the node's `vmbr<vni>` and the primary's dnsmasq leases it an address; the
+primary (the gateway) pings it; QEMU opens an RBD disk on the lab's Ceph as `client.libvirt`
+through the libvirt secret the lab defined (`pvcd.lab.libvirt_ceph`), with the monitors on the
+underlay. The VMs are defined with hand-written XML through `POST /vm` (not the provisioner). The
+guests print cloud-init's output on the serial console; the metadata service is another part's
+(test_guest_provision checks what cloud-init does with it).
+
+Needs root, network access to Debian's archive the first time (the image is cached in
+/var/cache/pvcd-lab/guest-image), and a few minutes: each guest boots in ≈ 20-60 s under TCG.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+import uuid as uuidlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pvcd.lab import netns
+from pvcd.lab.ceph import ThrowawayCeph
+from pvcd.lab.guest_image import build_guest_image
+from pvcd.lab.lab import Lab
+from pvcd.lab.libvirt_ceph import LIBVIRT_CEPH_USER
+from pvcd.lab.linux_guest import (
+    boot_progress,
+    file_disk,
+    linux_guest_xml,
+    overlay,
+    rbd_disk,
+    serial_text,
+)
+from pvcd.lab.netns import SERVICE_IP
+from tests.e2e.labclient import LabClient, wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.qemu, pytest.mark.ceph, pytest.mark.needs_root,
+              pytest.mark.timeout(1800)]
+
+VNI = 100
+# TCG: ≈ 35 s on a quiet 2-core machine, several minutes when other labs load it
+LEASE_TIMEOUT = 600.0
+CLOUD_INIT_INIT = re.compile(r"Cloud-init v\. \S+ running 'init' ")
+
+
+@pytest.fixture(scope="module")
+def guest_lab() -> Iterator[tuple[Lab, LabClient, Path]]:
+    if os.geteuid() != 0:
+        pytest.skip("the lab needs root")
+    image = build_guest_image(log=print).path
+    # short: libvirtd's socket paths are limited to 107 bytes
+    workdir = Path(f"/tmp/pvcd-e2e-gboot-{uuidlib.uuid4().hex[:6]}")
+    lab = Lab(workdir)
+    info = lab.up(nodes=1, network=True, ceph=True, libvirt="qemu",
+                  ceph_memstore_bytes=2 << 30)
+    try:
+        api = LabClient(info)
+        ok(api.post("/network", data={
+            "vni": VNI, "description": "guests", "nettype": "managed",
+            "ip4_network": "10.100.0.0/24", "ip4_gateway": "10.100.0.1", "dhcp4": "yes",
+            "dhcp4_start": "10.100.0.100", "dhcp4_end": "10.100.0.199"}))
+        wait_until(lambda: f"vmbr{VNI}" in netns.links(lab.network().node_ns("node1")),
+                   timeout=10)
+        yield lab, api, image
+    finally:
+        lab.down()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def ok(response: Any) -> Any:
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def lease_of(api: LabClient, mac: str) -> dict[str, Any] | None:
+    for lease in ok(api.get(f"/network/{VNI}/lease")):
+        if lease["mac_address"] == mac:
+            return dict(lease)
+    return None
+
+
+def boot_and_check(lab: Lab, api: LabClient, name: str, disk: str) -> dict[str, float]:
+    """Define and start a guest on `disk`; wait for its lease, cloud-init's output and a ping
+    from the primary; return the seconds from the define to each. On failure, the assertion
+    carries the end of the guest's serial console."""
+    mac = "52:54:00:" + ":".join(f"{byte:02x}" for byte in os.urandom(3))
+    serial = lab.workdir / f"{name}.serial"
+    xml = linux_guest_xml(name, disk, bridge=f"vmbr{VNI}", mac=mac, serial_log=serial)
+    started = time.monotonic()
+    ok(api.post("/vm", data={"xml": xml, "node": "node1"}))
+    times: dict[str, float] = {}
+    try:
+        lease = wait_until(lambda: lease_of(api, mac), timeout=LEASE_TIMEOUT, interval=0.5)
+        times["lease"] = time.monotonic() - started
+        assert boot_progress(serial).kernel
+        wait_until(lambda: CLOUD_INIT_INIT.search(serial_text(serial)), timeout=300,
+                   interval=0.5)
+        times["cloud-init"] = time.monotonic() - started
+        node_ns = lab.network().node_ns("node1")
+        wait_until(lambda: netns.in_ns(node_ns, "ping", "-n", "-q", "-c", "1", "-W", "1",
+                                       lease["ip4_address"], check=False).returncode == 0,
+                   timeout=30, interval=0.2)
+        times["ping"] = time.monotonic() - started
+    except AssertionError as exc:
+        tail = "\n".join(serial_text(serial).splitlines()[-60:])
+        raise AssertionError(f"{exc}\n--- serial console of {name} (last lines) ---\n{tail}") \
+            from exc
+    print(f"{name}: " + ", ".join(f"{what} after {seconds:.1f} s"
+                                  for what, seconds in times.items()))
+    ok(api.post(f"/vm/{name}/state", data={"state": "stop"}))
+    return times
+
+
+def test_the_image_boots_from_a_file_and_gets_a_lease(
+        guest_lab: tuple[Lab, LabClient, Path]) -> None:
+    lab, api, image = guest_lab
+    disk = overlay(image, lab.workdir / "fileguest.qcow2")
+    boot_and_check(lab, api, "fileguest", file_disk(disk))
+    # the cached image is what it was: the guest wrote to its overlay only
+    assert build_guest_image().path == image and not build_guest_image().built
+
+
+def test_the_image_boots_from_an_rbd_volume_through_the_libvirt_secret(
+        guest_lab: tuple[Lab, LabClient, Path]) -> None:
+    lab, api, image = guest_lab
+    info = lab._info()
+    assert info.ceph is not None and info.qemu is not None
+    config = yaml.safe_load(Path(info.node("node1").config).read_text())
+    secret_uuid = info.qemu["ceph_secret_uuid"]
+    # what the provisioner reads to write `<auth>` and the domain type
+    assert config["drivers"]["ceph"]["libvirt_user"] == LIBVIRT_CEPH_USER
+    assert config["drivers"]["ceph"]["libvirt_secret_uuid"] == secret_uuid
+    assert config["drivers"]["libvirt"]["domain_type"] == "qemu"
+
+    ok(api.post("/storage/ceph/pool", params={"pool": "vms", "pgs": 16}))
+    ceph = ThrowawayCeph.load(info.ceph["workdir"])
+    started = time.monotonic()
+    subprocess.run(ceph.in_netns(["rbd", *ceph.cluster_args, "import", str(image),
+                                  "vms/rbdguest"]), check=True, capture_output=True, timeout=300)
+    print(f"rbd import of the image: {time.monotonic() - started:.1f} s")
+    assert ceph.ports is not None
+    disk = rbd_disk("vms", "rbdguest", [(SERVICE_IP, ceph.ports.mon_v1)], LIBVIRT_CEPH_USER,
+                    secret_uuid)
+    boot_and_check(lab, api, "rbdguest", disk)
