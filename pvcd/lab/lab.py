@@ -85,7 +85,8 @@ class Lab:
            fence_overrides: dict[str, str] | None = None,
            dead_threshold: int = 3, libvirt: str = "test",
            ceph_stats_interval: float = 2.0, watchdog_timeout: int | None = None,
-           zookeeper_tls: bool = False, ceph_memstore_bytes: int = 1 << 30) -> LabInfo:
+           zookeeper_tls: bool = False, ceph_memstore_bytes: int = 1 << 30,
+           domain_type: str = "qemu") -> LabInfo:
         """`libvirt`: "test" (a `test:///` file per node, inside its daemon) or "qemu" (a real
         libvirtd per node, tiny QEMU guests that boot and live-migrate). `fencing` None: "lab"
         with the test driver, "none" with QEMU (the lab fence kills only the node's daemon;
@@ -96,7 +97,8 @@ class Lab:
         With `network`, Ceph runs in the underlay namespace (next to ZooKeeper) and each node's
         libvirtd in the node's namespace, where its guests' NICs join the node's bridges.
         `ceph_memstore_bytes`: each OSD's capacity, held in memory (guest images need more
-        than the default 1 GiB)."""
+        than the default 1 GiB). `domain_type`: the nodes' `drivers.libvirt.domain_type` in a
+        QEMU lab (`qemu`: TCG; `kvm` only where Linux guests boot under the machine's KVM)."""
         if self.lab_file.exists():
             raise RuntimeError(f"a lab is already described in {self.lab_file}; "
                                "run `pvcd lab down` first")
@@ -153,7 +155,7 @@ class Lab:
         if libvirt == "qemu":
             self.info = info
             try:
-                self._start_libvirtd(info, nodes, lab_net)
+                self._start_libvirtd(info, nodes, lab_net, domain_type)
             except BaseException:
                 self.down()
                 raise
@@ -268,14 +270,15 @@ class Lab:
                 start_new_session=True)
         return process.pid
 
-    def _start_libvirtd(self, info: LabInfo, nodes: int, lab_net: LabNetwork | None) -> None:
+    def _start_libvirtd(self, info: LabInfo, nodes: int, lab_net: LabNetwork | None,
+                        domain_type: str) -> None:
         """One libvirtd per node (`libvirtd/nodeN`, docs/lab-qemu.md; in the node's network
         namespace with `lab_net`), the guest kernel, and `guest.xml`: the tiny guest, ready
         for `POST /vm`. With Ceph, each libvirtd gets the secret RBD disks authenticate with."""
         guest_xml = self.workdir / "guest.xml"
         # recorded first: from here on, down() cleans up whatever was started
         info.qemu = {"workdir": str(self.workdir / "libvirtd"), "nodes": nodes, "kernel": "",
-                     "guest_xml": str(guest_xml)}
+                     "guest_xml": str(guest_xml), "domain_type": domain_type}
         kernel = build_guest_kernel(self.workdir / "guest")
         info.qemu["kernel"] = str(kernel)
         guest_xml.write_text(qemu_guest_xml("guest", kernel=kernel, with_uuid=False))
@@ -313,11 +316,13 @@ class Lab:
         VMs are defined for TCG), or an empty `test:///` file."""
         if self.libvirtd is not None:
             instance = self.libvirtd[index - 1]
+            qemu = self._info().qemu or {}
             migration_uri = QEMU_LAB_MIGRATION_URI
             if lab_net is not None:
                 migration_uri = f"tcp://{lab_net.node_net(f'node{index}', index).underlay_address}"
             return {"uri": instance.uri, "peer_uri": instance.peer_uri,
-                    "migration_uri": migration_uri, "domain_type": "qemu"}
+                    "migration_uri": migration_uri,
+                    "domain_type": qemu.get("domain_type", "qemu")}
         state = folder / "libvirt-test.xml"
         state.write_text("<node>\n</node>\n")  # an empty test:/// hypervisor
         return {"uri": f"test://{state}"}
