@@ -27,9 +27,9 @@ from pvcd.lab.guest_provision import (
     add_network,
     add_profile,
     lease_named,
+    linux_guest_lab,
     upload_image,
 )
-from pvcd.lab.lab import Lab
 from pvcd.lab.linux_guest import kvm_boots_linux
 
 BOOT_TIMEOUT = 900.0
@@ -57,12 +57,11 @@ def run(workdir: Path, accel: str) -> None:
         print(f"KVM probe: {'boots' if accel == 'kvm' else 'no Linux boot'} "
               f"({time.monotonic() - probe_started:.1f} s) -> {accel.upper()}")
         shutil.rmtree(workdir / "probe", ignore_errors=True)
-    lab = Lab(workdir / "lab")
     started = time.monotonic()
-    info = lab.up(nodes=1, network=True, ceph=True, libvirt="qemu", ceph_memstore_bytes=3 << 30,
-                  domain_type="kvm" if accel == "kvm" else "qemu")
-    print(f"lab up: {time.monotonic() - started:.1f} s")
-    try:
+    with linux_guest_lab("pvcd-bgb", memstore_bytes=3 << 30,
+                         domain_type="kvm" if accel == "kvm" else "qemu") as lab:
+        print(f"lab up: {time.monotonic() - started:.1f} s")
+        info = lab._info()
         api = ProvisionApi(info.api, info.token)
         plan = GuestPlan()
         seconds = upload_image(api, plan, image.path)
@@ -85,8 +84,6 @@ def run(workdir: Path, accel: str) -> None:
                             lambda: lease_named(api, plan), started, BOOT_TIMEOUT)
         print(f"create -> lease named {plan.hostname!r} (cloud-init read the metadata): "
               f"{named:.1f} s")
-    finally:
-        lab.down()
 
 
 def main() -> None:

@@ -14,15 +14,38 @@ names the first missing or broken endpoint.
 
 from __future__ import annotations
 
+import shutil
 import time
+import uuid as uuidlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import requests
 
+from pvcd.lab.lab import Lab
+
 UPLOAD_TIMEOUT = 900.0
 TASK_POLL = 0.5
+
+
+@contextmanager
+def linux_guest_lab(prefix: str, memstore_bytes: int, domain_type: str = "qemu") -> Iterator[Lab]:
+    """A one-node `--netns --ceph --libvirt qemu` lab for Linux guests, in a fresh folder
+    `/tmp/<prefix>-<random>` (short: libvirtd's socket paths are limited to 107 bytes), with
+    OSDs of `memstore_bytes` each (images and their clones, two copies, in memory); taken down
+    and removed afterwards. One node is the primary: gateway, DHCP, metadata and API."""
+    workdir = Path(f"/tmp/{prefix}-{uuidlib.uuid4().hex[:6]}")
+    lab = Lab(workdir)
+    lab.up(nodes=1, network=True, ceph=True, libvirt="qemu", ceph_memstore_bytes=memstore_bytes,
+           domain_type=domain_type)
+    try:
+        yield lab
+    finally:
+        lab.down()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 class ProvisionStepError(AssertionError):

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
+from pvcd.lab.qemu_guest import LAB_DOMAIN_BEHAVIOUR, QEMU_EMULATOR
+
 TOOL_TIMEOUT = 60.0
 SYSTEMD_WELCOME = "Welcome to"  # systemd's banner: the kernel booted and switched to the root
 LOGIN_PROMPT = re.compile(r"^\S+ login: ", re.MULTILINE)
@@ -67,13 +69,8 @@ def linux_guest_xml(name: str, disk: str, *, bridge: str, mac: str, serial_log: 
   <memory unit='MiB'>{int(memory_mib)}</memory>
   <vcpu>{int(vcpus)}</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
-  <features><acpi/></features>
-  <clock offset='utc'/>
-  <on_poweroff>destroy</on_poweroff>
-  <on_reboot>restart</on_reboot>
-  <on_crash>destroy</on_crash>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+{LAB_DOMAIN_BEHAVIOUR}  <devices>
+    <emulator>{QEMU_EMULATOR}</emulator>
     {disk}
     <interface type='bridge'><mac address={quoteattr(mac)}/><source bridge={quoteattr(bridge)}/>
       <model type='virtio'/></interface>

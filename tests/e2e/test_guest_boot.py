@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import time
-import uuid as uuidlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ import yaml
 from pvcd.lab import netns
 from pvcd.lab.ceph import ThrowawayCeph
 from pvcd.lab.guest_image import build_guest_image
+from pvcd.lab.guest_provision import GuestPlan, ProvisionApi, add_network, linux_guest_lab
 from pvcd.lab.lab import Lab
 from pvcd.lab.libvirt_ceph import LIBVIRT_CEPH_USER
 from pvcd.lab.linux_guest import (
@@ -60,23 +59,13 @@ def guest_lab() -> Iterator[tuple[Lab, LabClient, Path]]:
     if os.geteuid() != 0:
         pytest.skip("the lab needs root")
     image = build_guest_image(log=print).path
-    # short: libvirtd's socket paths are limited to 107 bytes
-    workdir = Path(f"/tmp/pvcd-e2e-gboot-{uuidlib.uuid4().hex[:6]}")
-    lab = Lab(workdir)
-    info = lab.up(nodes=1, network=True, ceph=True, libvirt="qemu",
-                  ceph_memstore_bytes=2 << 30)
-    try:
+    with linux_guest_lab("pvcd-e2e-gboot", memstore_bytes=2 << 30) as lab:
+        info = lab._info()
+        add_network(ProvisionApi(info.api, info.token), GuestPlan(vni=VNI))
         api = LabClient(info)
-        ok(api.post("/network", data={
-            "vni": VNI, "description": "guests", "nettype": "managed",
-            "ip4_network": "10.100.0.0/24", "ip4_gateway": "10.100.0.1", "dhcp4": "yes",
-            "dhcp4_start": "10.100.0.100", "dhcp4_end": "10.100.0.199"}))
         wait_until(lambda: f"vmbr{VNI}" in netns.links(lab.network().node_ns("node1")),
                    timeout=10)
         yield lab, api, image
-    finally:
-        lab.down()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def ok(response: Any) -> Any:

@@ -16,13 +16,10 @@ Needs root, and network access to Debian's archive the first time (≈ 1 min to 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
-import uuid as uuidlib
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -34,6 +31,7 @@ from pvcd.lab.guest_provision import (
     add_network,
     add_profile,
     lease_named,
+    linux_guest_lab,
     upload_image,
 )
 from pvcd.lab.lab import Lab
@@ -53,16 +51,8 @@ BOOT_TIMEOUT = 900.0
 def guest_lab() -> Iterator[Lab]:
     if os.geteuid() != 0:
         pytest.skip("the lab needs root")
-    # short: libvirtd's socket paths are limited to 107 bytes
-    workdir = Path(f"/tmp/pvcd-e2e-gprov-{uuidlib.uuid4().hex[:6]}")
-    lab = Lab(workdir)
-    # the image (1 GiB) and its clone, two copies each, in the memstore OSDs' memory
-    lab.up(nodes=1, network=True, ceph=True, libvirt="qemu", ceph_memstore_bytes=3 << 30)
-    try:
+    with linux_guest_lab("pvcd-e2e-gprov", memstore_bytes=3 << 30) as lab:
         yield lab
-    finally:
-        lab.down()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def pvc(lab: Lab, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
