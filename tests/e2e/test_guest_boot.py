@@ -20,7 +20,9 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 import time
+import uuid as uuidlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -68,6 +70,34 @@ def guest_lab() -> Iterator[tuple[Lab, LabClient, Path]]:
         yield lab, api, image
 
 
+# A stand-in for pvcd's metadata service (spec §4): the EC2 paths cloud-init reads, any version
+STAND_IN_METADATA = """
+import http.server, sys
+meta = {"instance-id": sys.argv[1], "local-hostname": sys.argv[2], "hostname": sys.argv[2]}
+userdata = sys.argv[3].encode()
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        parts = self.path.strip("/").split("/")
+        body = None
+        if len(parts) == 2 and parts[1] == "user-data":
+            body = userdata
+        elif len(parts) == 2 and parts[1] == "meta-data":
+            body = "\\n".join(meta).encode()
+        elif len(parts) == 3 and parts[1] == "meta-data" and parts[2] in meta:
+            body = meta[parts[2]].encode()
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_PUT(self):
+        self.send_error(404)
+http.server.ThreadingHTTPServer(("169.254.169.254", 80), Handler).serve_forever()
+"""
+
+
 def ok(response: Any) -> Any:
     assert response.status_code == 200, response.text
     return response.json()
@@ -80,10 +110,12 @@ def lease_of(api: LabClient, mac: str) -> dict[str, Any] | None:
     return None
 
 
-def boot_and_check(lab: Lab, api: LabClient, name: str, disk: str) -> dict[str, float]:
+def boot_and_check(lab: Lab, api: LabClient, name: str, disk: str,
+                   hostname: str | None = None) -> dict[str, float]:
     """Define and start a guest on `disk`; wait for its lease, cloud-init's output and a ping
-    from the primary; return the seconds from the define to each. On failure, the assertion
-    carries the end of the guest's serial console."""
+    from the primary, and with `hostname`, for its lease under that name; return the seconds
+    from the define to each. On failure, the assertion carries the end of the guest's serial
+    console."""
     mac = "52:54:00:" + ":".join(f"{byte:02x}" for byte in os.urandom(3))
     serial = lab.workdir / f"{name}.serial"
     xml = linux_guest_xml(name, disk, bridge=f"vmbr{VNI}", mac=mac, serial_log=serial)
@@ -102,6 +134,10 @@ def boot_and_check(lab: Lab, api: LabClient, name: str, disk: str) -> dict[str, 
                                        lease["ip4_address"], check=False).returncode == 0,
                    timeout=30, interval=0.2)
         times["ping"] = time.monotonic() - started
+        if hostname is not None:
+            wait_until(lambda: (lease_of(api, mac) or {}).get("hostname") == hostname,
+                       timeout=LEASE_TIMEOUT, interval=0.5)
+            times["lease named " + hostname] = time.monotonic() - started
     except AssertionError as exc:
         tail = "\n".join(serial_text(serial).splitlines()[-60:])
         raise AssertionError(f"{exc}\n--- serial console of {name} (last lines) ---\n{tail}") \
@@ -143,3 +179,22 @@ def test_the_image_boots_from_an_rbd_volume_through_the_libvirt_secret(
     disk = rbd_disk("vms", "rbdguest", [(SERVICE_IP, ceph.ports.mon_v1)], LIBVIRT_CEPH_USER,
                     secret_uuid)
     boot_and_check(lab, api, "rbdguest", disk)
+
+
+def test_cloud_init_names_the_guest_from_ec2_metadata_and_the_lease_follows(
+        guest_lab: tuple[Lab, LabClient, Path]) -> None:
+    lab, api, image = guest_lab
+    node_ns = lab.network().node_ns("node1")
+    netns.run("ip", "-n", node_ns, "addr", "add", "169.254.169.254/32", "dev", "lo")
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", node_ns, sys.executable, "-c", STAND_IN_METADATA,
+         str(uuidlib.uuid4()), "mdguest", "#cloud-config\nhostname: named-by-userdata\n"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        disk = overlay(image, lab.workdir / "mdguest.qcow2")
+        boot_and_check(lab, api, "mdguest", file_disk(disk), hostname="named-by-userdata")
+        serial = serial_text(lab.workdir / "mdguest.serial")
+        assert "Datasource DataSourceEc2" in serial or "DataSourceEc2" in serial, serial[-3000:]
+    finally:
+        server.kill()
+        server.wait(timeout=10)
