@@ -51,6 +51,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.qemu, pytest.mark.ceph, pytest.mark.
               pytest.mark.timeout(1800)]
 
 VNI = 100
+METADATA_ADDRESS = "169.254.169.254"
 # TCG: ≈ 35 s on a quiet 2-core machine, several minutes when other labs load it
 LEASE_TIMEOUT = 600.0
 CLOUD_INIT_INIT = re.compile(r"Cloud-init v\. \S+ running 'init' ")
@@ -113,9 +114,9 @@ def lease_of(api: LabClient, mac: str) -> dict[str, Any] | None:
 def boot_and_check(lab: Lab, api: LabClient, name: str, disk: str,
                    hostname: str | None = None) -> dict[str, float]:
     """Define and start a guest on `disk`; wait for its lease, cloud-init's output and a ping
-    from the primary, and with `hostname`, for its lease under that name; return the seconds
-    from the define to each. On failure, the assertion carries the end of the guest's serial
-    console."""
+    from the primary, and with `hostname`, for its lease under that name and the login prompt;
+    return the seconds from the define to each. On failure, the assertion carries the end of the
+    guest's serial console."""
     mac = "52:54:00:" + ":".join(f"{byte:02x}" for byte in os.urandom(3))
     serial = lab.workdir / f"{name}.serial"
     xml = linux_guest_xml(name, disk, bridge=f"vmbr{VNI}", mac=mac, serial_log=serial)
@@ -138,6 +139,9 @@ def boot_and_check(lab: Lab, api: LabClient, name: str, disk: str,
             wait_until(lambda: (lease_of(api, mac) or {}).get("hostname") == hostname,
                        timeout=LEASE_TIMEOUT, interval=0.5)
             times["lease named " + hostname] = time.monotonic() - started
+            # with metadata answering, cloud-init's init stage ends at once: the getty follows
+            wait_until(lambda: boot_progress(serial).login, timeout=LEASE_TIMEOUT, interval=0.5)
+            times["login prompt"] = time.monotonic() - started
     except AssertionError as exc:
         tail = "\n".join(serial_text(serial).splitlines()[-60:])
         raise AssertionError(f"{exc}\n--- serial console of {name} (last lines) ---\n{tail}") \
@@ -185,7 +189,14 @@ def test_cloud_init_names_the_guest_from_ec2_metadata_and_the_lease_follows(
         guest_lab: tuple[Lab, LabClient, Path]) -> None:
     lab, api, image = guest_lab
     node_ns = lab.network().node_ns("node1")
-    netns.run("ip", "-n", node_ns, "addr", "add", "169.254.169.254/32", "dev", "lo")
+    try:  # pvcd's own service puts the address on the primary's loopback soon after a network
+        wait_until(lambda: METADATA_ADDRESS in netns.run("ip", "-n", node_ns, "addr", "show",
+                                                         "dev", "lo").stdout, timeout=10)
+        pytest.skip("pvcd's metadata service answers in this lab: test_guest_provision shows "
+                    "the image using it")
+    except AssertionError:
+        pass  # no metadata service here: the stand-in takes its place
+    netns.run("ip", "-n", node_ns, "addr", "add", f"{METADATA_ADDRESS}/32", "dev", "lo")
     server = subprocess.Popen(
         ["ip", "netns", "exec", node_ns, sys.executable, "-c", STAND_IN_METADATA,
          str(uuidlib.uuid4()), "mdguest", "#cloud-config\nhostname: named-by-userdata\n"],
