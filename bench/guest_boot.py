@@ -7,7 +7,7 @@ machine's KVM (`kvm_boots_linux`: QEMU straight on an overlay) and uses KVM if s
 prints which. It prints the task's time, the first lease (the image's own host name), and the
 lease under the name the user-data gives (after cloud-init has read the metadata service).
 
-    .venv/bin/python -m bench.guest_boot [--workdir /tmp/pvcd-bgb] [--accel auto|kvm|tcg]
+    .venv/bin/python -m bench.guest_boot [--accel auto|kvm|tcg]
 
 Root; the image is built on first use (≈ 1 min, Debian's archive). Not run by CI.
 """
@@ -15,7 +15,7 @@ Root; the image is built on first use (≈ 1 min, Debian's archive). Not run by 
 from __future__ import annotations
 
 import argparse
-import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -47,16 +47,16 @@ def wait_for(what: str, predicate: Any, started: float, timeout: float) -> tuple
     raise TimeoutError(f"{what}: not within {timeout:.0f} s")
 
 
-def run(workdir: Path, accel: str) -> None:
+def run(accel: str) -> None:
     image = build_guest_image(log=print)
     print(f"image: {image.path} ({image.size >> 20} MiB virtual; "
           f"{'built' if image.built else 'cached'} in {image.seconds:.1f} s)")
     if accel == "auto":
         probe_started = time.monotonic()
-        accel = "kvm" if kvm_boots_linux(image.path, workdir / "probe") else "tcg"
+        with tempfile.TemporaryDirectory(prefix="pvcd-kvm-probe-") as probe:
+            accel = "kvm" if kvm_boots_linux(image.path, Path(probe)) else "tcg"
         print(f"KVM probe: {'boots' if accel == 'kvm' else 'no Linux boot'} "
               f"({time.monotonic() - probe_started:.1f} s) -> {accel.upper()}")
-        shutil.rmtree(workdir / "probe", ignore_errors=True)
     started = time.monotonic()
     with linux_guest_lab("pvcd-bgb", memstore_bytes=3 << 30,
                          domain_type="kvm" if accel == "kvm" else "qemu") as lab:
@@ -88,10 +88,9 @@ def run(workdir: Path, accel: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/pvcd-bgb"))
     parser.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
     args = parser.parse_args()
-    run(args.workdir, args.accel)
+    run(args.accel)
 
 
 if __name__ == "__main__":
