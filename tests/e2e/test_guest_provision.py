@@ -23,17 +23,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from pvcd.lab import guest_provision as walk
 from pvcd.lab import netns
 from pvcd.lab.guest_image import build_guest_image
-from pvcd.lab.guest_provision import (
-    GuestPlan,
-    ProvisionApi,
-    add_network,
-    add_profile,
-    lease_named,
-    linux_guest_lab,
-    upload_image,
-)
 from pvcd.lab.lab import Lab
 from pvcd.lab.linux_guest import serial_text
 from tests.e2e.labclient import wait_until
@@ -51,7 +43,7 @@ BOOT_TIMEOUT = 900.0
 def guest_lab() -> Iterator[Lab]:
     if os.geteuid() != 0:
         pytest.skip("the lab needs root")
-    with linux_guest_lab("pvcd-e2e-gprov", memstore_bytes=3 << 30) as lab:
+    with walk.linux_guest_lab("pvcd-e2e-gprov", memstore_bytes=3 << 30) as lab:
         yield lab
 
 
@@ -62,7 +54,7 @@ def pvc(lab: Lab, *args: str, timeout: float) -> subprocess.CompletedProcess[str
                           env={k: v for k, v in os.environ.items() if not k.startswith("PVC_")})
 
 
-def console_of(lab: Lab, api: ProvisionApi, vm: str) -> str:
+def console_of(lab: Lab, api: walk.ProvisionApi, vm: str) -> str:
     """The guest's serial console: the API's (spec §7), else the log file its libvirtd wrote."""
     try:
         response = api.session.get(f"{api.base}/vm/{vm}/console", params={"lines": 200},
@@ -80,20 +72,20 @@ def test_a_profile_creates_a_guest_that_takes_its_name_from_the_metadata_service
     lab = guest_lab
     info = lab._info()
     image = build_guest_image(log=print).path
-    api = ProvisionApi(info.api, info.token)
-    plan = GuestPlan()
+    api = walk.ProvisionApi(info.api, info.token)
+    plan = walk.GuestPlan()
 
-    upload_seconds = upload_image(api, plan, image)
+    upload_seconds = walk.upload_image(api, plan, image)
     print(f"upload of {image.stat().st_size >> 20} MiB: {upload_seconds:.1f} s")
-    add_network(api, plan)
-    add_profile(api, plan)
+    walk.add_network(api, plan)
+    walk.add_profile(api, plan)
 
     started = time.monotonic()
     created = pvc(lab, "vm", "create", VM, "--profile", plan.profile, "--wait", timeout=600)
     assert created.returncode == 0, created.stdout + created.stderr
     print(f"pvc vm create --wait: {time.monotonic() - started:.1f} s")
     try:
-        lease = wait_until(lambda: lease_named(api, plan), timeout=BOOT_TIMEOUT, interval=1)
+        lease = wait_until(lambda: walk.lease_named(api, plan), timeout=BOOT_TIMEOUT, interval=1)
         print(f"lease named {plan.hostname!r} ({lease['ip4_address']}): "
               f"{time.monotonic() - started:.1f} s after the create request")
         # the gateway (the primary's side of vmbr<vni>) reaches the guest
