@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
                          "and live-migrate (root)")
     up.add_argument("--ceph", action="store_true",
                     help="start a throwaway Ceph (memstore OSDs) and let the nodes manage it")
+    up.add_argument("--ceph-memstore-gib", type=int, default=1, metavar="GIB",
+                    help="each of the 2 OSDs' capacity, held in memory (default 1; a guest "
+                         "image and its clones need 3: docs/provisioning.md)")
     for name in ("down", "status", "add-node"):
         cmd = lab_sub.add_parser(name)
         cmd.add_argument("--workdir", default="./lab")
@@ -98,7 +101,8 @@ def _lab(args: argparse.Namespace) -> int:
     if args.lab_command == "up":
         info = lab.up(nodes=args.nodes, zk_ensemble=args.zk_ensemble,
                       coordinators=args.coordinators, network=args.network,
-                      ceph=args.ceph, fencing=args.fencing, libvirt=args.libvirt)
+                      ceph=args.ceph, fencing=args.fencing, libvirt=args.libvirt,
+                      ceph_memstore_gib=args.ceph_memstore_gib)
         print(f"lab is up: {len(info.nodes)} nodes, ZooKeeper {info.zookeeper}")
         print(f"API:   {info.api}")
         print(f"token: {info.token}")

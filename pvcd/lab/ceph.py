@@ -1,4 +1,5 @@
-"""A throwaway Ceph cluster on this machine: 1 mon, 1 mgr and N memstore OSDs on 127.0.0.1.
+"""A throwaway Ceph cluster on this machine: 1 mon, 1 mgr and N memstore OSDs on 127.0.0.1
+(or on another address, inside a network namespace: `address`, `netns`).
 
 `ThrowawayCeph(workdir).start()` writes its own `ceph.conf` and keyrings into `workdir`, starts
 every daemon as our child in the foreground (`ceph-mon -f`, ...), and returns once the cluster is
@@ -51,6 +52,7 @@ from pvcd.lab.ceph_conf import (
     CephPorts,
     gen_key,
     keyring_section,
+    mon_addrs,
     write_conf,
     write_keyrings,
     write_secret,
@@ -88,6 +90,8 @@ class ThrowawayCeph:
         memstore_bytes: int = 1 << 30,
         die_with_parent: bool = True,
         pool_size: int = 1,
+        address: str = "127.0.0.1",
+        netns: str | None = None,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         if UNSAFE_PATH_CHARS & set(str(self.workdir)):
@@ -103,6 +107,11 @@ class ThrowawayCeph:
         self.pool_size = pool_size
         self.memstore_bytes = memstore_bytes
         self.die_with_parent = die_with_parent
+        # where every daemon binds, and the network namespace they (and the tools) run in:
+        # a lab with network namespaces puts the cluster on its underlay, next to ZooKeeper,
+        # where the node namespaces reach it (their 127.0.0.1 is their own)
+        self.address = address
+        self.netns = netns
         self._requested = (mon_port, mon_v1_port, port_range)
         self.ports: CephPorts | None = None
         self.fsid = ""
@@ -151,7 +160,8 @@ class ThrowawayCeph:
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         try:
-            write_conf(self.workdir, self.fsid, self.ports, self.pool_size, self.memstore_bytes)
+            write_conf(self.workdir, self.fsid, self.ports, self.pool_size, self.memstore_bytes,
+                       self.address)
             write_keyrings(self.workdir)
             self._mkfs_mon()
             self.mon = self._spawn("mon.a", ["ceph-mon", "-f", "-i", "a"])
@@ -190,7 +200,7 @@ class ThrowawayCeph:
     def _mkfs_mon(self) -> None:
         assert self.ports is not None
         monmap = self.workdir / "monmap"
-        addrs = f"[v2:127.0.0.1:{self.ports.mon_v2},v1:127.0.0.1:{self.ports.mon_v1}]"
+        addrs = mon_addrs(self.address, self.ports)
         run_tool(["monmaptool", "--create", "--clobber", "--fsid", self.fsid, "--addv", "a", addrs,
                    str(monmap)])
         run_tool(["ceph-mon", "--conf", str(self.conf_path), "--mkfs", "-i", "a",
@@ -214,8 +224,8 @@ class ThrowawayCeph:
         folder = self.workdir / "osd" / str(osd_id)
         folder.mkdir(parents=True, exist_ok=True)
         write_secret(folder / "keyring", keyring_section(f"osd.{osd_id}", key, {}))
-        run_tool(["ceph-osd", "--conf", str(self.conf_path), "-i", str(osd_id), "--mkfs",
-                   "--osd-uuid", osd_uuid])
+        run_tool(self.in_netns(["ceph-osd", "--conf", str(self.conf_path), "-i", str(osd_id),
+                                "--mkfs", "--osd-uuid", osd_uuid]))
         self.osds[osd_id] = self._spawn(f"osd.{osd_id}", ["ceph-osd", "-f", "-i", str(osd_id)])
         self._save()
         log.info("ceph lab osd added osd=%d uuid=%s", osd_id, osd_uuid)
@@ -228,7 +238,7 @@ class ThrowawayCeph:
         preexec = die_with_parent if self.die_with_parent else None
         with open(out, "ab") as stream:
             process = subprocess.Popen(
-                [*argv, "--conf", str(self.conf_path)],
+                self.in_netns([*argv, "--conf", str(self.conf_path)]),
                 stdin=subprocess.DEVNULL, stdout=stream, stderr=subprocess.STDOUT,
                 start_new_session=True, preexec_fn=preexec,
             )
@@ -315,6 +325,8 @@ class ThrowawayCeph:
             "ports": asdict(self.ports) if self.ports else None,
             "conf": str(self.conf_path),
             "keyring": str(self.keyring_path),
+            "address": self.address,
+            "netns": self.netns,
             "daemons": [{"name": d.name, "pid": d.pid, "log": d.log} for d in self._daemons()],
         }
         tmp = self.workdir / (STATE_FILE + ".tmp")
@@ -330,6 +342,8 @@ class ThrowawayCeph:
             raise CephLabError(f"no throwaway Ceph in {lab.workdir} (no {STATE_FILE})")
         doc = json.loads(path.read_text())
         lab.fsid = doc["fsid"]
+        lab.address = doc.get("address", "127.0.0.1")
+        lab.netns = doc.get("netns")
         lab.ports = CephPorts(**doc["ports"]) if doc.get("ports") else None
         for entry in doc["daemons"]:
             daemon = Daemon(entry["name"], entry["pid"], entry["log"])
@@ -347,8 +361,15 @@ class ThrowawayCeph:
     def ceph(self, args: Sequence[str], timeout: float = TOOL_TIMEOUT) -> str:
         """Run `ceph <args>` against this cluster; stdout, or CephLabError with stderr."""
         connect = str(max(1, int(timeout)))
-        return run_tool(["ceph", *self.cluster_args, "--connect-timeout", connect, *args],
-                         timeout=timeout)
+        return run_tool(self.in_netns(["ceph", *self.cluster_args, "--connect-timeout", connect,
+                                       *args]), timeout=timeout)
+
+    def in_netns(self, argv: list[str]) -> list[str]:
+        """`argv` run in the cluster's network namespace (as is without one): `rbd`, `rados`
+        and `ceph` calls from outside it must go through this."""
+        if self.netns is None:
+            return argv
+        return ["nsenter", f"--net=/run/netns/{self.netns}", "--", *argv]
 
 
 def readiness_problems(status: dict[str, Any], expected_osds: int) -> list[str]:

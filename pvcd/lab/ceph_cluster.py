@@ -16,22 +16,26 @@ from typing import Any
 
 from pvcd.drivers.ceph.launchers import ProcessOsdLauncher
 from pvcd.lab.ceph import ThrowawayCeph
+from pvcd.lab.ceph_conf import mon_addrs
 from pvcd.lab.ceph_daemons import CephLabError, Daemon
 
 
-def start_lab_ceph(workdir: Path, nodes: int,
+def start_lab_ceph(workdir: Path, nodes: int, address: str = "127.0.0.1",
+                   netns: str | None = None,
                    memstore_bytes: int = 1 << 30) -> tuple[ThrowawayCeph, dict[str, Any]]:
     """A throwaway Ceph in `workdir` (1 mon, 1 mgr, 2 memstore OSDs) whose OSDs belong to
     node1, node2, ...: each is placed under its node's CRUSH host, and OSDs no longer move
-    themselves to the machine's host name when they start. Returns it and its lab.json entry."""
+    themselves to the machine's host name when they start. Returns it and its lab.json entry.
+    `address`, `netns`: where the daemons listen (a lab with network namespaces: the underlay,
+    which every node namespace reaches). `memstore_bytes`: each OSD's capacity (in memory)."""
     # the daemons outlive this process (`pvcd lab up` exits); `down()` stops them
     # Two copies, as a cluster that holds VM disks has (at least). With one copy (size 1),
     # Ceph 16.2's read leases can leave a PG whose primary moved to a freshly added OSD
     # "laggy" for good: reads to it wait "for readable" forever, because only a replica's
     # lease ack makes the primary look at its lease again (seen here: `rbd create` hung
     # after an OSD add; with a replica the same op completes at once).
-    ceph = ThrowawayCeph(workdir, osds=2, die_with_parent=False, pool_size=2,
-                         memstore_bytes=memstore_bytes)
+    ceph = ThrowawayCeph(workdir, osds=2, die_with_parent=False, pool_size=2, address=address,
+                         netns=netns, memstore_bytes=memstore_bytes)
     ceph.start()
     ceph.ceph(["config", "set", "osd", "osd_crush_update_on_start", "false"])
     tree = json.loads(ceph.ceph(["osd", "tree", "--format", "json"]))
@@ -50,7 +54,8 @@ def start_lab_ceph(workdir: Path, nodes: int,
                                     "allow profile bootstrap-osd"]))
     bootstrap.chmod(0o600)
     return ceph, {"workdir": str(ceph.workdir), "conf": str(ceph.conf_path),
-                  "keyring": str(ceph.keyring_path), "bootstrap_keyring": str(bootstrap)}
+                  "keyring": str(ceph.keyring_path), "bootstrap_keyring": str(bootstrap),
+                  "address": address, "netns": netns}
 
 
 def stop_lab_ceph(workdir: Path, started: ThrowawayCeph | None) -> None:
@@ -72,10 +77,12 @@ def stop_lab_ceph(workdir: Path, started: ThrowawayCeph | None) -> None:
     cluster.remove()
 
 
-def node_ceph_root(folder: Path, ceph: dict[str, Any]) -> list[list[str]]:
+def node_ceph_root(folder: Path, ceph: dict[str, Any],
+                   node_address: str = "127.0.0.1") -> list[list[str]]:
     """A lab node's own /etc/ceph and /var/lib/ceph (in `folder`), as a Ceph client machine
     has them: `ceph.conf` pointing at the lab's cluster and the bootstrap-osd keyring that
-    `ceph-volume` registers OSDs with; the binds that put them in place."""
+    `ceph-volume` registers OSDs with; the binds that put them in place. `node_address`: where
+    the node's own OSDs listen (its cluster network address in a lab with namespaces)."""
     cluster = ThrowawayCeph.load(ceph["workdir"])
     assert cluster.ports is not None
     etc, var = folder / "ceph-etc", folder / "ceph-var"
@@ -85,8 +92,8 @@ def node_ceph_root(folder: Path, ceph: dict[str, Any]) -> list[list[str]]:
     ports = cluster.ports
     settings = {
         "fsid": cluster.fsid,
-        "mon host": f"[v2:127.0.0.1:{ports.mon_v2},v1:127.0.0.1:{ports.mon_v1}]",
-        "public addr": "127.0.0.1", "cluster addr": "127.0.0.1",
+        "mon host": mon_addrs(cluster.address, ports),
+        "public addr": node_address, "cluster addr": node_address,
         "ms bind port min": str(ports.range_min), "ms bind port max": str(ports.range_max),
         # nothing outside the node's folder (and the mounts): logs, sockets, crashes
         "log file": "/var/lib/ceph/log/$cluster-$name.log",

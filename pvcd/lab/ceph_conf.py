@@ -25,6 +25,7 @@ notes):
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,19 +47,26 @@ class CephPorts:
     range_max: int
 
 
+def mon_addrs(address: str, ports: CephPorts) -> str:
+    """The mon's address vector (`mon host`, the monmap)."""
+    return f"[v2:{address}:{ports.mon_v2},v1:{address}:{ports.mon_v1}]"
+
+
 def write_conf(
-    workdir: Path, fsid: str, ports: CephPorts, pool_size: int, memstore_bytes: int
+    workdir: Path, fsid: str, ports: CephPorts, pool_size: int, memstore_bytes: int,
+    address: str = "127.0.0.1",
 ) -> None:
-    """Write `workdir`'s `ceph.conf` for a cluster `fsid` on 127.0.0.1 with `ports`."""
+    """Write `workdir`'s `ceph.conf` for a cluster `fsid` on `address` with `ports`."""
     wd = workdir
-    mon_addr = f"[v2:127.0.0.1:{ports.mon_v2},v1:127.0.0.1:{ports.mon_v1}]"
+    network = ipaddress.ip_network(f"{address}/{8 if address.startswith('127.') else 24}",
+                                   strict=False)
     settings = {
         "global": {
             "fsid": fsid,
-            "mon host": mon_addr,
+            "mon host": mon_addrs(address, ports),
             "mon initial members": "a",
-            "public addr": "127.0.0.1",
-            "public network": "127.0.0.0/8",
+            "public addr": address,
+            "public network": str(network),
             "auth cluster required": "cephx",
             "auth service required": "cephx",
             "auth client required": "cephx",

@@ -45,6 +45,7 @@ from pvcd.lab.launch import (
     reap,
     stop_node_daemons,
 )
+from pvcd.lab.libvirt_ceph import LIBVIRT_CEPH_USER, define_ceph_secret, libvirt_client_key
 from pvcd.lab.libvirtd import LibvirtdLab
 from pvcd.lab.netns import FLOATING_IP, SERVICE_IP, UNDERLAY_NET, LabNetwork, in_ns
 from pvcd.lab.qemu_guest import build_guest_kernel, qemu_guest_xml
@@ -84,7 +85,8 @@ class Lab:
            fence_overrides: dict[str, str] | None = None,
            dead_threshold: int = 3, libvirt: str = "test",
            ceph_stats_interval: float = 2.0, watchdog_timeout: int | None = None,
-           zookeeper_tls: bool = False, ceph_memstore_gib: int = 1) -> LabInfo:
+           zookeeper_tls: bool = False, ceph_memstore_gib: int = 1,
+           domain_type: str = "qemu") -> LabInfo:
         """`libvirt`: "test" (a `test:///` file per node, inside its daemon) or "qemu" (a real
         libvirtd per node, tiny QEMU guests that boot and live-migrate). `fencing` None: "lab"
         with the test driver, "none" with QEMU (the lab fence kills only the node's daemon;
@@ -92,8 +94,12 @@ class Lab:
         `watchdog_timeout`: every node arms the lab's fake watchdog (`pvcd.lab.watchdog`) with
         it, and a watchdog board process resets nodes that stop petting theirs.
         `zookeeper_tls`: the nodes reach ZooKeeper over TLS only (its secureClientPort).
+        With `network`, Ceph runs in the underlay namespace (next to ZooKeeper) and each node's
+        libvirtd in the node's namespace, where its guests' NICs join the node's bridges.
         `ceph_memstore_gib`: each memstore OSD's capacity (RAM, taken only as data is written;
-        the pools' free space follows it)."""
+        the pools' free space follows it; guest images need more than the default 1 GiB).
+        `domain_type`: the nodes' `drivers.libvirt.domain_type` in a QEMU lab (`qemu`: TCG;
+        `kvm` only where Linux guests boot under the machine's KVM)."""
         if self.lab_file.exists():
             raise RuntimeError(f"a lab is already described in {self.lab_file}; "
                                "run `pvcd lab down` first")
@@ -141,15 +147,16 @@ class Lab:
         if ceph:
             self.info = info
             try:
-                self.ceph, info.ceph = start_lab_ceph(self.workdir / "ceph", nodes,
-                                                      ceph_memstore_gib << 30)
+                self.ceph, info.ceph = start_lab_ceph(
+                    self.workdir / "ceph", nodes, memstore_bytes=ceph_memstore_gib << 30,
+                    **({"address": SERVICE_IP, "netns": lab_net.underlay} if lab_net else {}))
             except BaseException:
                 self.down()
                 raise
         if libvirt == "qemu":
             self.info = info
             try:
-                self._start_libvirtd(info, nodes)
+                self._start_libvirtd(info, nodes, lab_net, domain_type)
             except BaseException:
                 self.down()
                 raise
@@ -183,7 +190,7 @@ class Lab:
                 "timing": {"keepalive_interval": keepalive_interval, "handover_timeout": 5.0,
                            "dead_threshold": dead_threshold},
             }
-            config["drivers"] = {"libvirt": self._libvirt_config(folder, index)}
+            config["drivers"] = {"libvirt": self._libvirt_config(folder, index, lab_net)}
             if lab_net is not None:  # the node's client networks live in its own namespace
                 cast(dict[str, Any], config.setdefault("drivers", {}))["network"] = {
                     **lab_net.node_net(name, index).config(),
@@ -225,8 +232,8 @@ class Lab:
                     "keyring": info.ceph["keyring"],
                     "stats_interval": ceph_stats_interval, "request_timeout": 60.0,
                     "osd_launcher": "process",
-                    "osd_run_dir": str(folder / "osd-run")}
-                binds = node_ceph_root(folder, info.ceph)
+                    "osd_run_dir": str(folder / "osd-run"), **self._rbd_auth_config()}
+                binds = node_ceph_root(folder, info.ceph, _node_address(lab_net, name, index))
             config_path = folder / "pvcd.yaml"
             write_private(config_path, yaml.safe_dump(config, sort_keys=False))
             info.nodes.append(LabNode(name, index <= coordinators, str(config_path),
@@ -267,28 +274,60 @@ class Lab:
                 start_new_session=True)
         return process.pid
 
-    def _start_libvirtd(self, info: LabInfo, nodes: int) -> None:
-        """One libvirtd per node (`libvirtd/nodeN`, docs/lab-qemu.md), the guest kernel, and
-        `guest.xml`: the tiny guest, ready for `POST /vm`."""
+    def _start_libvirtd(self, info: LabInfo, nodes: int, lab_net: LabNetwork | None,
+                        domain_type: str) -> None:
+        """One libvirtd per node (`libvirtd/nodeN`, docs/lab-qemu.md; in the node's network
+        namespace with `lab_net`), the guest kernel, and `guest.xml`: the tiny guest, ready
+        for `POST /vm`. With Ceph, each libvirtd gets the secret RBD disks authenticate with."""
         guest_xml = self.workdir / "guest.xml"
         # recorded first: from here on, down() cleans up whatever was started
         info.qemu = {"workdir": str(self.workdir / "libvirtd"), "nodes": nodes, "kernel": "",
-                     "guest_xml": str(guest_xml)}
+                     "guest_xml": str(guest_xml), "domain_type": domain_type}
         kernel = build_guest_kernel(self.workdir / "guest")
         info.qemu["kernel"] = str(kernel)
         guest_xml.write_text(qemu_guest_xml("guest", kernel=kernel, with_uuid=False))
-        self.libvirtd = LibvirtdLab(self.workdir / "libvirtd", nodes)
+        self.libvirtd = LibvirtdLab(
+            self.workdir / "libvirtd", nodes,
+            netns={f"node{i}": lab_net.node_ns(f"node{i}") for i in range(1, nodes + 1)}
+            if lab_net else {})
         self.libvirtd.start()
+        if self.ceph is not None:
+            info.qemu["ceph_secret_uuid"] = str(uuid.uuid4())
+            for instance in self.libvirtd.instances:
+                self._define_ceph_secret(instance.uri)
 
-    def _libvirt_config(self, folder: Path, index: int) -> dict[str, Any]:
+    def _define_ceph_secret(self, libvirt_uri: str) -> None:
+        """The libvirt secret holding `client.libvirt`'s key (pvcd.lab.libvirt_ceph)."""
+        info = self._info()
+        assert info.qemu is not None and info.ceph is not None
+        cluster = self.ceph or ThrowawayCeph.load(info.ceph["workdir"])
+        define_ceph_secret(libvirt_uri, info.qemu["ceph_secret_uuid"], LIBVIRT_CEPH_USER,
+                           libvirt_client_key(cluster))
+
+    def _rbd_auth_config(self) -> dict[str, Any]:
+        """`drivers.ceph` keys naming the cephx user and libvirt secret of RBD disks (QEMU lab
+        with Ceph; the defaults otherwise)."""
+        qemu = self._info().qemu
+        if not qemu or not qemu.get("ceph_secret_uuid"):
+            return {}
+        return {"libvirt_user": LIBVIRT_CEPH_USER,
+                "libvirt_secret_uuid": qemu["ceph_secret_uuid"]}
+
+    def _libvirt_config(self, folder: Path, index: int,
+                        lab_net: LabNetwork | None = None) -> dict[str, Any]:
         """Node `index`'s `drivers.libvirt`: its own libvirtd (QEMU lab; peers migrate over its
-        unix socket, the memory over loopback), or an empty `test:///` file."""
+        unix socket, the memory over loopback, or over the underlay between node namespaces;
+        VMs are defined for TCG), or an empty `test:///` file."""
         if self.libvirtd is not None:
             instance = self.libvirtd[index - 1]
-            # TCG: KVM Linux guests hang on the machines the lab runs on (platform notes)
+            qemu = self._info().qemu or {}
+            migration_uri = QEMU_LAB_MIGRATION_URI
+            if lab_net is not None:
+                migration_uri = f"tcp://{lab_net.node_net(f'node{index}', index).underlay_address}"
             (folder / "consoles").mkdir(exist_ok=True)
             return {"uri": instance.uri, "peer_uri": instance.peer_uri,
-                    "migration_uri": QEMU_LAB_MIGRATION_URI, "domain_type": "qemu",
+                    "migration_uri": migration_uri,
+                    "domain_type": qemu.get("domain_type", "qemu"),
                     "console_log_directory": str(folder / "consoles")}
         state = folder / "libvirt-test.xml"
         state.write_text("<node>\n</node>\n")  # an empty test:/// hypervisor
@@ -304,22 +343,28 @@ class Lab:
         folder.mkdir(parents=True, exist_ok=True)
         config = yaml.safe_load(Path(info.nodes[0].config).read_text())
         config["node"] = {"name": name, "coordinator": False}
+        node_net = LabNetwork(info.network["id"]) if info.network else None
         if info.qemu:  # a libvirtd of its own, like the other nodes
-            grown = LibvirtdLab(Path(info.qemu["workdir"]), index)  # adopts the running ones
+            grown = LibvirtdLab(Path(info.qemu["workdir"]), index,  # adopts the running ones
+                                netns={f"node{i}": node_net.node_ns(f"node{i}")
+                                       for i in range(1, index + 1)} if node_net else {})
             if self.libvirtd is not None:  # started by this process: keep the handles that reap
                 grown.instances[:len(self.libvirtd.instances)] = self.libvirtd.instances
             self.libvirtd = grown
-            grown[index - 1].start()
             info.qemu["nodes"] = index
-        config["drivers"]["libvirt"] = self._libvirt_config(folder, index)
-        if info.network:
-            lab_net = LabNetwork(info.network["id"])
-            config["drivers"]["network"].update(lab_net.add_node(name, index).config(),
+        if node_net is not None:
+            config["drivers"]["network"].update(node_net.add_node(name, index).config(),
                                                 state_dir=str(folder / "networks"))
+        if info.qemu:  # in the node's namespace, which exists now
+            assert self.libvirtd is not None
+            self.libvirtd[index - 1].start()
+            if info.qemu.get("ceph_secret_uuid"):
+                self._define_ceph_secret(self.libvirtd[index - 1].uri)
+        config["drivers"]["libvirt"] = self._libvirt_config(folder, index, node_net)
         binds: list[list[str]] = []
         if info.ceph:
             config["drivers"]["ceph"]["osd_run_dir"] = str(folder / "osd-run")
-            binds = node_ceph_root(folder, info.ceph)
+            binds = node_ceph_root(folder, info.ceph, _node_address(node_net, name, index))
         config_path = folder / "pvcd.yaml"
         write_private(config_path, yaml.safe_dump(config, sort_keys=False))
         info.nodes.append(LabNode(name, False, str(config_path), str(folder / "pvcd.log"),
@@ -484,10 +529,6 @@ class Lab:
             signal_pid(info.watchdog_pid, signal.SIGKILL)
             reap(info.watchdog_pid)
             (self.workdir / "watchdog-board.log").unlink(missing_ok=True)
-        if info is not None and info.network:
-            signal_pid(int(info.network.get("proxy_pid", 0)), signal.SIGKILL)
-            reap(int(info.network.get("proxy_pid", 0)))
-            LabNetwork(info.network["id"]).down()
         if info is not None and info.ceph:
             for node in info.nodes:  # OSDs on devices, started by the node daemons
                 stop_device_osds(Path(node.config).parent / "osd-run")
@@ -498,6 +539,11 @@ class Lab:
             self._stop_libvirtd(Path(info.qemu["workdir"]), int(info.qemu["nodes"]))
             _remove_tree(self.workdir / "guest")
             Path(info.qemu["guest_xml"]).unlink(missing_ok=True)
+        # after Ceph and libvirtd, which may live in its namespaces: each stops cleanly first
+        if info is not None and info.network:
+            signal_pid(int(info.network.get("proxy_pid", 0)), signal.SIGKILL)
+            reap(int(info.network.get("proxy_pid", 0)))
+            LabNetwork(info.network["id"]).down()
         ensemble = self.zookeeper
         if ensemble is None and info is not None:
             ensemble = ZooKeeperEnsemble(self.workdir / "zookeeper", len(info.zookeeper_servers))
@@ -542,6 +588,12 @@ class Lab:
             self.load()
         assert self.info is not None
         return self.info
+
+
+def _node_address(lab_net: LabNetwork | None, name: str, index: int) -> str:
+    """Where node `index`'s own services (its OSDs) listen: its underlay address in a lab with
+    namespaces, else loopback."""
+    return lab_net.node_net(name, index).underlay_address if lab_net else "127.0.0.1"
 
 
 def _remove_tree(path: Path) -> None:

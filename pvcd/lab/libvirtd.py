@@ -80,6 +80,9 @@ class LibvirtdInstance:
     tcp_port: int | None = None
     # None: the one this instance had before (kept in its folder), else a new one
     host_uuid: str | None = None
+    # the network namespace it runs in (a lab node's, whose bridges its guests' NICs join);
+    # None: the caller's
+    netns: str | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _tini_pid: int = field(default=0, repr=False)
     # Every mount namespace this instance has run in since its last stop (a libvirtd that died
@@ -184,6 +187,8 @@ class LibvirtdInstance:
             [(self.paths.bind_source(key), target) for key, target in BIND_TARGETS.items()],
             ["tini", "-s", "--", "libvirtd", "--pid-file", str(self.paths.pid_file),
              *(["--listen"] if self.tcp_port is not None else [])])
+        if self.netns is not None:  # nsenter execs: the pid stays the one we start
+            argv = ["nsenter", f"--net=/run/netns/{self.netns}", "--", *argv]
         with open(self.paths.console_log, "ab") as log:
             self.process = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -370,6 +375,8 @@ class LibvirtdLab:
     transport: str = "unix"
     port_base: int = MIGRATION_PORT_BASE
     instances: list[LibvirtdInstance] = field(default_factory=list)
+    # node name -> the network namespace its libvirtd runs in (a lab with namespaces)
+    netns: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.transport not in ("unix", "tcp"):
@@ -380,6 +387,7 @@ class LibvirtdLab:
                 self.instances.append(LibvirtdInstance(
                     f"node{i + 1}", self.workdir, (low, low + MIGRATION_PORTS_PER_NODE - 1),
                     tcp_port=free_port() if self.transport == "tcp" else None,
+                    netns=self.netns.get(f"node{i + 1}"),
                 ))
 
     def start(self, timeout: float = 30.0) -> None:

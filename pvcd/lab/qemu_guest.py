@@ -33,6 +33,17 @@ GUEST_STAMP_MAGIC = (0x50564344, 0x55505650)
 GUEST_SERIAL_UP = "pvcd-guest: up"
 
 
+# What every lab guest shares: ACPI (graceful shutdown is the power button), a UTC clock, and
+# what a power-off, reboot or crash does
+LAB_DOMAIN_BEHAVIOUR = """  <features><acpi/></features>
+  <clock offset='utc'/>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+"""
+QEMU_EMULATOR = "/usr/bin/qemu-system-x86_64"
+
+
 class GuestBuildError(RuntimeError):
     """The guest kernel could not be assembled or linked."""
 
@@ -98,13 +109,8 @@ def qemu_guest_xml(
     <type arch='x86_64' machine='pc'>hvm</type>
     <kernel>{escape(str(kernel))}</kernel>
   </os>
-  <features><acpi/></features>
-  <clock offset='utc'/>
-  <on_poweroff>destroy</on_poweroff>
-  <on_reboot>restart</on_reboot>
-  <on_crash>destroy</on_crash>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+{LAB_DOMAIN_BEHAVIOUR}  <devices>
+    <emulator>{QEMU_EMULATOR}</emulator>
     {serial}
     {console}
     <controller type='usb' model='none'/>
