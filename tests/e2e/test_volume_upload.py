@@ -167,7 +167,9 @@ def test_an_image_reads_back_as_its_raw_conversion(api: LabClient, rbd: Rbd, poo
 
 
 def test_a_raw_image_is_written_as_it_arrives(api: LabClient, rbd: Rbd, pool: str) -> None:
-    raw = content(3 * MIB + 4096)
+    # a whole MiB of zeros where the volume held data: written as zeroes (not skipped)
+    raw = content(MIB) + bytes(MIB) + content(MIB + 4096)
+    assert BEFORE[MIB:2 * MIB] != bytes(MIB)
     done = ok(call(api, "POST", upload_path(pool), data=raw, params={"image_format": "raw"}))
     assert done["result"]["bytes_received"] == len(raw) == done["result"]["virtual_size"]
     assert rbd.export(f"{pool}/disk") == raw + BEFORE[len(raw):]
