@@ -2,9 +2,10 @@
 
 Three sources, one document: the route table (`pvcd.api.app.ROUTES`: paths and the methods each
 handler implements), the values each handler method declares (`pvcd.api.values.accepts`: the
-same declarations the server checks requests with), and `ENDPOINTS` (`pvcd.api.openapi_endpoints`), which holds what
-neither can say: per route path (the manual's form, as in `Route.path`) and method, a summary
-and the shape of its answer (`pvcd.api.openapi_schemas`, the objects of objects.md).
+same declarations the server checks requests with), and `ENDPOINTS`
+(`pvcd.api.openapi_endpoints`), which holds what neither can say: per route path (the manual's
+form, as in `Route.path`) and method, a summary and the shape of its answer
+(`pvcd.api.openapi_schemas`, the objects of objects.md).
 `openapi_document(routes)` refuses (`MetadataError`) a route or a handler method without an
 `ENDPOINTS` entry, and an entry for a route or method the server does not have, so the document
 cannot drift from the server: `tests/unit/test_openapi.py` builds it from `pvcd.api.app.ROUTES`.

@@ -20,7 +20,7 @@ from pvcd.api.base import ApiContext, BaseHandler
 from pvcd.api.routing import route
 from pvcd.api.tasks import task_location
 from pvcd.api.values import accepts, choice, flag, limit, text, value
-from pvcd.api.waiting import wait_for_request
+from pvcd.api.waiting import wait_for_mirror, wait_for_request
 from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound, PvcError
 from pvcd.domain.records import StorageRequest, VmRemoval, from_dict
 from pvcd.domain.states import PRIMARY_TARGET
@@ -89,7 +89,12 @@ async def request_state(ctx: ApiContext, request: StorageRequest,
     timeout."""
     doc = await wait_for_request(ctx.view.cache, ctx.view.paths.storage_request(request.id),
                                  timeout)
-    return from_dict(StorageRequest, doc) if isinstance(doc, dict) else request
+    if not isinstance(doc, dict):
+        return request
+    finished = from_dict(StorageRequest, doc)
+    if finished.state == "done":  # answer once this API's reads show what it did
+        await wait_for_mirror(ctx.view.cache, finished.mirrored)
+    return finished
 
 
 def request_failure(result: StorageRequest) -> PvcError:

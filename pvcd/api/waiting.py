@@ -112,6 +112,27 @@ async def wait_for_request(cache: StateCache, path: str, timeout: float) -> Any:
     return doc
 
 
+MIRROR_WAIT = 2.0  # seconds a finished request waits for its mirror znodes in the cache
+
+
+async def wait_for_mirror(cache: StateCache, mirrored: list[list[str]]) -> bool:
+    """Whether the cache shows what a finished request's transaction created and deleted
+    (waited for up to MIRROR_WAIT s). The request's znode can reach the cache before a znode
+    created in the same transaction: the cache learns of a new child through its parent's
+    watch and then reads it, one round trip later."""
+    created = [path for kind, path in mirrored if kind == "create"]
+    deleted = [path for kind, path in mirrored if kind == "delete"]
+    if not created and not deleted:
+        return True
+
+    def shown() -> bool:
+        return all(cache.exists(p) for p in created) and \
+            not any(cache.exists(p) for p in deleted)
+
+    _, done = await wait_until(cache, (*created, *deleted), shown, bool, MIRROR_WAIT)
+    return done
+
+
 def _request_finished(doc: Any) -> bool:
     return isinstance(doc, dict) and doc.get("state") in ("done", "failed")
 

@@ -202,6 +202,9 @@ class AclSpec:
 
 
 
+MIRRORED_MAX = 64  # paths a request records of its completion (a pool removal may have more)
+
+
 @dataclasses.dataclass
 class StorageRequest:
     """One storage operation asked for by the API and carried out by its `target` (the
@@ -222,6 +225,9 @@ class StorageRequest:
     created: float = 0.0
     started: float | None = None
     finished: float | None = None
+    # the mirror's znodes its completion created or deleted (["create"|"delete", path]), so
+    # the API answers once its cache shows them too (read your writes); at most MIRRORED_MAX
+    mirrored: list[list[str]] = dataclasses.field(default_factory=list)
 
     @property
     def finished_state(self) -> bool:

@@ -33,7 +33,7 @@ from typing import Any
 
 from pvcd.controllers.base import DONE, Result
 from pvcd.domain.errors import Conflict, InvalidValue, PvcError
-from pvcd.domain.records import StorageRequest, from_dict
+from pvcd.domain.records import MIRRORED_MAX, StorageRequest, from_dict
 from pvcd.specs.storage import check_storage_request
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
@@ -242,6 +242,8 @@ class RequestExecutor:
         problem: PvcError | None = None
         for _ in range(COMMIT_TRIES):
             mirror_ops = ops() if ops is not None else []
+            changed = [[op.kind, op.path] for op in mirror_ops if op.kind in ("create", "delete")]
+            request.mirrored = changed if len(changed) <= MIRRORED_MAX else []
             try:
                 self.store.commit([*mirror_ops, Op.set(path, request.to_doc(), version)])
                 self.on_finished(request)
