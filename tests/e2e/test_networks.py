@@ -95,6 +95,13 @@ def dhcp(ns: str, hostname: str | bytes | None = None) -> str:
     return found.group(1)
 
 
+def _forked_by_dnsmasq(pid: str) -> bool:
+    """dnsmasq's helper for `--dhcp-script`: a fork with the same name and command line."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    parent = next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:"))
+    return Path(f"/proc/{parent}/comm").read_text().strip() == "dnsmasq"
+
+
 def dnsmasq_pids(lab: Lab, node: str) -> list[int]:
     """The networks' dnsmasq processes in a node's namespace (not the primary's DNS servers
     without DHCP, tests/e2e/test_dns.py)."""
@@ -104,7 +111,8 @@ def dnsmasq_pids(lab: Lab, node: str) -> list[int]:
     for pid in pids:
         try:
             if Path(f"/proc/{pid}/comm").read_text().strip() == "dnsmasq" and \
-                    b"--dhcp-hostsdir=" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    b"--dhcp-hostsdir=" in Path(f"/proc/{pid}/cmdline").read_bytes() and \
+                    not _forked_by_dnsmasq(pid):
                 result.append(int(pid))
         except OSError:
             continue
