@@ -70,6 +70,16 @@ class RssSampler:
             self._stop.wait(0.05)
 
 
+def curl_upload(token: str, url: str, volume: str, image: Path,
+                timeout: float) -> subprocess.CompletedProcess[str]:
+    """`image` streamed by curl (`-T`) as a raw upload into volume `bench/<volume>`."""
+    return subprocess.run(
+        ["curl", "-sS", "-f", "-X", "POST", "-T", str(image), "-H", f"X-Api-Key: {token}",
+         "-H", "Content-Type: application/octet-stream",
+         f"{url}/storage/ceph/volume/bench/{volume}/upload?image_format=raw"],
+        capture_output=True, text=True, timeout=timeout, check=False)
+
+
 def small_upload(api: LabClient) -> float:
     """Seconds of a 4 KiB upload: what every upload costs besides its bytes (the task, the undo
     snapshot taken and removed: three storage requests)."""
@@ -128,13 +138,7 @@ def main() -> None:
             before = rss_kib(pid)
             with RssSampler(pid) as sampler:
                 started = time.perf_counter()
-                done = subprocess.run(
-                    ["curl", "-sS", "-f", "-X", "POST", "-T", str(image),
-                     "-H", f"X-Api-Key: {info.token}",
-                     "-H", "Content-Type: application/octet-stream",
-                     f"{info.api}/storage/ceph/volume/bench/uploaded/upload"
-                     "?image_format=raw"], capture_output=True, text=True, timeout=600,
-                    check=False)
+                done = curl_upload(info.token, info.api, "uploaded", image, 600)
                 api_seconds.append(time.perf_counter() - started)
             assert done.returncode == 0, done.stderr
             peaks.append(sampler.peak)
@@ -182,11 +186,7 @@ def large_upload(api: LabClient, token: str, url: str, pid: int, folder: Path,
     before = rss_kib(pid)
     with RssSampler(pid) as sampler:
         started = time.perf_counter()
-        done = subprocess.run(
-            ["curl", "-sS", "-f", "-X", "POST", "-T", str(image), "-H", f"X-Api-Key: {token}",
-             "-H", "Content-Type: application/octet-stream",
-             f"{url}/storage/ceph/volume/bench/large/upload?image_format=raw"],
-            capture_output=True, text=True, timeout=3600, check=False)
+        done = curl_upload(token, url, "large", image, 3600)
         seconds = time.perf_counter() - started
     assert done.returncode == 0, done.stderr
     api.call("DELETE", "/storage/ceph/volume/bench/large", timeout=120)
