@@ -56,6 +56,10 @@ class Paths:
     def node_alive(self, name: str) -> str:
         return f"{self._nodes}/{name}/alive"
 
+    def node_health(self, name: str) -> str:
+        """The node's latest round of health checks (extensions.md §8.3), written by the node."""
+        return f"{self._nodes}/{name}/health"
+
     # coordinator election: the ephemeral primary lock and a pending handover request
     @property
     def coordinator(self) -> str:
@@ -79,6 +83,10 @@ class Paths:
 
     def vm_status(self, uuid: str) -> str:
         return f"{self._prefix}/vms/{uuid}/status"
+
+    def vm_console(self, uuid: str) -> str:
+        """The tail of the VM's serial console log (extensions.md §7), written by its node."""
+        return f"{self._prefix}/vms/{uuid}/console"
 
     def vm_owner(self, uuid: str) -> str:
         return f"{self._prefix}/vms/{uuid}/owner"
@@ -110,6 +118,23 @@ class Paths:
     @property
     def maintenance(self) -> str:
         return self._join("cluster", "maintenance")
+
+    # faults (extensions.md §8.2): faults/<id>, raised by the primary, acknowledged and deleted
+    # through the API
+    @property
+    def faults(self) -> str:
+        return self._join("faults")
+
+    def fault(self, fault_id: str) -> str:
+        return f"{self._prefix}/faults/{fault_id}"
+
+    # node logs (extensions.md §7): logs/<node>, the node's recent log lines, written by it
+    @property
+    def logs(self) -> str:
+        return self._join("logs")
+
+    def node_log(self, name: str) -> str:
+        return f"{self._prefix}/logs/{name}"
 
     # API sessions (so that a login survives a primary handover)
     @property
@@ -252,6 +277,7 @@ class Paths:
         return [self.nodes, self.coordinator, self.sessions, self.vms, self.vm_names,
                 self.networks, self.network_names, self.fencing,
                 self.cluster, self.tasks, *self.storage_base_paths(), self.provisioner,
+                self.faults, self.logs,
                 *(self.provisioner_kind(kind) for kind in PROVISIONER_KINDS)]
 
 
