@@ -378,6 +378,14 @@ class MetadataSection:
 
 
 @dataclass(frozen=True, kw_only=True)
+class HealthSection:
+    """Node health checks and cluster faults (docs/operations.md, extensions.md §8)."""
+
+    # seconds between two rounds of node checks, and of the primary's fault checks
+    interval: float = field(default=15.0, metadata=checks(in_range(1, 3600)))
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """One node's whole configuration."""
 
@@ -390,5 +398,6 @@ class Config:
     fencing: FencingSection = field(default_factory=FencingSection)
     tasks: TasksSection = field(default_factory=TasksSection)
     metadata: MetadataSection = field(default_factory=MetadataSection)
+    health: HealthSection = field(default_factory=HealthSection)
     # The file this came from, for messages; not a YAML key.
     path: str = field(default="", metadata={"yaml": False})

@@ -119,6 +119,11 @@ class Paths:
     def maintenance(self) -> str:
         return self._join("cluster", "maintenance")
 
+    @property
+    def restore_marker(self) -> str:
+        """Present while a cluster state restore (extensions.md §9) has not finished."""
+        return self._join("cluster", "restore")
+
     # faults (extensions.md §8.2): faults/<id>, raised by the primary, acknowledged and deleted
     # through the API
     @property

@@ -130,12 +130,15 @@ def test_bad_file_names_the_file(tmp_path: Path, text: str, problem: str) -> Non
 # --- unknown keys, types, required keys --------------------------------------------------------
 
 
+SECTIONS = "node, cluster, networks, api, timing, drivers, fencing, tasks, metadata, health"
+
+
 @pytest.mark.parametrize(
     ("key", "allowed"),
     [
-        ("nodes", "node, cluster, networks, api, timing, drivers, fencing, tasks, metadata"),
+        ("nodes", SECTIONS),
         # set by the loader only
-        ("path", "node, cluster, networks, api, timing, drivers, fencing, tasks, metadata"),
+        ("path", SECTIONS),
         ("api.bogus", "listen, port, auth, tls, max_body_size, header_timeout, body_timeout, "
                       "max_connections, max_connections_per_client, task_wait"),
         ("networks.upstream.gateway", "device, network, floating_ip"),
