@@ -43,7 +43,7 @@ from pvcd.domain.ovf import (
 )
 from pvcd.domain.provisioner import Ova, OvaVolume, Profile, SystemTemplate
 from pvcd.domain.tasks import Artifact
-from pvcd.drivers.ceph.rbd_writer import RbdWriter
+from pvcd.drivers.ceph.rbd_stream import RbdConnection
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
 from pvcd.upload_pipe import PipeReader, UploadBroken, UploadPipe, UploadPipes
@@ -109,6 +109,8 @@ class OvaImporter:
         self.store = store
         self.pipes = pipes
         self.ceph = ceph
+        # one librados connection for the daemon's OVA disks, opened on the first one
+        self.rbd = RbdConnection(ceph.conf_file, ceph.keyring, ceph.command_timeout)
         self.clock = clock
         self.monotonic = monotonic
         self.sleep = sleep  # between removals of a volume a dead writer still watches
@@ -236,8 +238,7 @@ class OvaImporter:
             raise InvalidValue(f"disk file '{member.name}' cannot be read")
         sha1, sha256 = hashlib.sha1(), hashlib.sha256()
         written, reported = 0, 0
-        with RbdWriter(self.ceph.conf_file, self.ceph.keyring, pool, volume,
-                       self.ceph.command_timeout) as writer:
+        with self.rbd.writer(pool, volume) as writer:
             while data := source.read(READ_BLOCK):
                 sha1.update(data)
                 sha256.update(data)
@@ -247,6 +248,7 @@ class OvaImporter:
                     reported = written
                     ctx.progress(pipe.consumed, total, f"writing {member.name} into "
                                  f"{pool}/{volume}")
+            writer.finish()
         if written != member.size:
             raise InvalidValue(f"disk file '{member.name}' ends after {written} of "
                                f"{member.size} bytes")
