@@ -1,0 +1,275 @@
+"""Scale (issue 17): every row of the issue's table, black-box against a real lab.
+
+A 3-node lab (libvirt test driver), VMs of ~2 KB of domain XML each, a new connection per
+request (as the issue measured). Rows, for each VM count in --vms (default 1000,10000):
+
+- `POST /vm` (define) latency with 8 writers, while the VMs are defined;
+- define N VMs -> all running in libvirt (seen through the lab agent);
+- `GET /vm` p50/p99, one client;
+- 8 concurrent clients doing `GET /vm` for --seconds: requests/s, p50, p99;
+- RSS of each daemon (now and its peak, VmHWM) and its idle CPU over --idle seconds.
+
+Then a 16-node lab (`--big-lab 16`, 0 to skip): time to come up, RSS and idle CPU per daemon,
+`GET /node` p50.
+
+Run as: .venv/bin/python -m bench.scale [--vms 1000,10000] [--seconds 10] [--idle 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import statistics
+import tempfile
+import threading
+import time
+import urllib.parse
+import uuid as uuidlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from pvcd.lab.lab import Lab
+
+WRITERS = 8
+READERS = 8
+GOALS = {  # the issue's goals, printed next to each measurement
+    "get_p50_1000": "<= 3 ms", "get_p50_10000": "<= 20 ms",
+    "concurrent": ">= 1,000 req/s, p99 <= 20 ms", "define_p50": "<= 10 ms",
+    "define_10000": "<= 45 s", "rss": "<= 150 MiB (<= 200 MiB in the lab)",
+    "idle_cpu": "<= 1 % of a core",
+}
+
+
+def domain_xml(name: str, index: int) -> str:
+    """A test-driver domain of ~2 KB, the size the issue measured with (MACs unique by
+    `index`)."""
+    uuid = str(uuidlib.uuid4())
+    disks = "".join(
+        f"<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
+        f"<source file='/var/lib/pvcd-bench/{name}-{i}.img'/><target dev='vd{chr(97 + i)}' "
+        f"bus='virtio'/></disk>" for i in range(3))
+    nics = "".join(
+        f"<interface type='network'><source network='default'/><model type='virtio'/>"
+        f"<mac address='52:54:0{i}:{index >> 16 & 255:02x}:{index >> 8 & 255:02x}:"
+        f"{index & 255:02x}'/>"
+        f"</interface>" for i in range(2))
+    return (f"<domain type='test'><name>{name}</name><uuid>{uuid}</uuid>"
+            f"<title>scale benchmark guest {name}</title>"
+            f"<description>pvcd scale benchmark guest {name}; its XML is about the size of a "
+            f"production domain with a few disks, interfaces and the usual devices: the list "
+            f"reads of the issue were measured with domains of this size</description>"
+            f"<memory unit='KiB'>65536</memory><currentMemory unit='KiB'>65536</currentMemory>"
+            f"<vcpu placement='static'>1</vcpu><os><type arch='x86_64'>hvm</type>"
+            f"<boot dev='hd'/></os><features><acpi/><apic/></features>"
+            f"<clock offset='utc'/><on_poweroff>destroy</on_poweroff>"
+            f"<on_reboot>restart</on_reboot><on_crash>destroy</on_crash>"
+            f"<devices>{disks}{nics}<serial type='pty'><target port='0'/></serial>"
+            f"<console type='pty'><target type='serial' port='0'/></console>"
+            f"<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>"
+            f"<input type='tablet' bus='usb'/><video><model type='virtio'/></video>"
+            f"<rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>"
+            f"<memballoon model='virtio'/></devices></domain>")
+
+
+class Api:
+    """Requests over a new connection each (as the issue measured)."""
+
+    def __init__(self, url: str, token: str) -> None:
+        parts = urllib.parse.urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.prefix = parts.path.rstrip("/")
+        self.headers = {"X-Api-Key": token}
+
+    def call(self, method: str, path: str, form: dict[str, str] | None = None
+             ) -> tuple[int, bytes, float]:
+        body = urllib.parse.urlencode(form) if form else None
+        headers = dict(self.headers)
+        if body is not None:
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        start = time.perf_counter()
+        connection = http.client.HTTPConnection(self.host, self.port, timeout=120)
+        try:
+            connection.request(method, self.prefix + path, body=body, headers=headers)
+            response = connection.getresponse()
+            data = response.read()
+        finally:
+            connection.close()
+        return response.status, data, time.perf_counter() - start
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+def row(label: str, value: str, goal: str) -> None:
+    print(f"{label:<58} {value:<40} goal {goal}", flush=True)
+
+
+def wait(predicate: Callable[[], bool], timeout: float, interval: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError("condition not met")
+
+
+def define(api: Api, names: list[str]) -> list[float]:
+    """Define the VMs with WRITERS threads; each POST's latency."""
+    def post(name: str) -> float:
+        status, data, took = api.call("POST", "/vm",
+                                      {"xml": domain_xml(name, int(name[1:]))})
+        if status != 200:
+            raise RuntimeError(f"POST /vm {name}: {status} {data[:200]!r}")
+        return took
+
+    with ThreadPoolExecutor(WRITERS) as pool:
+        return list(pool.map(post, names))
+
+
+def running_count(lab: Lab, nodes: list[str]) -> int:
+    return sum(sum(1 for d in lab.domains(node).values() if d["state"] == "running")
+               for node in nodes)
+
+
+def single_reader(api: Api, count: int) -> list[float]:
+    latencies = []
+    for _ in range(count):
+        status, _, took = api.call("GET", "/vm")
+        assert status == 200
+        latencies.append(took)
+    return latencies
+
+
+def concurrent_readers(api: Api, seconds: float) -> tuple[int, list[float]]:
+    latencies: list[float] = []
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def reader() -> None:
+        while time.monotonic() < stop:
+            status, _, took = api.call("GET", "/vm")
+            assert status == 200
+            with lock:
+                latencies.append(took)
+
+    threads = [threading.Thread(target=reader) for _ in range(READERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return len(latencies), latencies
+
+
+def rss_mib(pid: int) -> tuple[float, float]:
+    """(VmRSS, VmHWM) of a process in MiB."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            fields[key] = int(value.split()[0]) / 1024
+    return fields["VmRSS"], fields["VmHWM"]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def daemon_rows(lab: Lab, idle: float, label: str) -> None:
+    """RSS and idle CPU of each node daemon (the primary named)."""
+    info = lab.load()
+    primary = next((n["name"] for n in lab.status()
+                    if n.get("coordinator_state") == "primary"), None)
+    before = {node.name: cpu_seconds(node.pid) for node in info.nodes}
+    time.sleep(idle)  # a measurement window, not a wait for a condition
+    for node in info.nodes:
+        used = (cpu_seconds(node.pid) - before[node.name]) / idle * 100
+        rss, peak = rss_mib(node.pid)
+        role = "primary" if node.name == primary else "other"
+        row(f"{label} {node.name} ({role}) RSS / peak", f"{rss:.0f} MiB / {peak:.0f} MiB",
+            GOALS["rss"])
+        row(f"{label} {node.name} ({role}) idle CPU over {idle:.0f} s", f"{used:.2f} % of a core",
+            GOALS["idle_cpu"])
+
+
+def vm_rounds(counts: list[int], seconds: float, idle: float, reads: int) -> None:
+    lab = Lab(Path(tempfile.mkdtemp(prefix="pvcd-bench-scale-")) / "lab")
+    info = lab.up(nodes=3)
+    api = Api(info.api, info.token)
+    nodes = [node.name for node in info.nodes]
+    defined = 0
+    try:
+        for count in counts:
+            names = [f"s{i:05d}" for i in range(defined, count)]
+            start = time.perf_counter()
+            latencies = define(api, names)
+            posted = time.perf_counter() - start
+            wait(lambda target=count: running_count(lab, nodes) >= target,
+                 timeout=max(120.0, count / 20))
+            total = time.perf_counter() - start
+            defined = count
+            row(f"POST /vm p50 / p99, {WRITERS} writers, {len(names)} defines",
+                f"{ms(statistics.median(latencies))} / {ms(percentile(latencies, 0.99))}",
+                GOALS["define_p50"])
+            row(f"define {len(names)} VMs -> all running (to {count})",
+                f"{total:.1f} s (POSTs done after {posted:.1f} s)",
+                GOALS["define_10000"] if count >= 10000 else "-")
+            single_reader(api, 5)  # warm the fragments
+            one = single_reader(api, reads if count <= 1000 else max(20, reads // 5))
+            row(f"GET /vm p50 / p99, one client, {count} VMs",
+                f"{ms(statistics.median(one))} / {ms(percentile(one, 0.99))}",
+                GOALS["get_p50_1000"] if count <= 1000 else GOALS["get_p50_10000"])
+            served, many = concurrent_readers(api, seconds)
+            row(f"GET /vm, {READERS} concurrent clients, {count} VMs",
+                f"{served / seconds:.0f} req/s, p50 {ms(statistics.median(many))}, "
+                f"p99 {ms(percentile(many, 0.99))}", GOALS["concurrent"])
+            daemon_rows(lab, idle, f"{count} VMs:")
+    finally:
+        lab.down()
+
+
+def big_lab(nodes: int, idle: float, reads: int) -> None:
+    lab = Lab(Path(tempfile.mkdtemp(prefix="pvcd-bench-scale16-")) / "lab")
+    start = time.perf_counter()
+    info = lab.up(nodes=nodes)
+    lab.wait_ready(timeout=300)
+    row(f"{nodes}-node lab up and ready", f"{time.perf_counter() - start:.1f} s", "runs")
+    try:
+        api = Api(info.api, info.token)
+        latencies = []
+        for _ in range(reads):
+            status, _, took = api.call("GET", "/node")
+            assert status == 200
+            latencies.append(took)
+        row(f"GET /node p50, {nodes} nodes", ms(statistics.median(latencies)), "-")
+        daemon_rows(lab, idle, f"{nodes}-node lab:")
+    finally:
+        lab.down()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vms", default="1000,10000", help="VM counts, ascending")
+    parser.add_argument("--seconds", type=float, default=10.0, help="concurrent-read window")
+    parser.add_argument("--idle", type=float, default=30.0, help="idle-CPU window")
+    parser.add_argument("--reads", type=int, default=200, help="single-client GETs")
+    parser.add_argument("--big-lab", type=int, default=16, help="nodes of the big lab; 0: skip")
+    args = parser.parse_args(argv)
+    counts = sorted(int(c) for c in args.vms.split(",") if c)
+    if counts:
+        vm_rounds(counts, args.seconds, args.idle, args.reads)
+    if args.big_lab:
+        big_lab(args.big_lab, args.idle, args.reads)
+
+
+if __name__ == "__main__":
+    main()
