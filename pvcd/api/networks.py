@@ -29,7 +29,7 @@ from pvcd.domain.errors import Conflict, InvalidValue, NotFound
 from pvcd.domain.records import AclSpec, NetworkSpec
 from pvcd.domain.states import ACL_DIRECTIONS, NETWORK_TYPES
 from pvcd.drivers.dnsmasq import check_mac
-from pvcd.drivers.nftables import validate_rule
+from pvcd.drivers.nft_rules import validate_rule
 from pvcd.specs.networks import (
     check_acls_allowed,
     check_description,

@@ -32,7 +32,8 @@ from pvcd.domain.errors import InvalidValue
 from pvcd.domain.metadata import METADATA_ADDRESS, METADATA_PORT
 from pvcd.domain.records import AclSpec, NetworkSpec
 from pvcd.drivers.ifnames import bridge_name
-from pvcd.drivers.nftables import NftablesDriver, validate_rule
+from pvcd.drivers.nft_rules import validate_rule
+from pvcd.drivers.nftables import NftablesDriver
 from pvcd.specs.networks import check_acl_document
 from pvcd.state.view import ClusterView
 

@@ -3,7 +3,7 @@
 The API refuses a network, lease or ACL that breaks them (510, nothing written); the node
 daemons check every document again before they act on it (`check_network_document`,
 `check_static_lease_document`, `check_acl_document`), since anything that reaches ZooKeeper can
-write one. The ACL rule itself is checked by `pvcd.drivers.nftables.validate_rule` (nft parses
+write one. The ACL rule itself is checked by `pvcd.drivers.nft_rules.validate_rule` (nft parses
 it in a throw-away namespace); a daemon applies the body *it* got from the rule's text, never
 the stored one.
 """

@@ -13,7 +13,7 @@ from pvcd.controllers.gateway import gw_key
 from pvcd.controllers.network import PEERS_KEY, NetworkController, net_key
 from pvcd.domain.records import AclSpec, NetworkSpec, StaticLeaseSpec
 from pvcd.drivers.dnsmasq import Lease
-from pvcd.drivers.nftables import validate_rule
+from pvcd.drivers.nft_rules import validate_rule
 from tests.fakes.drivers import FakeNftables
 from tests.fakes.networking import (
     UNDERLAY,

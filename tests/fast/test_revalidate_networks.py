@@ -13,7 +13,7 @@ from pvcd.controllers.firewall import acl_key
 from pvcd.controllers.gateway import gw_key
 from pvcd.controllers.network import net_key
 from pvcd.domain.records import AclSpec, NetworkSpec, StaticLeaseSpec
-from pvcd.drivers.nftables import validate_rule
+from pvcd.drivers.nft_rules import validate_rule
 from pvcd.state.store import Op
 from tests.fakes.attacker import write_past_the_api
 from tests.fakes.drivers import FakeNftables

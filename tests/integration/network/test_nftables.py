@@ -10,7 +10,8 @@ import pytest
 
 from pvcd.domain.errors import BackendError, InvalidValue
 from pvcd.drivers.netlink import NetlinkDriver
-from pvcd.drivers.nftables import NftablesDriver, check_rule_body, validate_rule
+from pvcd.drivers.nft_rules import check_rule_body, validate_rule
+from pvcd.drivers.nftables import NftablesDriver
 
 pytestmark = pytest.mark.needs_root
 
