@@ -98,8 +98,11 @@ class FaultMonitor:
             fence = cache.get(paths.fence_record(load.name))
             record = from_dict(FenceRecord, fence) if isinstance(fence, dict) else None
             health = read_node_health(view, load.name)
+            # a node between writing its spec and its first status is registering, not dead
+            registering = not cache.exists(paths.node_status(load.name))
             nodes.append(NodeFacts(
-                load.name, load.daemon_state, load.memory_total, load.memory_allocated,
+                load.name, "init" if registering else load.daemon_state, load.memory_total,
+                load.memory_allocated,
                 record.state if record else None, record.message if record else "",
                 tuple(health.checks) if health else ()))
         osds_out = []

@@ -13,7 +13,7 @@ from pvcd.api.metrics import Metrics
 from pvcd.cli.main import cli
 from pvcd.controllers.faults import FaultMonitor, build_faults
 from pvcd.domain.health import HealthCheck, NodeHealth
-from pvcd.domain.records import FenceRecord, NetworkSpec, VmStatus
+from pvcd.domain.records import FenceRecord, NetworkSpec, NodeSpec, VmStatus
 from pvcd.state.health import read_faults
 from tests.fakes.api import TOKEN, running_api
 from tests.fakes.nodes import SimCluster
@@ -271,3 +271,10 @@ def test_cli_cluster_status_and_faults(api: Any, sim: SimCluster) -> None:
     assert sim.state.view.maintenance()
     pvc("cluster", "maintenance", "off")
     assert not sim.state.view.maintenance()
+
+
+def test_a_node_still_registering_is_not_dead(monitor: FaultMonitor, sim: SimCluster) -> None:
+    # its spec written, its status and liveness not yet (NodeDaemon._register)
+    sim.state.put(sim.state.paths.node("node4"), NodeSpec("node4", True).to_doc())
+    monitor.run_round()
+    assert faults(sim.state) == {}
