@@ -24,7 +24,6 @@ from collections.abc import Callable
 
 from pvcd.controllers.base import DONE, Controller, PrimaryService, Result, Wiring
 from pvcd.domain.dns import dns_zones
-from pvcd.domain.errors import BackendError, Conflict
 from pvcd.domain.faults import (
     CephCheck,
     ClusterFacts,
@@ -141,22 +140,9 @@ class FaultMonitor:
         return tuple(found)
 
     def _commit(self, ops: list[Op]) -> None:
-        """One transaction when nothing raced; else fault by fault, skipping lost races."""
-        if not ops:
-            return
-        try:
-            self.store.commit(ops)
-            return
-        except Conflict:
-            pass
-        for op in ops:
-            try:
-                self.store.commit([op])
-            except Conflict as exc:
-                log.info("event=fault-write-skipped path=%s reason=%s", op.path, exc)
-            except BackendError as exc:
-                log.warning("event=fault-write-failed path=%s error=%s", op.path, exc)
-                return
+        """Lost races are skipped: the next round retries them (module docstring)."""
+        for op, exc in self.store.commit_each(ops):
+            log.info("event=fault-write-skipped path=%s reason=%s", op.path, exc)
 
 
 class FaultService:

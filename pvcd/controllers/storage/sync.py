@@ -309,18 +309,9 @@ class MirrorSync:
     def _commit_each(self, ops: list[Op]) -> None:
         """One transaction when nothing raced; else object by object, skipping lost races (the
         next sync retries them)."""
-        if not ops:
-            return
-        try:
-            self.store.commit(ops)
-            return
-        except Conflict:
-            pass
-        for op in ops:  # in order: containers before their children, leaves before parents
-            try:
-                self.store.commit([op])
-            except Conflict as exc:
-                log.info("event=storage-sync-skipped path=%s reason=%s", op.path, exc)
+        # in order: containers before their children, leaves before parents
+        for op, exc in self.store.commit_each(ops):
+            log.info("event=storage-sync-skipped path=%s reason=%s", op.path, exc)
 
     def refresh_volume(self, pool: str, volume: str) -> None:
         """One volume's `rbd info` into its mirror record (after a request changed it)."""
