@@ -16,7 +16,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 
-from pvcd.domain.health import FAULT_ACK, FAULT_NEW, Fault, HealthCheck, fault_id, health_value
+from pvcd.domain.health import (
+    FAULT_ACK,
+    FAULT_NEW,
+    MESSAGE_LIMIT,
+    Fault,
+    HealthCheck,
+    fault_id,
+    health_value,
+)
 
 RESTORE_INCOMPLETE = "RESTORE_INCOMPLETE"
 # GET /faults?sort_key=: the time keys sort newest first, the others in ascending order (PVC)
@@ -39,11 +47,15 @@ RESTORE_DELTA = 50
 
 @dataclasses.dataclass(frozen=True)
 class FaultCondition:
-    """A condition seen in this round: the fault it raises, its delta and its message."""
+    """A condition seen in this round: the fault it raises, its delta and its message (cut to
+    what a fault keeps)."""
 
     id: str
     delta: int
     message: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "message", self.message[:MESSAGE_LIMIT])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -126,3 +126,9 @@ def test_sort_keys(key: str, order: list[str]) -> None:
     assert [f.id for f in sort_faults(faults, key)] == order
     with pytest.raises(ValueError):
         sort_faults(faults, "id")
+
+
+def test_a_long_message_is_cut_to_what_a_fault_keeps() -> None:
+    facts = ClusterFacts(ceph_checks=(CephCheck("X", "HEALTH_ERR", "m" * 5000),))
+    [condition] = conditions(facts)
+    assert len(condition.message) == 1024
