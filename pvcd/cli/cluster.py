@@ -65,10 +65,11 @@ def render_status(status: dict[str, Any]) -> str:
         pairs.append(("Nodes not run/ready", _names(attention)))
     lines = [render_fields(pairs)]
     reasons = health.get("messages") or []
+    cleared = {f.get("id") for f in detail.get("faults") or [] if f.get("active") is False}
     if reasons:
         lines.append("Unacknowledged faults:")
         lines += [f"  {m.get('id')} (-{m.get('health_delta')}): {m.get('text')}"
-                  for m in reasons]
+                  + (" [cleared]" if m.get("id") in cleared else "") for m in reasons]
     node_health = status.get("node_health") or {}
     if node_health:
         lines.append("Node health:")

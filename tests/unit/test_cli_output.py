@@ -105,10 +105,12 @@ def test_cluster_status_shows_health_its_reasons_and_each_node() -> None:
         "osds": {"total": 0},
         "detail": {"node": [{"name": "node1", "daemon_state": "run", "domain_state": "ready"},
                             {"name": "node3", "daemon_state": "dead",
-                             "domain_state": "ready"}]}}
+                             "domain_state": "ready"}],
+                   "faults": [{"id": "VM_FAILED_BAD", "active": False}]}}
     text = render_status(status)
     assert "Health:" in text and "40%" in text
-    assert "DEAD_NODE_NODE3 (-50): Node node3 is dead" in text
+    assert "DEAD_NODE_NODE3 (-50): Node node3 is dead\n" in text
+    assert "VM_FAILED_BAD (-10): VM bad is failed [cleared]" in text
     assert "node1: 50% ('load': load 9.0)" in text and "node3: unknown" in text
     assert "3 total; 1 failed, 1 start, 1 stop" in text
     assert "Nodes not run/ready:" in text and "OSDs" not in text
