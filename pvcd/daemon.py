@@ -40,6 +40,7 @@ from pvcd.controllers.base import Controller, Watch, Wiring
 from pvcd.controllers.client_networks import build_networks
 from pvcd.controllers.coordinator import KEY as COORDINATOR_KEY
 from pvcd.controllers.coordinator import Coordinator, PrimaryServices
+from pvcd.controllers.faults import build_faults
 from pvcd.controllers.fencing import FencingController
 from pvcd.controllers.floating import build_floating_ips
 from pvcd.controllers.metadata import build_metadata
@@ -144,6 +145,9 @@ class NodeDaemon:
                                   *self.plugins.task_kinds]),
                               coordinator=self.coordinator is not None,
                               resync_interval=timing.resync_interval, clock=clock))
+        # cluster faults (extensions.md §8.4): raised by the primary every health.interval
+        self._add(build_faults(self.view, self.store, config.health.interval,
+                               coordinator=self.coordinator is not None, clock=clock))
         self._add(self._build_vms())
         if self.coordinator is not None:
             self._add(self._build_fencing())
@@ -179,7 +183,9 @@ class NodeDaemon:
             clock=self.clock, registry=metrics, api=api, uploads=self.uploads,
             pool_space=CephDriver(ceph.conf_file, ceph.keyring, timeout=ceph.command_timeout
                                   ).pool_space if ceph.enabled else None,
-            upload_service=self._upload_service())
+            upload_service=self._upload_service(),
+            upstream_ip=_address(self.config.networks.upstream.floating_ip
+                                 if self.config.networks.upstream else None))
         ssl_context = None
         if api.tls.enabled and api.tls.cert_file and api.tls.key_file:
             ssl_context = make_ssl_context(api.tls.cert_file, api.tls.key_file)
@@ -539,6 +545,11 @@ class NodeDaemon:
     def _close_session(self) -> None:
         self.client.stop()
         self.client.close()
+
+
+def _address(interface: str | None) -> str | None:
+    """The address of an `address/prefix` (None stays None)."""
+    return interface.split("/")[0] if interface else None
 
 
 def _bounded(step: str, action: Callable[[], object], timeout: float) -> bool:

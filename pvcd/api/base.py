@@ -92,6 +92,8 @@ class ApiContext:
     uploads: UploadPipes = field(default_factory=UploadPipes)
     # a pool's usage from Ceph (`CephDriver.pool_space`, blocking); None without Ceph
     pool_space: Callable[[str], PoolSpace] | None = None
+    # the upstream floating address (`networks.upstream.floating_ip`), for `GET /status`
+    upstream_ip: str | None = None
 
 
 class Refused(Exception):

@@ -1,4 +1,5 @@
-"""Cluster-wide settings: maintenance mode (suspends fencing while operators work)."""
+"""Cluster-wide settings: maintenance mode (suspends fencing and fault raising while operators
+work)."""
 
 from __future__ import annotations
 
@@ -30,15 +31,19 @@ class MaintenanceHandler(BaseHandler):
 
     @accepts(STATE)
     async def post(self) -> None:
-        enabled = self.values[STATE]
-        view = self.ctx.view
-        entry = view.cache.entry(view.paths.maintenance)
-        doc = {"enabled": enabled, "since": self.ctx.clock() if enabled else None}
-        op = Op.create(view.paths.maintenance, doc) if entry is None else \
-            Op.set(view.paths.maintenance, doc, entry.version)
-        await self.commit([op])
-        self.message("Maintenance mode is on: fencing is suspended" if enabled else
-                     "Maintenance mode is off: fencing is active")
+        await set_maintenance(self, self.values[STATE])
+
+
+async def set_maintenance(handler: BaseHandler, enabled: bool) -> None:
+    """Turn maintenance mode on or off and answer (`POST /maintenance`, `POST /status`)."""
+    view = handler.ctx.view
+    entry = view.cache.entry(view.paths.maintenance)
+    doc = {"enabled": enabled, "since": handler.ctx.clock() if enabled else None}
+    op = Op.create(view.paths.maintenance, doc) if entry is None else \
+        Op.set(view.paths.maintenance, doc, entry.version)
+    await handler.commit([op])
+    handler.message("Maintenance mode is on: fencing is suspended and no faults are raised"
+                    if enabled else "Maintenance mode is off: fencing is active")
 
 
 ROUTES = [route("/maintenance", MaintenanceHandler)]

@@ -33,14 +33,17 @@ from prometheus_client.registry import Collector
 from pvcd.api.base import BaseHandler
 from pvcd.api.nodes import node_object
 from pvcd.api.routing import Route
-from pvcd.api.vms import vm_state
+from pvcd.domain.faults import cluster_health
+from pvcd.domain.health import FAULT_STATUSES
 from pvcd.domain.states import (
     COORDINATOR_STATES,
     DAEMON_STATES,
     DOMAIN_STATES,
     NETWORK_TYPES,
     VM_STATES,
+    vm_state,
 )
+from pvcd.state.health import read_faults, read_node_health
 from pvcd.state.view import ClusterView
 
 MIB = 1024 * 1024
@@ -186,6 +189,7 @@ class ClusterCollector(Collector):
         yield from self._vms()
         yield from self._networks()
         yield from self._ceph()
+        yield from self._health()
 
     def _nodes(self) -> Iterator[Metric]:
         view = self.view
@@ -308,6 +312,38 @@ class ClusterCollector(Collector):
         volumes = sum(len(cache.children(f"{view.paths.storage_volumes}/{pool}"))
                       for pool in cache.children(view.paths.storage_volumes))
         yield GaugeMetricFamily("pvc_ceph_volumes", "RBD volumes", value=volumes)
+
+
+    def _health(self) -> Iterator[Metric]:
+        """Cluster health, each running node's health and check deltas, faults by status
+        (extensions.md §8.2)."""
+        view = self.view
+        faults = [stored.fault for stored in read_faults(view).values()]
+        yield GaugeMetricFamily("pvc_cluster_health", "Cluster health: 100 minus the deltas of "
+                                "the unacknowledged faults", value=cluster_health(faults))
+        health = GaugeMetricFamily("pvc_node_health", "Node health: 100 minus its checks' "
+                                   "deltas (no series while not known)", labels=["node"])
+        deltas = GaugeMetricFamily("pvc_node_health_check_delta", "What one health check of "
+                                   "the node takes off its health", labels=["node", "check"])
+        for name in view.node_names():
+            node = read_node_health(view, name)
+            if node is None:
+                continue
+            if node.health is not None:
+                health.add_metric([name], node.health)
+            for check in node.checks:
+                deltas.add_metric([name, check.name], check.health_delta)
+        yield health
+        yield deltas
+        by_status = GaugeMetricFamily("pvc_faults", "Faults by status (new: unacknowledged)",
+                                      labels=["status"])
+        for status in FAULT_STATUSES:
+            by_status.add_metric([status], sum(1 for f in faults if f.status == status))
+        yield by_status
+        active = GaugeMetricFamily("pvc_faults_active", "Faults whose condition was seen in the "
+                                   "latest round of checks", value=sum(1 for f in faults
+                                                                       if f.active))
+        yield active
 
 
 def _number(value: Any) -> float:

@@ -136,6 +136,8 @@ def _operation(r: Route, method: str, op: Operation) -> dict[str, Any]:
         str(op.status): {"description": "Success.", "content": content},
         "510": failure,
     }
+    if op.no_content:
+        responses["204"] = {"description": op.no_content}
     failures = dict(op.failures)
     if not op.public:
         failures[401] = "Authentication required: no valid session, token value or X-Api-Key."
@@ -198,7 +200,8 @@ def _query_parameter(value: Value[Any]) -> dict[str, Any]:
 def _tag(r: Route) -> str:
     first = r.path.split("/")[1] if r.path.count("/") else ""
     return {"": "general", "auth": "general", "openapi.json": "general", "node": "node",
-            "vm": "vm", "network": "network", "maintenance": "cluster", "storage": "storage",
+            "vm": "vm", "network": "network", "maintenance": "cluster", "status": "cluster",
+            "faults": "cluster", "storage": "storage",
             "tasks": "tasks", "provisioner": "provisioner", "metrics": "monitoring"}[first]
 
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pvcd.api.openapi_schemas import array_of, ref
+from pvcd.api.openapi_schemas import STR, array_of, obj, ref
 
 OPENAPI_VERSION = "3.0.3"
 API_VERSION = "1.0"
@@ -43,6 +43,8 @@ class Operation:
     failures: Mapping[int, str] = field(default_factory=dict)
     # an upload: the body is the file (octet-stream), the values are in the query string only
     upload: bool = False
+    # a successful answer without a body (204), and when it comes
+    no_content: str = ""
 
 
 _STORAGE = " Answers 510 when Ceph storage is not configured on the primary."
@@ -221,6 +223,29 @@ ENDPOINTS: dict[str, dict[str, Operation]] = {
     "/maintenance": {
         "get": Operation("Whether maintenance mode is on (pvcd addition)", ref("Maintenance")),
         "post": Operation("Turn maintenance mode on (fencing suspended) or off"),
+    },
+    # health and faults (extensions.md §8)
+    "/status": {
+        "get": Operation("The cluster on one page: its health and the reasons for it (the "
+                         "unacknowledged faults), each node's health, maintenance, the primary, "
+                         "counts, resources (memory MiB, disk KiB) and details", ref("Status")),
+        "post": Operation("Turn maintenance mode on or off (PVC's alias of POST /maintenance)"),
+    },
+    "/status/primary_node": {
+        "get": Operation("The primary node's name (no authentication, as in PVC)",
+                         obj({"primary_node": STR}, ["primary_node"]), public=True,
+                         no_content="No node holds the primary role right now."),
+    },
+    "/faults": {
+        "get": Operation("List the faults, sorted by sort_key (times newest first)",
+                         array_of("Fault")),
+        "put": Operation("Acknowledge every fault (its health_delta reads 0 from then on)"),
+        "delete": Operation("Delete every fault"),
+    },
+    "/faults/<fault_id>": {
+        "get": Operation("One fault (a one-element list)", array_of("Fault")),
+        "put": Operation("Acknowledge a fault"),
+        "delete": Operation("Delete a fault (raised again, as new, if its condition persists)"),
     },
     # storage
     "/storage/ceph": {"get": Operation("Ceph status (`ceph status`)" + _STORAGE,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pvcd.domain.health import FAULT_STATUSES
 from pvcd.domain.states import (
     ACL_DIRECTIONS,
     COORDINATOR_STATES,
@@ -64,6 +65,7 @@ _VM_META = {  # extensions.md §6.1
     "migration_max_downtime": {"type": "integer", "description": "ms"},
     "profile": _NS,
 }
+_COUNTS = obj({"total": INT}, ["total"], "total, and a count per state")
 _VM_TAG = obj({"name": STR, "type": {"type": "string", "enum": list(VM_TAG_TYPES)},
                "protected": BOOL}, ["name", "type", "protected"])
 
@@ -134,6 +136,40 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                ["description", "direction", "order", "rule"]),
     "Maintenance": obj({"maintenance": BOOL, "since": nullable("number")},
                        ["maintenance", "since"]),
+    "Fault": obj({
+        "id": STR, "first_reported": NUM, "last_reported": NUM,
+        "acknowledged_at": nullable("number"),
+        "status": {"type": "string", "enum": list(FAULT_STATUSES)},
+        "health_delta": {"type": "integer", "description": "0 once acknowledged"},
+        "message": STR,
+        "active": {"type": "boolean", "description": "seen in the latest round of checks"},
+    }, ["id", "first_reported", "last_reported", "acknowledged_at", "status", "health_delta",
+        "message", "active"]),
+    "Status": obj({
+        "cluster_health": obj({"health": INT, "messages": {"type": "array", "items": obj(
+            {"id": STR, "health_delta": INT, "text": STR}, ["id", "health_delta", "text"])}},
+            ["health", "messages"]),
+        "node_health": {"type": "object", "additionalProperties": obj(
+            {"health": nullable("integer"), "messages": {"type": "array", "items": STR}},
+            ["health", "messages"])},
+        "maintenance": BOOL, "primary_node": _NS, "pvc_version": STR, "upstream_ip": _NS,
+        "nodes": _COUNTS, "vms": _COUNTS, "networks": INT, "osds": _COUNTS, "pools": INT,
+        "volumes": INT, "snapshots": INT,
+        "resources": obj({
+            "memory": obj({k: NUM for k in ("total", "used", "free", "allocated",
+                                            "provisioned", "utilization")}),
+            "cpu": obj({k: NUM for k in ("total", "load", "allocated", "utilization")}),
+            "disk": obj({k: NUM for k in ("total", "used", "free", "utilization")})},
+            ["memory", "cpu", "disk"]),
+        "detail": obj({"node": {"type": "array", "items": obj(
+                           {"name": STR, "daemon_state": STR, "domain_state": STR})},
+                       "vm": {"type": "array", "items": obj(
+                           {"uuid": STR, "name": _NS, "state": STR})},
+                       "osd": {"type": "array", "items": obj({"up": BOOL, "in": BOOL})},
+                       "faults": array_of("Fault")}, ["node", "vm", "osd", "faults"]),
+    }, ["cluster_health", "node_health", "maintenance", "primary_node", "pvc_version",
+        "upstream_ip", "nodes", "vms", "networks", "osds", "pools", "volumes", "snapshots",
+        "resources", "detail"]),
     "CephStatus": obj({
         "type": {"type": "string", "enum": ["status", "utilization"]},
         "primary_node": STR,
@@ -233,5 +269,7 @@ PATH_VALUES: dict[str, str] = {
     "userdata": "A userdata name.",
     "script": "A built-in install method: clone, blank or ova.",
     "profile": "A profile name.",
+    "fault_id": "A fault id, e.g. DEAD_NODE_HV1 (upper case; other characters than A-Z, 0-9 "
+                "and _ are read as _).",
     "ova": "An OVA name.",
 }

@@ -41,6 +41,7 @@ from pvcd.domain.states import (
     STOPPED_VM_STATES,
     VM_STATE_REQUESTS,
     VM_STATES,
+    vm_state,
 )
 from pvcd.domain.tasks import busy_task
 from pvcd.domain.vm_meta import check_tag_name, node_limit_of, user_tags
@@ -62,20 +63,6 @@ def removal_timeout(ctx: ApiContext) -> float:
     """How long DELETE /vm/<vm> waits for the node (and the disks' removal)."""
     timeout = ctx.storage_request_timeout
     return REMOVAL_WAIT if timeout is None else float(timeout)
-
-
-def vm_state(spec: dict[str, Any], status: dict[str, Any]) -> str:
-    """The state word of objects.md, from desired and observed state."""
-    migration = spec.get("migration")
-    if isinstance(migration, dict) and \
-            int(status.get("migration_done", 0)) < int(migration.get("request", 0)):
-        return str(migration.get("action", "migrate"))
-    if int(spec.get("restart_request", 0)) > int(status.get("restart_done", 0)):
-        return "restart"
-    if status.get("state") == "failed" and \
-            int(status.get("state_request_done", 0)) >= int(spec.get("state_request", 0)):
-        return "failed"
-    return str(spec.get("state", "start"))
 
 
 def vm_object(view: ClusterView, uuid: str) -> dict[str, Any] | None:

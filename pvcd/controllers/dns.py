@@ -25,8 +25,9 @@ under its own rule (`dnsmasq_leasehook.guest_hostname`). VM names and static hos
 checked as DNS labels before they are written.
 
 Domain conflicts (§10.2.4) on a cluster that has them: the lowest VNI keeps the domain
-(`pvcd.domain.dns.dns_zones`). The `DNS_DOMAIN_CONFLICT_<VNI>` fault belongs to the faults
-subsystem (§8.2), which does not exist yet: until then a conflict is logged (once per change).
+(`pvcd.domain.dns.dns_zones`). The primary's fault monitor (`pvcd.controllers.faults`) raises
+`DNS_DOMAIN_CONFLICT_<VNI>` from the same computation; here a conflict is logged once per
+change.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ Desired states are what operators ask for; observed states are what nodes report
 other module names a state through these constants, never as a bare string it made up.
 """
 
+from typing import Any
+
 DAEMON_STATES = ("init", "run", "shutdown", "stop", "dead", "fenced")
 COORDINATOR_STATES = ("primary", "secondary", "client", "takeover", "relinquish")
 DOMAIN_STATES = ("ready", "flush", "flushed", "unflush")
@@ -41,3 +43,18 @@ def domain_active(domain: object) -> bool:
     """Whether a hypervisor domain (anything with a `state`, an enum or a word) is active."""
     state = getattr(domain, "state", None)
     return str(getattr(state, "value", state)) in ACTIVE_DOMAIN_STATES
+
+
+def vm_state(spec: dict[str, Any], status: dict[str, Any]) -> str:
+    """The state word of objects.md, from a VM's desired and observed documents (the API's
+    lists, the metrics and the fault checks read the cached documents directly)."""
+    migration = spec.get("migration")
+    if isinstance(migration, dict) and \
+            int(status.get("migration_done", 0)) < int(migration.get("request", 0)):
+        return str(migration.get("action", "migrate"))
+    if int(spec.get("restart_request", 0)) > int(status.get("restart_done", 0)):
+        return "restart"
+    if status.get("state") == "failed" and \
+            int(status.get("state_request_done", 0)) >= int(spec.get("state_request", 0)):
+        return "failed"
+    return str(spec.get("state", "start"))

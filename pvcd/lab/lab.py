@@ -86,7 +86,7 @@ class Lab:
            dead_threshold: int = 3, libvirt: str = "test",
            ceph_stats_interval: float = 2.0, watchdog_timeout: int | None = None,
            zookeeper_tls: bool = False, ceph_memstore_gib: int = 1,
-           domain_type: str = "qemu") -> LabInfo:
+           domain_type: str = "qemu", health_interval: float | None = None) -> LabInfo:
         """`libvirt`: "test" (a `test:///` file per node, inside its daemon) or "qemu" (a real
         libvirtd per node, tiny QEMU guests that boot and live-migrate). `fencing` None: "lab"
         with the test driver, "none" with QEMU (the lab fence kills only the node's daemon;
@@ -99,7 +99,8 @@ class Lab:
         `ceph_memstore_gib`: each memstore OSD's capacity (RAM, taken only as data is written;
         the pools' free space follows it; guest images need more than the default 1 GiB).
         `domain_type`: the nodes' `drivers.libvirt.domain_type` in a QEMU lab (`qemu`: TCG;
-        `kvm` only where Linux guests boot under the machine's KVM)."""
+        `kvm` only where Linux guests boot under the machine's KVM). `health_interval`: the
+        nodes' `health.interval` (None: the default, 15 s)."""
         if self.lab_file.exists():
             raise RuntimeError(f"a lab is already described in {self.lab_file}; "
                                "run `pvcd lab down` first")
@@ -191,6 +192,8 @@ class Lab:
                            "dead_threshold": dead_threshold},
             }
             config["drivers"] = {"libvirt": self._libvirt_config(folder, index, lab_net)}
+            if health_interval is not None:
+                config["health"] = {"interval": health_interval}
             if lab_net is not None:  # the node's client networks live in its own namespace
                 cast(dict[str, Any], config.setdefault("drivers", {}))["network"] = {
                     **lab_net.node_net(name, index).config(),

@@ -87,6 +87,25 @@ class Store:
         self._finish(ops, results)
         return results
 
+    def commit_each(self, ops: Sequence[Op]) -> list[tuple[Op, Conflict]]:
+        """`ops` in one transaction when nothing raced; else one by one, in order, skipping
+        the ones that lost a race: for writers of independent objects (a sync, a round of
+        checks) whose next run retries what was skipped. The skipped ops, with why."""
+        if not ops:
+            return []
+        try:
+            self.commit(ops)
+            return []
+        except Conflict:
+            pass
+        skipped = []
+        for op in ops:
+            try:
+                self.commit([op])
+            except Conflict as exc:
+                skipped.append((op, exc))
+        return skipped
+
     def commit_async(self, ops: Sequence[Op]) -> concurrent.futures.Future[list[Any]]:
         """Like commit(), without blocking: the future resolves on kazoo's completion thread."""
         future: concurrent.futures.Future[list[Any]] = concurrent.futures.Future()

@@ -19,6 +19,7 @@ from kazoo.client import KazooClient
 from pvcd.api.storage import new_request_id
 from pvcd.api.waiting import wait_for_request
 from pvcd.config import CephDriverSection
+from pvcd.controllers.faults import FaultMonitor
 from pvcd.controllers.storage.primary import PrimaryStorage
 from pvcd.controllers.storage.requests import request_key
 from pvcd.controllers.storage.sync import VOLUME_INFOS_PER_SYNC
@@ -27,6 +28,7 @@ from pvcd.domain.states import PRIMARY_TARGET
 from pvcd.drivers.ceph.driver import CephDriver
 from pvcd.lab.ceph import ThrowawayCeph
 from pvcd.state.cache import StateCache
+from pvcd.state.health import read_faults
 from pvcd.state.schema import Paths, ensure_schema
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
@@ -216,3 +218,25 @@ def test_waiter_wakes_on_the_result_and_reports_a_timeout(primary: PrimaryStorag
     assert isinstance(finished, dict) and finished["state"] == "done"
     assert seconds < 10
     assert run(primary, "cluster-option", action="unset", option="noscrub").state == "done"
+
+
+def test_cephs_health_checks_are_mirrored_and_become_faults(primary: PrimaryStorage,
+                                                            tools: CephTools) -> None:
+    """A real HEALTH_WARN (the noout flag: OSDMAP_FLAGS) through the sync into a fault
+    (extensions.md §8.4), which clears with the flag."""
+    monitor = FaultMonitor(primary.view, primary.store, 1.0)
+    monitor.active = True
+    tools.run("ceph", "osd", "set", "noout")
+    try:
+        primary.mirror_sync.run()
+        checks = {c["name"]: c for c in
+                  primary.view.cache.get(primary.view.paths.storage_status)["checks"]}
+        assert checks["OSDMAP_FLAGS"]["severity"] == "HEALTH_WARN"
+        monitor.run_round()
+        fault = read_faults(primary.view)["CEPH_WARN_OSDMAP_FLAGS"].fault
+        assert fault.active and fault.health_delta == 10 and "noout" in fault.message
+    finally:
+        tools.run("ceph", "osd", "unset", "noout")
+    primary.mirror_sync.run()
+    monitor.run_round()
+    assert not read_faults(primary.view)["CEPH_WARN_OSDMAP_FLAGS"].fault.active

@@ -25,7 +25,8 @@ EXPECTED = {
                        "upload"],
     "storage snapshot": ["list", "info", "add", "remove", "rename", "rollback"],
     "task": ["list", "info", "wait"],
-    "cluster": ["status"],
+    "cluster": ["status", "maintenance", "fault"],
+    "cluster fault": ["list", "ack", "ack-all", "delete", "delete-all"],
     "connection": ["list", "show"],
 }
 
@@ -60,6 +61,7 @@ NO_API = {"PVC_URL": "http://127.0.0.1:9", "PVC_TOKEN": "x", "PVC_CONNECTION": "
     ["storage", "volume", "remove", "vms", "disk"],
     ["storage", "snapshot", "remove", "vms", "disk", "snap"],
     ["storage", "snapshot", "rollback", "vms", "disk", "snap"],
+    ["cluster", "fault", "delete", "DEAD_NODE_NODE2"], ["cluster", "fault", "delete-all"],
 ])
 def test_destructive_commands_ask_and_no_means_nothing_is_sent(args: list[str]) -> None:
     # the API address is a closed port: any request would fail with exit code 3, not 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pvcd.cli.cluster import render_summary, storage_health, summarise
+from pvcd.cli.cluster import render_status
 from pvcd.cli.node import node_table
 from pvcd.cli.output import Column, field, render_fields, render_table, show, size_bytes, size_mib
 from pvcd.cli.vm import vm_table
@@ -92,36 +92,28 @@ def test_vm_table_shows_migration_and_networks() -> None:
                                 "GiB", "vmbr100"]
 
 
-def test_storage_health_from_the_field_or_the_raw_text() -> None:
-    assert storage_health({"health": "HEALTH_WARN", "ceph_data": ""}) == "HEALTH_WARN"
-    assert storage_health({"ceph_data": "  cluster:\n    health: HEALTH_OK\n"}) == "HEALTH_OK"
-    assert storage_health({"ceph_data": {"health": {"status": "HEALTH_ERR"}}}) == "HEALTH_ERR"
-    assert storage_health({"ceph_data": "nothing useful"}) is None
-
-
-def test_cluster_summary_counts_and_names_what_needs_attention() -> None:
-    node_list = [dict(NODE), dict(NODE, name="node2", coordinator_state="secondary",
-                                  domain_state="flushed"),
-                 dict(NODE, name="node3", coordinator_state="secondary", daemon_state="dead")]
-    vms = [vm_object(), vm_object(name="db", state="stop"),
-           vm_object(name="bad", state="failed")]
-    summary = summarise("http://api/api/v1", node_list, vms,
-                        {"available": True, "health": "HEALTH_OK"})
-    assert summary["primary"] == "node1"
-    assert summary["nodes"]["daemon_state"] == {"run": 2, "dead": 1}
-    assert summary["nodes"]["attention"] == ["node2", "node3"]
-    assert summary["vms"]["state"] == {"start": 1, "stop": 1, "failed": 1}
-    text = render_summary(summary)
-    assert "Primary:" in text and "node1" in text
-    assert "3 total; daemon: 1 dead, 2 run; domain: 1 flushed, 2 ready" in text
+def test_cluster_status_shows_health_its_reasons_and_each_node() -> None:
+    status = {
+        "cluster_health": {"health": 40, "messages": [
+            {"id": "DEAD_NODE_NODE3", "health_delta": 50, "text": "Node node3 is dead"},
+            {"id": "VM_FAILED_BAD", "health_delta": 10, "text": "VM bad is failed"}]},
+        "node_health": {"node1": {"health": 50, "messages": ["'load': load 9.0"]},
+                        "node3": {"health": None, "messages": []}},
+        "maintenance": False, "primary_node": "node1",
+        "nodes": {"total": 2, "run,ready": 1, "dead,ready": 1},
+        "vms": {"total": 3, "start": 1, "stop": 1, "failed": 1}, "networks": 0,
+        "osds": {"total": 0},
+        "detail": {"node": [{"name": "node1", "daemon_state": "run", "domain_state": "ready"},
+                            {"name": "node3", "daemon_state": "dead",
+                             "domain_state": "ready"}],
+                   "faults": [{"id": "VM_FAILED_BAD", "active": False}]}}
+    text = render_status(status)
+    assert "Health:" in text and "40%" in text
+    assert "DEAD_NODE_NODE3 (-50): Node node3 is dead\n" in text
+    assert "VM_FAILED_BAD (-10): VM bad is failed [cleared]" in text
+    assert "node1: 50% ('load': load 9.0)" in text and "node3: unknown" in text
     assert "3 total; 1 failed, 1 start, 1 stop" in text
-    assert "HEALTH_OK" in text
-    assert "node2, node3" in text and "Failed VMs:" in text
-
-
-def test_cluster_summary_without_storage_or_primary() -> None:
-    summary = summarise("u", [dict(NODE, coordinator_state="secondary")], [],
-                        {"available": False, "message": "the API has no storage endpoints"})
-    text = render_summary(summary)
-    assert "NONE" in text
-    assert "not available (the API has no storage endpoints)" in text
+    assert "Nodes not run/ready:" in text and "OSDs" not in text
+    quiet = render_status({**status, "primary_node": None, "maintenance": True,
+                           "cluster_health": {"health": 100, "messages": []}})
+    assert "NONE" in quiet and "ON" in quiet and "Unacknowledged" not in quiet

@@ -42,7 +42,7 @@ from pvcd.domain.records import (
 )
 from pvcd.domain.states import PRIMARY_TARGET
 from pvcd.drivers.ceph.driver import CephDriver
-from pvcd.drivers.ceph.records import OsdStats, PoolListing
+from pvcd.drivers.ceph.records import CephHealth, OsdStats, PoolListing
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
 
@@ -63,6 +63,7 @@ class CephState:
 
     status_text: str
     df_text: str
+    health: CephHealth
     osds: list[OsdStats]
     osd_hosts: dict[int, str]
     pools: dict[str, PoolRecord]
@@ -124,6 +125,7 @@ class MirrorSync:
         ceph = self.ceph
         with ThreadPoolExecutor(max_workers=4, thread_name_prefix="storage-sync") as pool:
             status = pool.submit(ceph.status_text)
+            health = pool.submit(ceph.health)
             df_text = pool.submit(ceph.df_text)
             osds = pool.submit(ceph.osd_stats)
             hosts = pool.submit(ceph.osd_hosts)
@@ -139,8 +141,8 @@ class MirrorSync:
                     else:
                         kept[(name, volume)] = record
             stats_by_name = {s.name: s.stats() for s in pool_stats.result()}
-            state = CephState(status.result(), df_text.result(), osds.result(), hosts.result(),
-                              {}, {}, {})
+            state = CephState(status.result(), df_text.result(), health.result(), osds.result(),
+                              hosts.result(), {}, {}, {})
             for p in pools:
                 state.pools[p.name] = PoolRecord(p.name, p.pg_num, stats_by_name.get(p.name, {}))
             state.volumes.update(kept)
@@ -184,8 +186,10 @@ class MirrorSync:
         health = next((line.split(":", 1)[1].strip() for line in state.status_text.splitlines()
                        if line.strip().startswith("health:")), None)
         now = self.clock()
+        # `checks`: Ceph's health checks, which the primary's fault monitor raises as faults
         status = {"type": "status", "primary_node": self.name, "ceph_data": state.status_text,
-                  "health": health, "updated": now}
+                  "health": health, "checks": [c.to_doc() for c in state.health.checks],
+                  "updated": now}
         df = {"type": "utilization", "primary_node": self.name, "ceph_data": state.df_text,
               "updated": now}
         paths = self.view.paths
@@ -305,18 +309,9 @@ class MirrorSync:
     def _commit_each(self, ops: list[Op]) -> None:
         """One transaction when nothing raced; else object by object, skipping lost races (the
         next sync retries them)."""
-        if not ops:
-            return
-        try:
-            self.store.commit(ops)
-            return
-        except Conflict:
-            pass
-        for op in ops:  # in order: containers before their children, leaves before parents
-            try:
-                self.store.commit([op])
-            except Conflict as exc:
-                log.info("event=storage-sync-skipped path=%s reason=%s", op.path, exc)
+        # in order: containers before their children, leaves before parents
+        for op, exc in self.store.commit_each(ops):
+            log.info("event=storage-sync-skipped path=%s reason=%s", op.path, exc)
 
     def refresh_volume(self, pool: str, volume: str) -> None:
         """One volume's `rbd info` into its mirror record (after a request changed it)."""

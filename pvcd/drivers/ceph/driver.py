@@ -26,6 +26,7 @@ from pvcd.drivers.ceph.client import CephClient
 from pvcd.drivers.ceph.parsers import kib, osds_from_dump, parse_osd_status, parse_pg_map
 from pvcd.drivers.ceph.records import (
     CephHealth,
+    CephHealthCheck,
     Osd,
     OsdRemoval,
     OsdStats,
@@ -79,10 +80,19 @@ class CephDriver(CephClient):
         return doc
 
     def health(self) -> CephHealth:
+        """Ceph's health and its checks (muted ones left out: the operator silenced them)."""
         doc = self.run_json("ceph", ["health"])
-        checks = {name: check.get("summary", {}).get("message", "")
-                  for name, check in doc.get("checks", {}).items()}
-        return CephHealth(doc.get("status", "HEALTH_ERR"), checks)
+        checks = doc.get("checks") if isinstance(doc, dict) else None
+        found = []
+        for name, check in sorted((checks or {}).items()):
+            if not isinstance(check, dict) or check.get("muted"):
+                continue
+            summary = check.get("summary")
+            message = summary.get("message", "") if isinstance(summary, dict) else ""
+            found.append(CephHealthCheck(str(name), str(check.get("severity", "HEALTH_WARN")),
+                                         str(message)))
+        status = doc.get("status", "HEALTH_ERR") if isinstance(doc, dict) else "HEALTH_ERR"
+        return CephHealth(str(status), tuple(found))
 
     def osd_set(self, flag: str) -> None:
         self.run("ceph", ["osd", "set", check_osd_flag(flag)])

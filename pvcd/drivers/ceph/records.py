@@ -13,9 +13,23 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class CephHealthCheck:
+    """One check of `ceph health --format json` (e.g. OSD_DOWN)."""
+
+    name: str
+    severity: str  # HEALTH_WARN | HEALTH_ERR
+    message: str  # its summary
+
+    def to_doc(self) -> dict[str, str]:
+        return {"name": self.name, "severity": self.severity, "message": self.message}
+
+
+@dataclass(frozen=True)
 class CephHealth:
+    """`ceph health --format json`: the status and the checks that are not muted."""
+
     status: str  # HEALTH_OK | HEALTH_WARN | HEALTH_ERR
-    checks: dict[str, str] = field(default_factory=dict)  # check name -> summary message
+    checks: tuple[CephHealthCheck, ...] = ()
 
 
 @dataclass(frozen=True)
