@@ -83,6 +83,15 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def parent_pid(pid: int) -> int | None:
+    """The parent of process `pid`, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def signal_pid(pid: int, sig: int) -> None:
     """Send `sig` to process `pid` if it still exists; never to a process group (pid <= 0)."""
     if pid <= 0:
