@@ -30,6 +30,7 @@ from typing import Any, cast
 
 import yaml
 
+from pvcd.domain.health_checks import NODE_CHECKS, ZKPR
 from pvcd.drivers.host import pid_alive, signal_pid
 from pvcd.lab import agent
 from pvcd.lab.ceph import ThrowawayCeph
@@ -60,6 +61,7 @@ with urllib.request.urlopen(request, timeout=float(sys.argv[3])) as response:
 """
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
 LIBVIRT_KINDS = ("test", "qemu")
+HEALTH_INTERVAL = 2.0  # seconds between two rounds of node health checks (tests wait for them)
 # where a QEMU lab node's incoming QEMU listens, and its peers send the memory (loopback: every
 # node is on this machine; LibvirtdInstance.migration_params says the same)
 QEMU_LAB_MIGRATION_URI = "tcp://127.0.0.1"
@@ -191,6 +193,7 @@ class Lab:
                            "dead_threshold": dead_threshold},
             }
             config["drivers"] = {"libvirt": self._libvirt_config(folder, index, lab_net)}
+            config["health"] = self._health_config(index, index <= coordinators)
             if lab_net is not None:  # the node's client networks live in its own namespace
                 cast(dict[str, Any], config.setdefault("drivers", {}))["network"] = {
                     **lab_net.node_net(name, index).config(),
@@ -253,6 +256,19 @@ class Lab:
             self.down()
             raise
         return info
+
+    def _health_config(self, index: int, coordinator: bool) -> dict[str, Any]:
+        """Short rounds (tests wait for them); coordinator i's local ZooKeeper is server i,
+        and a coordinator without a server of its own (a 1-server lab) skips `zkpr`."""
+        assert self.zookeeper is not None
+        config: dict[str, Any] = {"interval": HEALTH_INTERVAL}
+        servers = self.zookeeper.servers
+        if coordinator and index <= len(servers):
+            server = servers[index - 1]
+            config["zookeeper"] = f"{server.address}:{server.client_port}"
+        elif coordinator:
+            config["checks"] = [name for name in NODE_CHECKS if name != ZKPR]
+        return config
 
     def _start_proxy(self, lab_net: LabNetwork, api_port: int) -> int:
         info = self._info()
