@@ -23,6 +23,7 @@ from pvcd.lab.ceph import ThrowawayCeph
 from pvcd.lab.lab import HEALTH_INTERVAL, Lab
 from pvcd.lab.libvirtd import LibvirtdLab
 from tests.e2e.labclient import LabClient, LabFactory, running_lab, wait_until
+from tests.e2e.test_cli import ok, pvc
 
 pytestmark = pytest.mark.slow
 
@@ -83,6 +84,11 @@ def test_zookeeper_stopped_on_one_server_of_three(make_lab: LabFactory) -> None:
     detail = next(d for d in down["health_details"] if d["name"] == "zkpr")
     assert "not serving" in detail["message"]
     assert delta(api, "node1", "zkpr") == 0  # its own server serves
+    info = ok(pvc(lab, "node", "info", "node2"))  # the CLI names the failing check
+    assert "zkpr (-50): the local ZooKeeper" in info, info
+    table = ok(pvc(lab, "node", "list")).splitlines()
+    assert table[0].split()[4] == "HEALTH"
+    assert all(line.split()[4].endswith("%") for line in table[1:]), table
     ensemble.start_server(server)
     ensemble.wait_ready(30)
     wait_delta(api, "node2", "zkpr", lambda d: d == 0)
