@@ -173,32 +173,42 @@ class DiskCheck:
         return Finding(0, f"{len(checked)} disks healthy", data)
 
 
-class IpmiCheck:
+class BmcQuestion:
+    """One read-only question to the node's own BMC (its `fencing.targets` entry)."""
+
+    COMMAND: tuple[str, ...] = ()
+
+    def __init__(self, target: FenceTarget, ipmi: IpmiFence) -> None:
+        self.target, self.ipmi = target, ipmi
+
+    def ask(self) -> str:
+        """The BMC's answer; BackendError when it gives none."""
+        return self.ipmi.query(self.target, list(self.COMMAND), IPMI_TIMEOUT)
+
+
+class IpmiCheck(BmcQuestion):
     """`ipmi`: the node's BMC answers a power-status query."""
 
-    def __init__(self, target: FenceTarget, ipmi: IpmiFence) -> None:
-        self.target, self.ipmi = target, ipmi
+    COMMAND = ("chassis", "power", "status")
 
     def run(self) -> Finding:
         try:
-            answer = self.ipmi.query(self.target, ["chassis", "power", "status"], IPMI_TIMEOUT)
+            answer = self.ask().strip()
         except PvcError as exc:
             return Finding(DELTAS[IPMI], f"the BMC does not answer: {exc}")
-        return Finding(0, answer.strip().splitlines()[0] if answer.strip() else "answers")
+        return Finding(0, answer.splitlines()[0] if answer else "answers")
 
 
-class PowerSupplyCheck:
+class PowerSupplyCheck(BmcQuestion):
     """`psur`: the BMC's power-supply redundancy sensor says redundancy is lost."""
 
+    COMMAND = ("sdr", "type", "Power Supply")
     LOST = ("redundancy lost", "non-redundant", "insufficient resources", "redundancy degraded")
-
-    def __init__(self, target: FenceTarget, ipmi: IpmiFence) -> None:
-        self.target, self.ipmi = target, ipmi
 
     def run(self) -> Finding:
         try:
-            answer = self.ipmi.query(self.target, ["sdr", "type", "Power Supply"], IPMI_TIMEOUT)
-        except PvcError as exc:
+            answer = self.ask()
+        except PvcError as exc:  # (`ipmi` counts a BMC that does not answer)
             return Finding(0, f"no power-supply sensors read: {exc}")
         sensors = [line.strip() for line in answer.splitlines() if "redundan" in line.lower()]
         if not sensors:
