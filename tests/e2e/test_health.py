@@ -7,6 +7,7 @@ the fault is repaired.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -22,7 +23,13 @@ from pvcd.domain.health import health_value
 from pvcd.lab.ceph import ThrowawayCeph
 from pvcd.lab.lab import HEALTH_INTERVAL, Lab
 from pvcd.lab.libvirtd import LibvirtdLab
-from tests.e2e.labclient import LabClient, LabFactory, running_lab, wait_until
+from tests.e2e.labclient import (
+    LabClient,
+    LabFactory,
+    running_lab,
+    wait_until,
+    zookeeper_client,
+)
 from tests.e2e.test_cli import ok, pvc
 
 pytestmark = pytest.mark.slow
@@ -92,6 +99,14 @@ def test_zookeeper_stopped_on_one_server_of_three(make_lab: LabFactory) -> None:
     ensemble.start_server(server)
     ensemble.wait_ready(30)
     wait_delta(api, "node2", "zkpr", lambda d: d == 0)
+
+    # a node that stops says so: health null in its document, and in the API
+    lab.signal_node("node3", signal.SIGTERM)
+    wait_until(lambda: node(api, "node3")["daemon_state"] == "stop", timeout=30)
+    assert node(api, "node3")["health"] is None
+    with zookeeper_client(lab) as client:
+        raw, _ = client.get(f"{lab._info().zk_root}/nodes/node3/health")
+    assert json.loads(raw) == {"health": None, "checks": []}
 
 
 def test_libvirtd_killed_on_a_qemu_node(tmp_path: Path) -> None:
