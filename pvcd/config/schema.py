@@ -404,7 +404,8 @@ class HealthSection:
     interval: float = field(default=15.0, metadata=checks(in_range(1, 3600)))
     commands: tuple[HealthCommandSection, ...] = ()
     # the local ZooKeeper server the `zkpr` check asks (`srvr`, a plain client port); null:
-    # the `cluster.coordinators` entry whose host is this node's name, else 127.0.0.1:2181
+    # the `cluster.coordinators` entry named like this node, else the one on an address of
+    # this machine, else 127.0.0.1:2181
     zookeeper: str | None = field(default=None, metadata=checks(host_port))
     # the built-in checks this node runs; null: all that apply to it (last: the name hides
     # the `checks` function in this class body)

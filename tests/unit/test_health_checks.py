@@ -168,9 +168,15 @@ def config(**health: Any) -> Any:
                          "health": health}, "pvcd.yaml")
 
 
-def test_the_local_zookeeper_is_configured_or_named_after_the_node() -> None:
+def test_the_local_zookeeper_is_configured_named_after_the_node_or_local() -> None:
     assert local_zookeeper(config()) == ("hv2.example.org", 2181)
     assert local_zookeeper(config(zookeeper="10.0.0.2:2182")) == ("10.0.0.2", 2182)
+    by_address = parse_config({"node": {"name": "hv2", "coordinator": True},
+                               "cluster": {"coordinators": ["10.0.0.1:2181", "127.0.0.1:2181",
+                                                            "[fd00::3]:2181"]}}, "pvcd.yaml")
+    assert local_zookeeper(by_address) == ("127.0.0.1", 2181)  # the one this machine has
+    assert local_zookeeper(by_address, lambda host: host == "fd00::3") == ("fd00::3", 2181)
+    assert local_zookeeper(by_address, lambda host: True) == ("127.0.0.1", 2181)  # ambiguous
 
 
 def script(tmp_path: Path, body: str) -> str:

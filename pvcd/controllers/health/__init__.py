@@ -49,6 +49,7 @@ from pvcd.domain.health_checks import (
     ZKPR,
 )
 from pvcd.drivers.fence import FenceTarget, IpmiFence
+from pvcd.drivers.host import is_local_address
 from pvcd.drivers.host_commands import CommandRunner, run_command
 from pvcd.drivers.netlink import NetlinkDriver
 from pvcd.state.store import Store
@@ -74,16 +75,22 @@ class HealthSources:
     run: CommandRunner = run_command
 
 
-def local_zookeeper(config: Config) -> tuple[str, int]:
-    """The ZooKeeper server `zkpr` asks: `health.zookeeper`, else the `cluster.coordinators`
-    entry whose host is this node's name, else 127.0.0.1:2181."""
+def local_zookeeper(config: Config, is_local: Callable[[str], bool] = is_local_address
+                    ) -> tuple[str, int]:
+    """The ZooKeeper server `zkpr` asks: `health.zookeeper`; else the `cluster.coordinators`
+    entry whose host is this node's name, else the one entry whose address is this machine's;
+    else 127.0.0.1:2181."""
     address = config.health.zookeeper
     if address is None:
-        named = [entry for entry in config.cluster.coordinators
-                 if entry.rsplit(":", 1)[0].split(".")[0] == config.node.name]
-        address = named[0] if named else "127.0.0.1:2181"
-    host, port = address.rsplit(":", 1)
-    return host.strip("[]"), int(port)
+        entries = config.cluster.coordinators
+        named = [e for e in entries if _host(e).split(".")[0] == config.node.name]
+        local = [e for e in entries if is_local(_host(e))]
+        address = named[0] if named else local[0] if len(local) == 1 else "127.0.0.1:2181"
+    return _host(address), int(address.rsplit(":", 1)[1])
+
+
+def _host(entry: str) -> str:
+    return entry.rsplit(":", 1)[0].strip("[]")
 
 
 def _devices(config: Config) -> list[str]:
