@@ -119,6 +119,7 @@ class HealthRounds:
         self.clock = clock
         self._in_flight: dict[str, _Run] = {}
         self._cleared = False
+        self._failing = ""  # the failing checks the log last named
 
     def key(self) -> str:
         return f"health/{self.node}"
@@ -137,10 +138,12 @@ class HealthRounds:
             self._cleared = True
         health = NodeHealth.of(self.run_round())
         self.writer.write(health)
-        failing = [f"{c.name}={c.health_delta}" for c in health.checks if c.health_delta]
-        if failing:
-            log.info("event=health-round node=%s health=%s failing=%s", self.node,
-                     health.health, ",".join(failing))
+        failing = ",".join(f"{c.name}={c.health_delta}" for c in health.checks
+                           if c.health_delta)
+        if failing != self._failing:  # a line when it changes, not one every round
+            log.info("event=health-changed node=%s health=%s failing=%s", self.node,
+                     health.health, failing or "-")
+            self._failing = failing
         return Result(requeue_after=max(0.0, self.interval - (time.monotonic() - started)))
 
     def run_round(self) -> list[HealthCheck]:
