@@ -43,6 +43,7 @@ from pvcd.controllers.coordinator import Coordinator, PrimaryServices
 from pvcd.controllers.faults import build_faults
 from pvcd.controllers.fencing import FencingController
 from pvcd.controllers.floating import build_floating_ips
+from pvcd.controllers.health import HealthSources, SessionEvents, build_health
 from pvcd.controllers.metadata import build_metadata
 from pvcd.controllers.node import NodeController, NodeStatusWriter
 from pvcd.controllers.self_fence import DeclaredDead
@@ -51,7 +52,7 @@ from pvcd.controllers.task_kinds import production_task_kinds
 from pvcd.controllers.tasks import TaskRegistry, build_tasks
 from pvcd.controllers.uploads import UploadService
 from pvcd.controllers.vm import VmController, vm_key
-from pvcd.domain.errors import ConfigError, Conflict
+from pvcd.domain.errors import ConfigError, Conflict, PvcError
 from pvcd.domain.records import NodeSpec, NodeStatus, from_dict
 from pvcd.drivers.ceph.driver import CephDriver
 from pvcd.drivers.fence import fence_driver
@@ -151,6 +152,15 @@ class NodeDaemon:
         self._add(self._build_vms())
         if self.coordinator is not None:
             self._add(self._build_fencing())
+        # node health checks every `health.interval` (docs/operations.md)
+        self.session_events = SessionEvents()
+        health, self.health_writer = build_health(
+            config, self.view, self.store, HealthSources(
+                host_info=self.libvirt.host_info, session_events=self.session_events,
+                is_primary=self._serves_as_primary,
+                fence_target=self.fence_targets.get(self.name)),
+            can_write=lambda: self.registered and self.client.connected, clock=clock)
+        self._add(health)
         self.registered = False
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -222,6 +232,10 @@ class NodeDaemon:
         wiring.add(controller,
                    Watch(nodes, lambda path: "node/" + path[len(nodes):].split("/", 1)[0]))
         return wiring
+
+    def _serves_as_primary(self) -> bool:
+        coordinator = self.coordinator
+        return coordinator is not None and coordinator.is_primary and coordinator.services_up
 
     def _metric_sources(self) -> tuple[list[Controller], FencingController | None]:
         """What the primary's /metrics shows of this daemon: its controllers and fences."""
@@ -309,6 +323,7 @@ class NodeDaemon:
 
     def _on_session_state(self, state: str) -> None:
         # runs on kazoo's connection thread: only flip flags and wake the session thread
+        self.session_events.note(state)
         if state == KazooState.LOST:
             self.registered = False
             log.warning("event=session-lost node=%s", self.name)
@@ -520,6 +535,10 @@ class NodeDaemon:
     def _unregister(self) -> bool:
         """Record the stop in the cluster; True once it is."""
         if self.registered and self.client.connected:
+            try:  # health is null while the node is not running
+                self.health_writer.clear()
+            except PvcError as exc:
+                log.warning("event=health-clear-failed node=%s error=%s", self.name, exc)
             self._write_state("stop")
             self.store.commit([Op.delete(self.paths.node_alive(self.name))])
             return True

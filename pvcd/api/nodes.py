@@ -20,6 +20,7 @@ from pvcd.api.waiting import (
     requested_wait,
 )
 from pvcd.domain.errors import InvalidValue, NotFound
+from pvcd.domain.health import NodeHealth
 from pvcd.domain.records import Handover
 from pvcd.domain.states import COORDINATOR_STATE_REQUESTS, DOMAIN_STATE_REQUESTS
 from pvcd.state.store import Op
@@ -40,9 +41,10 @@ def node_object(view: ClusterView, name: str, primary: str | None = None) -> dic
     coordinator_state = status.get("coordinator_state", role)
     if coordinator_state in ("primary", "takeover") and primary != name:
         coordinator_state = role  # a dead or stopped node's last report; it holds no lock
+    daemon_state = view.node_daemon_state(name, str(status.get("daemon_state", "init")))
     return {
         "name": name,
-        "daemon_state": view.node_daemon_state(name, str(status.get("daemon_state", "init"))),
+        "daemon_state": daemon_state,
         "coordinator_state": coordinator_state,
         "domain_state": status.get("domain_state", "ready"),
         "coordinator": bool(spec.get("coordinator", False)),
@@ -65,7 +67,25 @@ def node_object(view: ClusterView, name: str, primary: str | None = None) -> dic
         "fence_message": fence.get("message"),
         # documents this node refuses to act on, and why (docs/security.md)
         "refused": status.get("refused") or {},
+        **health_fields(view.cache.get(view.paths.node_health(name)), daemon_state),
     }
+
+
+def health_fields(doc: Any, daemon_state: str) -> dict[str, Any]:
+    """`health`, `health_plugins`, `health_details` (extensions.md §8.3) from the node's
+    latest round: null and empty before the first round, while the node does not run, and
+    when the document is not a valid one (anything that reaches ZooKeeper may have written
+    it)."""
+    empty: dict[str, Any] = {"health": None, "health_plugins": [], "health_details": []}
+    if doc is None or daemon_state != "run":
+        return empty
+    try:
+        health = NodeHealth.from_doc(doc)
+    except InvalidValue:
+        return empty
+    return {"health": health.health,
+            "health_plugins": [check.name for check in health.checks],
+            "health_details": [check.to_doc() for check in health.checks]}
 
 
 def node_renderer(view: ClusterView) -> FragmentRenderer:
@@ -76,7 +96,7 @@ def node_renderer(view: ClusterView) -> FragmentRenderer:
     def basis(name: str) -> tuple[Any, ...]:
         return (entry(paths.node(name)), entry(paths.node_status(name)),
                 entry(paths.node_alive(name)) is not None, view.primary() == name,
-                entry(paths.fence_record(name)))
+                entry(paths.fence_record(name)), entry(paths.node_health(name)))
 
     return FragmentRenderer(basis, lambda name: node_object(view, name))
 

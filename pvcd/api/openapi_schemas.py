@@ -66,6 +66,11 @@ _VM_META = {  # extensions.md §6.1
     "profile": _NS,
 }
 _COUNTS = obj({"total": INT}, ["total"], "total, and a count per state")
+_HEALTH_CHECK = obj({  # extensions.md §8.3
+    "name": STR, "last_run": {"type": "number", "description": "Unix time"},
+    "health_delta": {"type": "integer", "minimum": 0, "maximum": 100},
+    "message": STR, "data": {"type": "object"}},
+    ["name", "last_run", "health_delta", "message", "data"], "One check's latest result")
 _VM_TAG = obj({"name": STR, "type": {"type": "string", "enum": list(VM_TAG_TYPES)},
                "protected": BOOL}, ["name", "type", "protected"])
 
@@ -86,8 +91,14 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "refused": {"type": "object", "additionalProperties": STR,
                     "description": "Documents (networks, ACLs, static leases) this node "
                                    "refuses to act on, each with the reason (pvcd addition)"},
+        "health": nullable("integer", description="100 minus the deltas of the node's latest "
+                                                  "round of checks; null before the first "
+                                                  "round and while the node is not running"),
+        "health_plugins": {"type": "array", "items": STR, "description": "the checks' names"},
+        "health_details": {"type": "array", "items": _HEALTH_CHECK},
     }, ["name", "daemon_state", "coordinator_state", "domain_state", "cpu_count", "kernel",
-        "os", "arch", "load", "domains_count", "running_domains", "vcpu", "memory"]),
+        "os", "arch", "load", "domains_count", "running_domains", "vcpu", "memory", "health",
+        "health_plugins", "health_details"]),
     "NodeCoordinatorState": obj({"name": STR, "coordinator_state": {
         "type": "string", "enum": list(COORDINATOR_STATES)}}, ["name", "coordinator_state"]),
     "NodeDomainState": obj({"name": STR, "domain_state": {

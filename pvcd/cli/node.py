@@ -16,6 +16,7 @@ NODE_COLUMNS = [
     Column("DAEMON", field("daemon_state")),
     Column("COORDINATOR", field("coordinator_state")),
     Column("DOMAIN", field("domain_state")),
+    Column("HEALTH", lambda n: health_text(n.get("health")), right=True),
     Column("VMS", field("domains_count"), right=True),
     Column("CPUS", field("cpu_count"), right=True),
     Column("LOAD", field("load"), right=True),
@@ -26,6 +27,18 @@ NODE_COLUMNS = [
     Column("FREE", lambda n: size_mib(field("memory", "free")(n)), right=True),
     Column("ALLOC", lambda n: size_mib(field("memory", "allocated")(n)), right=True),
 ]
+
+
+def health_text(health: Any) -> str:
+    """A node's health as a percentage; "N/A" before its first round or while it is down."""
+    return f"{health}%" if isinstance(health, int) else "N/A"
+
+
+def failing_checks(node: dict[str, Any]) -> list[str]:
+    """The checks of the node's latest round that lower its health: `name (-delta): message`."""
+    details = node.get("health_details") or []
+    return [f"{d.get('name')} (-{d.get('health_delta')}): {d.get('message')}"
+            for d in details if isinstance(d, dict) and d.get("health_delta")]
 
 
 def node_table(nodes: list[dict[str, Any]]) -> str:
@@ -55,7 +68,12 @@ def node_details(nodes: list[dict[str, Any]]) -> str:
             ("Memory allocated", size_mib(memory.get("allocated"))),
             ("VMs", node.get("domains_count")),
             ("Running VMs", node.get("running_domains")),
+            ("Health", health_text(node.get("health"))),
+            ("Health checks", show(node.get("health_plugins"))),
         ]))
+        failing = failing_checks(node)
+        if failing:
+            blocks[-1] += "\nFailing checks:\n" + "\n".join(f"  {line}" for line in failing)
     return "\n\n".join(blocks)
 
 

@@ -11,6 +11,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from pvcd.domain.health import CHECK_NAME
+
 # A value check returns what is wrong with a value ("must be between 1 and 65535"), or None.
 Check = Callable[[Any], str | None]
 
@@ -152,6 +154,26 @@ def netns_name(value: str) -> str | None:
 
 def absolute_path(value: str) -> str | None:
     return None if value.startswith("/") else f"expected an absolute path, got {value!r}"
+
+
+def check_name(value: str) -> str | None:
+    """A health check's name (as `nodes/<node>/health` and the faults spell it)."""
+    if CHECK_NAME.match(value):
+        return None
+    return (f"{value!r} is not a valid check name (lower-case letters, digits and '_', "
+            "starting with a letter, at most 32 characters)")
+
+
+def command_argv(value: tuple[str, ...]) -> str | None:
+    """A command run without a shell: an argument list whose first item is an absolute path."""
+    if not value:
+        return "must be a list: the executable's absolute path, then its arguments"
+    if not value[0].startswith("/"):
+        return (f"the executable must be an absolute path, got {describe(value[0])} "
+                "(commands run without a shell or PATH)")
+    if any("\0" in item for item in value):
+        return "an argument holds a NUL character"
+    return None
 
 
 def uuid_text(value: str) -> str | None:

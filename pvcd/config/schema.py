@@ -16,7 +16,9 @@ from pvcd.config.checks import (
     Problem,
     absolute_path,
     address_with_prefix,
+    check_name,
     checks,
+    command_argv,
     device_name,
     host_port,
     in_range,
@@ -32,6 +34,7 @@ from pvcd.config.checks import (
     zookeeper_root,
     zookeeper_user,
 )
+from pvcd.domain.health_checks import CHECK_LIMIT, NODE_CHECKS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -378,11 +381,45 @@ class MetadataSection:
 
 
 @dataclass(frozen=True, kw_only=True)
+class HealthCommandSection:
+    """An operator's own health check: a command run every round (no shell). Exit 0: healthy;
+    exit N: delta min(N, 100); its first line of output is the check's message."""
+
+    name: str = field(metadata=checks(check_name))
+    # the argument list; the first is the executable's absolute path
+    command: tuple[str, ...] = field(metadata=checks(command_argv))
+    timeout: float = field(default=CHECK_LIMIT, metadata=checks(in_range(0.1, CHECK_LIMIT)))
+
+    def cross_check(self) -> Problem | None:
+        if self.name in NODE_CHECKS:
+            return "name", f"{self.name!r} is a built-in check's name"
+        return None
+
+
+@dataclass(frozen=True, kw_only=True)
 class HealthSection:
     """Node health checks and cluster faults (docs/operations.md, extensions.md §8)."""
 
     # seconds between two rounds of node checks, and of the primary's fault checks
     interval: float = field(default=15.0, metadata=checks(in_range(1, 3600)))
+    commands: tuple[HealthCommandSection, ...] = ()
+    # the local ZooKeeper server the `zkpr` check asks (`srvr`, a plain client port); null:
+    # the `cluster.coordinators` entry named like this node, else the one on an address of
+    # this machine, else 127.0.0.1:2181
+    zookeeper: str | None = field(default=None, metadata=checks(host_port))
+    # the built-in checks this node runs; null: all that apply to it (last: the name hides
+    # the `checks` function in this class body)
+    checks: tuple[str, ...] | None = field(default=None,
+                                           metadata=checks(each=one_of(*NODE_CHECKS)))
+
+    def cross_check(self) -> Problem | None:
+        seen: dict[str, int] = {}
+        for index, command in enumerate(self.commands):
+            if command.name in seen:
+                return (f"commands[{index}].name",
+                        f"{command.name!r} is used twice (also commands[{seen[command.name]}])")
+            seen[command.name] = index
+        return None
 
 
 @dataclass(frozen=True, kw_only=True)

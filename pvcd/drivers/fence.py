@@ -39,10 +39,7 @@ class FenceDriver(Protocol):
 
 class IpmiFence:
     def fence(self, target: FenceTarget, timeout: float) -> None:
-        host, user, password = (target.params.get(k) for k in ("ipmi_host", "ipmi_user",
-                                                              "ipmi_password"))
-        if not (host and user and password):
-            raise BackendError(f"node {target.node} publishes no complete IPMI settings")
+        host, user, password = _credentials(target)
         deadline = time.monotonic() + timeout
         self._ipmi(host, user, password, ["chassis", "power", "off"], deadline)
         while time.monotonic() < deadline:
@@ -53,6 +50,12 @@ class IpmiFence:
         else:
             raise BackendError(f"node {target.node}: power is not confirmed off")
         self._ipmi(host, user, password, ["chassis", "power", "on"], deadline)
+
+    def query(self, target: FenceTarget, command: list[str], timeout: float) -> str:
+        """Ask the node's BMC (`chassis power status`, `sdr type "Power Supply"`: the health
+        checks' read-only questions); BackendError when it does not answer."""
+        host, user, password = _credentials(target)
+        return self._ipmi(host, user, password, command, time.monotonic() + timeout)
 
     def _ipmi(self, host: str, user: str, password: str, command: list[str],
               deadline: float) -> str:
@@ -68,6 +71,14 @@ class IpmiFence:
             raise BackendError(f"ipmitool {' '.join(command)} on {host}: "
                                f"{result.stderr.strip() or result.stdout.strip()}")
         return result.stdout
+
+
+def _credentials(target: FenceTarget) -> tuple[str, str, str]:
+    host, user, password = (target.params.get(k) for k in ("ipmi_host", "ipmi_user",
+                                                          "ipmi_password"))
+    if not (host and user and password):
+        raise BackendError(f"node {target.node} publishes no complete IPMI settings")
+    return str(host), str(user), str(password)
 
 
 class WatchdogFence:

@@ -30,6 +30,7 @@ from typing import Any, cast
 
 import yaml
 
+from pvcd.domain.health_checks import LOAD, NODE_CHECKS, ZKPR
 from pvcd.drivers.host import pid_alive, signal_pid
 from pvcd.lab import agent
 from pvcd.lab.ceph import ThrowawayCeph
@@ -60,6 +61,7 @@ with urllib.request.urlopen(request, timeout=float(sys.argv[3])) as response:
 """
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
 LIBVIRT_KINDS = ("test", "qemu")
+HEALTH_INTERVAL = 2.0  # seconds between two rounds of node health checks (tests wait for them)
 # where a QEMU lab node's incoming QEMU listens, and its peers send the memory (loopback: every
 # node is on this machine; LibvirtdInstance.migration_params says the same)
 QEMU_LAB_MIGRATION_URI = "tcp://127.0.0.1"
@@ -100,7 +102,7 @@ class Lab:
         the pools' free space follows it; guest images need more than the default 1 GiB).
         `domain_type`: the nodes' `drivers.libvirt.domain_type` in a QEMU lab (`qemu`: TCG;
         `kvm` only where Linux guests boot under the machine's KVM). `health_interval`: the
-        nodes' `health.interval` (None: the default, 15 s)."""
+        nodes' `health.interval` (None: the lab's HEALTH_INTERVAL, 2 s)."""
         if self.lab_file.exists():
             raise RuntimeError(f"a lab is already described in {self.lab_file}; "
                                "run `pvcd lab down` first")
@@ -192,8 +194,8 @@ class Lab:
                            "dead_threshold": dead_threshold},
             }
             config["drivers"] = {"libvirt": self._libvirt_config(folder, index, lab_net)}
-            if health_interval is not None:
-                config["health"] = {"interval": health_interval}
+            config["health"] = self._health_config(index, index <= coordinators,
+                                                   health_interval)
             if lab_net is not None:  # the node's client networks live in its own namespace
                 cast(dict[str, Any], config.setdefault("drivers", {}))["network"] = {
                     **lab_net.node_net(name, index).config(),
@@ -256,6 +258,24 @@ class Lab:
             self.down()
             raise
         return info
+
+    def _health_config(self, index: int, coordinator: bool, interval: float | None
+                       ) -> dict[str, Any]:
+        """Short rounds (tests wait for them; `interval` None: HEALTH_INTERVAL); coordinator
+        i's local ZooKeeper is server i, and a coordinator without a server of its own (a
+        1-server lab) skips `zkpr`. No node runs `load`: the lab's nodes share one machine,
+        whose load is all of theirs (and a busy test machine's), not one node's."""
+        assert self.zookeeper is not None
+        config: dict[str, Any] = {"interval": HEALTH_INTERVAL if interval is None else interval}
+        skipped = {LOAD}
+        servers = self.zookeeper.servers
+        if coordinator and index <= len(servers):
+            server = servers[index - 1]
+            config["zookeeper"] = f"{server.address}:{server.client_port}"
+        elif coordinator:
+            skipped.add(ZKPR)
+        config["checks"] = [name for name in NODE_CHECKS if name not in skipped]
+        return config
 
     def _start_proxy(self, lab_net: LabNetwork, api_port: int) -> int:
         info = self._info()

@@ -19,6 +19,7 @@ from typing import Any
 
 from pvcd.drivers.host import pid_alive, signal_pid
 from pvcd.drivers.netns import run_in_netns
+from pvcd.drivers.zookeeper_server import four_letter, serving_mode
 from pvcd.lab.tls import make_self_signed_cert
 
 # netty: the server side of TLS (`NettyServerCnxnFactory`)
@@ -33,22 +34,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-def four_letter(host: str, port: int, word: str, timeout: float = 1.0) -> str:
-    """Send a ZooKeeper four-letter command and return the answer ('' when unreachable)."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.sendall(word.encode())
-            chunks = []
-            while True:
-                data = sock.recv(4096)
-                if not data:
-                    break
-                chunks.append(data)
-            return b"".join(chunks).decode(errors="replace")
-    except OSError:
-        return ""
 
 
 @dataclass
@@ -66,12 +51,8 @@ class ZooKeeperServer:
 
     def mode(self) -> str:
         """'standalone', 'leader', 'follower', or '' when not serving."""
-        answer = run_in_netns(self.netns, lambda: four_letter(self.address, self.client_port,
-                                                              "srvr"))
-        for line in answer.splitlines():
-            if line.startswith("Mode:"):
-                return line.split(":", 1)[1].strip()
-        return ""
+        return serving_mode(run_in_netns(
+            self.netns, lambda: four_letter(self.address, self.client_port, "srvr")))
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pvcd.cli.cluster import render_status
-from pvcd.cli.node import node_table
+from pvcd.cli.node import node_details, node_table
 from pvcd.cli.output import Column, field, render_fields, render_table, show, size_bytes, size_mib
 from pvcd.cli.vm import vm_table
 
@@ -67,12 +67,27 @@ NODE = {"name": "node1", "daemon_state": "run", "coordinator_state": "primary",
 
 
 def test_node_table() -> None:
-    header, row = node_table([NODE]).splitlines()
-    assert header.split() == ["NAME", "DAEMON", "COORDINATOR", "DOMAIN", "VMS", "CPUS", "LOAD",
-                              "VCPU", "ALLOC", "MEM", "TOTAL", "USED", "FREE", "ALLOC"]
-    assert row.split() == ["node1", "run", "primary", "ready", "2", "4", "0.25", "3/4", "8",
-                           "GiB", "1", "GiB", "7", "GiB", "512", "MiB"]
+    header, row, unknown = node_table([{**NODE, "health": 90}, NODE]).splitlines()
+    assert header.split() == ["NAME", "DAEMON", "COORDINATOR", "DOMAIN", "HEALTH", "VMS",
+                              "CPUS", "LOAD", "VCPU", "ALLOC", "MEM", "TOTAL", "USED", "FREE",
+                              "ALLOC"]
+    assert row.split() == ["node1", "run", "primary", "ready", "90%", "2", "4", "0.25", "3/4",
+                           "8", "GiB", "1", "GiB", "7", "GiB", "512", "MiB"]
+    assert unknown.split()[4] == "N/A"  # before the first round, or the node is down
     assert node_table([]) == "No nodes found."
+
+
+def test_node_details_list_the_failing_checks_only() -> None:
+    node = {**NODE, "health": 40, "health_plugins": ["load", "zkpr", "lbvt"],
+            "health_details": [
+                {"name": "load", "health_delta": 0, "message": "load 0.25 on 4 CPUs"},
+                {"name": "zkpr", "health_delta": 50, "message": "not serving"},
+                {"name": "lbvt", "health_delta": 10, "message": "timed out"}]}
+    text = node_details([node])
+    assert "Health:" in text and "40%" in text
+    failing = text.split("Failing checks:\n", 1)[1].splitlines()
+    assert failing == ["  zkpr (-50): not serving", "  lbvt (-10): timed out"]
+    assert "Failing checks" not in node_details([{**NODE, "health": 100}])
 
 
 def vm_object(**changes: Any) -> dict[str, Any]:
