@@ -2,7 +2,8 @@
 API: ZooKeeper stopped on one server of three (`zkpr`), libvirtd killed on a QEMU node
 (`lbvt`), dnsmasq killed on the primary (`gway`), an OSD stopped (`ceph`). Each fault must show
 within a few rounds (the lab's `health.interval` is 2 s), cost its stated delta, and clear once
-the fault is repaired.
+the fault is repaired. The ZooKeeper round also follows the check to the primary's fault
+(`NODE_PLUGIN_ZKPR_NODE2`, half the delta), `/status` and `/metrics`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from tests.e2e.labclient import (
     zookeeper_client,
 )
 from tests.e2e.test_cli import ok, pvc
+from tests.e2e.test_metrics import scrape
 
 pytestmark = pytest.mark.slow
 
@@ -91,6 +93,22 @@ def test_zookeeper_stopped_on_one_server_of_three(make_lab: LabFactory) -> None:
     detail = next(d for d in down["health_details"] if d["name"] == "zkpr")
     assert "not serving" in detail["message"]
     assert delta(api, "node1", "zkpr") == 0  # its own server serves
+    # the primary turns the failing check into a fault of half its delta (§8.4), which
+    # lowers the cluster's health, and /status and /metrics show both healths
+    fault = wait_until(lambda: next((f for f in api.get("/faults").json()
+                                     if f["id"] == "NODE_PLUGIN_ZKPR_NODE2" and f["active"]),
+                                    None), timeout=ROUNDS)
+    assert fault["health_delta"] == 25 and fault["status"] == "new", fault
+    status = api.get("/status").json()
+    assert status["node_health"]["node2"]["health"] <= 50
+    assert "'zkpr'" in " ".join(status["node_health"]["node2"]["messages"])
+    unacknowledged = [f for f in api.get("/faults").json() if f["status"] == "new"]
+    assert status["cluster_health"]["health"] == health_value(
+        [f["health_delta"] for f in unacknowledged]) <= 75
+    assert "NODE_PLUGIN_ZKPR_NODE2" in {m["id"] for m in status["cluster_health"]["messages"]}
+    metrics = scrape(api)
+    assert metrics.total("pvc_node_health_check_delta", node="node2", check="zkpr") == 50
+    assert metrics.total("pvc_node_health", node="node2") <= 50
     info = ok(pvc(lab, "node", "info", "node2"))  # the CLI names the failing check
     assert "zkpr (-50): the local ZooKeeper" in info, info
     table = ok(pvc(lab, "node", "list")).splitlines()
@@ -99,6 +117,12 @@ def test_zookeeper_stopped_on_one_server_of_three(make_lab: LabFactory) -> None:
     ensemble.start_server(server)
     ensemble.wait_ready(30)
     wait_delta(api, "node2", "zkpr", lambda d: d == 0)
+    wait_until(lambda: not next(f for f in api.get("/faults").json()
+                                if f["id"] == "NODE_PLUGIN_ZKPR_NODE2")["active"],
+               timeout=ROUNDS)
+    assert api.call("PUT", "/faults/NODE_PLUGIN_ZKPR_NODE2").status_code == 200
+    assert "NODE_PLUGIN_ZKPR_NODE2" not in {
+        m["id"] for m in api.get("/status").json()["cluster_health"]["messages"]}
 
     # a node that stops says so: health null in its document, and in the API
     lab.signal_node("node3", signal.SIGTERM)
