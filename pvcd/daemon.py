@@ -179,7 +179,8 @@ class NodeDaemon:
             clock=self.clock, registry=metrics, api=api, uploads=self.uploads,
             pool_space=CephDriver(ceph.conf_file, ceph.keyring, timeout=ceph.command_timeout
                                   ).pool_space if ceph.enabled else None,
-            upload_service=self._upload_service())
+            upload_service=self._upload_service(),
+            backup_paths=self.config.backup.allowed_paths)
         ssl_context = None
         if api.tls.enabled and api.tls.cert_file and api.tls.key_file:
             ssl_context = make_ssl_context(api.tls.cert_file, api.tls.key_file)

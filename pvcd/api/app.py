@@ -14,6 +14,7 @@ import tornado.web
 
 from pvcd.api import (
     cluster,
+    cluster_backup,
     general,
     metrics,
     networks,
@@ -50,6 +51,7 @@ ROUTES: list[Route] = [
     *vm_meta.ROUTES,
     *networks.ROUTES,
     *cluster.ROUTES,
+    *cluster_backup.ROUTES,
     *storage.ROUTES,
     *volumes.ROUTES,
     *provisioner_templates.ROUTES,
@@ -69,12 +71,14 @@ def make_context(view: ClusterView, store: Store, node_name: str, auth_enabled: 
                  registry: metrics.Metrics | None = None,
                  api: ApiSection | None = None, uploads: UploadPipes | None = None,
                  pool_space: Callable[[str], PoolSpace] | None = None,
-                 upload_service: Uploads | None = None) -> ApiContext:
+                 upload_service: Uploads | None = None,
+                 backup_paths: tuple[str, ...] = ()) -> ApiContext:
     """The API's context with its list renderers and its metrics (`registry`: the daemon's
     own, which also reads its controllers and this context's requests in flight; else a new
     one of the API alone). `api`: the config section with the session lifetime, the body
     limit and the failure budget (the defaults when not given). `uploads`: the pipes shared
-    with this node's upload tasks; `pool_space`: a pool's usage from Ceph (uploads check it)."""
+    with this node's upload tasks; `pool_space`: a pool's usage from Ceph (uploads check it);
+    `backup_paths`: backup.allowed_paths."""
     api = api or ApiSection()
     registry = registry or metrics.Metrics(view, node_name, clock,
                                            in_flight=lambda: ctx.in_flight)
@@ -87,7 +91,8 @@ def make_context(view: ClusterView, store: Store, node_name: str, auth_enabled: 
                      max_body_size=api.max_body_size, task_wait=api.task_wait,
                      storage_request_timeout=storage_request_timeout, clock=clock,
                      metrics=registry, uploads=uploads if uploads is not None else UploadPipes(),
-                     pool_space=pool_space, upload_service=upload_service)
+                     pool_space=pool_space, upload_service=upload_service,
+                     backup_paths=backup_paths)
     return ctx
 
 

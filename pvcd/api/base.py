@@ -92,6 +92,8 @@ class ApiContext:
     uploads: UploadPipes = field(default_factory=UploadPipes)
     # a pool's usage from Ceph (`CephDriver.pool_space`, blocking); None without Ceph
     pool_space: Callable[[str], PoolSpace] | None = None
+    # backup.allowed_paths: where a cluster restore saves the state it replaces
+    backup_paths: tuple[str, ...] = ()
 
 
 class Refused(Exception):

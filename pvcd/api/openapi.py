@@ -198,7 +198,8 @@ def _query_parameter(value: Value[Any]) -> dict[str, Any]:
 def _tag(r: Route) -> str:
     first = r.path.split("/")[1] if r.path.count("/") else ""
     return {"": "general", "auth": "general", "openapi.json": "general", "node": "node",
-            "vm": "vm", "network": "network", "maintenance": "cluster", "storage": "storage",
+            "vm": "vm", "network": "network", "maintenance": "cluster", "backup": "cluster",
+            "restore": "cluster", "storage": "storage",
             "tasks": "tasks", "provisioner": "provisioner", "metrics": "monitoring"}[first]
 
 

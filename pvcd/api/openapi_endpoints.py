@@ -222,6 +222,25 @@ ENDPOINTS: dict[str, dict[str, Operation]] = {
         "get": Operation("Whether maintenance mode is on (pvcd addition)", ref("Maintenance")),
         "post": Operation("Turn maintenance mode on (fencing suspended) or off"),
     },
+    "/backup": {
+        "get": Operation("The cluster's desired state as a backup document: networks with "
+                         "leases and ACLs, VMs, provisioner objects (no node records, "
+                         "sessions, tasks or Ceph mirror). Sensitive: it holds user-data and "
+                         "addresses", ref("ClusterBackup")),
+    },
+    "/restore": {
+        "post": Operation("Replace the cluster's desired state with a backup document, as "
+                          "the task cluster.restore (202; with `wait` 200 and its result "
+                          "{pre_restore, removed, created, kept}). Refused (510, nothing "
+                          "changed) without yes_i_really_mean_it, outside maintenance mode "
+                          "(unless the cluster is empty), for a document that is not a whole "
+                          "pvcd backup of this schema version or breaks a rule of the API, "
+                          "while a VM runs or a task is unfinished, and without "
+                          "backup.allowed_paths (the state it replaces is saved there first)",
+                          failures=_TASK_STARTED),
+        "delete": Operation("Remove the marker an interrupted restore left (pvcd addition); "
+                            "510 when there is none"),
+    },
     # storage
     "/storage/ceph": {"get": Operation("Ceph status (`ceph status`)" + _STORAGE,
                                        ref("CephStatus"))},

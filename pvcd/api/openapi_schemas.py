@@ -134,6 +134,12 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                ["description", "direction", "order", "rule"]),
     "Maintenance": obj({"maintenance": BOOL, "since": nullable("number")},
                        ["maintenance", "since"]),
+    "ClusterBackup": obj({  # extensions.md §9
+        "format": {"type": "string", "enum": ["pvcd-cluster-backup"]},
+        "format_version": INT, "schema_version": INT, "created": NUM, "primary_node": STR,
+        "znodes": {"type": "object", "description": "documents by path below the cluster "
+                   "root: the desired state (docs/backups.md)"},
+    }, ["format", "format_version", "schema_version", "created", "primary_node", "znodes"]),
     "CephStatus": obj({
         "type": {"type": "string", "enum": ["status", "utilization"]},
         "primary_node": STR,
