@@ -119,7 +119,7 @@ def test_not_json() -> None:
 
 def test_a_pvc_dump_is_foreign() -> None:
     pvc = {"/pvc/nodes": "", "/pvc/domains": "", "/pvc/networks": ""}
-    with pytest.raises(InvalidValue, match="PVC 1.0 dump"):
+    with pytest.raises(InvalidValue, match=r"PVC 1\.0 dump"):
         check(pvc)
 
 
