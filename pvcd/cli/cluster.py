@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from pvcd.cli.client import api_path
+from pvcd.cli.cluster_backup import cluster_backup, cluster_restore
 from pvcd.cli.context import CliContext, format_option, pass_cli
 from pvcd.cli.errors import ApiFailure
 from pvcd.cli.output import render_fields
@@ -93,6 +94,10 @@ def render_summary(summary: dict[str, Any]) -> str:
 @click.group()
 def cluster() -> None:
     """The cluster as a whole."""
+
+
+cluster.add_command(cluster_backup)
+cluster.add_command(cluster_restore)
 
 
 @cluster.command("status")

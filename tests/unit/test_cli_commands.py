@@ -25,7 +25,7 @@ EXPECTED = {
                        "upload"],
     "storage snapshot": ["list", "info", "add", "remove", "rename", "rollback"],
     "task": ["list", "info", "wait"],
-    "cluster": ["status"],
+    "cluster": ["backup", "restore", "status"],
     "connection": ["list", "show"],
 }
 
