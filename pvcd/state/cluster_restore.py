@@ -15,9 +15,11 @@ an object that exists and each object its own entry: a daemon killed between two
 leaves no duplicate name and no orphaned entry, only some groups still to delete or create.
 Every write is a compare-and-set: a document a node changes meanwhile (a VM's status, a
 network's active lease) makes the transaction fail, and the writer plans again from the cache.
-ZooKeeper takes about 1 MiB per request, so a group larger than `batch_bytes` is written in
-several transactions (leaves deleted first, parents created first); only its root and index
-entry are bound to go together.
+The writes are packed into transactions of up to `batch_bytes` (ZooKeeper takes about 1 MiB
+per request; one transaction per object would make a restore of a thousand VMs take seconds),
+so a transaction carries many small groups, and a group larger than that is written in several
+(leaves deleted first, parents created first); only its root and index entry are bound to go
+together.
 
 The same plan run again on a half-restored cluster finishes the work (the groups already
 written are equal and left alone): that is how an interrupted restore converges
@@ -183,8 +185,9 @@ class RestoreWriter:
                              if current.get(key) != wanted.get(key))
             removals = [key for key in changed if key in current]
             creations = [key for key in changed if key in wanted]
-            batches = [batch for key in removals for batch in self._removal(current[key])]
-            batches += [batch for key in creations for batch in self._creation(wanted[key])]
+            units = [unit for key in removals for unit in self._removal(current[key])]
+            units += [unit for key in creations for unit in self._creation(wanted[key])]
+            batches = self._pack(units)
             counts = RestoreCounts(len(removals), len(creations),
                                    len(wanted.keys() - set(changed)))
             try:
@@ -201,13 +204,14 @@ class RestoreWriter:
                        "tries); the restore marker stays: run the restore again")
 
     def _removal(self, group: Mapping[str, Any]) -> list[list[Op]]:
-        """Deletes of everything of a group, what lies below its documents too (a VM's
-        status, owner and console), leaves first; its roots and index entries last, together."""
+        """The deletes of everything of a group, what lies below its documents too (a VM's
+        status, owner and console), leaves first; its roots and index entries last, in one
+        unit (units are never split across transactions)."""
         absolute = self.view.paths.root.rstrip("/") + "/"
         roots = [absolute + path for path in group if _is_root(path)]
         below = self.view.cache.subtrees(roots)
-        leaves = [Op.delete(path, entry.version) for path, entry in
-                  sorted(below.items(), key=lambda item: (-item[0].count("/"), item[0]))]
+        units = [[Op.delete(path, entry.version)] for path, entry in
+                 sorted(below.items(), key=lambda item: (-item[0].count("/"), item[0]))]
         last = []
         for path in sorted(group, key=lambda p: (not _is_root(p), p)):
             if (absolute + path) in below:
@@ -215,11 +219,11 @@ class RestoreWriter:
             entry = self.view.cache.entry(absolute + path)
             if entry is not None:
                 last.append(Op.delete(absolute + path, entry.version))
-        return [*self._chunks(leaves), last] if last else self._chunks(leaves)
+        return [*units, last] if last else units
 
     def _creation(self, group: Mapping[str, Any]) -> list[list[Op]]:
-        """Creates of a group's documents, parents first (a missing folder made as `{}`);
-        its roots and index entries in the first transaction."""
+        """The creates of a group's documents, parents first (a missing folder made as `{}`);
+        its roots and index entries in the first unit."""
         absolute = self.view.paths.root.rstrip("/") + "/"
         docs = dict(group)
         for path in group:
@@ -228,25 +232,25 @@ class RestoreWriter:
                 docs.setdefault("/".join(parts[:depth]), {})
         ordered = sorted(docs, key=lambda p: (p.count("/"), p))
         first = [Op.create(absolute + p, docs[p]) for p in ordered if p.count("/") == 1]
-        rest = [Op.create(absolute + p, docs[p]) for p in ordered if p.count("/") > 1]
-        if not first:  # a provisioner object or the autobackup configuration: one document
-            return self._chunks(rest)
-        return [first, *self._chunks(rest)]
+        rest = [[Op.create(absolute + p, docs[p])] for p in ordered if p.count("/") > 1]
+        return [first, *rest] if first else rest
 
-    def _chunks(self, ops: Sequence[Op]) -> list[list[Op]]:
-        chunks: list[list[Op]] = []
+    def _pack(self, units: Sequence[list[Op]]) -> list[list[Op]]:
+        """Consecutive units packed into transactions of at most `batch_bytes` (a larger
+        unit is a transaction of its own), in order: parents stay before children."""
+        batches: list[list[Op]] = []
         current: list[Op] = []
         size = 0
-        for op in ops:
-            weight = request_bytes([op])
+        for unit in units:
+            weight = request_bytes(unit)
             if current and size + weight > self.batch_bytes:
-                chunks.append(current)
+                batches.append(current)
                 current, size = [], 0
-            current.append(op)
+            current += unit
             size += weight
         if current:
-            chunks.append(current)
-        return chunks
+            batches.append(current)
+        return batches
 
 
 def _is_root(relative: str) -> bool:
