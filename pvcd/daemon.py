@@ -44,6 +44,7 @@ from pvcd.controllers.fencing import FencingController
 from pvcd.controllers.floating import build_floating_ips
 from pvcd.controllers.metadata import build_metadata
 from pvcd.controllers.node import NodeController, NodeStatusWriter
+from pvcd.controllers.restore_hold import hold_during_restore
 from pvcd.controllers.self_fence import DeclaredDead
 from pvcd.controllers.storage import build_storage
 from pvcd.controllers.task_kinds import production_task_kinds
@@ -229,7 +230,8 @@ class NodeDaemon:
                                timing.shutdown_timeout, self.clock,
                                can_act=lambda: self.registered and self.client.connected
                                and not self.self_fence.given_up)
-        self.vm_controller = Controller("vm", self.vm.reconcile, self.vm.keys, workers=4,
+        self.vm_controller = Controller("vm", hold_during_restore(self.view, self.vm.reconcile),
+                                        self.vm.keys, workers=4,
                                         resync_interval=timing.resync_interval)
         vms = self.paths.vms + "/"
         wiring = Wiring()

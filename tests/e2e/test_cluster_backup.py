@@ -6,7 +6,8 @@ provisioner templates, userdata and a profile; a fresh lab takes the backup and 
 same desired state, its VMs defined on its nodes. The same lab then refuses a restore outside
 maintenance mode, a malformed and a foreign document, with nothing changed in ZooKeeper
 (`tests/e2e/desired_state.py`). Last, its primary is killed in the middle of a large restore:
-the marker stays, the indexes stay consistent, and the restore run again converges.
+the marker stays, the indexes stay consistent, the nodes hold (none of the VMs written is
+defined) and the restore run again converges.
 
 Labs without Ceph (storage templates need pools: their rules are in the fast and unit tiers).
 """
@@ -211,6 +212,13 @@ def interrupted_restore_converges(lab: Lab, api: LabClient, document: dict[str, 
         task = response.json()["task_id"]
         wait_until(lambda: ok(api.get(f"/tasks/{task}"))["error"] == "Interrupted", timeout=30)
         assert client.exists(paths.restore_marker), "the primary's cleanup keeps the marker"
+        # the nodes hold while the marker is there: none of the VMs written before the kill is
+        # defined (the other node lived through it all, and would have defined its share long
+        # since), and the restarted node (the test driver forgets its domains) defines nothing
+        other = next(n for n in NODES if n != primary)
+        wait_until(lambda: lab.domains(primary) is not None, timeout=30)  # its agent is up
+        assert len(lab.domains(primary)) == 0
+        assert len(lab.domains(other)) == 1
 
         started = time.monotonic()
         result = restore(api, big)
