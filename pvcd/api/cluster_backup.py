@@ -10,9 +10,11 @@ no VM running and no other task, and a folder for the pre-restore copy. A refusa
 changes nothing. Then it hands the document to the task in-process (an `UploadPipe`, as an
 upload's body) and answers as every task endpoint does (202, or the end with `wait`).
 
-The document arrives as PVC's form value `cluster_data`, or (pvcd addition) as the whole
-body with `Content-Type: application/json`; then the other values are read from the query
-string only, since the body is the document and not an object of values. The body limit of
+The document arrives as PVC's form value `cluster_data` (also in a JSON object of values), or
+(pvcd addition) as the whole body with `Content-Type: application/json`; then the other values
+are read from the query string only, since the body is the document and not an object of
+values. A JSON body is taken as an object of values only when it has `cluster_data`, which a
+backup never has. The body limit of
 the API does not apply to this route: a backup is as large as the cluster's state.
 
 `DELETE /restore?yes_i_really_mean_it` removes the marker an interrupted restore left, for an
@@ -22,6 +24,7 @@ operator who decides not to run it again.
 from __future__ import annotations
 
 import asyncio
+import json
 
 from pvcd.api.base import UNLIMITED, BaseHandler
 from pvcd.api.routing import route
@@ -59,6 +62,7 @@ class BackupHandler(BaseHandler):
 
 class RestoreHandler(BaseHandler):
     max_body_size = UNLIMITED  # a backup is as large as the cluster's state
+    _body_is_document: bool | None = None
 
     @property
     def raw_values(self) -> RawValues:
@@ -67,8 +71,18 @@ class RestoreHandler(BaseHandler):
         return super().raw_values
 
     def _document_in_body(self) -> bool:
+        """Whether the body is the backup document itself: a JSON body, unless it is an object
+        of values (one with `cluster_data`, which a backup never has)."""
         kind = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        return kind == "application/json"
+        if kind != "application/json":
+            return False
+        if self._body_is_document is None:
+            try:
+                doc = json.loads(self.request.body)
+            except ValueError:
+                doc = None  # refused as the document it was meant to be
+            self._body_is_document = not (isinstance(doc, dict) and "cluster_data" in doc)
+        return self._body_is_document
 
     def _confirm(self) -> None:
         if not (self.values[CONFIRM] or self.values[CONFIRM_PVC]):

@@ -237,7 +237,12 @@ ENDPOINTS: dict[str, dict[str, Operation]] = {
                           "pvcd backup of this schema version or breaks a rule of the API, "
                           "while a VM runs or a task is unfinished, and without "
                           "backup.allowed_paths (the state it replaces is saved there first)",
-                          failures=_TASK_STARTED),
+                          failures=_TASK_STARTED,
+                          description="The document is the value cluster_data (a form, or a "
+                          "JSON object of values), or (pvcd addition) the whole JSON body "
+                          "itself, GET /backup's answer as it is; then the other values go "
+                          "in the query string. A JSON body is an object of values only when "
+                          "it has cluster_data."),
         "delete": Operation("Remove the marker an interrupted restore left (pvcd addition); "
                             "510 when there is none"),
     },

@@ -363,3 +363,16 @@ def test_writes_are_compare_and_set(bench: Bench) -> None:
     RestoreWriter(state.view, Racing(state.client, state.cache)).restore(
         backup["znodes"], lambda done, all_, _: None)
     assert state.doc(state.paths.network(100))["domain"] == "restored.example"
+
+
+def test_a_json_object_of_values_carries_the_document_too(bench: Bench) -> None:
+    populate(bench)
+    backup = bench.ok("GET", "/backup")
+    bench.maintenance(True)
+    response = bench.client.post("/restore", json={"cluster_data": json.dumps(backup),
+                                                   "yes_i_really_mean_it": True})
+    assert response.status_code == 202, response.text
+    bench.runner.reconcile(task_key(response.json()["task_id"]))
+    task = bench.state.doc(bench.state.paths.task(response.json()["task_id"]))
+    assert task["state"] == "success", task
+    assert "cluster_data" not in task["args"]
