@@ -56,8 +56,10 @@ RESTORE_OBJECT = "cluster:state"  # the task's object: one restore at a time
 
 
 class BackupHandler(BaseHandler):
-    def get(self) -> None:
-        self.reply(backup_document(self.ctx.view, self.ctx.node_name, self.ctx.clock()))
+    async def get(self) -> None:
+        # in a thread: the copy may wait (a moment) for the cache to hold no transaction in part
+        self.reply(await asyncio.to_thread(backup_document, self.ctx.view, self.ctx.node_name,
+                                           self.ctx.clock()))
 
 
 class RestoreHandler(BaseHandler):

@@ -119,6 +119,18 @@ def check_backup(doc: Any, schema_version: int, nodes: Collection[str],
                          primary if isinstance(primary, str) else None, _with_folders(znodes))
 
 
+def check_indexes(znodes: Mapping[str, Any]) -> None:
+    """InvalidValue unless both name indexes hold exactly one entry per object, each naming
+    it: the test that a copy of the state holds no transaction in part."""
+    vms = {str(doc.get("name")): path.split("/")[1] for path, doc in znodes.items()
+           if path.startswith("vms/") and path.count("/") == 1 and isinstance(doc, dict)}
+    networks = {str(doc.get("description")): int(path.split("/")[1])
+                for path, doc in znodes.items() if path.startswith("networks/") and
+                path.count("/") == 1 and path.split("/")[1].isdigit() and isinstance(doc, dict)}
+    _check_index(znodes, "vm-names", "uuid", vms, "VM")
+    _check_index(znodes, "network-names", "vni", networks, "network")
+
+
 def _check_header(doc: Any, schema_version: int) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise InvalidValue("cluster_data is not a JSON object: give the document GET /backup "

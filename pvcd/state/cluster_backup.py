@@ -10,25 +10,64 @@ fencing records, API sessions, the Ceph mirror (Ceph is the truth), tasks, fault
 VM's `status`, `owner` and `console`, the maintenance flag and the restore marker.
 `pvcd.specs.cluster_backup.included` is that rule, in one place, for both directions.
 
-The documents are copied from the watch-fed cache at one point (`StateCache.subtrees`): a
-change that lands while the backup is taken is in it whole or not at all, never half (a VM
-whose spec is in the copy and whose name entry is not).
+The documents are copied from the watch-fed cache at one point (`StateCache.subtrees`: no
+change is applied while the copy is taken). That alone does not make the copy whole: the cache
+learns a transaction one znode at a time (a watch event per znode, or the store's local apply
+op by op), so it may hold a VM's spec and not yet its name entry. A copy is therefore taken
+again, on the cache's next change, until its name indexes are whole (`check_indexes`: every
+VM and network with its entry, every entry with its object), which a backup must be for its
+restore to pass. A tree that stays inconsistent (a bug, a hand edit) is copied as it is after
+`SETTLE_TIMEOUT`, with a warning; its restore is then refused, saying where.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from typing import Any
 
-from pvcd.specs.cluster_backup import FORMAT, FORMAT_VERSION, included
+from pvcd.domain.errors import InvalidValue
+from pvcd.specs.cluster_backup import FORMAT, FORMAT_VERSION, check_indexes, included
 from pvcd.state.schema import SCHEMA_VERSION
 from pvcd.state.view import ClusterView
 
+log = logging.getLogger(__name__)
+
+SETTLE_TIMEOUT = 2.0  # seconds a copy waits for the cache to hold no transaction in part
 # the top-level folders a backup reads (relative to the cluster root)
 SOURCES = ("schema", "networks", "network-names", "vms", "vm-names", "provisioner", "cluster")
 
 
-def desired_state(view: ClusterView) -> dict[str, Any]:
-    """Every included document, by path relative to the cluster root, copied at one point."""
+def desired_state(view: ClusterView, settle: float = SETTLE_TIMEOUT) -> dict[str, Any]:
+    """Every included document, by path relative to the cluster root, copied at one point
+    at which the cache holds no transaction in part (module docstring); after `settle`
+    seconds without such a point, the last copy (the tree itself is inconsistent then)."""
+    changed = threading.Event()
+
+    def on_change(path: str) -> None:
+        changed.set()
+
+    view.cache.subscribe(on_change)
+    try:
+        deadline = time.monotonic() + settle
+        while True:
+            changed.clear()
+            znodes = _copy(view)
+            try:
+                check_indexes(znodes)
+                return znodes
+            except InvalidValue as exc:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    log.warning("event=backup-inconsistent reason=%s", exc)
+                    return znodes
+            changed.wait(left)
+    finally:
+        view.cache.unsubscribe(on_change)
+
+
+def _copy(view: ClusterView) -> dict[str, Any]:
     prefix = view.paths.root.rstrip("/") + "/"
     entries = view.cache.subtrees(prefix + top for top in SOURCES)
     return {path[len(prefix):]: entry.doc for path, entry in sorted(entries.items())

@@ -12,6 +12,8 @@ store and cache, the `cluster.restore` task run by a real `TaskRunner`.
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from pvcd.controllers.tasks.registry import TaskRegistry
 from pvcd.controllers.tasks.runner import TaskRunner, task_key
 from pvcd.domain.errors import BackendError
 from pvcd.drivers.nftables import validate_rule
+from pvcd.specs.cluster_backup import check_indexes
 from pvcd.state.cluster_backup import desired_state
 from pvcd.state.cluster_restore import RestoreWriter
 from pvcd.state.store import Op, Store
@@ -376,3 +379,53 @@ def test_a_json_object_of_values_carries_the_document_too(bench: Bench) -> None:
     task = bench.state.doc(bench.state.paths.task(response.json()["task_id"]))
     assert task["state"] == "success", task
     assert "cluster_data" not in task["args"]
+
+
+def test_a_backup_taken_while_vms_come_and_go_is_whole(bench: Bench) -> None:
+    """The cache learns a transaction one znode at a time: a copy taken in between would hold
+    a VM without its name entry (or the reverse), a backup its restore refuses. Every backup
+    taken while another thread defines and removes VMs passes the index check."""
+    state = bench.state
+    stop = threading.Event()
+
+    def churn() -> None:
+        index = 0
+        while not stop.is_set():
+            name = f"churn{index % 5}"
+            if state.view.vm_uuid_by_name(name) is None:
+                state.define_vm(name, "node1", state="stop")
+            else:
+                drop_vm(state, name)
+            index += 1
+
+    worker = threading.Thread(target=churn, daemon=True)
+    worker.start()
+    try:
+        for _ in range(300):
+            check_indexes(desired_state(state.view))
+    finally:
+        stop.set()
+        worker.join()
+
+
+def test_a_copy_waits_for_the_rest_of_a_transaction(bench: Bench) -> None:
+    """A VM spec seen without its name entry (a transaction the cache holds in part) is not
+    copied as it is: the copy is taken again on the next change, once whole; a tree that stays
+    half is copied after the settle time, as it is."""
+    state, paths = bench.state, bench.state.paths
+    uuid = "00000000-0000-4000-8000-000000000001"
+    state.define_vm("whole", "node1", state="stop")
+    spec = dict(state.doc(paths.vm(state.vm_uuid("whole"))), uuid=uuid, name="half")
+    state.store.commit([Op.create(paths.vm(uuid), spec)])  # its name entry not yet there
+    started = time.monotonic()
+    copy = desired_state(state.view, settle=0.3)
+    assert time.monotonic() - started >= 0.3
+    assert f"vms/{uuid}" in copy and "vm-names/half" not in copy
+    found: list[dict[str, Any]] = []
+    reader = threading.Thread(target=lambda: found.append(desired_state(state.view,
+                                                                        settle=30)))
+    reader.start()
+    state.store.commit([Op.create(paths.vm_name("half"), {"uuid": uuid})])
+    reader.join(30)
+    assert found and found[0]["vm-names/half"] == {"uuid": uuid}
+    check_indexes(found[0])
