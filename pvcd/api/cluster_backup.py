@@ -30,8 +30,8 @@ from pvcd.api.base import UNLIMITED, BaseHandler
 from pvcd.api.routing import route
 from pvcd.api.tasks import TASK_VALUES, answer_task, create_task
 from pvcd.api.values import RawValues, accepts, flag, text
-from pvcd.domain.errors import InvalidValue
-from pvcd.domain.tasks import TaskRecord
+from pvcd.domain.errors import Conflict, InvalidValue
+from pvcd.domain.tasks import TaskRecord, busy_task
 from pvcd.drivers.nftables import validate_rule
 from pvcd.specs.cluster_backup import ClusterBackup, check_backup, parse_backup
 from pvcd.state.cluster_backup import backup_document, cluster_schema_version
@@ -131,6 +131,10 @@ class RestoreHandler(BaseHandler):
         if entry is None:
             raise InvalidValue("no restore marker is set: there is no unfinished restore to "
                                "clear")
+        running = busy_task([RESTORE_OBJECT], read_tasks(view))
+        if running is not None:
+            raise Conflict(f"the restore task {running.id} is {running.state}: its marker goes "
+                           "when it ends; nothing was changed")
         await self.commit([Op.delete(view.paths.restore_marker, entry.version)])
         self.message("Removed the restore marker: the cluster runs on the state it has; the "
                      "unfinished restore was not completed")

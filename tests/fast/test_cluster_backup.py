@@ -335,8 +335,15 @@ def test_an_interrupted_restore_keeps_its_marker_until_run_again_or_cleared(
     assert bench.restore(backup)["state"] == "success"
     assert desired_state(state.view) == backup["znodes"]
     assert not state.cache.exists(paths.restore_marker)
-    # or the operator clears it
+    # or the operator clears it, but not under a restore that has not ended
     state.put(paths.restore_marker, {"task_id": "0", "started": 1.0})
+    pending = bench.client.post("/restore", params={"yes_i_really_mean_it": ""},
+                                data=json.dumps(backup),
+                                headers={"Content-Type": "application/json"})
+    assert pending.status_code == 202, pending.text
+    response = bench.client.call("DELETE", "/restore", params={"yes_i_really_mean_it": ""})
+    assert response.status_code == 510 and "its marker goes" in response.json()["message"]
+    bench.ok("DELETE", f"/tasks/{pending.json()['task_id']}")  # cancelled before it ran
     response = bench.client.call("DELETE", "/restore")
     assert response.status_code == 510 and "yes_i_really_mean_it" in response.json()["message"]
     bench.ok("DELETE", "/restore", params={"yes_i_really_mean_it": ""})
