@@ -126,7 +126,8 @@ def check_indexes(znodes: Mapping[str, Any]) -> None:
            if path.startswith("vms/") and path.count("/") == 1 and isinstance(doc, dict)}
     networks = {str(doc.get("description")): int(path.split("/")[1])
                 for path, doc in znodes.items() if path.startswith("networks/") and
-                path.count("/") == 1 and path.split("/")[1].isdigit() and isinstance(doc, dict)}
+                path.count("/") == 1 and path.split("/")[1].isascii() and
+                path.split("/")[1].isdigit() and isinstance(doc, dict)}
     _check_index(znodes, "vm-names", "uuid", vms, "VM")
     _check_index(znodes, "network-names", "vni", networks, "network")
 
