@@ -133,7 +133,6 @@ def pre_restore_folder(allowed_paths: Sequence[str]) -> str:
     return folder
 
 
-
 # --- placement -----------------------------------------------------------------------------
 
 def place_vms(view: ClusterView, znodes: Mapping[str, Any]) -> dict[str, Any]:
