@@ -46,6 +46,7 @@ from pvcd.controllers.floating import build_floating_ips
 from pvcd.controllers.health import HealthSources, SessionEvents, build_health
 from pvcd.controllers.metadata import build_metadata
 from pvcd.controllers.node import NodeController, NodeStatusWriter
+from pvcd.controllers.restore_hold import hold_during_restore
 from pvcd.controllers.self_fence import DeclaredDead
 from pvcd.controllers.storage import build_storage
 from pvcd.controllers.task_kinds import production_task_kinds
@@ -195,7 +196,8 @@ class NodeDaemon:
                                   ).pool_space if ceph.enabled else None,
             upload_service=self._upload_service(),
             upstream_ip=_address(self.config.networks.upstream.floating_ip
-                                 if self.config.networks.upstream else None))
+                                 if self.config.networks.upstream else None),
+            backup_paths=self.config.backup.allowed_paths)
         ssl_context = None
         if api.tls.enabled and api.tls.cert_file and api.tls.key_file:
             ssl_context = make_ssl_context(api.tls.cert_file, api.tls.key_file)
@@ -248,7 +250,8 @@ class NodeDaemon:
                                timing.shutdown_timeout, self.clock,
                                can_act=lambda: self.registered and self.client.connected
                                and not self.self_fence.given_up)
-        self.vm_controller = Controller("vm", self.vm.reconcile, self.vm.keys, workers=4,
+        self.vm_controller = Controller("vm", hold_during_restore(self.view, self.vm.reconcile),
+                                        self.vm.keys, workers=4,
                                         resync_interval=timing.resync_interval)
         vms = self.paths.vms + "/"
         wiring = Wiring()

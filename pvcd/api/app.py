@@ -14,6 +14,7 @@ import tornado.web
 
 from pvcd.api import (
     cluster,
+    cluster_backup,
     faults,
     general,
     metrics,
@@ -54,6 +55,7 @@ ROUTES: list[Route] = [
     *cluster.ROUTES,
     *status.ROUTES,
     *faults.ROUTES,
+    *cluster_backup.ROUTES,
     *storage.ROUTES,
     *volumes.ROUTES,
     *provisioner_templates.ROUTES,
@@ -74,13 +76,15 @@ def make_context(view: ClusterView, store: Store, node_name: str, auth_enabled: 
                  api: ApiSection | None = None, uploads: UploadPipes | None = None,
                  pool_space: Callable[[str], PoolSpace] | None = None,
                  upload_service: Uploads | None = None,
-                 upstream_ip: str | None = None) -> ApiContext:
+                 upstream_ip: str | None = None,
+                 backup_paths: tuple[str, ...] = ()) -> ApiContext:
     """The API's context with its list renderers and its metrics (`registry`: the daemon's
     own, which also reads its controllers and this context's requests in flight; else a new
     one of the API alone). `api`: the config section with the session lifetime, the body
     limit and the failure budget (the defaults when not given). `uploads`: the pipes shared
     with this node's upload tasks; `pool_space`: a pool's usage from Ceph (uploads check it);
-    `upstream_ip`: the upstream floating address `GET /status` names."""
+    `upstream_ip`: the upstream floating address `GET /status` names;
+    `backup_paths`: backup.allowed_paths."""
     api = api or ApiSection()
     registry = registry or metrics.Metrics(view, node_name, clock,
                                            in_flight=lambda: ctx.in_flight)
@@ -94,7 +98,7 @@ def make_context(view: ClusterView, store: Store, node_name: str, auth_enabled: 
                      storage_request_timeout=storage_request_timeout, clock=clock,
                      metrics=registry, uploads=uploads if uploads is not None else UploadPipes(),
                      pool_space=pool_space, upload_service=upload_service,
-                     upstream_ip=upstream_ip)
+                     upstream_ip=upstream_ip, backup_paths=backup_paths)
     return ctx
 
 

@@ -94,6 +94,8 @@ class ApiContext:
     pool_space: Callable[[str], PoolSpace] | None = None
     # the upstream floating address (`networks.upstream.floating_ip`), for `GET /status`
     upstream_ip: str | None = None
+    # backup.allowed_paths: where a cluster restore saves the state it replaces
+    backup_paths: tuple[str, ...] = ()
 
 
 class Refused(Exception):

@@ -201,7 +201,7 @@ def _tag(r: Route) -> str:
     first = r.path.split("/")[1] if r.path.count("/") else ""
     return {"": "general", "auth": "general", "openapi.json": "general", "node": "node",
             "vm": "vm", "network": "network", "maintenance": "cluster", "status": "cluster",
-            "faults": "cluster", "storage": "storage",
+            "faults": "cluster", "backup": "cluster", "restore": "cluster", "storage": "storage",
             "tasks": "tasks", "provisioner": "provisioner", "metrics": "monitoring"}[first]
 
 

@@ -247,6 +247,30 @@ ENDPOINTS: dict[str, dict[str, Operation]] = {
         "put": Operation("Acknowledge a fault"),
         "delete": Operation("Delete a fault (raised again, as new, if its condition persists)"),
     },
+    "/backup": {
+        "get": Operation("The cluster's desired state as a backup document: networks with "
+                         "leases and ACLs, VMs, provisioner objects (no node records, "
+                         "sessions, tasks or Ceph mirror). Sensitive: it holds user-data and "
+                         "addresses", ref("ClusterBackup")),
+    },
+    "/restore": {
+        "post": Operation("Replace the cluster's desired state with a backup document, as "
+                          "the task cluster.restore (202; with `wait` 200 and its result "
+                          "{pre_restore, removed, created, kept}). Refused (510, nothing "
+                          "changed) without yes_i_really_mean_it, outside maintenance mode "
+                          "(unless the cluster is empty), for a document that is not a whole "
+                          "pvcd backup of this schema version or breaks a rule of the API, "
+                          "while a VM runs or a task is unfinished, and without "
+                          "backup.allowed_paths (the state it replaces is saved there first)",
+                          failures=_TASK_STARTED,
+                          description="The document is the value cluster_data (a form, or a "
+                          "JSON object of values), or (pvcd addition) the whole JSON body "
+                          "itself, GET /backup's answer as it is; then the other values go "
+                          "in the query string. A JSON body is an object of values only when "
+                          "it has cluster_data."),
+        "delete": Operation("Remove the marker an interrupted restore left (pvcd addition); "
+                            "510 when there is none"),
+    },
     # storage
     "/storage/ceph": {"get": Operation("Ceph status (`ceph status`)" + _STORAGE,
                                        ref("CephStatus"))},

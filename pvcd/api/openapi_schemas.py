@@ -181,6 +181,12 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     }, ["cluster_health", "node_health", "maintenance", "primary_node", "pvc_version",
         "upstream_ip", "nodes", "vms", "networks", "osds", "pools", "volumes", "snapshots",
         "resources", "detail"]),
+    "ClusterBackup": obj({  # extensions.md §9
+        "format": {"type": "string", "enum": ["pvcd-cluster-backup"]},
+        "format_version": INT, "schema_version": INT, "created": NUM, "primary_node": STR,
+        "znodes": {"type": "object", "description": "documents by path below the cluster "
+                   "root: the desired state (docs/backups.md)"},
+    }, ["format", "format_version", "schema_version", "created", "primary_node", "znodes"]),
     "CephStatus": obj({
         "type": {"type": "string", "enum": ["status", "utilization"]},
         "primary_node": STR,

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from pvcd.cli.client import api_path
+from pvcd.cli.cluster_backup import cluster_backup, cluster_restore
 from pvcd.cli.context import CliContext, confirm, format_option, pass_cli, yes_option
 from pvcd.cli.output import Column, field, render_fields, table_of
 
@@ -83,6 +84,10 @@ def render_status(status: dict[str, Any]) -> str:
 @click.group()
 def cluster() -> None:
     """The cluster as a whole."""
+
+
+cluster.add_command(cluster_backup)
+cluster.add_command(cluster_restore)
 
 
 @cluster.command("status")

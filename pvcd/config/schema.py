@@ -423,6 +423,15 @@ class HealthSection:
 
 
 @dataclass(frozen=True, kw_only=True)
+class BackupSection:
+    """Where backups may be written on the primary (extensions.md §0.2 "host paths", §9)."""
+
+    # absolute directories (shared storage mounted on every coordinator); empty: backups are
+    # refused. A cluster state restore saves its pre-restore copy into the first one
+    allowed_paths: tuple[str, ...] = field(default=(), metadata=checks(each=absolute_path))
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """One node's whole configuration."""
 
@@ -436,5 +445,6 @@ class Config:
     tasks: TasksSection = field(default_factory=TasksSection)
     metadata: MetadataSection = field(default_factory=MetadataSection)
     health: HealthSection = field(default_factory=HealthSection)
+    backup: BackupSection = field(default_factory=BackupSection)
     # The file this came from, for messages; not a YAML key.
     path: str = field(default="", metadata={"yaml": False})

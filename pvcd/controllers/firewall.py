@@ -28,6 +28,7 @@ from pvcd.controllers.base import DONE, Controller, Result, Watch, Wiring
 from pvcd.controllers.network import checked_network, vni_of_key, vni_of_path
 from pvcd.controllers.node import NodeStatusWriter
 from pvcd.controllers.refusals import Refusals
+from pvcd.controllers.restore_hold import hold_during_restore
 from pvcd.domain.errors import InvalidValue
 from pvcd.domain.metadata import METADATA_ADDRESS, METADATA_PORT
 from pvcd.domain.records import AclSpec, NetworkSpec
@@ -187,7 +188,8 @@ def build_firewall(node: str, view: ClusterView, nft: NftablesDriver,
                    resync_interval: float, writer: NodeStatusWriter) -> Wiring:
     """Every network's ACL chains on this node, fed by the networks and their ACLs."""
     firewall = FirewallController(node, view, nft, Refusals(node, writer))
-    controller = Controller("firewall", firewall.reconcile, firewall.keys,
+    controller = Controller("firewall", hold_during_restore(view, firewall.reconcile),
+                            firewall.keys,
                             resync_interval=resync_interval)
     wiring = Wiring()
     wiring.add(controller, Watch(view.paths.networks + "/", firewall.key_of_path))

@@ -59,6 +59,7 @@ from pvcd.controllers.dns import NetworkDns
 from pvcd.controllers.network import checked_network, vni_of_key, vni_of_path
 from pvcd.controllers.node import NodeStatusWriter
 from pvcd.controllers.refusals import Refusals
+from pvcd.controllers.restore_hold import hold_during_restore
 from pvcd.domain.errors import BackendError, Conflict, InvalidValue, PvcError
 from pvcd.domain.records import DhcpLease, NetworkSpec, StaticLeaseSpec
 from pvcd.drivers.announce import announce
@@ -117,7 +118,8 @@ class GatewayService:
         self.refusals = refusals
         self.active = False
         # its own work queue: taking the primary role enqueues every network
-        self.controller = Controller("gateway", self.reconcile, self.keys, workers=WORKERS,
+        self.controller = Controller("gateway", hold_during_restore(view, self.reconcile),
+                                     self.keys, workers=WORKERS,
                                      resync_interval=config.resync_interval)
         self._lock = threading.Lock()  # the role and the tables below; held only briefly
         self._running: dict[int, _Running] = {}

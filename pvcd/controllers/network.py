@@ -33,6 +33,7 @@ from pvcd.config import NetworkDriverSection
 from pvcd.controllers.base import DONE, Controller, Result, TemporaryError, Watch, Wiring
 from pvcd.controllers.node import NodeStatusWriter
 from pvcd.controllers.refusals import Refusals
+from pvcd.controllers.restore_hold import hold_during_restore
 from pvcd.domain.errors import InvalidValue, NotFound
 from pvcd.domain.records import NetworkSpec
 from pvcd.drivers.ifnames import bridge_name, vlan_name, vxlan_mtu, vxlan_name
@@ -99,7 +100,8 @@ class NetworkController:
         self.writer = writer
         self.refusals = Refusals(name, writer)
         # its own work queue: a change of peers re-enqueues every network
-        self.controller = Controller("network", self.reconcile, self.keys,
+        self.controller = Controller("network", hold_during_restore(view, self.reconcile),
+                                     self.keys,
                                      resync_interval=config.resync_interval)
         self._last_peers: set[str] | None = None  # only to skip needless re-enqueues
 

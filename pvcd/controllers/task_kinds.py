@@ -12,11 +12,13 @@ import time
 from collections.abc import Callable
 
 from pvcd.config import Config
+from pvcd.controllers.cluster_restore import ClusterRestore
 from pvcd.controllers.ova_upload import CephAccess, OvaImporter
 from pvcd.controllers.provisioner import provisioner_task_kinds
 from pvcd.controllers.tasks import TaskKind
 from pvcd.controllers.tasks.storage_steps import run_storage_request
 from pvcd.controllers.uploads import upload_task_kind
+from pvcd.drivers.nft_rules import validate_rule
 from pvcd.state.store import Store
 from pvcd.state.view import ClusterView
 from pvcd.upload_pipe import UploadPipes
@@ -32,4 +34,6 @@ def production_task_kinds(view: ClusterView, store: Store, config: Config,
     calls = functools.partial(run_storage_request, view, store, clock=clock)
     return [OvaImporter(view, store, uploads, access, clock).kind(),
             upload_task_kind(calls, ceph.request_timeout),
-            *provisioner_task_kinds(view, store, config)]
+            *provisioner_task_kinds(view, store, config),
+            ClusterRestore(view, store, uploads, config.backup.allowed_paths, validate_rule,
+                           clock).kind()]

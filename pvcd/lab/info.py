@@ -50,6 +50,7 @@ class LabInfo:
     zookeeper_user: str | None = None
     zookeeper_password: str | None = None
     zookeeper_ca: str | None = None  # with TLS to ZooKeeper: the certificate to trust
+    backup_path: str | None = None  # every node's backup.allowed_paths (docs/backups.md)
 
     def node(self, name: str) -> LabNode:
         for node in self.nodes:

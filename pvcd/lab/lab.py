@@ -170,6 +170,9 @@ class Lab:
                             "proxy_port": proxy_port}
             info.api = f"{scheme}://127.0.0.1:{proxy_port}/api/v1"
         secret = secrets.token_hex(32)
+        backups = self.workdir / "backups"  # backup.allowed_paths of every node (docs/backups.md)
+        backups.mkdir(parents=True, exist_ok=True)
+        info.backup_path = str(backups)
         for index in range(1, nodes + 1):
             name = f"node{index}"
             folder = self.workdir / "nodes" / name
@@ -196,6 +199,7 @@ class Lab:
             config["drivers"] = {"libvirt": self._libvirt_config(folder, index, lab_net)}
             config["health"] = self._health_config(index, index <= coordinators,
                                                    health_interval)
+            config["backup"] = {"allowed_paths": [info.backup_path]}
             if lab_net is not None:  # the node's client networks live in its own namespace
                 cast(dict[str, Any], config.setdefault("drivers", {}))["network"] = {
                     **lab_net.node_net(name, index).config(),

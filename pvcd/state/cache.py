@@ -44,7 +44,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,6 +139,24 @@ class StateCache:
             memo = sorted(self._children.get(path, ()))
             self._sorted[path] = memo
             return memo
+
+    def subtrees(self, paths: Iterable[str]) -> dict[str, Entry]:
+        """Every cached znode below each of `paths` (not the paths themselves), by path, copied
+        at one point: no watch event or local write is applied while the copy is taken, so it
+        is a state the cache did hold, never a mix of before and after a change (a backup of
+        the cluster's state, `pvcd.state.cluster_backup`)."""
+        found: dict[str, Entry] = {}
+        with self._lock:
+            pending = list(paths)
+            while pending:
+                parent = pending.pop()
+                for name in self._children.get(parent, ()):
+                    child = f"{parent.rstrip('/')}/{name}"
+                    entry = self._entries.get(child)
+                    if entry is not None:
+                        found[child] = entry
+                    pending.append(child)
+        return found
 
     # local applies from the store after a committed write
     def apply_set(self, path: str, doc: Any, stat: ZnodeStat) -> None:

@@ -25,7 +25,7 @@ EXPECTED = {
                        "upload"],
     "storage snapshot": ["list", "info", "add", "remove", "rename", "rollback"],
     "task": ["list", "info", "wait"],
-    "cluster": ["status", "maintenance", "fault"],
+    "cluster": ["backup", "restore", "status", "maintenance", "fault"],
     "cluster fault": ["list", "ack", "ack-all", "delete", "delete-all"],
     "connection": ["list", "show"],
 }
