@@ -15,6 +15,7 @@ import tornado.web
 from pvcd.api import (
     cluster,
     general,
+    logs,
     metrics,
     networks,
     nodes,
@@ -48,6 +49,7 @@ ROUTES: list[Route] = [
     *nodes.ROUTES,
     *vms.ROUTES,
     *vm_meta.ROUTES,
+    *logs.ROUTES,
     *networks.ROUTES,
     *cluster.ROUTES,
     *storage.ROUTES,
