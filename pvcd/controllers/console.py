@@ -194,11 +194,11 @@ class ConsoleFollower:
         try:
             append_to_buffer(self.store, self.view.paths.vm_console(uuid), lines,
                              self.max_lines, dropped=dropped, extra=follow)
-        except Conflict as exc:  # the VM is gone: nothing to keep
+        except NotFound as exc:  # the VM is gone: nothing to keep
             log.info("event=console-write-refused node=%s vm=%s reason=%s", self.node, uuid, exc)
             followed.waiting = []
             return
-        except BackendError as exc:  # ZooKeeper away: keep the lines (bounded) for next round
+        except (BackendError, Conflict) as exc:  # keep the lines (bounded) for next round
             log.info("event=console-write-failed node=%s vm=%s error=%s", self.node, uuid, exc)
             followed.waiting = lines
             return

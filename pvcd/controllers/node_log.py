@@ -29,7 +29,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from pvcd.domain.errors import BackendError, Conflict
+from pvcd.domain.errors import BackendError, Conflict, NotFound
 from pvcd.domain.log_tail import MAX_BUFFER_BYTES, cut_line
 from pvcd.state.log_buffer import append_to_buffer
 from pvcd.state.store import Store
@@ -146,7 +146,7 @@ class NodeLogWriter:
         try:
             append_to_buffer(self._store, self._path, lines, self._max_lines,
                              max_bytes=self._max_bytes, dropped=dropped)
-        except (BackendError, Conflict) as exc:
+        except (BackendError, Conflict, NotFound) as exc:
             if dropped:
                 lines.pop()
             self.handler.give_back(lines, dropped)

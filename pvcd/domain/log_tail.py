@@ -71,10 +71,13 @@ class LogTail:
     def append(self, lines: Iterable[str], max_lines: int, dropped: int = 0,
                max_bytes: int = MAX_BUFFER_BYTES) -> None:
         """Append `lines` (each cut to MAX_LINE_CHARS) after `dropped` lines that never
-        arrived, then drop the oldest lines beyond `max_lines` and `max_bytes`."""
+        arrived, then drop the oldest lines beyond `max_lines` and `max_bytes`. Kept lines are
+        numbered without gaps, so lines older than dropped ones leave too (a writer drops only
+        when more than `max_lines` came at once: they would have left anyway)."""
         new = [cut_line(line) for line in lines]
         self.last_line += dropped + len(new)
-        kept = (self.lines + new)[-max_lines:] if max_lines > 0 else []
+        older = self.lines if not dropped else []
+        kept = (older + new)[-max_lines:] if max_lines > 0 else []
         budget = max_bytes - _OVERHEAD - len(json.dumps(self.extra))
         total, start = 0, len(kept)
         while start > 0:

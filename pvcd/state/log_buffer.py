@@ -9,14 +9,16 @@ wrote. A lost race re-reads and appends again; nothing is ever overwritten. The 
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pvcd.domain.errors import Conflict
+from pvcd.domain.errors import Conflict, NotFound
 from pvcd.domain.log_tail import MAX_BUFFER_BYTES, LogTail
 from pvcd.state.store import Op, Store
 
-RETRIES = 5
+RETRIES = 20
 
 
 def read_buffer(store: Store, path: str) -> LogTail:
@@ -30,10 +32,10 @@ def append_to_buffer(store: Store, path: str, lines: Sequence[str], max_lines: i
                      extra: Callable[[dict[str, Any]], dict[str, Any]] | None = None
                      ) -> LogTail:
     """Append `lines` (after `dropped` lost ones) to the buffer at `path`, creating it if
-    needed; `extra(old)` gives the writer's own keys to store with it. Raises Conflict when
-    the parent is gone (a removed VM) or after RETRIES lost races; BackendError when
+    needed; `extra(old)` gives the writer's own keys to store with it. Raises NotFound when
+    the parent is gone (a removed VM), Conflict after RETRIES lost races, BackendError when
     ZooKeeper does not answer."""
-    for _ in range(RETRIES):
+    for attempt in range(RETRIES):
         current = store.read_optional(path)
         tail = LogTail.from_doc(current[0] if current is not None else None)
         if extra is not None:
@@ -45,9 +47,10 @@ def append_to_buffer(store: Store, path: str, lines: Sequence[str], max_lines: i
             op = Op.set(path, tail.to_doc(), current[1].version)
         try:
             store.commit([op])
-        except Conflict:
+        except Conflict as exc:
             if current is None and store.read_optional(path) is None:
-                raise  # not a race: the parent is gone
+                raise NotFound(f"{path}: its parent is gone") from exc  # not a race
+            time.sleep(random.uniform(0, 0.002 * (attempt + 1)))  # break up lockstep retries
             continue
         return tail
     raise Conflict(f"{path}: too many concurrent appends, gave up after {RETRIES} tries")
