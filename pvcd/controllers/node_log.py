@@ -37,6 +37,10 @@ from pvcd.state.store import Store
 log = logging.getLogger(__name__)
 
 WRITE_INTERVAL = 1.0  # seconds: at most one write a second
+# records left to the journal below a level: the API's access log of successful requests (a
+# follower's own polls of the primary's log would otherwise add a line every second, and
+# scrapes would push the daemon's events out); its warnings and the audit log stay
+LEFT_OUT_BELOW = {"tornado.access": logging.WARNING}
 
 
 def format_line(record: logging.LogRecord) -> str:
@@ -51,8 +55,9 @@ def format_line(record: logging.LogRecord) -> str:
 
 
 class NodeLogHandler(logging.Handler):
-    """Queues this node's records (INFO and above) as lines for the writer; never blocks on
-    ZooKeeper. At most `capacity` lines wait; beyond that the oldest are dropped and counted."""
+    """Queues this node's records (INFO and above, but for LEFT_OUT_BELOW) as lines for the
+    writer; never blocks on ZooKeeper. At most `capacity` lines wait; beyond that the oldest
+    are dropped and counted."""
 
     def __init__(self, capacity: int) -> None:
         super().__init__(logging.INFO)
@@ -65,6 +70,8 @@ class NodeLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.thread is not None and record.thread == self.ignored_thread:
+            return
+        if record.levelno < LEFT_OUT_BELOW.get(record.name, 0):
             return
         try:
             line = format_line(record)

@@ -233,3 +233,13 @@ def test_records_of_the_writer_thread_stay_out() -> None:
     handler.handle(record("from elsewhere"))
     lines, _ = handler.take()
     assert [line.split(": ", 1)[1] for line in lines] == ["from elsewhere"]
+
+
+def test_successful_api_requests_stay_out_but_failures_and_the_audit_log_stay() -> None:
+    handler = NodeLogHandler(capacity=10)
+    handler.handle(record("200 GET /api/v1/node/n1/log", name="tornado.access"))
+    handler.handle(record("510 GET /api/v1/vm/x", logging.WARNING, name="tornado.access"))
+    handler.handle(record("POST /api/v1/vm by lab", name="pvcd.audit"))
+    lines, _ = handler.take()
+    assert [line.split(": ", 1)[1] for line in lines] == ["510 GET /api/v1/vm/x",
+                                                          "POST /api/v1/vm by lab"]
