@@ -79,12 +79,12 @@ class ConsoleFollower:
         if not self.can_act():
             return DONE
         try:
-            domains = self.libvirt.list_domains()
+            uuids = self.libvirt.running_uuids()
         except BackendError as exc:
             log.info("event=console-list-failed node=%s error=%s", self.node, exc)
             return DONE
         paths = self.view.paths
-        running = {d.uuid for d in domains if d.active and self.view.cache.exists(paths.vm(d.uuid))}
+        running = {uuid for uuid in uuids if self.view.cache.exists(paths.vm(uuid))}
         for uuid in [uuid for uuid in self._followed if uuid not in running]:
             self._let_go(uuid)
         for uuid in sorted(running):

@@ -18,7 +18,6 @@ from pvcd.controllers.console import ConsoleFollower
 from pvcd.controllers.node_log import NodeLogHandler, NodeLogWriter
 from pvcd.domain.log_tail import LogTail, read_tail
 from pvcd.domain.records import VmRemoval, VmSpec
-from pvcd.drivers.libvirt import DomainState, DomainStatus
 from pvcd.state.cache import StateCache
 from pvcd.state.log_buffer import append_to_buffer, read_buffer
 from pvcd.state.schema import Paths, ensure_schema
@@ -106,9 +105,8 @@ class FakeLibvirt:
     def __init__(self) -> None:
         self.domains: dict[str, str] = {}
 
-    def list_domains(self) -> list[DomainStatus]:
-        return [DomainStatus(uuid, uuid, DomainState.RUNNING, "booted", True, True)
-                for uuid in self.domains]
+    def running_uuids(self) -> list[str]:
+        return list(self.domains)
 
     def xml(self, uuid: str) -> str:
         return self.domains[uuid]
