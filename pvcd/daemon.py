@@ -38,6 +38,7 @@ from pvcd.api.server import ApiServer, make_ssl_context
 from pvcd.config import Config
 from pvcd.controllers.base import Controller, Watch, Wiring
 from pvcd.controllers.client_networks import build_networks
+from pvcd.controllers.console import build_console
 from pvcd.controllers.coordinator import KEY as COORDINATOR_KEY
 from pvcd.controllers.coordinator import Coordinator, PrimaryServices
 from pvcd.controllers.faults import build_faults
@@ -46,6 +47,7 @@ from pvcd.controllers.floating import build_floating_ips
 from pvcd.controllers.health import HealthSources, SessionEvents, build_health
 from pvcd.controllers.metadata import build_metadata
 from pvcd.controllers.node import NodeController, NodeStatusWriter
+from pvcd.controllers.node_log import NodeLogHandler, NodeLogWriter
 from pvcd.controllers.restore_hold import hold_during_restore
 from pvcd.controllers.self_fence import DeclaredDead
 from pvcd.controllers.storage import build_storage
@@ -94,6 +96,13 @@ class NodeDaemon:
         self.writer = NodeStatusWriter(self.store, self.paths.node_status(self.name), clock,
                                        yield_to_fence=self.self_fence.enabled)
         self.libvirt = libvirt or LibvirtDriver(config.drivers.libvirt.uri)
+        # this node's log in the cluster: `log_handler` is attached to the root logger by the
+        # process that runs this one daemon (`pvcd.main.run_node`)
+        self.log_handler = NodeLogHandler(config.logging.zookeeper_lines)
+        self.node_log = NodeLogWriter(self.log_handler, self.store,
+                                      self.paths.node_log(self.name),
+                                      config.logging.zookeeper_lines,
+                                      connected=lambda: self.client.connected)
         self.node = NodeController(self.name, self.view, self.store, self.writer, self.host,
                                    self.libvirt, clock)
         timing = config.timing
@@ -254,12 +263,25 @@ class NodeDaemon:
                                         self.vm.keys, workers=4,
                                         resync_interval=timing.resync_interval)
         vms = self.paths.vms + "/"
+
+        def vm_of(path: str) -> str | None:
+            """The VM a change below `vms/` is about; None for its console buffer, which
+            its node rewrites every second and which is nothing a VM or node acts on."""
+            uuid, _, child = path[len(vms):].partition("/")
+            return None if child == "console" else uuid
+
         wiring = Wiring()
         wiring.add(self.vm_controller,
-                   Watch(vms, lambda path: vm_key(path[len(vms):].split("/", 1)[0])))
+                   Watch(vms, lambda path: vm_key(uuid) if (uuid := vm_of(path)) else None))
         # the node record's domain counts follow VM changes and libvirt's events at once
-        self._watches.append((Watch(vms, lambda path: self.node.domains_key()),
-                              self.node_controller))
+        self._watches.append((Watch(vms, lambda path: self.node.domains_key()
+                                    if vm_of(path) else None), self.node_controller))
+        consoles, self.console = build_console(
+            self.name, self.view, self.store, self.libvirt,
+            self.config.drivers.libvirt.console_log_directory,
+            self.config.drivers.libvirt.console_log_lines,
+            can_act=lambda: self.registered and self.client.connected)
+        wiring.extend(consoles)
 
         def on_lifecycle(uuid: str, event: object, detail: object) -> None:
             self.vm_controller.enqueue(vm_key(uuid))
@@ -278,6 +300,7 @@ class NodeDaemon:
             self._release(" before=connected")
             return
         ensure_schema(self.client, self.paths)
+        self.node_log.start()
         self.cache.start()
         self.cache.subscribe(self._on_change)
         for service in self.plugins.services:  # up before the node says it runs (the lab
@@ -554,6 +577,10 @@ class NodeDaemon:
         gets what is left of `deadline` (at least a second), then the process's exit closes
         the socket."""
         self.registered = False
+        # what is queued of this node's log, written one last time (ZooKeeper reachable)
+        left = 10.0 if deadline is None else max(1.0, deadline - time.monotonic())
+        _bounded("node-log", lambda: self.node_log.stop(left / 2), left / 2)
+        self.console.close()
         self.cache.close()
         for service in reversed(self.plugins.services):
             service.stop()

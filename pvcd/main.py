@@ -84,6 +84,8 @@ def run_node(config_path: str, log_level: str, build: Callable[[Config], NodeDae
         print(f"pvcd: configuration error: {exc}", file=sys.stderr)
         return 2
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # operators: dump thread stacks
+    # this process runs this one daemon: every record of it is the node's (GET /node/<n>/log)
+    logging.getLogger().addHandler(daemon.log_handler)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         daemon.stop()

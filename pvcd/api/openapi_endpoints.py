@@ -122,6 +122,10 @@ ENDPOINTS: dict[str, dict[str, Operation]] = {
     # nodes
     "/node": {"get": Operation("List nodes", array_of("Node"))},
     "/node/<node>": {"get": Operation("One node (a one-element list)", array_of("Node"))},
+    "/node/<node>/log": {
+        "get": Operation("The tail of a node daemon's log (INFO and above, extensions.md §7); "
+                         "readable after the node stopped", ref("LogTail")),
+    },
     "/node/<node>/coordinator-state": {
         "get": Operation("A node's coordinator state." + _WAIT_GET, ref("NodeCoordinatorState"),
                          failures=_WAIT_FAILURES),
@@ -178,6 +182,10 @@ ENDPOINTS: dict[str, dict[str, Operation]] = {
     "/vm/<vm>/tags": {
         "get": Operation("A VM's tags (extensions.md §6.3)", ref("VmTags")),
         "post": Operation("Add or remove a user tag; a protected tag cannot be removed"),
+    },
+    "/vm/<vm>/console": {
+        "get": Operation("The tail of a VM's serial console log, kept by its node (extensions.md "
+                         "§7); data \"\" when it has none", ref("LogTail")),
     },
     "/vm/<vm>/dump": {
         "get": Operation("A VM's libvirt XML", {"type": "string"}, media_type="application/xml"),

@@ -125,6 +125,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "xml": {"type": "string", "description": "the libvirt XML"},
     }, ["name", "uuid", "state", "node", "last_node", "migrated", "xml"]),
     "VmMeta": obj({"name": STR, **_VM_META}, ["name", *_VM_META]),
+    "LogTail": obj({"name": STR, "data": STR, "last_line": INT, "truncated": BOOL},
+                   ["name", "data", "last_line"],
+                   "Lines joined by newlines; `last_line` numbers the last line given (every "
+                   "line ever appended counts); `truncated` (only when true): lines after "
+                   "`after` had already left the buffer."),
     "VmTags": obj({"name": STR, "tags": {"type": "array", "items": _VM_TAG}}, ["name", "tags"]),
     "VmState": obj({"name": STR, "state": {"type": "string", "enum": list(VM_STATES)}},
                    ["name", "state"]),

@@ -9,6 +9,7 @@ import click
 from pvcd.cli.client import api_path
 from pvcd.cli.completion import complete_nodes
 from pvcd.cli.context import CliContext, format_option, pass_cli, wait_options
+from pvcd.cli.logs import node_log
 from pvcd.cli.output import Column, field, render_fields, render_table, show, size_mib
 
 NODE_COLUMNS = [
@@ -137,3 +138,4 @@ _state_command("secondary", "coordinator-state",
 _state_command("flush", "domain-state", "Move every VM off a node (for maintenance).")
 _state_command("ready", "domain-state",
                "Take VMs again, and bring back those flushed from the node.")
+node.add_command(node_log)

@@ -292,6 +292,8 @@ class LibvirtDriverSection:
     # follows for `GET /vm/<vm>/console`
     console_log_directory: str = field(default="/var/log/libvirt/pvcd",
                                        metadata=checks(absolute_path))
+    # how many lines of each VM's console its node keeps in the cluster (extensions.md §7)
+    console_log_lines: int = field(default=1000, metadata=checks(in_range(1, 100000)))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -432,6 +434,14 @@ class BackupSection:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LoggingSection:
+    """What the node keeps of its own log in the cluster (`GET /node/<node>/log`)."""
+
+    # lines of the node's log (INFO and above) kept in ZooKeeper; also at most 512 KiB
+    zookeeper_lines: int = field(default=2000, metadata=checks(in_range(1, 100000)))
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """One node's whole configuration."""
 
@@ -446,5 +456,6 @@ class Config:
     metadata: MetadataSection = field(default_factory=MetadataSection)
     health: HealthSection = field(default_factory=HealthSection)
     backup: BackupSection = field(default_factory=BackupSection)
+    logging: LoggingSection = field(default_factory=LoggingSection)
     # The file this came from, for messages; not a YAML key.
     path: str = field(default="", metadata={"yaml": False})

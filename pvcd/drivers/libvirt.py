@@ -316,6 +316,14 @@ class LibvirtDriver:
                 continue  # undefined while we looked
         return result
 
+    def running_uuids(self) -> list[str]:
+        """The UUIDs of the domains running here (active), in one call to libvirtd."""
+        try:
+            domains = self._connection().listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+            return [str(domain.UUIDString()) for domain in domains]
+        except libvirt.libvirtError as exc:
+            raise _error(exc, "list running domains") from exc
+
     def xml(self, uuid: str) -> str:
         """The domain's XML as libvirt has it now (live XML for a running domain)."""
         domain = self._domain(uuid)

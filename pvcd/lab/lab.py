@@ -48,8 +48,9 @@ from pvcd.lab.launch import (
 )
 from pvcd.lab.libvirt_ceph import LIBVIRT_CEPH_USER, define_ceph_secret, libvirt_client_key
 from pvcd.lab.libvirtd import LibvirtdLab
+from pvcd.lab.libvirtd_files import BIND_TARGETS
 from pvcd.lab.netns import FLOATING_IP, SERVICE_IP, UNDERLAY_NET, LabNetwork, in_ns
-from pvcd.lab.qemu_guest import build_guest_kernel, qemu_guest_xml
+from pvcd.lab.qemu_guest import build_guest_kernel, guest_console_log, qemu_guest_xml
 from pvcd.lab.tls import make_self_signed_cert
 from pvcd.lab.zookeeper import ZooKeeperEnsemble, free_port, server_doc, server_from_doc
 
@@ -243,6 +244,7 @@ class Lab:
                     "osd_launcher": "process",
                     "osd_run_dir": str(folder / "osd-run"), **self._rbd_auth_config()}
                 binds = node_ceph_root(folder, info.ceph, _node_address(lab_net, name, index))
+            binds += self._node_binds(index)
             config_path = folder / "pvcd.yaml"
             write_private(config_path, yaml.safe_dump(config, sort_keys=False))
             info.nodes.append(LabNode(name, index <= coordinators, str(config_path),
@@ -312,7 +314,8 @@ class Lab:
                      "guest_xml": str(guest_xml), "domain_type": domain_type}
         kernel = build_guest_kernel(self.workdir / "guest")
         info.qemu["kernel"] = str(kernel)
-        guest_xml.write_text(qemu_guest_xml("guest", kernel=kernel, with_uuid=False))
+        guest_xml.write_text(qemu_guest_xml("guest", kernel=kernel, with_uuid=False,
+                                            console_log=guest_console_log("guest")))
         self.libvirtd = LibvirtdLab(
             self.workdir / "libvirtd", nodes,
             netns={f"node{i}": lab_net.node_ns(f"node{i}") for i in range(1, nodes + 1)}
@@ -351,14 +354,24 @@ class Lab:
             migration_uri = QEMU_LAB_MIGRATION_URI
             if lab_net is not None:
                 migration_uri = f"tcp://{lab_net.node_net(f'node{index}', index).underlay_address}"
-            (folder / "consoles").mkdir(exist_ok=True)
+            # console logs: the default /var/log/libvirt/pvcd, which is this node's own in
+            # its libvirtd's mount namespace and in its daemon's (`_node_binds`)
+            (instance.paths.bind_source("log") / "pvcd").mkdir(parents=True, exist_ok=True)
             return {"uri": instance.uri, "peer_uri": instance.peer_uri,
                     "migration_uri": migration_uri,
-                    "domain_type": qemu.get("domain_type", "qemu"),
-                    "console_log_directory": str(folder / "consoles")}
+                    "domain_type": qemu.get("domain_type", "qemu")}
         state = folder / "libvirt-test.xml"
         state.write_text("<node>\n</node>\n")  # an empty test:/// hypervisor
         return {"uri": f"test://{state}"}
+
+    def _node_binds(self, index: int) -> list[list[str]]:
+        """Folders node `index`'s daemon sees in place of the host's, as a machine of its own
+        would have them: in a QEMU lab its libvirtd's /var/log/libvirt, where its guests'
+        console logs are (`drivers.libvirt.console_log_directory`)."""
+        if self.libvirtd is None:
+            return []
+        logs = self.libvirtd[index - 1].paths.bind_source("log")
+        return [[str(logs), BIND_TARGETS["log"]]]
 
     def add_node(self, timeout: float = 60.0) -> str:
         """Add a (non-coordinator) node to the running lab, as an operator adds a hypervisor:
@@ -392,6 +405,7 @@ class Lab:
         if info.ceph:
             config["drivers"]["ceph"]["osd_run_dir"] = str(folder / "osd-run")
             binds = node_ceph_root(folder, info.ceph, _node_address(node_net, name, index))
+        binds += self._node_binds(index)
         config_path = folder / "pvcd.yaml"
         write_private(config_path, yaml.safe_dump(config, sort_keys=False))
         info.nodes.append(LabNode(name, False, str(config_path), str(folder / "pvcd.log"),

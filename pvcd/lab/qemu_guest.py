@@ -42,6 +42,15 @@ LAB_DOMAIN_BEHAVIOUR = """  <features><acpi/></features>
   <on_crash>destroy</on_crash>
 """
 QEMU_EMULATOR = "/usr/bin/qemu-system-x86_64"
+# every lab node's console log directory (the default `drivers.libvirt.console_log_directory`;
+# each node's own, through the mount namespaces of its libvirtd and its daemon)
+LAB_CONSOLE_LOG_DIRECTORY = Path("/var/log/libvirt/pvcd")
+
+
+def guest_console_log(name: str) -> Path:
+    """Where a lab guest logs its serial console, as a generated domain does (`<name>.log`
+    in the console log directory): what `GET /vm/<vm>/console` shows."""
+    return LAB_CONSOLE_LOG_DIRECTORY / f"{name}.log"
 
 
 class GuestBuildError(RuntimeError):
@@ -86,13 +95,19 @@ def qemu_guest_xml(
     *,
     kernel: Path,
     serial_log: Path | None = None,
+    console_log: Path | None = None,
     with_uuid: bool = True,
 ) -> str:
     """Domain XML for the tiny guest: TCG, `pc` machine, kernel booted directly, no disk, no
-    network, a serial console (a pty, or appended to `serial_log`), no `<cpu mode=...>`
-    (host-model/passthrough crash QEMU in a nested VM). `uuid` None: a random one;
-    `with_uuid=False`: none at all (a template: whoever defines it assigns one)."""
-    if serial_log is not None:
+    network, a serial console (a pty, or appended to `serial_log`; a pty logged by libvirt to
+    `console_log`, as generated domains are), no `<cpu mode=...>` (host-model/passthrough crash
+    QEMU in a nested VM). `uuid` None: a random one; `with_uuid=False`: none at all (a
+    template: whoever defines it assigns one)."""
+    if console_log is not None:
+        serial = (f"<serial type='pty'><log file={quoteattr(str(console_log))} append='on'/>"
+                  "<target port='0'/></serial>")
+        console = "<console type='pty'><target type='serial' port='0'/></console>"
+    elif serial_log is not None:
         serial = (f"<serial type='file'><source path={quoteattr(str(serial_log))} "
                   "append='on'/><target port='0'/></serial>")
         console = (f"<console type='file'><source path={quoteattr(str(serial_log))} "

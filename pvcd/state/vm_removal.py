@@ -16,12 +16,14 @@ from pvcd.state.view import ClusterView
 
 def forget_vm_ops(view: ClusterView, spec: VmSpec, version: int, removal: VmRemoval,
                   now: float) -> list[Op]:
-    """Delete the VM's records (its status and claim, the spec compare-and-set at `version`)
-    and create `removal`'s volume requests. A child written meanwhile makes the spec's delete
-    fail ("has children"), and the writer retries on fresh state."""
+    """Delete the VM's records (its status, claim and console buffer, the spec
+    compare-and-set at `version`) and create `removal`'s volume requests. A child written
+    meanwhile makes the spec's delete fail ("has children"), and the writer retries on fresh
+    state."""
     paths = view.paths
     ops: list[Op] = []
-    for child in (paths.vm_status(spec.uuid), paths.vm_owner(spec.uuid)):
+    for child in (paths.vm_status(spec.uuid), paths.vm_owner(spec.uuid),
+                  paths.vm_console(spec.uuid)):
         if view.cache.exists(child):
             ops.append(Op.delete(child))
     if view.vm_uuid_by_name(spec.name) == spec.uuid:

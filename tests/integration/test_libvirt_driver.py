@@ -188,6 +188,16 @@ def test_a_defined_domain_is_shut_off_and_persistent(driver: LibvirtDriver) -> N
     assert state(driver, uuid) == (DomainState.SHUTOFF, "unknown", False, True)
 
 
+def test_running_uuids_are_the_active_domains_only(driver: LibvirtDriver) -> None:
+    """(what the console follower lists once a second: one call)"""
+    idle, busy = define_tiny(driver, "idle"), define_tiny(driver, "busy")
+    assert driver.running_uuids() == []
+    driver.start(busy)
+    assert driver.running_uuids() == [busy]
+    driver.destroy(busy)
+    assert driver.running_uuids() == [] and idle != busy
+
+
 def test_xml_is_what_libvirt_holds_and_define_replaces_it(driver: LibvirtDriver) -> None:
     uuid = str(uuidlib.uuid4())
     define_tiny(driver, "grow", uuid=uuid, memory_mib=64)

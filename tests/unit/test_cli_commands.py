@@ -10,10 +10,10 @@ from click.testing import CliRunner
 from pvcd.cli.main import cli
 
 EXPECTED = {
-    "node": ["list", "info", "primary", "secondary", "flush", "ready"],
+    "node": ["list", "info", "primary", "secondary", "flush", "ready", "log"],
     "vm": ["list", "info", "create", "define", "modify", "undefine", "remove", "start",
            "shutdown", "stop", "restart", "migrate", "unmigrate", "move", "dump", "rename",
-           "meta", "tag"],
+           "meta", "tag", "log"],
     "vm tag": ["get", "add", "remove"],
     "network": ["list", "info", "add", "modify", "remove", "lease", "acl"],
     "network lease": ["list", "info", "add", "remove"],

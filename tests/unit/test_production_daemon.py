@@ -100,3 +100,21 @@ def test_fence_drivers_are_the_production_ones_plus_those_given() -> None:
                         plugins=Plugins(fence_drivers={"lab": given}))
     assert daemon.fence_drivers("lab") is given
     assert daemon.fence_drivers("ipmi") is not given
+
+
+def test_a_console_write_enqueues_no_vm_or_node_reconcile() -> None:
+    """A VM's node rewrites `vms/<uuid>/console` every second while the guest writes: that
+    must not reconcile the VM, nor refresh the node's domain counts, on every node."""
+    daemon = NodeDaemon(parse_config(production_config(), "pvcd.yaml"))
+
+    def enqueued(path: str) -> set[tuple[str, str]]:
+        return {(controller.name, key) for watch, controller in daemon._watches
+                if path.startswith(watch.prefix) and (key := watch.key_of(path)) is not None}
+
+    uuid = "6d5a1c1e-0000-4000-8000-000000000001"
+    vm_keys = enqueued(daemon.paths.vm(uuid))
+    assert {name for name, _ in vm_keys} >= {"vm", "node"}
+    assert {key for key in enqueued(daemon.paths.vm_status(uuid)) if key[0] != "dns"} == \
+        {key for key in vm_keys if key[0] != "dns"}  # (DNS: the spec only)
+    assert enqueued(daemon.paths.vm_console(uuid)) == set()
+    assert "console" in [controller.name for controller in daemon.controllers]
