@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import tornado.web
 
 from pvcd.api import (
     cluster,
+    dashboard,
     general,
     metrics,
     networks,
@@ -32,6 +34,7 @@ from pvcd.api import (
 )
 from pvcd.api.auth import Tokens
 from pvcd.api.base import ApiContext, NotFoundHandler
+from pvcd.api.change_feed import ChangeFeed
 from pvcd.api.ratelimit import FailureLimiter
 from pvcd.api.requestlog import log_request
 from pvcd.api.routing import Route
@@ -88,12 +91,15 @@ def make_context(view: ClusterView, store: Store, node_name: str, auth_enabled: 
                      storage_request_timeout=storage_request_timeout, clock=clock,
                      metrics=registry, uploads=uploads if uploads is not None else UploadPipes(),
                      pool_space=pool_space, upload_service=upload_service)
+    ctx.changes = ChangeFeed(view, ctx.vm_list, ctx.node_list)
     return ctx
 
 
 def make_app(ctx: ApiContext, cookie_secret: str) -> tornado.web.Application:
-    handlers = [(route.pattern, route.handler,
-                 {"ctx": ctx, "route": openapi.openapi_path(route)}) for route in ROUTES]
+    handlers: list[Any] = [(route.pattern, route.handler,
+                            {"ctx": ctx, "route": openapi.openapi_path(route)})
+                           for route in ROUTES]
+    handlers += dashboard.handlers(ctx)  # the web dashboard at /, beside the API
     return tornado.web.Application(
         handlers,
         default_handler_class=NotFoundHandler,

@@ -51,6 +51,11 @@ class LabInfo:
     zookeeper_password: str | None = None
     zookeeper_ca: str | None = None  # with TLS to ZooKeeper: the certificate to trust
 
+    @property
+    def dashboard(self) -> str:
+        """The web dashboard's URL: the API's origin (the same server, at `/`)."""
+        return self.api.removesuffix("/api/v1") + "/"
+
     def node(self, name: str) -> LabNode:
         for node in self.nodes:
             if node.name == name:

@@ -51,10 +51,14 @@ def test_token_as_value_header_and_session(make_lab: LabFactory) -> None:
     login = browser.post(api.base + "/auth/login", data={"token": token}, timeout=5)
     assert login.status_code == 200, login.text
     assert browser.get(api.base + "/node", timeout=5).status_code == 200
-    # a state change with a session cookie needs the API's own origin (CSRF)
+    # a state change with a session cookie needs the API's own origin and the session's CSRF
+    # token (the login answered it)
     assert browser.post(api.base + "/auth/logout", timeout=5).status_code == 403
     origin = api.base.removesuffix("/api/v1")
-    logout = browser.post(api.base + "/auth/logout", headers={"Origin": origin}, timeout=5)
+    assert browser.post(api.base + "/auth/logout", headers={"Origin": origin},
+                        timeout=5).status_code == 403
+    logout = browser.post(api.base + "/auth/logout", timeout=5, headers={
+        "Origin": origin, "X-CSRF-Token": login.json()["csrf_token"]})
     assert logout.status_code == 200
     assert browser.get(api.base + "/node", timeout=5).status_code == 401
     # a replayed cookie of the ended session is refused too
