@@ -112,6 +112,14 @@ def test_https_with_the_configured_certificate(make_lab: LabFactory) -> None:
         requests.get(api.base + "/node", timeout=5)  # not trusted without the cert
     with pytest.raises(requests.exceptions.ConnectionError):
         requests.get(api.base.replace("https://", "http://") + "/node", timeout=5)
+    # over TLS the session cookie is Secure, and the dashboard is served over TLS too
+    login = requests.post(api.base + "/auth/login", data={"token": api.info.token},
+                          verify=api.verify, timeout=5)
+    assert login.status_code == 200
+    assert "secure" in login.headers["Set-Cookie"].lower().split("; ")
+    page = requests.get(api.base.removesuffix("/api/v1") + "/", cookies=login.cookies,
+                        verify=api.verify, timeout=5)
+    assert page.status_code == 200 and "/static/js/app.js" in page.text
 
 
 def test_a_bad_config_fails_at_start_naming_file_and_key(tmp_path) -> None:  # type: ignore[no-untyped-def]

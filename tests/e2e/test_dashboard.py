@@ -88,7 +88,6 @@ def test_the_cluster_live_in_the_browser(lab: LabClient, page: Any) -> None:
     # the overview and the nodes
     page.wait_for_selector("[data-testid=node-count]:has-text('3')")
     assert page.inner_text("[data-testid=primary]") == lab.primary()
-    shoot(page, "overview")
     page.click("nav >> text=Nodes")
     rows = page.locator("[data-testid=nodes] tbody tr")
     assert rows.count() == 3
@@ -141,6 +140,9 @@ def test_the_cluster_live_in_the_browser(lab: LabClient, page: Any) -> None:
     page.click("[data-testid=ready-node2]")
     wait_until(lambda: lab.nodes()["node2"]["domain_state"] == "ready", timeout=20)
     shoot(page, "nodes")
+    page.click("nav >> text=Overview")
+    page.wait_for_selector("[data-testid=vm-count]:has-text('1')")
+    shoot(page, "overview")
 
 
 def test_the_page_follows_a_primary_handover(lab: LabClient, page: Any) -> None:
@@ -172,10 +174,15 @@ def test_a_thousand_vms_render_within_a_second(lab: LabClient, page: Any) -> Non
         status=200, content_type="application/json", body=json.dumps(vms)))
     page.reload()
     page.wait_for_selector("[data-testid=live].on")
-    started = page.evaluate("performance.now()")
-    page.click("nav >> text=VMs")
-    page.wait_for_selector("[data-testid=vms] tbody tr:nth-child(1000)")
-    rendered = page.evaluate("performance.now()") - started
+    # timed inside the page: from the navigation to the 1,000th row on screen (a frame later)
+    rendered = page.evaluate("""() => new Promise((done) => {
+        const started = performance.now();
+        const rows = () => document.querySelectorAll("[data-testid=vms] tbody tr").length;
+        const check = () => rows() === 1000 ? done(performance.now() - started)
+                                            : requestAnimationFrame(check);
+        window.location.hash = "#/vms";
+        requestAnimationFrame(check);
+    })""")
     assert rendered < 1000, rendered
     page.fill("[data-testid=vm-filter]", "node2 stop")
     page.wait_for_function("document.querySelectorAll('[data-testid=vms] tbody tr').length "

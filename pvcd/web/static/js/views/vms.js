@@ -42,7 +42,8 @@ function stateAction(vm, state, label, confirm) {
 
 function Migrate({ vm, nodes }) {
   const targets = nodes.filter((n) => n.name !== vm.node);
-  const [target, setTarget] = useState("");
+  const [chosen, setTarget] = useState("");
+  const target = targets.some((n) => n.name === chosen) ? chosen : ""; // (the VM may have moved)
   const values = target ? { action: "migrate", node: target } : { action: "migrate" };
   return html`<span class="migrate">
     <select value=${target} onChange=${(e) => setTarget(e.target.value)} data-testid="migrate-target">
