@@ -26,7 +26,7 @@ from tests.e2e.labclient import LabClient, ok, running_lab, wait_until
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.needs_root]
 
 CHROMIUM = "/usr/bin/chromium"
 LIVE = 1.0  # seconds: the page shows a change within this (the bound)
@@ -34,8 +34,10 @@ LIVE = 1.0  # seconds: the page shows a change within this (the issue's bound)
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabClient]:
-    with running_lab(tmp_path_factory.mktemp("dashboard-lab"), nodes=3,
-                     fencing="none") as (_, client):
+    # nodes in network namespaces: the browser reaches the API through the cluster's floating
+    # IP (the lab's proxy), which moves with the primary
+    with running_lab(tmp_path_factory.mktemp("dashboard-lab"), nodes=3, fencing="none",
+                     network=True) as (_, client):
         yield client
 
 

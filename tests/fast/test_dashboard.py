@@ -10,8 +10,10 @@ from collections.abc import Iterator
 
 import requests
 
+from pvcd.config.schema import ApiSection
 from pvcd.web import PAGES_DIR, STATIC_DIR
-from tests.fakes.api import TOKEN, ApiClient
+from tests.fakes.api import TOKEN, ApiClient, running_api
+from tests.fakes.nodes import SimCluster
 
 WRITE = "/node/node1/domain-state"
 
@@ -143,3 +145,18 @@ def test_a_change_reaches_an_open_stream_within_a_second(node1_api: ApiClient) -
         assert time.monotonic() - started < 1.0
         # the event carries the node as the API shows it now: the page needs no round trip
         assert node == node1_api.get("/node/node1").json()[0]
+
+
+def test_an_idle_stream_outlives_the_header_timeout(sim_node1: SimCluster) -> None:
+    """The connection limits close connections idle *between* requests; a stream is in the
+    middle of its answer and stays open as long as the client reads it."""
+    with running_api(sim_node1.state, sim_node1.clock,
+                     api=ApiSection(header_timeout=0.2)) as api:
+        browser, _ = login(api)
+        with browser.get(root(api) + "/events", stream=True, timeout=5) as stream:
+            received = events(stream)
+            assert next(received)[0] == "hello"
+            time.sleep(1.0)  # idle for 5 header timeouts: the point of the test
+            assert api.post(WRITE, data={"domain-state": "flush"}).status_code == 200
+            kind, data = next(received)
+            assert kind == "change" and "node1" in json.loads(data)["node"]
