@@ -23,7 +23,7 @@ export function Overview() {
         <p>${Object.entries(byState).sort().map(([state, count]) => html`<span class="node-pill"><${Badge} value=${state} /> ${count}</span>`)}</p></div>
       <div class="card"><h2>Memory</h2><p class="big">${mib(memory.allocated)}</p><p>allocated of ${mib(memory.total)}</p></div>
       <div class="card"><h2>Storage</h2>${pools.data
-        ? html`<p class="big">${bytes(pools.data.reduce((s, p) => s + (p.stats?.stored_bytes || 0), 0))}</p><p>stored in ${pools.data.length} pools</p>`
+        ? html`<p class="big">${bytes(pools.data.reduce((s, p) => s + (p.stats?.size_bytes || 0), 0))}</p><p>stored in ${pools.data.length} pools</p>`
         : html`<p>no Ceph storage</p>`}</div>
     </div>
     <${Panels} where="overview" store=${store} />

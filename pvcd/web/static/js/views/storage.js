@@ -10,20 +10,28 @@ async function loadStorage() {
   return { osds, pools, volumes, snapshots };
 }
 
+// the fields as `pvc storage osd list` and `pool list` show them (pvcd/cli/storage.py)
+const stat = (key) => (row) => row.stats?.[key];
+const percent = (value) => (typeof value === "number" ? value.toFixed(1) : "–");
 const OSDS = [
   { key: "id", label: "OSD" },
-  { key: "node", label: "Node", value: (o) => o.node || "" },
-  { key: "up", label: "Up", value: (o) => o.stats?.up, render: (o) => String(o.stats?.up ?? "–") },
-  { key: "in", label: "In", value: (o) => o.stats?.in, render: (o) => String(o.stats?.in ?? "–") },
-  { key: "used", label: "Used", value: (o) => o.stats?.used, render: (o) => o.stats?.used ?? "–" },
-  { key: "pgs", label: "PGs", value: (o) => o.stats?.pgs, render: (o) => o.stats?.pgs ?? "–" },
+  { key: "node", label: "Node", value: (o) => o.node || o.stats?.node || "", render: (o) => o.node || o.stats?.node || "–" },
+  { key: "device", label: "Device", value: (o) => o.device || "" },
+  { key: "up", label: "Up", value: stat("up"), render: (o) => String(o.stats?.up ?? "–") },
+  { key: "in", label: "In", value: stat("in"), render: (o) => String(o.stats?.in ?? "–") },
+  { key: "pgs", label: "PGs", value: stat("pgs"), render: (o) => o.stats?.pgs ?? "–" },
+  { key: "used", label: "Used", value: stat("used"), render: (o) => bytes(o.stats?.used) },
+  { key: "avail", label: "Available", value: stat("avail"), render: (o) => bytes(o.stats?.avail) },
+  { key: "utilization", label: "Use %", value: stat("utilization"), render: (o) => percent(o.stats?.utilization) },
+  { key: "state", label: "State", value: (o) => String(o.stats?.state ?? ""), render: (o) => String(o.stats?.state ?? "–") },
 ];
 const POOLS = [
   { key: "name", label: "Pool" },
   { key: "pgs", label: "PGs" },
-  { key: "stored", label: "Stored", value: (p) => p.stats?.stored_bytes, render: (p) => bytes(p.stats?.stored_bytes) },
-  { key: "free", label: "Free", value: (p) => p.stats?.free_bytes, render: (p) => bytes(p.stats?.free_bytes) },
-  { key: "objects", label: "Objects", value: (p) => p.stats?.num_objects, render: (p) => p.stats?.num_objects ?? "–" },
+  { key: "size", label: "Stored", value: stat("size_bytes"), render: (p) => bytes(p.stats?.size_bytes) },
+  { key: "objects", label: "Objects", value: stat("num_objects"), render: (p) => p.stats?.num_objects ?? "–" },
+  { key: "degraded", label: "Degraded", value: stat("num_objects_degraded"), render: (p) => p.stats?.num_objects_degraded ?? "–" },
+  { key: "unfound", label: "Unfound", value: stat("num_objects_unfound"), render: (p) => p.stats?.num_objects_unfound ?? "–" },
 ];
 const VOLUMES = [
   { key: "pool", label: "Pool" },
