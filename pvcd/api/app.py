@@ -2,7 +2,9 @@
 
 Each resource module declares its endpoints (`ROUTES`, built with `pvcd.api.routing.route`);
 `ROUTES` here is their concatenation: the single table the server is built from, and the one
-the OpenAPI document is generated from, so the two cannot drift.
+the OpenAPI document is generated from, so the two cannot drift. The application also serves
+the web dashboard (`pvcd.api.dashboard`: its pages and event stream, not API endpoints, so not
+in the route table).
 """
 
 from __future__ import annotations
