@@ -18,7 +18,9 @@ it. The page's `EventSource` reconnects by itself, and reloads everything when i
 Races named: (1) a change marked while a flush runs is not lost: the flush swaps the pending set
 out under the lock first, and a mark after the swap schedules the next flush. (2) The loop is
 closed (the API stopped on a handover) while the watch thread marks: the mark finds the loop
-closed and does nothing.
+closed and does nothing. (3) The feed lives as long as the daemon's API context, across API
+restarts: when the API runs again on a new loop (the primary role came back), the clients and
+the scheduled flush of the old loop are forgotten (their coroutines never ran to `detach`).
 """
 
 from __future__ import annotations
@@ -101,22 +103,33 @@ class ChangeFeed:
         self._scheduled = False
         self._subscribers: list[Subscriber] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._listening = False  # subscribed to the cache (while it has clients)
         self.events_sent = 0  # events encoded (each sent to every client)
 
     # clients, on the loop
     def attach(self, on_drop: Callable[[], None]) -> Subscriber:
-        subscriber = Subscriber(on_drop, self.buffer)
-        if not self._subscribers:
-            self._loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            # the first client, or the API runs again on a new loop (the primary role came
+            # back): the old loop's clients and its scheduled flush died with it
+            self._subscribers = []
+            with self._lock:
+                self._pending.clear()
+                self._scheduled = False
+            self._loop = loop
+        if not self._listening:
             self.view.cache.subscribe(self._changed)
+            self._listening = True
+        subscriber = Subscriber(on_drop, self.buffer)
         self._subscribers.append(subscriber)
         return subscriber
 
     def detach(self, subscriber: Subscriber) -> None:
         if subscriber in self._subscribers:
             self._subscribers.remove(subscriber)
-        if not self._subscribers:
+        if not self._subscribers and self._listening:
             self.view.cache.unsubscribe(self._changed)
+            self._listening = False
             with self._lock:
                 self._pending.clear()
 

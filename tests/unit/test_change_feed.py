@@ -136,3 +136,25 @@ def test_a_client_that_does_not_read_is_dropped_and_others_keep_their_events() -
     slow_dropped, slow_queued, reader_dropped, drops = asyncio.run(scenario())
     assert slow_dropped and slow_queued == 0 and drops == 1
     assert not reader_dropped
+
+
+def test_the_feed_serves_again_when_the_api_runs_on_a_new_loop() -> None:
+    """A handover away and back: the API's loop was stopped with a client attached and a flush
+    scheduled (its coroutines never ran to the end); the next loop's clients get events."""
+    cache = FakeCache()
+    changes = feed(cache, interval=0.05)
+
+    async def first_loop() -> None:
+        changes.attach(lambda: None)
+        cache.change(f"{ROOT}/vms/u1")  # schedules a flush this loop will never run
+
+    async def second_loop() -> list[bytes]:
+        client = changes.attach(lambda: None)
+        cache.change(f"{ROOT}/vms/u2")
+        await asyncio.sleep(0.2)
+        return list(client.queue)
+
+    asyncio.run(first_loop())
+    [event] = asyncio.run(second_loop())
+    assert list(decode(event)["vm"]) == ["u2"]
+    assert len(cache.listeners) == 1 and changes.clients == 1
