@@ -36,7 +36,6 @@ from pvcd.api import (
 )
 from pvcd.api.auth import Tokens
 from pvcd.api.base import ApiContext, NotFoundHandler
-from pvcd.api.change_feed import ChangeFeed
 from pvcd.api.ratelimit import FailureLimiter
 from pvcd.api.requestlog import log_request
 from pvcd.api.routing import Route
@@ -93,7 +92,6 @@ def make_context(view: ClusterView, store: Store, node_name: str, auth_enabled: 
                      storage_request_timeout=storage_request_timeout, clock=clock,
                      metrics=registry, uploads=uploads if uploads is not None else UploadPipes(),
                      pool_space=pool_space, upload_service=upload_service)
-    ctx.changes = ChangeFeed(view, ctx.vm_list, ctx.node_list)
     return ctx
 
 

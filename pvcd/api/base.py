@@ -40,7 +40,6 @@ import tornado.web
 from tornado.http1connection import HTTP1Connection
 
 from pvcd.api.auth import ANONYMOUS, SESSION_COOKIE, Identity, Tokens
-from pvcd.api.change_feed import ChangeFeed
 from pvcd.api.ratelimit import FailureLimiter, retry_after_header
 from pvcd.api.render import FragmentRenderer
 from pvcd.api.requestlog import WRITE_METHODS, audit, log_failure
@@ -102,8 +101,6 @@ class ApiContext:
     uploads: UploadPipes = field(default_factory=UploadPipes)
     # a pool's usage from Ceph (`CephDriver.pool_space`, blocking); None without Ceph
     pool_space: Callable[[str], PoolSpace] | None = None
-    # the dashboard's live updates (`/events`); None: no event stream
-    changes: ChangeFeed | None = None
 
 
 class Refused(Exception):

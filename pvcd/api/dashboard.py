@@ -26,7 +26,7 @@ import tornado.iostream
 import tornado.web
 
 from pvcd.api.base import API_SECURITY_HEADERS, ApiContext, BaseHandler
-from pvcd.api.change_feed import Subscriber
+from pvcd.api.change_feed import ChangeFeed, Subscriber
 from pvcd.web import PAGES_DIR, STATIC_DIR
 
 HEARTBEAT = 15.0  # seconds between comments on an idle stream (proxies, dead clients)
@@ -104,10 +104,14 @@ class EventsHandler(BaseHandler):
 
     subscriber: Subscriber | None = None
 
+    def initialize(self, ctx: ApiContext, route: str = "unmatched",  # type: ignore[override]
+                   feed: ChangeFeed | None = None) -> None:
+        super().initialize(ctx, route)
+        assert feed is not None
+        self.feed = feed
+
     async def get(self) -> None:
-        feed = self.ctx.changes
-        if feed is None:
-            raise tornado.web.HTTPError(404)
+        feed = self.feed
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Accel-Buffering", "no")
@@ -145,11 +149,13 @@ class EventsHandler(BaseHandler):
 
 
 def handlers(ctx: ApiContext) -> list[tuple[str, type[tornado.web.RequestHandler], dict[str, Any]]]:
-    """The dashboard's routes, for `pvcd.api.app.make_app`."""
+    """The dashboard's routes, for `pvcd.api.app.make_app`: one change feed per application
+    (the API's run on one event loop)."""
+    feed = ChangeFeed(ctx.view, ctx.vm_list, ctx.node_list)
     return [
         (r"/", DashboardHandler, {"ctx": ctx, "route": "/", "page": Page.read("index.html")}),
         (r"/login", LoginPageHandler,
          {"ctx": ctx, "route": "/login", "page": Page.read("login.html")}),
-        (r"/events", EventsHandler, {"ctx": ctx, "route": "/events"}),
+        (r"/events", EventsHandler, {"ctx": ctx, "route": "/events", "feed": feed}),
         (r"/static/(.*)", StaticHandler, {"path": str(STATIC_DIR)}),
     ]
