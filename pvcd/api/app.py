@@ -17,7 +17,6 @@ import tornado.web
 
 from pvcd.api import (
     cluster,
-    dashboard,
     general,
     metrics,
     networks,
@@ -36,6 +35,7 @@ from pvcd.api import (
 )
 from pvcd.api.auth import Tokens
 from pvcd.api.base import ApiContext, NotFoundHandler
+from pvcd.api.dashboard import web_handlers
 from pvcd.api.ratelimit import FailureLimiter
 from pvcd.api.requestlog import log_request
 from pvcd.api.routing import Route
@@ -99,7 +99,7 @@ def make_app(ctx: ApiContext, cookie_secret: str) -> tornado.web.Application:
     handlers: list[Any] = [(route.pattern, route.handler,
                             {"ctx": ctx, "route": openapi.openapi_path(route)})
                            for route in ROUTES]
-    handlers += dashboard.handlers(ctx)  # the web dashboard at /, beside the API
+    handlers += web_handlers(ctx)  # the web dashboard at /, beside the API
     return tornado.web.Application(
         handlers,
         default_handler_class=NotFoundHandler,

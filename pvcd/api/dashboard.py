@@ -148,7 +148,10 @@ class EventsHandler(BaseHandler):
             self.subscriber.ready.set()
 
 
-def handlers(ctx: ApiContext) -> list[tuple[str, type[tornado.web.RequestHandler], dict[str, Any]]]:
+Handler = tuple[str, type[tornado.web.RequestHandler], dict[str, Any]]
+
+
+def web_handlers(ctx: ApiContext) -> list[Handler]:
     """The dashboard's routes, for `pvcd.api.app.make_app`: one change feed per application
     (the API's run on one event loop)."""
     feed = ChangeFeed(ctx.view, ctx.vm_list, ctx.node_list)
