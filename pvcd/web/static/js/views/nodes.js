@@ -6,16 +6,17 @@ import { Action, Badge, Table, html, mib } from "../ui.js";
 
 function actions(node) {
   const name = node.name;
+  const path = (what) => `/node/${encodeURIComponent(name)}/${what}`;
   return html`<span class="actions">
     ${node.domain_state === "ready"
       ? html`<${Action} label="Flush" testid=${"flush-" + name} danger
           confirm=${`Flush ${name}: migrate all its VMs away?`}
-          action=${() => api("POST", `/node/${name}/domain-state`, { "domain-state": "flush" })} />`
+          action=${() => api("POST", path("domain-state"), { "domain-state": "flush" })} />`
       : html`<${Action} label="Ready" testid=${"ready-" + name}
-          action=${() => api("POST", `/node/${name}/domain-state`, { "domain-state": "ready" })} />`}
+          action=${() => api("POST", path("domain-state"), { "domain-state": "ready" })} />`}
     ${node.coordinator_state !== "primary" && html`<${Action} label="Make primary"
         testid=${"primary-" + name} confirm=${`Hand the primary role over to ${name}?`}
-        action=${() => api("POST", `/node/${name}/coordinator-state`, { "coordinator-state": "primary" })} />`}
+        action=${() => api("POST", path("coordinator-state"), { "coordinator-state": "primary" })} />`}
   </span>`;
 }
 

@@ -35,9 +35,11 @@ export function Vms() {
   </section>`;
 }
 
+const path = (vm, what) => `/vm/${encodeURIComponent(vm.name)}/${what}`;
+
 function stateAction(vm, state, label, confirm) {
   return html`<${Action} label=${label} testid=${`vm-${state}`} danger=${!!confirm}
-    confirm=${confirm} action=${() => api("POST", `/vm/${vm.name}/state`, { state })} />`;
+    confirm=${confirm} action=${() => api("POST", path(vm, "state"), { state })} />`;
 }
 
 function Migrate({ vm, nodes }) {
@@ -50,7 +52,7 @@ function Migrate({ vm, nodes }) {
       <option value="">(chosen by the cluster)</option>
       ${targets.map((n) => html`<option value=${n.name}>${n.name}</option>`)}
     </select>
-    <${Action} label="Migrate" testid="vm-migrate" action=${() => api("POST", `/vm/${vm.name}/node`, values)}
+    <${Action} label="Migrate" testid="vm-migrate" action=${() => api("POST", path(vm, "node"), values)}
       confirm=${`Migrate ${vm.name} to ${target || "a node the cluster chooses"}?`} />
   </span>`;
 }
@@ -75,7 +77,7 @@ export function VmDetails({ name }) {
       <${Migrate} vm=${vm} nodes=${[...store.nodes.values()]} />
       ${vm.migrated && html`<${Action} label="Unmigrate" testid="vm-unmigrate"
         confirm=${`Return ${vm.name} to ${vm.last_node}?`}
-        action=${() => api("POST", `/vm/${vm.name}/node`, { action: "unmigrate" })} />`}
+        action=${() => api("POST", path(vm, "node"), { action: "unmigrate" })} />`}
     </p>
     <dl class="fields">${fields.map(([k, v]) => html`<dt>${k}</dt><dd>${v}</dd>`)}</dl>
     <${Panels} where="vm" vm=${vm} />
