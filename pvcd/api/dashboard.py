@@ -100,7 +100,8 @@ class StaticHandler(tornado.web.StaticFileHandler):
 
 class EventsHandler(BaseHandler):
     """Server-sent events: `change` events (`pvcd.api.change_feed`) until the client leaves,
-    is too slow (dropped), or the API stops (a handover: the browser reconnects by itself)."""
+    is too slow (dropped), its session ends (checked before each event and heartbeat), or the
+    API stops (a handover: the browser reconnects by itself)."""
 
     subscriber: Subscriber | None = None
 
@@ -133,9 +134,20 @@ class EventsHandler(BaseHandler):
             except TimeoutError:
                 self.write(": idle\n\n")
             subscriber.ready.clear()
+            if not self._session_open():
+                return  # logged out or expired: the stream ends, nothing more is sent
             while subscriber.queue:
                 self.write(subscriber.queue.popleft())
             await self.flush()
+
+    def _session_open(self) -> bool:
+        """Whether a stream opened with a session may go on: its session is still open (a
+        logout, its expiry or its token's removal ends it). A token's stream: always."""
+        identity = self.identity
+        if identity is None or identity.via != "session":
+            return True
+        sid = self.session_id()
+        return sid is not None and self.ctx.sessions.token_name(sid) is not None
 
     def _drop(self) -> None:
         if self.request.connection is not None and not self._finished:

@@ -160,3 +160,16 @@ def test_an_idle_stream_outlives_the_header_timeout(sim_node1: SimCluster) -> No
             assert api.post(WRITE, data={"domain-state": "flush"}).status_code == 200
             kind, data = next(received)
             assert kind == "change" and "node1" in json.loads(data)["node"]
+
+
+def test_a_stream_ends_with_its_session(node1_api: ApiClient) -> None:
+    browser, response = login(node1_api)
+    with browser.get(root(node1_api) + "/events", stream=True, timeout=5) as stream:
+        received = events(stream)
+        assert next(received)[0] == "hello"
+        logout = browser.post(node1_api.base + "/auth/logout", timeout=5, headers={
+            "Origin": root(node1_api), "X-CSRF-Token": response.json()["csrf_token"]})
+        assert logout.status_code == 200
+        # a change after the logout: the stream ends instead of sending it
+        assert node1_api.post(WRITE, data={"domain-state": "flush"}).status_code == 200
+        assert [kind for kind, _ in received] == []

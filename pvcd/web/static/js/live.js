@@ -7,6 +7,8 @@
 import { useEffect, useState } from "preact/hooks";
 import { api } from "./api.js";
 
+const RETRY_MS = 2000;
+
 class Store {
   constructor() {
     this.vms = new Map(); // uuid → VM
@@ -61,6 +63,12 @@ class Store {
     source.addEventListener("error", () => {
       this.connected = false;
       this.notify({});
+      if (source.readyState === EventSource.CLOSED) {
+        // EventSource gives up for good on an answer that is not a stream (a 401 once the
+        // session ended, a 5xx in the middle of a handover): ask who we are (a 401 goes to the
+        // login page), then open a new one
+        setTimeout(() => api("GET", "/auth/session").then(() => this.connect(), () => this.connect()), RETRY_MS);
+      }
     });
     return source;
   }
