@@ -17,6 +17,8 @@ class Store {
     this.loaded = false;
     this.listeners = new Set(); // re-render on any change
     this.kindListeners = new Set(); // (changed kinds) → reload what a view shows
+    this.wanted = new Set(); // kinds to read again in full ("reload" events)
+    this.reloading = false;
   }
 
   notify(changed) {
@@ -48,8 +50,25 @@ class Store {
         this[map] = next;
       }
     }
-    if (reload.length) this.reload(reload).then(() => this.notify(changed));
+    if (reload.length) this.reloadSoon(reload, changed);
     else this.notify(changed);
+  }
+
+  // one reload at a time: kinds asked for meanwhile are read once it is done
+  async reloadSoon(kinds, changed) {
+    for (const kind of kinds) this.wanted.add(kind);
+    if (this.reloading) return;
+    this.reloading = true;
+    try {
+      while (this.wanted.size) {
+        const next = [...this.wanted];
+        this.wanted.clear();
+        await this.reload(next).catch(() => null);
+        this.notify(changed);
+      }
+    } finally {
+      this.reloading = false;
+    }
   }
 
   connect() {
