@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import time
+import tomllib
 from collections.abc import Iterator
 
 import requests
 
 from pvcd.config.schema import ApiSection
-from pvcd.web import PAGES_DIR, STATIC_DIR
+from pvcd.web import PAGES_DIR, STATIC_DIR, WEB_DIR
 from tests.fakes.api import TOKEN, ApiClient, running_api
 from tests.fakes.nodes import SimCluster
 
@@ -114,6 +115,13 @@ def test_the_package_holds_every_file_the_pages_load() -> None:
         assert (STATIC_DIR / name).is_file()
     assert (STATIC_DIR / "vendor" / "preact.LICENSE").is_file()
     assert (STATIC_DIR / "vendor" / "htm.LICENSE").is_file()
+    # and the package ships every one of them (pyproject.toml's package-data)
+    patterns = tomllib.loads((WEB_DIR.parents[1] / "pyproject.toml").read_text())[
+        "tool"]["setuptools"]["package-data"]["pvcd.web"]
+    for path in WEB_DIR.rglob("*"):
+        if path.is_file() and path.suffix not in (".py", ".pyc"):
+            relative = path.relative_to(WEB_DIR)
+            assert any(relative.match(pattern) for pattern in patterns), relative
 
 
 def events(response: requests.Response) -> Iterator[tuple[str, str]]:
