@@ -18,9 +18,10 @@ it. The page's `EventSource` reconnects by itself, and reloads everything when i
 Races named: (1) a change marked while a flush runs is not lost: the flush swaps the pending set
 out under the lock first, and a mark after the swap schedules the next flush. (2) The loop is
 closed (the API stopped on a handover) while the watch thread marks: the mark finds the loop
-closed and does nothing. (3) The feed lives as long as the daemon's API context, across API
-restarts: when the API runs again on a new loop (the primary role came back), the clients and
-the scheduled flush of the old loop are forgotten (their coroutines never ran to `detach`).
+closed and does nothing. (3) `pvcd.api.dashboard` makes one feed per application, i.e. per run
+of the API; a feed attached from a new loop all the same (a run after a handover away and back)
+forgets the clients and the scheduled flush of the old one, whose coroutines never ran to
+`detach`.
 """
 
 from __future__ import annotations
