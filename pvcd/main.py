@@ -107,6 +107,7 @@ def _lab(args: argparse.Namespace) -> int:
                       ceph_memstore_gib=args.ceph_memstore_gib)
         print(f"lab is up: {len(info.nodes)} nodes, ZooKeeper {info.zookeeper}")
         print(f"API:   {info.api}")
+        print(f"web:   {info.dashboard} (the dashboard: log in with the token)")
         print(f"token: {info.token}")
         print(f"try:   curl -H 'X-Api-Key: {info.token}' {info.api}/node")
         if info.qemu:

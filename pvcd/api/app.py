@@ -2,13 +2,16 @@
 
 Each resource module declares its endpoints (`ROUTES`, built with `pvcd.api.routing.route`);
 `ROUTES` here is their concatenation: the single table the server is built from, and the one
-the OpenAPI document is generated from, so the two cannot drift.
+the OpenAPI document is generated from, so the two cannot drift. The application also serves
+the web dashboard (`pvcd.api.dashboard`: its pages and event stream, not API endpoints, so not
+in the route table).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import tornado.web
 
@@ -36,6 +39,7 @@ from pvcd.api import (
 )
 from pvcd.api.auth import Tokens
 from pvcd.api.base import ApiContext, NotFoundHandler
+from pvcd.api.dashboard import web_handlers
 from pvcd.api.ratelimit import FailureLimiter
 from pvcd.api.requestlog import log_request
 from pvcd.api.routing import Route
@@ -105,8 +109,10 @@ def make_context(view: ClusterView, store: Store, node_name: str, auth_enabled: 
 
 
 def make_app(ctx: ApiContext, cookie_secret: str) -> tornado.web.Application:
-    handlers = [(route.pattern, route.handler,
-                 {"ctx": ctx, "route": openapi.openapi_path(route)}) for route in ROUTES]
+    handlers: list[Any] = [(route.pattern, route.handler,
+                            {"ctx": ctx, "route": openapi.openapi_path(route)})
+                           for route in ROUTES]
+    handlers += web_handlers(ctx)  # the web dashboard at /, beside the API
     return tornado.web.Application(
         handlers,
         default_handler_class=NotFoundHandler,

@@ -43,7 +43,7 @@ from pvcd.api.auth import ANONYMOUS, SESSION_COOKIE, Identity, Tokens
 from pvcd.api.ratelimit import FailureLimiter, retry_after_header
 from pvcd.api.render import FragmentRenderer
 from pvcd.api.requestlog import WRITE_METHODS, audit, log_failure
-from pvcd.api.sessions import Sessions, same_origin
+from pvcd.api.sessions import CSRF_HEADER, Sessions, csrf_token, csrf_valid, same_origin
 from pvcd.api.upload_port import Uploads
 from pvcd.api.values import RawValues, Values, declared
 from pvcd.domain.errors import BackendError, Conflict, InvalidValue, PvcError
@@ -53,6 +53,15 @@ from pvcd.state.view import ClusterView
 from pvcd.upload_pipe import UploadPipes
 
 log = logging.getLogger(__name__)
+
+# on every answer of the API: never framed, never sniffed into another type, and no content of
+# its own (a JSON answer opened in a browser runs nothing); the dashboard's pages have their own
+API_SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Referrer-Policy": "same-origin",
+}
 
 # what a client not authenticated by its headers may send: a login form, or a small request
 # with its token among the values
@@ -171,6 +180,21 @@ class BaseHandler(tornado.web.RequestHandler):
                                "a browser or with a session cookie must come from this API's "
                                "own origin (an Origin or Referer header naming it); scripts "
                                "can send the token in the X-Api-Key header instead")
+        if by_session and not csrf_valid(self.cookie_secret, self.session_id() or "",
+                                         req.headers.get(CSRF_HEADER)):
+            raise Refused(403, f"Cross-site request refused: a request that changes state with "
+                               f"a session cookie must carry the session's {CSRF_HEADER} "
+                               "header (from the login answer or GET /api/v1/auth/session); "
+                               "scripts can send the token in the X-Api-Key header instead")
+
+    @property
+    def cookie_secret(self) -> str:
+        return str(self.application.settings.get("cookie_secret") or "")
+
+    def csrf_token(self) -> str | None:
+        """This request's session's CSRF token; None without a session."""
+        sid = self.session_id()
+        return None if sid is None else csrf_token(self.cookie_secret, sid)
 
     # the body
     def data_received(self, chunk: bytes) -> None:
@@ -323,6 +347,10 @@ class BaseHandler(tornado.web.RequestHandler):
         days = self.ctx.sessions.lifetime / 86400
         raw = self.get_signed_cookie(SESSION_COOKIE, max_age_days=days)
         return raw.decode(errors="replace") if raw else None
+
+    def set_default_headers(self) -> None:
+        for name, value in API_SECURITY_HEADERS.items():
+            self.set_header(name, value)
 
     def _session_token_name(self) -> str | None:
         sid = self.session_id()

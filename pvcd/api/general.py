@@ -5,6 +5,7 @@ from __future__ import annotations
 from pvcd.api.auth import LOGIN_FORM, SESSION_COOKIE, Identity, token_digest
 from pvcd.api.base import BaseHandler
 from pvcd.api.routing import route
+from pvcd.api.sessions import csrf_token
 from pvcd.api.values import accepts, text
 from pvcd.state.store import Op
 
@@ -43,7 +44,21 @@ class LoginHandler(BaseHandler):
         await self.commit(ops)
         self.set_signed_cookie(SESSION_COOKIE, sid, expires_days=None, httponly=True,
                                samesite="Strict", secure=self.request.protocol == "https")
-        self.message("Login successful")
+        # the page's script sends it back with every write (pvcd.api.sessions: CSRF)
+        self.reply({"message": "Login successful",
+                    "csrf_token": csrf_token(self.cookie_secret, sid)})
+
+
+class SessionHandler(BaseHandler):
+    """Who the request acts as, and its session's CSRF token: what the dashboard reads when it
+    loads (its cookie is HttpOnly: the script cannot read it)."""
+
+    def get(self) -> None:
+        identity = self.identity
+        assert identity is not None  # not public: authenticated in prepare
+        self.reply({"who": identity.who, "via": identity.via,
+                    "csrf_token": self.csrf_token() if identity.via == "session" else None,
+                    "auth_enabled": self.ctx.auth_enabled})
 
 
 class LogoutHandler(BaseHandler):
@@ -70,4 +85,5 @@ ROUTES = [
     route("", RootHandler),
     route("/auth/login", LoginHandler),
     route("/auth/logout", LogoutHandler),
+    route("/auth/session", SessionHandler),
 ]

@@ -108,7 +108,9 @@ ENDPOINTS: dict[str, dict[str, Operation]] = {
         "get": Operation("The login form (HTML), or a message when authentication is disabled",
                          public=True, media_type="text/html",
                          answer={"type": "string"}, alternatives={JSON: ref("Message")}),
-        "post": Operation("Open a session for a token (sets the signed session cookie)",
+        "post": Operation("Open a session for a token (sets the signed session cookie); the "
+                          "answer's `csrf_token` goes in the X-CSRF-Token header of every "
+                          "write made with the session", answer=ref("Login"),
                           public=True, failures={
                               401: "The token is not valid.",
                               429: "Too many failed attempts from this address: wait "
@@ -117,6 +119,10 @@ ENDPOINTS: dict[str, dict[str, Operation]] = {
     "/auth/logout": {
         "get": Operation("Close the current session", public=True),
         "post": Operation("Close the current session", public=True),
+    },
+    "/auth/session": {
+        "get": Operation("Who the request acts as; with a session cookie, the session's CSRF "
+                         "token (the X-CSRF-Token header of its writes)", ref("Session")),
     },
     "/openapi.json": {"get": Operation("This document", public=True, answer={"type": "object"})},
     # nodes

@@ -76,6 +76,14 @@ _VM_TAG = obj({"name": STR, "type": {"type": "string", "enum": list(VM_TAG_TYPES
 
 SCHEMAS: dict[str, dict[str, Any]] = {
     "Message": obj({"message": STR}, ["message"], "A human-readable message."),
+    "Login": obj({"message": STR, "csrf_token": STR}, ["message"],
+                 "A session opened: its CSRF token for the X-CSRF-Token header (none when "
+                 "authentication is disabled)."),
+    "Session": obj({"who": STR, "via": {"type": "string", "enum": ["token", "session", "none"]},
+                    "csrf_token": {"type": "string", "nullable": True},
+                    "auth_enabled": BOOL},
+                   ["who", "via", "csrf_token", "auth_enabled"],
+                   "Who a request acts as (a token's name) and how it proved it."),
     "Node": obj({
         "name": STR,
         "daemon_state": {"type": "string", "enum": list(DAEMON_STATES)},

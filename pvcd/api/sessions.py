@@ -14,15 +14,21 @@ A session ends:
   (the sweep removes them once expired).
 
 A cookie session is what a browser sends by itself, so a request that changes state and rests on
-one must come from the API's own origin (`same_origin`): its `Origin` header (or, if a client
-sends none, its `Referer`) must name the host the request was sent to. A request with a token
-header needs no origin (a browser never adds `X-Api-Key` by itself), but one that has an `Origin`
-(a browser page sent it) must be of the same origin too (`BaseHandler`). The cookie is also
-`SameSite=Strict` and `HttpOnly`.
+one must (1) come from the API's own origin (`same_origin`): its `Origin` header (or, if a client
+sends none, its `Referer`) must name the host the request was sent to; and (2) carry the
+session's CSRF token in the `X-CSRF-Token` header (`csrf_token`): a value a page of another site
+can neither read nor guess, which the login answer and `GET /api/v1/auth/session` give to the
+dashboard's own script. The token is derived from the session id with the cookie secret (HMAC),
+so it needs no storage and stays valid on another primary, as the session does. A request with
+a token header needs neither (a browser never adds `X-Api-Key` by itself), but one that has an
+`Origin` (a browser page sent it) must be of the same origin too (`BaseHandler`). The cookie is
+also `SameSite=Strict` and `HttpOnly`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -35,6 +41,8 @@ from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
 
 log = logging.getLogger(__name__)
+
+CSRF_HEADER = "X-CSRF-Token"
 
 
 class Sessions:
@@ -102,3 +110,13 @@ def same_origin(origin: str | None, referer: str | None, host: str | None) -> bo
     except ValueError:
         return False
     return parts.scheme in ("http", "https") and parts.netloc.lower() == host.lower()
+
+
+def csrf_token(secret: str, sid: str) -> str:
+    """The CSRF token of session `sid`: an HMAC of its id under the cookie secret."""
+    return hmac.new(secret.encode(), b"csrf:" + sid.encode(), hashlib.sha256).hexdigest()
+
+
+def csrf_valid(secret: str, sid: str, presented: str | None) -> bool:
+    return bool(presented) and hmac.compare_digest(csrf_token(secret, sid).encode(),
+                                                   (presented or "").encode())

@@ -52,6 +52,11 @@ class LabInfo:
     zookeeper_ca: str | None = None  # with TLS to ZooKeeper: the certificate to trust
     backup_path: str | None = None  # every node's backup.allowed_paths (docs/backups.md)
 
+    @property
+    def dashboard(self) -> str:
+        """The web dashboard's URL: the API's origin (the same server, at `/`)."""
+        return self.api.removesuffix("/api/v1") + "/"
+
     def node(self, name: str) -> LabNode:
         for node in self.nodes:
             if node.name == name:

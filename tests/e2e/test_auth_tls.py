@@ -51,10 +51,14 @@ def test_token_as_value_header_and_session(make_lab: LabFactory) -> None:
     login = browser.post(api.base + "/auth/login", data={"token": token}, timeout=5)
     assert login.status_code == 200, login.text
     assert browser.get(api.base + "/node", timeout=5).status_code == 200
-    # a state change with a session cookie needs the API's own origin (CSRF)
+    # a state change with a session cookie needs the API's own origin and the session's CSRF
+    # token (the login answered it)
     assert browser.post(api.base + "/auth/logout", timeout=5).status_code == 403
     origin = api.base.removesuffix("/api/v1")
-    logout = browser.post(api.base + "/auth/logout", headers={"Origin": origin}, timeout=5)
+    assert browser.post(api.base + "/auth/logout", headers={"Origin": origin},
+                        timeout=5).status_code == 403
+    logout = browser.post(api.base + "/auth/logout", timeout=5, headers={
+        "Origin": origin, "X-CSRF-Token": login.json()["csrf_token"]})
     assert logout.status_code == 200
     assert browser.get(api.base + "/node", timeout=5).status_code == 401
     # a replayed cookie of the ended session is refused too
@@ -108,6 +112,14 @@ def test_https_with_the_configured_certificate(make_lab: LabFactory) -> None:
         requests.get(api.base + "/node", timeout=5)  # not trusted without the cert
     with pytest.raises(requests.exceptions.ConnectionError):
         requests.get(api.base.replace("https://", "http://") + "/node", timeout=5)
+    # over TLS the session cookie is Secure, and the dashboard is served over TLS too
+    login = requests.post(api.base + "/auth/login", data={"token": api.info.token},
+                          verify=api.verify, timeout=5)
+    assert login.status_code == 200
+    assert "secure" in login.headers["Set-Cookie"].lower().split("; ")
+    page = requests.get(api.base.removesuffix("/api/v1") + "/", cookies=login.cookies,
+                        verify=api.verify, timeout=5)
+    assert page.status_code == 200 and "/static/js/app.js" in page.text
 
 
 def test_a_bad_config_fails_at_start_naming_file_and_key(tmp_path) -> None:  # type: ignore[no-untyped-def]

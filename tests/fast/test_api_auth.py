@@ -31,9 +31,11 @@ def origin(api: ApiClient) -> str:
 
 
 def login(api: ApiClient) -> requests.Session:
+    """A session as the dashboard's script holds it: the cookie, and the CSRF token header."""
     browser = requests.Session()
     response = browser.post(api.base + "/auth/login", data={"token": TOKEN}, timeout=5)
     assert response.status_code == 200, response.text
+    browser.headers["X-CSRF-Token"] = response.json()["csrf_token"]
     return browser
 
 
@@ -204,6 +206,12 @@ def test_cookie_sessions_need_the_apis_own_origin_to_change_state(node1_api: Api
     assert browser.post(path, data=data, headers={"Referer": referer},
                         timeout=5).status_code == 200
     assert browser.get(node1_api.base + "/node", timeout=5).status_code == 200  # reads: no check
+    # the right origin but not the session's CSRF token (a form of another site cannot have it)
+    for token in ("", "0" * 64, browser.headers["X-CSRF-Token"][:-1]):
+        refused = browser.post(path, data=data, headers={"Origin": origin(node1_api),
+                                                         "X-CSRF-Token": token}, timeout=5)
+        assert refused.status_code == 403, (token, refused.text)
+        assert "X-CSRF-Token" in refused.json()["message"]
     # a token in a header is not what a browser sends by itself: no Origin needed, but a
     # browser page of another origin is refused anyway
     assert node1_api.post("/node/node1/domain-state", data=data).status_code == 200
