@@ -45,10 +45,9 @@ RELOAD = "reload"
 # kinds carry the object's key (the second segment), the others only say "changed"
 _KINDS = {"vms": "vm", "nodes": "node", "networks": "network", "storage": "storage",
           "tasks": "task", "coordinator": "cluster", "cluster": "cluster", "faults": "health",
-          "fencing": "cluster"}
+          "fencing": "cluster", "logs": "log"}
 # a child of an object that is a kind of its own (extension panels plug in here)
-_CHILD_KINDS = {("vms", "console"): "console", ("nodes", "health"): "health",
-                ("nodes", "log"): "log"}
+_CHILD_KINDS = {("vms", "console"): "console", ("nodes", "health"): "health"}
 
 
 def classify(relative: str) -> tuple[str, str | None] | None:
@@ -60,7 +59,7 @@ def classify(relative: str) -> tuple[str, str | None] | None:
         return None
     if len(parts) >= 3 and (parts[0], parts[2]) in _CHILD_KINDS:
         return _CHILD_KINDS[(parts[0], parts[2])], parts[1]
-    if kind in ("vm", "node"):
+    if kind in ("vm", "node", "log"):  # logs/<node>: that node's log
         return (kind, parts[1]) if len(parts) >= 2 else None
     return kind, None
 

@@ -57,6 +57,8 @@ def test_classify() -> None:
     assert classify("vms/u1/console") == ("console", "u1")
     assert classify("nodes/n1/alive") == ("node", "n1")
     assert classify("nodes/n1/health") == ("health", "n1")
+    assert classify("logs/n1") == ("log", "n1")  # the node log (extensions.md §7)
+    assert classify("faults/DEAD_NODE_N1") == ("health", None)
     assert classify("networks/100/leases/aa") == ("network", None)
     assert classify("coordinator/primary") == ("cluster", None)
     assert classify("sessions/secret") is None
