@@ -227,16 +227,17 @@ class NodeDaemon:
         self.vm = VmController(self.name, self.view, self.store, self.libvirt,
                                timing.shutdown_timeout, self.clock,
                                can_act=lambda: self.registered and self.client.connected
-                               and not self.self_fence.given_up)
+                               and not self.self_fence.given_up,
+                               freeze_timeout=self.config.snapshot.freeze_timeout)
         self.vm_controller = Controller("vm", self.vm.reconcile, self.vm.keys, workers=4,
                                         resync_interval=timing.resync_interval)
         vms = self.paths.vms + "/"
         wiring = Wiring()
         wiring.add(self.vm_controller,
-                   Watch(vms, lambda path: vm_key(path[len(vms):].split("/", 1)[0])))
+                   Watch(vms, lambda path: _vm_key_of(vms, path)))
         # the node record's domain counts follow VM changes and libvirt's events at once
-        self._watches.append((Watch(vms, lambda path: self.node.domains_key()),
-                              self.node_controller))
+        self._watches.append((Watch(vms, lambda path: None if _vm_key_of(vms, path) is None
+                                    else self.node.domains_key()), self.node_controller))
 
         def on_lifecycle(uuid: str, event: object, detail: object) -> None:
             self.vm_controller.enqueue(vm_key(uuid))
@@ -539,6 +540,17 @@ class NodeDaemon:
     def _close_session(self) -> None:
         self.client.stop()
         self.client.close()
+
+
+# records under vms/<uuid>/ that no VM or node controller acts on: their writes enqueue nothing
+_NOT_ACTED_ON = ("snapshots",)
+
+
+def _vm_key_of(vms: str, path: str) -> str | None:
+    """The VM controller's key for a change of `path` under `vms` (`<root>/vms/`), or None
+    for a record nothing on the node acts on (a snapshot record: extensions.md §5.1)."""
+    uuid, _, child = path[len(vms):].partition("/")
+    return None if child.split("/", 1)[0] in _NOT_ACTED_ON else vm_key(uuid)
 
 
 def _bounded(step: str, action: Callable[[], object], timeout: float) -> bool:

@@ -22,6 +22,7 @@ from pvcd.domain.states import (
     VM_STATES,
     VM_TAG_TYPES,
 )
+from pvcd.domain.vm_snapshots import CONSISTENCY_RECORDED
 
 
 def ref(name: str) -> dict[str, Any]:
@@ -66,6 +67,14 @@ _VM_META = {  # extensions.md §6.1
 }
 _VM_TAG = obj({"name": STR, "type": {"type": "string", "enum": list(VM_TAG_TYPES)},
                "protected": BOOL}, ["name", "type", "protected"])
+_VM_SNAPSHOT = obj({  # extensions.md §5.1
+    "name": STR, "timestamp": {"type": "number", "description": "Unix seconds"},
+    "age": {"type": "integer", "description": "seconds since it was taken"},
+    "consistency": {"type": "string", "enum": list(CONSISTENCY_RECORDED)},
+    "rbd_snapshots": {"type": "array", "items": STR, "description": "pool/volume@name"},
+    "xml_diff_lines": {"type": "array", "items": STR,
+                       "description": "unified diff from the current XML to the snapshot's"},
+}, ["name", "timestamp", "age", "consistency", "rbd_snapshots", "xml_diff_lines"])
 
 SCHEMAS: dict[str, dict[str, Any]] = {
     "Message": obj({"message": STR}, ["message"], "A human-readable message."),
@@ -110,7 +119,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "controllers": {"type": "array", "items": obj({"type": _NS, "model": _NS})},
         **_VM_META, "tags": {"type": "array", "items": _VM_TAG},
         "xml": {"type": "string", "description": "the libvirt XML"},
+        "snapshots": {"type": "array", "items": _VM_SNAPSHOT},
     }, ["name", "uuid", "state", "node", "last_node", "migrated", "xml"]),
+    "VmSnapshot": _VM_SNAPSHOT,
     "VmMeta": obj({"name": STR, **_VM_META}, ["name", *_VM_META]),
     "VmTags": obj({"name": STR, "tags": {"type": "array", "items": _VM_TAG}}, ["name", "tags"]),
     "VmState": obj({"name": STR, "state": {"type": "string", "enum": list(VM_STATES)}},

@@ -370,6 +370,14 @@ class TasksSection:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SnapshotSection:
+    """VM snapshots (docs/backups.md, "VM snapshots")."""
+
+    # seconds a guest's filesystems may stay frozen for a snapshot; longer fails the task
+    freeze_timeout: float = field(default=30.0, metadata=checks(in_range(1, 600)))
+
+
+@dataclass(frozen=True, kw_only=True)
 class MetadataSection:
     """The cloud-init metadata service on 169.254.169.254:80 (docs/provisioning.md)."""
 
@@ -397,6 +405,7 @@ class Config:
     drivers: DriversSection = field(default_factory=DriversSection)
     fencing: FencingSection = field(default_factory=FencingSection)
     tasks: TasksSection = field(default_factory=TasksSection)
+    snapshot: SnapshotSection = field(default_factory=SnapshotSection)
     metadata: MetadataSection = field(default_factory=MetadataSection)
     health: HealthSection = field(default_factory=HealthSection)
     # The file this came from, for messages; not a YAML key.

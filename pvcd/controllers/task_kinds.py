@@ -15,8 +15,9 @@ from pvcd.config import Config
 from pvcd.controllers.ova_upload import CephAccess, OvaImporter
 from pvcd.controllers.provisioner import provisioner_task_kinds
 from pvcd.controllers.tasks import TaskKind
-from pvcd.controllers.tasks.storage_steps import run_storage_request
+from pvcd.controllers.tasks.storage_steps import StorageSteps, run_storage_request
 from pvcd.controllers.uploads import upload_task_kind
+from pvcd.controllers.vm_snapshots import VmSnapshotSteps
 from pvcd.state.store import Store
 from pvcd.state.view import ClusterView
 from pvcd.upload_pipe import UploadPipes
@@ -32,4 +33,6 @@ def production_task_kinds(view: ClusterView, store: Store, config: Config,
     calls = functools.partial(run_storage_request, view, store, clock=clock)
     return [OvaImporter(view, store, uploads, access, clock).kind(),
             upload_task_kind(calls, ceph.request_timeout),
-            *provisioner_task_kinds(view, store, config)]
+            *provisioner_task_kinds(view, store, config),
+            *VmSnapshotSteps(view, store, StorageSteps(view, store, clock),
+                             config.snapshot.freeze_timeout, clock).kinds()]
