@@ -405,8 +405,8 @@ class Config:
     drivers: DriversSection = field(default_factory=DriversSection)
     fencing: FencingSection = field(default_factory=FencingSection)
     tasks: TasksSection = field(default_factory=TasksSection)
-    snapshot: SnapshotSection = field(default_factory=SnapshotSection)
     metadata: MetadataSection = field(default_factory=MetadataSection)
     health: HealthSection = field(default_factory=HealthSection)
+    snapshot: SnapshotSection = field(default_factory=SnapshotSection)
     # The file this came from, for messages; not a YAML key.
     path: str = field(default="", metadata={"yaml": False})
