@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from pvcd.controllers.tasks.registry import TaskRegistry
 from pvcd.controllers.tasks.runner import TaskRunner
 from pvcd.controllers.tasks.storage_steps import StorageSteps
-from pvcd.controllers.tasks.registry import TaskRegistry
 from pvcd.controllers.vm_snapshots import VmSnapshotSteps
 from pvcd.domain.errors import Conflict
 from pvcd.state.store import Op
@@ -50,9 +50,9 @@ def add_vm(state: ClusterState, name: str, disks: str, vm_state: str = "stop",
 
 
 class World:
-    def __init__(self, storage: Storage, api: ApiClient) -> None:
-        state = storage.state
-        self.storage, self.api, self.state, self.ceph = storage, api, state, storage.ceph
+    def __init__(self, lab: Storage, api: ApiClient) -> None:
+        state = lab.state
+        self.storage, self.api, self.state, self.ceph = lab, api, state, lab.ceph
         steps = VmSnapshotSteps(state.view, state.store, StorageSteps(state.view, state.store),
                                 freeze_timeout=30.0)
         self.runner = TaskRunner("node1", state.view, state.store, TaskRegistry(steps.kinds()),
