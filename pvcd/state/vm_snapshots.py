@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pvcd.domain.errors import Conflict, InvalidValue, NotFound
+from pvcd.domain.errors import Conflict, InvalidValue, NotFound, PvcError
 from pvcd.domain.records import VmSpec
-from pvcd.domain.vm_snapshots import VmSnapshot
+from pvcd.domain.vm_snapshots import VmSnapshot, rbd_snapshot_spec, split_rbd_snapshot
+from pvcd.state.store import Op
 from pvcd.state.view import ClusterView
-from pvcd.vmxml import parse_domain_xml
+from pvcd.vmxml import parse_domain_xml, renamed_domain_xml
 
 STOPPED_STATES = ("stop", "disable")  # the desired states in which a VM may be rolled back
 RUNNING_STATES = ("running", "migrating", "shutting-down")  # observed: a guest exists
@@ -78,3 +79,32 @@ def snapshot_list(view: ClusterView, uuid: str, current_xml: str, now: float
                   ) -> list[dict[str, Any]]:
     """The VM object's `snapshots` (extensions.md §5.1), oldest first."""
     return [record.summary(current_xml, now) for record in read_snapshots(view, uuid)]
+
+
+def renamed_snapshot_ops(view: ClusterView, uuid: str, new_name: str,
+                         volumes: dict[str, str]) -> list[Op]:
+    """The writes that keep the VM's snapshot records true after a rename (extensions.md
+    §11.1): RBD snapshots move with their volumes (`volumes`: "pool/volume" → "pool/new"),
+    and each record's XML gets the new `<name>` and disk sources."""
+    ops = []
+    for name in view.cache.children(view.paths.vm_snapshots(uuid)):
+        path = view.paths.vm_snapshot(uuid, name)
+        entry = view.cache.entry(path)
+        try:
+            record = VmSnapshot.from_doc(entry.doc if entry is not None else None)
+        except InvalidValue:
+            continue  # unreadable: never acted on anyway
+        assert entry is not None
+        moved = []
+        for spec in record.rbd_snapshots:
+            pool, volume, snapshot = split_rbd_snapshot(spec)
+            new_pool, _, new_volume = volumes.get(f"{pool}/{volume}",
+                                                  f"{pool}/{volume}").partition("/")
+            moved.append(rbd_snapshot_spec(new_pool, new_volume, snapshot))
+        record.rbd_snapshots = moved
+        try:
+            record.xml = renamed_domain_xml(record.xml, new_name, volumes)
+        except PvcError:
+            pass  # an XML the parser refuses stays as it was (a rollback refuses it too)
+        ops.append(Op.set(path, record.to_doc(), entry.version))
+    return ops

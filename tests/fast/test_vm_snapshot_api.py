@@ -201,3 +201,20 @@ def test_refusals_change_nothing(world: World, setup: str | None, method: str, p
     refused(world.api.call(method, path, params=values), words)
     assert world.tasks() == tasks
     assert world.snapshots("a") == set()
+
+
+def test_a_rename_moves_the_records_with_the_volumes(world: World) -> None:
+    api = world.api
+    assert api.post("/storage/ceph/volume", params={
+        "pool": "p", "volume": "db_root", "size": "4M"}).status_code == 200
+    add_vm(world.state, "db", disk("p/db_root", "vda") + disk("p/a", "vdb"))
+    assert world.run(api.post("/vm/db/snapshot",
+                              params={"snapshot_name": "s1"}))["state"] == "success"
+    answer = api.post("/vm/db/rename", params={"new_name": "pg"})
+    assert answer.status_code == 200, answer.text
+    assert world.ceph.pools["p"]["pg_root"]["snapshots"] == {"s1"}
+    record = world.state.doc(world.state.paths.vm_snapshot(world.state.vm_uuid("pg"), "s1"))
+    assert record["rbd_snapshots"] == ["p/pg_root@s1", "p/a@s1"]
+    assert "<name>pg</name>" in record["xml"] and "p/pg_root" in record["xml"]
+    assert world.run(api.post("/vm/pg/snapshot/rollback",
+                              params={"snapshot_name": "s1"}))["state"] == "success"

@@ -130,7 +130,8 @@ def test_bad_file_names_the_file(tmp_path: Path, text: str, problem: str) -> Non
 # --- unknown keys, types, required keys --------------------------------------------------------
 
 
-SECTIONS = "node, cluster, networks, api, timing, drivers, fencing, tasks, metadata, health, snapshot"
+SECTIONS = ("node, cluster, networks, api, timing, drivers, fencing, tasks, metadata, health, "
+            "snapshot")
 
 
 @pytest.mark.parametrize(
