@@ -6,12 +6,15 @@ tests/e2e/test_vm_snapshots.py.)"""
 
 from __future__ import annotations
 
+import threading
 import uuid as uuids
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from pvcd.cli.main import cli
 from pvcd.controllers.tasks.registry import TaskRegistry
 from pvcd.controllers.tasks.runner import TaskRunner
 from pvcd.controllers.tasks.storage_steps import StorageSteps
@@ -19,6 +22,7 @@ from pvcd.controllers.vm_snapshots import VmSnapshotSteps
 from pvcd.domain.errors import Conflict
 from pvcd.state.store import Op
 from tests.apiclient import ApiClient
+from tests.fakes.api import TOKEN
 from tests.fakes.state import ClusterState
 from tests.fast.test_volume_api import Storage, refused, storage  # noqa: F401 (a fixture)
 
@@ -218,3 +222,36 @@ def test_a_rename_moves_the_records_with_the_volumes(world: World) -> None:
     assert "<name>pg</name>" in record["xml"] and "p/pg_root" in record["xml"]
     assert world.run(api.post("/vm/pg/snapshot/rollback",
                               params={"snapshot_name": "s1"}))["state"] == "success"
+
+
+def test_the_cli_takes_lists_rolls_back_and_removes(world: World) -> None:
+    env = {"PVC_URL": world.api.base, "PVC_TOKEN": TOKEN, "PVC_CONNECTION": "",
+           "PVC_CONFIG": "/nonexistent"}
+    stop = threading.Event()
+
+    def run_tasks() -> None:  # the primary's task runner
+        while not stop.wait(0.05):
+            for key in list(world.runner.keys()):
+                world.runner.reconcile(key)
+
+    runner = threading.Thread(target=run_tasks, daemon=True)
+    runner.start()
+    try:
+        def pvc(*args: str) -> str:
+            result = CliRunner().invoke(cli, ["vm", "snapshot", *args], env=env)
+            assert result.exit_code == 0, result.output
+            return result.output
+
+        assert "Took snapshot 's1' of VM 'web' (stopped)" in pvc("create", "web", "s1",
+                                                                 "--wait")
+        listed = pvc("list", "web")
+        assert "s1" in listed and "stopped" in listed and "p/a, p/b" in listed
+        assert "Rolled VM 'web' back to snapshot 's1'" in pvc("rollback", "web", "s1", "--yes",
+                                                             "--wait")
+        assert "Removed snapshot 's1'" in pvc("remove", "web", "s1", "--yes", "--wait")
+        assert "has no snapshots" in pvc("list", "web")
+        bad = CliRunner().invoke(cli, ["vm", "snapshot", "create", "web", "a/b"], env=env)
+        assert bad.exit_code == 1 and "snapshot name 'a/b' is invalid" in bad.output
+    finally:
+        stop.set()
+        runner.join(5)
