@@ -5,6 +5,7 @@ with the task's id, or follows it to its end with `--wait`."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -22,6 +23,15 @@ wait_option = click.option("--wait", "-w", is_flag=True,
 timeout_option = click.option("--timeout", type=click.FloatRange(min=0), default=3600.0,
                               show_default=True, metavar="SECONDS",
                               help="How long --wait follows the task.")
+
+
+def on_a_snapshot(command: Callable[..., None]) -> Callable[..., None]:
+    """The arguments and options of rollback and remove: VM, SNAPSHOT_NAME, --yes, --wait."""
+    for decorate in (pass_cli, format_option, timeout_option, wait_option, yes_option,
+                     click.argument("snapshot_name"),
+                     click.argument("name", shell_complete=complete_vms)):
+        command = decorate(command)
+    return command
 
 
 def snapshots_table(snapshots: list[dict[str, Any]]) -> str:
@@ -88,13 +98,7 @@ def snapshot_list(cli: CliContext, name: str) -> None:
 
 
 @vm_snapshot.command("rollback")
-@click.argument("name", shell_complete=complete_vms)
-@click.argument("snapshot_name")
-@yes_option
-@wait_option
-@timeout_option
-@format_option
-@pass_cli
+@on_a_snapshot
 def snapshot_rollback(cli: CliContext, name: str, snapshot_name: str, yes: bool, wait: bool,
                       timeout: float) -> None:
     """Roll the stopped VM NAME back to SNAPSHOT_NAME: every disk, then its XML."""
@@ -105,13 +109,7 @@ def snapshot_rollback(cli: CliContext, name: str, snapshot_name: str, yes: bool,
 
 
 @vm_snapshot.command("remove")
-@click.argument("name", shell_complete=complete_vms)
-@click.argument("snapshot_name")
-@yes_option
-@wait_option
-@timeout_option
-@format_option
-@pass_cli
+@on_a_snapshot
 def snapshot_remove(cli: CliContext, name: str, snapshot_name: str, yes: bool, wait: bool,
                     timeout: float) -> None:
     """Remove snapshot SNAPSHOT_NAME of VM NAME (its RBD snapshots and its record)."""

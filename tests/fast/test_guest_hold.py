@@ -29,12 +29,18 @@ def release(sim: SimCluster, uuid: str) -> None:
     sim.state.store.commit([Op.delete(sim.state.paths.vm_hold(uuid))])
 
 
-def test_a_pause_hold_suspends_the_guest_until_the_hold_is_gone(sim: SimCluster) -> None:
+def held_vm(sim: SimCluster, mode: str) -> tuple[Any, str]:
+    """Node1 runs VM `web`, and a hold in `mode` was carried out."""
     node1 = sim.add_node("node1")
     uuid = sim.state.define_vm("web", "node1")
     node1.vm.reconcile(vm_key(uuid))
-    hold(sim, uuid, "pause")
+    hold(sim, uuid, mode)
     node1.vm.reconcile(vm_key(uuid))
+    return node1, uuid
+
+
+def test_a_pause_hold_suspends_the_guest_until_the_hold_is_gone(sim: SimCluster) -> None:
+    node1, uuid = held_vm(sim, "pause")
     assert state_of(node1, uuid) == "paused"
     assert report(sim)["task"] == "t1" and report(sim)["state"] == "crash-consistent"
     node1.vm.reconcile(vm_key(uuid))  # level-based: nothing more happens
@@ -44,12 +50,8 @@ def test_a_pause_hold_suspends_the_guest_until_the_hold_is_gone(sim: SimCluster)
     assert state_of(node1, uuid) == "running" and report(sim) == {}
 
 
-def test_auto_and_freeze_report_what_the_driver_reached(sim: SimCluster) -> None:
-    node1 = sim.add_node("node1")
-    uuid = sim.state.define_vm("web", "node1")
-    node1.vm.reconcile(vm_key(uuid))
-    hold(sim, uuid, "auto")
-    node1.vm.reconcile(vm_key(uuid))
+def test_auto_reports_what_the_driver_reached(sim: SimCluster) -> None:
+    node1, uuid = held_vm(sim, "auto")
     reached = report(sim)["state"]
     # the test driver may or may not emulate a guest agent: either way the disks are still
     assert (reached, state_of(node1, uuid)) in (("fs-frozen", "running"),
@@ -70,11 +72,7 @@ def test_a_stopped_vm_is_reported_stopped(sim: SimCluster) -> None:
 
 def test_a_guest_left_paused_by_a_cut_off_task_is_resumed(sim: SimCluster) -> None:
     """The task's daemon died: the primary's cleanup deleted the hold; the report stays."""
-    node1 = sim.add_node("node1")
-    uuid = sim.state.define_vm("web", "node1")
-    node1.vm.reconcile(vm_key(uuid))
-    hold(sim, uuid, "pause")
-    node1.vm.reconcile(vm_key(uuid))
+    node1, uuid = held_vm(sim, "pause")
     assert state_of(node1, uuid) == "paused"
     release(sim, uuid)  # (the undo of the task's guest-hold artifact)
     node1.vm.reconcile(vm_key(uuid))  # (the report lives in ZooKeeper: a restart reads it)
