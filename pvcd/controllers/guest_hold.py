@@ -16,8 +16,9 @@ Convergence after a cut-off (level-based, like everything else in the VM control
 - the VM's daemon dies while the guest is held: the report survives in ZooKeeper (it was
   written before acting), so the restarted daemon's first reconcile of the VM (the start-up
   resync) finds a report without a hold, or with a `holding` one, and thaws/resumes;
-- a hold names a task that is no longer running (a stale record): the node never holds for
-  it; the primary's cleanup deletes it with the task's artifacts.
+- a hold names a task that is not running (a stale record): the node treats it as absent
+  (never holds for it, lets the guest go); the primary's cleanup deletes it with the task's
+  artifacts.
 Thawing a guest that is not frozen and resuming one that is not paused are harmless, so every
 undo may be repeated.
 """
@@ -29,7 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from pvcd.controllers.base import DONE, Result
+from pvcd.controllers.base import DONE, Result, TemporaryError
 from pvcd.domain.errors import BackendError, InvalidValue, NotFound
 from pvcd.domain.records import VmSpec, VmStatus
 from pvcd.domain.vm_snapshots import (
@@ -76,6 +77,8 @@ class GuestHolds:
         """Make the guest's hold match `vms/<uuid>/hold`; `active`: the guest runs here."""
         uuid = spec.uuid
         hold = self._hold(uuid)
+        if hold is not None and not self._task_running(hold.task):
+            hold = None  # a stale hold: its task ended or was cut off; cleanup removes it
         status = self.view.vm_status(uuid) or VmStatus()
         held = HeldGuest.from_doc(status.hold)
         if held is not None and (hold is None or hold.task != held.task
@@ -106,6 +109,10 @@ class GuestHolds:
             log.warning("event=guest-hold-unreadable vm=%s node=%s error=%s", uuid, self.node,
                         exc)
             return None
+
+    def _task_running(self, task_id: str) -> bool:
+        doc = self.view.cache.get(self.view.paths.task(task_id))
+        return isinstance(doc, dict) and doc.get("state") == "running"
 
     def _take(self, spec: VmSpec, hold: GuestHold, active: bool) -> Result:
         uuid = spec.uuid
@@ -145,7 +152,11 @@ class GuestHolds:
 
     def _release(self, spec: VmSpec, held: HeldGuest, active: bool) -> None:
         if active:
-            self._undo(spec.uuid, thaw=held.mode in ("freeze", "auto"))
+            try:
+                self._undo(spec.uuid, thaw=held.mode in ("freeze", "auto"))
+            except (BackendError, NotFound) as exc:  # the report stays: tried again
+                raise TemporaryError(f"VM {spec.uuid}: could not let the guest go after "
+                                     f"snapshot task {held.task}: {exc}") from exc
             log.info("event=guest-released vm=%s node=%s task=%s state=%s", spec.uuid,
                      self.node, held.task, held.state)
         self._report(spec, None)

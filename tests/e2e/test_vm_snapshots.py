@@ -5,7 +5,9 @@ libvirt secret.
 The bytes are written and read with Ceph's own `rbd` (import, bench, export), so a rollback is
 judged by the volumes' checksums, and the guest's pause by its own libvirtd (libvirt-python on
 the node's URI), not by what the API says. The tiny guest has no guest agent, so `auto` falls
-back to a pause (checked within the 2 s probe). Needs root (libvirtd, QEMU).
+back to a pause (checked within the 2 s probe). The consistency test boots the lab's Linux guest
+image (a copy with a counter service added by `debugfs`) from an RBD volume; it is skipped when
+that image is not cached (`scripts/guest-image` builds it). Needs root (libvirtd, QEMU).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import subprocess
 import threading
 import time
 import uuid as uuidlib
@@ -25,9 +29,10 @@ import pytest
 import yaml
 
 from pvcd.lab.ceph import ThrowawayCeph
+from pvcd.lab.guest_image import DEFAULT_CACHE_DIR, GuestRecipe
 from pvcd.lab.lab import Lab
 from pvcd.lab.libvirt_ceph import LIBVIRT_CEPH_USER
-from pvcd.lab.linux_guest import rbd_disk
+from pvcd.lab.linux_guest import linux_guest_xml, rbd_disk
 from pvcd.lab.qemu_guest import qemu_guest_xml
 from tests.e2e.labclient import LabClient, ok, refused, wait_until
 from tests.e2e.test_volume_copies import Rbd
@@ -56,7 +61,8 @@ class SnapshotLab:
         # short: libvirtd's unix socket paths are limited to 107 bytes
         self.workdir = Path(f"/tmp/pvcd-e2e-snap-{uuidlib.uuid4().hex[:6]}")
         self.lab = Lab(self.workdir)
-        self.info = self.lab.up(nodes=1, ceph=True, libvirt="qemu", fencing="none")
+        self.info = self.lab.up(nodes=1, ceph=True, libvirt="qemu", fencing="none",
+                                ceph_memstore_gib=2)
         self.api = LabClient(self.info)
         self.rbd = Rbd(self.lab)
         assert self.info.ceph is not None and self.info.qemu is not None
@@ -84,15 +90,22 @@ class SnapshotLab:
         wait_until(lambda: self.call("GET", f"/storage/ceph/volume/{POOL}/{name}")
                    .status_code == 200, timeout=TIMEOUT, interval=0.2)
 
-    def define(self, name: str, disks: list[str], running: bool) -> str:
-        uuid = str(uuidlib.uuid4())
+    def disks(self, volumes: list[str]) -> str:
+        """RBD disks vda, vdb, ... on `volumes`, as QEMU opens them through the lab's secret."""
         assert self.ceph.ports is not None and self.info.qemu is not None
         monitors = [("127.0.0.1", self.ceph.ports.mon_v1)]
-        devices = "".join(rbd_disk(POOL, disk, monitors, LIBVIRT_CEPH_USER,
-                                   self.info.qemu["ceph_secret_uuid"], dev=f"vd{chr(97 + i)}")
-                          for i, disk in enumerate(disks))
-        xml = qemu_guest_xml(name, uuid, kernel=Path(self.info.qemu["kernel"])).replace(
-            "<devices>", "<devices>" + devices, 1)
+        return "".join(rbd_disk(POOL, volume, monitors, LIBVIRT_CEPH_USER,
+                                self.info.qemu["ceph_secret_uuid"], dev=f"vd{chr(97 + i)}")
+                       for i, volume in enumerate(volumes))
+
+    def define(self, name: str, disks: list[str], running: bool, xml: str | None = None) -> str:
+        uuid = str(uuidlib.uuid4())
+        assert self.info.qemu is not None
+        if xml is None:
+            xml = qemu_guest_xml(name, uuid, kernel=Path(self.info.qemu["kernel"])).replace(
+                "<devices>", "<devices>" + self.disks(disks), 1)
+        else:
+            uuid = re.search(r"<uuid>([^<]+)</uuid>", xml).group(1)  # type: ignore[union-attr]
         ok(self.call("POST", "/vm", xml=xml))
         if not running:
             ok(self.call("POST", f"/vm/{name}/state", state="stop", wait=1))
@@ -220,6 +233,98 @@ def test_pause_suspends_the_running_guest_and_resumes_it(snap_lab: SnapshotLab) 
         conn.close()
     ok(lab.call("DELETE", "/vm/runvm", delete_disks=1))
     refused(lab.call("GET", f"/storage/ceph/volume/{POOL}/run_a"), "not found")
+
+
+# the guest's counter: one number, written to vdb and then to vdc, forever (O_DIRECT: each write
+# is on the disk before the next begins), so at any instant vdb holds the value of vdc or the
+# next one
+COUNTER_SCRIPT = """#!/bin/sh
+i=0
+while :; do
+  i=$((i+1))
+  printf '%020d\\n' "$i" > /run/pvcd-counter
+  dd if=/run/pvcd-counter of=/dev/vdb bs=512 count=1 conv=sync oflag=direct status=none
+  dd if=/run/pvcd-counter of=/dev/vdc bs=512 count=1 conv=sync oflag=direct status=none
+done
+"""
+COUNTER_UNIT = """[Unit]
+Description=pvcd snapshot test: a counter on vdb and vdc
+DefaultDependencies=no
+BindsTo=dev-vdb.device dev-vdc.device
+After=dev-vdb.device dev-vdc.device
+
+[Service]
+ExecStart=/usr/local/sbin/pvcd-counter
+"""
+BOOT_TIMEOUT = 600.0  # TCG on a loaded 2-core machine
+
+
+def counter_image(workdir: Path) -> Path | None:
+    """A copy of the cached Linux guest image with the counter service (started early, from
+    sysinit.target) and without cloud-init (no metadata service here); None without a cached
+    image."""
+    recipe = GuestRecipe()
+    cached = DEFAULT_CACHE_DIR / recipe.image_name()
+    if not cached.exists() or not shutil.which("debugfs"):
+        return None
+    image = workdir / "counter.raw"
+    subprocess.run(["cp", "--sparse=always", str(cached), str(image)], check=True, timeout=300)
+    (workdir / "pvcd-counter").write_text(COUNTER_SCRIPT)
+    (workdir / "pvcd-counter.service").write_text(COUNTER_UNIT)
+    (workdir / "empty").write_text("")
+    unit = "/etc/systemd/system/pvcd-counter.service"
+    commands = "\n".join([
+        f"write {workdir}/pvcd-counter /usr/local/sbin/pvcd-counter",
+        "sif /usr/local/sbin/pvcd-counter mode 0100755",
+        f"write {workdir}/pvcd-counter.service {unit}",
+        f"symlink /etc/systemd/system/sysinit.target.wants/pvcd-counter.service {unit}",
+        f"write {workdir}/empty /etc/cloud/cloud-init.disabled", ""])
+    (workdir / "debugfs.cmds").write_text(commands)
+    result = subprocess.run(["debugfs", "-w", "-f", str(workdir / "debugfs.cmds"),
+                             f"{image}?offset={recipe.layout.root_offset}"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0 and "rror" not in result.stderr, result.stderr
+    return image
+
+
+def test_a_paused_snapshot_of_a_guest_writing_two_disks_holds_one_counter(
+        snap_lab: SnapshotLab) -> None:
+    lab = snap_lab
+    image = counter_image(lab.workdir)
+    if image is None:
+        pytest.skip("the Linux guest image is not cached (scripts/guest-image builds it)")
+    started = time.monotonic()
+    lab.rbd.run("import", "--no-progress", str(image), f"{POOL}/counter_root")
+    image.unlink()
+    wait_until(lambda: lab.call("GET", f"/storage/ceph/volume/{POOL}/counter_root")
+               .status_code == 200, timeout=TIMEOUT, interval=0.2)
+    for volume in ("counter_b", "counter_c"):
+        ok(lab.call("POST", "/storage/ceph/volume", pool=POOL, volume=volume, size="4M"))
+    xml = re.sub(r"<interface.*?</interface>", "", linux_guest_xml(
+        "countervm", lab.disks(["counter_root", "counter_b", "counter_c"]), bridge="none",
+        mac="52:54:00:00:00:01", serial_log=lab.workdir / "countervm.serial"), flags=re.S)
+    lab.define("countervm", [], running=True, xml=xml)
+
+    def counter(spec: str) -> int:
+        return int(lab.rbd.run("export", "--no-progress", spec, "-")[:20] or b"0")
+
+    # the guest booted and counts (TCG: minutes on a loaded machine)
+    first = wait_until(lambda: counter(f"{POOL}/counter_b"), timeout=BOOT_TIMEOUT, interval=2)
+    wait_until(lambda: counter(f"{POOL}/counter_b") > first, timeout=TIMEOUT, interval=0.5)
+    print(f"the guest counts after {time.monotonic() - started:.0f} s")
+
+    done = ok(lab.call("POST", "/vm/countervm/snapshot", snapshot_name="one",
+                       consistency="pause", wait=1))
+    assert done["result"]["consistency"] == "crash-consistent"
+    b, c = counter(f"{POOL}/counter_b@one"), counter(f"{POOL}/counter_c@one")
+    print(f"paused snapshot: vdb {b}, vdc {c}")
+    assert c > 0 and b - c in (0, 1), (b, c)  # one instant: vdc was written or is next
+
+    ok(lab.call("POST", "/vm/countervm/state", state="stop", wait=1))
+    wait_until(lambda: lab.vm("countervm")["running_on"] is None, timeout=TIMEOUT)
+    ok(lab.call("POST", "/vm/countervm/snapshot/rollback", snapshot_name="one", wait=1))
+    assert (counter(f"{POOL}/counter_b"), counter(f"{POOL}/counter_c")) == (b, c)
+    ok(lab.call("DELETE", "/vm/countervm", delete_disks=1))
 
 
 class StateWatch:

@@ -10,6 +10,7 @@ from typing import Any
 from pvcd.controllers.vm import vm_key
 from pvcd.state.store import Op
 from tests.fakes.nodes import SimCluster
+from tests.fakes.tasks import add_task
 
 
 def state_of(node: Any, uuid: str) -> str:
@@ -21,6 +22,9 @@ def report(sim: SimCluster) -> dict[str, Any]:
 
 
 def hold(sim: SimCluster, uuid: str, mode: str, task: str = "t1") -> None:
+    """Snapshot task `task` (running) asks for a hold."""
+    if not sim.state.cache.exists(sim.state.paths.task(task)):
+        add_task(sim.state, task, follows_primary=True, state="running")
     sim.state.store.commit([Op.create(sim.state.paths.vm_hold(uuid),
                                       {"task": task, "mode": mode, "created": 1.0})])
 
@@ -98,5 +102,15 @@ def test_a_node_cut_off_while_holding_resumes_its_guest_and_holds_again(
     node1.vm.reconcile(vm_key(uuid))
     assert report(sim)["state"] == "crash-consistent" and state_of(node1, uuid) == "paused"
     release(sim, uuid)
+    node1.vm.reconcile(vm_key(uuid))
+    assert state_of(node1, uuid) == "running"
+
+
+def test_a_hold_of_a_task_that_is_not_running_is_never_carried_out(sim: SimCluster) -> None:
+    node1, uuid = held_vm(sim, "pause")
+    assert state_of(node1, uuid) == "paused"
+    sim.state.change(sim.state.paths.task("t1"), state="failure")  # its hold left behind
+    node1.vm.reconcile(vm_key(uuid))
+    assert state_of(node1, uuid) == "running" and report(sim) == {}
     node1.vm.reconcile(vm_key(uuid))
     assert state_of(node1, uuid) == "running"
