@@ -239,6 +239,7 @@ def test_pause_suspends_the_running_guest_and_resumes_it(snap_lab: SnapshotLab) 
 # is on the disk before the next begins), so at any instant vdb holds the value of vdc or the
 # next one
 COUNTER_SCRIPT = """#!/bin/sh
+echo "pvcd-counter: counting"
 i=0
 while :; do
   i=$((i+1))
@@ -255,6 +256,7 @@ After=dev-vdb.device dev-vdc.device
 
 [Service]
 ExecStart=/usr/local/sbin/pvcd-counter
+StandardOutput=journal+console
 """
 BOOT_TIMEOUT = 600.0  # TCG on a loaded 2-core machine
 
@@ -287,6 +289,7 @@ def counter_image(workdir: Path) -> Path | None:
     return image
 
 
+@pytest.mark.timeout(900)
 def test_a_paused_snapshot_of_a_guest_writing_two_disks_holds_one_counter(
         snap_lab: SnapshotLab) -> None:
     lab = snap_lab
@@ -294,6 +297,7 @@ def test_a_paused_snapshot_of_a_guest_writing_two_disks_holds_one_counter(
     if image is None:
         pytest.skip("the Linux guest image is not cached (scripts/guest-image builds it)")
     started = time.monotonic()
+    serial = lab.workdir / "countervm.serial"
     lab.rbd.run("import", "--no-progress", str(image), f"{POOL}/counter_root")
     image.unlink()
     wait_until(lambda: lab.call("GET", f"/storage/ceph/volume/{POOL}/counter_root")
@@ -302,14 +306,16 @@ def test_a_paused_snapshot_of_a_guest_writing_two_disks_holds_one_counter(
         ok(lab.call("POST", "/storage/ceph/volume", pool=POOL, volume=volume, size="4M"))
     xml = re.sub(r"<interface.*?</interface>", "", linux_guest_xml(
         "countervm", lab.disks(["counter_root", "counter_b", "counter_c"]), bridge="none",
-        mac="52:54:00:00:00:01", serial_log=lab.workdir / "countervm.serial"), flags=re.S)
+        mac="52:54:00:00:00:01", serial_log=serial), flags=re.S)
     lab.define("countervm", [], running=True, xml=xml)
 
     def counter(spec: str) -> int:
         return int(lab.rbd.run("export", "--no-progress", spec, "-")[:20] or b"0")
 
     # the guest booted and counts (TCG: minutes on a loaded machine)
-    first = wait_until(lambda: counter(f"{POOL}/counter_b"), timeout=BOOT_TIMEOUT, interval=2)
+    wait_until(lambda: "pvcd-counter: counting" in serial.read_text(errors="replace"),
+               timeout=BOOT_TIMEOUT, interval=2)
+    first = wait_until(lambda: counter(f"{POOL}/counter_b"), timeout=TIMEOUT, interval=0.5)
     wait_until(lambda: counter(f"{POOL}/counter_b") > first, timeout=TIMEOUT, interval=0.5)
     print(f"the guest counts after {time.monotonic() - started:.0f} s")
 
