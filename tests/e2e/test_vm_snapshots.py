@@ -325,6 +325,8 @@ def test_a_paused_snapshot_of_a_guest_writing_two_disks_holds_one_counter(
     b, c = counter(f"{POOL}/counter_b@one"), counter(f"{POOL}/counter_c@one")
     print(f"paused snapshot: vdb {b}, vdc {c}")
     assert c > 0 and b - c in (0, 1), (b, c)  # one instant: vdc was written or is next
+    # resumed: the guest counts on
+    wait_until(lambda: counter(f"{POOL}/counter_c") > c, timeout=TIMEOUT, interval=0.5)
 
     ok(lab.call("POST", "/vm/countervm/state", state="stop", wait=1))
     wait_until(lambda: lab.vm("countervm")["running_on"] is None, timeout=TIMEOUT)
