@@ -60,6 +60,7 @@ from pvcd.vmxml import parse_domain_xml, renamed_domain_xml
 CREATE, REMOVE, ROLLBACK = "vm.create_snapshot", "vm.remove_snapshot", "vm.rollback_snapshot"
 HOLD_ARTIFACT, RBD_ARTIFACT = "guest-hold", "rbd-snapshot"
 RELEASE_WAIT = 30.0  # seconds to wait for the node to report the guest let go
+STORAGE_WAIT = 3600.0  # seconds a storage request of a snapshot task may take
 WAKE_EVERY = 1.0
 
 
@@ -131,7 +132,10 @@ class VmSnapshotSteps:
             for done, (pool, volume) in enumerate(volumes, start=1):
                 ctx.progress(done, total, f"snapshot of {pool}/{volume}")
                 self.storage.run("snapshot-add", {"pool": pool, "volume": volume,
-                                                  "snapshot": name}, ctx.check)
+                                                  "snapshot": name}, ctx.check,
+                                 # frozen: no longer than the guest may stay frozen
+                                 timeout=self.freeze_timeout if recorded == FROZEN
+                                 else STORAGE_WAIT)
                 taken.append(rbd_snapshot_spec(pool, volume, name))
                 ctx.artifact(RBD_ARTIFACT, taken[-1])
             if recorded == FROZEN and (self.monotonic() - began > self.freeze_timeout or
