@@ -255,3 +255,13 @@ def test_the_cli_takes_lists_rolls_back_and_removes(world: World) -> None:
     finally:
         stop.set()
         runner.join(5)
+
+
+def test_none_takes_the_disks_of_a_running_vm_without_holding_it(world: World) -> None:
+    uuid = add_vm(world.state, "live", disk("p/iso", "vda"), vm_state="start", running=True)
+    done = world.run(world.api.post("/vm/live/snapshot", params={
+        "snapshot_name": "s1", "consistency": "none"}))
+    assert done["state"] == "success", done
+    assert done["result"]["consistency"] == "none" and world.snapshots("iso") == {"s1"}
+    assert not world.state.cache.exists(world.state.paths.vm_hold(uuid))
+    assert [a["kind"] for a in done["artifacts"]] == ["rbd-snapshot"]
