@@ -75,6 +75,7 @@ class VmSnapshotHandler(VmBaseHandler):
     async def delete(self, vm: str) -> None:
         spec, _ = self.vm_spec(vm)
         name = self.values[SNAPSHOT_NAME_REQUIRED]
+        self.refuse_if_removing(spec)
         record = _record(self.ctx.view, spec, name)
         storage_timeout(self.ctx)
         await start_task(self, "vm.remove_snapshot",
@@ -90,7 +91,6 @@ class VmSnapshotHandler(VmBaseHandler):
                                       status.migration_done < migration.request):
             raise Conflict(f"VM '{spec.name}' is migrating; take the snapshot once it has "
                            "arrived; nothing was changed")
-
 
 
 class VmSnapshotRollbackHandler(VmBaseHandler):
