@@ -258,24 +258,19 @@ class NodeDaemon:
         self.vm = VmController(self.name, self.view, self.store, self.libvirt,
                                timing.shutdown_timeout, self.clock,
                                can_act=lambda: self.registered and self.client.connected
-                               and not self.self_fence.given_up)
+                               and not self.self_fence.given_up,
+                               freeze_timeout=self.config.snapshot.freeze_timeout)
         self.vm_controller = Controller("vm", hold_during_restore(self.view, self.vm.reconcile),
                                         self.vm.keys, workers=4,
                                         resync_interval=timing.resync_interval)
         vms = self.paths.vms + "/"
 
-        def vm_of(path: str) -> str | None:
-            """The VM a change below `vms/` is about; None for its console buffer, which
-            its node rewrites every second and which is nothing a VM or node acts on."""
-            uuid, _, child = path[len(vms):].partition("/")
-            return None if child == "console" else uuid
-
         wiring = Wiring()
         wiring.add(self.vm_controller,
-                   Watch(vms, lambda path: vm_key(uuid) if (uuid := vm_of(path)) else None))
+                   Watch(vms, lambda path: _vm_key_of(vms, path)))
         # the node record's domain counts follow VM changes and libvirt's events at once
-        self._watches.append((Watch(vms, lambda path: self.node.domains_key()
-                                    if vm_of(path) else None), self.node_controller))
+        self._watches.append((Watch(vms, lambda path: None if _vm_key_of(vms, path) is None
+                                    else self.node.domains_key()), self.node_controller))
         consoles, self.console = build_console(
             self.name, self.view, self.store, self.libvirt,
             self.config.drivers.libvirt.console_log_directory,
@@ -599,6 +594,19 @@ class NodeDaemon:
 def _address(interface: str | None) -> str | None:
     """The address of an `address/prefix` (None stays None)."""
     return interface.split("/")[0] if interface else None
+
+
+# records under vms/<uuid>/ that no VM or node controller acts on: their writes enqueue
+# nothing (snapshot records, extensions.md §5.1; the console buffer its node rewrites every
+# second, §7)
+_NOT_ACTED_ON = ("snapshots", "console")
+
+
+def _vm_key_of(vms: str, path: str) -> str | None:
+    """The VM controller's key for a change of `path` under `vms` (`<root>/vms/`), or None
+    for a record nothing on the node acts on (`_NOT_ACTED_ON`)."""
+    uuid, _, child = path[len(vms):].partition("/")
+    return None if child.split("/", 1)[0] in _NOT_ACTED_ON else vm_key(uuid)
 
 
 def _bounded(step: str, action: Callable[[], object], timeout: float) -> bool:

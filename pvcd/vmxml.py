@@ -66,6 +66,13 @@ class Disk:
     dev: str | None
     bus: str | None
     protocol: str | None = None  # network disks: rbd, nbd, iscsi, ...
+    device: str = "disk"  # disk, cdrom, floppy, lun
+    readonly: bool = False  # <readonly/>
+
+    @property
+    def writable(self) -> bool:
+        """Whether the guest can write it: a disk or LUN without <readonly/>."""
+        return self.device in ("disk", "lun") and not self.readonly
 
 
 @dataclass(frozen=True)
@@ -377,4 +384,6 @@ def _disk(disk: ET.Element) -> Disk:
         dev=None if target is None else target.get("dev"),
         bus=None if target is None else target.get("bus"),
         protocol=None if source is None else source.get("protocol"),
+        device=disk.get("device") or "disk",
+        readonly=disk.find("readonly") is not None,
     )

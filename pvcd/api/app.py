@@ -34,6 +34,7 @@ from pvcd.api import (
     tasks,
     uploads,
     vm_meta,
+    vm_snapshots,
     vms,
     volumes,
 )
@@ -57,6 +58,7 @@ ROUTES: list[Route] = [
     *vms.ROUTES,
     *vm_meta.ROUTES,
     *logs.ROUTES,
+    *vm_snapshots.ROUTES,
     *networks.ROUTES,
     *cluster.ROUTES,
     *status.ROUTES,
@@ -95,7 +97,7 @@ def make_context(view: ClusterView, store: Store, node_name: str, auth_enabled: 
     registry = registry or metrics.Metrics(view, node_name, clock,
                                            in_flight=lambda: ctx.in_flight)
     ctx = ApiContext(view=view, store=store, node_name=node_name, auth_enabled=auth_enabled,
-                     tokens=tokens, vm_list=vms.vm_renderer(view),
+                     tokens=tokens, vm_list=vms.vm_renderer(view, clock),
                      node_list=nodes.node_renderer(view),
                      sessions=Sessions(view, store, tokens, api.auth.session_lifetime, clock),
                      failures=FailureLimiter(api.auth.max_failures, api.auth.failure_window,

@@ -193,6 +193,27 @@ ENDPOINTS: dict[str, dict[str, Operation]] = {
         "get": Operation("The tail of a VM's serial console log, kept by its node (extensions.md "
                          "§7); data \"\" when it has none", ref("LogTail")),
     },
+    "/vm/<vm>/snapshot": {
+        "get": Operation("A VM's snapshots, oldest first (extensions.md §5.1)",
+                         array_of("VmSnapshot")),
+        "post": Operation("Take a VM snapshot of every writable RBD disk at one instant, with "
+                          "its XML, metadata and tags (task vm.create_snapshot). 202 with the "
+                          "task; with `wait`, 200 with the result {name, consistency, "
+                          "rbd_snapshots}. Refused: an invalid or taken name (on the VM or "
+                          "one of its volumes), the VM provisioning or migrating, no RBD disk, "
+                          "a writable disk that is not RBD, a busy VM or volume." + _STORAGE,
+                          failures=_TASK_STARTED),
+        "delete": Operation("Remove a VM snapshot: its RBD snapshots, then its record (task "
+                            "vm.remove_snapshot); one that cannot go fails the task and the "
+                            "record keeps what remains" + _STORAGE, failures=_TASK_STARTED),
+    },
+    "/vm/<vm>/snapshot/rollback": {
+        "post": Operation("Roll a stopped VM's disks back to a VM snapshot, then write its XML "
+                          "(keeping the VM's name; metadata and tags stay) (task "
+                          "vm.rollback_snapshot). Refused unless the VM is stop or disable and "
+                          "running nowhere, and every volume and RBD snapshot still exists"
+                          + _STORAGE, failures=_TASK_STARTED),
+    },
     "/vm/<vm>/dump": {
         "get": Operation("A VM's libvirt XML", {"type": "string"}, media_type="application/xml"),
     },

@@ -23,6 +23,7 @@ from pvcd.domain.states import (
     VM_STATES,
     VM_TAG_TYPES,
 )
+from pvcd.domain.vm_snapshots import CONSISTENCY_RECORDED
 
 
 def ref(name: str) -> dict[str, Any]:
@@ -73,6 +74,14 @@ _HEALTH_CHECK = obj({  # extensions.md §8.3
     ["name", "last_run", "health_delta", "message", "data"], "One check's latest result")
 _VM_TAG = obj({"name": STR, "type": {"type": "string", "enum": list(VM_TAG_TYPES)},
                "protected": BOOL}, ["name", "type", "protected"])
+_VM_SNAPSHOT = obj({  # extensions.md §5.1
+    "name": STR, "timestamp": {"type": "number", "description": "Unix seconds"},
+    "age": {"type": "integer", "description": "seconds since it was taken"},
+    "consistency": {"type": "string", "enum": list(CONSISTENCY_RECORDED)},
+    "rbd_snapshots": {"type": "array", "items": STR, "description": "pool/volume@name"},
+    "xml_diff_lines": {"type": "array", "items": STR,
+                       "description": "unified diff from the current XML to the snapshot's"},
+}, ["name", "timestamp", "age", "consistency", "rbd_snapshots", "xml_diff_lines"])
 
 SCHEMAS: dict[str, dict[str, Any]] = {
     "Message": obj({"message": STR}, ["message"], "A human-readable message."),
@@ -131,7 +140,9 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "controllers": {"type": "array", "items": obj({"type": _NS, "model": _NS})},
         **_VM_META, "tags": {"type": "array", "items": _VM_TAG},
         "xml": {"type": "string", "description": "the libvirt XML"},
+        "snapshots": {"type": "array", "items": _VM_SNAPSHOT},
     }, ["name", "uuid", "state", "node", "last_node", "migrated", "xml"]),
+    "VmSnapshot": _VM_SNAPSHOT,
     "VmMeta": obj({"name": STR, **_VM_META}, ["name", *_VM_META]),
     "LogTail": obj({"name": STR, "data": STR, "last_line": INT, "truncated": BOOL},
                    ["name", "data", "last_line"],

@@ -8,7 +8,8 @@ every volume to rename (`<old>` or `<old>_<suffix>` among the VM's RBD disks) kn
 name free, no storage request in flight on it. Then the volumes are renamed one by one through
 storage requests (`volume-modify` with `name`; snapshots move with them); if one fails, those
 already renamed are renamed back. Last, one compare-and-set transaction writes the spec (the
-XML's `<name>` and the renamed disk sources, nothing else) and moves the name index. The VM's
+XML's `<name>` and the renamed disk sources, nothing else), moves the name index and updates
+the VM's snapshot records (their RBD snapshots moved with the volumes). The VM's
 node then undefines the old domain and defines the new one with the same UUID.
 
 Race named: a state change between the volume renames and that transaction makes it fail; the
@@ -25,6 +26,7 @@ from pvcd.domain.records import StorageRequest, VmSpec, from_dict
 from pvcd.drivers.ceph.values import check_volume_name
 from pvcd.state.store import Op
 from pvcd.state.view import ClusterView
+from pvcd.state.vm_snapshots import renamed_snapshot_ops
 from pvcd.vmxml import RESERVED_VM_NAMES, check_vm_name, parse_domain_xml, renamed_domain_xml
 
 STOPPED_STATES = ("stop", "disable")  # the desired states in which a VM may be renamed
@@ -81,13 +83,14 @@ async def rename_vm(handler: BaseHandler, spec: VmSpec, version: int, new_name: 
             await run_request(handler, "volume-modify",
                               {"pool": pool, "volume": volume, "name": new_volume})
             done.append((pool, volume, new_volume))
-        spec.xml = renamed_domain_xml(spec.xml, new_name, {
-            f"{pool}/{volume}": f"{pool}/{new_volume}" for pool, volume, new_volume in done})
+        moved = {f"{pool}/{volume}": f"{pool}/{new_volume}" for pool, volume, new_volume in done}
+        spec.xml = renamed_domain_xml(spec.xml, new_name, moved)
         spec.name = new_name
         spec.info = parse_domain_xml(spec.xml, default_uuid=spec.uuid).to_api_fields()
         await handler.commit([Op.set(view.paths.vm(spec.uuid), spec.to_doc(), version),
                               Op.delete(view.paths.vm_name(old_name)),
-                              Op.create(view.paths.vm_name(new_name), {"uuid": spec.uuid})])
+                              Op.create(view.paths.vm_name(new_name), {"uuid": spec.uuid}),
+                              *renamed_snapshot_ops(view, spec.uuid, new_name, moved)])
     except PvcError as exc:
         if not done:
             raise

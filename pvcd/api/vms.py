@@ -9,6 +9,8 @@ transaction; the VM controller of the named node carries it out.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from typing import Any
 
 from pvcd.api.base import ApiContext, BaseHandler
@@ -52,6 +54,7 @@ from pvcd.state.tasks import read_tasks
 from pvcd.state.view import ClusterView
 from pvcd.state.vm_move import MoveBasis, move_vm
 from pvcd.state.vm_removal import forget_vm_ops
+from pvcd.state.vm_snapshots import snapshot_list
 from pvcd.vmxml import Disk, parse_domain_xml
 
 # a VM on a node in one of these daemon states is removed by that node (docs/vms.md)
@@ -65,7 +68,8 @@ def removal_timeout(ctx: ApiContext) -> float:
     return REMOVAL_WAIT if timeout is None else float(timeout)
 
 
-def vm_object(view: ClusterView, uuid: str) -> dict[str, Any] | None:
+def vm_object(view: ClusterView, uuid: str, now: float | None = None
+              ) -> dict[str, Any] | None:
     spec = view.cache.get(view.paths.vm(uuid))
     if not isinstance(spec, dict):
         return None
@@ -84,6 +88,9 @@ def vm_object(view: ClusterView, uuid: str) -> dict[str, Any] | None:
     obj.update(info)
     obj.update(_meta_fields(spec))
     obj["xml"] = spec.get("xml")
+    obj["snapshots"] = snapshot_list(view, uuid, str(spec.get("xml") or ""),
+                                     time.time() if now is None else now) \
+        if view.cache.children(view.paths.vm_snapshots(uuid)) else []
     return obj
 
 
@@ -104,13 +111,22 @@ def has_tag(spec: dict[str, Any], tag: str) -> bool:
         isinstance(t, dict) and t.get("name") == tag for t in tags)
 
 
-def vm_renderer(view: ClusterView) -> FragmentRenderer:
-    entry, paths = view.cache.entry, view.paths
+def vm_renderer(view: ClusterView, clock: Callable[[], float] = time.time
+                ) -> FragmentRenderer:
+    entry, children, paths = view.cache.entry, view.cache.children, view.paths
 
     def basis(uuid: str) -> tuple[Any, ...]:
-        return entry(paths.vm(uuid)), entry(paths.vm_status(uuid))
+        return entry(paths.vm(uuid)), entry(paths.vm_status(uuid)), snapshots(uuid)
 
-    return FragmentRenderer(basis, lambda uuid: vm_object(view, uuid))
+    def snapshots(uuid: str) -> tuple[Any, ...]:
+        """Nothing for a VM without snapshots; else their records and the second (a
+        snapshot's `age` grows: such a VM's fragment is rebuilt at most once a second)."""
+        names = children(paths.vm_snapshots(uuid))
+        if not names:
+            return ()
+        return (int(clock()), *(entry(paths.vm_snapshot(uuid, name)) for name in names))
+
+    return FragmentRenderer(basis, lambda uuid: vm_object(view, uuid, clock()))
 
 
 SELECTOR = choice("selector", NODE_SELECTORS, "How to choose the node when `node` is not given "
@@ -244,7 +260,7 @@ DEFINE_XML = text("xml", "Define the VM from this libvirt domain XML, whose <nam
 
 class VmHandler(VmBaseHandler):
     def get(self, vm: str) -> None:
-        obj = vm_object(self.ctx.view, self.vm_uuid(vm))
+        obj = vm_object(self.ctx.view, self.vm_uuid(vm), self.ctx.clock())
         if obj is None:
             raise NotFound(f"VM '{vm}' not found")
         self.reply([obj])

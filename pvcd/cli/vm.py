@@ -29,6 +29,7 @@ from pvcd.cli.logs import vm_log
 from pvcd.cli.output import Column, Row, field, render_fields, render_table, size_mib
 from pvcd.cli.task import follow_task
 from pvcd.cli.vm_meta import MIGRATION_METHODS, NODE_SELECTORS, vm_meta, vm_tag
+from pvcd.cli.vm_snapshot import vm_snapshot
 
 SELECTORS = NODE_SELECTORS
 STATES = ("start", "restart", "shutdown", "stop", "failed", "migrate", "unmigrate", "disable",
@@ -77,6 +78,7 @@ def vm_details(vms: list[dict[str, Any]]) -> str:
             ("Migration method", vm.get("migration_method")),
             ("Profile", vm.get("profile")),
             ("Tags", [t.get("name") for t in vm.get("tags") or []] or None),
+            ("Snapshots", [s.get("name") for s in vm.get("snapshots") or []] or None),
             ("vCPUs", vm.get("vcpu")),
             ("vCPU topology", vm.get("vcpu_topology")),
             ("Memory", size_mib(vm.get("memory"))),
@@ -358,3 +360,4 @@ def vm_move(cli: CliContext, name: str, node: str | None, selector: str | None, 
 vm.add_command(vm_meta)
 vm.add_command(vm_tag)
 vm.add_command(vm_log)
+vm.add_command(vm_snapshot)

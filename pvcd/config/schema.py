@@ -375,6 +375,14 @@ class TasksSection:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SnapshotSection:
+    """VM snapshots (docs/backups.md, "VM snapshots")."""
+
+    # seconds a guest's filesystems may stay frozen for a snapshot; longer fails the task
+    freeze_timeout: float = field(default=30.0, metadata=checks(in_range(1, 600)))
+
+
+@dataclass(frozen=True, kw_only=True)
 class MetadataSection:
     """The cloud-init metadata service on 169.254.169.254:80 (docs/provisioning.md)."""
 
@@ -457,5 +465,6 @@ class Config:
     health: HealthSection = field(default_factory=HealthSection)
     backup: BackupSection = field(default_factory=BackupSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
+    snapshot: SnapshotSection = field(default_factory=SnapshotSection)
     # The file this came from, for messages; not a YAML key.
     path: str = field(default="", metadata={"yaml": False})

@@ -16,8 +16,9 @@ from pvcd.controllers.cluster_restore import ClusterRestore
 from pvcd.controllers.ova_upload import CephAccess, OvaImporter
 from pvcd.controllers.provisioner import provisioner_task_kinds
 from pvcd.controllers.tasks import TaskKind
-from pvcd.controllers.tasks.storage_steps import run_storage_request
+from pvcd.controllers.tasks.storage_steps import StorageSteps, run_storage_request
 from pvcd.controllers.uploads import upload_task_kind
+from pvcd.controllers.vm_snapshots import VmSnapshotSteps
 from pvcd.drivers.nft_rules import validate_rule
 from pvcd.state.store import Store
 from pvcd.state.view import ClusterView
@@ -36,4 +37,6 @@ def production_task_kinds(view: ClusterView, store: Store, config: Config,
             upload_task_kind(calls, ceph.request_timeout),
             *provisioner_task_kinds(view, store, config),
             ClusterRestore(view, store, uploads, config.backup.allowed_paths, validate_rule,
-                           clock).kind()]
+                           clock).kind(),
+            *VmSnapshotSteps(view, store, StorageSteps(view, store, clock),
+                             config.snapshot.freeze_timeout, clock).kinds()]

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from pvcd.controllers.base import DONE, Result, TemporaryError
+from pvcd.controllers.guest_hold import GuestHolds
 from pvcd.controllers.vm_claim import VmClaims
 from pvcd.controllers.vm_removal import VmRemover
 from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound
@@ -65,6 +66,10 @@ class VmDriver(Protocol):
     def xml(self, uuid: str) -> str: ...
     def migrate(self, uuid: str, dest_uri: str, migration_uri: str | None,
                 timeout: float, max_downtime: int | None = None) -> None: ...
+    def suspend(self, uuid: str) -> None: ...
+    def resume(self, uuid: str) -> None: ...
+    def fs_freeze(self, uuid: str, agent_timeout: float) -> int: ...
+    def fs_thaw(self, uuid: str) -> int: ...
 
 
 def vm_key(uuid: str) -> str:
@@ -74,7 +79,8 @@ def vm_key(uuid: str) -> str:
 class VmController:
     def __init__(self, name: str, view: ClusterView, store: Store, driver: VmDriver,
                  shutdown_timeout: float = 90.0, clock: Callable[[], float] = time.time,
-                 can_act: Callable[[], bool] = lambda: True) -> None:
+                 can_act: Callable[[], bool] = lambda: True,
+                 freeze_timeout: float = 30.0) -> None:
         self.name = name
         self.can_act = can_act  # False without a live ZooKeeper session: act on nothing
         self.view = view
@@ -84,6 +90,8 @@ class VmController:
         self.clock = clock
         self.claims = VmClaims(name, view, store, clock)
         self.remover = VmRemover(name, view, store, driver, clock, domain_active, self.claims)
+        # a snapshot's pause or freeze of the guest (vms/<uuid>/hold)
+        self.holds = GuestHolds(name, view, driver, self._write_status, freeze_timeout, clock)
 
     # keys
     def keys(self) -> list[str]:
@@ -173,7 +181,7 @@ class VmController:
                 else:
                     self._write_status(spec, lambda s: _observed(s, self.name, "stopped",
                                                                  domain, spec))
-                    return DONE
+                    return self.holds.converge(spec, active=False)
             if not active:
                 self._confirm_assignment(uuid)
                 self.driver.start(uuid)
@@ -187,7 +195,7 @@ class VmController:
                 s.restart_done = max(s.restart_done, spec.restart_request)
 
             self._write_status(spec, running)
-            return DONE
+            return self.holds.converge(spec, active=True)
         except (BackendError, NotFound) as exc:
             log.warning("event=vm-failed vm=%s name=%s node=%s reason=%s", uuid, spec.name,
                         self.name, exc)

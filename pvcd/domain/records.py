@@ -375,6 +375,8 @@ class VmStatus:
     state_request_done: int = 0
     since: float = 0.0
     defined_xml_hash: str = ""  # of the spec XML the node last defined (a change redefines)
+    # what the node did for a snapshot's guest hold (`pvcd.domain.vm_snapshots.HeldGuest`)
+    hold: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_doc(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -402,6 +402,43 @@ class LibvirtDriver:
                 raise _error(exc, f"resize disk {target} of domain {uuid}") from exc
         return targets
 
+    # holding a guest still for a snapshot (extensions.md §5.1)
+    def suspend(self, uuid: str) -> None:
+        """Pause the guest's vCPUs (libvirt state `paused`, reason `user`)."""
+        self._act(uuid, "suspend", lambda domain: domain.suspend())
+
+    def resume(self, uuid: str) -> None:
+        """Let a paused guest run again; a running one is left as it is."""
+        def resume(domain: Any) -> None:
+            if domain.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+                domain.resume()
+
+        self._act(uuid, "resume", resume)
+
+    def fs_freeze(self, uuid: str, agent_timeout: float) -> int:
+        """Freeze every guest filesystem through the QEMU guest agent, which must answer
+        within `agent_timeout` s; the number frozen. BackendError without an answering agent
+        (not configured, not connected, or too slow)."""
+        frozen: list[int] = []
+
+        def freeze(domain: Any) -> None:
+            domain.agentSetResponseTimeout(max(1, int(agent_timeout)), 0)
+            try:
+                frozen.append(int(domain.fsFreeze(None, 0)))
+            finally:
+                domain.agentSetResponseTimeout(
+                    libvirt.VIR_DOMAIN_AGENT_RESPONSE_TIMEOUT_DEFAULT, 0)
+
+        self._act(uuid, "freeze the filesystems of", freeze)
+        return frozen[0]
+
+    def fs_thaw(self, uuid: str) -> int:
+        """Thaw the guest's filesystems (none frozen: 0); BackendError without an agent."""
+        thawed: list[int] = []
+        self._act(uuid, "thaw the filesystems of",
+                  lambda domain: thawed.append(int(domain.fsThaw(None, 0))))
+        return thawed[0]
+
     def host_info(self) -> HostInfo:
         try:
             info = self._connection().getInfo()

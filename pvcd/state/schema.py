@@ -91,6 +91,18 @@ class Paths:
     def vm_owner(self, uuid: str) -> str:
         return f"{self._prefix}/vms/{uuid}/owner"
 
+    def vm_snapshots(self, uuid: str) -> str:
+        """The parent of the VM's snapshot records (extensions.md §5.1)."""
+        return f"{self._prefix}/vms/{uuid}/snapshots"
+
+    def vm_snapshot(self, uuid: str, name: str) -> str:
+        return f"{self._prefix}/vms/{uuid}/snapshots/{name}"
+
+    def vm_hold(self, uuid: str) -> str:
+        """A snapshot task's request that the VM's node pause or freeze the guest
+        (`pvcd.controllers.guest_hold`)."""
+        return f"{self._prefix}/vms/{uuid}/hold"
+
     @property
     def vm_names(self) -> str:
         return self._join("vm-names")

@@ -16,14 +16,17 @@ from pvcd.state.view import ClusterView
 
 def forget_vm_ops(view: ClusterView, spec: VmSpec, version: int, removal: VmRemoval,
                   now: float) -> list[Op]:
-    """Delete the VM's records (its status, claim and console buffer, the spec
-    compare-and-set at `version`) and create `removal`'s volume requests. A child written
-    meanwhile makes the spec's delete fail ("has children"), and the writer retries on fresh
-    state."""
+    """Delete the VM's records (its snapshot records, guest hold, status, claim and console
+    buffer, the spec compare-and-set at `version`) and create `removal`'s volume requests. A
+    child written meanwhile makes the spec's delete fail ("has children"), and the writer
+    retries on fresh state. The RBD snapshots stay on kept volumes and go with removed ones."""
     paths = view.paths
     ops: list[Op] = []
-    for child in (paths.vm_status(spec.uuid), paths.vm_owner(spec.uuid),
-                  paths.vm_console(spec.uuid)):
+    snapshots = paths.vm_snapshots(spec.uuid)  # its snapshot records (extensions.md §5.1)
+    ops += [Op.delete(paths.vm_snapshot(spec.uuid, name))
+            for name in view.cache.children(snapshots)]
+    for child in (snapshots, paths.vm_hold(spec.uuid), paths.vm_status(spec.uuid),
+                  paths.vm_owner(spec.uuid), paths.vm_console(spec.uuid)):
         if view.cache.exists(child):
             ops.append(Op.delete(child))
     if view.vm_uuid_by_name(spec.name) == spec.uuid:

@@ -131,7 +131,7 @@ def test_bad_file_names_the_file(tmp_path: Path, text: str, problem: str) -> Non
 
 
 SECTIONS = ("node, cluster, networks, api, timing, drivers, fencing, tasks, metadata, health, "
-            "backup, logging")
+            "backup, logging, snapshot")
 
 
 @pytest.mark.parametrize(
