@@ -595,6 +595,9 @@ class Lab:
         if not os.environ.get("PVCD_LAB_KEEP_LOGS"):  # debugging: keep the node folders
             _remove_tree(self.workdir / "nodes")
         _remove_tree(self.workdir / "tls")
+        backups = self.workdir / "backups"  # kept when it holds something: backups are data
+        if backups.is_dir() and not any(backups.iterdir()):
+            backups.rmdir()
         self.lab_file.unlink(missing_ok=True)
         self.lab_file.with_suffix(".tmp").unlink(missing_ok=True)
         if self.workdir.exists() and not any(self.workdir.iterdir()):
