@@ -17,19 +17,22 @@ from pvcd.controllers.provisioner import provisioner_task_kinds
 from pvcd.controllers.tasks import TaskKind
 from pvcd.controllers.tasks.storage_steps import run_storage_request
 from pvcd.controllers.uploads import upload_task_kind
+from pvcd.controllers.vm_devices import DeviceDriver, DeviceTasks
 from pvcd.state.store import Store
 from pvcd.state.view import ClusterView
 from pvcd.upload_pipe import UploadPipes
 
 
 def production_task_kinds(view: ClusterView, store: Store, config: Config,
-                          uploads: UploadPipes, clock: Callable[[], float] = time.time
-                          ) -> list[TaskKind]:
-    """The task kinds every node can run (spec extensions.md §1.4)."""
+                          uploads: UploadPipes, clock: Callable[[], float] = time.time,
+                          guests: DeviceDriver | None = None) -> list[TaskKind]:
+    """The task kinds every node can run (spec extensions.md §1.4). `guests`: this node's
+    libvirt, for the device hot-plug tasks (left out where no VM runs: tests of other kinds)."""
     ceph = config.drivers.ceph
     access = CephAccess(str(ceph.conf_file), str(ceph.keyring), float(ceph.request_timeout),
                         float(ceph.command_timeout))
     calls = functools.partial(run_storage_request, view, store, clock=clock)
     return [OvaImporter(view, store, uploads, access, clock).kind(),
             upload_task_kind(calls, ceph.request_timeout),
-            *provisioner_task_kinds(view, store, config)]
+            *provisioner_task_kinds(view, store, config),
+            *(DeviceTasks(config.node.name, view, store, guests).kinds() if guests else [])]
