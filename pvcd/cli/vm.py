@@ -27,6 +27,7 @@ from pvcd.cli.context import (
 from pvcd.cli.editor import edit_text
 from pvcd.cli.output import Column, Row, field, render_fields, render_table, size_mib
 from pvcd.cli.task import follow_task
+from pvcd.cli.vm_device import vm_device
 from pvcd.cli.vm_meta import MIGRATION_METHODS, NODE_SELECTORS, vm_meta, vm_tag
 
 SELECTORS = NODE_SELECTORS
@@ -356,3 +357,4 @@ def vm_move(cli: CliContext, name: str, node: str | None, selector: str | None, 
 
 vm.add_command(vm_meta)
 vm.add_command(vm_tag)
+vm.add_command(vm_device)

@@ -6,11 +6,15 @@ hot-plug here; the QEMU e2e test tests/e2e/test_vm_devices.py hot-plugs for real
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
 from typing import Any
 
 import libvirt
 import pytest
+from click.testing import CliRunner
 
+from pvcd.cli.main import cli
 from pvcd.controllers.tasks import TaskRegistry
 from pvcd.controllers.tasks.runner import TaskRunner, task_key
 from pvcd.controllers.vm_devices import DeviceTasks
@@ -18,8 +22,9 @@ from pvcd.domain.records import Migration, VmSpec, from_dict
 from pvcd.domain.tasks import TaskRecord
 from pvcd.drivers.libvirt import LibvirtDriver
 from pvcd.lab.guest import tiny_guest_xml
+from pvcd.state.tasks import read_tasks
 from pvcd.vmdevices import devices_of
-from tests.fakes.api import ApiClient
+from tests.fakes.api import TOKEN, ApiClient
 from tests.fakes.nodes import SimCluster
 
 DISK = "<disk type='file' device='disk'><source file='/var/lib/x.img'/>" \
@@ -269,3 +274,40 @@ def test_migrating_provisioning_and_unknown_vms_are_refused(
                      state="provision")
     refused(device(api3, "POST", "web", DISK), "is being provisioned")
     assert stored(sim, uuid) == []
+
+
+def test_the_cli_attaches_and_detaches_and_follows_the_task(
+        api3: ApiClient, sim: SimCluster, tmp_path: Path) -> None:
+    env = {"PVC_URL": api3.base, "PVC_TOKEN": TOKEN, "PVC_CONNECTION": "",
+           "PVC_CONFIG": "/nonexistent"}
+    xml_file = tmp_path / "disk.xml"
+    xml_file.write_text(DISK)
+    uuid = define(api3, sim, "cold", running=False)
+    result = CliRunner().invoke(cli, ["vm", "device", "attach", "cold", str(xml_file)], env=env)
+    assert result.exit_code == 0 and "not running" in result.output, result.output
+    assert stored(sim, uuid) == ["disk sdb"]
+    again = CliRunner().invoke(cli, ["vm", "device", "attach", "cold", str(xml_file)], env=env)
+    assert again.exit_code == 1 and "already has a disk sdb" in again.output
+    result = CliRunner().invoke(cli, ["vm", "device", "detach", "cold", str(xml_file)], env=env)
+    assert result.exit_code == 0, result.output
+    assert stored(sim, uuid) == []
+    # a running VM: --wait follows its task (the test driver refuses the hot-plug)
+    hot = define(api3, sim, "hot")
+    stop = threading.Event()
+
+    def run_pending() -> None:
+        while not stop.is_set():
+            for record in read_tasks(sim.state.view):
+                if record.state == "pending":
+                    run_task(sim, record.id)
+            stop.wait(0.02)
+
+    threading.Thread(target=run_pending, daemon=True).start()
+    try:
+        result = CliRunner().invoke(cli, ["vm", "device", "attach", "hot", str(xml_file),
+                                          "--wait", "--timeout", "30"], env=env)
+    finally:
+        stop.set()
+    assert result.exit_code == 1, result.output
+    assert "vm.device_attach" in result.output and "not supported" in result.output
+    assert stored(sim, hot) == []
