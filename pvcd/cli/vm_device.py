@@ -12,7 +12,7 @@ import click
 from pvcd.cli.client import api_path
 from pvcd.cli.completion import complete_vms
 from pvcd.cli.context import CliContext, format_option, pass_cli
-from pvcd.cli.task import follow_task
+from pvcd.cli.task import follow_task, follow_task_options
 
 
 @click.group("device")
@@ -24,10 +24,7 @@ def _device_command(verb: str, method: str, summary: str) -> None:
     @vm_device.command(verb, help=summary)
     @click.argument("name", shell_complete=complete_vms)
     @click.argument("xml_file", metavar="XML_FILE", type=click.File("r"))
-    @click.option("--wait", "-w", is_flag=True,
-                  help="Follow the hot-plug task of a running VM to its end.")
-    @click.option("--timeout", type=click.FloatRange(min=0), default=300.0, show_default=True,
-                  metavar="SECONDS", help="How long --wait follows the task.")
+    @follow_task_options(300.0)
     @format_option
     @pass_cli
     def command(cli: CliContext, name: str, xml_file: TextIO, wait: bool,

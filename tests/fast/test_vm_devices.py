@@ -93,6 +93,15 @@ class LiveDevices:
         self.changes.append(("detach", xml, live, persistent))
 
 
+def attach_to_running(api: ApiClient, sim: SimCluster, name: str) -> tuple[str, dict[str, Any]]:
+    """A VM running on node1, and the answer (202, a task) to attaching DISK to it."""
+    uuid = define(api, sim, name)
+    response = device(api, "POST", name, DISK)
+    assert response.status_code == 202, response.text
+    assert response.headers["Location"] == f"/api/v1/tasks/{response.json()['task_id']}"
+    return uuid, dict(response.json())
+
+
 def run_task(sim: SimCluster, task_id: str, driver: Any = None) -> TaskRecord:
     node = sim.nodes["node1"]
     tasks = DeviceTasks("node1", sim.state.view, sim.state.store, driver or node.libvirt)
@@ -135,13 +144,9 @@ def test_a_stopped_vm_only_gets_its_xml_changed(api3: ApiClient, sim: SimCluster
 
 def test_a_running_vm_gets_a_task_on_its_node_that_hot_plugs_it_live(
         api3: ApiClient, sim: SimCluster) -> None:
-    uuid = define(api3, sim, "web")
+    uuid, started = attach_to_running(api3, sim, "web")
     booted = domain_id(sim, uuid)
-    response = device(api3, "POST", "web", DISK)
-    assert response.status_code == 202, response.text
-    started = response.json()
     assert (started["task_name"], started["run_on"]) == ("vm.device_attach", "node1")
-    assert response.headers["Location"] == f"/api/v1/tasks/{started['task_id']}"
     assert stored(sim, uuid) == []  # the task writes it, on the node
     # a second change while it is pending is refused, naming it
     refused(device(api3, "POST", "web", "<rng model='virtio'><backend model='random'/></rng>"),
@@ -171,11 +176,9 @@ def test_a_running_vm_gets_a_task_on_its_node_that_hot_plugs_it_live(
 
 def test_a_failing_hot_plug_restores_the_xml_and_fails_the_task(
         api3: ApiClient, sim: SimCluster) -> None:
-    uuid = define(api3, sim, "web")
+    uuid, started = attach_to_running(api3, sim, "web")
     before = spec(sim, uuid)
-    response = device(api3, "POST", "web", DISK)
-    assert response.status_code == 202, response.text
-    task = run_task(sim, response.json()["task_id"])  # the test driver cannot hot-plug
+    task = run_task(sim, started["task_id"])  # the test driver cannot hot-plug
     assert (task.state, task.error) == ("failure", "BackendError")
     assert "not supported" in task.message and "stored XML was restored" in task.message
     after = spec(sim, uuid)
@@ -187,13 +190,11 @@ def test_a_failing_hot_plug_restores_the_xml_and_fails_the_task(
 
 def test_a_vm_that_stopped_before_its_task_ran_fails_it_with_nothing_changed(
         api3: ApiClient, sim: SimCluster) -> None:
-    uuid = define(api3, sim, "web")
-    response = device(api3, "POST", "web", DISK)
-    assert response.status_code == 202
+    uuid, started = attach_to_running(api3, sim, "web")
     assert api3.post("/vm/web/state", data={"state": "stop"}).status_code == 200
     sim.step()
     live = LiveDevices(sim.nodes["node1"].libvirt)
-    task = run_task(sim, response.json()["task_id"], live)
+    task = run_task(sim, started["task_id"], live)
     assert (task.state, task.error) == ("failure", "Conflict")
     assert "no longer runs on node node1" in task.message
     assert stored(sim, uuid) == [] and live.changes == []
