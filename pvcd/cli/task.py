@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from pvcd.cli.client import api_path
-from pvcd.cli.context import CliContext, F, format_option, pass_cli
+from pvcd.cli.context import CliContext, F, format_option, pass_cli, timed_wait_options
 from pvcd.cli.errors import ApiFailure, ApiUnreachable, WaitTimedOut
 from pvcd.cli.output import Column, field, render_fields, show, table_of
 from pvcd.cli.progress import ProgressBar
@@ -93,15 +93,10 @@ def task_wait(cli: CliContext, task_id: str, timeout: float) -> None:
 
 
 def follow_task_options(timeout: float) -> Callable[[F], F]:
-    """`--wait` (follow the task the request starts, as `task wait` does) and its `--timeout`
-    (`timeout` seconds by default), for a command whose request starts a task."""
-    def add(command: F) -> F:
-        command = click.option("--timeout", type=click.FloatRange(min=0), default=timeout,
-                               show_default=True, metavar="SECONDS",
-                               help="How long --wait follows the task.")(command)
-        return click.option("--wait", "-w", is_flag=True,
-                            help="Follow the task to its end with a progress display.")(command)
-    return add
+    """`--wait` (follow the task the request starts, as `task wait` does) and its `--timeout`,
+    for a command whose request starts a task."""
+    return timed_wait_options(timeout, "Follow the task to its end with a progress display.",
+                              "How long --wait follows the task.")
 
 
 def interactive(cli: CliContext, stream: Any) -> bool:
