@@ -95,10 +95,15 @@ def check_device_change_allowed(view: ClusterView, spec: VmSpec) -> None:
 
 def running_node(view: ClusterView, spec: VmSpec) -> str | None:
     """The node whose libvirt runs the VM as its status says (its assigned node), or None when
-    it does not run: then a change is only a change of its XML."""
+    it does not run: then a change is only a change of its XML. Conflict while it is being
+    started: its node may be booting it from the XML it read before the change, and the guest
+    would miss the device until its next restart."""
     status = view.vm_status(spec.uuid)
     if status is not None and status.state == "running" and status.node == spec.node:
         return spec.node
+    if spec.state == "start" and (status is None or status.state != "failed"):
+        raise Conflict(f"VM '{spec.name}' is starting on {spec.node}; change its devices once "
+                       "it runs (or stop it first); nothing was changed")
     return None
 
 

@@ -23,13 +23,17 @@ import pytest
 import yaml
 
 from pvcd.lab import netns
+from pvcd.lab.ceph import ThrowawayCeph
 from pvcd.lab.lab import Lab
+from pvcd.lab.libvirt_ceph import LIBVIRT_CEPH_USER
+from pvcd.lab.linux_guest import rbd_disk
+from pvcd.lab.netns import SERVICE_IP
 from pvcd.lab.qemu_guest import qemu_guest_xml, read_boot_stamp
 from tests.e2e.labclient import LabClient, wait_until
 
 libvirt = pytest.importorskip("libvirt")
 
-pytestmark = [pytest.mark.slow, pytest.mark.qemu, pytest.mark.needs_root]
+pytestmark = [pytest.mark.slow, pytest.mark.qemu, pytest.mark.ceph, pytest.mark.needs_root]
 
 NODE = "node1"
 VNI = 10
@@ -43,7 +47,8 @@ class DeviceLab:
         # short: libvirtd's unix socket paths are limited to 107 bytes
         self.workdir = Path(f"/tmp/pvcd-e2e-dev-{uuidlib.uuid4().hex[:6]}")
         self.lab = Lab(self.workdir)
-        self.info = self.lab.up(nodes=1, libvirt="qemu", network=True, fencing="none")
+        self.info = self.lab.up(nodes=1, libvirt="qemu", network=True, ceph=True,
+                                fencing="none")
         self.api = LabClient(self.info)
         config = yaml.safe_load(Path(self.info.node(NODE).config).read_text())
         self.uri = str(config["drivers"]["libvirt"]["uri"])
@@ -63,8 +68,8 @@ class DeviceLab:
             wait_until(lambda: self.vm(name)["running_on"] == NODE, timeout=15)
             wait_until(lambda: self.boot_stamp(uuid), timeout=10)
         else:
-            ok(self.api.post(f"/vm/{name}/state", data={"state": "stop"}))
-            wait_until(lambda: self.vm(name)["state"] == "stop", timeout=10)
+            # (with `wait`: answered once its node has it stopped)
+            ok(self.api.post(f"/vm/{name}/state", data={"state": "stop", "wait": "true"}))
         return uuid
 
     def vm(self, name: str) -> dict[str, Any]:
@@ -95,6 +100,19 @@ class DeviceLab:
         out = netns.run("ip", "-n", self.lab.network().node_ns(NODE), "-j", "link", "show",
                         "master", f"vmbr{VNI}").stdout or "[]"
         return [link["ifname"] for link in json.loads(out)]
+
+    def rbd_volume(self, volume: str, target: str) -> str:
+        """A new 8 MiB RBD volume in pool `vms` (made through the API), as a SCSI disk with
+        cephx through the lab's libvirt secret."""
+        assert self.info.ceph is not None and self.info.qemu is not None
+        if "vms" not in [p["name"] for p in ok(self.api.get("/storage/ceph/pool"))]:
+            ok(self.api.post("/storage/ceph/pool", data={"pool": "vms", "pgs": 16}))
+        ok(self.api.post("/storage/ceph/volume", data={"pool": "vms", "volume": volume,
+                                                       "size": "8M"}))
+        ceph = ThrowawayCeph.load(self.info.ceph["workdir"])
+        return rbd_disk("vms", volume, [(SERVICE_IP, ceph.ports.mon_v1)], LIBVIRT_CEPH_USER,
+                        self.info.qemu["ceph_secret_uuid"], dev=target).replace(
+                            "bus='virtio'", "bus='scsi'")
 
     def change(self, method: str, name: str, xml: str, **values: str) -> Any:
         return self.api.call(method, f"/vm/{name}/device", data={"xml": xml, **values})
@@ -173,6 +191,23 @@ def test_a_disk_and_a_nic_hot_plugged_into_a_running_guest_and_out(dlab: DeviceL
                mac not in lab.domain(uuid, persistent=True), timeout=10)
     assert lab.boot_stamp(uuid) == stamp  # never restarted
     assert lab.vm("hot")["running_on"] == NODE
+
+
+def test_an_rbd_volume_hot_plugged_into_a_running_guest_and_out(dlab: DeviceLab) -> None:
+    lab = dlab
+    uuid = lab.define("rbd")
+    stamp = lab.boot_stamp(uuid)
+    missing = lab.change("POST", "rbd", lab.rbd_volume("present", "sdb").replace(
+        "vms/present", "vms/absent"))
+    assert missing.status_code == 510 and "vms/absent not found" in missing.json()["message"]
+    done = ok(lab.change("POST", "rbd", lab.rbd_volume("data", "sdc"), wait="true"))
+    assert done["result"]["device"] == "disk sdc"
+    live = lab.domain(uuid)
+    assert "name='vms/data'" in live and "dev='sdc'" in live
+    assert "name='vms/data'" in lab.stored("rbd")
+    ok(lab.change("DELETE", "rbd", "<disk><target dev='sdc'/></disk>", wait="true"))
+    assert "vms/data" not in lab.domain(uuid) and "vms/data" not in lab.stored("rbd")
+    assert lab.boot_stamp(uuid) == stamp
 
 
 def test_a_failing_hot_plug_leaves_the_stored_xml_as_it_was(dlab: DeviceLab) -> None:

@@ -264,6 +264,16 @@ def test_an_rbd_disk_on_a_known_volume_is_accepted(api3: ApiClient, sim: SimClus
     assert stored(sim, uuid) == ["disk vdb"]
 
 
+def test_a_vm_being_started_is_refused_until_it_runs(api3: ApiClient, sim: SimCluster) -> None:
+    response = api3.post("/vm", data={"xml": tiny_guest_xml("web"), "node": "node1"})
+    assert response.status_code == 200, response.text
+    uuid = str(api3.get("/vm/web").json()[0]["uuid"])
+    refused(device(api3, "POST", "web", DISK), "is starting on node1")  # not yet booted
+    assert stored(sim, uuid) == []
+    sim.step()
+    assert device(api3, "POST", "web", DISK).status_code == 202  # it runs now: a task
+
+
 def test_migrating_provisioning_and_unknown_vms_are_refused(
         api3: ApiClient, sim: SimCluster) -> None:
     uuid = define(api3, sim, "web")
