@@ -37,7 +37,6 @@ from pvcd.state.vm_devices import (
     DETACH,
     TASK_NAMES,
     DeviceChange,
-    check_device_change_allowed,
     new_device_mac,
     plan_attach,
     plan_detach,
@@ -117,7 +116,6 @@ class DeviceTasks:
         return from_dict(VmSpec, found[0]), found[1].version
 
     def _check_runs_here(self, spec: VmSpec) -> None:
-        check_device_change_allowed(self.view, spec)
         domain = self.driver.domain_state(spec.uuid)
         if spec.node != self.node or domain is None or not domain_active(domain):
             where = f"it is assigned to {spec.node}" if spec.node != self.node else \
@@ -150,8 +148,7 @@ class DeviceTasks:
     def _outcome(self, change: DeviceChange) -> TaskOutcome:
         spec, device = change.new, change.device
         result: dict[str, Any] = {"vm": spec.name, "uuid": spec.uuid, "node": self.node,
-                                  "device": device.label,
-                  "xml": device.xml}
+                                  "device": device.label, "xml": device.xml}
         if change.action == ATTACH:
             return TaskOutcome(f"Attached {device.label} to VM '{spec.name}' on node "
                                f"{self.node}, live and in its stored XML", result)
