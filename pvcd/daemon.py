@@ -152,7 +152,8 @@ class NodeDaemon:
         # tasks: this node's, and on coordinators the primary's (docs/tasks.md)
         self._add(build_tasks(self.name, self.view, self.store, config.tasks,
                               TaskRegistry([*production_task_kinds(
-                                  self.view, self.store, config, self.uploads, clock),
+                                  self.view, self.store, config, self.uploads, clock,
+                                  guests=self.libvirt),
                                   *self.plugins.task_kinds]),
                               coordinator=self.coordinator is not None,
                               resync_interval=timing.resync_interval, clock=clock))

@@ -142,7 +142,7 @@ def parse_domain_xml(text: str, default_uuid: str | None = None) -> DomainDefini
 
     A missing (or empty) `<uuid>` becomes `default_uuid` when given (replacing a VM's XML keeps
     its UUID), else a new random one."""
-    root = _parse_safely(text)
+    root = parse_safely(text)
     if root.tag != "domain":
         raise InvalidValue(f"the VM XML must have a <domain> root element, not <{root.tag}>")
     domain_type = root.get("type")
@@ -176,16 +176,17 @@ def parse_domain_xml(text: str, default_uuid: str | None = None) -> DomainDefini
     )
 
 
-def _parse_safely(text: str) -> ET.Element:
+def parse_safely(text: str, what: str = "the VM XML") -> ET.Element:
+    """`text` parsed with the hardening above; `what` names it in the messages."""
     if not isinstance(text, str):
-        raise InvalidValue(f"the VM XML must be text, not {type(text).__name__}")
+        raise InvalidValue(f"{what} must be text, not {type(text).__name__}")
     if not text.strip():
-        raise InvalidValue("the VM XML is empty")
+        raise InvalidValue(f"{what} is empty")
     if len(text) > MAX_XML_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_XML_BYTES:
-        raise InvalidValue(f"the VM XML is larger than {MAX_XML_BYTES} bytes "
+        raise InvalidValue(f"{what} is larger than {MAX_XML_BYTES} bytes "
                            f"({MAX_XML_BYTES // 1024} KiB), the most a VM's XML may be")
     if _FORBIDDEN.search(text):
-        raise InvalidValue("the VM XML must not contain DOCTYPE or ENTITY declarations")
+        raise InvalidValue(f"{what} must not contain DOCTYPE or ENTITY declarations")
     builder = ET.TreeBuilder()
     depth = 0
 
@@ -193,7 +194,7 @@ def _parse_safely(text: str) -> ET.Element:
         nonlocal depth
         depth += 1
         if depth > MAX_DEPTH:
-            raise InvalidValue(f"the VM XML is nested deeper than {MAX_DEPTH} elements")
+            raise InvalidValue(f"{what} is nested deeper than {MAX_DEPTH} elements")
         builder.start(tag, attributes)
 
     def end(tag: str) -> None:
@@ -202,7 +203,7 @@ def _parse_safely(text: str) -> ET.Element:
         builder.end(tag)
 
     def refuse_dtd(*_args: Any) -> NoReturn:
-        raise InvalidValue("the VM XML must not contain DOCTYPE or ENTITY declarations")
+        raise InvalidValue(f"{what} must not contain DOCTYPE or ENTITY declarations")
 
     parser = expat.ParserCreate()  # no namespace processing: prefixes are kept as written
     parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
@@ -216,17 +217,21 @@ def _parse_safely(text: str) -> ET.Element:
     try:
         parser.Parse(text, True)
     except expat.ExpatError as exc:
-        raise InvalidValue(f"the VM XML is not well-formed: {expat.errors.messages[exc.code]} "
+        if exc.code == expat.errors.codes[expat.errors.XML_ERROR_JUNK_AFTER_DOC_ELEMENT]:
+            raise InvalidValue(f"{what} must be exactly one element (with what it contains); "
+                               f"more follows it at line {exc.lineno}, column "
+                               f"{exc.offset + 1}") from exc
+        raise InvalidValue(f"{what} is not well-formed: {expat.errors.messages[exc.code]} "
                            f"(line {exc.lineno}, column {exc.offset + 1})") from exc
     except UnicodeEncodeError as exc:
-        raise InvalidValue(f"the VM XML is not valid text: {exc.reason}") from exc
+        raise InvalidValue(f"{what} is not valid text: {exc.reason}") from exc
     return builder.close()
 
 
 def renamed_domain_xml(text: str, new_name: str, volumes: dict[str, str]) -> str:
     """The XML with `<name>` set to `new_name` and every RBD disk source named in `volumes`
     ("pool/volume" → "pool/new volume") renamed; nothing else changes (extensions.md §11.1)."""
-    root = _parse_safely(text)
+    root = parse_safely(text)
     element = root.find("name")
     if element is None:
         raise InvalidValue("the VM XML has no <name>")

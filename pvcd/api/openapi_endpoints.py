@@ -214,6 +214,18 @@ ENDPOINTS: dict[str, dict[str, Operation]] = {
                           "running nowhere, and every volume and RBD snapshot still exists"
                           + _STORAGE, failures=_TASK_STARTED),
     },
+    "/vm/<vm>/device": {
+        "post": Operation("Attach one libvirt device element (extensions.md §11.2), kept in the "
+                          "VM's stored XML. A running VM: its node hot-plugs it as the task "
+                          "vm.device_attach (202; with `wait`, 200 with the result {vm, uuid, "
+                          "node, device, xml}); if libvirt refuses, the XML is restored and "
+                          "the task fails. A VM that is not running: only its XML changes "
+                          "(200)", failures=_TASK_STARTED),
+        "delete": Operation("Detach the matching device (a disk by target dev, an interface by "
+                            "MAC, anything else by equal XML) from the stored XML, and from the "
+                            "running guest as the task vm.device_detach (202), as POST does",
+                            failures=_TASK_STARTED),
+    },
     "/vm/<vm>/dump": {
         "get": Operation("A VM's libvirt XML", {"type": "string"}, media_type="application/xml"),
     },

@@ -105,12 +105,20 @@ def format_option(command: F) -> F:
                         help="Output format (default: table).")(command)
 
 
-def wait_options(command: F) -> F:
-    command = click.option("--timeout", type=click.FloatRange(min=0), default=DEFAULT_TIMEOUT,
-                           show_default=True, metavar="SECONDS",
-                           help="How long --wait waits.")(command)
-    return click.option("--wait", "-w", is_flag=True,
-                        help="Follow until the change is carried out.")(command)
+def timed_wait_options(timeout: float, wait_help: str, timeout_help: str
+                       ) -> Callable[[F], F]:
+    """`--wait` and its `--timeout` (`timeout` seconds by default) on a command."""
+    def add(command: F) -> F:
+        command = click.option("--timeout", type=click.FloatRange(min=0), default=timeout,
+                               show_default=True, metavar="SECONDS",
+                               help=timeout_help)(command)
+        return click.option("--wait", "-w", is_flag=True, help=wait_help)(command)
+    return add
+
+
+# a change the API can wait for (`wait`)
+wait_options = timed_wait_options(DEFAULT_TIMEOUT, "Follow until the change is carried out.",
+                                  "How long --wait waits.")
 
 
 def yes_option(command: F) -> F:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
 
 from pvcd.cli.client import api_path
-from pvcd.cli.context import CliContext, format_option, pass_cli
+from pvcd.cli.context import CliContext, F, format_option, pass_cli, timed_wait_options
 from pvcd.cli.errors import ApiFailure, ApiUnreachable, WaitTimedOut
 from pvcd.cli.output import Column, field, render_fields, show, table_of
 from pvcd.cli.progress import ProgressBar
@@ -89,6 +90,13 @@ def task_info(cli: CliContext, task_id: str) -> None:
 def task_wait(cli: CliContext, task_id: str, timeout: float) -> None:
     """Follow a task until it ends, showing its progress."""
     follow_task(cli, task_id, timeout)
+
+
+def follow_task_options(timeout: float) -> Callable[[F], F]:
+    """`--wait` (follow the task the request starts, as `task wait` does) and its `--timeout`,
+    for a command whose request starts a task."""
+    return timed_wait_options(timeout, "Follow the task to its end with a progress display.",
+                              "How long --wait follows the task.")
 
 
 def interactive(cli: CliContext, stream: Any) -> bool:

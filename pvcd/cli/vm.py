@@ -27,7 +27,8 @@ from pvcd.cli.context import (
 from pvcd.cli.editor import edit_text
 from pvcd.cli.logs import vm_log
 from pvcd.cli.output import Column, Row, field, render_fields, render_table, size_mib
-from pvcd.cli.task import follow_task
+from pvcd.cli.task import follow_task, follow_task_options
+from pvcd.cli.vm_device import vm_device
 from pvcd.cli.vm_meta import MIGRATION_METHODS, NODE_SELECTORS, vm_meta, vm_tag
 from pvcd.cli.vm_snapshot import vm_snapshot
 
@@ -206,10 +207,7 @@ def vm_define(cli: CliContext, xml_file: TextIO, node: str | None, selector: str
 @click.option("--no-define", is_flag=True,
               help="Only make the disks; the task's result holds the XML (implies --no-start).")
 @click.option("--no-start", is_flag=True, help="Define the VM but leave it stopped.")
-@click.option("--wait", "-w", is_flag=True,
-              help="Follow the task to its end with a progress display.")
-@click.option("--timeout", type=click.FloatRange(min=0), default=3600.0, show_default=True,
-              metavar="SECONDS", help="How long --wait follows the task.")
+@follow_task_options(3600.0)
 @format_option
 @pass_cli
 def vm_create(cli: CliContext, name: str, profile: str, args: tuple[str, ...],
@@ -361,3 +359,4 @@ vm.add_command(vm_meta)
 vm.add_command(vm_tag)
 vm.add_command(vm_log)
 vm.add_command(vm_snapshot)
+vm.add_command(vm_device)

@@ -18,6 +18,7 @@ from pvcd.controllers.provisioner import provisioner_task_kinds
 from pvcd.controllers.tasks import TaskKind
 from pvcd.controllers.tasks.storage_steps import StorageSteps, run_storage_request
 from pvcd.controllers.uploads import upload_task_kind
+from pvcd.controllers.vm_devices import DeviceDriver, DeviceTasks
 from pvcd.controllers.vm_snapshots import VmSnapshotSteps
 from pvcd.drivers.nft_rules import validate_rule
 from pvcd.state.store import Store
@@ -26,9 +27,10 @@ from pvcd.upload_pipe import UploadPipes
 
 
 def production_task_kinds(view: ClusterView, store: Store, config: Config,
-                          uploads: UploadPipes, clock: Callable[[], float] = time.time
-                          ) -> list[TaskKind]:
-    """The task kinds every node can run (spec extensions.md §1.4)."""
+                          uploads: UploadPipes, clock: Callable[[], float] = time.time,
+                          guests: DeviceDriver | None = None) -> list[TaskKind]:
+    """The task kinds every node can run (spec extensions.md §1.4). `guests`: this node's
+    libvirt, for the device hot-plug tasks (left out where no VM runs: tests of other kinds)."""
     ceph = config.drivers.ceph
     access = CephAccess(str(ceph.conf_file), str(ceph.keyring), float(ceph.request_timeout),
                         float(ceph.command_timeout))
@@ -39,4 +41,5 @@ def production_task_kinds(view: ClusterView, store: Store, config: Config,
             ClusterRestore(view, store, uploads, config.backup.allowed_paths, validate_rule,
                            clock).kind(),
             *VmSnapshotSteps(view, store, StorageSteps(view, store, clock),
-                             config.snapshot.freeze_timeout, clock).kinds()]
+                             config.snapshot.freeze_timeout, clock).kinds(),
+            *(DeviceTasks(config.node.name, view, store, guests).kinds() if guests else [])]

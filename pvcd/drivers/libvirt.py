@@ -384,6 +384,24 @@ class LibvirtDriver:
         finally:
             finished.set()
 
+    def attach_device(self, uuid: str, xml: str, live: bool = True,
+                      persistent: bool = False) -> None:
+        """Hot-plug the device element `xml` into domain `uuid`: into the running guest
+        (`live`) and/or its persistent definition (`persistent`). BackendError with libvirt's
+        text when it refuses (e.g. a bus without hot-plug, a missing disk file), NotFound when
+        the domain is not here."""
+        self._act(uuid, "attach a device to",
+                  lambda domain: domain.attachDeviceFlags(xml, _affect(live, persistent)))
+
+    def detach_device(self, uuid: str, xml: str, live: bool = True,
+                      persistent: bool = False) -> None:
+        """Hot-unplug the device `xml` identifies (libvirt's rule: a disk by target, an
+        interface by MAC) from domain `uuid`, as `attach_device`. A device the guest must
+        release (a PCI device) may still be in the live domain when this returns: libvirt waits
+        a few seconds for the guest, then leaves the unplug to finish when the guest lets go."""
+        self._act(uuid, "detach a device from",
+                  lambda domain: domain.detachDeviceFlags(xml, _affect(live, persistent)))
+
     def resize_rbd_disks(self, uuid: str, volume: str, size: int) -> list[str]:
         """Tell the running domain `uuid` that its RBD disks on `volume` (`pool/volume`) now
         have `size` bytes (libvirt block resize, which QEMU passes to the guest as a capacity
@@ -478,6 +496,14 @@ def _migration_params(migration_uri: str | None) -> dict[str, str]:
     except ValueError:
         pass  # a host name, or no host: libvirt's default listen address
     return params
+
+
+def _affect(live: bool, persistent: bool) -> int:
+    """libvirt's AFFECT flags for a device change; at least one of the two."""
+    if not (live or persistent):
+        raise ValueError("a device change affects the live domain, its definition, or both")
+    return (libvirt.VIR_DOMAIN_AFFECT_LIVE if live else 0) | \
+        (libvirt.VIR_DOMAIN_AFFECT_CONFIG if persistent else 0)
 
 
 def _status(domain: Any) -> DomainStatus:
