@@ -17,7 +17,8 @@ from tests.e2e.labclient import LabFactory
 
 pytestmark = pytest.mark.slow
 
-PUBLIC = {"", "/auth/login", "/auth/logout", "/openapi.json", "/metrics"}
+PUBLIC = {"", "/auth/login", "/auth/logout", "/openapi.json", "/metrics",
+          "/status/primary_node"}  # where the API is, as in PVC (extensions.md §8.1)
 
 
 def concrete(path: str) -> str:
@@ -34,6 +35,7 @@ def test_every_endpoint_but_the_public_ones_needs_a_token(make_lab: LabFactory) 
             assert response.status_code == 401, (method, path, response.status_code)
             assert response.json() == {"message": "Authentication required"}
     assert api.get("", token=False).status_code == 209
+    assert api.get("/status/primary_node", token=False).json() == {"primary_node": "node1"}
     assert api.get("/nonexistent", token=False).status_code == 401
 
 
