@@ -209,7 +209,9 @@ class ChangeFeed:
                 followed = self._followed[kind]
                 if key is None or (key not in followed and EVERY not in followed):
                     return  # no client follows it: nothing to send
-                self._pending.setdefault(kind, set()).add(key)  # (bounded: the cluster's keys)
+                keys = self._pending.setdefault(kind, set())
+                if keys is not None:
+                    keys.add(key)  # (unbounded, yet only the keys clients follow)
             else:
                 self._mark(kind, key)
                 if kind == "health" and key is not None:  # a node's health is in its document
