@@ -27,7 +27,7 @@ import pytest
 from pvcd.lab.lab import Lab
 from pvcd.lab.qemu_guest import GUEST_SERIAL_UP
 from tests.e2e.labclient import LabClient, ok, wait_until
-from tests.e2e.test_dashboard import browser, confirm, page, shoot
+from tests.e2e.test_dashboard import browser, confirm, page
 
 pytest.importorskip("libvirt")
 pytest.importorskip("playwright.sync_api")
@@ -76,6 +76,13 @@ def guest(qlab: tuple[Lab, LabClient]) -> dict[str, Any]:
     return dict(ok(api.get("/vm/guest"))[0])
 
 
+def shoot(page: Any, selector: str, name: str) -> None:
+    """A screenshot of one panel (small: the panel, not the window)."""
+    folder = os.environ.get("PVCD_DASHBOARD_SCREENSHOTS")
+    if folder:
+        page.locator(selector).first.screenshot(path=str(Path(folder) / f"{name}.png"))
+
+
 def faults(api: LabClient) -> dict[str, dict[str, Any]]:
     return {f["id"]: f for f in ok(api.get("/faults"))}
 
@@ -109,7 +116,7 @@ def test_a_killed_node_is_a_fault_on_the_overview_acknowledged_from_the_page(
         assert health_shown(page) <= 50
         reasons = page.inner_text("[data-testid=health-reasons]")
         assert dead in reasons
-        shoot(page, "health")
+        shoot(page, ".health-panel", "health")
 
         page.click(f"[data-testid=ack-{dead}]")
         wait_until(lambda: faults(api)[dead]["status"] == "ack", timeout=5)
@@ -172,7 +179,7 @@ def test_a_node_log_shown_and_followed(lab: LabClient, page: Any) -> None:
     kept = ok(lab.get(f"/node/{node}/log", params={"lines": 5000}))["data"].split("\n")
     end = shown.index(newest) + 1
     assert shown[:end] == kept[kept.index(newest) + 1 - end:kept.index(newest) + 1]
-    shoot(page, "node-panel")
+    shoot(page, f"[data-testid=node-panel-{node}]", "node-panel")
     # the stream carried that node's log only while the panel showed it
     assert f"log:{node}" in follows(streams)
     page.click(f"[data-testid=node-log-toggle-{node}]")
@@ -191,7 +198,8 @@ def test_a_guests_console_followed_on_its_page(lab: LabClient, guest: dict[str, 
         ".split('\\n').length === 3", timeout=20000)
     assert [line.rstrip() for line in console.inner_text().split("\n")] == [
         GUEST_SERIAL_UP, "pvcd-guest: power button, powering off", GUEST_SERIAL_UP]
-    shoot(page, "vm-panels")
+    shoot(page, "[data-testid=vm-console-panel]", "vm-console")
+    shoot(page, "[data-testid=vm-meta]", "vm-meta")
 
 
 def test_tags_and_the_snapshot_panel_from_the_page(lab: LabClient, guest: dict[str, Any],
@@ -261,3 +269,41 @@ def test_the_tasks_page_shows_a_snapshot_tasks_progress(lab: LabClient, guest: d
     text = row.inner_text()
     assert "guest @ before-upgrade" in text and "1/3" in text and "pausing the guest" in text
     assert row.query_selector("progress").get_attribute("value") == "1"
+
+
+def test_a_snapshot_taken_from_the_page_shows_its_tasks_progress(
+        lab: LabClient, guest: dict[str, Any], page: Any) -> None:
+    """The lab has no Ceph: the VM's snapshots, the 202 of `POST /vm/<vm>/snapshot` and the
+    running task are answered in the browser, in the API's shapes (extensions.md §1.1, §5)."""
+    vm = dict(ok(lab.get("/vm/guest"))[0])
+    vm["snapshots"] = [
+        {"name": name, "timestamp": 1765000000 + i * 3600, "age": 7200 - i * 3600,
+         "consistency": consistency, "rbd_snapshots": [f"vms/guest_disk0@{name}"],
+         "xml_diff_lines": []}
+        for i, (name, consistency) in enumerate([("nightly", "fs-frozen"),
+                                                 ("before-upgrade", "crash-consistent")])]
+    task_id = "1765000000000-0a1b2c3d"
+    task = {"id": task_id, "name": "vm.create_snapshot", "state": "running",
+            "progress": {"current": 1, "total": 3, "message": "pausing the guest"},
+            "message": "", "args": {"name": "guest", "snapshot_name": "manual"}}
+    page.route("**/api/v1/vm", lambda route: route.fulfill(
+        status=200, content_type="application/json", body=json.dumps([vm])))
+    page.route("**/api/v1/vm/*/snapshot", lambda route: route.fulfill(
+        status=202, content_type="application/json", body=json.dumps(
+            {"task_id": task_id, "task_name": "vm.create_snapshot", "run_on": vm["node"],
+             "message": "Task started"})))
+    page.route(f"**/api/v1/tasks/{task_id}", lambda route: route.fulfill(
+        status=200, content_type="application/json", body=json.dumps(task)))
+    page.reload()
+    page.goto(page.url.split("#")[0] + "#/vms/guest")
+    page.wait_for_selector("[data-testid=snapshots] tr[data-key=before-upgrade]")
+    page.fill("[data-testid=snapshot-name]", "manual")
+    page.click("[data-testid=snapshot-take]")
+    progress = page.wait_for_selector("[data-testid=task-progress][data-state=running]")
+    assert "1/3" in progress.inner_text() and "pausing the guest" in progress.inner_text()
+    shoot(page, "[data-testid=vm-snapshots]", "vm-snapshots")
+    # a rollback asks first: declined, nothing is sent
+    page.click("[data-testid=snapshot-rollback-nightly]")
+    assert "Roll guest back to snapshot nightly" in page.inner_text("[data-testid=confirm]")
+    page.click("[data-testid=confirm-no]")
+    assert page.locator("[data-testid=task-progress]").count() == 1

@@ -39,7 +39,7 @@ export function VmMetaPanel({ vm }) {
 }
 
 export function VmConsolePanel({ vm }) {
-  return html`<article class="card wide">
+  return html`<article class="card wide" data-testid="vm-console-panel">
     <h2>Console</h2>
     <${LogTail} kind="console" id=${vm.uuid} testid="vm-console"
       path=${`/vm/${encodeURIComponent(vm.uuid)}/console`}
