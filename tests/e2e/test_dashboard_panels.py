@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import uuid as uuidlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -28,6 +25,7 @@ from pvcd.lab.lab import Lab
 from pvcd.lab.qemu_guest import GUEST_SERIAL_UP
 from tests.e2e.labclient import LabClient, ok, wait_until
 from tests.e2e.test_dashboard import browser, confirm, page
+from tests.e2e.test_logs import qlab  # two QEMU nodes, no fencing, health checks every 2 s
 
 pytest.importorskip("libvirt")
 pytest.importorskip("playwright.sync_api")
@@ -35,27 +33,10 @@ pytest.importorskip("playwright.sync_api")
 pytestmark = [pytest.mark.slow, pytest.mark.qemu, pytest.mark.needs_root,
               pytest.mark.timeout(300)]
 
-__all__ = ["browser", "page"]  # the fixtures, shared with test_dashboard.py
+__all__ = ["browser", "page", "qlab"]  # the fixtures, shared with test_dashboard, test_logs
 
-HEALTH_INTERVAL = 1.0
 TIMEOUT = 20.0  # a session timeout (3 s) and a few rounds of checks, on a busy machine
 LIVE = 1000  # ms: the page shows a change within this once the API has it
-
-
-@pytest.fixture(scope="module")
-def qlab() -> Iterator[tuple[Lab, LabClient]]:
-    if os.geteuid() != 0:
-        pytest.skip("the QEMU lab mounts and starts libvirtd: run as root")
-    for tool in ("libvirtd", "qemu-system-x86_64", "tini", "unshare", "as", "ld"):
-        assert shutil.which(tool), f"{tool} is missing: run scripts/setup"
-    workdir = Path(f"/tmp/pvcd-e2e-panels-{uuidlib.uuid4().hex[:6]}")  # short: socket paths
-    lab = Lab(workdir)
-    info = lab.up(nodes=2, libvirt="qemu", fencing="none", health_interval=HEALTH_INTERVAL)
-    try:
-        yield lab, LabClient(info)
-    finally:
-        lab.down()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -160,31 +160,43 @@ export function useStore() {
   return store;
 }
 
+// `task()` run one at a time: asked again while it runs, it runs once more afterwards (while
+// `alive()`), so the last ask always sees the newest state
+export function oneAtATime(task, alive) {
+  let running = false;
+  let again = false;
+  const run = async () => {
+    if (running) {
+      again = true;
+      return;
+    }
+    running = true;
+    try {
+      await task();
+    } finally {
+      running = false;
+    }
+    if (again && alive()) {
+      again = false;
+      run();
+    }
+  };
+  return run;
+}
+
 // `load()` once, and again when an event names one of `kinds` (one read at a time)
 export function useResource(kinds, load, deps = []) {
   const [state, setState] = useState({ data: null, error: null });
   useEffect(() => {
     let alive = true;
-    let running = false;
-    let again = false;
-    const run = async () => {
-      if (running) {
-        again = true;
-        return;
-      }
-      running = true;
+    const run = oneAtATime(async () => {
       try {
         const data = await load();
         if (alive) setState({ data, error: null });
       } catch (e) {
         if (alive) setState((old) => ({ data: old.data, error: e.message }));
       }
-      running = false;
-      if (again && alive) {
-        again = false;
-        run();
-      }
-    };
+    }, () => alive);
     run();
     const listener = (changed) => {
       if (changed === "*" || kinds.some((kind) => kind in changed)) run();

@@ -6,7 +6,7 @@
 // be read are announced, not hidden.
 import { useEffect, useRef, useState } from "preact/hooks";
 import { api } from "../api.js";
-import { store } from "../live.js";
+import { oneAtATime, store } from "../live.js";
 import { plainLine } from "../terminal.js";
 import { html } from "../ui.js";
 
@@ -23,15 +23,8 @@ export function useTail(kind, key, path) {
   const [state, setState] = useState({ lines: [], loaded: false, error: null, gap: false });
   useEffect(() => {
     let alive = true;
-    let running = false;
-    let again = false;
     let last = null;
-    const read = async () => {
-      if (running) {
-        again = true;
-        return;
-      }
-      running = true;
+    const read = oneAtATime(async () => {
       try {
         let full = true;
         while (alive && full) {
@@ -47,12 +40,7 @@ export function useTail(kind, key, path) {
       } catch (e) {
         if (alive) setState((old) => ({ ...old, error: e.message }));
       }
-      running = false;
-      if (again && alive) {
-        again = false;
-        read();
-      }
-    };
+    }, () => alive);
     const listener = (changed) => {
       const keys = changed === "*" ? true : changed[kind];
       if (keys === true || (Array.isArray(keys) && keys.includes(key))) read();
