@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import uuid as uuidlib
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -22,10 +23,11 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 
 from pvcd.lab.lab import Lab
-from pvcd.lab.qemu_guest import GUEST_SERIAL_UP
+from pvcd.lab.qemu_guest import GUEST_SERIAL_UP, qemu_guest_xml
 from tests.e2e.labclient import LabClient, ok, wait_until
 from tests.e2e.test_dashboard import browser, confirm, page
 from tests.e2e.test_logs import qlab  # two QEMU nodes, no fencing, health checks every 2 s
+from tests.e2e.test_vm_devices import BUSES, disk_xml
 
 pytest.importorskip("libvirt")
 pytest.importorskip("playwright.sync_api")
@@ -288,3 +290,41 @@ def test_a_snapshot_taken_from_the_page_shows_its_tasks_progress(
     assert "Roll guest back to snapshot nightly" in page.inner_text("[data-testid=confirm]")
     page.click("[data-testid=confirm-no]")
     assert page.locator("[data-testid=task-progress]").count() == 1
+
+
+def test_a_disk_attached_and_detached_from_the_page_as_tasks(
+        qlab: tuple[Lab, LabClient], page: Any) -> None:
+    """A second guest with a SCSI bus (as in test_vm_devices.py): a file disk hot-plugged from
+    its page and out again, each a task on its node followed to its end on the page, and both
+    tasks on the Tasks page."""
+    the_lab, api = qlab
+    info = the_lab._info()
+    assert info.qemu is not None
+    xml = qemu_guest_xml("hot", str(uuidlib.uuid4()), kernel=Path(info.qemu["kernel"])
+                         ).replace("<controller type='usb' model='none'/>", BUSES)
+    ok(api.post("/vm", data={"xml": xml, "node": api.primary()}))
+    wait_until(lambda: ok(api.get("/vm/hot"))[0]["running_on"], timeout=15)
+    data = the_lab.workdir / "hot-data.img"
+    data.write_bytes(b"\0" * (1 << 20))
+    page.goto(page.url.split("#")[0] + "#/vms/hot")
+    page.fill("[data-testid=device-xml]", disk_xml(data, "sdb"))
+    page.click("[data-testid=device-attach]")
+    page.wait_for_selector("[data-testid=vm-devices] [data-testid=task-progress]"
+                           "[data-state=success]", timeout=30000)
+    assert [d["dev"] for d in ok(api.get("/vm/hot"))[0]["disks"]] == ["sdb"]
+    page.wait_for_selector("[data-testid=devices] tr[data-key='disk sdb']", timeout=LIVE)
+    shoot(page, "[data-testid=vm-devices]", "vm-devices")
+    page.click("[data-testid=detach-disk-sdb]")
+    confirm(page)
+    page.wait_for_selector("[data-testid=devices] tr[data-key='disk sdb']", state="detached",
+                           timeout=30000)
+    assert ok(api.get("/vm/hot"))[0]["disks"] == []
+    assert page.locator("[data-testid=vm-devices] [data-testid=task-progress]"
+                        "[data-state=success]").count() == 2
+    # the Tasks page lists both, done, for that VM
+    page.click("nav >> text=Tasks")
+    rows = page.locator("[data-testid=tasks] tbody tr:has-text('hot')")
+    rows.first.wait_for()
+    shown = [rows.nth(i).inner_text() for i in range(rows.count())]
+    assert len(shown) == 2 and all("success" in row for row in shown), shown
+    ok(api.post("/vm/hot/state", data={"state": "stop", "wait": "true"}))

@@ -5,7 +5,7 @@
 import { useState } from "preact/hooks";
 import { api } from "../api.js";
 import { Action, Table, html } from "../ui.js";
-import { TaskProgress } from "./task.js";
+import { useStartedTasks } from "./task.js";
 
 const CONSISTENCY = ["auto", "freeze", "pause", "none"];
 const path = (vm, what = "") => `/vm/${encodeURIComponent(vm.uuid)}/snapshot${what}`;
@@ -20,11 +20,8 @@ function age(seconds) {
 export function VmSnapshotsPanel({ vm }) {
   const [name, setName] = useState("");
   const [consistency, setConsistency] = useState("auto");
-  const [tasks, setTasks] = useState([]); // [{id, what}] started here
-  const run = (what, method, where, values) => async () => {
-    const answer = await api(method, where, values);
-    if (answer?.task_id) setTasks((old) => [...old, { id: answer.task_id, what }]);
-  };
+  const [start, tasks] = useStartedTasks();
+  const run = (what, method, where, values) => start(what, () => api(method, where, values));
   const columns = [
     { key: "name", label: "Snapshot" },
     { key: "timestamp", label: "Taken", render: (s) => new Date(s.timestamp * 1000).toLocaleString() },
@@ -49,8 +46,7 @@ export function VmSnapshotsPanel({ vm }) {
       <${Action} label="Take snapshot" testid="snapshot-take"
         action=${run(`Snapshot ${name || "(named now)"}`, "POST", path(vm), values)} />
     </p>
-    ${tasks.map((t) => html`<${TaskProgress} key=${t.id} id=${t.id} what=${t.what}
-      onClose=${() => setTasks((old) => old.filter((o) => o.id !== t.id))} />`)}
+    ${tasks}
     <${Table} columns=${columns} rows=${vm.snapshots || []} rowKey=${(s) => s.name}
       testid="snapshots" initialSort=${{ key: "timestamp", dir: -1 }} empty="No snapshots" />
   </article>`;

@@ -15,9 +15,9 @@ function progress(task) {
 // what a task works on, in words: a VM's name (and its snapshot), else its objects
 function subject(task) {
   const args = task.args || {};
-  if (args.name && args.snapshot_name) return `${args.name} @ ${args.snapshot_name}`;
-  if (args.name) return args.name;
-  return (task.objects || []).join(", ");
+  const vm = args.name ?? args.vm; // (snapshot tasks: name and uuid; device tasks: vm, a name)
+  if (vm && args.snapshot_name) return `${vm} @ ${args.snapshot_name}`;
+  return vm || (task.objects || []).join(", ");
 }
 
 const COLUMNS = [
