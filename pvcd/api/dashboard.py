@@ -6,7 +6,9 @@
   the session cookie (`pvcd.api.sessions`) and answers the session's CSRF token.
 - `/static/...` is the script, the style and the vendored libraries (public: nothing secret).
 - `/events` is the live stream of changes (`pvcd.api.change_feed`), server-sent events,
-  authenticated like any API endpoint (session cookie or `X-Api-Key`): 401 otherwise.
+  authenticated like any API endpoint (session cookie or `X-Api-Key`): 401 otherwise. Node logs
+  and VM consoles come only to a stream that follows them (`?follow=log:<node>`,
+  `?follow=console:<vm uuid>`, repeated); a bad `follow` is a 510 before the stream opens.
 
 Every page answers with a Content Security Policy that allows only this origin's scripts, plus
 the one inline import map by its hash (it maps `preact` to the vendored file, for the hooks
@@ -26,7 +28,7 @@ import tornado.iostream
 import tornado.web
 
 from pvcd.api.base import API_SECURITY_HEADERS, ApiContext, BaseHandler
-from pvcd.api.change_feed import ChangeFeed, Subscriber
+from pvcd.api.change_feed import ChangeFeed, Subscriber, parse_follows
 from pvcd.web import PAGES_DIR, STATIC_DIR
 
 HEARTBEAT = 15.0  # seconds between comments on an idle stream (proxies, dead clients)
@@ -113,10 +115,11 @@ class EventsHandler(BaseHandler):
 
     async def get(self) -> None:
         feed = self.feed
+        follows = parse_follows(self.get_query_arguments("follow"))
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Accel-Buffering", "no")
-        subscriber = self.subscriber = feed.attach(self._drop)
+        subscriber = self.subscriber = feed.attach(self._drop, follows)
         self._uncount()  # a stream is not a request in flight: a handover need not wait for it
         try:
             self.write(f"retry: {RECONNECT_MS}\nevent: hello\ndata: {{}}\n\n")

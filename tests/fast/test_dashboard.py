@@ -181,3 +181,25 @@ def test_a_stream_ends_with_its_session(node1_api: ApiClient) -> None:
         # a change after the logout: the stream ends instead of sending it
         assert node1_api.post(WRITE, data={"domain-state": "flush"}).status_code == 200
         assert [kind for kind, _ in received] == []
+
+
+def test_node_logs_reach_only_the_streams_that_follow_them(sim_node1: SimCluster) -> None:
+    """A log written while two streams are open: the one following it hears of it (by key),
+    the other only of the node change made next, never of the log."""
+    state = sim_node1.state
+    with running_api(state, sim_node1.clock) as api:
+        browser, _ = login(api)
+        bad = browser.get(root(api) + "/events", params={"follow": "vm:x"}, timeout=5)
+        assert bad.status_code == 510
+        assert "kind log or console" in bad.json()["message"]
+        with browser.get(root(api) + "/events", params={"follow": "log:node1"}, stream=True,
+                         timeout=5) as following, \
+                browser.get(root(api) + "/events", stream=True, timeout=5) as plain:
+            heard, other = events(following), events(plain)
+            assert next(heard)[0] == "hello" and next(other)[0] == "hello"
+            state.put(state.paths.node_log("node1"), {"lines": ["one"], "last_line": 1})
+            kind, data = next(heard)
+            assert kind == "change" and json.loads(data) == {"log": ["node1"]}
+            assert api.post(WRITE, data={"domain-state": "flush"}).status_code == 200
+            kind, data = next(other)
+            assert kind == "change" and set(json.loads(data)) == {"node"}  # no "log" before

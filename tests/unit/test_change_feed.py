@@ -10,8 +10,11 @@ import threading
 from types import SimpleNamespace
 from typing import Any
 
-from pvcd.api.change_feed import ChangeFeed, classify
+import pytest
+
+from pvcd.api.change_feed import ChangeFeed, classify, parse_follows
 from pvcd.api.render import FragmentRenderer
+from pvcd.domain.errors import InvalidValue
 from pvcd.state.cache import Listener
 from pvcd.state.schema import Paths
 
@@ -160,3 +163,54 @@ def test_the_feed_serves_again_when_the_api_runs_on_a_new_loop() -> None:
     [event] = asyncio.run(second_loop())
     assert list(decode(event)["vm"]) == ["u2"]
     assert len(cache.listeners) == 1 and changes.clients == 1
+
+
+def test_logs_and_consoles_go_only_to_their_followers_and_only_their_keys() -> None:
+    async def scenario() -> tuple[list[bytes], list[bytes], list[bytes], int]:
+        cache = FakeCache()
+        changes = feed(cache, interval=0.05)
+        plain = changes.attach(lambda: None)
+        one = changes.attach(lambda: None, parse_follows(["log:n1", "console:u1"]))
+        every = changes.attach(lambda: None, parse_follows(["log:*"]))
+        for path in ("logs/n1", "logs/n2", "vms/u1/console", "vms/u2/console"):
+            cache.change(f"{ROOT}/{path}")
+        await asyncio.sleep(0.15)
+        first = changes.events_sent
+        cache.change(f"{ROOT}/networks/100")
+        await asyncio.sleep(0.15)
+        changes.detach(one)
+        changes.detach(every)
+        # followed by no one now: not even marked, no event at all
+        cache.change(f"{ROOT}/logs/n1")
+        cache.change(f"{ROOT}/vms/u1/console")
+        await asyncio.sleep(0.15)
+        return list(plain.queue), list(one.queue), list(every.queue), first
+
+    plain, one, every, encoded = asyncio.run(scenario())
+    assert [decode(e) for e in plain] == [{"network": True}]
+    assert [decode(e) for e in one] == [{"log": ["n1"], "console": ["u1"]}, {"network": True}]
+    assert [decode(e) for e in every] == [{"log": ["n1", "n2"]}, {"network": True}]
+    assert encoded == 2  # one per distinct selection (the plain client got nothing)
+
+
+def test_a_nodes_health_is_a_change_of_its_document_too() -> None:
+    async def scenario() -> list[bytes]:
+        cache = FakeCache()
+        changes = feed(cache, interval=0.05)
+        client = changes.attach(lambda: None)
+        cache.change(f"{ROOT}/nodes/n1/health")
+        cache.change(f"{ROOT}/faults/DEAD_NODE_N2")
+        await asyncio.sleep(0.15)
+        return list(client.queue)
+
+    [event] = asyncio.run(scenario())
+    assert decode(event) == {"health": ["n1"], "node": {"n1": {"kind": "node", "key": "n1"}}}
+
+
+@pytest.mark.parametrize("bad", ["log", "log:", "vm:u1", "console:a/b", "log:" + "x" * 129,
+                                 "log:a\nb"])
+def test_a_bad_follow_says_what_is_allowed(bad: str) -> None:
+    with pytest.raises(InvalidValue, match="kind log or console"):
+        parse_follows([bad])
+    with pytest.raises(InvalidValue, match="at most 64"):
+        parse_follows([f"log:n{i}" for i in range(65)])

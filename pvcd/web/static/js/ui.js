@@ -68,7 +68,7 @@ export function Table({ columns, rows, rowKey, initialSort, testid, empty = "Non
     return html`<th onClick=${next} class=${active ? "sorted" : ""}>
       ${column.label}${active ? (sort.dir > 0 ? " ▲" : " ▼") : ""}</th>`;
   };
-  if (!rows.length) return html`<p class="empty">${empty}</p>`;
+  if (!rows.length) return html`<p class="empty" data-testid=${testid && testid + "-empty"}>${empty}</p>`;
   return html`<table data-testid=${testid}>
     <thead><tr>${columns.map(header)}</tr></thead>
     <tbody>${sorted.map((row) => html`<tr key=${rowKey(row)} data-key=${rowKey(row)}>

@@ -1,7 +1,8 @@
-// Nodes: their stats, flush/ready, and primary handover.
+// Nodes: their stats and health, flush/ready, primary handover, and each node's panels.
 import { api } from "../api.js";
 import { useStore } from "../live.js";
 import { Panels } from "../panels.js";
+import { healthLevel } from "../panels/health.js";
 import { Action, Badge, Table, html, mib } from "../ui.js";
 
 function actions(node) {
@@ -25,6 +26,8 @@ const COLUMNS = [
   { key: "daemon_state", label: "Daemon", render: (n) => html`<${Badge} value=${n.daemon_state} />` },
   { key: "coordinator_state", label: "Coordinator", render: (n) => html`<${Badge} value=${n.coordinator_state} />` },
   { key: "domain_state", label: "Domains", render: (n) => html`<${Badge} value=${n.domain_state} />` },
+  { key: "health", label: "Health", value: (n) => n.health ?? -1, render: (n) => html`<span
+    class=${"health-" + healthLevel(n.health)}>${n.health ?? "–"}${n.health === null || n.health === undefined ? "" : "%"}</span>` },
   { key: "domains_count", label: "VMs" },
   { key: "load", label: "Load" },
   { key: "vcpu", label: "vCPUs", value: (n) => n.vcpu?.allocated, render: (n) => `${n.vcpu?.allocated ?? "–"} / ${n.vcpu?.total ?? "–"}` },
@@ -38,6 +41,6 @@ export function Nodes() {
   return html`<section>
     <h1>Nodes</h1>
     <${Table} columns=${COLUMNS} rows=${nodes} rowKey=${(n) => n.name} testid="nodes" />
-    ${nodes.map((node) => html`<${Panels} where="node" node=${node} />`)}
+    ${nodes.map((node) => html`<${Panels} key=${node.name} where="node" node=${node} />`)}
   </section>`;
 }
