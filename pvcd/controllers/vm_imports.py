@@ -167,7 +167,9 @@ class VmImportSteps:
                 plan: RestorePlan) -> list[tuple[str, str, str]]:
         """Every volume imported through the chain; (pool, volume, snapshot) of each RBD
         snapshot the volumes then have."""
-        steps = len(plan.volumes) * len(chain)
+        wanted = {(pool, exported) for pool, exported, _ in plan.volumes}
+        total = sum(f.bytes for _, manifest in chain for f in manifest.files
+                    if (f.pool, f.volume) in wanted) or 1
         done = 0
         snapshots: list[tuple[str, str, str]] = []
         for pool, exported, volume in plan.volumes:
@@ -176,7 +178,7 @@ class VmImportSteps:
             for where, manifest in chain:
                 entry = next(f for f in manifest.files
                              if (f.pool, f.volume) == (pool, exported))
-                ctx.progress(done, steps, f"importing {where}/{entry.path} into "
+                ctx.progress(done, total, f"importing {where}/{entry.path} into "
                                           f"{pool}/{volume}")
                 request = self.storage.run(
                     "volume-import", {"pool": pool, "volume": volume,
@@ -184,12 +186,12 @@ class VmImportSteps:
                                       "diff": manifest.type != FULL, "bytes": entry.bytes},
                     ctx.check)
                 names = [str(n) for n in request.result.get("snapshots") or []]
-                done += 1
+                done += entry.bytes
             if plan.target.snapshot_name not in names:
                 raise InvalidValue(f"after the import, {pool}/{volume} has no snapshot "
                                    f"'{plan.target.snapshot_name}' (it has "
                                    f"{', '.join(names) or 'none'}); the export is not what "
                                    "its manifest says")
             snapshots += [(pool, volume, name) for name in names]
-        ctx.progress(steps, steps, "recording the VM")
+        ctx.progress(total, total, "recording the VM")
         return snapshots
