@@ -26,7 +26,7 @@ from pvcd.lab.lab import Lab
 from tests.e2e.labclient import LabClient, ok, refused, wait_until
 from tests.e2e.test_volume_copies import Rbd
 
-pytestmark = [pytest.mark.slow, pytest.mark.ceph]
+pytestmark = [pytest.mark.slow, pytest.mark.ceph, pytest.mark.timeout(600)]
 
 TIMEOUT = 60
 MIB = 1 << 20
