@@ -30,7 +30,7 @@ from typing import Any
 
 from pvcd.controllers.tasks import TaskContext, TaskKind, TaskOutcome
 from pvcd.controllers.vm_snapshots import VmSnapshotSteps
-from pvcd.domain.errors import InvalidValue, NotFound, PvcError
+from pvcd.domain.errors import InvalidValue, NotFound
 from pvcd.domain.records import VmSpec
 from pvcd.domain.tasks import Artifact
 from pvcd.domain.vm_backups import (
@@ -200,7 +200,8 @@ class VmExportSteps:
     def _drop_snapshot(self, ctx: TaskContext, uuid: str, name: str) -> None:
         try:
             self.snapshots.remove(ctx, uuid, name)
-        except PvcError as exc:  # the RBD snapshots are the task's artifacts: undone anyway
+        except Exception as exc:  # also a stopped task: the RBD snapshots are the task's
+            # artifacts, undone anyway
             log.warning("event=vm-backup-snapshot-left vm=%s snapshot=%s error=%s", uuid, name,
                         exc)
 
