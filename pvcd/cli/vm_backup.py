@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -64,17 +65,20 @@ def snapshot_export(cli: CliContext, name: str, snapshot_name: str, export_path:
                      "incremental_parent": incremental_parent}, wait, timeout)
 
 
+def restoring(command: Callable[..., None]) -> Callable[..., None]:
+    """The options of an import and a restore: --new-name, --[no-]retain-snapshot,
+    --start/--no-start, --wait, --timeout, --format."""
+    for decorate in (pass_cli, format_option, timeout_option, wait_option, start_option,
+                     retain_option, new_name_option):
+        command = decorate(command)
+    return command
+
+
 @click.command("import")
 @vm_argument
 @click.argument("snapshot_name")
 @click.argument("import_path")
-@new_name_option
-@retain_option
-@start_option
-@wait_option
-@timeout_option
-@format_option
-@pass_cli
+@restoring
 def snapshot_import(cli: CliContext, name: str, snapshot_name: str, import_path: str,
                     new_name: str | None, retain_snapshot: bool, start_vm: bool, wait: bool,
                     timeout: float) -> None:
@@ -154,13 +158,7 @@ def backup_remove(cli: CliContext, name: str, backup_datestring: str, backup_pat
 @vm_argument
 @click.argument("backup_datestring")
 @click.argument("backup_path")
-@new_name_option
-@retain_option
-@start_option
-@wait_option
-@timeout_option
-@format_option
-@pass_cli
+@restoring
 def vm_restore(cli: CliContext, name: str, backup_datestring: str, backup_path: str,
                new_name: str | None, retain_snapshot: bool, start_vm: bool, wait: bool,
                timeout: float) -> None:
