@@ -36,9 +36,9 @@ POOL = "vms"
 
 
 class BackupBench:
-    def __init__(self, workdir: Path, volume_gib: int, change_mib: int) -> None:
-        self.lab = Lab(workdir)
-        self.info = self.lab.up(nodes=1, ceph=True, ceph_memstore_gib=volume_gib + 2)
+    def __init__(self, lab: Lab, volume_gib: int, change_mib: int) -> None:
+        self.lab = lab
+        self.info = lab.up(nodes=1, ceph=True, ceph_memstore_gib=volume_gib + 2)
         self.api = LabClient(self.info)
         assert self.info.ceph is not None and self.info.backup_path is not None
         self.rbd_args = ["--conf", self.info.ceph["conf"], "--keyring", self.info.ceph["keyring"]]
@@ -68,7 +68,7 @@ class BackupBench:
                  "--io-total", str(amount), "--io-pattern", "seq", f"{POOL}/{volume}")
 
     def vm(self, name: str, size: int) -> None:
-        self.ok("POST", f"/storage/ceph/volume/{POOL}/{name}", size=size)
+        self.ok("POST", "/storage/ceph/volume", pool=POOL, volume=name, size=size)
         self.fill(name, size)
         disk = (f"<disk type='network' device='disk'><driver name='qemu' type='raw'/>"
                 f"<source protocol='rbd' name='{POOL}/{name}'/>"
@@ -108,10 +108,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="pvcd-bench-backup-"))
-    bench = None
+    lab = Lab(workdir / "lab")
     try:
         began = time.monotonic()
-        bench = BackupBench(workdir / "lab", args.volume_gib, args.change_mib)
+        bench = BackupBench(lab, args.volume_gib, args.change_mib)
         print(f"lab up, volumes filled in {time.monotonic() - began:.1f} s")
         full_big, result = bench.backup("big", retain_snapshot=1)
         print(f"full backup of {args.volume_gib} GiB: {full_big:.2f} s "
@@ -127,8 +127,7 @@ def main() -> None:
         print(f"rbd alone: export-diff {median['raw_diff']:.2f} s, export of "
               f"{args.change_mib} MiB {median['raw_export']:.2f} s")
     finally:
-        if bench is not None:
-            bench.lab.down()
+        lab.down()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
