@@ -24,6 +24,8 @@ import pytest
 from pvcd.lab.guest import tiny_guest_xml
 from pvcd.lab.lab import Lab
 from tests.e2e.labclient import LabClient, ok, refused, wait_until
+from tests.e2e.test_cli import ok as cli_ok
+from tests.e2e.test_cli import pvc
 from tests.e2e.test_volume_copies import Rbd
 
 pytestmark = [pytest.mark.slow, pytest.mark.ceph, pytest.mark.timeout(600)]
@@ -90,6 +92,9 @@ class BackupLab:
 
     def volumes(self) -> list[str]:
         return sorted(json.loads(self.rbd.run("ls", POOL, "--format", "json")))
+
+    def vm_spec_state(self, name: str) -> str:
+        return str(ok(self.call("GET", f"/vm/{name}"))[0]["state"])
 
     def vm_names(self) -> list[str]:
         return sorted(vm["name"] for vm in ok(self.call("GET", "/vm")))
@@ -205,14 +210,18 @@ def test_backup_incremental_list_restore_and_remove(backup_lab: BackupLab) -> No
     refused(lab.call("DELETE", "/vm/bk2/backup", backup_path=root,
                      backup_datestring=full["datestring"]), "remove them first")
 
-    lab.task("POST", "/vm/bk2/restore", backup_path=root,
-             backup_datestring=incremental["datestring"], new_name="bk2r", start_vm=0)
+    shown = cli_ok(pvc(lab.lab, "vm", "backup", "list", "bk2", root))
+    assert full["datestring"] in shown and "incremental" in shown and "retained" in shown
+    # through the CLI, as an operator would: the restore followed to its end
+    cli_ok(pvc(lab.lab, "vm", "restore", "bk2", incremental["datestring"], root,
+               "--new-name", "bk2r", "--no-start", "--wait"))
     assert lab.checksum("bk2r") == expected
+    assert lab.vm_spec_state("bk2r") == "stop"
     refused(lab.call("POST", "/vm/bk2/restore", backup_path=root,
                      backup_datestring=incremental["datestring"]), "exists")
 
-    ok(lab.call("DELETE", "/vm/bk2/backup", backup_path=root,
-                backup_datestring=incremental["datestring"]))
+    cli_ok(pvc(lab.lab, "vm", "backup", "remove", "bk2", incremental["datestring"], root,
+               "--yes"))
     ok(lab.call("DELETE", "/vm/bk2/backup", backup_path=root,
                 backup_datestring=full["datestring"]))
     assert ok(lab.call("GET", "/vm/bk2/backup", backup_path=root)) == []
