@@ -59,8 +59,8 @@ class BackupBench:
 
     def rbd(self, *args: str) -> float:
         began = time.monotonic()
-        subprocess.run(["rbd", *self.rbd_args, *args], check=True, capture_output=True,
-                       timeout=3600)
+        subprocess.run(["rbd", *self.rbd_args, *args], check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, timeout=3600)
         return time.monotonic() - began
 
     def fill(self, volume: str, amount: int) -> None:
@@ -93,10 +93,9 @@ class BackupBench:
         full_small, _ = self.backup("small")
         self.rbd("snap", "create", f"{POOL}/big@raw")
         diff = self.rbd("export-diff", "--from-snap", f"backup_{parent}", "--no-progress",
-                        f"{POOL}/big@raw", "/dev/null")
+                        f"{POOL}/big@raw", "-")
         self.rbd("snap", "rm", f"{POOL}/big@raw")
-        export = self.rbd("export", "--export-format", "2", "--no-progress", f"{POOL}/small",
-                          "/dev/null")
+        export = self.rbd("export", "--export-format", "2", "--no-progress", f"{POOL}/small", "-")
         return {"incremental": incremental, "full_small": full_small, "raw_diff": diff,
                 "raw_export": export, "diff_bytes": float(result["export_size_bytes"])}
 
@@ -116,7 +115,11 @@ def main() -> None:
         full_big, result = bench.backup("big", retain_snapshot=1)
         print(f"full backup of {args.volume_gib} GiB: {full_big:.2f} s "
               f"({result['export_size_bytes'] / full_big / MIB:.0f} MiB/s)")
-        rounds = [bench.round(result["datestring"]) for _ in range(args.rounds)]
+        rounds = []
+        for number in range(1, args.rounds + 1):
+            rounds.append(bench.round(result["datestring"]))
+            print(f"round {number}: " + ", ".join(f"{key} {value:.2f}"
+                                                 for key, value in rounds[-1].items()))
         median = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
         ratio = median["incremental"] / median["full_small"]
         print(f"incremental backup, {args.volume_gib} GiB volume, {args.change_mib} MiB "
