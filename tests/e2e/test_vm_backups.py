@@ -180,6 +180,25 @@ def test_full_and_two_incrementals_restore_every_point_and_refuse_a_flipped_byte
     refused(answer, "corrupted", "nothing was created")
     assert (lab.volumes(), lab.vm_names()) == before
 
+    # a file that matches its manifest but that Ceph refuses (cut short, the manifest made to
+    # agree): the first volume is imported, the second fails; the task's undo removes the
+    # first, and no VM is defined
+    shutil.copytree(folder / "s1", folder / "s1cut")
+    cut = folder / "s1cut" / "images" / f"{POOL}.bk1_sdb.rbdimg"
+    cut.write_bytes(cut.read_bytes()[:MIB])
+    doc = json.loads((folder / "s1cut" / "snapshot.json").read_text())
+    for entry in doc["files"]:
+        if entry["volume"] == "bk1_sdb":
+            entry["bytes"], entry["sha256"] = MIB, hashlib.sha256(cut.read_bytes()).hexdigest()
+    (folder / "s1cut" / "snapshot.json").write_text(json.dumps(doc))
+    answer = lab.call("POST", "/vm/bk1/snapshot/import", snapshot_name="s1cut",
+                      import_path=root, new_name="half", start_vm=0, wait=1)
+    assert answer.status_code == 510, answer.text
+    task = lab.call("GET", f"/tasks/{answer.json()['task_id']}").json()
+    assert task["state"] == "failure" and task["artifacts"] == []  # undone before it ended
+    assert f"{POOL}/half_sdb" in task["status"] or "half_sdb" in task["message"]
+    assert (lab.volumes(), lab.vm_names()) == before
+
     # a broken chain (the full export gone) is refused at once
     shutil.rmtree(folder / "s1")
     refused(lab.call("POST", "/vm/bk1/snapshot/import", snapshot_name="s2", import_path=root,
