@@ -128,10 +128,7 @@ class VmImportSteps:
             ops += [Op.create(paths.vm_snapshots(spec.uuid), {}),
                     Op.create(paths.vm_snapshot(spec.uuid, record.name), record.to_doc())]
         check_request_size(ops, f"VM '{spec.name}'")
-        artifacts = list(ctx.record.artifacts)
-        ctx.record.artifacts = []  # the volumes are the VM's from this transaction on
-        if not ctx.commit(ops):
-            ctx.record.artifacts = artifacts
+        if not ctx.hand_over(ops):  # the volumes are the VM's from this transaction on
             ctx.check()
             raise Conflict(f"could not record VM '{spec.name}': a VM of that name or UUID was "
                            "defined meanwhile; the imported volumes are removed")
