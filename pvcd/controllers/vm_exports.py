@@ -14,6 +14,9 @@ manifest goes last (`pvcd.drivers.backup_files`). The directory is the task's ar
 (`backup-directory`), recorded right after it is made: a failure, or a daemon killed
 part-way (the primary's cleanup of an interrupted task), removes it with whatever it holds.
 
+`remove` removes a directory and its retained snapshot (a task's step, e.g. autobackup's
+retention; the API's `DELETE /vm/<vm>/backup` does the same synchronously).
+
 `backup` is PVC's older per-VM backup: take snapshot `backup_<datestring>` (`auto`
 consistency, `VmSnapshotSteps.take`), export it in the backup layout, and remove the snapshot
 unless it is retained (a full backup that later incrementals start from). A failure removes
@@ -179,6 +182,18 @@ class VmExportSteps:
         log.info("event=vm-exported vm=%s snapshot=%s type=%s directory=%s bytes=%d", uuid,
                  snapshot_name, kind, directory, manifest.export_size_bytes)
         return manifest
+
+    def remove(self, ctx: TaskContext, uuid: str | None, directory: BackupDirectory,
+               snapshot_name: str | None) -> bool:
+        """Remove an export or backup directory, and its retained VM snapshot if VM `uuid`
+        still has it (autobackup's retention); whether the directory was there."""
+        if uuid is not None and snapshot_name is not None and \
+                self.view.cache.exists(self.view.paths.vm_snapshot(uuid, snapshot_name)):
+            self.snapshots.remove(ctx, uuid, snapshot_name)
+        removed = directory.remove()
+        if removed:
+            log.info("event=vm-export-removed directory=%s", directory)
+        return removed
 
     # helpers of the steps
     def _spec(self, uuid: str) -> VmSpec:

@@ -122,3 +122,14 @@ def test_an_incremental_export_needs_its_base_and_an_undo_stays_inside(
     with pytest.raises(Exception, match="allowed_paths"):
         export.undo(Artifact(DIRECTORY_ARTIFACT, str(outside)))
     assert outside.exists()
+
+
+def test_remove_takes_the_directory_and_leaves_a_vm_without_that_snapshot_alone(
+        cluster_state: ClusterState, vm: str, tmp_path: Path) -> None:
+    export = steps(cluster_state, Exporter(), tmp_path)
+    directory = BackupDirectory(tmp_path, "web", "s1", [str(tmp_path)])
+    export.export(Ctx(), vm, "s1", directory, EXPORT, None)  # type: ignore[arg-type]
+    # no snapshot record "gone" on the VM: only the directory goes
+    assert export.remove(Ctx(), vm, directory, "gone")  # type: ignore[arg-type]
+    assert not (tmp_path / "web/s1").exists()
+    assert not export.remove(Ctx(), None, directory, None)  # type: ignore[arg-type]
