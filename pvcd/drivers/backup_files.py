@@ -60,7 +60,11 @@ def resolve_host_path(value: str, allowed_paths: Sequence[str], what: str) -> Pa
         raise InvalidValue(f"{what} {value[:200]!r} is not inside backup.allowed_paths "
                            f"({shown}) once symlinks are resolved")
     real = Path(os.path.realpath(value))
-    if not real.is_dir():
+    try:
+        is_dir = real.is_dir()
+    except OSError as exc:  # a name too long, a permission: not a directory pvcd can use
+        raise InvalidValue(f"{what} {value[:200]!r} cannot be used ({exc.strerror})") from None
+    if not is_dir:
         raise InvalidValue(f"{what} {value[:200]!r} is not an existing directory on the "
                            "primary")
     return real

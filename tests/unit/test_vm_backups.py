@@ -124,7 +124,8 @@ def test_host_paths_must_resolve_inside_an_allowed_folder(tmp_path: Path) -> Non
     for bad, words in ((str(outside), "not inside"), (str(allowed / "escape"), "not inside"),
                        (f"{allowed}/../outside", "not inside"), ("backups", "absolute"),
                        (str(allowed / "missing"), "not an existing directory"),
-                       (str(tmp_path / "backupsX"), "not inside")):
+                       (str(tmp_path / "backupsX"), "not inside"),
+                       (str(allowed / ("x" * 300)), "cannot be used")):
         with pytest.raises(InvalidValue, match=words):
             resolve_host_path(bad, roots, "p")
     with pytest.raises(InvalidValue, match="not set"):
