@@ -113,6 +113,7 @@ class VmImportSteps:
         plan = plan_restore(self.view, manifests, new_name, new_uuid)
         self._verify(ctx, chain, plan)
         plan = plan_restore(self.view, manifests, new_name, new_uuid)
+        restored_spec(self.view, plan, start)  # a VM no node can take: refused before a volume
         snapshots = self._import(ctx, chain, plan)
         keep = plan.target.snapshot_name if retain else None
         for pool, volume, snapshot in snapshots:
