@@ -214,6 +214,41 @@ ENDPOINTS: dict[str, dict[str, Operation]] = {
                           "running nowhere, and every volume and RBD snapshot still exists"
                           + _STORAGE, failures=_TASK_STARTED),
     },
+    "/vm/<vm>/snapshot/export": {
+        "post": Operation("Export a VM snapshot into <export_path>/<vm>/<snapshot_name>/ (task "
+                          "vm.export_snapshot; extensions.md §5.2, §5.3): full (rbd export "
+                          "--export-format 2) or, with incremental_parent, the diff from an "
+                          "older snapshot whose export is in the same path; a manifest with a "
+                          "SHA-256 per file, written last. Refused: a path outside "
+                          "backup.allowed_paths (symlinks resolved), an unknown snapshot or "
+                          "parent, an existing target directory, a missing parent export"
+                          + _STORAGE, failures=_TASK_STARTED),
+    },
+    "/vm/<vm>/snapshot/import": {
+        "post": Operation("Import the export <import_path>/<vm>/<snapshot_name>/ (and the chain "
+                          "of exports it is incremental from) as a VM (task "
+                          "vm.import_snapshot): every file's SHA-256 is checked before "
+                          "anything is created. Refused: a path outside backup.allowed_paths, "
+                          "no manifest, a broken chain, a VM of that name or UUID or a target "
+                          "volume exists (give new_name)" + _STORAGE, failures=_TASK_STARTED),
+    },
+    "/vm/<vm>/backup": {
+        "get": Operation("The backups of a VM (or of a former VM of that name) in backup_path, "
+                         "oldest first (extensions.md §5.4)", array_of("VmBackup")),
+        "post": Operation("Back a VM up into <backup_path>/<vm>/<datestring>/ (task vm.backup): "
+                          "snapshot backup_<datestring>, exported full or incremental from a "
+                          "retained earlier backup; the snapshot is removed unless "
+                          "retain_snapshot. Refused: a path outside backup.allowed_paths, an "
+                          "unknown parent or its snapshot gone, retain_snapshot with "
+                          "incremental_parent" + _STORAGE, failures=_TASK_STARTED),
+        "delete": Operation("Remove a backup's directory and its retained snapshot. Refused: "
+                            "unknown, or another backup is incremental from it"),
+    },
+    "/vm/<vm>/restore": {
+        "post": Operation("Restore a backup <backup_path>/<vm>/<backup_datestring>/ as a VM "
+                          "(task vm.restore), as the snapshot import does (checksums first)"
+                          + _STORAGE, failures=_TASK_STARTED),
+    },
     "/vm/<vm>/device": {
         "post": Operation("Attach one libvirt device element (extensions.md §11.2), kept in the "
                           "VM's stored XML. A running VM: its node hot-plugs it as the task "

@@ -76,7 +76,7 @@ class VmSnapshotHandler(VmBaseHandler):
         spec, _ = self.vm_spec(vm)
         name = self.values[SNAPSHOT_NAME_REQUIRED]
         self.refuse_if_removing(spec)
-        record = _record(self.ctx.view, spec, name)
+        record = snapshot_record(self.ctx.view, spec, name)
         storage_timeout(self.ctx)
         await start_task(self, "vm.remove_snapshot",
                          {"vm": spec.uuid, "name": spec.name, "snapshot_name": name},
@@ -101,7 +101,7 @@ class VmSnapshotRollbackHandler(VmBaseHandler):
         name = self.values[SNAPSHOT_NAME_REQUIRED]
         self.refuse_if_removing(spec)
         self.refuse_if_provisioning(spec)
-        record = _record(view, spec, name)
+        record = snapshot_record(view, spec, name)
         where = running_on(view, spec.uuid)
         if where is not None:
             raise Conflict(f"VM '{spec.name}' runs on {where}; stop it first (state stop or "
@@ -113,7 +113,7 @@ class VmSnapshotRollbackHandler(VmBaseHandler):
                          _objects(spec.uuid, record.volumes()))
 
 
-def _record(view: ClusterView, spec: VmSpec, name: str) -> VmSnapshot:
+def snapshot_record(view: ClusterView, spec: VmSpec, name: str) -> VmSnapshot:
     try:
         return read_snapshot(view, spec.uuid, name)
     except NotFound:

@@ -288,10 +288,7 @@ class OvaImporter:
         ops = [Op.create(paths.provisioner_object("ova", name), ova.to_doc()),
                Op.create(paths.provisioner_object("system", name), template.to_doc()),
                Op.create(paths.provisioner_object("profile", name), profile.to_doc())]
-        artifacts = list(ctx.record.artifacts)
-        ctx.record.artifacts = []  # the volumes are the OVA's from this transaction on
-        if not ctx.commit(ops):
-            ctx.record.artifacts = artifacts
+        if not ctx.hand_over(ops):  # the volumes are the OVA's from this transaction on
             ctx.check()
             raise Conflict(f"could not record OVA {name}: an OVA, system template or profile "
                            f"named {name} was created meanwhile")

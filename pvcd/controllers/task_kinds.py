@@ -19,7 +19,10 @@ from pvcd.controllers.tasks import TaskKind
 from pvcd.controllers.tasks.storage_steps import StorageSteps, run_storage_request
 from pvcd.controllers.uploads import upload_task_kind
 from pvcd.controllers.vm_devices import DeviceDriver, DeviceTasks
+from pvcd.controllers.vm_exports import VmExportSteps
+from pvcd.controllers.vm_imports import VmImportSteps
 from pvcd.controllers.vm_snapshots import VmSnapshotSteps
+from pvcd.drivers.ceph.rbd_files import RbdExporter
 from pvcd.drivers.nft_rules import validate_rule
 from pvcd.state.store import Store
 from pvcd.state.view import ClusterView
@@ -35,11 +38,16 @@ def production_task_kinds(view: ClusterView, store: Store, config: Config,
     access = CephAccess(str(ceph.conf_file), str(ceph.keyring), float(ceph.request_timeout),
                         float(ceph.command_timeout))
     calls = functools.partial(run_storage_request, view, store, clock=clock)
+    storage = StorageSteps(view, store, clock)
+    snapshots = VmSnapshotSteps(view, store, storage, config.snapshot.freeze_timeout, clock)
+    allowed = config.backup.allowed_paths
     return [OvaImporter(view, store, uploads, access, clock).kind(),
             upload_task_kind(calls, ceph.request_timeout),
             *provisioner_task_kinds(view, store, config),
             ClusterRestore(view, store, uploads, config.backup.allowed_paths, validate_rule,
                            clock).kind(),
-            *VmSnapshotSteps(view, store, StorageSteps(view, store, clock),
-                             config.snapshot.freeze_timeout, clock).kinds(),
+            *snapshots.kinds(),
+            *VmExportSteps(view, snapshots, RbdExporter(str(ceph.conf_file), str(ceph.keyring)),
+                           allowed, clock).kinds(),
+            *VmImportSteps(view, store, storage, allowed, clock).kinds(),
             *(DeviceTasks(config.node.name, view, store, guests).kinds() if guests else [])]

@@ -8,6 +8,7 @@ operation takes exactly its arguments: a missing, unknown or invalid one refuses
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -74,6 +75,20 @@ def _text(check: Callable[[str], object]) -> Check:
 POOL, VOLUME = _text(values.check_pool_name), _text(values.check_volume_name)
 SNAPSHOT = _text(values.check_snapshot_name)
 
+
+def _import_file(value: Any) -> object:
+    """An absolute, normalised path without control characters (never taken for an option)."""
+    if not isinstance(value, str) or not value.startswith("/") or len(value) > 4096 or \
+            os.path.normpath(value) != value or any(ord(c) < 32 for c in value):
+        raise InvalidValue("must be an absolute, normalised file path")
+    return value
+
+
+def _bytes(value: Any) -> object:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidValue("must be a whole number of bytes")
+    return value
+
 # operation → (required arguments, optional arguments), each with its check
 OPERATIONS: Mapping[str, tuple[Mapping[str, Check], Mapping[str, Check]]] = {
     "cluster-option": ({"action": _one_of("set", "unset"), "option": _text(values.check_osd_flag)},
@@ -96,6 +111,10 @@ OPERATIONS: Mapping[str, tuple[Mapping[str, Check], Mapping[str, Check]]] = {
     "snapshot-rename": ({"pool": POOL, "volume": VOLUME, "snapshot": SNAPSHOT,
                          "new_name": SNAPSHOT}, {}),
     "snapshot-rollback": ({"pool": POOL, "volume": VOLUME, "snapshot": SNAPSHOT}, {}),
+    # a VM import or restore (extensions.md §5.2): an export file on the primary, checked by
+    # the task against backup.allowed_paths and its manifest's SHA-256 before it asks
+    "volume-import": ({"pool": POOL, "volume": VOLUME, "file": _import_file},
+                      {"diff": _flag, "bytes": _bytes}),
 }
 
 

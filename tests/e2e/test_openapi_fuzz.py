@@ -81,6 +81,10 @@ def test_fuzzing_the_api_finds_no_server_error(make_lab: LabFactory, tmp_path: P
     _schemathesis(lab, tmp_path, str(focused), origin, client, "focused")
 
     _assert_cluster_survived(lab, client)
+    # VM exports and backups only write inside backup.allowed_paths, which random paths never
+    # resolve into (docs/security.md): nothing was written there either
+    backups = Path(client.info.backup_path or "/nonexistent")
+    assert not backups.exists() or list(backups.iterdir()) == []
 
 
 def _schemathesis(lab: Lab, tmp_path: Path, location: str, origin: str, client: LabClient,

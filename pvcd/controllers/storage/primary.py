@@ -50,7 +50,7 @@ SYNC_KEY = "sync"
 AFTER_REQUEST_SYNC_DELAY = 0.5  # seconds
 SYNC_AFTER_OPS = ("cluster-option", "osd-state", "pool-add", "pool-remove")
 VOLUME_OPS = ("volume-add", "volume-modify", "volume-clone", "volume-remove", "snapshot-add",
-              "snapshot-remove", "snapshot-rename", "snapshot-rollback")
+              "snapshot-remove", "snapshot-rename", "snapshot-rollback", "volume-import")
 # requests after which the volume in their result gets its full `rbd info` at once
 REFRESH_AFTER_OPS = ("volume-add", "volume-modify", "volume-clone", "snapshot-rollback")
 
@@ -95,6 +95,7 @@ class PrimaryStorage:
                 "snapshot-remove": self._snapshot_remove, "volume-clone": self._volume_clone,
                 "snapshot-rename": self._snapshot_rename,
                 "snapshot-rollback": self._snapshot_rollback,
+                "volume-import": self._volume_import,
             }, primary_lock_names, clock, on_finished=self._after_request, active=False)
         self.request_controller = Controller(
             "storage", self.requests.reconcile, self.requests.keys, workers=REQUEST_WORKERS,
@@ -279,6 +280,36 @@ class PrimaryStorage:
         return Outcome(f"Cloned RBD volume {source} to {pool}/{new} ({size} bytes)",
                        {"pool": pool, "volume": new, "source": source, "size": size},
                        lambda: self.mirror.volume(record))
+
+    def _volume_import(self, request: StorageRequest, progress: Callable[[str], None]
+                       ) -> Outcome:
+        """An export file into a new volume (with its snapshots), or a diff onto one
+        (extensions.md §5.2); the volume and every snapshot Ceph then lists are mirrored."""
+        args = request.args
+        pool, volume, diff = args["pool"], args["volume"], bool(args.get("diff"))
+        if not diff and self.view.cache.exists(self.view.paths.storage_volume(pool, volume)):
+            raise Conflict(f"RBD volume {pool}/{volume} exists already")
+        progress(f"importing {args['file']} into {pool}/{volume}")
+        try:
+            self.ceph.volume_import(pool, volume, args["file"], diff, int(args.get("bytes", 0)))
+        except PvcError as exc:
+            if not diff and not isinstance(exc, Conflict):  # a partial image of ours is left
+                self._remove_partial(pool, volume)
+            raise
+        info = self.ceph.volume_info(pool, volume)
+        snapshots = self.ceph.snapshot_list(pool, volume)
+
+        def ops() -> list[Op]:
+            result = self.mirror.volume(VolumeRecord(volume, pool, info.stats))
+            for snap in snapshots:
+                result += self.mirror.snapshot(SnapshotRecord(pool, volume, snap.snapshot,
+                                                              snap.id, snap.size))
+            return result
+
+        return Outcome(f"Imported {'a diff' if diff else 'an export'} into RBD volume "
+                       f"{pool}/{volume}",
+                       {"pool": pool, "volume": volume, "size": info.size,
+                        "snapshots": [s.snapshot for s in snapshots]}, ops)
 
     def _remove_partial(self, pool: str, volume: str) -> None:
         try:

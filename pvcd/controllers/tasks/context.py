@@ -113,6 +113,18 @@ class TaskContext:
         with self._lock:
             return self._commit(extra or [])
 
+    def hand_over(self, ops: list[Op]) -> bool:
+        """Write `ops` and the record with its artifact list emptied, in one transaction: what
+        the task made belongs from then on to what `ops` record (a crash right after cannot
+        make the primary undo it). False when not written (the artifacts are kept)."""
+        with self._lock:
+            artifacts = list(self.record.artifacts)
+            self.record.artifacts = []
+            if self._commit(list(ops)):
+                return True
+            self.record.artifacts = artifacts
+            return False
+
     def _write(self, force: bool) -> None:
         waited = self.monotonic() - self._written
         if not force and waited < PROGRESS_INTERVAL:

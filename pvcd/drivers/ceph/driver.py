@@ -24,6 +24,7 @@ from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound
 from pvcd.domain.pool_space import PoolSpace
 from pvcd.drivers.ceph.client import CephClient
 from pvcd.drivers.ceph.parsers import kib, osds_from_dump, parse_osd_status, parse_pg_map
+from pvcd.drivers.ceph.rbd_files import import_argv
 from pvcd.drivers.ceph.records import (
     CephHealth,
     CephHealthCheck,
@@ -342,6 +343,15 @@ class CephDriver(CephClient):
                          "--no-progress"], timeout=self._data_timeout(size_bytes))
         log.info("ceph volume copied pool=%s volume=%s snapshot=%s new=%s", pool, name,
                  snapshot or "-", new_name)
+
+    def volume_import(self, pool: str, name: str, path: str, diff: bool,
+                      size_bytes: int = 0) -> None:
+        """Import an export file (`rbd_files.import_argv`): a new volume with the snapshots of
+        a format-2 export, or a diff onto the existing volume (it needs the diff's starting
+        snapshot and adds its end snapshot). `size_bytes` (the file's) stretches the limit."""
+        self.run("rbd", import_argv(pool, name, path, diff),
+                 timeout=self._data_timeout(size_bytes))
+        log.info("ceph volume imported pool=%s volume=%s diff=%s", pool, name, diff)
 
     def volume_watchers(self, pool: str, name: str) -> list[str]:
         """Who has the volume open (`rbd status`): one `client.<id> at <address>` each."""
