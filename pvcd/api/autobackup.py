@@ -17,8 +17,9 @@ from pvcd.api.base import BaseHandler
 from pvcd.api.routing import route
 from pvcd.api.tasks import TASK_VALUES, start_task
 from pvcd.api.values import accepts, boolean, flag, integer, text, texts, value
-from pvcd.domain.autobackup import CronSchedule, check_suffix, check_tag
+from pvcd.domain.autobackup import CronSchedule, check_suffix
 from pvcd.domain.errors import Conflict, InvalidValue
+from pvcd.domain.vm_meta import check_tag_name
 from pvcd.drivers.backup_files import resolve_host_path
 from pvcd.state.autobackup import (
     TASK_NAME,
@@ -35,7 +36,8 @@ ROOT_PATH = text("backup_root_path", "The folder backups go into: <backup_root_p
                  "primary inside backup.allowed_paths (after symlinks are resolved).")
 ROOT_SUFFIX = value("backup_root_suffix", "Appended to backup_root_path: empty, or '/' and one "
                     "folder name (made if missing).", check_suffix)
-TAGS = texts("backup_tags", "A VM with at least one of these tags is backed up.", check_tag)
+TAGS = texts("backup_tags", "A VM with at least one of these tags is backed up.",
+             check_tag_name)
 SCHEDULE = value("schedule", "When runs start: a 5-field cron expression (minute hour "
                  "day-of-month month day-of-week; numbers, *, a-b, /step, lists) in the "
                  "primary's local time, e.g. '0 2 * * *'.",

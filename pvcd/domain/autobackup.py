@@ -32,7 +32,6 @@ _FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month"
            ("day of week", 0, 7))
 _NUMBER = re.compile(r"[0-9]{1,2}")
 _SUFFIX = re.compile(r"(/[A-Za-z0-9_][A-Za-z0-9_.-]{0,63})?")
-_TAG = re.compile(r"[^\x00-\x1f/]{1,64}")
 SEARCH_DAYS = 366 * 8  # a match is searched this far ahead (covers every leap day)
 
 
@@ -124,13 +123,6 @@ def check_suffix(value: str) -> str:
     if not _SUFFIX.fullmatch(value) or value in ("/.", "/.."):
         raise InvalidValue(f"backup_root_suffix {value[:80]!r} is invalid: empty, or '/' and "
                            "one folder name (letters, digits, _ . -; at most 64)")
-    return value
-
-
-def check_tag(value: str) -> str:
-    if not _TAG.fullmatch(value):
-        raise InvalidValue(f"backup tag {value[:80]!r} is invalid: 1-64 characters, no '/' "
-                           "or control characters")
     return value
 
 

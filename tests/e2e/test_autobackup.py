@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import time
 import uuid as uuidlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +16,16 @@ import pytest
 
 from pvcd.lab.guest import tiny_guest_xml
 from tests.e2e.labclient import ok, wait_until
-from tests.e2e.test_vm_backups import POOL, TIMEOUT, BackupLab
+from tests.e2e.test_vm_backups import (
+    POOL,
+    TIMEOUT,
+    BackupLab,
+    backup_lab,  # noqa: F401 (the lab, a fixture)
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.ceph, pytest.mark.timeout(400)]
 
 KIB = 1 << 10
-
-
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackupLab]:
-    backup_lab = BackupLab(tmp_path_factory.mktemp("autobackup"))
-    try:
-        yield backup_lab
-    finally:
-        backup_lab.lab.down()
 
 
 def define_tagged(lab: BackupLab, name: str, volume: str) -> None:
@@ -61,7 +56,8 @@ def faults(lab: BackupLab) -> dict[str, Any]:
 
 
 def test_runs_keep_the_configured_backups_and_a_failing_vm_raises_its_fault(
-        lab: BackupLab) -> None:
+        backup_lab: BackupLab) -> None:  # noqa: F811
+    lab = backup_lab
     lab.volume("abweb_vda", b"web at run 0 ".ljust(256 * KIB, b"."))
     lab.volume("abdb_vda", b"db at run 0 ".ljust(256 * KIB, b"."))
     define_tagged(lab, "abweb", "abweb_vda")
@@ -119,8 +115,9 @@ def test_runs_keep_the_configured_backups_and_a_failing_vm_raises_its_fault(
                timeout=TIMEOUT, interval=0.5)
 
 
-def test_a_path_outside_the_allowed_folders_is_never_configured(lab: BackupLab,
-                                                                tmp_path: Path) -> None:
+def test_a_path_outside_the_allowed_folders_is_never_configured(
+        backup_lab: BackupLab, tmp_path: Path) -> None:  # noqa: F811
+    lab = backup_lab
     before = ok(lab.call("GET", "/vm/autobackup"))
     answer = lab.call("PUT", "/vm/autobackup", backup_root_path=str(tmp_path))
     assert answer.status_code == 510 and "allowed_paths" in answer.json()["message"]

@@ -29,6 +29,7 @@ from tests.apiclient import ApiClient
 from tests.fakes.api import serving_api
 from tests.fakes.state import FakeClock
 from tests.fast.test_vm_exports import Exporter
+from tests.fast.test_vm_snapshot_api import World as SnapshotWorld
 from tests.fast.test_vm_snapshot_api import add_vm, disk
 from tests.fast.test_volume_api import Storage, refused, storage  # noqa: F401 (a fixture)
 
@@ -39,10 +40,12 @@ def local(*parts: int) -> float:
     return time.mktime(datetime.datetime(*parts).timetuple())  # type: ignore[arg-type]
 
 
-class World:
+class World(SnapshotWorld):
+    """The snapshot tests' world, whose runner runs `cluster.autobackup` instead."""
+
     def __init__(self, lab: Storage, api: ApiClient, root: Path) -> None:
-        state = self.state = lab.state
-        self.api, self.ceph, self.root = api, lab.ceph, root
+        super().__init__(lab, api)
+        state, self.root = self.state, root
         self.clock = FakeClock(local(2026, 3, 4, 2, 0))
         self.exporter = Exporter()
         snapshots = VmSnapshotSteps(state.view, state.store,
@@ -55,16 +58,10 @@ class World:
                                  executor="node1/1")
         self.runner.primary_active = True
 
-    def run(self, **values: Any) -> dict[str, Any]:
+    def autobackup(self, **values: Any) -> dict[str, Any]:
         """One run through the API, an hour after the last; its task as it ended."""
         self.clock.advance(3600)
-        response = self.api.post("/vm/autobackup", params=values)
-        assert response.status_code == 202, response.text
-        task_id = response.json()["task_id"]
-        self.runner.reconcile(f"task/{task_id}")
-        doc = self.state.doc(self.state.paths.task(task_id))
-        assert isinstance(doc, dict)
-        return doc
+        return self.run(self.api.post("/vm/autobackup", params=values))
 
     def tracked(self, vm: str) -> list[tuple[str, str]]:
         doc = json.loads((self.root / "auto" / vm / ".autobackup.json").read_text())
@@ -126,7 +123,7 @@ def test_bad_configurations_and_runs_are_refused_and_change_nothing(
             ({"schedule": "0 0 31 2 *"}, "never runs"),
             ({"full_interval": "0"}, "full_interval"),
             ({"full_retention": "x"}, "full_retention"),
-            ({"backup_tags": ["a/b"]}, "backup tag"),
+            ({"backup_tags": ["a/b"]}, "invalid tag"),
             ({}, "give at least one")]:
         refused(api.call("PUT", "/vm/autobackup", params=values), text)
     assert api.get("/vm/autobackup").json() == before
@@ -152,7 +149,7 @@ def test_runs_keep_the_configured_fulls_and_incrementals(world: World) -> None:
     configure(world, full_interval="2", full_retention="2")
     names = []
     for _ in range(5):  # full, incremental, full, incremental, full
-        done = world.run()
+        done = world.autobackup()
         assert done["state"] == "success", done
         assert set(done["result"]["result"]) == {"web", "db"}  # "other" has no tag
         names.append(done["result"]["result"]["web"]["snapshot_name"])
@@ -167,7 +164,7 @@ def test_runs_keep_the_configured_fulls_and_incrementals(world: World) -> None:
     assert world.vm_snapshots("web") == sorted([names[2], names[4]])
     assert world.rbd_snapshots("a") == sorted([names[2], names[4]])
     # force_full: a full although an incremental was due
-    done = world.run(force_full="true")
+    done = world.autobackup(force_full="true")
     assert done["result"]["result"]["web"]["type"] == "full"
     assert [kind for kind, _ in world.tracked("web")] == ["full", "full"]
     shown = world.api.get("/vm/autobackup").json()
@@ -177,7 +174,7 @@ def test_runs_keep_the_configured_fulls_and_incrementals(world: World) -> None:
 def test_a_failing_vm_raises_its_fault_and_the_run_goes_on(world: World) -> None:
     configure(world)
     world.exporter.broken = ("b",)  # db's disk
-    done = world.run()
+    done = world.autobackup()
     assert done["state"] == "failure" and done["error"] == "BackendError", done
     assert "db" in done["message"] and "web" not in done["message"].split(":")[0]
     results = done["result"]["result"]
@@ -192,7 +189,7 @@ def test_a_failing_vm_raises_its_fault_and_the_run_goes_on(world: World) -> None
     assert "AUTOBACKUP_FAILED_WEB" not in faults
     # fixed: the next run succeeds and the fault's condition clears
     world.exporter.broken = ()
-    assert world.run()["state"] == "success"
+    assert world.autobackup()["state"] == "success"
     assert world.faults()["AUTOBACKUP_FAILED_DB"]["active"] is False
     assert [kind for kind, _ in world.tracked("web")] == ["incremental", "full"]
     assert [kind for kind, _ in world.tracked("db")] == ["full"]
