@@ -36,6 +36,7 @@ from pvcd.api.connections import ConnectionLimits
 from pvcd.api.metrics import Metrics
 from pvcd.api.server import ApiServer, make_ssl_context
 from pvcd.config import Config
+from pvcd.controllers.autobackup_schedule import build_autobackup_schedule
 from pvcd.controllers.base import Controller, Watch, Wiring
 from pvcd.controllers.client_networks import build_networks
 from pvcd.controllers.console import build_console
@@ -160,6 +161,10 @@ class NodeDaemon:
         # cluster faults (extensions.md §8.4): raised by the primary every health.interval
         self._add(build_faults(self.view, self.store, config.health.interval,
                                coordinator=self.coordinator is not None, clock=clock))
+        # the autobackup schedule (extensions.md §5.5): runs started by the primary
+        self._add(build_autobackup_schedule(self.name, self.view, self.store,
+                                            coordinator=self.coordinator is not None,
+                                            clock=clock))
         self._add(self._build_vms())
         if self.coordinator is not None:
             self._add(self._build_fencing())

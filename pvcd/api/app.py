@@ -16,6 +16,7 @@ from typing import Any
 import tornado.web
 
 from pvcd.api import (
+    autobackup,
     cluster,
     cluster_backup,
     faults,
@@ -57,6 +58,7 @@ from pvcd.upload_pipe import UploadPipes
 ROUTES: list[Route] = [
     *general.ROUTES,
     *nodes.ROUTES,
+    *autobackup.ROUTES,  # before /vm/<vm> (extensions.md §5.5)
     *vms.ROUTES,
     *vm_meta.ROUTES,
     *logs.ROUTES,

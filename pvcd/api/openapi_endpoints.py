@@ -154,6 +154,19 @@ ENDPOINTS: dict[str, dict[str, Operation]] = {
         "post": Operation("Define (and start) a VM from libvirt XML; with `wait`, answers once "
                           "it runs on its node", failures=_WAIT_FAILURES),
     },
+    "/vm/autobackup": {
+        "get": Operation("The autobackup configuration, its last and next run and each VM's "
+                         "latest result (extensions.md §5.5)", ref("Autobackup")),
+        "put": Operation("Change the values given of the autobackup configuration. Refused: "
+                         "backup_root_path outside backup.allowed_paths (symlinks resolved), "
+                         "an invalid schedule, suffix or tag, enabled without a path and "
+                         "tags"),
+        "post": Operation("Run autobackup now (task cluster.autobackup): every VM with one of "
+                          "backup_tags, one after another; a failed VM raises "
+                          "AUTOBACKUP_FAILED_<VM> and the run goes on. Refused: not enabled, "
+                          "a run in progress (named), email_recipients",
+                          failures=_TASK_STARTED),
+    },
     "/vm/<vm>": {
         "get": Operation("One VM (a one-element list)", array_of("Vm")),
         "put": Operation("Replace a VM's libvirt XML (same UUID and name; a new name is refused: "

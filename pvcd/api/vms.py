@@ -55,7 +55,7 @@ from pvcd.state.view import ClusterView
 from pvcd.state.vm_move import MoveBasis, move_vm
 from pvcd.state.vm_removal import forget_vm_ops
 from pvcd.state.vm_snapshots import snapshot_list
-from pvcd.vmxml import Disk, parse_domain_xml
+from pvcd.vmxml import RESERVED_VM_NAMES, Disk, parse_domain_xml
 
 # a VM on a node in one of these daemon states is removed by that node (docs/vms.md)
 ACTING_DAEMON_STATES = ("init", "run")
@@ -169,6 +169,9 @@ class VmBaseHandler(BaseHandler):
         handler declares `META_VALUES`, `USER_TAGS` and `PROTECTED_TAGS`."""
         view = self.ctx.view
         definition = parse_domain_xml(xml)
+        if definition.name in RESERVED_VM_NAMES:
+            raise InvalidValue(f"'{definition.name}' is reserved (an API path, /vm/"
+                               f"{definition.name}); choose another VM name")
         if path_name is not None and definition.name != path_name:
             raise InvalidValue(f"the XML names the VM '{definition.name}', not '{path_name}' "
                                "as the path does; nothing was changed")

@@ -28,6 +28,7 @@ from pvcd.cli.editor import edit_text
 from pvcd.cli.logs import vm_log
 from pvcd.cli.output import Column, Row, field, render_fields, render_table, size_mib
 from pvcd.cli.task import follow_task, follow_task_options
+from pvcd.cli.vm_autobackup import vm_autobackup
 from pvcd.cli.vm_backup import snapshot_export, snapshot_import, vm_backup, vm_restore
 from pvcd.cli.vm_device import vm_device
 from pvcd.cli.vm_meta import MIGRATION_METHODS, NODE_SELECTORS, vm_meta, vm_tag
@@ -364,4 +365,5 @@ vm_snapshot.add_command(snapshot_export)
 vm_snapshot.add_command(snapshot_import)
 vm.add_command(vm_backup)
 vm.add_command(vm_restore)
+vm.add_command(vm_autobackup)
 vm.add_command(vm_device)

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 
 from pvcd.controllers.base import DONE, Controller, PrimaryService, Result, Wiring
+from pvcd.domain.autobackup import failed_vms
 from pvcd.domain.dns import dns_zones
 from pvcd.domain.faults import (
     CephCheck,
@@ -125,7 +126,11 @@ class FaultMonitor:
             ceph_checks=self._ceph_checks(), failed_vms=tuple(sorted(failed)),
             dns_conflicts=tuple(DnsConflict(vni, domains.get(vni, ""), winner)
                                 for vni, winner in sorted(zones.conflicts.items())),
-            restore_marker=cache.exists(paths.restore_marker))
+            restore_marker=cache.exists(paths.restore_marker),
+            # a VM removed since keeps no fault
+            autobackup_failures=tuple((name, message) for name, message in
+                                      failed_vms(cache.get(paths.autobackup))
+                                      if view.resolve_vm(name) is not None))
 
     def _ceph_checks(self) -> tuple[CephCheck, ...]:
         """Ceph's health checks as the primary's storage sync last mirrored them."""

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 
 from pvcd.config import Config
+from pvcd.controllers.autobackup import AutobackupRun
 from pvcd.controllers.cluster_restore import ClusterRestore
 from pvcd.controllers.ova_upload import CephAccess, OvaImporter
 from pvcd.controllers.provisioner import provisioner_task_kinds
@@ -41,13 +42,15 @@ def production_task_kinds(view: ClusterView, store: Store, config: Config,
     storage = StorageSteps(view, store, clock)
     snapshots = VmSnapshotSteps(view, store, storage, config.snapshot.freeze_timeout, clock)
     allowed = config.backup.allowed_paths
+    exports = VmExportSteps(view, snapshots, RbdExporter(str(ceph.conf_file), str(ceph.keyring)),
+                            allowed, clock)
     return [OvaImporter(view, store, uploads, access, clock).kind(),
             upload_task_kind(calls, ceph.request_timeout),
             *provisioner_task_kinds(view, store, config),
             ClusterRestore(view, store, uploads, config.backup.allowed_paths, validate_rule,
                            clock).kind(),
             *snapshots.kinds(),
-            *VmExportSteps(view, snapshots, RbdExporter(str(ceph.conf_file), str(ceph.keyring)),
-                           allowed, clock).kinds(),
+            *exports.kinds(),
+            AutobackupRun(view, store, snapshots, exports, allowed, clock).kind(),
             *VmImportSteps(view, store, storage, allowed, clock).kinds(),
             *(DeviceTasks(config.node.name, view, store, guests).kinds() if guests else [])]

@@ -42,6 +42,7 @@ VM_FAILED_DELTA = 10
 MEMORY_DELTA = 50
 FENCE_FAILED_DELTA = 50
 DNS_CONFLICT_DELTA = 10
+AUTOBACKUP_FAILED_DELTA = 10
 RESTORE_DELTA = 50
 
 
@@ -93,6 +94,8 @@ class ClusterFacts:
     failed_vms: tuple[str, ...] = ()  # names
     dns_conflicts: tuple[DnsConflict, ...] = ()
     restore_marker: bool = False
+    # VMs (names) whose latest autobackup failed, with its message (`cluster/autobackup`)
+    autobackup_failures: tuple[tuple[str, str], ...] = ()
 
 
 def conditions(facts: ClusterFacts) -> list[FaultCondition]:
@@ -135,6 +138,10 @@ def conditions(facts: ClusterFacts) -> list[FaultCondition]:
             f"Network {conflict.vni}'s domain '{conflict.domain}' overlaps the domain of "
             f"network {conflict.kept_by}, which keeps it: network {conflict.vni} publishes no "
             "names until one of the domains is changed"))
+    for name, message in facts.autobackup_failures:
+        found.append(FaultCondition(fault_id("AUTOBACKUP_FAILED", name),
+                                    AUTOBACKUP_FAILED_DELTA,
+                                    f"The latest autobackup of VM {name} failed: {message}"))
     if facts.restore_marker:
         found.append(FaultCondition(
             RESTORE_INCOMPLETE, RESTORE_DELTA,

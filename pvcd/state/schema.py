@@ -132,6 +132,11 @@ class Paths:
         return self._join("cluster", "maintenance")
 
     @property
+    def autobackup(self) -> str:
+        """The autobackup configuration and its runs' latest results (extensions.md §5.5)."""
+        return self._join("cluster", "autobackup")
+
+    @property
     def restore_marker(self) -> str:
         """Present while a cluster state restore (extensions.md §9) has not finished."""
         return self._join("cluster", "restore")
