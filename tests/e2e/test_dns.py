@@ -65,9 +65,15 @@ def first_answers(questions: dict[str, tuple[str, str, str]], expected: str, sin
     return took
 
 
+# How much later than its target a change may show here before the test fails: the test proves
+# that names follow every change; bench/dns.py measures how fast (on a quiet machine). A loaded
+# CI machine delays every process of the lab, so the targets themselves are not asserted.
+SLACK = 3.0
+
+
 def report(what: str, took: float, target: float, limit: float | None = None) -> None:
     print(f"{what}: {took:.3f} s (target {target:.0f} s)")
-    limit = target if limit is None else limit
+    limit = SLACK * (target if limit is None else limit)
     assert took < limit, f"{what} took {took:.3f} s, more than {limit:.3f} s"
 
 
