@@ -68,6 +68,7 @@ from pvcd.state.cache import StateCache
 from pvcd.state.schema import Paths, ensure_schema
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
+from pvcd.state.vm_index import VmIndex
 from pvcd.upload_pipe import UploadPipes
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,8 @@ class NodeDaemon:
         self.cache = StateCache(self.client, self.paths.root)
         # no blocking call waits on a suspended connection longer than the session may live
         self.store = Store(self.client, self.cache, timeout=config.cluster.session_timeout)
-        self.view = ClusterView(self.cache, self.paths)
+        # subscribed before the cache starts: the index sees the initial load
+        self.view = ClusterView(self.cache, self.paths, VmIndex(self.cache, self.paths))
         self.self_fence = self_fence(config, self.plugins.watchdog)
         self.writer = NodeStatusWriter(self.store, self.paths.node_status(self.name), clock,
                                        yield_to_fence=self.self_fence.enabled)
@@ -276,10 +278,12 @@ class NodeDaemon:
             self.name, self.view, self.store, self.libvirt,
             self.config.drivers.libvirt.console_log_directory,
             self.config.drivers.libvirt.console_log_lines,
-            can_act=lambda: self.registered and self.client.connected)
+            can_act=lambda: self.registered and self.client.connected,
+            running=self.node.running.current)
         wiring.extend(consoles)
 
         def on_lifecycle(uuid: str, event: object, detail: object) -> None:
+            self.node.note_domain(uuid)
             self.vm_controller.enqueue(vm_key(uuid))
             self.node_controller.enqueue(self.node.domains_key())
 
