@@ -21,7 +21,7 @@ from pvcd.domain.records import (
     VmStatus,
     from_dict,
 )
-from pvcd.domain.states import STOPPED_VM_STATES
+from pvcd.domain.states import STOPPED_VM_STATES, vm_state
 from pvcd.state.cache import Entry, StateCache
 from pvcd.state.schema import Paths
 from pvcd.state.vm_index import VmIndex
@@ -146,6 +146,17 @@ class ClusterView:
         if self.index is not None:
             return sorted(self.index.on_node(node) | self.index.unreadable())
         return self.vm_uuids()
+
+    def failed_vm_names(self) -> list[str]:
+        """Names (else UUIDs) of the VMs in state `failed`, sorted."""
+        uuids = self.index.failed() if self.index is not None else self.vm_uuids()
+        names = []
+        for uuid in uuids:
+            spec = self.cache.get(self.paths.vm(uuid))
+            if isinstance(spec, dict) and \
+                    vm_state(spec, self.cache.get(self.paths.vm_status(uuid)) or {}) == "failed":
+                names.append(str(spec.get("name") or uuid))
+        return sorted(names)
 
     def vm_docs_on(self, node: str) -> list[dict[str, Any]]:
         """Spec documents of the VMs assigned to `node`."""

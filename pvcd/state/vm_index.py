@@ -21,7 +21,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pvcd.domain.states import STOPPED_VM_STATES
+from pvcd.domain.states import STOPPED_VM_STATES, vm_state
 from pvcd.state.schema import Paths
 
 
@@ -56,6 +56,7 @@ class VmIndex:
         # node -> [memory, vcpus, VMs] of the VMs assigned there
         self._totals: dict[str, list[int]] = {}
         self._unreadable: set[str] = set()  # documents without a VM's fields
+        self._failed: set[str] = set()  # VMs whose state (objects.md) is `failed`
         cache.subscribe(self._on_change)
 
     # reads
@@ -69,6 +70,11 @@ class VmIndex:
         them; a copy)."""
         with self._lock:
             return set(self._unreadable)
+
+    def failed(self) -> set[str]:
+        """UUIDs of the VMs in state `failed` (the fault checks; a copy)."""
+        with self._lock:
+            return set(self._failed)
 
     def assigned(self, node: str) -> tuple[int, int, int]:
         """(memory MiB, vCPUs, VMs) assigned to `node`; memory and vCPUs of the VMs that
@@ -84,12 +90,19 @@ class VmIndex:
             self._update(uuid)
 
     def _on_change(self, path: str) -> None:
-        if path.startswith(self._vms) and "/" not in path[len(self._vms):]:
-            self._update(path[len(self._vms):])
+        if not path.startswith(self._vms):
+            return
+        uuid, _, child = path[len(self._vms):].partition("/")
+        if child in ("", "status"):
+            self._update(uuid)
 
     def _update(self, uuid: str) -> None:
         with self._lock:
             doc = self._cache.get(self._vms + uuid)
+            if _failed(doc, self._cache.get(f"{self._vms}{uuid}/status")):
+                self._failed.add(uuid)
+            else:
+                self._failed.discard(uuid)
             new = _placed(doc)
             old = self._placed.pop(uuid, None)
             if old is not None:
@@ -135,3 +148,12 @@ def _placed(doc: Any) -> Placed | None:
     except (TypeError, ValueError):
         return None
     return Placed(doc["node"], source if isinstance(source, str) else None, memory, vcpus)
+
+
+def _failed(spec: Any, status: Any) -> bool:
+    if not isinstance(spec, dict):
+        return False
+    try:
+        return vm_state(spec, status if isinstance(status, dict) else {}) == "failed"
+    except (TypeError, ValueError):
+        return False

@@ -7,7 +7,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from pvcd.domain.states import STOPPED_VM_STATES
+from pvcd.domain.states import STOPPED_VM_STATES, vm_state
 from pvcd.state.schema import Paths
 from pvcd.state.vm_index import VmIndex
 
@@ -67,6 +67,7 @@ def vm_doc(rng: random.Random) -> dict[str, Any]:
     return {"uuid": "u", "name": "n", "xml": "<domain/>", "node": rng.choice(NODES),
             "memory": rng.choice([64, 512, 2048]), "vcpu": rng.choice([1, 2, 4]),
             "state": rng.choice(["start", "stop", "shutdown", "disable"]),
+            "state_request": rng.randint(0, 2),
             "migration": migration}
 
 
@@ -80,14 +81,23 @@ def test_index_follows_every_change_like_a_full_walk() -> None:
         roll = rng.random()
         if roll < 0.15:
             cache.delete(PATHS.vm(uuid))
-        elif roll < 0.25 and cache.get(PATHS.vm(uuid)) is not None:
-            cache.put(PATHS.vm_status(uuid), {"node": rng.choice(NODES)})  # not a spec: ignored
+        elif roll < 0.35 and cache.get(PATHS.vm(uuid)) is not None:
+            cache.put(PATHS.vm_status(uuid), {"node": rng.choice(NODES),
+                                              "state": rng.choice(["running", "failed"]),
+                                              "state_request_done": rng.randint(0, 2)})
+        elif roll < 0.4:
+            cache.put(PATHS.vm_console(uuid), {"lines": []})  # nothing the index counts
         else:
             cache.put(PATHS.vm(uuid), vm_doc(rng))
         for node in NODES:
             on, totals = walk(cache, node)
             assert index.on_node(node) == on
             assert index.assigned(node) == totals
+        assert index.failed() == {
+            uuid for uuid in cache.children(PATHS.vms)
+            if vm_state(cache.get(PATHS.vm(uuid)) or {},
+                        cache.get(PATHS.vm_status(uuid)) or {}) == "failed"
+            and cache.get(PATHS.vm(uuid)) is not None}
 
 
 def test_an_index_made_after_the_cache_filled_catches_up_on_rebuild() -> None:
