@@ -496,7 +496,8 @@ class Lab:
                                  "reason": d.reason} for d in driver.list_domains()}
             finally:
                 driver.close()
-        reply = agent.ask(self._agent_socket(name), {"command": "domains"}, timeout=1.0)
+        # (thousands of domains on a loaded machine take more than a second to list)
+        reply = agent.ask(self._agent_socket(name), {"command": "domains"}, timeout=10.0)
         return {d["uuid"]: d for d in reply["domains"]}
 
     def destroy_domain(self, name: str, uuid: str) -> None:
