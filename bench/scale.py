@@ -136,7 +136,8 @@ def define(api: Api, names: list[str]) -> list[float]:
 
 
 def running_count(lab: Lab, nodes: list[str]) -> int:
-    return sum(sum(1 for d in lab.domains(node).values() if d["state"] == "running")
+    return sum(sum(1 for d in lab.domains(node, timeout=30.0).values()
+                   if d["state"] == "running")
                for node in nodes)
 
 
