@@ -4,23 +4,13 @@ short words — while every change is still seen, in order."""
 
 from __future__ import annotations
 
-import time
-
 from kazoo.client import KazooClient
 
 from pvcd.state.cache import StateCache
 from pvcd.state.codec import encode
 from pvcd.state.schema import Paths, ensure_schema
 from pvcd.state.store import Op, Store
-
-
-def wait_for(predicate, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.005)
-    return False
+from tests.e2e.labclient import wait_until
 
 
 def raw_bytes_left(cache: StateCache, paths: list[str]) -> list[str]:
@@ -48,15 +38,15 @@ def test_the_tree_keeps_stats_not_bytes_and_changes_still_arrive(
         # changes from elsewhere (watch events) and from here (local applies) both arrive
         zk.set(vms[3], encode({"node": "node2", "state": "stop", "xml": "new"}))
         Store(zk, cache).commit([Op.set(vms[4], {"node": "node3", "state": "start"}, 0)])
-        assert wait_for(lambda: cache.get(vms[3]) == {"node": "node2", "state": "stop",
-                                                      "xml": "new"})
-        assert wait_for(lambda: cache.entry(vms[4]) is not None and
+        wait_until(lambda: cache.get(vms[3]) == {"node": "node2", "state": "stop",
+                                                      "xml": "new"}, timeout=5)
+        wait_until(lambda: cache.entry(vms[4]) is not None and
                         cache.entry(vms[4]).mzxid is not None and  # (the watch's copy)
-                        tree.get_data(vms[4]).stat.version == 1)
+                        tree.get_data(vms[4]).stat.version == 1, timeout=5)
         assert cache.get(vms[4]) == {"node": "node3", "state": "start"}
-        assert wait_for(lambda: raw_bytes_left(cache, vms) == [])
+        wait_until(lambda: raw_bytes_left(cache, vms) == [], timeout=5)
         zk.delete(vms[5])
-        assert wait_for(lambda: not cache.exists(vms[5]))
+        wait_until(lambda: not cache.exists(vms[5]), timeout=5)
 
         # documents of one shape share their keys and short words
         first, second = cache.get(vms[1]), cache.get(vms[2])
