@@ -39,10 +39,10 @@ def test_the_tree_keeps_stats_not_bytes_and_changes_still_arrive(
         zk.set(vms[3], encode({"node": "node2", "state": "stop", "xml": "new"}))
         Store(zk, cache).commit([Op.set(vms[4], {"node": "node3", "state": "start"}, 0)])
         wait_until(lambda: cache.get(vms[3]) == {"node": "node2", "state": "stop",
-                                                      "xml": "new"}, timeout=5)
+                                                 "xml": "new"}, timeout=5)
         wait_until(lambda: cache.entry(vms[4]) is not None and
-                        cache.entry(vms[4]).mzxid is not None and  # (the watch's copy)
-                        tree.get_data(vms[4]).stat.version == 1, timeout=5)
+                   cache.entry(vms[4]).mzxid is not None and  # (the watch's copy)
+                   tree.get_data(vms[4]).stat.version == 1, timeout=5)
         assert cache.get(vms[4]) == {"node": "node3", "state": "start"}
         wait_until(lambda: raw_bytes_left(cache, vms) == [], timeout=5)
         zk.delete(vms[5])
