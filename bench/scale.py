@@ -217,8 +217,9 @@ def vm_rounds(counts: list[int], seconds: float, idle: float, reads: int) -> Non
             start = time.perf_counter()
             latencies = define(api, names)
             posted = time.perf_counter() - start
+            # (every poll lists every domain inside the node daemons: not too often)
             wait(lambda target=count: running_count(lab, nodes) >= target,
-                 timeout=max(120.0, count / 20))
+                 timeout=max(120.0, count / 20), interval=1.0)
             total = time.perf_counter() - start
             defined = count
             row(f"POST /vm p50 / p99, {WRITERS} writers, {len(names)} defines",
