@@ -187,6 +187,8 @@ class StateCache:
         if kind == TreeEvent.INITIALIZED:
             self._ready.set()
             return
+        if event.event_data is None:  # a connection state (suspended, reconnected, lost)
+            return
         path = event.event_data.path
         if kind in (TreeEvent.NODE_ADDED, TreeEvent.NODE_UPDATED) and \
                 not self._in_tree(path, event.event_data.stat.czxid):
