@@ -73,6 +73,8 @@ from pvcd.upload_pipe import UploadPipes
 
 log = logging.getLogger(__name__)
 
+CACHE_LOAD_TIMEOUT = 600.0  # seconds the cache's initial load of the whole tree may take
+
 
 class NodeDaemon:
     def __init__(self, config: Config, host: HostDriver | None = None,
@@ -301,7 +303,9 @@ class NodeDaemon:
             return
         ensure_schema(self.client, self.paths)
         self.node_log.start()
-        self.cache.start()
+        # the initial load reads every znode (10,000 VMs: 40,000 of them, 25-55 s on a loaded
+        # lab machine): a timeout much shorter made a restarted daemon fail at start
+        self.cache.start(timeout=CACHE_LOAD_TIMEOUT)
         self.cache.subscribe(self._on_change)
         for service in self.plugins.services:  # up before the node says it runs (the lab
             service.start()                    # agent answers as soon as the node is seen)
