@@ -69,9 +69,12 @@ from pvcd.state.cache import StateCache
 from pvcd.state.schema import Paths, ensure_schema
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
+from pvcd.state.vm_index import VmIndex
 from pvcd.upload_pipe import UploadPipes
 
 log = logging.getLogger(__name__)
+
+CACHE_LOAD_TIMEOUT = 600.0  # seconds the cache's initial load of the whole tree may take
 
 
 class NodeDaemon:
@@ -92,7 +95,8 @@ class NodeDaemon:
         self.cache = StateCache(self.client, self.paths.root)
         # no blocking call waits on a suspended connection longer than the session may live
         self.store = Store(self.client, self.cache, timeout=config.cluster.session_timeout)
-        self.view = ClusterView(self.cache, self.paths)
+        # subscribed before the cache starts: the index sees the initial load
+        self.view = ClusterView(self.cache, self.paths, VmIndex(self.cache, self.paths))
         self.self_fence = self_fence(config, self.plugins.watchdog)
         self.writer = NodeStatusWriter(self.store, self.paths.node_status(self.name), clock,
                                        yield_to_fence=self.self_fence.enabled)
@@ -281,10 +285,12 @@ class NodeDaemon:
             self.name, self.view, self.store, self.libvirt,
             self.config.drivers.libvirt.console_log_directory,
             self.config.drivers.libvirt.console_log_lines,
-            can_act=lambda: self.registered and self.client.connected)
+            can_act=lambda: self.registered and self.client.connected,
+            running=self.node.running.current)
         wiring.extend(consoles)
 
         def on_lifecycle(uuid: str, event: object, detail: object) -> None:
+            self.node.note_domain(uuid)
             self.vm_controller.enqueue(vm_key(uuid))
             self.node_controller.enqueue(self.node.domains_key())
 
@@ -302,7 +308,9 @@ class NodeDaemon:
             return
         ensure_schema(self.client, self.paths)
         self.node_log.start()
-        self.cache.start()
+        # the initial load reads every znode (10,000 VMs: 40,000 of them, 25-55 s on a loaded
+        # lab machine): a timeout much shorter made a restarted daemon fail at start
+        self.cache.start(timeout=CACHE_LOAD_TIMEOUT)
         self.cache.subscribe(self._on_change)
         for service in self.plugins.services:  # up before the node says it runs (the lab
             service.start()                    # agent answers as soon as the node is seen)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,16 +61,22 @@ class _Followed:
 class ConsoleFollower:
     def __init__(self, node: str, view: ClusterView, libvirt: LibvirtDriver, store: Store,
                  directory: str, max_lines: int, can_act: Callable[[], bool],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 running: Callable[[], Collection[str]] | None = None) -> None:
+        """`running`: the UUIDs active in libvirt now (default: ask libvirt each round; the
+        daemon passes the node's event-fed `RunningDomains`)."""
         self.node = node
         self.view = view
         self.libvirt = libvirt
+        self.running = running or libvirt.running_uuids
         self.store = store
         self.directory = directory
         self.max_lines = max_lines
         self.can_act = can_act
         self.clock = clock
         self._followed: dict[str, _Followed] = {}
+        # those with a file to follow (or one to look for) or lines not yet written
+        self._busy: set[str] = set()
 
     def keys(self) -> list[str]:
         return [KEY]
@@ -79,16 +85,24 @@ class ConsoleFollower:
         if not self.can_act():
             return DONE
         try:
-            uuids = self.libvirt.running_uuids()
+            uuids = self.running()
         except BackendError as exc:
             log.info("event=console-list-failed node=%s error=%s", self.node, exc)
             return DONE
-        paths = self.view.paths
-        running = {uuid for uuid in uuids if self.view.cache.exists(paths.vm(uuid))}
-        for uuid in [uuid for uuid in self._followed if uuid not in running]:
+        running = uuids if isinstance(uuids, (set, frozenset)) else set(uuids)
+        exists, vm = self.view.cache.exists, self.view.paths.vm
+        # a round costs nothing for a VM without a console log: only the changes of the
+        # running set (set operations) and the VMs with a file to read or lines to write
+        for uuid in sorted(self._followed.keys() - running):
             self._let_go(uuid)
-        for uuid in sorted(running):
-            self._follow(uuid)
+        for uuid in sorted(running - self._followed.keys()):
+            if exists(vm(uuid)):
+                self._follow(uuid)
+        for uuid in sorted(self._busy):
+            if not exists(vm(uuid)):
+                self._let_go(uuid)
+            else:
+                self._follow(uuid)
         return DONE
 
     def close(self) -> None:
@@ -97,6 +111,7 @@ class ConsoleFollower:
             if followed.file is not None:
                 followed.file.close()
         self._followed.clear()
+        self._busy.clear()
 
     # one VM
     def _follow(self, uuid: str) -> None:
@@ -109,6 +124,10 @@ class ConsoleFollower:
         if followed.file is not None:
             self._read(uuid, followed)
         self._write(uuid, followed)
+        if followed.file is not None or followed.missing or followed.waiting:
+            self._busy.add(uuid)
+        else:
+            self._busy.discard(uuid)
 
     def _start(self, uuid: str, previous: _Followed | None) -> _Followed:
         path = previous.missing if previous is not None else None
@@ -205,6 +224,7 @@ class ConsoleFollower:
         followed.waiting = []
 
     def _let_go(self, uuid: str) -> None:
+        self._busy.discard(uuid)
         followed = self._followed.pop(uuid)
         if followed.file is not None:
             self._read(uuid, followed, final=True)
@@ -215,10 +235,12 @@ class ConsoleFollower:
 
 
 def build_console(node: str, view: ClusterView, store: Store, libvirt: LibvirtDriver,
-                  directory: str, max_lines: int, can_act: Callable[[], bool]
+                  directory: str, max_lines: int, can_act: Callable[[], bool],
+                  running: Callable[[], Collection[str]] | None = None
                   ) -> tuple[Wiring, ConsoleFollower]:
     """The `console` controller: one round a second (its resync), fed by no watch."""
-    follower = ConsoleFollower(node, view, libvirt, store, directory, max_lines, can_act)
+    follower = ConsoleFollower(node, view, libvirt, store, directory, max_lines, can_act,
+                               running=running)
     wiring = Wiring()
     wiring.add(Controller("console", follower.reconcile, follower.keys,
                           resync_interval=INTERVAL))

@@ -34,7 +34,6 @@ from pvcd.domain.faults import (
     next_fault,
 )
 from pvcd.domain.records import FenceRecord, from_dict
-from pvcd.domain.states import vm_state
 from pvcd.state.health import read_faults, read_node_health
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
@@ -111,12 +110,7 @@ class FaultMonitor:
             stats = doc.get("stats") if isinstance(doc, dict) else None
             if name.isdigit() and isinstance(stats, dict) and stats.get("in") in (False, 0):
                 osds_out.append(int(name))
-        failed = []
-        for uuid in view.vm_uuids():
-            spec = cache.get(paths.vm(uuid))
-            if isinstance(spec, dict) and \
-                    vm_state(spec, cache.get(paths.vm_status(uuid)) or {}) == "failed":
-                failed.append(str(spec.get("name") or uuid))
+        failed = view.failed_vm_names()  # (from the index: no walk over every VM)
         specs = [spec for spec in (view.network(vni) for vni in view.network_vnis())
                  if spec is not None]
         zones = dns_zones(specs)

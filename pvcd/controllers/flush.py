@@ -41,7 +41,7 @@ def flush_step(view: ClusterView, store: Store, node: str, running: Collection[s
     """One step of flushing `node`; True once nothing of the cluster runs there any more.
     `running`: the UUIDs libvirt runs on this node now."""
     settled = True
-    for uuid in view.vm_uuids():
+    for uuid in view.vm_uuids_on(node):  # (assigned here, or migrating away from here)
         spec, status = view.vm_spec(uuid), view.vm_status(uuid)
         if spec is None or spec.removing:
             continue  # (one being removed is taken down where it is: `running` tells)

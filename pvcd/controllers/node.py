@@ -26,10 +26,10 @@ from typing import Any, Protocol
 
 from pvcd.controllers.base import DONE, Result
 from pvcd.controllers.flush import flush_step, ready_step
+from pvcd.controllers.running_domains import RunningDomains
 from pvcd.controllers.self_fence import DeclaredDead
 from pvcd.domain.errors import Conflict
 from pvcd.domain.records import NodeSpec, NodeStats, NodeStatus
-from pvcd.domain.states import STOPPED_VM_STATES, domain_active
 from pvcd.drivers.host import HostDriver
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
@@ -103,6 +103,7 @@ class DomainLister(Protocol):
     """What the node controller needs of the hypervisor driver: the domains it has now."""
 
     def list_domains(self) -> list[Any]: ...
+    def domain_state(self, uuid: str) -> Any: ...
 
 
 class NodeController:
@@ -116,7 +117,7 @@ class NodeController:
         self.store = store
         self.writer = writer
         self.host = host
-        self.domains = domains
+        self.running = RunningDomains(domains)
         self.clock = clock
 
     def key(self) -> str:
@@ -127,11 +128,22 @@ class NodeController:
         in this node's record at once, not only at the next keepalive."""
         return f"node/{self.name}/domains"
 
+    def relist_key(self) -> str:
+        """The resync's: list every domain in libvirt again (a missed event's safety net)."""
+        return f"node/{self.name}/domains-listed"
+
     def keys(self) -> list[str]:
-        return [self.key(), self.domains_key()]
+        return [self.key(), self.relist_key()]
+
+    def note_domain(self, uuid: str) -> None:
+        """A libvirt lifecycle event of domain `uuid` (on libvirt's event thread; the caller
+        enqueues `domains_key()` too)."""
+        self.running.note(uuid)
 
     def reconcile(self, key: str) -> Result:
-        if key == self.domains_key():
+        if key in (self.domains_key(), self.relist_key()):
+            if key == self.relist_key():
+                self.running.relist()
             self.refresh_domains()
             return DONE
         if key != self.key():
@@ -152,6 +164,7 @@ class NodeController:
             log.info("event=domain-state node=%s state=%s request=%d", self.name, moving,
                      spec.domain_request)
             self.writer.update(lambda s: setattr(s, "domain_state", moving))
+        self.running.relist()  # a flush ends on what libvirt runs, not on what it said
         running = self._running()
         done = flush_step(self.view, self.store, self.name, running) if flush else \
             ready_step(self.view, self.store, self.name)
@@ -194,20 +207,12 @@ class NodeController:
         self.writer.update(change)
 
     def _running(self) -> list[str]:
-        return sorted(d.uuid for d in self.domains.list_domains() if domain_active(d))
+        return sorted(self.running.current())
 
     def _allocation(self, running: list[str]) -> tuple[int, int, int, list[str]]:
         """Memory and vCPUs of the VMs assigned here that should run, their number, and the
         UUIDs libvirt runs here."""
-        memory = vcpus = count = 0
-        for uuid in self.view.vm_uuids():
-            spec = self.view.vm_spec(uuid)
-            if spec is None or spec.node != self.name:
-                continue
-            count += 1
-            if spec.state not in STOPPED_VM_STATES:
-                memory += spec.memory
-                vcpus += spec.vcpu
+        memory, vcpus, count = self.view.assigned(self.name)
         return memory, vcpus, count, running
 
 

@@ -37,7 +37,7 @@ from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound
 from pvcd.domain.moves import keep_at_source
 from pvcd.domain.records import Migration, VmSpec, VmStatus, from_dict
 from pvcd.domain.states import PROVISION_VM_STATE, domain_active
-from pvcd.specs.vms import check_vm_document
+from pvcd.specs.vms import check_vm_document, check_vm_fields
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
 
@@ -63,6 +63,7 @@ class VmDriver(Protocol):
     def destroy(self, uuid: str) -> None: ...
     def domain_state(self, uuid: str) -> Any: ...
     def list_domains(self) -> list[Any]: ...
+    def domain_uuids(self) -> list[str]: ...
     def xml(self, uuid: str) -> str: ...
     def migrate(self, uuid: str, dest_uri: str, migration_uri: str | None,
                 timeout: float, max_downtime: int | None = None) -> None: ...
@@ -92,11 +93,12 @@ class VmController:
         self.remover = VmRemover(name, view, store, driver, clock, domain_active, self.claims)
         # a snapshot's pause or freeze of the guest (vms/<uuid>/hold)
         self.holds = GuestHolds(name, view, driver, self._write_status, freeze_timeout, clock)
+        self.checked = CheckedDocuments()
 
     # keys
     def keys(self) -> list[str]:
         keys = set()
-        for uuid in self.view.vm_uuids():
+        for uuid in self.view.vm_uuids_on(self.name):
             try:
                 spec = self.view.vm_spec(uuid)
             except (TypeError, ValueError):  # not a VM document at all: its reconcile says so
@@ -105,8 +107,8 @@ class VmController:
             if spec is not None and self.name in (
                     spec.node, spec.migration.source if spec.migration else None):
                 keys.add(vm_key(uuid))
-        for domain in self.driver.list_domains():
-            keys.add(vm_key(domain.uuid))
+        for uuid in self.driver.domain_uuids():
+            keys.add(vm_key(uuid))
         return sorted(keys)
 
     # reconcile
@@ -120,6 +122,7 @@ class VmController:
             return self._refuse_unreadable(uuid, exc)
         domain = self.driver.domain_state(uuid)
         if spec is None:
+            self.checked.forget(uuid)
             if domain is not None:
                 self._remove_here(uuid, domain, "VM no longer exists in the cluster")
             return DONE
@@ -129,20 +132,22 @@ class VmController:
             return DONE  # its provisioner task still makes its disks; it hands it over after
         # acted on only if valid by the API's own rules: anything that reaches ZooKeeper can
         # write this document (docs/security.md, "Daemons re-validate")
-        invalid = _invalid(uuid, spec)
         status = self.view.vm_status(uuid) or VmStatus()
         migration = spec.migration
         pending = migration is not None and status.migration_done < migration.request
         if spec.node != self.name:
             if pending and migration is not None and migration.source == self.name:
+                invalid = self.checked.invalid(uuid, spec)
                 if invalid is not None:
                     return self._refuse(uuid, spec, invalid)
                 return self._migrate_out(spec, status, domain)
+            self.checked.forget(uuid)  # (checked again should it come back)
             if domain is not None:
                 self._remove_here(uuid, domain, f"VM is assigned to {spec.node}")
             elif self.claims.holds(uuid):
                 self.claims.release(uuid)  # nothing of it here (e.g. back from a power-off)
             return DONE
+        invalid = self.checked.invalid(uuid, spec)
         if invalid is not None:
             return self._refuse(uuid, spec, invalid)
         if pending and migration is not None and migration.source != self.name:
@@ -395,13 +400,29 @@ class VmController:
         raise Conflict(f"{path}: could not write the VM status")
 
 
-def _invalid(uuid: str, spec: VmSpec) -> str | None:
-    """Why the document at `vms/<uuid>` breaks the API's rules, or None."""
-    try:
-        check_vm_document(uuid, spec)
-    except InvalidValue as exc:
-        return str(exc)
-    return None
+class CheckedDocuments:
+    """`check_vm_document` for every reconcile, without parsing an unchanged XML again (the
+    resync reconciles each of a node's VMs every `timing.resync_interval`): per VM it keeps
+    the XML and name that passed, references to the cached document's own strings."""
+
+    def __init__(self) -> None:
+        self._passed: dict[str, tuple[str, str]] = {}
+
+    def invalid(self, uuid: str, spec: VmSpec) -> str | None:
+        """Why the document at `vms/<uuid>` breaks the API's rules, or None."""
+        try:
+            if spec.uuid == uuid and self._passed.get(uuid) == (spec.xml, spec.name):
+                check_vm_fields(spec)  # (identity and XML: as they passed before)
+            else:
+                self._passed.pop(uuid, None)
+                check_vm_document(uuid, spec)
+                self._passed[uuid] = (spec.xml, spec.name)
+        except InvalidValue as exc:
+            return str(exc)
+        return None
+
+    def forget(self, uuid: str) -> None:
+        self._passed.pop(uuid, None)
 
 
 def _running(domain: Any) -> bool:

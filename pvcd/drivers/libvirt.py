@@ -27,7 +27,7 @@ import threading
 import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from xml.etree import ElementTree
 
 import libvirt
@@ -36,6 +36,7 @@ from pvcd.domain.errors import BackendError, NotFound
 
 log = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
 LifecycleListener = Callable[[str, str, str], None]  # (uuid, event, detail), e.g. "stopped"
 
 _UUID = re.compile(r"[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}",
@@ -304,6 +305,15 @@ class LibvirtDriver:
 
     def list_domains(self) -> list[DomainStatus]:
         """Every domain this node knows: defined or running (transient ones too)."""
+        return self._each_domain(_status)
+
+    def domain_uuids(self) -> list[str]:
+        """The UUIDs of every domain this node knows (defined or running): one call to
+        libvirtd and one per domain, where `list_domains` makes six per domain."""
+        return self._each_domain(lambda domain: str(domain.UUIDString()))
+
+    def _each_domain(self, read: Callable[[Any], _T]) -> list[_T]:
+        """`read(domain)` of every domain, skipping one undefined while we looked."""
         try:
             domains = self._connection().listAllDomains(0)
         except libvirt.libvirtError as exc:
@@ -311,9 +321,9 @@ class LibvirtDriver:
         result = []
         for domain in domains:
             try:
-                result.append(_status(domain))
+                result.append(read(domain))
             except libvirt.libvirtError:
-                continue  # undefined while we looked
+                continue
         return result
 
     def running_uuids(self) -> list[str]:

@@ -486,9 +486,10 @@ class Lab:
         with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
             return json.loads(response.read())
 
-    def domains(self, name: str) -> dict[str, dict[str, str]]:
+    def domains(self, name: str, timeout: float = 1.0) -> dict[str, dict[str, str]]:
         """The domains of node `name` as its libvirt reports them, by UUID (the lab agent, or
-        the node's own libvirtd in a QEMU lab)."""
+        the node's own libvirtd in a QEMU lab). `timeout`: how long the agent may take (a
+        frozen node's never answers; thousands of domains on a loaded machine take seconds)."""
         if self._info().libvirt == "qemu":
             driver = self._libvirtd_driver(name)
             try:
@@ -496,7 +497,7 @@ class Lab:
                                  "reason": d.reason} for d in driver.list_domains()}
             finally:
                 driver.close()
-        reply = agent.ask(self._agent_socket(name), {"command": "domains"}, timeout=1.0)
+        reply = agent.ask(self._agent_socket(name), {"command": "domains"}, timeout=timeout)
         return {d["uuid"]: d for d in reply["domains"]}
 
     def destroy_domain(self, name: str, uuid: str) -> None:

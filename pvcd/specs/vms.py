@@ -44,6 +44,13 @@ def check_vm_document(uuid: str, spec: VmSpec) -> DomainDefinition:
     definition = parse_domain_xml(spec.xml, default_uuid=spec.uuid)
     check_uuid_kept(definition, spec.uuid)
     check_name_kept(definition, spec.name)
+    check_vm_fields(spec)
+    return definition
+
+
+def check_vm_fields(spec: VmSpec) -> None:
+    """The rules of a VM document beyond its identity and XML (`check_vm_document` applies
+    them too): its desired state, request counters and metadata."""
     if spec.state not in STORED_VM_STATES:
         raise InvalidValue(f"invalid desired state {spec.state!r}; valid states are: "
                            f"{', '.join(STORED_VM_STATES)}")
@@ -52,4 +59,3 @@ def check_vm_document(uuid: str, spec: VmSpec) -> DomainDefinition:
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise InvalidValue(f"{counter} {value!r} is invalid: a whole number from 0")
     check_vm_meta(spec)
-    return definition

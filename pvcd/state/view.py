@@ -21,18 +21,22 @@ from pvcd.domain.records import (
     VmStatus,
     from_dict,
 )
-from pvcd.domain.states import STOPPED_VM_STATES
+from pvcd.domain.states import STOPPED_VM_STATES, vm_state
 from pvcd.state.cache import Entry, StateCache
 from pvcd.state.schema import Paths
+from pvcd.state.vm_index import VmIndex
 
 # daemon states in which a node without a live session is reported dead
 _LIVE_DAEMON_STATES = ("init", "run")
 
 
 class ClusterView:
-    def __init__(self, cache: StateCache, paths: Paths) -> None:
+    def __init__(self, cache: StateCache, paths: Paths, index: VmIndex | None = None) -> None:
+        """`index`: the VMs by node (`pvcd.state.vm_index`); without one, the questions it
+        answers walk every VM document."""
         self.cache = cache
         self.paths = paths
+        self.index = index
 
     # nodes
     def node_names(self) -> list[str]:
@@ -73,26 +77,32 @@ class ClusterView:
 
     def node_loads(self) -> list[NodeLoad]:
         """Every node as placement sees it: states, size, and what is assigned to it."""
-        assigned: dict[str, list[int]] = {}  # node -> [memory, vcpus, vms]
-        for uuid in self.vm_uuids():
-            doc = self.cache.get(self.paths.vm(uuid))
-            if not isinstance(doc, dict):
-                continue
-            slot = assigned.setdefault(str(doc.get("node")), [0, 0, 0])
-            slot[2] += 1
-            if doc.get("state") not in STOPPED_VM_STATES:
-                slot[0] += int(doc.get("memory", 0))
-                slot[1] += int(doc.get("vcpu", 0))
         loads = []
         for name in self.node_names():
             status = self.node_status(name) or NodeStatus()
-            memory, vcpus, vms = assigned.get(name, (0, 0, 0))
+            memory, vcpus, vms = self.assigned(name)
             loads.append(NodeLoad(
                 name=name, daemon_state=self.node_daemon_state(name, status.daemon_state),
                 domain_state=status.domain_state, memory_total=status.stats.memory_total,
                 load=status.stats.load, memory_allocated=memory, vcpus_allocated=vcpus,
                 vms=vms))
         return loads
+
+    def assigned(self, node: str) -> tuple[int, int, int]:
+        """(memory MiB, vCPUs, VMs) assigned to `node`, memory and vCPUs of those that should
+        run only (placement's and the node record's allocation)."""
+        if self.index is not None:
+            return self.index.assigned(node)
+        memory = vcpus = count = 0
+        for uuid in self.vm_uuids():
+            doc = self.cache.get(self.paths.vm(uuid))
+            if not isinstance(doc, dict) or doc.get("node") != node:
+                continue
+            count += 1
+            if doc.get("state") not in STOPPED_VM_STATES:
+                memory += int(doc.get("memory", 0))
+                vcpus += int(doc.get("vcpu", 0))
+        return memory, vcpus, count
 
     def live_coordinators(self) -> list[str]:
         names = []
@@ -129,10 +139,29 @@ class ClusterView:
             return name_or_uuid.lower()
         return self.vm_uuid_by_name(name_or_uuid)
 
+    def vm_uuids_on(self, node: str) -> list[str]:
+        """The VMs assigned to `node` or migrating away from it, and (without an index: every
+        VM) those whose documents are not VM documents: a superset of what that node acts on,
+        sorted."""
+        if self.index is not None:
+            return sorted(self.index.on_node(node) | self.index.unreadable())
+        return self.vm_uuids()
+
+    def failed_vm_names(self) -> list[str]:
+        """Names (else UUIDs) of the VMs in state `failed`, sorted."""
+        uuids = self.index.failed() if self.index is not None else self.vm_uuids()
+        names = []
+        for uuid in uuids:
+            spec = self.cache.get(self.paths.vm(uuid))
+            if isinstance(spec, dict) and \
+                    vm_state(spec, self.cache.get(self.paths.vm_status(uuid)) or {}) == "failed":
+                names.append(str(spec.get("name") or uuid))
+        return sorted(names)
+
     def vm_docs_on(self, node: str) -> list[dict[str, Any]]:
         """Spec documents of the VMs assigned to `node`."""
         docs = []
-        for uuid in self.vm_uuids():
+        for uuid in self.vm_uuids_on(node):
             doc = self.cache.get(self.paths.vm(uuid))
             if isinstance(doc, dict) and doc.get("node") == node:
                 docs.append(doc)

@@ -171,6 +171,7 @@ class SimNode:
         for domain in self.libvirt.list_domains():
             if domain.active:
                 self.libvirt.destroy(domain.uuid)
+                self.node.note_domain(domain.uuid)  # (libvirt's lifecycle event)
         lock = self.state.view.primary_entry()
         if lock is not None and (lock.doc or {}).get("node") == self.name:
             self.state.store.commit([Op.delete(self.state.paths.primary)])
@@ -195,6 +196,9 @@ class SimNode:
         for key in keys:
             with contextlib.suppress(TemporaryError):
                 self.vm.reconcile(key)
+            # what libvirt's lifecycle events tell the daemon's node controller (`note_domain`),
+            # delivered at once here so that a round stays deterministic
+            self.node.note_domain(key.split("/", 1)[1])
 
     def reconcile_fencing(self) -> None:
         if self.live and self.fencing is not None:

@@ -25,6 +25,7 @@ from pvcd.state.cache import StateCache
 from pvcd.state.schema import Paths, ensure_schema
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
+from pvcd.state.vm_index import VmIndex
 
 
 class FakeClock:
@@ -53,9 +54,10 @@ class ClusterState:
         paths = Paths(root)
         ensure_schema(client, paths)
         cache = StateCache(client, paths.root)
+        index = VmIndex(cache, paths)  # as the daemon: subscribed before the cache starts
         cache.start()
         store = Store(client, cache)
-        return cls(client, paths, cache, store, ClusterView(cache, paths))
+        return cls(client, paths, cache, store, ClusterView(cache, paths, index))
 
     def close(self) -> None:
         self.cache.close()

@@ -134,6 +134,9 @@ def test_two_node_files_are_two_independent_nodes(
     node1.start(uuid)
     assert [d.uuid for d in node1.list_domains()] == [uuid]
     assert node2.list_domains() == []
+    stopped = define_tiny(node1, "stopped")  # defined, never started: listed too
+    assert sorted(node1.domain_uuids()) == sorted([uuid, stopped])
+    assert node1.running_uuids() == [uuid] and node2.domain_uuids() == []
     assert node2.domain_state(uuid) is None
     define_tiny(node2, "tiny")  # the same name is free on the other node
     assert len(node2.list_domains()) == 1

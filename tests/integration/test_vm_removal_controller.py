@@ -70,6 +70,9 @@ class RecordingLibvirt:
     def list_domains(self) -> list[Domain]:
         return list(self.domains.values())
 
+    def domain_uuids(self) -> list[str]:
+        return list(self.domains)
+
     def xml(self, uuid: str) -> str:
         raise NotImplementedError
 
