@@ -30,7 +30,7 @@ import inspect
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Protocol
@@ -41,6 +41,7 @@ from tornado.http1connection import HTTP1Connection
 
 from pvcd.api.auth import ANONYMOUS, SESSION_COOKIE, Identity, Tokens
 from pvcd.api.ratelimit import FailureLimiter, retry_after_header
+from pvcd.api.ready_list import Answer, Keep, ReadyList, accepts_gzip
 from pvcd.api.render import FragmentRenderer
 from pvcd.api.requestlog import WRITE_METHODS, audit, log_failure
 from pvcd.api.sessions import CSRF_HEADER, Sessions, csrf_token, csrf_valid, same_origin
@@ -85,7 +86,8 @@ class ApiContext:
     node_name: str
     auth_enabled: bool
     tokens: Tokens
-    vm_list: FragmentRenderer  # GET /vm: cached JSON fragments of the VMs
+    vm_list: FragmentRenderer  # cached JSON fragments of the VMs (GET /vm, the dashboard)
+    vm_answers: ReadyList[Any]  # GET /vm: the list as ready-made bytes
     node_list: FragmentRenderer  # GET /node
     sessions: Sessions
     failures: FailureLimiter  # failed credentials per client address
@@ -362,11 +364,32 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(data))
 
-    def reply_json(self, text: str, status: int = 200) -> None:
-        """Send an already encoded JSON document."""
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json")
-        self.finish(text)
+    async def reply_ready(self, answer: Answer[Any], variant: Hashable = None,
+                          keep: Keep[Any] | None = None) -> None:
+        """Send a ready-made list (`pvcd.api.ready_list`): 304 when the client's
+        `If-None-Match` names it, gzipped when the client accepts that."""
+        gzipped = accepts_gzip(self.request.headers.get("Accept-Encoding", ""))
+        self.set_header("Vary", "Accept-Encoding")
+        self.set_header("Etag", answer.etag(variant, gzipped))
+        if self.check_etag_header():
+            self.set_status(304)
+            self.finish()
+            return
+        body = answer.body(variant, keep)
+        if gzipped:
+            body = await answer.gzipped(variant, body)
+            self.set_header("Content-Encoding", "gzip")
+        self.reply_bytes(body)
+
+    def reply_bytes(self, body: bytes, content_type: str = "application/json") -> None:
+        """Send `body` as it is: the headers go first, on their own, so the body is handed to
+        the socket without being copied behind them (Tornado joins the two otherwise)."""
+        self.set_status(200)
+        self.set_header("Content-Type", content_type)
+        self.set_header("Content-Length", len(body))
+        self.flush()
+        self.write(body)
+        self.finish()
 
     def message(self, text: str, status: int = 200) -> None:
         self.reply({"message": text}, status)
