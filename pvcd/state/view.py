@@ -21,9 +21,9 @@ from pvcd.domain.records import (
     VmStatus,
     from_dict,
 )
-from pvcd.domain.states import STOPPED_VM_STATES
 from pvcd.state.cache import Entry, StateCache
 from pvcd.state.schema import Paths
+from pvcd.state.vm_loads import AssignedLoads
 
 # daemon states in which a node without a live session is reported dead
 _LIVE_DAEMON_STATES = ("init", "run")
@@ -33,6 +33,7 @@ class ClusterView:
     def __init__(self, cache: StateCache, paths: Paths) -> None:
         self.cache = cache
         self.paths = paths
+        self._assigned = AssignedLoads(cache, paths)  # kept from change notifications
 
     # nodes
     def node_names(self) -> list[str]:
@@ -73,16 +74,7 @@ class ClusterView:
 
     def node_loads(self) -> list[NodeLoad]:
         """Every node as placement sees it: states, size, and what is assigned to it."""
-        assigned: dict[str, list[int]] = {}  # node -> [memory, vcpus, vms]
-        for uuid in self.vm_uuids():
-            doc = self.cache.get(self.paths.vm(uuid))
-            if not isinstance(doc, dict):
-                continue
-            slot = assigned.setdefault(str(doc.get("node")), [0, 0, 0])
-            slot[2] += 1
-            if doc.get("state") not in STOPPED_VM_STATES:
-                slot[0] += int(doc.get("memory", 0))
-                slot[1] += int(doc.get("vcpu", 0))
+        assigned = self._assigned.totals()  # node -> (memory, vcpus, vms)
         loads = []
         for name in self.node_names():
             status = self.node_status(name) or NodeStatus()
