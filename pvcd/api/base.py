@@ -33,13 +33,14 @@ import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import tornado.httputil
 import tornado.web
 from tornado.http1connection import HTTP1Connection
 
 from pvcd.api.auth import ANONYMOUS, SESSION_COOKIE, Identity, Tokens
+from pvcd.api.connections import BODY_READ_CHUNK, HEADER_READ_CHUNK
 from pvcd.api.ratelimit import FailureLimiter, retry_after_header
 from pvcd.api.ready_list import Answer, Keep, ReadyList, accepts_gzip
 from pvcd.api.render import FragmentRenderer
@@ -134,6 +135,7 @@ class BaseHandler(tornado.web.RequestHandler):
     # the largest body this endpoint reads; None: the API's `api.max_body_size`. An upload
     # endpoint raises it for itself
     max_body_size: int | None = None
+    _allowed: ClassVar[tuple[str, ...] | None] = None  # allowed_methods(), once per class
 
     def initialize(self, ctx: ApiContext,  # type: ignore[override]
                    route: str = "unmatched") -> None:
@@ -218,6 +220,11 @@ class BaseHandler(tornado.web.RequestHandler):
         connection = self.request.connection
         if isinstance(connection, HTTP1Connection):  # always, but for hand-made requests
             connection.set_max_body_size(limit)
+            # a large body is read in large pieces (an upload); anything else in small ones,
+            # since each read allocates a buffer of that size
+            connection.stream.read_chunk_size = BODY_READ_CHUNK \
+                if limit > UNAUTHENTICATED_BODY_SIZE and self.max_body_size is not None \
+                else HEADER_READ_CHUNK
 
     def _run_after_body(self, token_in_body: bool) -> None:
         """Put `_after_body` in front of the handler method, which Tornado looks up and calls
@@ -430,8 +437,12 @@ class BaseHandler(tornado.web.RequestHandler):
     @classmethod
     def allowed_methods(cls) -> list[str]:
         """The HTTP methods this handler implements (not Tornado's 405 defaults)."""
-        return [m for m in cls.SUPPORTED_METHODS
-                if getattr(cls, m.lower()) is not getattr(tornado.web.RequestHandler, m.lower())]
+        allowed = cls.__dict__.get("_allowed")  # asked on every request: worked out once
+        if allowed is None:
+            allowed = tuple(m for m in cls.SUPPORTED_METHODS if getattr(cls, m.lower())
+                            is not getattr(tornado.web.RequestHandler, m.lower()))
+            cls._allowed = allowed  # on this class, not inherited by subclasses
+        return list(allowed)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         self.set_header("Content-Type", "application/json")
