@@ -141,6 +141,8 @@ def vm_answers(view: ClusterView, renderer: FragmentRenderer,
     prefix = view.paths.root.rstrip("/") + "/"
 
     def key_of(path: str) -> str | None:
+        if path == view.paths.vms:
+            return ""  # the parent itself (a restore): no VM's key, but a change to count
         found = classify(path[len(prefix):]) if path.startswith(prefix) else None
         return found[1] if found is not None and found[0] == "vm" else None
 
