@@ -377,6 +377,7 @@ class BaseHandler(tornado.web.RequestHandler):
         `If-None-Match` names it, gzipped when the client accepts that."""
         gzipped = accepts_gzip(self.request.headers.get("Accept-Encoding", ""))
         self.set_header("Vary", "Accept-Encoding")
+        self.set_header("Cache-Control", "no-cache")  # a cache may keep it, but must ask first
         self.set_header("Etag", answer.etag(variant, gzipped))
         if self.check_etag_header():
             self.set_status(304)

@@ -76,7 +76,7 @@ def test_an_unchanged_list_is_304_and_a_change_gives_a_new_body(
     status, headers, body = raw_get(client, "/vm")
     assert status == 200 and names(body) == ["one"]
     etag = headers["etag"]
-    assert headers["vary"] == "Accept-Encoding"
+    assert headers["vary"] == "Accept-Encoding" and headers["cache-control"] == "no-cache"
     assert int(headers["content-length"]) == len(body)
 
     builds = server.ctx.vm_answers.builds
