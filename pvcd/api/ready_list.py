@@ -167,7 +167,13 @@ class ReadyList(Generic[F]):
         with self._lock:
             changes, marked, everything = self._changes, self._marked, self._everything
             self._marked, self._everything = set(), False
-        self._answer = answer = self._build(changes, marked, everything, answer)
+        try:
+            self._answer = answer = self._build(changes, marked, everything, answer)
+        except BaseException:
+            with self._lock:  # the next request builds these rows again
+                self._marked |= marked
+                self._everything |= everything
+            raise
         return answer
 
     def _build(self, changes: int, marked: set[str], everything: bool,

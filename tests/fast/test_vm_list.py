@@ -205,3 +205,19 @@ def test_accept_encoding_parsing() -> None:
     assert not accepts_gzip("gzip;q=0.0, *")
     assert not accepts_gzip("*;q=0")
     assert not accepts_gzip("gzip;q=x")
+
+
+def test_a_build_that_fails_leaves_its_rows_to_the_next(served: tuple[ApiServer, ApiClient],
+                                                       sim: SimCluster) -> None:
+    """A request whose rebuild raised (a 500) must not leave the changed VMs' rows stale."""
+    server, client = served
+    define(client, "flaky")
+    assert raw_get(client, "/vm")[0] == 200
+    answers = server.ctx.vm_answers
+    facts = answers._facts
+    answers._facts = lambda key: 1 / 0  # type: ignore[assignment,misc,return-value]
+    assert client.post("/vm/flaky/state", data={"state": "stop"}).status_code == 200
+    assert raw_get(client, "/vm")[0] == 500
+    answers._facts = facts
+    status, _, body = raw_get(client, "/vm")
+    assert status == 200 and json.loads(body)[0]["state"] == "stop"
