@@ -102,8 +102,10 @@ def make_context(view: ClusterView, store: Store, node_name: str, auth_enabled: 
     api = api or ApiSection()
     registry = registry or metrics.Metrics(view, node_name, clock,
                                            in_flight=lambda: ctx.in_flight)
+    vm_list = vms.vm_renderer(view, clock)
     ctx = ApiContext(view=view, store=store, node_name=node_name, auth_enabled=auth_enabled,
-                     tokens=tokens, vm_list=vms.vm_renderer(view, clock),
+                     tokens=tokens, vm_list=vm_list,
+                     vm_answers=vms.vm_answers(view, vm_list, clock),
                      node_list=nodes.node_renderer(view),
                      sessions=Sessions(view, store, tokens, api.auth.session_lifetime, clock),
                      failures=FailureLimiter(api.auth.max_failures, api.auth.failure_window,

@@ -30,17 +30,19 @@ import inspect
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import tornado.httputil
 import tornado.web
 from tornado.http1connection import HTTP1Connection
 
 from pvcd.api.auth import ANONYMOUS, SESSION_COOKIE, Identity, Tokens
+from pvcd.api.connections import BODY_READ_CHUNK, HEADER_READ_CHUNK
 from pvcd.api.ratelimit import FailureLimiter, retry_after_header
+from pvcd.api.ready_list import Answer, Keep, ReadyList, accepts_gzip
 from pvcd.api.render import FragmentRenderer
 from pvcd.api.requestlog import WRITE_METHODS, audit, log_failure
 from pvcd.api.sessions import CSRF_HEADER, Sessions, csrf_token, csrf_valid, same_origin
@@ -85,7 +87,8 @@ class ApiContext:
     node_name: str
     auth_enabled: bool
     tokens: Tokens
-    vm_list: FragmentRenderer  # GET /vm: cached JSON fragments of the VMs
+    vm_list: FragmentRenderer  # cached JSON fragments of the VMs (GET /vm, the dashboard)
+    vm_answers: ReadyList[Any]  # GET /vm: the list as ready-made bytes
     node_list: FragmentRenderer  # GET /node
     sessions: Sessions
     failures: FailureLimiter  # failed credentials per client address
@@ -132,6 +135,7 @@ class BaseHandler(tornado.web.RequestHandler):
     # the largest body this endpoint reads; None: the API's `api.max_body_size`. An upload
     # endpoint raises it for itself
     max_body_size: int | None = None
+    _allowed: ClassVar[tuple[str, ...] | None] = None  # allowed_methods(), once per class
 
     def initialize(self, ctx: ApiContext,  # type: ignore[override]
                    route: str = "unmatched") -> None:
@@ -216,6 +220,11 @@ class BaseHandler(tornado.web.RequestHandler):
         connection = self.request.connection
         if isinstance(connection, HTTP1Connection):  # always, but for hand-made requests
             connection.set_max_body_size(limit)
+            # a large body is read in large pieces (an upload); anything else in small ones,
+            # since each read allocates a buffer of that size
+            connection.stream.read_chunk_size = BODY_READ_CHUNK \
+                if limit > UNAUTHENTICATED_BODY_SIZE and self.max_body_size is not None \
+                else HEADER_READ_CHUNK
 
     def _run_after_body(self, token_in_body: bool) -> None:
         """Put `_after_body` in front of the handler method, which Tornado looks up and calls
@@ -362,11 +371,33 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(data))
 
-    def reply_json(self, text: str, status: int = 200) -> None:
-        """Send an already encoded JSON document."""
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json")
-        self.finish(text)
+    async def reply_ready(self, answer: Answer[Any], variant: Hashable = None,
+                          keep: Keep[Any] | None = None) -> None:
+        """Send a ready-made list (`pvcd.api.ready_list`): 304 when the client's
+        `If-None-Match` names it, gzipped when the client accepts that."""
+        gzipped = accepts_gzip(self.request.headers.get("Accept-Encoding", ""))
+        self.set_header("Vary", "Accept-Encoding")
+        self.set_header("Cache-Control", "no-cache")  # a cache may keep it, but must ask first
+        self.set_header("Etag", answer.etag(variant, gzipped))
+        if self.check_etag_header():
+            self.set_status(304)
+            self.finish()
+            return
+        body = answer.body(variant, keep)
+        if gzipped:
+            body = await answer.gzipped(variant, body)
+            self.set_header("Content-Encoding", "gzip")
+        self.reply_bytes(body)
+
+    def reply_bytes(self, body: bytes, content_type: str = "application/json") -> None:
+        """Send `body` as it is: the headers go first, on their own, so the body is handed to
+        the socket without being copied behind them (Tornado joins the two otherwise)."""
+        self.set_status(200)
+        self.set_header("Content-Type", content_type)
+        self.set_header("Content-Length", len(body))
+        self.flush()
+        self.write(body)
+        self.finish()
 
     def message(self, text: str, status: int = 200) -> None:
         self.reply({"message": text}, status)
@@ -407,8 +438,12 @@ class BaseHandler(tornado.web.RequestHandler):
     @classmethod
     def allowed_methods(cls) -> list[str]:
         """The HTTP methods this handler implements (not Tornado's 405 defaults)."""
-        return [m for m in cls.SUPPORTED_METHODS
-                if getattr(cls, m.lower()) is not getattr(tornado.web.RequestHandler, m.lower())]
+        allowed = cls.__dict__.get("_allowed")  # asked on every request: worked out once
+        if allowed is None:
+            allowed = tuple(m for m in cls.SUPPORTED_METHODS if getattr(cls, m.lower())
+                            is not getattr(tornado.web.RequestHandler, m.lower()))
+            cls._allowed = allowed  # on this class, not inherited by subclasses
+        return list(allowed)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         self.set_header("Content-Type", "application/json")

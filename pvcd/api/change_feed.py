@@ -276,7 +276,8 @@ class ChangeFeed:
             elif len(keys) > self.max_items:
                 value = json.dumps(RELOAD)
             else:
-                value = "{" + ",".join(f"{json.dumps(key)}:{renderer.fragment(key) or 'null'}"
-                                       for key in sorted(keys)) + "}"
+                value = "{" + ",".join(
+                    f"{json.dumps(key)}:{(renderer.fragment(key) or b'null').decode()}"
+                    for key in sorted(keys)) + "}"
             parts.append(f"{json.dumps(kind)}:{value}")
         return parts

@@ -77,8 +77,12 @@ class ConnectionLimits:
 
 
 # bytes read from a socket at once and handed to a streaming handler: 1 MiB chunks cost an
-# upload (pvcd.api.uploads) 16 x fewer trips through the event loop than Tornado's 64 KiB
-READ_CHUNK = 1 << 20
+# upload (pvcd.api.uploads) 16 x fewer trips through the event loop than Tornado's 64 KiB.
+# Each read allocates a buffer of its size (1 MiB: ~40 us), so a connection reads its requests'
+# headers (and small bodies) 64 KiB at a time; an endpoint that takes large bodies switches
+# (`BaseHandler._set_max_body_size`)
+BODY_READ_CHUNK = 1 << 20
+HEADER_READ_CHUNK = 64 * 1024
 
 
 class GuardedHTTPServer(tornado.httpserver.HTTPServer):
@@ -88,7 +92,9 @@ class GuardedHTTPServer(tornado.httpserver.HTTPServer):
         super().initialize(request_callback, idle_connection_timeout=limits.header_timeout,
                            body_timeout=limits.body_timeout,
                            max_body_size=limits.max_body_size,
-                           max_header_size=MAX_HEADER_SIZE, chunk_size=READ_CHUNK, **kwargs)
+                           max_header_size=MAX_HEADER_SIZE, chunk_size=BODY_READ_CHUNK,
+                           **kwargs)
+        self.read_chunk_size = HEADER_READ_CHUNK  # of each new connection's stream
         self.limits = limits
         self.max_connections = min(limits.max_connections, connection_budget())
         if self.max_connections < limits.max_connections:

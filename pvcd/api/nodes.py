@@ -119,7 +119,7 @@ class NodeListHandler(BaseHandler):
         renderer = self.ctx.node_list
         limit = self.values[NODE_LIMIT]
         names = [n for n in view.node_names() if limit is None or limit.search(n)]
-        self.reply_json(renderer.render(names))
+        self.reply_bytes(renderer.render(names))
 
 
 class NodeHandler(NodeBaseHandler):

@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from pvcd.api.base import ApiContext, BaseHandler
+from pvcd.api.change_feed import classify
 from pvcd.api.provisioner_create import CREATE_VALUES, start_create
+from pvcd.api.ready_list import ReadyList
 from pvcd.api.render import FragmentRenderer
 from pvcd.api.routing import route
 from pvcd.api.storage import check_vm_volumes, vm_removal, vm_volume_failures
@@ -105,12 +107,6 @@ def _meta_fields(spec: dict[str, Any]) -> dict[str, Any]:
             "tags": spec.get("tags") or []}
 
 
-def has_tag(spec: dict[str, Any], tag: str) -> bool:
-    tags = spec.get("tags")
-    return isinstance(tags, list) and any(
-        isinstance(t, dict) and t.get("name") == tag for t in tags)
-
-
 def vm_renderer(view: ClusterView, clock: Callable[[], float] = time.time
                 ) -> FragmentRenderer:
     entry, children, paths = view.cache.entry, view.cache.children, view.paths
@@ -127,6 +123,43 @@ def vm_renderer(view: ClusterView, clock: Callable[[], float] = time.time
         return (int(clock()), *(entry(paths.vm_snapshot(uuid, name)) for name in names))
 
     return FragmentRenderer(basis, lambda uuid: vm_object(view, uuid, clock()))
+
+
+class VmFacts(NamedTuple):
+    """What the list's filters look at, taken when the VM's fragment is."""
+
+    name: str
+    node: Any
+    state: str
+    tags: frozenset[str]
+
+
+def vm_answers(view: ClusterView, renderer: FragmentRenderer,
+               clock: Callable[[], float] = time.time) -> ReadyList[VmFacts]:
+    """`GET /vm` as ready-made bytes: a VM's row changes with what `classify` counts as the
+    VM (its spec, status, claim, hold, snapshots; not its console)."""
+    prefix = view.paths.root.rstrip("/") + "/"
+
+    def key_of(path: str) -> str | None:
+        if path == view.paths.vms:
+            return ""  # the parent itself (a restore): no VM's key, but a change to count
+        found = classify(path[len(prefix):]) if path.startswith(prefix) else None
+        return found[1] if found is not None and found[0] == "vm" else None
+
+    def facts(uuid: str) -> VmFacts | None:
+        spec = view.cache.get(view.paths.vm(uuid))
+        if not isinstance(spec, dict):
+            return None
+        tags = spec.get("tags")
+        names = [t.get("name") for t in tags if isinstance(t, dict)] \
+            if isinstance(tags, list) else []
+        return VmFacts(str(spec.get("name", "")), spec.get("node"),
+                       vm_state(spec, view.cache.get(view.paths.vm_status(uuid)) or {}),
+                       frozenset(name for name in names if isinstance(name, str)))
+
+    return ReadyList(view.cache, renderer, view.vm_uuids, key_of, facts,
+                     lambda uuid: bool(view.cache.children(view.paths.vm_snapshots(uuid))),
+                     clock)
 
 
 SELECTOR = choice("selector", NODE_SELECTORS, "How to choose the node when `node` is not given "
@@ -218,32 +251,27 @@ NODE = text("node", "The node to run it on (default: chosen by selector).")
 
 class VmListHandler(VmBaseHandler):
     @accepts(VM_LIMIT, NODE_FILTER, STATE_FILTER, TAG_FILTER, NEGATE)
-    def get(self) -> None:
-        view = self.ctx.view
+    async def get(self) -> None:
         limit = self.values[VM_LIMIT]
         node = self.values[NODE_FILTER]
         state = self.values[STATE_FILTER]
         tag = self.values[TAG_FILTER]
         keep = not self.values[NEGATE]  # what a filter's match must be for a VM to be listed
-        if node is not None and view.node_spec_entry(node) is None:
+        if node is not None and self.ctx.view.node_spec_entry(node) is None:
             raise NotFound(f"Node '{node}' not found")
-        renderer = self.ctx.vm_list
-        selected = []
-        for uuid in view.vm_uuids():
-            spec = view.cache.get(view.paths.vm(uuid))
-            if not isinstance(spec, dict):
-                continue
-            if limit is not None and not limit.search(str(spec.get("name", ""))):
-                continue
-            if node is not None and (spec.get("node") == node) != keep:
-                continue
-            if state is not None and (vm_state(
-                    spec, view.cache.get(view.paths.vm_status(uuid)) or {}) == state) != keep:
-                continue
-            if tag is not None and has_tag(spec, tag) != keep:
-                continue
-            selected.append(uuid)
-        self.reply_json(renderer.render(selected))
+        answer = self.ctx.vm_answers.current()
+        if limit is None and node is None and state is None and tag is None:
+            await self.reply_ready(answer)
+            return
+
+        def selected(vm: VmFacts) -> bool:
+            return (limit is None or limit.search(vm.name)) and \
+                (node is None or (vm.node == node) == keep) and \
+                (state is None or (vm.state == state) == keep) and \
+                (tag is None or (tag in vm.tags) == keep)
+
+        await self.reply_ready(answer, (limit and limit.pattern, node, state, tag, keep),
+                               selected)
 
     @accepts(XML, NODE, *META_VALUES, USER_TAGS, PROTECTED_TAGS, *WAIT_VALUES)
     async def post(self) -> None:

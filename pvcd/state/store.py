@@ -81,10 +81,11 @@ class Store:
     def commit(self, ops: Sequence[Op]) -> list[Any]:
         """Commit `ops` atomically; raise Conflict (lost race) or BackendError (ZooKeeper)."""
         try:
-            results = self._wait(self._transaction(ops).commit_async(), "write")
+            txn, encoded = self._transaction(ops)
+            results = self._wait(txn.commit_async(), "write")
         except (KazooException, ConnectionClosedError) as exc:
             raise BackendError(f"ZooKeeper write failed: {exc!r}") from exc
-        self._finish(ops, results)
+        self._finish(ops, encoded, results)
         return results
 
     def commit_each(self, ops: Sequence[Op]) -> list[tuple[Op, Conflict]]:
@@ -110,7 +111,8 @@ class Store:
         """Like commit(), without blocking: the future resolves on kazoo's completion thread."""
         future: concurrent.futures.Future[list[Any]] = concurrent.futures.Future()
         try:
-            async_result = self._transaction(ops).commit_async()
+            txn, encoded = self._transaction(ops)
+            async_result = txn.commit_async()
         except (KazooException, ConnectionClosedError) as exc:
             future.set_exception(BackendError(f"ZooKeeper write failed: {exc!r}"))
             return future
@@ -118,7 +120,7 @@ class Store:
         def done(result: Any) -> None:
             try:
                 results = result.get()
-                self._finish(ops, results)
+                self._finish(ops, encoded, results)
             except Exception as exc:  # delivered to the awaiting handler
                 if not isinstance(exc, (Conflict, BackendError)):
                     exc = BackendError(f"ZooKeeper write failed: {exc!r}")
@@ -199,22 +201,26 @@ class Store:
             raise BackendError(f"ZooKeeper {what}: no answer within {self.timeout} s "
                                "(connection suspended)") from exc
 
-    def _transaction(self, ops: Sequence[Op]) -> Any:
+    def _transaction(self, ops: Sequence[Op]) -> tuple[Any, list[bytes | None]]:
+        """The kazoo transaction of `ops`, and the bytes each op writes (None: no data)."""
         txn = self.client.transaction()
+        encoded: list[bytes | None] = []
         for op in ops:
+            encoded.append(encode(op.doc) if op.kind in ("create", "set") else None)
             if op.kind == "create":
-                txn.create(op.path, encode(op.doc), ephemeral=op.ephemeral)
+                txn.create(op.path, encoded[-1], ephemeral=op.ephemeral)
             elif op.kind == "set":
-                txn.set_data(op.path, encode(op.doc), version=op.version)
+                txn.set_data(op.path, encoded[-1], version=op.version)
             elif op.kind == "delete":
                 txn.delete(op.path, version=op.version)
             elif op.kind == "check":
                 txn.check(op.path, op.version)
             else:
                 raise ValueError(f"unknown op kind {op.kind!r}")
-        return txn
+        return txn, encoded
 
-    def _finish(self, ops: Sequence[Op], results: list[Any]) -> None:
+    def _finish(self, ops: Sequence[Op], encoded: list[bytes | None],
+                results: list[Any]) -> None:
         failures = [(op, r) for op, r in zip(ops, results, strict=False)
                     if isinstance(r, Exception) and not isinstance(r, RolledBackError)]
         if failures:
@@ -225,11 +231,14 @@ class Store:
         if self.cache is None:
             return
         session_id = self.client.client_id[0] if self.client.client_id else 0
-        for op, result in zip(ops, results, strict=False):
+        # the cache gets the document as ZooKeeper holds it (decoded from the bytes written),
+        # as its watch will deliver it: the same keys in the same order, and nothing shared
+        # with the caller's objects
+        for op, raw, result in zip(ops, encoded, results, strict=False):
             if op.kind == "create":
-                self.cache.apply_create(op.path, op.doc, session_id if op.ephemeral else 0)
+                self.cache.apply_create(op.path, decode(raw), session_id if op.ephemeral else 0)
             elif op.kind == "set" and isinstance(result, ZnodeStat):
-                self.cache.apply_set(op.path, op.doc, result)
+                self.cache.apply_set(op.path, decode(raw), result)
             elif op.kind == "delete":
                 self.cache.apply_delete(op.path)
 

@@ -3,10 +3,13 @@ candidates, what each selector prefers, and memory capacity."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from pvcd.domain import placement as rule
 from pvcd.domain.errors import InvalidValue
+from pvcd.state.store import Op
 from pvcd.state.view import ClusterView
 from tests.fakes.nodes import SimCluster
 
@@ -92,3 +95,61 @@ def test_a_valid_node_wins_and_an_unusable_one_falls_back_to_the_selector(
     assert choose_node(view, "node3", None) == "node3"
     assert choose_node(view, "node3", None, exclude=["node3"]) == "node1"
     assert choose_node(view, "nonexistent", "mem") == "node1"
+
+
+def summed(three: SimCluster) -> dict[str, tuple[int, int, int]]:
+    """Each node's (memory, vcpus, vms) summed over every VM spec in the cache, as placement
+    summed them before the totals were kept (pvcd/state/vm_index.py)."""
+    state, sums = three.state, {}
+    for uuid in state.view.vm_uuids():
+        doc = state.cache.get(state.paths.vm(uuid))
+        memory, vcpus, vms = sums.get(doc["node"], (0, 0, 0))
+        running = doc["state"] not in ("stop", "shutdown", "disable")
+        sums[doc["node"]] = (memory + doc["memory"] * running, vcpus + doc["vcpu"] * running,
+                             vms + 1)
+    return sums
+
+
+def kept(three: SimCluster) -> dict[str, tuple[int, int, int]]:
+    return {load.name: (load.memory_allocated, load.vcpus_allocated, load.vms)
+            for load in three.state.view.node_loads() if load.vms}
+
+
+def test_kept_totals_follow_defines_stops_moves_and_removals(three: SimCluster) -> None:
+    state = three.state
+    assert kept(three) == {}
+    a = state.define_vm("a", "node1", memory=512)
+    state.define_vm("b", "node2", memory=256)
+    assert kept(three) == summed(three) == {"node1": (512, 1, 1), "node2": (256, 1, 1)}
+    state.store.update(state.paths.vm(a), lambda doc: {**doc, "state": "stop"})
+    assert kept(three) == summed(three) == {"node1": (0, 0, 1), "node2": (256, 1, 1)}
+    state.store.update(state.paths.vm(a), lambda doc: {**doc, "state": "start",
+                                                       "node": "node3"})
+    assert kept(three) == summed(three) == {"node2": (256, 1, 1), "node3": (512, 1, 1)}
+    entry = state.cache.entry(state.paths.vm(a))
+    assert entry is not None
+    state.store.commit([Op.delete(state.paths.vm(a), entry.version)])
+    assert kept(three) == summed(three) == {"node2": (256, 1, 1)}
+
+
+def test_kept_totals_match_a_sum_after_concurrent_writers(three: SimCluster) -> None:
+    """Writers on several threads and the watch's echoes of their writes: the totals end
+    equal to a sum over the specs (each VM's share is recounted from the cache under a lock)."""
+    state = three.state
+    kept(three)  # counting from now on
+
+    def writer(index: int) -> None:
+        for i in range(15):
+            uuid = state.define_vm(f"w{index}-{i}", f"node{1 + i % 3}", memory=16 * (1 + i))
+            if i % 3 == 0:
+                state.store.update(state.paths.vm(uuid), lambda doc: {**doc, "state": "stop"})
+            if i % 4 == 0:
+                state.store.update(state.paths.vm(uuid), lambda doc: {**doc, "node": "node1"})
+
+    threads = [threading.Thread(target=writer, args=(index,)) for index in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert kept(three) == summed(three)
+    assert sum(vms for _, _, vms in kept(three).values()) == 60
