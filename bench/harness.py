@@ -14,7 +14,7 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,3 +173,14 @@ def body_size(bench: Bench, path: str) -> int:
     data = conn.getresponse().read()
     conn.close()
     return len(json.loads(data))
+
+
+def wait(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.001
+         ) -> None:
+    """Poll `predicate` until it is truthy; TimeoutError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError("condition not met")

@@ -29,10 +29,10 @@ import threading
 import time
 import urllib.parse
 import uuid as uuidlib
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from bench.harness import wait
 from pvcd.lab.lab import Lab
 
 WRITERS = 8
@@ -123,13 +123,6 @@ def row(label: str, value: str, goal: str) -> None:
     print(f"{label:<58} {value:<40} goal {goal}", flush=True)
 
 
-def wait(predicate: Callable[[], bool], timeout: float, interval: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise TimeoutError("condition not met")
 
 
 def define(api: Api, names: list[str]) -> list[float]:

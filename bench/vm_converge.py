@@ -18,6 +18,7 @@ from pathlib import Path
 
 import requests
 
+from bench.harness import wait
 from pvcd.lab.guest import tiny_guest_xml
 from pvcd.lab.lab import Lab
 
@@ -101,13 +102,6 @@ def burst(lab: Lab, session: requests.Session, api: str, count: int) -> None:
           f"{time.perf_counter() - start:.2f} s (POSTs done after {posted:.2f} s)")
 
 
-def wait(predicate, timeout: float = 30.0, interval: float = 0.001) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise TimeoutError("condition not met")
 
 
 if __name__ == "__main__":
