@@ -165,8 +165,10 @@ def test_a_node_log_shown_and_followed(lab: LabClient, page: Any) -> None:
     shoot(page, f"[data-testid=node-panel-{node}]", "node-panel")
     # the stream carried that node's log only while the panel showed it
     assert f"log:{node}" in follows(streams)
-    page.click(f"[data-testid=node-log-toggle-{node}]")
-    wait_until(lambda: follows(streams)[-1] == "", timeout=5)
+    # (Playwright hands its events to Python only inside its own calls: wait in one)
+    with page.expect_request(lambda r: "/events" in r.url, timeout=5000):
+        page.click(f"[data-testid=node-log-toggle-{node}]")
+    assert follows(streams)[-1] == ""
 
 
 def test_a_guests_console_followed_on_its_page(lab: LabClient, guest: dict[str, Any],
