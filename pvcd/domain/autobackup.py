@@ -76,7 +76,10 @@ class CronSchedule:
     any_weekday: bool
 
     @classmethod
-    def parse(cls, text: str) -> CronSchedule:
+    def parse(cls, text: str | None) -> CronSchedule:
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidValue("schedule is empty: 5 fields (minute hour day-of-month month "
+                               f"day-of-week) separated by spaces, e.g. '{DEFAULT_SCHEDULE}'")
         parts = text.split()
         if len(parts) != 5 or len(text) > 200:
             raise InvalidValue(f"schedule {text[:200]!r} is invalid: 5 fields (minute hour "
@@ -161,6 +164,8 @@ class AutobackupConfig:
         """This configuration with `changes` (values already parsed one by one), or
         InvalidValue when the whole would be wrong."""
         new = dataclasses.replace(self, **changes)
+        if new.backup_root_suffix is None:  # an empty value: no suffix
+            new = dataclasses.replace(new, backup_root_suffix="")
         CronSchedule.parse(new.schedule)
         if new.full_interval < 1 or new.full_retention < 1:
             raise InvalidValue("full_interval and full_retention are integers from 1")

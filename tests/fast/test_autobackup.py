@@ -222,3 +222,14 @@ def test_the_schedule_fires_once_per_minute_and_never_catches_up(world: World) -
     scheduler.start()
     scheduler.reconcile(KEY)
     assert len(runs()) == 1
+
+
+def test_an_empty_schedule_in_a_json_body_is_a_510_that_changes_nothing(world: World) -> None:
+    """As the OpenAPI fuzz run sent it: an empty schedule was read as None and answered 500."""
+    before = world.api.call("GET", "/vm/autobackup").json()
+    response = world.api.call("PUT", "/vm/autobackup", json={
+        "enabled": False, "backup_root_path": None, "backup_root_suffix": "",
+        "backup_tags": [], "schedule": "", "full_interval": 1, "full_retention": 1})
+    assert response.status_code == 510, (response.status_code, response.text)
+    assert "schedule is empty" in response.json()["message"]
+    assert world.api.call("GET", "/vm/autobackup").json() == before
