@@ -32,6 +32,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.qemu, pytest.mark.needs_root]
 ROOT = str(Path(__file__).resolve().parents[2])
 
 
+def _interruptible() -> None:
+    """In the child before exec: SIGINT as a terminal gives it. An ignored signal stays ignored
+    across exec, and Python then installs no Ctrl-C handler: a test process that ignores SIGINT
+    (as a long pytest session may, after its earlier tests) would hand that on, and `stop`
+    could never interrupt the follower."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Follower:
     """`pvc ... --follow` running in the background, its output collected line by line."""
 
@@ -40,7 +48,8 @@ class Follower:
         env.update({"PYTHONPATH": ROOT, "PVC_CONFIG": "/nonexistent/pvc/connections.yaml"})
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pvcd.cli.main", "--lab", str(lab.workdir), *args,
-             "--follow"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+             "--follow"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+            preexec_fn=_interruptible)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
