@@ -1,116 +1,145 @@
 """A watch-fed, in-memory cache of the cluster's ZooKeeper tree.
 
-The API and the controllers read from here, never from per-request ZooKeeper round trips.
-kazoo's `TreeCache` keeps the raw tree in step with ZooKeeper (ordered watch notifications,
-re-sync after reconnect). On top of it this cache keeps each znode's *decoded* JSON document,
-its version (for compare-and-set writes) and a children index, so a list read is a dict walk.
+The API and the controllers read from here, never from per-request ZooKeeper round trips. For
+each znode below the root the cache keeps its *decoded* JSON document, its version (the base of
+compare-and-set writes) and a children index, so a list read is a dict walk.
 
-Read-your-writes: the store applies its own successful writes here at once (`apply_*`), so an
-API client that writes and then reads sees its write even if the watch event is a millisecond
-late. Races between a local apply and a late watch event are settled per path by the znode's
-mzxid (never go backwards) and by a tombstone of a deleted incarnation (its czxid), so a stale
-event can neither resurrect a deleted znode nor roll a document back.
+**The stream.** One persistent recursive watch on the root (`pvcd.state.tree_watch`) reports
+every create, data change and delete below it. Its events, the answers to the cache's reads
+and the answers to this process's writes arrive in one queue in the order ZooKeeper applied
+them, and one thread (`cache-stream`) consumes it in that order:
+- a create or a data change marks the path; at the end of the batch at hand the cache reads
+  each marked path once (the answer holds the znode as of then, or NoNode);
+- an answer is applied unless the cache holds a newer one (a greater mzxid) already;
+- a delete removes the path at once: any read answered before it came before it.
+Because the order is ZooKeeper's, the state built from the stream is the server's state at
+some point of its history, never a mix, and a delete is final (no ghost of issue 12 can come
+back: a late answer does not exist in this order).
 
-One incarnation has no czxid to bury: a znode this process created and deleted before any
-watch event told us its stat (a transaction's create answers with the path only; a define and
-an undefine 60 ms apart do this). Its late NODE_ADDED cannot be told from a new znode of the
-same path by the event alone, so a delete of such an entry leaves an *unverified* tombstone:
-every later event for the path is checked against ZooKeeper itself (an async read) and
-applied only if the znode exists there — a ghost is never applied, a real re-create (by anyone)
-is. A delete is therefore final whatever order the events arrive in. Likewise a NODE_REMOVED
-removes only the incarnation it names (its czxid): the late removal of an older incarnation
-never takes away a newer one (checked against ZooKeeper when ours is a create of our own whose
-stat we do not know yet).
+**Resync.** A watch lives as long as its connection. After every (re)connection — and at
+start — the cache adds the watch again and then walks the whole tree (read each znode; list
+the children of those that have any): everything changed meanwhile is read again, and what
+the walk did not find (and no event brought since it began) is removed. A walk that a lost
+connection cut short is not trusted: the next connection's walk replaces it.
 
-kazoo's TreeCache has a race of its own: a tree node's `get` answer is handled in the cache's
-background thread, its DELETED watch on kazoo's event thread. When the deletion is handled first
-(the answer still queued), a node not yet live is removed without an event, and the late answer
-then publishes NODE_ADDED of a znode that is gone (a live one: NODE_REMOVED, then that
-NODE_ADDED); no removal follows (the ghost VMs of issue 12, replayed in
-tests/integration/test_state.py). So an ADDED or UPDATED event is applied only while kazoo's
-tree still holds that incarnation of the path (`_in_tree`); when it does not, the deletion
-has already been seen.
-
-Last, the watch itself can stay silent: kazoo's TreeCache fetches a new child after it sees the
-parent's children change, and a znode created and deleted again before that fetch is reported
-neither as added nor as removed. What this process wrote itself would then stay here for good
-(the ghost VMs of issue 12: defined here, removed by its node at once). Every local write the
-watch has not reported within a second is therefore checked against ZooKeeper
-(`confirm_local_writes`) and removed if it is gone there.
+**Read-your-writes.** The store hands its writes' answers to the cache on kazoo's connection
+thread, as they are read (`written`): the written documents are visible at once, before the
+writer runs again, as an *overlay* over the stream's state. Since a write's own events come
+before its answer, the stream has seen them by the time it reaches the write's marker; the
+overlay is dropped once the reads those events caused are answered (the stream then holds the
+write or something newer). A read lost with the connection keeps the overlay until the next
+resync has read the path again.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
-import time
+from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from kazoo.client import KazooClient
-from kazoo.exceptions import NoNodeError
-from kazoo.protocol.states import ZnodeStat
-from kazoo.recipe.cache import NodeData, TreeCache, TreeEvent
+from kazoo.client import KazooClient, KazooState
+from kazoo.exceptions import (
+    ConnectionClosedError,
+    ConnectionLoss,
+    NoNodeError,
+    SessionExpiredError,
+    UnimplementedError,
+)
 
+from pvcd.domain.errors import BackendError
 from pvcd.state.codec import decode_shared as decode
+from pvcd.state.tree_watch import (
+    DELETED,
+    Answer,
+    request_children,
+    request_data,
+    request_watch,
+    tap,
+)
 
 log = logging.getLogger(__name__)
 
 Listener = Callable[[str], None]
-CONFIRM_AFTER = 1.0  # seconds after which a local write the watch never reported is checked
+WALK_WINDOW = 1000  # reads a resync keeps in flight
+# stream items: (kind, ...); answers are (kind, path, value, ok, epoch)
+EVENT, READ, WALK_READ, WALK_LIST, WATCHED, WRITTEN, RESYNC, STOP = (
+    "event", "read", "walk-read", "walk-list", "watched", "written", "resync", "stop")
+CONNECTION_GONE = (ConnectionLoss, ConnectionClosedError, SessionExpiredError)
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
     doc: Any
     version: int
-    mzxid: int | None  # None: applied locally after a create, before the watch confirmed it
+    mzxid: int | None  # None: this process's create, before the stream brought its stat
     czxid: int | None
     ephemeral_owner: int
 
 
+@dataclass(slots=True)
+class _Walk:
+    epoch: int
+    todo: deque[str]
+    outstanding: int = 0
+    seen: set[str] = field(default_factory=set)
+    broken: bool = False  # a read was lost with the connection: the next walk replaces it
+
+
 class StateCache:
-    """The decoded tree below `root`; thread-safe for readers and the single watch thread."""
+    """The decoded tree below `root`; thread-safe for readers, fed by one stream thread."""
 
     def __init__(self, client: KazooClient, root: str) -> None:
         self._client = client
         self._root = root
         self._lock = threading.RLock()
+        # what readers see: the stream's state with this process's unconfirmed writes on top
         self._entries: dict[str, Entry] = {}
         self._children: dict[str, set[str]] = {}
         self._sorted: dict[str, list[str]] = {}  # memo of sorted children, dropped on change
-        self._tombstones: dict[str, int] = {}
-        self._unverified: set[str] = set()  # deleted here before we learned their czxid
-        # written here (created or set) and not reported by the watch since: path -> when
-        self._unconfirmed: dict[str, float] = {}
-        self._closing = threading.Event()
-        self._confirmer: threading.Thread | None = None
+        self._overlay: dict[str, int] = {}  # path -> number of the write shown over the stream
+        self._shadow: dict[str, Entry | None] = {}  # path -> the stream's state under it
+        self._writes = 0
         self._listeners: list[Listener] = []
         self._ready = threading.Event()
-        self._tree: TreeCache | None = None
+        self._failure: Exception | None = None
+        # the stream thread's own bookkeeping
+        self._stream: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._pending: dict[str, int] = {}  # path -> reads asked and not answered yet
+        self._dirty: set[str] = set()  # paths an event marked, to read at the batch's end
+        self._waiting: dict[str, int] = {}  # path -> write whose overlay waits for reads
+        self._lost: set[str] = set()  # paths whose read the connection lost
+        self._held: dict[str, int] = {}  # overlays kept until the next resync
+        self._epoch = 0
+        self._walk: _Walk | None = None
+        self._thread: threading.Thread | None = None
 
     # lifecycle
     def start(self, timeout: float = 30.0) -> None:
-        self._tree = TreeCache(self._client, self._root)
-        self._tree.listen(self._on_tree_event)
-        self._tree.listen_fault(lambda exc: log.error("event=cache-fault error=%r", exc))
-        self._tree.start()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="cache-stream")
+        self._thread.start()
+        tap(self._client).add(self._root, self._on_event)
+        self._client.add_listener(self._on_state)
+        self._stream.put((RESYNC,))
         if not self._ready.wait(timeout):
             raise TimeoutError(f"state cache of {self._root} not initialised after {timeout}s")
-        self._closing.clear()
-        self._confirmer = threading.Thread(target=self._confirm_loop, daemon=True,
-                                           name="cache-confirm")
-        self._confirmer.start()
+        if self._failure is not None:
+            raise self._failure
 
     def close(self) -> None:
-        self._closing.set()
-        if self._tree is not None:
-            self._tree.close()
-            self._tree = None
+        tap(self._client).remove(self._on_event)
+        self._client.remove_listener(self._on_state)
+        self._stream.put((STOP,))
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(5.0)
 
     def subscribe(self, listener: Listener) -> None:
-        """Call `listener(path)` after every change of a cached path (from any thread)."""
+        """Call `listener(path)` after every change of a cached path (from any thread; it must
+        not block: it may run on kazoo's connection thread)."""
         with self._lock:  # copy on write: a notification in progress keeps its own list
             self._listeners = [*self._listeners, listener]
 
@@ -142,9 +171,8 @@ class StateCache:
 
     def subtrees(self, paths: Iterable[str]) -> dict[str, Entry]:
         """Every cached znode below each of `paths` (not the paths themselves), by path, copied
-        at one point: no watch event or local write is applied while the copy is taken, so it
-        is a state the cache did hold, never a mix of before and after a change (a backup of
-        the cluster's state, `pvcd.state.cluster_backup`)."""
+        at one point: no change is applied while the copy is taken, so it is a state the cache
+        did hold, never a mix of before and after a change (`pvcd.state.cluster_backup`)."""
         found: dict[str, Entry] = {}
         with self._lock:
             pending = list(paths)
@@ -158,120 +186,246 @@ class StateCache:
                     pending.append(child)
         return found
 
-    # local applies from the store after a committed write
-    def apply_set(self, path: str, doc: Any, stat: ZnodeStat) -> None:
+    # this process's writes
+    def written(self, changes: Iterable[tuple[str, Entry | None]]) -> None:
+        """Show a committed write of this process at once (None: deleted). Called on kazoo's
+        connection thread as the write's answer is read (`pvcd.state.tree_watch.Hooked`), so
+        every event of the write is in the stream before the marker put here."""
+        marks = []
+        shown = []
         with self._lock:
-            current = self._entries.get(path)
-            if current is None or current.mzxid is None or current.mzxid < stat.mzxid:
-                self._unconfirmed[path] = time.monotonic()  # (else the watch was faster)
-        self._apply(path, doc, stat.version, stat.mzxid, stat.czxid, stat.ephemeralOwner)
+            for path, entry in changes:
+                self._writes += 1
+                if path not in self._overlay:
+                    self._shadow[path] = self._entries.get(path)
+                self._overlay[path] = self._writes
+                marks.append((path, self._writes))
+                if self._show(path, entry):
+                    shown.append(path)
+        self._stream.put((WRITTEN, marks))
+        for path in shown:
+            self._notify(path)
 
-    def apply_create(self, path: str, doc: Any, ephemeral_owner: int = 0) -> None:
-        with self._lock:
-            if path in self._entries:
-                return  # the watch was faster and carries the exact stat
-            self._tombstones.pop(path, None)
-            self._unverified.discard(path)
-            self._unconfirmed[path] = time.monotonic()
-            self._store(path, Entry(doc, 0, None, None, ephemeral_owner))
-        self._notify(path)
+    # the stream's producers (kazoo's connection thread)
+    def _on_event(self, kind: int, path: str) -> None:
+        self._stream.put((EVENT, kind, path))
 
-    def apply_delete(self, path: str) -> None:
-        with self._lock:
-            self._unconfirmed.pop(path, None)
-        self._remove(path)
+    def _on_state(self, state: str) -> None:
+        if state == KazooState.CONNECTED:  # a new connection: the watch must be added again
+            self._stream.put((RESYNC,))
 
-    # watch side
-    def _on_tree_event(self, event: TreeEvent) -> None:
-        kind = event.event_type
-        if kind == TreeEvent.INITIALIZED:
-            self._ready.set()
-            return
-        if event.event_data is None:  # a connection state (suspended, reconnected, lost)
-            return
-        path = event.event_data.path
-        if kind in (TreeEvent.NODE_ADDED, TreeEvent.NODE_UPDATED) and \
-                not self._in_tree(path, event.event_data.stat.czxid):
-            # reported after kazoo saw it deleted (the module docstring): not applied, and
-            # what we hold of it is checked against ZooKeeper (kazoo may never report more)
-            with self._lock:
-                if path not in self._entries:
+    # the stream's consumer
+    def _run(self) -> None:
+        stream = self._stream
+        while True:
+            batch = [stream.get()]
+            while True:
+                try:
+                    batch.append(stream.get_nowait())
+                except queue.Empty:
+                    break
+            for item in batch:
+                if item[0] == STOP:
                     return
-                since = self._unconfirmed.setdefault(path, time.monotonic())
-            self._confirm(path, since)
-            return
-        with self._lock:  # the watch knows this path: it will report what happens to it
-            self._unconfirmed.pop(path, None)
-        if kind in (TreeEvent.NODE_ADDED, TreeEvent.NODE_UPDATED):
-            data = event.event_data
-            stat = data.stat
-            self._apply(data.path, decode(data.data), stat.version, stat.mzxid, stat.czxid,
-                        stat.ephemeralOwner)
-            self._drop_raw(data)
-        elif kind == TreeEvent.NODE_REMOVED:
-            data = event.event_data
-            stat = getattr(data, "stat", None)
-            self._removed(data.path, stat.czxid if stat is not None else None)
+                try:
+                    self._handle(item)
+                except Exception:  # one bad item must not stop the cache
+                    log.exception("event=cache-stream-error item=%r", item[:3])
+            for path in self._dirty:
+                self._read(path, READ, self._epoch)
+            self._dirty.clear()
 
-    def _drop_raw(self, data: NodeData) -> None:
-        """Let kazoo's tree forget the bytes of a znode once decoded here: it keeps them only
-        to hand them to us (it compares versions by stat), and they were a second copy of
-        every document (about a third of the memory at 10,000 VMs). Runs on the tree's
-        background thread, the one that replaces a node's data, so a newer version is never
-        overwritten; the stat stays (`_in_tree`, and removals name their incarnation)."""
-        tree = self._tree
-        if tree is None or data.data is None:
-            return
+    def _handle(self, item: tuple[Any, ...]) -> None:
+        kind = item[0]
+        if kind == EVENT:
+            _, event, path = item
+            if event == DELETED:
+                self._dirty.discard(path)
+                self._from_stream(path, None)
+                self._settle(path)
+            else:
+                self._dirty.add(path)
+        elif kind in (READ, WALK_READ):
+            self._answered(*item)
+        elif kind == WALK_LIST:
+            self._listed(*item)
+        elif kind == WRITTEN:
+            for path, number in item[1]:
+                self._waiting[path] = number
+                self._settle(path)
+        elif kind == RESYNC:
+            self._resync()
+        elif kind == WATCHED:
+            _, path, value, ok, _epoch = item
+            if not ok and isinstance(value, UnimplementedError):
+                self._failure = BackendError(
+                    "ZooKeeper refused a persistent recursive watch (addWatch): pvcd needs "
+                    "ZooKeeper 3.6 or newer")
+                log.critical("event=cache-watch-refused root=%s", path)
+                self._ready.set()
+            elif not ok:  # the connection went: its successor's resync adds it again
+                log.warning("event=cache-watch-lost root=%s error=%r", path, value)
+
+    def _read(self, path: str, kind: str, epoch: int) -> None:
+        self._pending[path] = self._pending.get(path, 0) + 1
         try:
-            node = tree._find_node(data.path)
-        except ValueError:  # (outside the tree: not ours)
-            return
-        if node is not None and node._data is data:
-            node._data = NodeData.make(data.path, None, data.stat)
+            request_data(self._client, Answer(self._stream, kind, path, epoch))
+        except Exception as exc:  # (kazoo answers a closed client through the result)
+            self._stream.put((kind, path, exc, False, epoch))
 
-    def _in_tree(self, path: str, czxid: int) -> bool:
-        """Whether kazoo's tree still holds incarnation `czxid` of `path`. An event of one it
-        no longer holds is a late one: its deletion has been seen, and reported already or
-        never to be (True without a tree: events replayed by a test)."""
-        tree = self._tree
-        if tree is None:
+    def _answered(self, kind: str, path: str, value: Any, ok: bool, epoch: int) -> None:
+        left = self._pending.get(path, 1) - 1
+        if left > 0:
+            self._pending[path] = left
+        else:
+            self._pending.pop(path, None)
+        walk = self._walk
+        mine = walk if walk is not None and kind == WALK_READ and epoch == walk.epoch else None
+        if ok:
+            raw, stat = value
+            self._from_stream(path, (raw, stat))
+            if walk is not None:
+                walk.seen.add(path)
+            if mine is not None and stat.numChildren:
+                self._list(mine, path)
+        elif isinstance(value, CONNECTION_GONE):  # the next connection's resync reads it
+            self._lost.add(path)
+            if mine is not None:
+                mine.broken = True
+        elif not isinstance(value, NoNodeError):
+            log.warning("event=cache-read-failed path=%s error=%r", path, value)
+        self._settle(path)
+        if mine is not None:
+            mine.outstanding -= 1
+            self._pump(mine)
+
+    def _from_stream(self, path: str, answer: tuple[bytes, Any] | None) -> None:
+        """Apply what the stream says of `path`: its read answer, or None (deleted)."""
+        entry: Entry | None = None
+        if answer is not None:
+            raw, stat = answer
+            with self._lock:
+                current = self._shadow.get(path) if path in self._overlay \
+                    else self._entries.get(path)
+                if current is not None and current.mzxid is not None and \
+                        current.mzxid >= stat.mzxid:
+                    return  # the cache holds this version (or a newer one) already
+                shown = self._entries.get(path)
+                if path in self._overlay and shown is not None and shown.mzxid == stat.mzxid:
+                    entry = shown  # the echo of this process's own set: decoded already
+            if entry is None:
+                entry = Entry(decode(raw), stat.version, stat.mzxid, stat.czxid,
+                              stat.ephemeralOwner)
+        with self._lock:
+            if path in self._overlay:
+                self._shadow[path] = entry  # shown once the overlay goes
+                return
+            changed = self._show(path, entry)
+        if changed:
+            self._notify(path)
+
+    def _settle(self, path: str) -> None:
+        """Drop the overlay of `path` once the stream holds the write: its marker passed and
+        every read since is answered."""
+        if path not in self._waiting or self._pending.get(path) or path in self._dirty:
+            return
+        number = self._waiting.pop(path)
+        if path in self._lost:  # a read was lost: the stream may miss the write until resync
+            self._held[path] = number
+        else:
+            self._unshadow(path, number)
+
+    def _unshadow(self, path: str, number: int) -> None:
+        with self._lock:
+            if self._overlay.get(path) != number:
+                return  # a newer write of this process is shown: its own marker drops it
+            del self._overlay[path]
+            entry = self._shadow.pop(path, None)
+            shown = self._entries.get(path)
+            if entry is shown:
+                return
+            if entry is not None and shown is not None and entry.version == shown.version \
+                    and entry.doc == shown.doc:
+                # the stream brought the write itself: take its stat, tell no one
+                self._entries[path] = Entry(shown.doc, entry.version, entry.mzxid,
+                                            entry.czxid, entry.ephemeral_owner)
+                return
+            changed = self._show(path, entry)
+        if changed:
+            self._notify(path)
+
+    # resync
+    def _resync(self) -> None:
+        self._epoch += 1
+        walk = self._walk = _Walk(self._epoch, deque([self._root]))
+        try:
+            request_watch(self._client, Answer(self._stream, WATCHED, self._root, walk.epoch))
+        except Exception as exc:
+            self._stream.put((WATCHED, self._root, exc, False, walk.epoch))
+        self._pump(walk)
+
+    def _pump(self, walk: _Walk) -> None:
+        while walk.todo and walk.outstanding < WALK_WINDOW:
+            walk.outstanding += 1
+            self._read(walk.todo.popleft(), WALK_READ, walk.epoch)
+        if not walk.todo and walk.outstanding == 0 and walk is self._walk:
+            self._walked(walk)
+
+    def _list(self, walk: _Walk, path: str) -> None:
+        walk.outstanding += 1
+        try:
+            request_children(self._client, Answer(self._stream, WALK_LIST, path, walk.epoch))
+        except Exception as exc:
+            self._stream.put((WALK_LIST, path, exc, False, walk.epoch))
+
+    def _listed(self, kind: str, path: str, value: Any, ok: bool, epoch: int) -> None:
+        walk = self._walk
+        if walk is None or epoch != walk.epoch:
+            return
+        walk.outstanding -= 1
+        if ok:
+            walk.todo.extend(f"{path.rstrip('/')}/{name}" for name in value)
+        elif isinstance(value, CONNECTION_GONE):
+            walk.broken = True
+        self._pump(walk)
+
+    def _walked(self, walk: _Walk) -> None:
+        self._walk = None
+        if walk.broken:
+            log.info("event=cache-resync-cut root=%s epoch=%d", self._root, walk.epoch)
+            return
+        with self._lock:  # what the stream holds: shown, or under an overlay
+            known = [path for path in self._entries if path not in self._overlay]
+            known += [path for path, entry in self._shadow.items() if entry is not None]
+        for path in known:
+            if path not in walk.seen:
+                self._from_stream(path, None)  # gone while the watch was away
+        self._lost.clear()
+        for path, number in self._held.items():
+            self._unshadow(path, number)
+        self._held.clear()
+        log.info("event=cache-resynced root=%s epoch=%d znodes=%d", self._root, walk.epoch,
+                 len(walk.seen))
+        self._ready.set()
+
+    # the visible tree
+    def _show(self, path: str, entry: Entry | None) -> bool:
+        """Make `entry` what readers see at `path` (None: remove it and what is below);
+        whether that changed anything. Called with the lock held."""
+        if entry is None:
+            if self._entries.pop(path, None) is None:
+                return False
+            parent, name = path.rsplit("/", 1)
+            self._children.get(parent or "/", set()).discard(name)
+            self._sorted.pop(parent or "/", None)
+            self._sorted.pop(path, None)
+            # children of a removed znode are gone too (ZooKeeper deletes leaves first, but
+            # a delete of a parent by this process must not leave orphans behind)
+            for child in list(self._children.pop(path, ())):
+                self._entries.pop(f"{path}/{child}", None)
             return True
-        try:
-            node = tree.get_data(path)
-        except (KeyError, ValueError):  # removed while we walked to it
+        if self._entries.get(path) is entry:
             return False
-        return node is not None and node.stat is not None and node.stat.czxid == czxid
-
-    def _removed(self, path: str, czxid: int | None) -> None:
-        """A watch says the incarnation `czxid` of `path` was deleted: remove our entry only
-        if it is that incarnation (a path deleted and created again quickly may report the old
-        one's removal after the new one's creation)."""
-        with self._lock:
-            entry = self._entries.get(path)
-            if entry is not None and czxid is not None and entry.czxid != czxid:
-                if entry.czxid is not None:
-                    return  # the removal of an older incarnation: ours is newer
-                self._unverified.add(path)  # our own create, stat unknown: ask ZooKeeper
-                self._verify(path, missing=lambda: self._remove(path))
-                return
-        self._remove(path)
-
-    def _apply(self, path: str, doc: Any, version: int, mzxid: int, czxid: int,
-               owner: int) -> None:
-        with self._lock:
-            if self._tombstones.get(path) == czxid:
-                return  # a late event of an incarnation we already saw deleted
-            if path in self._unverified:
-                self._verify(path)  # maybe the ghost of a create we deleted: ask ZooKeeper
-                return
-            current = self._entries.get(path)
-            if current is not None and current.mzxid is not None and current.mzxid > mzxid:
-                return  # never roll a document back
-            self._tombstones.pop(path, None)
-            self._store(path, Entry(doc, version, mzxid, czxid, owner))
-        self._notify(path)
-
-    def _store(self, path: str, entry: Entry) -> None:
         self._entries[path] = entry
         if path != self._root:
             parent, name = path.rsplit("/", 1)
@@ -279,87 +433,7 @@ class StateCache:
             if name not in siblings:
                 siblings.add(name)
                 self._sorted.pop(parent or "/", None)
-
-    def _remove(self, path: str) -> None:
-        with self._lock:
-            entry = self._entries.pop(path, None)
-            if entry is None:
-                return
-            if entry.czxid is not None:
-                self._tombstones[path] = entry.czxid
-            else:
-                self._unverified.add(path)
-            parent, name = path.rsplit("/", 1)
-            self._children.get(parent or "/", set()).discard(name)
-            self._sorted.pop(parent or "/", None)
-            self._sorted.pop(path, None)
-            # children of a removed znode are gone too (ZooKeeper deletes leaves first, but
-            # a local apply of a parent delete must not leave orphans behind)
-            for child in list(self._children.pop(path, ())):
-                self._entries.pop(f"{path}/{child}", None)
-        self._notify(path)
-
-    def _verify(self, path: str, missing: Callable[[], None] | None = None) -> None:
-        """Apply `path` as ZooKeeper has it now, if it exists there (see the module docstring);
-        else call `missing`."""
-
-        def done(result: Any) -> None:
-            try:
-                raw, stat = result.get()
-            except NoNodeError:
-                if missing is not None:
-                    with self._lock:
-                        self._unverified.discard(path)
-                    missing()
-                return  # (without `missing`: the ghost of a deleted create, nothing to apply)
-            except Exception as exc:  # connection trouble: the next event or resync retries
-                log.warning("event=cache-verify-failed path=%s error=%r", path, exc)
-                return
-            with self._lock:
-                if path not in self._unverified:
-                    return  # settled meanwhile (our own create, or an earlier verify)
-                self._unverified.discard(path)
-            self._apply(path, decode(raw), stat.version, stat.mzxid, stat.czxid,
-                        stat.ephemeralOwner)
-
-        self._client.get_async(path).rawlink(done)
-
-    def _confirm_loop(self) -> None:
-        while not self._closing.wait(CONFIRM_AFTER / 2):
-            self.confirm_local_writes()
-
-    def confirm_local_writes(self, older_than: float = CONFIRM_AFTER) -> None:
-        """Check against ZooKeeper the paths written here that the watch has not reported
-        since (older than `older_than` seconds): a znode created and deleted again before the
-        TreeCache fetched it is never reported at all, neither its creation nor its removal."""
-        now = time.monotonic()
-        with self._lock:
-            due = [(path, since) for path, since in self._unconfirmed.items()
-                   if now - since >= older_than]
-        for path, since in due:
-            self._confirm(path, since)
-
-    def _confirm(self, path: str, since: float) -> None:
-        def done(result: Any) -> None:
-            try:
-                raw, stat = result.get()
-            except NoNodeError:
-                with self._lock:
-                    if self._unconfirmed.get(path) != since:
-                        return  # written (or reported) again meanwhile
-                    del self._unconfirmed[path]
-                self._remove(path)  # deleted elsewhere, and the watch never said so
-                return
-            except Exception as exc:  # connection trouble: looked at again next round
-                log.warning("event=cache-confirm-failed path=%s error=%r", path, exc)
-                return
-            with self._lock:
-                if self._unconfirmed.get(path) == since:
-                    del self._unconfirmed[path]
-            self._apply(path, decode(raw), stat.version, stat.mzxid, stat.czxid,
-                        stat.ephemeralOwner)
-
-        self._client.get_async(path).rawlink(done)
+        return True
 
     def _notify(self, path: str) -> None:
         for listener in self._listeners:  # the list is replaced, never changed in place

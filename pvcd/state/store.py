@@ -6,7 +6,8 @@ fail with `Conflict` instead of being silently overwritten. `update()` wraps the
 read-modify-write loop for controllers; the API uses `commit_async()` so the Tornado loop never
 blocks on ZooKeeper.
 
-After a successful commit the store applies the write to the local cache (read-your-writes).
+A successful commit is shown in the local cache before the writer runs again (read-your-writes,
+`pvcd.state.cache`).
 
 A store made with a `timeout` waits at most that long for ZooKeeper's answer to a blocking read
 or commit: kazoo queues a request while its connection is suspended and would hold the caller
@@ -35,11 +36,13 @@ from kazoo.exceptions import (
     NotEmptyError,
     RolledBackError,
 )
+from kazoo.protocol.serialization import Transaction
 from kazoo.protocol.states import ZnodeStat
 
 from pvcd.domain.errors import BackendError, Conflict
-from pvcd.state.cache import StateCache
+from pvcd.state.cache import Entry, StateCache
 from pvcd.state.codec import decode, encode
+from pvcd.state.tree_watch import Hooked
 
 ANY_VERSION = -1
 
@@ -81,11 +84,10 @@ class Store:
     def commit(self, ops: Sequence[Op]) -> list[Any]:
         """Commit `ops` atomically; raise Conflict (lost race) or BackendError (ZooKeeper)."""
         try:
-            txn, encoded = self._transaction(ops)
-            results = self._wait(txn.commit_async(), "write")
+            results = self._wait(self._send(ops), "write")
         except (KazooException, ConnectionClosedError) as exc:
             raise BackendError(f"ZooKeeper write failed: {exc!r}") from exc
-        self._finish(ops, encoded, results)
+        _check(ops, results)
         return results
 
     def commit_each(self, ops: Sequence[Op]) -> list[tuple[Op, Conflict]]:
@@ -111,8 +113,7 @@ class Store:
         """Like commit(), without blocking: the future resolves on kazoo's completion thread."""
         future: concurrent.futures.Future[list[Any]] = concurrent.futures.Future()
         try:
-            txn, encoded = self._transaction(ops)
-            async_result = txn.commit_async()
+            async_result = self._send(ops)
         except (KazooException, ConnectionClosedError) as exc:
             future.set_exception(BackendError(f"ZooKeeper write failed: {exc!r}"))
             return future
@@ -120,7 +121,7 @@ class Store:
         def done(result: Any) -> None:
             try:
                 results = result.get()
-                self._finish(ops, encoded, results)
+                _check(ops, results)
             except Exception as exc:  # delivered to the awaiting handler
                 if not isinstance(exc, (Conflict, BackendError)):
                     exc = BackendError(f"ZooKeeper write failed: {exc!r}")
@@ -201,8 +202,9 @@ class Store:
             raise BackendError(f"ZooKeeper {what}: no answer within {self.timeout} s "
                                "(connection suspended)") from exc
 
-    def _transaction(self, ops: Sequence[Op]) -> tuple[Any, list[bytes | None]]:
-        """The kazoo transaction of `ops`, and the bytes each op writes (None: no data)."""
+    def _send(self, ops: Sequence[Op]) -> Any:
+        """Send `ops` as one transaction; kazoo's async result of it. With a cache, the
+        answer goes through `_written` on kazoo's connection thread first."""
         txn = self.client.transaction()
         encoded: list[bytes | None] = []
         for op in ops:
@@ -217,30 +219,42 @@ class Store:
                 txn.check(op.path, op.version)
             else:
                 raise ValueError(f"unknown op kind {op.kind!r}")
-        return txn, encoded
+        result = self.client.handler.async_result()
+        answer = result if self.cache is None else \
+            Hooked(result, lambda results: self._written(ops, encoded, results))
+        self.client._call(Transaction(txn.operations), answer)
+        return result
 
-    def _finish(self, ops: Sequence[Op], encoded: list[bytes | None],
-                results: list[Any]) -> None:
-        failures = [(op, r) for op, r in zip(ops, results, strict=False)
-                    if isinstance(r, Exception) and not isinstance(r, RolledBackError)]
-        if failures:
-            op, err = failures[0]
-            raise Conflict(f"{op.kind} {op.path}: {_describe(err)}")
-        if any(isinstance(r, Exception) for r in results):
-            raise Conflict("transaction rolled back")
-        if self.cache is None:
+    def _written(self, ops: Sequence[Op], encoded: list[bytes | None],
+                 results: list[Any]) -> None:
+        """Show a committed write in the cache (read-your-writes), as ZooKeeper holds it: the
+        document decoded from the bytes written, as the watch will deliver it (the same keys in
+        the same order, nothing shared with the caller's objects)."""
+        if self.cache is None or any(isinstance(r, Exception) for r in results):
             return
         session_id = self.client.client_id[0] if self.client.client_id else 0
-        # the cache gets the document as ZooKeeper holds it (decoded from the bytes written),
-        # as its watch will deliver it: the same keys in the same order, and nothing shared
-        # with the caller's objects
+        changes: list[tuple[str, Entry | None]] = []
         for op, raw, result in zip(ops, encoded, results, strict=False):
             if op.kind == "create":
-                self.cache.apply_create(op.path, decode(raw), session_id if op.ephemeral else 0)
+                changes.append((op.path, Entry(decode(raw), 0, None, None,
+                                               session_id if op.ephemeral else 0)))
             elif op.kind == "set" and isinstance(result, ZnodeStat):
-                self.cache.apply_set(op.path, decode(raw), result)
+                changes.append((op.path, Entry(decode(raw), result.version, result.mzxid,
+                                               result.czxid, result.ephemeralOwner)))
             elif op.kind == "delete":
-                self.cache.apply_delete(op.path)
+                changes.append((op.path, None))
+        self.cache.written(changes)
+
+
+def _check(ops: Sequence[Op], results: list[Any]) -> None:
+    """Raise Conflict when the transaction failed (the first op that failed, and why)."""
+    failures = [(op, r) for op, r in zip(ops, results, strict=False)
+                if isinstance(r, Exception) and not isinstance(r, RolledBackError)]
+    if failures:
+        op, err = failures[0]
+        raise Conflict(f"{op.kind} {op.path}: {_describe(err)}")
+    if any(isinstance(r, Exception) for r in results):
+        raise Conflict("transaction rolled back")
 
 
 def _describe(err: Exception) -> str:
