@@ -21,7 +21,7 @@ from pathlib import Path
 from pvcd.domain.errors import BackendError
 from pvcd.drivers.fence import FenceDriver, FenceTarget
 from pvcd.drivers.host import pid_alive, process_argv
-from pvcd.lab.launch import going_down, launch, load_launch
+from pvcd.lab.launch import going_down, launch, load_launch, power_lock
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,11 @@ def power_cycle(nodes_dir: Path, node: str, timeout: float, why: str) -> None:
     """Power a lab node off (its daemon's process, and its namespace's), confirm it is off,
     and power it on again (unless the lab is going down); BackendError if unsure."""
     folder = nodes_dir / node
+    with power_lock(folder):  # not while the lab restarts it (pvcd.lab.launch)
+        _power_cycle(folder, node, timeout, why, nodes_dir)
+
+
+def _power_cycle(folder: Path, node: str, timeout: float, why: str, nodes_dir: Path) -> None:
     try:
         record = load_launch(folder)
     except (OSError, ValueError, TypeError) as exc:

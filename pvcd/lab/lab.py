@@ -40,10 +40,10 @@ from pvcd.lab.launch import (
     NodeLaunch,
     clear_going_down,
     lab_environment,
-    launch,
     load_launch,
     mark_going_down,
     reap,
+    start_unless_running,
     stop_node_daemons,
 )
 from pvcd.lab.libvirt_ceph import LIBVIRT_CEPH_USER, define_ceph_secret, libvirt_client_key
@@ -433,7 +433,7 @@ class Lab:
                       if net and net.get("device") and net.get("floating_ip")],
             agent_socket=str(folder / "agent.sock") if info.libvirt == "test" else None,
             ceph_workdir=info.ceph["workdir"] if info.ceph else None)
-        node.pid = launch(folder, record)
+        node.pid = start_unless_running(folder, record)
         self.save()
         return node.pid
 

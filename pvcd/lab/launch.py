@@ -8,6 +8,12 @@ with `launch`; the lab fence (`pvcd.lab.fence`) reads it to power the node off a
 again, which records the new pid. The node's ZooKeeper record carries none of this: a node
 cannot tell another what to kill or run.
 
+One power action at a time per node (`power_lock`): a restart by the lab (as systemd's) and a
+fence's power cycle both read the record and start a daemon; without the lock, a restart that
+read the killed pid just before a fence powered the node on started a second daemon of the
+node (the chaos test's "two daemons"). Under the lock, a start finds the fence's daemon running
+and starts none (`start_unless_running`).
+
 The pid written is the daemon's: `ip netns exec`, `unshare` and the mount helper all exec the
 next command in the same process.
 
@@ -19,19 +25,23 @@ lab (the fences run inside them) has gone.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pvcd.drivers.host import pid_alive, pids_where, signal_pid
+from pvcd.drivers.host import pid_alive, pids_where, process_argv, signal_pid
 from pvcd.lab import mountns
 
 LAUNCH_FILE = "launch.json"
 GOING_DOWN_FILE = "lab-going-down"
+POWER_LOCK_FILE = "power.lock"
 
 
 @dataclass
@@ -87,6 +97,31 @@ def launch(folder: Path | str, record: NodeLaunch) -> int:
     record.pid = process.pid
     save_launch(folder, record)
     return process.pid
+
+
+@contextmanager
+def power_lock(folder: Path | str) -> Iterator[None]:
+    """Hold node `folder`'s power: one start, stop or power cycle at a time (module docstring)."""
+    with open(Path(folder) / POWER_LOCK_FILE, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def start_unless_running(folder: Path | str, record: NodeLaunch) -> int:
+    """Start the node's daemon unless the one its record names runs (a fence powered the node
+    on meanwhile); the daemon's pid either way."""
+    with power_lock(folder):
+        try:
+            current = load_launch(folder)
+        except (OSError, ValueError, TypeError):
+            current = None
+        if current is not None and pid_alive(current.pid) and \
+                process_argv(current.pid) == current.command:
+            return current.pid
+        return launch(folder, record)
 
 
 def lab_environment(package_parent: str) -> dict[str, str]:

@@ -110,3 +110,36 @@ def test_a_lab_going_down_keeps_the_fenced_node_off(tmp_path: Path) -> None:
                 os.kill(pid, 9)
             except ProcessLookupError:
                 pass
+
+
+def test_a_restart_racing_a_fence_leaves_one_daemon(tmp_path: Path) -> None:
+    """The chaos test's "two daemons": the lab restarts a killed node's daemon (as systemd)
+    while a fence power-cycles the node. Whatever their order, one daemon runs: a start finds
+    the fence's daemon running and starts none, a fence kills what a start launched."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pvcd.lab.launch import start_unless_running
+
+    marker = f"fake-node-daemon-{uuid.uuid4().hex[:8]}"
+    cmdline = [sys.executable, "-c", "import time; time.sleep(120)", marker]
+    folder = tmp_path / "nodes" / "node9"
+    folder.mkdir(parents=True)
+    record = NodeLaunch(node="node9", command=cmdline, cwd=str(tmp_path),
+                        log=str(tmp_path / "node.log"),
+                        env={"PYTHONPATH": PACKAGE_PARENT, "PATH": os.environ["PATH"]})
+    try:
+        first = start_unless_running(folder, record)
+        assert start_unless_running(folder, record) == first  # running: no second one
+        for _ in range(5):
+            with ThreadPoolExecutor(2) as pool:
+                fenced = pool.submit(LabFence(tmp_path / "nodes").fence,
+                                     FenceTarget("node9", "lab"), 10)
+                started = pool.submit(start_unless_running, folder, record)
+                fenced.result()
+                started.result()
+            [running] = wait_until(lambda: [p for p in find(marker) if pid_alive(p)],
+                                   timeout=10)
+            assert load_launch(folder).pid == running
+    finally:
+        for pid in find(marker):
+            os.kill(pid, 9)
