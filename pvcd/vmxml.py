@@ -156,7 +156,7 @@ def parse_domain_xml(text: str, default_uuid: str | None = None) -> DomainDefini
     return DomainDefinition(
         name=name,
         uuid=vm_uuid,
-        xml=ET.tostring(root, encoding="unicode"),
+        xml=serialized(root),
         domain_type=domain_type,
         memory=memory,
         vcpu=vcpu,
@@ -228,6 +228,62 @@ def parse_safely(text: str, what: str = "the VM XML") -> ET.Element:
     return builder.close()
 
 
+def serialized(root: ET.Element) -> str:
+    """`ET.tostring(root, encoding="unicode")` of a tree `parse_safely` made, the same text
+    made about twice as fast: such a tree holds elements only (no comments, no processing
+    instructions), with plain tag and attribute names (no namespace processing), nested at
+    most `MAX_DEPTH` deep. Every VM's XML is serialized on its way into ZooKeeper and again
+    on its node."""
+    parts: list[str] = []
+    write = parts.append
+
+    def element(node: ET.Element) -> None:
+        tag = node.tag
+        write("<" + tag)
+        for key, value in node.items():
+            write(f' {key}="{_escaped_attribute(value)}"')
+        text = node.text
+        if text or len(node):
+            write(">")
+            if text:
+                write(_escaped(text))
+            for child in node:
+                element(child)
+            write("</" + tag + ">")
+        else:
+            write(" />")
+        if node.tail:
+            write(_escaped(node.tail))
+
+    element(root)
+    return "".join(parts)
+
+
+def _escaped(text: str) -> str:
+    """Character data as ElementTree writes it."""
+    if "&" in text:
+        text = text.replace("&", "&amp;")
+    if "<" in text:
+        text = text.replace("<", "&lt;")
+    if ">" in text:
+        text = text.replace(">", "&gt;")
+    return text
+
+
+def _escaped_attribute(text: str) -> str:
+    """An attribute's value as ElementTree writes it (quoted with `"`)."""
+    text = _escaped(text)
+    if '"' in text:
+        text = text.replace('"', "&quot;")
+    if "\r" in text:
+        text = text.replace("\r", "&#13;")
+    if "\n" in text:
+        text = text.replace("\n", "&#10;")
+    if "\t" in text:
+        text = text.replace("\t", "&#09;")
+    return text
+
+
 def renamed_domain_xml(text: str, new_name: str, volumes: dict[str, str]) -> str:
     """The XML with `<name>` set to `new_name` and every RBD disk source named in `volumes`
     ("pool/volume" → "pool/new volume") renamed; nothing else changes (extensions.md §11.1)."""
@@ -239,7 +295,7 @@ def renamed_domain_xml(text: str, new_name: str, volumes: dict[str, str]) -> str
     for source in root.findall("devices/disk/source"):
         if source.get("protocol") == "rbd" and source.get("name") in volumes:
             source.set("name", volumes[str(source.get("name"))])
-    return ET.tostring(root, encoding="unicode")
+    return serialized(root)
 
 
 def _name(root: ET.Element) -> str:
