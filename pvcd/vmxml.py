@@ -152,7 +152,13 @@ def parse_domain_xml(text: str, default_uuid: str | None = None) -> DomainDefini
     vm_uuid = _set_uuid(root, default_uuid)
     memory = _memory_mib(root)
     vcpu = _positive_int(root.findtext("vcpu") or "1", "<vcpu>")
-    topology = root.find("cpu/topology")
+    below = _Below(root)
+    topology = below.first("cpu", "topology")
+    os_type = below.first("os", "type")
+    console = below.first("devices", "console")
+    if console is None:
+        console = below.first("devices", "serial")
+    emulator = below.first("devices", "emulator")
     return DomainDefinition(
         name=name,
         uuid=vm_uuid,
@@ -164,16 +170,39 @@ def parse_domain_xml(text: str, default_uuid: str | None = None) -> DomainDefini
         vcpu_topology=None if topology is None else
         f"{topology.get('sockets', '1')}/{topology.get('cores', '1')}/"
         f"{topology.get('threads', '1')}",
-        arch=_attribute(root, "os/type", "arch"),
-        machine=_attribute(root, "os/type", "machine"),
-        console=_console(root),
-        emulator=root.findtext("devices/emulator"),
-        features=tuple(feature.tag for feature in root.findall("features/*")),
-        networks=tuple(_interface(i) for i in root.findall("devices/interface")),
-        disks=tuple(_disk(d) for d in root.findall("devices/disk")),
+        arch=None if os_type is None else os_type.get("arch"),
+        machine=None if os_type is None else os_type.get("machine"),
+        console=None if console is None else console.get("type"),
+        emulator=None if emulator is None else emulator.text or "",
+        features=tuple(feature.tag for feature in below.all("features")),
+        networks=tuple(_interface(i) for i in below.all("devices", "interface")),
+        disks=tuple(_disk(d) for d in below.all("devices", "disk")),
         controllers=tuple(Controller(type=c.get("type"), model=c.get("model"))
-                          for c in root.findall("devices/controller")),
+                          for c in below.all("devices", "controller")),
     )
+
+
+class _Below:
+    """What `root.findall("<parent>/<tag>")` and `root.find(...)` select, without ElementPath
+    (a path with a `/` is matched in Python on every call): the children named `tag` of
+    every child of `root` named `parent`, in document order."""
+
+    def __init__(self, root: ET.Element) -> None:
+        self.parents: dict[str, list[ET.Element]] = {}
+        for child in root:
+            self.parents.setdefault(child.tag, []).append(child)
+
+    def all(self, parent: str, tag: str | None = None) -> list[ET.Element]:
+        """`parent/tag`, or `parent/*` without `tag`."""
+        return [child for element in self.parents.get(parent, ()) for child in element
+                if tag is None or child.tag == tag]
+
+    def first(self, parent: str, tag: str) -> ET.Element | None:
+        for element in self.parents.get(parent, ()):
+            for child in element:
+                if child.tag == tag:
+                    return child
+        return None
 
 
 def parse_safely(text: str, what: str = "the VM XML") -> ET.Element:
@@ -420,14 +449,6 @@ def _interface(interface: ET.Element) -> NetworkInterface:
         source.get("bridge") or source.get("network") or source.get("dev"),
         model=_attribute(interface, "model", "type"),
     )
-
-
-def _console(root: ET.Element) -> str | None:
-    for path in ("devices/console", "devices/serial"):
-        element = root.find(path)
-        if element is not None:
-            return element.get("type")
-    return None
 
 
 def _disk(disk: ET.Element) -> Disk:
