@@ -214,7 +214,8 @@ class VmBaseHandler(BaseHandler):
             raise Conflict(f"A VM named '{definition.name}' already exists")
         if view.cache.exists(view.paths.vm(definition.uuid)):
             raise Conflict(f"A VM with UUID {definition.uuid} already exists")
-        refuse_busy_disks(view, definition.name, definition.disks)
+        if any(disk.protocol == "rbd" for disk in definition.disks):  # (else none is busy)
+            refuse_busy_disks(view, definition.name, definition.disks)
         spec = VmSpec(uuid=definition.uuid, name=definition.name, xml=definition.xml,
                       node="", memory=definition.memory, vcpu=definition.vcpu,
                       state="start", info=definition.to_api_fields(), tags=tags, **meta)

@@ -44,6 +44,7 @@ from pvcd.state.view import ClusterView
 log = logging.getLogger(__name__)
 
 POLL = 0.5  # requeue interval while a graceful shutdown or a peer is pending
+STOPPED_STATES = ("shutdown", "stop", "disable")  # desired states of a guest that is off
 
 
 class DomainInfo(Protocol):
@@ -116,6 +117,9 @@ class VmController:
         if not self.can_act():
             raise TemporaryError("no ZooKeeper session: not acting on possibly stale state")
         uuid = key.split("/", 1)[1]
+        if self._none_of_ours(uuid):
+            self.checked.forget(uuid)
+            return DONE
         try:
             spec = self.view.vm_spec(uuid)
         except (TypeError, ValueError) as exc:  # a document without a VM's fields
@@ -161,6 +165,20 @@ class VmController:
             self._write_status(spec, lambda s: _finish_migration(s, migration, self.name))
         return self._converge(spec, status, domain)
 
+    def _none_of_ours(self, uuid: str) -> bool:
+        """Whether the VM is another node's with nothing of it here: no migration from here,
+        no claim, no domain in libvirt (what the rest of `reconcile` would conclude after
+        reading all of its records): decided on the cached document as it is, in O(1), for
+        every change of every other node's VMs."""
+        doc = self.view.cache.get(self.view.paths.vm(uuid))
+        if not isinstance(doc, dict) or doc.get("node") == self.name:
+            return False
+        migration = doc.get("migration")
+        if migration is not None and \
+                (not isinstance(migration, dict) or migration.get("source") == self.name):
+            return False
+        return not self.claims.holds(uuid) and self.driver.domain_state(uuid) is None
+
     def _converge(self, spec: VmSpec, status: VmStatus, domain: Any) -> Result:
         uuid = spec.uuid
         try:
@@ -171,13 +189,16 @@ class VmController:
                 log.info("event=vm-undefined-for-rename vm=%s old=%s name=%s node=%s", uuid,
                          domain.name, spec.name, self.name)
                 domain = None
-            if domain is None or self._xml_changed(spec):
-                self.driver.define(check_vm_document(uuid, spec).xml)  # only the checked form
-                log.info("event=vm-defined vm=%s name=%s node=%s", uuid, spec.name, self.name)
+            defined = domain is None or self._xml_changed(spec)
+            if defined:
+                self.driver.define(self.checked.xml(uuid, spec))  # only the checked form
                 domain = self.driver.domain_state(uuid)
             active = domain is not None and domain_active(domain)
+            starting = not active and spec.state not in STOPPED_STATES
+            if defined and not starting:  # (else the start's line says it was defined)
+                log.info("event=vm-defined vm=%s name=%s node=%s", uuid, spec.name, self.name)
             restart = spec.restart_request > status.restart_done
-            if spec.state in ("shutdown", "stop", "disable") or (restart and active):
+            if spec.state in STOPPED_STATES or (restart and active):
                 if active:
                     return self._stop(spec, status, domain,
                                       force=spec.state == "stop" and not restart)
@@ -188,9 +209,14 @@ class VmController:
                                                                  domain, spec))
                     return self.holds.converge(spec, active=False)
             if not active:
-                self._confirm_assignment(uuid)
+                # Before starting it: its spec re-read from ZooKeeper itself, not the cache (a
+                # node back from a partition or a fence must never start a VM moved away while
+                # its cache was stale), and its claim held (`pvcd.controllers.vm_claim`): no
+                # other node may run it then.
+                self.claims.claim(uuid, starting=True)
                 self.driver.start(uuid)
-                log.info("event=vm-started vm=%s name=%s node=%s", uuid, spec.name, self.name)
+                log.info("event=vm-started vm=%s name=%s node=%s defined=%s", uuid, spec.name,
+                         self.name, "yes" if defined else "no")
                 domain = self.driver.domain_state(uuid)
             elif not self.claims.holds(uuid):
                 self.claims.claim(uuid)  # it runs here (an incoming migration): ours now
@@ -242,27 +268,6 @@ class VmController:
             return DONE
         spec = VmSpec(uuid=uuid, name="", xml="", node=self.name)
         return self._refuse(uuid, spec, f"not a VM document ({error})")
-
-    def _confirm_assignment(self, uuid: str) -> None:
-        """Before starting a VM, re-read its spec from ZooKeeper itself, not the cache (a node
-        coming back from a partition or a fence must never start a VM that was moved away
-        while its cache was stale), and hold its claim (`pvcd.controllers.vm_claim`): no other
-        node may run it then."""
-        found = self.store.read_optional(self.view.paths.vm(uuid))
-        if found is None:
-            raise TemporaryError(f"VM {uuid} no longer exists")
-        spec = from_dict(VmSpec, found[0])
-        if spec.removing:
-            raise TemporaryError(f"VM {uuid} is being removed")
-        if spec.node != self.name:
-            raise TemporaryError(f"VM {uuid} is assigned to {spec.node} now")
-        status = self.store.read_optional(self.view.paths.vm_status(uuid))
-        done = from_dict(VmStatus, status[0]).migration_done if status else 0
-        if spec.migration is not None and spec.migration.source != self.name and \
-                done < spec.migration.request:
-            raise TemporaryError(f"VM {uuid} is still being handed over by "
-                                 f"{spec.migration.source}")
-        self.claims.claim(uuid)  # and only the holder of its claim may start it
 
     def _stop(self, spec: VmSpec, status: VmStatus, domain: Any, force: bool,
               then: Callable[[], Result] | None = None) -> Result:
@@ -402,27 +407,46 @@ class VmController:
 
 class CheckedDocuments:
     """`check_vm_document` for every reconcile, without parsing an unchanged XML again (the
-    resync reconciles each of a node's VMs every `timing.resync_interval`): per VM it keeps
-    the XML and name that passed, references to the cached document's own strings."""
+    resync reconciles each of a node's VMs every `timing.resync_interval`, and every change of
+    the VM's records reconciles it): per VM it keeps the XML and name that passed, references
+    to the cached document's own strings, and the checked form of the XML that a define hands
+    to libvirt (the same string when the stored XML is already in that form, as the API
+    stores it)."""
 
     def __init__(self) -> None:
-        self._passed: dict[str, tuple[str, str]] = {}
+        self._passed: dict[str, tuple[str, str, str]] = {}
 
     def invalid(self, uuid: str, spec: VmSpec) -> str | None:
         """Why the document at `vms/<uuid>` breaks the API's rules, or None."""
         try:
-            if spec.uuid == uuid and self._passed.get(uuid) == (spec.xml, spec.name):
+            if spec.uuid == uuid and self._passes(uuid, spec):
                 check_vm_fields(spec)  # (identity and XML: as they passed before)
             else:
-                self._passed.pop(uuid, None)
-                check_vm_document(uuid, spec)
-                self._passed[uuid] = (spec.xml, spec.name)
+                self._check(uuid, spec)
         except InvalidValue as exc:
             return str(exc)
         return None
 
+    def xml(self, uuid: str, spec: VmSpec) -> str:
+        """The checked form of the document's XML (InvalidValue if it does not pass)."""
+        if spec.uuid == uuid and self._passes(uuid, spec):
+            return self._passed[uuid][2]
+        return self._check(uuid, spec)
+
     def forget(self, uuid: str) -> None:
         self._passed.pop(uuid, None)
+
+    def _passes(self, uuid: str, spec: VmSpec) -> bool:
+        passed = self._passed.get(uuid)
+        return passed is not None and passed[0] == spec.xml and passed[1] == spec.name
+
+    def _check(self, uuid: str, spec: VmSpec) -> str:
+        self._passed.pop(uuid, None)
+        checked = check_vm_document(uuid, spec).xml
+        if checked == spec.xml:
+            checked = spec.xml  # (one string kept, not two equal ones)
+        self._passed[uuid] = (spec.xml, spec.name, checked)
+        return checked
 
 
 def _running(domain: Any) -> bool:

@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 from pvcd.controllers.base import TemporaryError
 from pvcd.domain.errors import Conflict
-from pvcd.domain.records import FenceRecord, VmClaim, VmSpec, from_dict
+from pvcd.domain.records import FenceRecord, VmClaim, VmSpec, VmStatus, from_dict
 from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
 
@@ -45,19 +45,31 @@ class VmClaims:
         self.store = store
         self.clock = clock
 
-    def claim(self, uuid: str) -> None:
+    def claim(self, uuid: str, starting: bool = False) -> None:
         """Hold `uuid`'s claim, or raise TemporaryError saying who holds it. Read from
         ZooKeeper itself: a node whose cache is stale (back from a partition) must not start a
-        VM that moved away meanwhile."""
+        VM that moved away meanwhile. Two reads (the spec, the claim) and one transaction, each
+        made once: the spec read here is the one a start is decided on.
+
+        `starting`: the claim is taken to start the guest here, which a migration to here from
+        another node forbids until that node has handed it over (its status says so; read from
+        ZooKeeper too, and only when the spec records such a migration)."""
         paths = self.view.paths
         found = self.store.read_optional(paths.vm(uuid))
         if found is None:
             raise TemporaryError(f"VM {uuid} no longer exists")
         spec = from_dict(VmSpec, found[0])
-        if spec.node != self.name:
-            raise TemporaryError(f"VM {uuid} is assigned to {spec.node} now")
         if spec.removing:
             raise TemporaryError(f"VM {uuid} is being removed")
+        if spec.node != self.name:
+            raise TemporaryError(f"VM {uuid} is assigned to {spec.node} now")
+        migration = spec.migration
+        if starting and migration is not None and migration.source != self.name:
+            status = self.store.read_optional(paths.vm_status(uuid))
+            done = from_dict(VmStatus, status[0]).migration_done if status else 0
+            if done < migration.request:
+                raise TemporaryError(f"VM {uuid} is still being handed over by "
+                                     f"{migration.source}")
         check = Op.check(paths.vm(uuid), found[1].version)
         held = self.store.read_optional(paths.vm_owner(uuid))
         mine = VmClaim(node=self.name, since=self.clock()).to_doc()

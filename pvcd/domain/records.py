@@ -7,6 +7,7 @@ within one schema version.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any, ClassVar, TypeVar
 
@@ -24,18 +25,56 @@ def from_dict(cls: type[T], doc: Any) -> T:
         doc = {**{renamed[k]: v for k, v in doc.items() if k in renamed and v is not None},
                **{k: v for k, v in doc.items() if k not in renamed}}
     kwargs: dict[str, Any] = {}
-    hints = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    for name, fld in hints.items():
+    for name, sub, items in _fields_of(cls):
         if name not in doc:
             continue
         value = doc[name]
-        sub = _dataclass_type(fld.type)
         if sub is not None and value is not None:
             value = from_dict(sub, value)
-        elif fld.type in _NESTED_LISTS and isinstance(value, list):
-            value = [from_dict(_NESTED_LISTS[str(fld.type)], item) for item in value]
+        elif items is not None and isinstance(value, list):
+            value = [from_dict(items, item) for item in value]
         kwargs[name] = value
     return cls(**kwargs)
+
+
+_Fields = tuple[tuple[str, type | None, type | None], ...]
+_FIELDS: dict[type, _Fields] = {}
+
+
+def _fields_of(cls: type) -> _Fields:
+    """Per field of record `cls`: its name, its dataclass type (a nested record), the record
+    type of its items (a list of records). Worked out once per class, not per document."""
+    fields = _FIELDS.get(cls)
+    if fields is None:
+        fields = _FIELDS[cls] = tuple(
+            (f.name, _dataclass_type(f.type),
+             _NESTED_LISTS[str(f.type)] if f.type in _NESTED_LISTS else None)
+            for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+    return fields
+
+
+def as_doc(record: Any) -> dict[str, Any]:
+    """`dataclasses.asdict(record)`, the same dict (containers copied, nested records turned
+    into dicts) made without its generic walk: every record's `to_doc`."""
+    return {name: _plain(getattr(record, name)) for name, _, _ in _fields_of(type(record))}
+
+
+_ATOMIC = frozenset({str, int, float, bool, type(None)})
+
+
+def _plain(value: Any) -> Any:
+    kind = type(value)
+    if kind in _ATOMIC:
+        return value
+    if kind is list:
+        return [_plain(item) for item in value]
+    if kind is dict:
+        return {_plain(key): _plain(item) for key, item in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return as_doc(value)
+    if kind is tuple:
+        return tuple(_plain(item) for item in value)
+    return copy.deepcopy(value)  # (as asdict does with anything else)
 
 
 def _dataclass_type(annotation: Any) -> type | None:
@@ -58,7 +97,7 @@ class NodeSpec:
     domain_request: int = 0
 
     def to_doc(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return as_doc(self)
 
 
 @dataclasses.dataclass
@@ -99,7 +138,7 @@ class NodeStatus:
     refused: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def to_doc(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return as_doc(self)
 
 
 @dataclasses.dataclass
@@ -111,7 +150,7 @@ class Handover:
     requested: float
 
     def to_doc(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return as_doc(self)
 
 
 @dataclasses.dataclass
@@ -122,7 +161,7 @@ class PrimaryLock:
     since: float = 0.0
 
     def to_doc(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return as_doc(self)
 
 
 @dataclasses.dataclass
@@ -134,7 +173,7 @@ class ApiSession:
     expires: float
 
     def to_doc(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return as_doc(self)
 
 
 
@@ -157,7 +196,7 @@ class NetworkSpec:
     ip6_gateway: str | None = None
 
     def to_doc(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return as_doc(self)
 
 
 @dataclasses.dataclass
@@ -169,7 +208,7 @@ class StaticLeaseSpec:
     hostname: str | None = None
 
     def to_doc(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return as_doc(self)
 
 
 @dataclasses.dataclass
@@ -182,7 +221,7 @@ class DhcpLease:
     expires: int = 0
 
     def to_doc(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return as_doc(self)
 
 
 @dataclasses.dataclass
@@ -197,7 +236,7 @@ class AclSpec:
     body: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_doc(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return as_doc(self)
 
 
 
@@ -234,7 +273,7 @@ class StorageRequest:
         return self.state in ("done", "failed")
 
     def to_doc(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return as_doc(self)
 
 
 @dataclasses.dataclass
@@ -247,7 +286,7 @@ class OsdRecord:
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_doc(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return as_doc(self)
 
 
 @dataclasses.dataclass
@@ -257,7 +296,7 @@ class PoolRecord:
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_doc(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return as_doc(self)
 
 
 @dataclasses.dataclass
@@ -269,7 +308,7 @@ class VolumeRecord:
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_doc(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return as_doc(self)
 
 
 @dataclasses.dataclass
@@ -282,7 +321,7 @@ class SnapshotRecord:
     timestamp: str | None = None
 
     def to_doc(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return as_doc(self)
 
 
 @dataclasses.dataclass
@@ -358,7 +397,7 @@ class VmSpec:
         return self.remove is not None
 
     def to_doc(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return as_doc(self)
 
 
 @dataclasses.dataclass
@@ -379,7 +418,7 @@ class VmStatus:
     hold: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_doc(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return as_doc(self)
 
 
 @dataclasses.dataclass
@@ -390,7 +429,7 @@ class VmClaim:
     since: float = 0.0
 
     def to_doc(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return as_doc(self)
 
 
 @dataclasses.dataclass
@@ -404,7 +443,7 @@ class FenceRecord:
     recovered: bool = False
 
     def to_doc(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return as_doc(self)
 
 
 _NESTED: dict[str, type] = {"NodeStats": NodeStats, "Migration": Migration,
