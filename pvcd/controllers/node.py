@@ -13,7 +13,10 @@ It owns three things:
   that show nothing running.
 - the domain counts (`running_domains`, allocation) in the node's record, refreshed on every
   libvirt lifecycle event and VM change, so the record follows a VM start, stop or migration
-  within a second rather than at the next keepalive.
+  within a second rather than at the next keepalive; at most one such write per
+  `DOMAINS_INTERVAL` (the events in between are folded into the next): the record lists every
+  running VM of the node, and one write per VM start made a mass start cost O(VMs²) in every
+  daemon's cache (3,333 writes of up to 130 KB per node at 10,000 VMs).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from pvcd.state.view import ClusterView
 log = logging.getLogger(__name__)
 
 STEP_INTERVAL = 0.25  # between the steps of a flush or ready while VMs are on their way
+DOMAINS_INTERVAL = 0.5  # seconds at least between two event-driven writes of the domain counts
 
 
 class NodeStatusWriter:
@@ -119,6 +123,7 @@ class NodeController:
         self.host = host
         self.running = RunningDomains(domains)
         self.clock = clock
+        self._domains_written = float("-inf")  # when refresh_domains last wrote (self.clock)
 
     def key(self) -> str:
         return f"node/{self.name}"
@@ -144,6 +149,10 @@ class NodeController:
         if key in (self.domains_key(), self.relist_key()):
             if key == self.relist_key():
                 self.running.relist()
+            else:
+                wait = self._domains_written + DOMAINS_INTERVAL - self.clock()
+                if wait > 0:  # wrote a moment ago: fold what else happens until then in
+                    return Result(requeue_after=wait)
             self.refresh_domains()
             return DONE
         if key != self.key():
@@ -189,6 +198,7 @@ class NodeController:
                 status.stats.domains_count, status.stats.running_domains) == alloc:
             return
         self.writer.update(lambda s: _apply_allocation(s, alloc))
+        self._domains_written = self.clock()
 
     def keepalive(self) -> None:
         stats = self.host.stats()
