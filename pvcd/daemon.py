@@ -251,7 +251,7 @@ class NodeDaemon:
         nodes = self.paths.nodes + "/"
         wiring = Wiring()
         wiring.add(controller,
-                   Watch(nodes, lambda path: "node/" + path[len(nodes):].split("/", 1)[0]))
+                   Watch(nodes, functools.partial(FencingController.key_of_node_path, nodes)))
         return wiring
 
     def _serves_as_primary(self) -> bool:
