@@ -27,14 +27,10 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from kazoo.client import KazooState
 
-from pvcd.api.app import make_context
-from pvcd.api.auth import Tokens
-from pvcd.api.connections import ConnectionLimits
-from pvcd.api.metrics import Metrics
-from pvcd.api.server import ApiServer, make_ssl_context
 from pvcd.config import Config
 from pvcd.controllers.autobackup_schedule import build_autobackup_schedule
 from pvcd.controllers.base import Controller, Watch, Wiring
@@ -71,6 +67,10 @@ from pvcd.state.store import Op, Store
 from pvcd.state.view import ClusterView
 from pvcd.state.vm_index import VmIndex
 from pvcd.upload_pipe import UploadPipes
+
+if TYPE_CHECKING:
+    from pvcd.api.metrics import Metrics
+    from pvcd.api.server import ApiServer
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,10 @@ class NodeDaemon:
                               (alive, self.coordinator_controller)]
             # the primary's services in this order: floating IPs, the API, then the subsystems'
             self._add(build_floating_ips(config.networks, config.drivers.network.netns))
+            # the API (tornado, prometheus_client and pvcd.api: ~14 MiB) is imported by
+            # coordinators only: any of them may become primary, no other node serves it
+            from pvcd.api.metrics import Metrics
+
             self.metrics = Metrics(self.view, self.name, clock, sources=self._metric_sources,
                                    in_flight=lambda: self.api.ctx.in_flight)
             self.api = self._make_api(self.metrics)
@@ -205,6 +209,11 @@ class NodeDaemon:
                              ceph.request_timeout, self.config.tasks.workers, self.clock)
 
     def _make_api(self, metrics: Metrics) -> ApiServer:
+        from pvcd.api.app import make_context
+        from pvcd.api.auth import Tokens
+        from pvcd.api.connections import ConnectionLimits
+        from pvcd.api.server import ApiServer, make_ssl_context
+
         api, ceph = self.config.api, self.config.drivers.ceph
         ctx = make_context(
             self.view, self.store, self.name, api.auth.enabled,
@@ -251,7 +260,7 @@ class NodeDaemon:
         nodes = self.paths.nodes + "/"
         wiring = Wiring()
         wiring.add(controller,
-                   Watch(nodes, lambda path: "node/" + path[len(nodes):].split("/", 1)[0]))
+                   Watch(nodes, functools.partial(FencingController.key_of_node_path, nodes)))
         return wiring
 
     def _serves_as_primary(self) -> bool:

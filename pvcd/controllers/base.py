@@ -7,6 +7,12 @@ a key enqueued while it is being reconciled runs once more afterwards (so no eve
 An exception backs the key off exponentially; `TemporaryError` says "retry later" without a
 stack trace, anything else is logged with one. A periodic resync re-enqueues every known key, so
 a missed event delays convergence but never prevents it.
+
+A key waits for at most one delayed reconcile, the earliest asked for: a reconcile re-reads
+everything, so the one that runs first decides what comes next. (One delayed entry per request
+would add one for every event of a key that also requeues itself, and none would ever go away:
+a fencing primary, whose keys see a keepalive every second and requeue for the dead-after time,
+reconciled each key ever more often, without bound.)
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ class Controller:
         self._active: set[str] = set()
         self._dirty: set[str] = set()        # enqueued while active
         self._delayed: list[tuple[float, str]] = []  # heap of (due, key)
+        self._due: dict[str, float] = {}  # each key's one live entry in `_delayed`
         self._failures: dict[str, int] = {}
         self._threads: list[threading.Thread] = []
         self._stopping = False
@@ -96,8 +103,12 @@ class Controller:
             self._enqueue_locked(key)
 
     def enqueue_after(self, key: str, delay: float) -> None:
+        due = self._clock() + delay
         with self._cond:
-            heapq.heappush(self._delayed, (self._clock() + delay, key))
+            if self._due.get(key, due + 1.0) <= due:
+                return  # an earlier reconcile comes first and decides again
+            self._due[key] = due  # a later entry of the key, if any, is now stale
+            heapq.heappush(self._delayed, (due, key))
             self._cond.notify()
 
     def resync(self) -> None:
@@ -135,8 +146,10 @@ class Controller:
                     for key in keys:
                         self._enqueue_locked(key)
                 while self._delayed and self._delayed[0][0] <= now:
-                    _, key = heapq.heappop(self._delayed)
-                    self._enqueue_locked(key)
+                    due, key = heapq.heappop(self._delayed)
+                    if self._due.get(key) == due:
+                        del self._due[key]
+                        self._enqueue_locked(key)
                 for index, key in enumerate(self._queue):
                     if key not in self._active:
                         del self._queue[index]

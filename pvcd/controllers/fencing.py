@@ -67,7 +67,16 @@ class FencingController:
         self.failed_fences = 0
 
     def keys(self) -> list[str]:
+        if not self.is_primary():  # only the primary acts: no resync of every node elsewhere
+            return []
         return [f"node/{n}" for n in self.view.node_names() if n != self.name]
+
+    @staticmethod
+    def key_of_node_path(nodes: str, path: str) -> str | None:
+        """The key a change below `nodes` (the nodes' prefix, with its slash) concerns: a
+        node's record, its status (the keepalive) or its `alive`; not its health rounds."""
+        node, _, rest = path[len(nodes):].partition("/")
+        return f"node/{node}" if node and rest in ("", "status", "alive") else None
 
     def reconcile(self, key: str) -> Result:
         node = key.split("/", 1)[1]

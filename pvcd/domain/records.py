@@ -138,7 +138,14 @@ class NodeStatus:
     refused: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def to_doc(self) -> dict[str, Any]:
-        return as_doc(self)
+        """`dataclasses.asdict(self)`, built by hand: every keepalive writes it (each second),
+        and asdict deep-copies `running_domains` entry by entry, one per VM of the node."""
+        doc = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        stats = doc["stats"] = {f.name: getattr(self.stats, f.name)
+                                for f in dataclasses.fields(self.stats)}
+        stats["running_domains"] = list(self.stats.running_domains)
+        doc["refused"] = dict(self.refused)
+        return doc
 
 
 @dataclasses.dataclass

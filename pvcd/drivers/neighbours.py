@@ -16,12 +16,14 @@ import ipaddress
 import os
 import socket
 import threading
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from typing import TYPE_CHECKING
 
 from pvcd.domain.errors import BackendError, NotFound
 from pvcd.drivers.ifnames import check_ifname, check_netns
+from pvcd.drivers.rtnl import netlink_error, open_iproute
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 _ENOENT = 2
 # NUD states whose link-layer address is one the kernel uses to send: reachable, stale, delay,
@@ -60,7 +62,7 @@ class NeighbourTable:
                 if not found:
                     return None
                 entries = ipr.neigh("get", dst=target, ifindex=found[0], family=socket.AF_INET)
-            except NetlinkError as exc:
+            except netlink_error() as exc:
                 if exc.code == _ENOENT:
                     return None
                 raise BackendError(f"netlink: neighbour {target} on {device}: {exc}") from exc
@@ -77,6 +79,5 @@ class NeighbourTable:
         if self._ipr is None:
             if self.netns is not None and not os.path.exists(f"/run/netns/{self.netns}"):
                 raise NotFound(f"network namespace {self.netns} does not exist")
-            # flags=0: never let pyroute2 create a missing namespace behind our back
-            self._ipr = IPRoute(netns=self.netns, flags=0) if self.netns else IPRoute()
+            self._ipr = open_iproute(self.netns)
         return self._ipr

@@ -36,13 +36,14 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Self
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from typing import TYPE_CHECKING, Any, Self
 
 from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound
 from pvcd.drivers.ifnames import check_ifname, check_netns, check_vni, vxlan_mtu
+from pvcd.drivers.rtnl import netlink_error, open_iproute
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def _ensure_not_in_event_loop() -> None:
 def _netlink_errors(action: str) -> Iterator[None]:
     try:
         yield
-    except NetlinkError as exc:
+    except netlink_error() as exc:
         raise BackendError(f"netlink: cannot {action}: {exc.args[-1]} (errno {exc.code})") from exc
 
 
@@ -103,8 +104,7 @@ class NetlinkDriver:
             if self._ipr is None:
                 if self.netns is not None and not os.path.exists(f"/run/netns/{self.netns}"):
                     raise NotFound(f"network namespace {self.netns} does not exist")
-                # flags=0: never let pyroute2 create a missing namespace behind our back
-                self._ipr = IPRoute(netns=self.netns, flags=0) if self.netns else IPRoute()
+                self._ipr = open_iproute(self.netns)
             try:
                 yield self._ipr
             except OSError as exc:  # the socket itself failed: open a fresh one next time
@@ -321,7 +321,7 @@ class NetlinkDriver:
             else:
                 try:
                     ipr.link("add", ifname=name, kind="vlan", link=uplink_index, vlan_id=vlan_id)
-                except NetlinkError as exc:
+                except netlink_error() as exc:
                     if exc.code == _EOPNOTSUPP:
                         raise BackendError(
                             f"cannot create vLAN {name} (id {vlan_id} on {uplink}): this kernel "
@@ -348,7 +348,7 @@ class NetlinkDriver:
                 return
             try:
                 ipr.link("del", index=index)
-            except NetlinkError as exc:
+            except netlink_error() as exc:
                 if exc.code != _ENODEV:  # raced with another deleter: fine
                     raise BackendError(f"netlink: cannot delete {name}: {exc.args[-1]}") from exc
             log.info("deleted link name=%s netns=%s", name, self._where())
@@ -387,7 +387,7 @@ class NetlinkDriver:
             for peer in sorted(current - wanted):
                 try:
                     ipr.fdb("del", ifindex=index, lladdr=ZERO_MAC, dst=peer)
-                except NetlinkError as exc:
+                except netlink_error() as exc:
                     if exc.code != 2:  # ENOENT: already gone
                         raise BackendError(
                             f"netlink: cannot remove VXLAN peer {peer} from "
@@ -426,7 +426,7 @@ class NetlinkDriver:
                 spec["flags"] = 0x02  # IFA_F_NODAD: a gateway address must work at once
             try:
                 ipr.addr("add", **spec)
-            except NetlinkError as exc:
+            except netlink_error() as exc:
                 if exc.code != _EEXIST:
                     raise BackendError(
                         f"netlink: cannot add {iface} to {dev}: {exc.args[-1]}"
@@ -444,7 +444,7 @@ class NetlinkDriver:
                 ipr.addr(
                     "del", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen
                 )
-            except NetlinkError as exc:
+            except netlink_error() as exc:
                 if exc.code != _EADDRNOTAVAIL:
                     raise BackendError(
                         f"netlink: cannot remove {iface} from {dev}: {exc.args[-1]}"

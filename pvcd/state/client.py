@@ -19,6 +19,8 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 from kazoo.security import ACL, make_digest_acl
 
+from pvcd.state.zk_handler import PollingHandler
+
 log = logging.getLogger(__name__)
 
 RETRY = {"max_tries": -1, "delay": 0.05, "backoff": 1.5, "max_delay": 1.0, "max_jitter": 0.1}
@@ -56,7 +58,8 @@ def zookeeper_client(hosts: Sequence[str], timeout: float,
                       certfile=tls.cert_file, keyfile=tls.key_file)
     if retry_forever:
         kwargs["connection_retry"] = dict(RETRY)
-    return KazooClient(hosts=",".join(hosts), timeout=timeout, **kwargs)
+    # kazoo's own handler builds an epoll selector per loop iteration (pvcd.state.zk_handler)
+    return KazooClient(hosts=",".join(hosts), timeout=timeout, handler=PollingHandler(), **kwargs)
 
 
 def secure_tree(client: KazooClient, root: str) -> int:

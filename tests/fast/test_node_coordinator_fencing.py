@@ -267,3 +267,11 @@ def test_the_primary_fences_by_its_own_configuration_never_by_the_nodes_record(
     assert from_dict(FenceRecord, state.doc(state.paths.fence_record("hv2"))).state == "fenced"
     record = from_dict(FenceRecord, state.doc(state.paths.fence_record("hv3")))
     assert record.state == "failed" and "no fence target" in record.message
+
+
+def test_fencing_follows_a_nodes_record_status_and_alive_not_its_health() -> None:
+    key_of = FencingController.key_of_node_path
+    assert key_of("/pvc/nodes/", "/pvc/nodes/hv2") == "node/hv2"
+    assert key_of("/pvc/nodes/", "/pvc/nodes/hv2/status") == "node/hv2"
+    assert key_of("/pvc/nodes/", "/pvc/nodes/hv2/alive") == "node/hv2"
+    assert key_of("/pvc/nodes/", "/pvc/nodes/hv2/health") is None

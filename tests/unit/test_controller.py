@@ -133,3 +133,44 @@ def test_an_unexpected_exception_is_counted_and_retried() -> None:
         assert ctl.errors == 1
     finally:
         ctl.stop()
+
+
+def test_a_key_that_requeues_itself_and_sees_events_is_not_reconciled_ever_more_often() -> None:
+    """One delayed entry per key: each event's reconcile asks for a requeue, and before, each
+    such request stayed (a fencing primary's keys, seeing a keepalive a second and requeueing
+    for the dead-after time, were reconciled ever more often)."""
+    calls: list[float] = []
+
+    def reconcile(key: str) -> Result:
+        calls.append(time.monotonic())
+        return Result(requeue_after=0.2)
+
+    ctl = Controller("t", reconcile)
+    ctl.start()
+    try:
+        for _ in range(40):  # an event every 20 ms for 0.8 s
+            ctl.enqueue("k")
+            time.sleep(0.02)
+        during = len(calls)
+        time.sleep(0.5)  # no events: the requeue alone, every 0.2 s
+        assert len(calls) - during <= 3, calls[during:]
+        assert len(ctl._delayed) <= 2
+    finally:
+        ctl.stop()
+
+
+def test_the_earliest_requeue_wins() -> None:
+    calls: list[float] = []
+    ctl = Controller("t", lambda key: calls.append(time.monotonic()) or None)
+    ctl.start()
+    try:
+        started = time.monotonic()
+        ctl.enqueue_after("k", 5.0)
+        ctl.enqueue_after("k", 0.05)  # sooner: replaces the later one
+        ctl.enqueue_after("k", 3.0)   # later than one pending: nothing more
+        assert wait_for(lambda: len(calls) == 1)
+        assert calls[0] - started < 1.0
+        time.sleep(0.2)
+        assert len(calls) == 1 and ctl._due == {}
+    finally:
+        ctl.stop()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from pvcd.domain.errors import Conflict, InvalidValue
 from pvcd.domain.moves import Move, check_migrate, check_unmigrate, holder, reassign
 from pvcd.domain.placement import NodeLoad, choose_node, require_node, select_target_node
-from pvcd.domain.records import Migration, VmSpec, VmStatus
+from pvcd.domain.records import Migration, NodeStats, NodeStatus, VmSpec, VmStatus
 
 
 def load(name: str, mem: int = 0, total: int = 1000, state: str = "run",
@@ -110,3 +112,22 @@ class TestMoves:
         assert check_unmigrate(migrated) == "node1"
         with pytest.raises(InvalidValue, match="has not been migrated"):
             check_unmigrate(spec())
+
+
+def test_node_status_doc_is_asdict_without_sharing() -> None:
+    """NodeStatus.to_doc builds by hand what dataclasses.asdict gives (the keepalive's cost):
+    the same document, no list or dict shared with the record; a new field that is not a
+    scalar needs its own copy there."""
+    scalars = {"str", "int", "float", "bool", "str | None"}
+    assert {f.name for f in dataclasses.fields(NodeStatus)
+            if str(f.type) not in scalars} == {"stats", "refused"}
+    assert {f.name for f in dataclasses.fields(NodeStats)
+            if str(f.type) not in scalars} == {"running_domains"}
+    status = NodeStatus(daemon_state="run", keepalive=12.5, migration_uri="tcp://x",
+                        stats=NodeStats(cpu_count=4, load=0.5, running_domains=["a", "b"]),
+                        refused={"vm/x": "why"})
+    doc = status.to_doc()
+    assert doc == dataclasses.asdict(status)
+    doc["stats"]["running_domains"].append("c")
+    doc["refused"]["vm/y"] = "no"
+    assert status.stats.running_domains == ["a", "b"] and status.refused == {"vm/x": "why"}
