@@ -14,6 +14,8 @@ request (as the issue measured). Rows, for each VM count in --vms (default 1000,
   the server. Without `ab`, Python threads measure (they unpack gzip, ab does not); each row
   names its client;
 - RSS of each daemon (now and its peak, VmHWM) and its idle CPU over --idle seconds.
+- For reference, the floor under the list rows: a bare loopback TCP transfer of the list's
+  size, no HTTP and no server (its wall time, and the sender's CPU time).
 
 Then a 16-node lab (`--big-lab 16`, 0 to skip): time to come up, RSS and idle CPU per daemon,
 `GET /node` p50.
@@ -29,6 +31,7 @@ import http.client
 import os
 import re
 import shutil
+import socket
 import statistics
 import subprocess
 import tempfile
@@ -265,6 +268,34 @@ def etag_of(api: Api) -> str | None:
         connection.close()
 
 
+def loopback_transfer(size: int, rounds: int = 20) -> tuple[float, float]:
+    """Send `size` bytes over a new loopback TCP connection, `rounds` times, to a reader
+    thread with a 1 MiB buffer: the p50 of the wall time and of the sender's CPU time. No
+    HTTP, no server: what moving a list of that size costs at the least."""
+    body = b"x" * size
+    walls, cpus = [], []
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        for _ in range(rounds):
+            client = socket.create_connection(listener.getsockname())
+            server, _ = listener.accept()
+
+            def read(connection: socket.socket = client) -> None:
+                buffer = bytearray(1 << 20)
+                while connection.recv_into(buffer):
+                    pass
+
+            reader = threading.Thread(target=read)
+            start, cpu = time.perf_counter(), time.thread_time()
+            reader.start()
+            server.sendall(body)
+            cpus.append(time.thread_time() - cpu)
+            server.close()
+            reader.join()
+            walls.append(time.perf_counter() - start)
+            client.close()
+    return statistics.median(walls), statistics.median(cpus)
+
+
 def rss_mib(pid: int) -> tuple[float, float]:
     """(VmRSS, VmHWM) of a process in MiB."""
     fields = {}
@@ -331,6 +362,10 @@ def vm_rounds(counts: list[int], seconds: float, idle: float, reads: int) -> Non
             row(f"GET /vm p50 / p99, one client, {count} VMs",
                 f"{ms(statistics.median(one))} / {ms(percentile(one, 0.99))}",
                 GOALS["get_p50_1000"] if count <= 1000 else GOALS["get_p50_10000"])
+            size = len(api.call("GET", "/vm")[1])
+            wall, sender = loopback_transfer(size)
+            row(f"  (bare loopback TCP transfer of {size / 1e6:.1f} MB, no server)",
+                f"p50 {ms(wall)}, sender CPU {ms(sender)}", "the floor of the list rows")
             primary = primary_pid(lab)
             for label, extra, goal in (("", None, GOALS["concurrent"]), (", gzip", GZIP, "-")):
                 # (gzip: what clients that ask for it get, pvc, browsers, curl --compressed;
