@@ -152,13 +152,13 @@ def define(api: Api, names: list[str]) -> list[float]:
 
 
 def running_count(lab: Lab, nodes: list[str]) -> int:
-    """VMs running in the nodes' libvirt; 0 when an agent did not answer in time (a loaded
-    machine: the next poll asks again)."""
+    """VMs running in the nodes' libvirt; 0 when an agent did not answer in time or broke off
+    (a loaded machine, a node fenced and restarted: the next poll asks again)."""
     try:
         return sum(sum(1 for d in lab.domains(node, timeout=60.0).values()
                        if d["state"] == "running")
                    for node in nodes)
-    except OSError:  # (socket.timeout included)
+    except (OSError, ValueError):  # (a timeout; an agent whose daemon went away mid-answer)
         return 0
 
 
