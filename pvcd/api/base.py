@@ -40,6 +40,7 @@ import tornado.web
 from tornado.http1connection import HTTP1Connection
 
 from pvcd.api.auth import ANONYMOUS, SESSION_COOKIE, Identity, Tokens
+from pvcd.api.bulk_send import BulkSender
 from pvcd.api.connections import BODY_READ_CHUNK, HEADER_READ_CHUNK
 from pvcd.api.ratelimit import FailureLimiter, retry_after_header
 from pvcd.api.ready_list import Answer, Keep, ReadyList, accepts_gzip
@@ -108,6 +109,8 @@ class ApiContext:
     upstream_ip: str | None = None
     # backup.allowed_paths: where a cluster restore saves the state it replaces
     backup_paths: tuple[str, ...] = ()
+    # the threads that send large bodies (a 3-30 MB `GET /vm`) off the event loop
+    bulk: BulkSender = field(default_factory=BulkSender)
 
 
 class Refused(Exception):
@@ -387,7 +390,10 @@ class BaseHandler(tornado.web.RequestHandler):
         if gzipped:
             body = await answer.gzipped(variant, body)
             self.set_header("Content-Encoding", "gzip")
-        self.reply_bytes(body)
+        if self.ctx.bulk.takes(self.request.connection, len(body)):
+            await self.reply_bulk(body)
+        else:
+            self.reply_bytes(body)
 
     def reply_bytes(self, body: bytes, content_type: str = "application/json") -> None:
         """Send `body` as it is: the headers go first, on their own, so the body is handed to
@@ -397,6 +403,22 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("Content-Length", len(body))
         self.flush()
         self.write(body)
+        self.finish()
+
+    async def reply_bulk(self, body: bytes, content_type: str = "application/json") -> None:
+        """`reply_bytes` for a large body: a sender thread hands it to the kernel while the
+        event loop serves others (`pvcd.api.bulk_send`). A client that leaves meanwhile, or
+        stops reading, loses its connection (nothing to log: the answer was right)."""
+        connection = self.request.connection
+        assert isinstance(connection, HTTP1Connection)
+        self.set_status(200)
+        self.set_header("Content-Type", content_type)
+        self.set_header("Content-Length", len(body))
+        try:
+            await self.flush()  # the headers: the connection's buffer is empty once they left
+            await self.ctx.bulk.send(connection, body)
+        except OSError:  # (tornado's StreamClosedError included)
+            connection.stream.close()
         self.finish()
 
     def message(self, text: str, status: int = 200) -> None:

@@ -146,6 +146,7 @@ class ApiServer:
             log.exception("event=api-stop-error")
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+        self.ctx.bulk.close()  # (its threads start again with the next request that needs them)
         self._thread = None
         self._loop = None
         self._server = None

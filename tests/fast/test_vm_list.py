@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from pvcd.api import bulk_send
 from pvcd.api.ready_list import INLINE_GZIP, accepts_gzip
 from pvcd.api.server import ApiServer
 from pvcd.domain.vm_snapshots import STOPPED, VmSnapshot
@@ -221,3 +223,46 @@ def test_a_build_that_fails_leaves_its_rows_to_the_next(served: tuple[ApiServer,
     answers._facts = facts
     status, _, body = raw_get(client, "/vm")
     assert status == 200 and json.loads(body)[0]["state"] == "stop"
+
+
+def test_a_large_list_is_sent_off_the_loop_on_a_kept_alive_connection(
+        served: tuple[ApiServer, ApiClient], sim: SimCluster,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bodies from `BULK_BODY` on are written by a sender thread (pvcd/api/bulk_send.py):
+    the same bytes and headers, and the connection serves its next request."""
+    server, client = served
+    for i in range(5):
+        watch_caught_up(sim, define(client, f"big{i}"))
+    _, _, small = raw_get(client, "/vm")
+    monkeypatch.setattr(bulk_send, "BULK_BODY", 256)
+    senders: list[str] = []
+    send_all = bulk_send.send_all
+
+    def spied(*args: Any) -> None:
+        senders.append(threading.current_thread().name)
+        send_all(*args)
+
+    monkeypatch.setattr(bulk_send, "send_all", spied)
+    url = urllib.parse.urlsplit(client.base)
+    connection = http.client.HTTPConnection(url.hostname or "", url.port, timeout=5)
+    try:
+        for encoding in ("identity", "gzip", "identity"):
+            connection.request("GET", f"{url.path}/vm",
+                               headers={"X-Api-Key": TOKEN, "Accept-Encoding": encoding})
+            response = connection.getresponse()
+            body = response.read()
+            assert response.status == 200
+            assert int(response.getheader("Content-Length") or -1) == len(body)
+            assert (gzip.decompress(body) if encoding == "gzip" else body) == small
+            etag = response.getheader("ETag") or ""
+        connection.request("GET", f"{url.path}/vm",
+                           headers={"X-Api-Key": TOKEN, "If-None-Match": etag})
+        response = connection.getresponse()
+        assert (response.status, response.read()) == (304, b"")
+    finally:
+        connection.close()
+    assert len(senders) == 3 and all(name.startswith("api-send") for name in senders)
+    deadline = time.monotonic() + 5  # (the loop counts a request done just after sending it)
+    while server.ctx.in_flight and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.ctx.in_flight == 0
