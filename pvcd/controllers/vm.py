@@ -33,7 +33,7 @@ from pvcd.controllers.base import DONE, Result, TemporaryError
 from pvcd.controllers.guest_hold import GuestHolds
 from pvcd.controllers.vm_claim import VmClaims
 from pvcd.controllers.vm_removal import VmRemover
-from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound
+from pvcd.domain.errors import BackendError, Conflict, InvalidValue, NotFound, StateUnavailable
 from pvcd.domain.moves import keep_at_source
 from pvcd.domain.records import Migration, VmSpec, VmStatus, from_dict
 from pvcd.domain.states import PROVISION_VM_STATE, domain_active
@@ -227,6 +227,9 @@ class VmController:
 
             self._write_status(spec, running)
             return self.holds.converge(spec, active=True)
+        except StateUnavailable as exc:  # ZooKeeper, not the VM: a lost connection under
+            # load must not fail the VM for good (no new request would ever retry it)
+            raise TemporaryError(f"VM {uuid}: {exc}") from exc
         except (BackendError, NotFound) as exc:
             log.warning("event=vm-failed vm=%s name=%s node=%s reason=%s", uuid, spec.name,
                         self.name, exc)

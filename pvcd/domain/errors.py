@@ -25,5 +25,11 @@ class BackendError(PvcError):
     """A host or cluster backend (ZooKeeper, libvirt, netlink, Ceph, ...) failed."""
 
 
+class StateUnavailable(BackendError):
+    """ZooKeeper did not answer (connection lost or suspended, no answer in time): nothing is
+    wrong with the object at hand, and a write's outcome is unknown. Controllers retry later
+    instead of recording a failure."""
+
+
 class ConfigError(PvcError):
     """The node's configuration file is invalid; the message names the file and the key."""

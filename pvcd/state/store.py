@@ -12,9 +12,9 @@ A successful commit is shown in the local cache before the writer runs again (re
 A store made with a `timeout` waits at most that long for ZooKeeper's answer to a blocking read
 or commit: kazoo queues a request while its connection is suspended and would hold the caller
 until ZooKeeper is back, however long that takes (hours, for a partitioned node). The caller gets
-`BackendError` instead, with the same meaning as a connection loss: the outcome is unknown (the
-queued request may still be sent once the connection is back), and the compare-and-set versions
-keep a late write from overwriting anything it did not see.
+`StateUnavailable` (a `BackendError`) instead, with the same meaning as a connection loss: the
+outcome is unknown (the queued request may still be sent once the connection is back), and the
+compare-and-set versions keep a late write from overwriting anything it did not see.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from kazoo.exceptions import (
 from kazoo.protocol.serialization import Transaction
 from kazoo.protocol.states import ZnodeStat
 
-from pvcd.domain.errors import BackendError, Conflict
+from pvcd.domain.errors import BackendError, Conflict, StateUnavailable
 from pvcd.state.cache import Entry, StateCache
 from pvcd.state.codec import decode, encode
 from pvcd.state.tree_watch import Hooked
@@ -86,7 +86,7 @@ class Store:
         try:
             results = self._wait(self._send(ops), "write")
         except (KazooException, ConnectionClosedError) as exc:
-            raise BackendError(f"ZooKeeper write failed: {exc!r}") from exc
+            raise StateUnavailable(f"ZooKeeper write failed: {exc!r}") from exc
         _check(ops, results)
         return results
 
@@ -115,7 +115,7 @@ class Store:
         try:
             async_result = self._send(ops)
         except (KazooException, ConnectionClosedError) as exc:
-            future.set_exception(BackendError(f"ZooKeeper write failed: {exc!r}"))
+            future.set_exception(StateUnavailable(f"ZooKeeper write failed: {exc!r}"))
             return future
 
         def done(result: Any) -> None:
@@ -124,7 +124,7 @@ class Store:
                 _check(ops, results)
             except Exception as exc:  # delivered to the awaiting handler
                 if not isinstance(exc, (Conflict, BackendError)):
-                    exc = BackendError(f"ZooKeeper write failed: {exc!r}")
+                    exc = StateUnavailable(f"ZooKeeper write failed: {exc!r}")
                 future.set_exception(exc)
             else:
                 future.set_result(results)
@@ -167,12 +167,12 @@ class Store:
             except NoNodeError:
                 future.set_result([])
             except Exception as exc:  # delivered to the awaiting handler
-                future.set_exception(BackendError(f"ZooKeeper read failed: {exc!r}"))
+                future.set_exception(StateUnavailable(f"ZooKeeper read failed: {exc!r}"))
 
         try:
             self.client.get_children_async(path).rawlink(done)
         except (KazooException, ConnectionClosedError) as exc:
-            future.set_exception(BackendError(f"ZooKeeper read failed: {exc!r}"))
+            future.set_exception(StateUnavailable(f"ZooKeeper read failed: {exc!r}"))
         return future
 
     def read(self, path: str) -> tuple[Any, int]:
@@ -181,7 +181,7 @@ class Store:
         except NoNodeError as exc:
             raise Conflict(f"{path} does not exist") from exc
         except KazooException as exc:
-            raise BackendError(f"ZooKeeper read failed: {exc!r}") from exc
+            raise StateUnavailable(f"ZooKeeper read failed: {exc!r}") from exc
         return decode(raw), stat.version
 
     def read_optional(self, path: str) -> tuple[Any, ZnodeStat] | None:
@@ -190,7 +190,7 @@ class Store:
         except NoNodeError:
             return None
         except KazooException as exc:
-            raise BackendError(f"ZooKeeper read failed: {exc!r}") from exc
+            raise StateUnavailable(f"ZooKeeper read failed: {exc!r}") from exc
         return decode(raw), stat
 
     # internals
@@ -199,7 +199,7 @@ class Store:
         try:
             return result.get(timeout=self.timeout)
         except self.client.handler.timeout_exception as exc:
-            raise BackendError(f"ZooKeeper {what}: no answer within {self.timeout} s "
+            raise StateUnavailable(f"ZooKeeper {what}: no answer within {self.timeout} s "
                                "(connection suspended)") from exc
 
     def _send(self, ops: Sequence[Op]) -> Any:

@@ -166,3 +166,28 @@ def test_the_claim_of_a_silent_node_passes_only_once_it_is_fenced(sim: SimCluste
     node2.vm.reconcile(vm_key(uuid))
     assert node2.running() == [uuid]
     assert sim.state.doc(sim.state.paths.vm_owner(uuid))["node"] == "node2"
+
+
+def test_zookeeper_unavailable_while_starting_is_retried_not_a_failure(
+        sim: SimCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ZooKeeper read lost under load while the node takes the VM's claim says nothing about
+    the VM: it is retried (TemporaryError), not recorded as failed for good."""
+    from pvcd.domain.errors import StateUnavailable
+
+    node1 = sim.add_node("node1")
+    uuid = sim.state.define_vm("web", "node1")
+    store = sim.state.store
+    real = store.read_optional
+
+    def lost(path: str):  # type: ignore[no-untyped-def]
+        raise StateUnavailable("ZooKeeper read failed: ConnectionLoss()")
+
+    monkeypatch.setattr(store, "read_optional", lost)
+    with pytest.raises(TemporaryError):
+        node1.vm.reconcile(vm_key(uuid))
+    assert sim.state.vm_status("web") is None or sim.state.vm_status("web").state != "failed"
+    assert node1.running() == []
+    monkeypatch.setattr(store, "read_optional", real)
+    node1.vm.reconcile(vm_key(uuid))
+    assert node1.running() == [uuid]
+    assert sim.state.vm_status("web").state == "running"
