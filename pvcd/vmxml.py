@@ -288,29 +288,27 @@ def serialized(root: ET.Element) -> str:
     return "".join(parts)
 
 
+# what ElementTree's writer escapes, in its order: in character data, and also in attributes
+_TEXT_ESCAPES = (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"))
+_ATTRIBUTE_ESCAPES = (*_TEXT_ESCAPES, ('"', "&quot;"), ("\r", "&#13;"), ("\n", "&#10;"),
+                      ("\t", "&#09;"))
+
+
+def _replaced(text: str, escapes: tuple[tuple[str, str], ...]) -> str:
+    for plain, escape in escapes:
+        if plain in text:
+            text = text.replace(plain, escape)
+    return text
+
+
 def _escaped(text: str) -> str:
     """Character data as ElementTree writes it."""
-    if "&" in text:
-        text = text.replace("&", "&amp;")
-    if "<" in text:
-        text = text.replace("<", "&lt;")
-    if ">" in text:
-        text = text.replace(">", "&gt;")
-    return text
+    return _replaced(text, _TEXT_ESCAPES)
 
 
 def _escaped_attribute(text: str) -> str:
     """An attribute's value as ElementTree writes it (quoted with `"`)."""
-    text = _escaped(text)
-    if '"' in text:
-        text = text.replace('"', "&quot;")
-    if "\r" in text:
-        text = text.replace("\r", "&#13;")
-    if "\n" in text:
-        text = text.replace("\n", "&#10;")
-    if "\t" in text:
-        text = text.replace("\t", "&#09;")
-    return text
+    return _replaced(text, _ATTRIBUTE_ESCAPES)
 
 
 def renamed_domain_xml(text: str, new_name: str, volumes: dict[str, str]) -> str:
