@@ -159,9 +159,13 @@ def snapshot_object(doc: dict[str, Any]) -> dict[str, Any]:
             "snapshot": doc.get("snapshot")}
 
 
-def refuse_busy(view: ClusterView, pool: str, volume: str) -> None:
-    """Conflict when a task or an unfinished storage request works on the volume."""
-    task = busy_task([f"volume:{pool}/{volume}"], [*read_tasks(view), *read_storage_tasks(view)])
+def refuse_busy(view: ClusterView, pool: str, volume: str,
+                alongside: frozenset[str] = frozenset()) -> None:
+    """Conflict when a task or an unfinished storage request works on the volume, other than
+    those named in `alongside` (work that may go on next to this request's)."""
+    tasks = [task for task in (*read_tasks(view), *read_storage_tasks(view))
+             if task.name not in alongside]
+    task = busy_task([f"volume:{pool}/{volume}"], tasks)
     if task is not None:
         raise Conflict(f"RBD volume {pool}/{volume} is busy with task {task.id} ({task.name}, "
                        f"{task.state}); try again when it has finished "
@@ -210,7 +214,9 @@ class StorageHandler(BaseHandler):
         check_snapshot_name(snapshot)
         if self.view.cache.exists(self.view.paths.storage_snapshot(pool, volume, snapshot)):
             raise Conflict(f"RBD snapshot {pool}/{volume}@{snapshot} already exists")
-        refuse_busy(self.view, pool, volume)
+        # other snapshots of the volume being taken are no reason to refuse: the primary takes
+        # them one after the other (an upload writing it is)
+        refuse_busy(self.view, pool, volume, alongside=frozenset({"storage.snapshot-add"}))
         request = await run_request(self, "snapshot-add",
                                     {"pool": pool, "volume": volume, "snapshot": snapshot})
         self.message(request.message)
