@@ -120,15 +120,14 @@ def running_on(view: ClusterView, uuid: str) -> str | None:
     if status is not None and status.state in RUNNING_STATES:
         return status.node or "its node"
     written = view.cache.entry(view.paths.vm_status(uuid))
-    since = written.mzxid if written is not None else None
     for node in view.node_names():
         node_status = view.node_status(node)
         if node_status is None or uuid not in node_status.stats.running_domains:
             continue
         listed = view.cache.entry(view.paths.node_status(node))
-        if since is not None and listed is not None and listed.mzxid is not None and \
-                listed.mzxid < since:
-            continue  # listed before the VM's status said it stopped
+        if written is not None and listed is not None and listed.mzxid is not None and (
+                written.mzxid is None or listed.mzxid < written.mzxid):
+            continue  # listed before the VM's status (None: written here, just now) said
         return node
     return None
 
