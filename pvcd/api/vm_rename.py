@@ -113,22 +113,15 @@ async def _rename_back(handler: BaseHandler, done: list[tuple[str, str, str]]) -
 
 
 def running_on(view: ClusterView, uuid: str) -> str | None:
-    """Where the VM runs: its status, else a node whose libvirt listed it as running in a
-    record written after that status (a list older than the status, which a node refreshes
-    up to `DOMAINS_INTERVAL` after an event, says nothing the status does not)."""
+    """Where the VM runs: its status, else a node whose libvirt listed it as running at its
+    last keepalive."""
     status = view.vm_status(uuid)
     if status is not None and status.state in RUNNING_STATES:
         return status.node or "its node"
-    written = view.cache.entry(view.paths.vm_status(uuid))
     for node in view.node_names():
         node_status = view.node_status(node)
-        if node_status is None or uuid not in node_status.stats.running_domains:
-            continue
-        listed = view.cache.entry(view.paths.node_status(node))
-        if written is not None and listed is not None and listed.mzxid is not None and (
-                written.mzxid is None or listed.mzxid < written.mzxid):
-            continue  # listed before the VM's status (None: written here, just now) said
-        return node
+        if node_status is not None and uuid in node_status.stats.running_domains:
+            return node
     return None
 
 

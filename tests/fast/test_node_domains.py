@@ -33,3 +33,21 @@ def test_a_burst_of_starts_is_one_write_of_the_domain_counts(sim_node1: SimClust
     status = cache.get(paths.node_status("node1"))
     assert cache.entry(paths.node_status("node1")).version == before + 2
     assert set(started) <= set(status["stats"]["running_domains"])
+
+
+def test_a_stop_is_written_at_once(sim_node1: SimCluster) -> None:
+    """The API's "runs on" checks (rollback, rename, volume users) read the node's list: a
+    domain that stopped is never folded, even right after a write."""
+    node = sim_node1.nodes["node1"]
+    paths, cache = sim_node1.state.paths, sim_node1.state.cache
+    key = node.node.domains_key()
+    uuid = str(uuidlib.uuid4())
+    node.libvirt.define(tiny_guest_xml("quick", uuid))
+    node.libvirt.start(uuid)
+    node.node.note_domain(uuid)
+    node.node.reconcile(key)  # written: the list has it
+    assert uuid in cache.get(paths.node_status("node1"))["stats"]["running_domains"]
+    node.libvirt.destroy(uuid)
+    node.node.note_domain(uuid)
+    assert not node.node.reconcile(key).requeue_after  # within the interval, yet not folded
+    assert uuid not in cache.get(paths.node_status("node1"))["stats"]["running_domains"]
